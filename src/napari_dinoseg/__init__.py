@@ -1,0 +1,41 @@
+"""napari-dinoseg: interactive segmentation of micrographs with classical and ViT features.
+
+Importing the package is cheap: it imports neither torch nor napari. The public names
+below are resolved lazily on first access.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cancelled",
+    "FeatureConfig",
+    "FeatureStack",
+    "PixelClassifier",
+    "TrainConfig",
+    "featurise",
+    "predict",
+    "train",
+]
+
+_LAZY = {
+    "Cancelled": "napari_dinoseg.progress",
+    "FeatureConfig": "napari_dinoseg.config",
+    "TrainConfig": "napari_dinoseg.config",
+    "FeatureStack": "napari_dinoseg.features.featurise",
+    "featurise": "napari_dinoseg.features.featurise",
+    "PixelClassifier": "napari_dinoseg.classify",
+    "train": "napari_dinoseg.classify",
+    "predict": "napari_dinoseg.classify",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'napari_dinoseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,132 @@
+"""The work behind one Train / Predict click, as a pure function (no napari, no Qt).
+
+The widget copies what it needs from the layers into a :class:`TrainJob` on the GUI
+thread, runs :func:`run_train_job` in a worker thread, and writes the
+:class:`TrainResult` back to layers on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..classify import PixelClassifier, predict, train, uncertainty
+from ..config import FeatureConfig, TrainConfig
+from ..features.featurise import FeatureCache, FeatureStack, cache_key, featurise
+from ..image import drop_alpha
+from ..progress import ProgressCallback, report
+
+Index = tuple[int, ...]
+
+
+@dataclass
+class TrainJob:
+    """Inputs of one click, copied from the layers.
+
+    Attributes
+    ----------
+    image : (*lead, H, W) or (*lead, H, W, C) array
+        The image layer's data (``C`` only when ``rgb``); may be lazy (dask).
+    labels : (*lead, H, W) int array
+        A copy of the brush labels.
+    rgb
+        Whether the last image axis holds colour channels (RGBA drops its alpha).
+    predict_slices
+        Leading indices of the slices to predict (``[()]`` for a 2-D image).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    rgb: bool
+    predict_slices: list[Index]
+    feature_config: FeatureConfig
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    want_uncertainty: bool = False
+
+    @property
+    def train_slices(self) -> list[Index]:
+        """Leading indices of the slices holding at least one painted pixel."""
+        lead = self.labels.shape[:-2]
+        if not lead:
+            return [()] if np.any(self.labels) else []
+        painted = np.any(self.labels.reshape(*lead, -1), axis=-1)
+        return [tuple(int(i) for i in idx) for idx in np.argwhere(painted)]
+
+    def slice_image(self, index: Index) -> np.ndarray:
+        plane = np.asarray(self.image[index])
+        return drop_alpha(plane) if self.rgb else plane
+
+
+@dataclass
+class TrainResult:
+    classifier: PixelClassifier
+    predict_slices: list[Index]
+    segmentations: list[np.ndarray]
+    uncertainties: Optional[list[np.ndarray]]
+    featurised: int
+    reused: int
+    messages: list[str]
+
+
+def run_train_job(job: TrainJob, cache: FeatureCache, progress: Optional[ProgressCallback] = None) -> TrainResult:
+    """Featurise (or reuse cached features of) the needed slices, train, and predict.
+
+    Features of the painted slices are held for training; the slices to predict are
+    then featurised and predicted one at a time, so a whole stack never sits in memory
+    beyond what the cache keeps. Progress is reported on a 0..1000 scale; a progress
+    callback may raise :class:`napari_dinoseg.Cancelled` to stop between steps.
+    """
+    train_slices = job.train_slices
+    if not train_slices:
+        raise ValueError("no labelled pixels: paint at least one stroke for each of two classes")
+    order = list(dict.fromkeys([*train_slices, *job.predict_slices]))
+    scale = 1000
+    counts = {"featurised": 0, "reused": 0}
+    messages: list[str] = []
+
+    def features(index: Index) -> FeatureStack:
+        n = order.index(index)
+        plane = job.slice_image(index)
+        key = cache_key(plane, job.feature_config)
+        stack = cache.get(key)
+        if stack is not None:
+            counts["reused"] += 1
+        else:
+            where = f"slice {index}: " if index else ""
+
+            def sub(done: int, total: int, message: str) -> None:
+                frac = (n + done / max(total, 1)) / len(order)
+                report(progress, int(0.95 * scale * frac), scale, where + message)
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                stack = featurise(plane, job.feature_config, sub)
+            messages.extend(str(w.message) for w in caught)
+            cache.put(key, stack)
+            counts["featurised"] += 1
+        report(progress, int(0.95 * scale * (n + 1) / len(order)), scale, "features ready")
+        return stack
+
+    train_stacks = {i: features(i) for i in train_slices}
+    report(progress, int(0.95 * scale * len(train_slices) / len(order)), scale, "training")
+    clf = train(list(train_stacks.values()), [job.labels[i] for i in train_slices], job.train_config)
+    segs, uncs = [], []
+    for index in job.predict_slices:
+        stack = train_stacks.get(index) or features(index)
+        proba = predict(clf, stack)
+        segs.append(clf.to_labels(proba))
+        if job.want_uncertainty:
+            uncs.append(uncertainty(proba))
+    report(progress, scale, scale, "done")
+    return TrainResult(
+        classifier=clf,
+        predict_slices=list(job.predict_slices),
+        segmentations=segs,
+        uncertainties=uncs if job.want_uncertainty else None,
+        featurised=counts["featurised"],
+        reused=counts["reused"],
+        messages=list(dict.fromkeys(messages)),
+    )

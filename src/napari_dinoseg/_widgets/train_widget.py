@@ -1,0 +1,270 @@
+"""The "dinoseg: train" dock widget: paint brush labels, click Train / Predict.
+
+Thin by design: it reads the layers into a :class:`TrainJob` on the GUI thread, runs
+:func:`run_train_job` in a napari thread worker (progress bar, Cancel button), and
+writes the result to a ``predictions`` Labels layer (and optionally an ``uncertainty``
+Image layer) from the worker's ``returned`` signal, on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, create_widget
+from napari.layers import Image, Labels
+from napari.qt.threading import FunctionWorker, create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from superqt.utils import ensure_main_thread
+
+from ..config import FeatureConfig
+from ..features.featurise import FeatureCache
+from ..image import MAX_CHANNELS
+from ..progress import Cancelled
+from ._train_job import TrainJob, TrainResult, run_train_job
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+UNCERTAINTY = "uncertainty"
+#: Feature kinds offered in the selector: (label shown, FeatureConfig.kind).
+FEATURE_CHOICES = [("classical (Weka-style filters)", "classical")]
+SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
+
+
+class TrainWidget(Container):
+    """Dock widget: features -> logistic regression on brush labels -> predictions layer."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self.cache = FeatureCache()
+        self.classifier = None
+        self.worker: Optional[FunctionWorker] = None
+        self.last_result: Optional[TrainResult] = None
+        self._predictions: Optional[Labels] = None
+        self._uncertainty: Optional[Image] = None
+
+        self._image = create_widget(annotation=Image, label="image")
+        self._labels = create_widget(annotation=Labels, label="brush labels")
+        self._new_labels = PushButton(text="New labels layer for this image")
+        self._kind = ComboBox(choices=FEATURE_CHOICES, value="classical", label="features")
+        self._sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
+        self._membrane = CheckBox(value=True, text="membrane projections")
+        self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
+        self._want_uncertainty = CheckBox(value=False, text="uncertainty layer")
+        self._run = PushButton(text="Train / Predict")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
+        self._status = Label(value="Paint strokes of two or more classes, then click Train / Predict.")
+        self.extend([
+            self._image, self._labels, self._new_labels, self._kind, self._sigmas, self._membrane,
+            self._scope, self._want_uncertainty, self._run, self._cancel, self._progress, self._status,
+        ])
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.cancel)
+        self._new_labels.changed.connect(self.new_labels_layer)
+        self._image.changed.connect(self._update_scope)
+        self._update_scope()
+        create_worker(_import_compute_libraries).start()
+
+    # ---- actions -------------------------------------------------------------------
+
+    def feature_config(self) -> FeatureConfig:
+        """The FeatureConfig the widget's controls describe (raises ValueError if invalid)."""
+        try:
+            sigmas = tuple(float(s) for s in str(self._sigmas.value).replace(";", ",").split(",") if s.strip())
+        except ValueError:
+            raise ValueError(f"sigmas {self._sigmas.value!r}: give numbers separated by commas, e.g. 1, 2, 4, 8, 16") from None
+        return FeatureConfig(kind=self._kind.value, sigmas=sigmas, membrane=bool(self._membrane.value))
+
+    def new_labels_layer(self, *_args) -> Optional[Labels]:
+        """Add an empty Labels layer matching the selected image and select it for painting."""
+        image = self._image.value
+        if image is None:
+            show_error("dinoseg: select an image layer first")
+            return None
+        layer = self._viewer.add_labels(
+            np.zeros(_spatial_shape(image), dtype=np.uint8), name=f"{image.name} labels",
+            scale=image.scale[-len(_spatial_shape(image)):], translate=image.translate[-len(_spatial_shape(image)):],
+        )
+        self._labels.reset_choices()
+        self._labels.value = layer
+        layer.mode = "paint"
+        layer.selected_label = 1
+        self._viewer.layers.selection.active = layer
+        return layer
+
+    def run(self, *_args) -> Optional[FunctionWorker]:
+        """Start Train / Predict in a worker; returns the worker, or None when the input is refused."""
+        if self.worker is not None:
+            show_info("dinoseg: already running; wait or click Cancel")
+            return None
+        try:
+            job = self._make_job()
+        except (ValueError, TypeError) as err:
+            self._fail(str(err))
+            return None
+        worker = create_worker(run_train_job, job, self.cache, self._progress_callback, _start_thread=False)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        self._status.value = "computing features…"
+        worker.start()
+        return worker
+
+    def cancel(self, *_args) -> None:
+        """Ask the running worker to stop at its next progress step."""
+        if self.worker is not None:
+            self.worker.quit()
+            self._status.value = "cancelling…"
+
+    # ---- reading the layers ------------------------------------------------------
+
+    def _make_job(self) -> TrainJob:
+        image: Optional[Image] = self._image.value
+        labels: Optional[Labels] = self._labels.value
+        if image is None:
+            raise ValueError("no image layer: open an image first")
+        if image.multiscale:
+            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level as a plain image")
+        if labels is None:
+            raise ValueError("no labels layer: click 'New labels layer for this image' and paint strokes")
+        shape = _spatial_shape(image)
+        if not image.rgb and len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
+            raise ValueError(
+                f"image layer {image.name!r} of shape {image.data.shape} looks like (H, W, C) channels shown "
+                "as a stack; open it with channel_axis=-1 (one layer per channel) or as RGB"
+            )
+        if tuple(labels.data.shape) != shape:
+            raise ValueError(
+                f"labels layer {labels.name!r} has shape {tuple(labels.data.shape)} but image {image.name!r} "
+                f"has {shape}; click 'New labels layer for this image' to get a matching one"
+            )
+        cfg = self.feature_config()
+        lead = shape[:-2]
+        if not lead or self._scope.value == SCOPE_STACK:
+            predict_slices = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)]
+        else:
+            step = self._viewer.dims.current_step
+            offset = self._viewer.dims.ndim - len(shape)
+            predict_slices = [tuple(int(min(max(step[offset + a], 0), lead[a] - 1)) for a in range(len(lead)))]
+        return TrainJob(
+            image=image.data,
+            labels=np.array(labels.data, copy=True),
+            rgb=bool(image.rgb),
+            predict_slices=predict_slices,
+            feature_config=cfg,
+            want_uncertainty=bool(self._want_uncertainty.value),
+        )
+
+    # ---- worker callbacks (GUI thread) -------------------------------------------
+
+    def _progress_callback(self, done: int, total: int, message: str) -> None:
+        """Called in the worker thread: raise to cancel, else forward to the GUI thread."""
+        worker = self.worker
+        if worker is not None and worker.abort_requested:
+            raise Cancelled()
+        self._show_progress(done, total, message)
+
+    @ensure_main_thread
+    def _show_progress(self, done: int, total: int, message: str) -> None:
+        self._progress.max = total
+        self._progress.value = done
+        self._status.value = message
+
+    def _on_returned(self, result: TrainResult) -> None:
+        self.last_result = result
+        self.classifier = result.classifier
+        for message in result.messages:
+            show_warning(f"dinoseg: {message}")
+        self._write_layers(result)
+        reused = f", {result.reused} reused from cache" if result.reused else ""
+        self._status.value = (
+            f"predicted {len(result.predict_slices)} slice(s) with {result.classifier.n_classes} classes "
+            f"({result.featurised} featurised{reused})"
+        )
+
+    def _on_errored(self, err: BaseException) -> None:
+        if isinstance(err, Cancelled):
+            self._status.value = "cancelled; nothing was changed"
+            show_info("dinoseg: cancelled")
+        elif isinstance(err, (ValueError, TypeError)):
+            self._fail(str(err))
+        else:
+            logger.exception("dinoseg: Train / Predict failed", exc_info=err)
+            self._fail(f"{type(err).__name__}: {err}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+
+    def _fail(self, message: str) -> None:
+        self._status.value = f"error: {message}"
+        show_error(f"dinoseg: {message}")
+
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel.enabled = running
+        if not running:
+            self._progress.value = 0
+
+    # ---- writing layers ------------------------------------------------------------
+
+    def _write_layers(self, result: TrainResult) -> None:
+        image: Image = self._image.value
+        labels: Labels = self._labels.value
+        shape = _spatial_shape(image)
+        dtype = np.uint8 if result.classifier.classes.max() < 256 else np.int32
+        pred = self._predictions
+        if pred is None or pred not in self._viewer.layers or pred.data.shape != shape or pred.data.dtype != dtype:
+            if pred is not None and pred in self._viewer.layers:
+                self._viewer.layers.remove(pred)
+            pred = Labels(np.zeros(shape, dtype=dtype), name=PREDICTIONS, opacity=0.6,
+                          scale=labels.scale, translate=labels.translate)
+            self._viewer.layers.insert(self._viewer.layers.index(labels), pred)
+            self._predictions = pred
+        pred.colormap = labels.colormap
+        for index, seg in zip(result.predict_slices, result.segmentations):
+            pred.data[index] = seg
+        pred.refresh()
+        if result.uncertainties is not None:
+            self._write_uncertainty(result, shape, labels)
+        self._viewer.layers.selection.active = labels
+
+    def _write_uncertainty(self, result: TrainResult, shape, labels: Labels) -> None:
+        layer = self._uncertainty
+        if layer is None or layer not in self._viewer.layers or layer.data.shape != shape:
+            if layer is not None and layer in self._viewer.layers:
+                self._viewer.layers.remove(layer)
+            layer = Image(np.zeros(shape, dtype=np.float32), name=UNCERTAINTY, colormap="magma",
+                          blending="additive", scale=labels.scale, translate=labels.translate)
+            self._viewer.layers.insert(self._viewer.layers.index(labels), layer)
+            self._uncertainty = layer
+        for index, unc in zip(result.predict_slices, result.uncertainties):
+            layer.data[index] = unc
+        layer.contrast_limits = (0.0, max(1e-3, 1.0 - 1.0 / result.classifier.n_classes))
+        layer.refresh()
+
+    def _update_scope(self, *_args) -> None:
+        image = self._image.value
+        self._scope.visible = image is not None and len(_spatial_shape(image)) > 2
+
+
+def _import_compute_libraries() -> None:
+    """Import torch and scikit-learn in the background while the user paints (~3 s on a
+    laptop), so the first Train / Predict click does not pay for it."""
+    import sklearn.linear_model  # noqa: F401
+    import torch  # noqa: F401
+
+
+def _spatial_shape(image: Image) -> tuple[int, ...]:
+    """Shape of an image layer without its colour axis: ``(*lead, H, W)``."""
+    shape = tuple(image.data.shape)
+    return shape[:-1] if image.rgb else shape

@@ -1,0 +1,134 @@
+"""Configuration dataclasses: the vocabulary shared by the core, the widgets and bundles.
+
+Each config is frozen, validated once in ``__post_init__`` and serialisable to JSON
+(``to_dict`` / ``from_dict``), so the object the widget builds is the one the core
+uses and a saved classifier stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+FeatureKind = Literal["classical"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+ClassifierKind = Literal["logistic"]
+
+FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
+DEVICES: tuple[str, ...] = get_args(Device)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, allowed))}")
+
+
+class _JSONConfig:
+    """Mixin: round trip through plain JSON-compatible dicts, rejecting unknown keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} field(s) {sorted(unknown)}; known fields: {sorted(known)}"
+            )
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class FeatureConfig(_JSONConfig):
+    """How an image is turned into per-pixel features.
+
+    Parameters
+    ----------
+    kind
+        Featuriser: ``"classical"`` (Weka-style filter bank).
+    sigmas
+        Gaussian scales of the classical filter bank, in pixels, strictly increasing.
+    membrane
+        Add membrane projections (a line kernel at 30 orientations summarised by
+        max / min / mean / std).
+    membrane_size
+        Length of the membrane line kernel in pixels (odd).
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    """
+
+    kind: FeatureKind = "classical"
+    sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    membrane: bool = True
+    membrane_size: int = 19
+    device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("kind", self.kind, FEATURE_KINDS)
+        _choice("device", self.device, DEVICES)
+        sigmas = tuple(float(s) for s in self.sigmas)
+        if not sigmas:
+            raise ValueError("sigmas must hold at least one scale, e.g. (1, 2, 4, 8, 16)")
+        if any(not math.isfinite(s) or s <= 0 for s in sigmas):
+            raise ValueError(f"sigmas must be positive and finite, got {self.sigmas!r}")
+        if any(b <= a for a, b in zip(sigmas, sigmas[1:])):
+            raise ValueError(f"sigmas must be strictly increasing, got {self.sigmas!r}")
+        object.__setattr__(self, "sigmas", sigmas)
+        if not isinstance(self.membrane_size, int) or self.membrane_size < 3 or self.membrane_size % 2 == 0:
+            raise ValueError(f"membrane_size must be an odd integer >= 3, got {self.membrane_size!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_JSONConfig):
+    """How the pixel classifier is fitted.
+
+    Parameters
+    ----------
+    classifier
+        ``"logistic"``: multinomial logistic regression with L2 penalty.
+    C
+        Inverse regularisation strength.
+    class_weight
+        ``"balanced"`` weighs classes inversely to their painted pixel counts; ``None``
+        weighs every pixel equally.
+    max_pixels_per_class
+        Painted pixels kept per class (a seeded random subsample beyond this), so
+        training stays interactive however much is painted.
+    max_iter
+        Iteration cap of the solver.
+    seed
+        Seed of every subsample, so training is reproducible.
+    """
+
+    classifier: ClassifierKind = "logistic"
+    C: float = 1.0
+    class_weight: Literal["balanced"] | None = "balanced"
+    max_pixels_per_class: int = 20_000
+    max_iter: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("classifier", self.classifier, get_args(ClassifierKind))
+        if self.class_weight not in ("balanced", None):
+            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
+        if not (isinstance(self.C, (int, float)) and math.isfinite(self.C) and self.C > 0):
+            raise ValueError(f"C must be a positive number, got {self.C!r}")
+        if not isinstance(self.max_pixels_per_class, int) or self.max_pixels_per_class < 1:
+            raise ValueError(f"max_pixels_per_class must be a positive integer, got {self.max_pixels_per_class!r}")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")

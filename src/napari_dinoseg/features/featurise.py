@@ -1,0 +1,218 @@
+"""``featurise(image, config) -> FeatureStack``: the one entry point to every featuriser.
+
+Also home of the feature cache (keyed by the image's content and the config) and of
+the memory check made before anything large is allocated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..config import FeatureConfig
+from ..image import as_float_image, check_image_shape
+from ..progress import ProgressCallback, report
+
+#: Fraction of the available memory a feature stack may take before featurise refuses.
+MEMORY_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class FeatureStack:
+    """Per-pixel features of one 2-D image.
+
+    Attributes
+    ----------
+    data : (H, W, F) float32 array
+        Features, channels last (possibly a view of a channels-first buffer).
+    config : FeatureConfig
+        The configuration that made them.
+    channel_names : tuple of str
+        One name per feature channel (``F`` of them).
+    attention : (H, W) float32 array or None
+        CLS attention of ViT featurisers; ``None`` for classical features.
+    """
+
+    data: np.ndarray
+    config: FeatureConfig
+    channel_names: tuple[str, ...]
+    attention: Optional[np.ndarray] = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Spatial shape ``(H, W)``."""
+        return self.data.shape[:2]
+
+    @property
+    def n_features(self) -> int:
+        return self.data.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.attention is None else self.attention.nbytes
+        return self.data.nbytes + extra
+
+
+def featurise(
+    image: np.ndarray,
+    config: Optional[FeatureConfig] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> FeatureStack:
+    """Turn an image into per-pixel features.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array
+        Greyscale or multichannel image, any real dtype (see
+        :func:`napari_dinoseg.image.as_float_image` for the normalisation).
+    config
+        Feature configuration; ``FeatureConfig()`` (classical) when omitted.
+    progress
+        ``progress(done, total, message)`` after each step; raise
+        :class:`napari_dinoseg.Cancelled` from it to stop.
+
+    Returns
+    -------
+    FeatureStack
+        ``.data`` is ``(H, W, F)`` float32 with ``F = n_features(config, C)``.
+    """
+    config = FeatureConfig() if config is None else config
+    if not isinstance(config, FeatureConfig):
+        raise TypeError(f"config must be a FeatureConfig, got {type(config).__name__}")
+    shape = np.shape(image)
+    check_image_shape(shape)
+    n_channels = 1 if len(shape) == 2 else shape[-1]
+    check_memory(shape[:2], n_features(config, n_channels))
+    img = as_float_image(image)
+    featuriser = FEATURISERS[config.kind]
+    return featuriser(img, config, progress)
+
+
+def n_features(config: FeatureConfig, n_channels: int = 1) -> int:
+    """Number of feature channels ``featurise`` returns for an image with ``n_channels``."""
+    from .classical import classical_channel_names
+
+    return n_channels * len(classical_channel_names(config))
+
+
+def check_memory(shape: tuple[int, int], n_feat: int, available: Optional[int] = None) -> int:
+    """Refuse, before allocating, features that would not fit in memory.
+
+    Returns the estimated size in bytes of the ``(H, W, n_feat)`` float32 stack (plus
+    working space); raises ``ValueError`` naming the estimate and the fix when it exceeds
+    ``MEMORY_FRACTION`` of ``available`` bytes (default: the system's available memory).
+    """
+    h, w = shape
+    estimate = int(h) * int(w) * (n_feat + 40) * 4  # output + ~40 planes of working space
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    if estimate > MEMORY_FRACTION * available:
+        raise ValueError(
+            f"features of a {h}x{w} image ({n_feat} channels) need about {estimate / 2**30:.1f} GiB, "
+            f"more than {MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB available; "
+            "crop or downsample the image, or use fewer sigmas / no membrane projections"
+        )
+    return estimate
+
+
+def resolve_device(name: str):
+    """The torch device for ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``, checking it exists."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' was asked for but MPS is not available; use device='auto' or 'cpu'")
+    return torch.device(name)
+
+
+def _classical(img: np.ndarray, config: FeatureConfig, progress: Optional[ProgressCallback]) -> FeatureStack:
+    from .classical import classical_channel_names, classical_features, n_classical_steps
+
+    n_channels = img.shape[-1]
+    total = n_classical_steps(config, n_channels)
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
+        done += 1
+        report(progress, done, total, message)
+
+    report(progress, 0, total, "classical features")
+    device = resolve_device(config.device)
+    chw = classical_features(img, config, device, step)
+    data = np.moveaxis(chw.cpu().numpy(), 0, -1)
+    base = classical_channel_names(config)
+    names = base if n_channels == 1 else [f"c{c}:{n}" for c in range(n_channels) for n in base]
+    return FeatureStack(data=data, config=config, channel_names=tuple(names))
+
+
+#: Feature kind -> featuriser ``(image (H, W, C) float32, config, progress) -> FeatureStack``.
+FEATURISERS: dict[str, Callable[..., FeatureStack]] = {"classical": _classical}
+
+
+def cache_key(image: np.ndarray, config: FeatureConfig) -> str:
+    """A key that changes when the image's content, shape or dtype, or the config, changes."""
+    arr = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{arr.shape}|{arr.dtype.str}|".encode())
+    digest.update(memoryview(arr).cast("B"))
+    digest.update(config.to_json().encode())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Least-recently-used cache of feature stacks, bounded in bytes.
+
+    Parameters
+    ----------
+    max_bytes
+        Stacks are evicted, oldest use first, while the total exceeds this (the most
+        recent stack is always kept).
+    """
+
+    def __init__(self, max_bytes: int = 4 * 2**30) -> None:
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[str, FeatureStack] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self._items.values())
+
+    def get(self, key: str) -> Optional[FeatureStack]:
+        stack = self._items.get(key)
+        if stack is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return stack
+
+    def put(self, key: str, stack: FeatureStack) -> None:
+        self._items[key] = stack
+        self._items.move_to_end(key)
+        while len(self._items) > 1 and self.nbytes > self.max_bytes:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()

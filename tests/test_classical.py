@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_dinoseg import Cancelled, FeatureConfig, featurise
+from napari_dinoseg.features.classical import classical_channel_names
+from napari_dinoseg.features.featurise import n_features
+
+
+def channel(stack, name):
+    return stack.data[..., stack.channel_names.index(name)]
+
+
+def test_default_bank_has_60_named_channels():
+    names = classical_channel_names(FeatureConfig())
+    assert len(names) == 60 == n_features(FeatureConfig())
+    assert len(set(names)) == 60
+    assert names[0] == "intensity" and "dog_s16-s1" in names and names[-1] == "membrane_std"
+    assert len(classical_channel_names(FeatureConfig(sigmas=(1, 2), membrane=False))) == 1 + 2 * 9 + 1
+
+
+def test_shapes_dtype_and_channel_count(rng):
+    img = rng.integers(0, 255, (40, 56), dtype=np.uint8)
+    stack = featurise(img)
+    assert stack.data.shape == (40, 56, 60) and stack.data.dtype == np.float32
+    assert stack.shape == (40, 56) and stack.attention is None
+    assert np.isfinite(stack.data).all()
+    np.testing.assert_allclose(channel(stack, "intensity"), img / 255, atol=1e-6)
+
+
+def test_multichannel_is_featurised_per_channel(rng):
+    rgb = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    stack = featurise(rgb, FeatureConfig(sigmas=(1, 2)))
+    per = len(classical_channel_names(FeatureConfig(sigmas=(1, 2))))
+    assert stack.n_features == 3 * per
+    assert stack.channel_names[per] == "c1:intensity"
+    single = featurise(rgb[..., 1], FeatureConfig(sigmas=(1, 2)))
+    np.testing.assert_allclose(stack.data[..., per:2 * per], single.data, atol=1e-6)
+
+
+def test_gaussian_of_a_delta_is_the_sampled_gaussian():
+    img = np.zeros((65, 65), np.uint8)
+    img[32, 32] = 255
+    stack = featurise(img, FeatureConfig(sigmas=(2.0,), membrane=False))
+    d = np.arange(-8, 9)
+    k = np.exp(-(d**2) / (2 * 2.0**2))
+    k /= k.sum()
+    np.testing.assert_allclose(channel(stack, "gaussian_s2")[24:41, 24:41], np.outer(k, k), atol=1e-7)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0, 16.0])
+def test_gaussian_matches_scipy_reflect_mode(rng, sigma):
+    img = rng.random((70, 90)).astype(np.float32)
+    stack = featurise(img, FeatureConfig(sigmas=(sigma,), membrane=False))
+    ref = ndimage.gaussian_filter(as_unit(img), sigma, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(channel(stack, f"gaussian_s{sigma:g}"), ref, atol=2e-6)
+
+
+def as_unit(x):
+    return (x - x.min()) / (x.max() - x.min())
+
+
+def test_sobel_of_a_ramp_is_its_slope():
+    ramp = np.tile(np.arange(64, dtype=np.float32), (64, 1))  # x-slope 1/63 after normalisation
+    stack = featurise(ramp, FeatureConfig(sigmas=(1.0,), membrane=False))
+    interior = channel(stack, "sobel_s1")[8:-8, 8:-8]
+    np.testing.assert_allclose(interior, 1 / 63, rtol=1e-4)
+    np.testing.assert_allclose(channel(stack, "hessian_trace_s1")[8:-8, 8:-8], 0, atol=1e-6)
+
+
+def test_hessian_of_a_bright_ridge():
+    img = np.zeros((64, 64), np.uint8)
+    img[:, 31:33] = 255  # a bright vertical ridge
+    stack = featurise(img, FeatureConfig(sigmas=(2.0,), membrane=False))
+    on = (slice(16, 48), slice(31, 33))
+    assert np.all(channel(stack, "hessian_trace_s2")[on] < 0)  # bright: negative curvature
+    assert np.all(channel(stack, "hessian_eig2_s2")[on] < -0.01)  # strong across the ridge
+    np.testing.assert_allclose(channel(stack, "hessian_eig1_s2")[on], 0, atol=1e-6)  # flat along it
+    assert np.all(channel(stack, "hessian_eig1_s2") >= channel(stack, "hessian_eig2_s2"))
+    far = (slice(16, 48), slice(0, 10))
+    np.testing.assert_allclose(channel(stack, "hessian_modulus_s2")[far], 0, atol=1e-7)
+
+
+def test_difference_of_gaussians_is_the_difference():
+    img = np.random.default_rng(1).random((48, 48))
+    stack = featurise(img, FeatureConfig(sigmas=(1, 4), membrane=False))
+    np.testing.assert_allclose(
+        channel(stack, "dog_s4-s1"), channel(stack, "gaussian_s4") - channel(stack, "gaussian_s1"), atol=1e-7
+    )
+
+
+def test_membrane_projection_responds_to_a_thin_line():
+    img = np.zeros((80, 80), np.uint8)
+    rr = np.arange(10, 70)
+    img[rr, rr] = 255  # a thin diagonal line
+    stack = featurise(img, FeatureConfig(sigmas=(1.0,)))
+    mmax, mmean = channel(stack, "membrane_max"), channel(stack, "membrane_mean")
+    on, off = mmax[rr[20:40], rr[20:40]], mmax[60:70, 5:15]
+    assert on.min() > 0.45  # the diagonal kernel lies along the line (anti-aliased: ~half its weight)
+    assert np.all(on > 3 * mmean[rr[20:40], rr[20:40]])  # other orientations cross it at one pixel
+    assert off.max() < 1e-6
+    assert np.all(mmax >= mmean) and np.all(channel(stack, "membrane_std") >= 0)
+
+
+def test_images_smaller_than_the_filter_support_still_work():
+    img = np.random.default_rng(2).integers(0, 255, (12, 20), dtype=np.uint8)
+    stack = featurise(img)  # sigma 16 needs 65 px of support: mirrored padding
+    assert stack.data.shape == (12, 20, 60) and np.isfinite(stack.data).all()
+
+
+def test_progress_is_reported_and_cancellation_stops(rng):
+    img = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    calls = []
+    featurise(img, progress=lambda d, t, m: calls.append((d, t, m)))
+    assert calls[0][0] == 0 and calls[-1][0] == calls[-1][1] == 6
+    assert [c[0] for c in calls] == list(range(7))
+
+    def cancel(done, total, message):
+        if done == 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        featurise(img, progress=cancel)
+
+
+def test_featurise_checks_its_input():
+    with pytest.raises(TypeError, match="FeatureConfig"):
+        featurise(np.zeros((16, 16)), {"kind": "classical"})
+    with pytest.raises(ValueError, match="stack"):
+        featurise(np.zeros((20, 64, 64)))
+
+
+def test_missing_cuda_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        featurise(np.zeros((16, 16)), FeatureConfig(device="cuda"))

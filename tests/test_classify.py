@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+
+from conftest import iou
+from napari_dinoseg import FeatureConfig, TrainConfig, featurise, predict, train
+from napari_dinoseg.classify import uncertainty
+
+
+def test_two_textures_from_a_few_scribbles(two_textures):
+    image, truth, scribbles = two_textures
+    assert (scribbles > 0).mean() < 0.05
+    feats = featurise(image)
+    clf = train(feats, scribbles)
+    proba = predict(clf, feats)
+    assert proba.shape == (192, 192, 2) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(-1), 1, atol=1e-5)
+    seg = clf.to_labels(proba)
+    assert iou(seg, truth, 1) > 0.95 and iou(seg, truth, 2) > 0.95
+
+
+def test_label_values_need_not_be_contiguous(two_textures):
+    image, truth, scribbles = two_textures
+    relabelled = np.where(scribbles == 2, 7, scribbles).astype(np.int32)
+    feats = featurise(image)
+    clf = train(feats, relabelled)
+    assert clf.classes.tolist() == [1, 7]
+    seg = clf.to_labels(predict(clf, feats))
+    assert set(np.unique(seg)) == {1, 7}
+    assert iou(seg, np.where(truth == 2, 7, 1), 7) > 0.95
+
+
+def test_three_classes_and_uncertainty(rng):
+    img = np.zeros((60, 90), np.uint8)
+    img[:, 30:60], img[:, 60:] = 120, 240
+    img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    labels = np.zeros(img.shape, np.uint8)
+    labels[10:50, 10], labels[10:50, 45], labels[10:50, 80] = 1, 2, 3
+    feats = featurise(img, FeatureConfig(sigmas=(1, 2)))
+    clf = train(feats, labels)
+    proba = predict(clf, feats)
+    seg = clf.to_labels(proba)
+    assert (seg[:, 5:25] == 1).mean() > 0.97 and (seg[:, 35:55] == 2).mean() > 0.97 and (seg[:, 65:] == 3).mean() > 0.97
+    unc = uncertainty(proba)
+    assert unc.shape == img.shape and unc.dtype == np.float32
+    assert 0 <= unc.min() and unc.max() <= 1 - 1 / 3 + 1e-6
+    assert unc[:, 28:32].mean() > unc[:, 10:20].mean()  # least sure at class borders
+
+
+def test_standardisation_is_fitted_once_and_kept(two_textures):
+    """A brighter copy of the image is scaled with the training statistics, not its own."""
+    image, _, scribbles = two_textures
+    feats = featurise(image, FeatureConfig(sigmas=(1, 2)))
+    clf = train(feats, scribbles)
+    np.testing.assert_allclose(clf.mean, feats.data.reshape(-1, feats.n_features).mean(0), rtol=0.05, atol=1e-3)
+    shifted = feats.data + 10.0
+    assert not np.allclose(predict(clf, shifted), predict(clf, feats))
+
+
+def test_prediction_is_independent_of_memory_layout(two_textures):
+    image, _, scribbles = two_textures
+    feats = featurise(image, FeatureConfig(sigmas=(1, 2)))
+    assert not feats.data.flags.c_contiguous  # channels-last view of a channels-first buffer
+    clf = train(feats, scribbles)
+    a = predict(clf, feats)
+    b = predict(clf, np.ascontiguousarray(feats.data))
+    c = predict(clf, np.asfortranarray(feats.data))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(a, c, atol=1e-6)
+
+
+def test_training_on_several_slices(two_textures):
+    image, truth, scribbles = two_textures
+    feats = featurise(image, FeatureConfig(sigmas=(1, 2, 4)))
+    only_1 = np.where(scribbles == 1, 1, 0).astype(np.uint8)
+    only_2 = np.where(scribbles == 2, 2, 0).astype(np.uint8)
+    clf = train([feats, feats], [only_1, only_2])  # each slice holds one class: together two
+    seg = clf.to_labels(predict(clf, feats))
+    assert iou(seg, truth, 2) > 0.9
+
+
+def test_subsampling_caps_pixels_per_class_reproducibly(two_textures):
+    image, _, scribbles = two_textures
+    feats = featurise(image, FeatureConfig(sigmas=(1,)))
+    cfg = TrainConfig(max_pixels_per_class=50, seed=3)
+    a, b = train(feats, scribbles, cfg), train(feats, scribbles, cfg)
+    np.testing.assert_array_equal(a.coef, b.coef)
+    assert not np.array_equal(a.coef, train(feats, scribbles, TrainConfig(max_pixels_per_class=50, seed=4)).coef)
+
+
+@pytest.mark.parametrize(
+    "labels, exc, match",
+    [
+        (np.zeros((192, 192), np.uint8), ValueError, "no labelled pixels"),
+        (np.pad(np.ones((8, 8), np.uint8), 92), ValueError, "only class 1 is painted"),
+        (np.zeros((64, 64), np.uint8), ValueError, r"labels of shape \(64, 64\) do not match"),
+        (np.zeros((192, 192), np.float32), TypeError, "integer array"),
+        (np.zeros((192, 192), bool), TypeError, "integer array"),
+        (np.full((192, 192), -1, np.int8), ValueError, ">= 0"),
+    ],
+)
+def test_bad_labels_raise_clear_errors(two_textures, labels, exc, match):
+    feats = featurise(two_textures[0], FeatureConfig(sigmas=(1,)))
+    with pytest.raises(exc, match=match):
+        train(feats, labels)
+
+
+def test_predict_refuses_features_of_another_config(two_textures):
+    image, _, scribbles = two_textures
+    clf = train(featurise(image, FeatureConfig(sigmas=(1,))), scribbles)
+    with pytest.raises(ValueError, match="trained on 14"):
+        predict(clf, featurise(image))
+    with pytest.raises(TypeError, match="float"):
+        predict(clf, np.zeros((4, 4, 12), np.int32))

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from napari_dinoseg.config import FeatureConfig, TrainConfig
+
+
+def test_feature_config_defaults_and_json_round_trip():
+    cfg = FeatureConfig(sigmas=[1, 2, 4])
+    assert cfg.sigmas == (1.0, 2.0, 4.0)
+    back = FeatureConfig.from_dict(json.loads(cfg.to_json()))
+    assert back == cfg and hash(back) == hash(cfg)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kind": "dinov9"}, "kind='dinov9' is not valid; choose one of 'classical'"),
+        ({"sigmas": ()}, "at least one scale"),
+        ({"sigmas": (2, 1)}, "strictly increasing"),
+        ({"sigmas": (0, 1)}, "positive and finite"),
+        ({"sigmas": (1, float("nan"))}, "positive and finite"),
+        ({"membrane_size": 18}, "odd integer"),
+        ({"device": "tpu"}, "device='tpu'"),
+    ],
+)
+def test_feature_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeatureConfig(**kwargs)
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown FeatureConfig field"):
+        FeatureConfig.from_dict({"kind": "classical", "stride": 4})
+
+
+@pytest.mark.parametrize("kwargs", [{"C": 0}, {"C": -1.0}, {"class_weight": "auto"}, {"max_iter": 0},
+                                    {"max_pixels_per_class": 0}, {"classifier": "svm"}])
+def test_train_config_rejects_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        TrainConfig(**kwargs)
