@@ -109,10 +109,10 @@ class TrainWidget(Container):
         except (ValueError, TypeError) as err:
             self._fail(str(err))
             return None
-        worker = create_worker(run_train_job, job, self.cache, self._progress_callback, _start_thread=False)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
+        worker = create_worker(
+            run_train_job, job, self.cache, self._progress_callback, _start_thread=False,
+            _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
+        )
         self.worker = worker
         self._set_running(True)
         self._status.value = "computing features…"

@@ -1,0 +1,227 @@
+"""The train widget in a real napari viewer (run under Xvfb), with real worker threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import iou
+
+napari = pytest.importorskip("napari")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_dinoseg._widgets.train_widget import PREDICTIONS, UNCERTAINTY, TrainWidget  # noqa: E402
+
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications dispatched during the test."""
+    start = len(notification_manager.records)
+    yield lambda: [str(n.message) for n in notification_manager.records[start:]]
+
+
+@pytest.fixture
+def dock(make_napari_viewer):
+    """``dock(image, **image_kwargs) -> (viewer, widget, image_layer)`` with the widget docked."""
+
+    def make(image, **kwargs):
+        viewer = make_napari_viewer()
+        layer = viewer.add_image(image, name="img", **kwargs)
+        widget = TrainWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="dinoseg: train")
+        return viewer, widget, layer
+
+    return make
+
+
+def brush(layer, strokes):
+    """Paint ``(label, [(row, col), ...])`` polylines into a Labels layer with its brush."""
+    layer.brush_size = 3
+    for label, points in strokes:
+        for (r0, c0), (r1, c1) in zip(points, points[1:]):
+            n = int(max(abs(r1 - r0), abs(c1 - c0))) + 1
+            for r, c in zip(np.linspace(r0, r1, n), np.linspace(c0, c1, n)):
+                layer.paint((round(r), round(c)), label, refresh=False)
+    layer.refresh()
+
+
+TEXTURE_STROKES = [
+    (1, [(20, 30), (170, 30)]), (1, [(100, 10), (100, 60)]),
+    (2, [(20, 160), (170, 160)]), (2, [(60, 140), (60, 180)]),
+]
+
+
+def click_and_wait(qtbot, widget):
+    widget._run.native.click()
+    if widget.worker is not None:
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+
+
+def test_paint_train_predict_and_reuse_cached_features(dock, qtbot, two_textures):
+    image, truth, _ = two_textures
+    viewer, widget, _ = dock(image)
+    labels = widget.new_labels_layer()
+    assert labels.data.shape == image.shape and widget._labels.value is labels
+    brush(labels, TEXTURE_STROKES)
+    assert set(np.unique(labels.data)) == {0, 1, 2}
+
+    click_and_wait(qtbot, widget)
+    pred = viewer.layers[PREDICTIONS]
+    assert pred.data.shape == image.shape
+    assert iou(pred.data, truth, 1) > 0.95 and iou(pred.data, truth, 2) > 0.95
+    np.testing.assert_array_equal(pred.colormap.map(np.array([1, 2])), labels.colormap.map(np.array([1, 2])))
+    assert viewer.layers.index(pred) < viewer.layers.index(labels)  # strokes stay on top
+    assert widget.last_result.featurised == 1 and widget.cache.misses == 1
+    assert "predicted 1 slice(s) with 2 classes" in widget._status.value
+
+    brush(labels, [(1, [(150, 40), (180, 40)])])  # a correction, then a second click
+    first = pred.data.copy()
+    click_and_wait(qtbot, widget)
+    assert widget.last_result.featurised == 0 and widget.last_result.reused == 1
+    assert widget.cache.hits == 1 and widget.cache.misses == 1
+    assert viewer.layers[PREDICTIONS] is pred  # updated in place
+    assert pred.data.shape == first.shape
+
+
+def test_uncertainty_layer(dock, qtbot, two_textures):
+    image, _, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    widget._want_uncertainty.value = True
+    click_and_wait(qtbot, widget)
+    unc = viewer.layers[UNCERTAINTY]
+    assert unc.data.shape == image.shape and unc.data.dtype == np.float32
+    assert 0 <= unc.data.min() and unc.data.max() <= 0.5 + 1e-6
+    assert unc.data[:, 90:100].mean() > unc.data[:, 20:40].mean()  # unsure at the boundary
+
+
+def test_cancel_leaves_the_layers_untouched(dock, qtbot, notes):
+    image = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    viewer, widget, _ = dock(image, rgb=True)
+    labels = widget.new_labels_layer()
+    brush(labels, [(1, [(10, 10), (10, 200)]), (2, [(300, 10), (300, 200)])])
+    worker = widget.run()
+    assert worker is not None
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert PREDICTIONS not in [layer.name for layer in viewer.layers]
+    assert widget._status.value.startswith("cancelled")
+    assert widget._run.enabled and not widget._cancel.enabled
+    assert any("cancelled" in n for n in notes())
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_rgb_and_rgba_images(dock, qtbot, two_textures, channels):
+    image, truth, scribbles = two_textures
+    rgb = np.repeat(image[..., None], channels, axis=-1)
+    if channels == 4:
+        rgb[..., 3] = 255
+    viewer, widget, layer = dock(rgb, rgb=True)
+    assert layer.rgb
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    click_and_wait(qtbot, widget)
+    pred = viewer.layers[PREDICTIONS].data
+    assert pred.shape == image.shape
+    assert widget.classifier.n_features == 3 * 60  # alpha dropped
+    assert iou(pred, truth, 2) > 0.9
+
+
+def test_float_image_with_nan_and_inf_warns_and_predicts(dock, qtbot, two_textures, notes):
+    image, truth, scribbles = two_textures
+    img = image.astype(np.float32)
+    img[0, :5] = np.nan
+    img[1, :5] = np.inf
+    viewer, widget, _ = dock(img)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    click_and_wait(qtbot, widget)
+    assert viewer.layers[PREDICTIONS].data.shape == image.shape
+    assert any("NaN/inf pixel(s) replaced" in n for n in notes())
+
+
+def test_stack_trains_on_painted_slices_and_predicts_current_slice_or_all(dock, qtbot, two_textures):
+    image, truth, scribbles = two_textures
+    stack = np.stack([image, image[:, ::-1], image])
+    viewer, widget, _ = dock(stack)
+    assert not widget._scope.native.isHidden()  # the scope choice appears for stacks
+    strokes = np.zeros(stack.shape, np.uint8)
+    strokes[0] = scribbles  # labels in one slice train the classifier
+    viewer.add_labels(strokes, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    viewer.dims.set_current_step(0, 1)
+    click_and_wait(qtbot, widget)
+    pred = viewer.layers[PREDICTIONS].data
+    assert pred.shape == stack.shape
+    assert np.all(pred[0] == 0) and np.all(pred[2] == 0)  # only the current slice
+    assert iou(pred[1], truth[:, ::-1], 2) > 0.9
+
+    widget._scope.value = "whole stack"
+    click_and_wait(qtbot, widget)
+    pred = viewer.layers[PREDICTIONS].data
+    assert all(iou(pred[z], t, 2) > 0.9 for z, t in enumerate([truth, truth[:, ::-1], truth]))
+    # slices 0 and 1 were featurised by the first click; slice 2 equals slice 0, so its key hits too
+    assert widget.last_result.reused == 3 and widget.last_result.featurised == 0
+
+
+def test_tiny_image_smaller_than_the_filters(dock, qtbot):
+    image = np.zeros((12, 12), np.uint8)
+    image[:, 6:] = 200
+    viewer, widget, _ = dock(image)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:10, 1], labels[2:10, 10] = 1, 2
+    viewer.add_labels(labels, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    click_and_wait(qtbot, widget)
+    pred = viewer.layers[PREDICTIONS].data
+    assert np.all(pred[:, :5] == 1) and np.all(pred[:, 7:] == 2)
+
+
+def expect_refusal(qtbot, viewer, widget, notes, match):
+    before = [layer.name for layer in viewer.layers]
+    click_and_wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == before  # nothing lost, nothing added
+    assert widget._status.value.startswith("error:") and match in widget._status.value
+    assert any(match in n for n in notes())
+    assert widget._run.enabled and widget.worker is None
+
+
+def test_no_labels_layer(dock, qtbot, notes, two_textures):
+    viewer, widget, _ = dock(two_textures[0])
+    expect_refusal(qtbot, viewer, widget, notes, "no labels layer")
+
+
+def test_labels_of_another_shape(dock, qtbot, notes, two_textures):
+    viewer, widget, _ = dock(two_textures[0])
+    viewer.add_labels(np.zeros((50, 60), np.uint8), name="other")
+    widget._labels.value = viewer.layers["other"]
+    expect_refusal(qtbot, viewer, widget, notes, "has shape (50, 60) but image")
+
+
+def test_nothing_painted(dock, qtbot, notes, two_textures):
+    viewer, widget, _ = dock(two_textures[0])
+    widget.new_labels_layer()
+    expect_refusal(qtbot, viewer, widget, notes, "no labelled pixels")
+
+
+def test_single_class_painted(dock, qtbot, notes, two_textures):
+    viewer, widget, _ = dock(two_textures[0])
+    brush(widget.new_labels_layer(), [(1, [(10, 10), (10, 100)])])
+    expect_refusal(qtbot, viewer, widget, notes, "only class 1 is painted")
+
+
+def test_bad_sigmas_text(dock, qtbot, notes, two_textures):
+    viewer, widget, _ = dock(two_textures[0])
+    brush(widget.new_labels_layer(), TEXTURE_STROKES)
+    widget._sigmas.value = "1, two"
+    expect_refusal(qtbot, viewer, widget, notes, "give numbers separated by commas")
+
+
+def test_multichannel_shown_as_stack(dock, qtbot, notes):
+    viewer, widget, _ = dock(np.zeros((64, 64, 5), np.float32))
+    widget.new_labels_layer()
+    expect_refusal(qtbot, viewer, widget, notes, "channel_axis=-1")
