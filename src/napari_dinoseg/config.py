@@ -64,7 +64,7 @@ class FeatureConfig(_JSONConfig):
     sigmas
         Gaussian scales of the classical filter bank, in pixels, strictly increasing.
     membrane
-        Add membrane projections (a line kernel at 30 orientations summarised by
+        Add membrane projections (a line kernel at 16 orientations summarised by
         max / min / mean / std).
     membrane_size
         Length of the membrane line kernel in pixels (odd).
