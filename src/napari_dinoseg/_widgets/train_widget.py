@@ -181,6 +181,7 @@ class TrainWidget(Container):
 
     def _on_returned(self, result: TrainResult) -> None:
         self.last_result = result
+        self._progress.value = self._progress.max
         self.classifier = result.classifier
         for message in result.messages:
             show_warning(f"dinoseg: {message}")
@@ -192,6 +193,7 @@ class TrainWidget(Container):
         )
 
     def _on_errored(self, err: BaseException) -> None:
+        self._progress.value = 0
         if isinstance(err, Cancelled):
             self._status.value = "cancelled; nothing was changed"
             show_info("dinoseg: cancelled")
@@ -212,7 +214,7 @@ class TrainWidget(Container):
     def _set_running(self, running: bool) -> None:
         self._run.enabled = not running
         self._cancel.enabled = running
-        if not running:
+        if running:
             self._progress.value = 0
 
     # ---- writing layers ------------------------------------------------------------

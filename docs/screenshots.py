@@ -1,0 +1,50 @@
+"""Regenerate the screenshots in docs/images from a real napari session (needs a display or xvfb-run).
+
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python docs/screenshots.py
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from napari.qt import get_qapp
+from qtpy.QtCore import QEventLoop
+
+from napari_dinoseg._widgets.demo import build_viewer
+
+OUT = Path(__file__).resolve().parent / "images"
+
+
+def click_and_wait(widget) -> None:
+    worker = widget.run()
+    loop = QEventLoop()
+    worker.finished.connect(loop.quit)
+    if widget.worker is not None:
+        loop.exec()
+    for _ in range(10):
+        get_qapp().processEvents()
+        time.sleep(0.05)
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    viewer, widget = build_viewer(show=True)
+    viewer.reset_view()
+    get_qapp().processEvents()
+    viewer.screenshot(str(OUT / "before_train_ihc.png"), canvas_only=False)
+
+    click_and_wait(widget)
+    viewer.reset_view()
+    viewer.screenshot(str(OUT / "train_widget_ihc.png"), canvas_only=False)
+
+    widget._want_uncertainty.value = True
+    click_and_wait(widget)
+    viewer.layers["predictions"].visible = False
+    viewer.screenshot(str(OUT / "uncertainty_ihc.png"), canvas_only=False)
+    viewer.close()
+    print(f"wrote screenshots to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
