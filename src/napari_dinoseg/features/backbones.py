@@ -1,0 +1,265 @@
+"""ViT backbones: a registry of friendly names, weight loading, strided patch embedding, CLS attention.
+
+Models are built by timm and loaded on demand (never at import). :class:`StridedViT`
+wraps a timm model without changing it: it runs the patch-embedding convolution with a
+stride below the patch size (overlapping patches), resamples the positional embeddings
+(bicubic, through timm) to the new token grid ``1 + (H - p) // s`` per side, runs the
+blocks with timm's fused attention, and computes the true softmax attention of the CLS
+token over the patch tokens in the last block from that block's own q and k.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+#: Environment variable naming a folder of weight files (see :func:`weights_dir`).
+WEIGHTS_ENV = "DINOSEG_WEIGHTS_DIR"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A backbone: its timm name, patch size and the file names its weights are released under."""
+
+    timm_name: str
+    patch_size: int
+    files: tuple[str, ...]
+
+
+def _dinov2(size: str, long: str, reg: bool) -> ModelSpec:
+    reg_part = "_reg4" if reg else ""
+    return ModelSpec(
+        f"vit_{long}_patch14{reg_part}_dinov2.lvd142m", 14,
+        (f"dinov2_vit{size}14{reg_part}_pretrain.pth", f"vit_{long}_patch14{reg_part}_dinov2.lvd142m.safetensors"),
+    )
+
+
+#: Friendly name -> model. DINOv2 (official release file names), DINO v1, DINOv3.
+MODELS: dict[str, ModelSpec] = {
+    **{f"dinov2_vit{s}14": _dinov2(s, long, False) for s, long in
+       (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))},
+    **{f"dinov2_vit{s}14_reg": _dinov2(s, long, True) for s, long in
+       (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))},
+    "dino_vits8": ModelSpec("vit_small_patch8_224.dino", 8, ("dino_deitsmall8_pretrain.pth",)),
+    "dino_vits16": ModelSpec("vit_small_patch16_224.dino", 16, ("dino_deitsmall16_pretrain.pth",)),
+    "dino_vitb8": ModelSpec("vit_base_patch8_224.dino", 8, ("dino_vitbase8_pretrain.pth",)),
+    "dino_vitb16": ModelSpec("vit_base_patch16_224.dino", 16, ("dino_vitbase16_pretrain.pth",)),
+    "dinov3_vits16": ModelSpec("vit_small_patch16_dinov3.lvd1689m", 16,
+                               ("dinov3_vits16_pretrain_lvd1689m.pth", "vit_small_patch16_dinov3.lvd1689m.safetensors")),
+    "dinov3_vitb16": ModelSpec("vit_base_patch16_dinov3.lvd1689m", 16,
+                               ("dinov3_vitb16_pretrain_lvd1689m.pth", "vit_base_patch16_dinov3.lvd1689m.safetensors")),
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name``; a ``ValueError`` listing the valid names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}") from None
+
+
+def weights_dir() -> Path:
+    """Folder searched for weight files: ``$DINOSEG_WEIGHTS_DIR``, else ``~/.cache/napari-dinoseg/weights``."""
+    env = os.environ.get(WEIGHTS_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-dinoseg" / "weights"
+
+
+_LOADED: dict[tuple, torch.nn.Module] = {}
+_MAX_LOADED = 2
+
+
+def load_model(name: str, weights: Optional[str] = None, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
+    """Build a backbone by friendly name and load its weights (cached: two models at most).
+
+    Parameters
+    ----------
+    name
+        A key of :data:`MODELS`, e.g. ``"dinov2_vits14"``.
+    weights
+        ``None``: a file from :func:`weights_dir` named as released (e.g.
+        ``dinov2_vits14_pretrain.pth``), else timm's pretrained weights from the Hugging Face
+        cache (downloaded when online). A path: a checkpoint file, the official DINOv2 /
+        DINO ``.pth`` or a timm / Hugging Face ``.safetensors``. ``"random"``: random
+        initialisation (tests, speed benchmarks).
+    device
+        Where the model lives.
+
+    Returns
+    -------
+    The timm model in eval mode, with ``dynamic_img_size`` enabled.
+    """
+    spec = model_spec(name)
+    key = (name, weights, str(device))
+    if key in _LOADED:
+        return _LOADED[key]
+    import timm
+
+    model = timm.create_model(spec.timm_name, pretrained=False, dynamic_img_size=True, num_classes=0)
+    if weights == "random":
+        pass
+    elif weights is not None:
+        load_checkpoint(model, weights)
+    else:
+        local = [weights_dir() / f for f in spec.files if (weights_dir() / f).is_file()]
+        if local:
+            load_checkpoint(model, str(local[0]))
+        else:
+            model = _from_hub(name, spec)
+    model = model.eval().requires_grad_(False).to(device)
+    if len(_LOADED) >= _MAX_LOADED:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = model
+    return model
+
+
+def _from_hub(name: str, spec: ModelSpec) -> torch.nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(spec.timm_name, pretrained=True, dynamic_img_size=True, num_classes=0)
+    except Exception as err:  # offline, no cache, hub errors: all end the same way for the user
+        raise ValueError(
+            f"no weights for model {name!r} (timm {spec.timm_name!r}): they are not in the Hugging Face cache "
+            f"and could not be downloaded ({type(err).__name__}). Put the released file "
+            f"({' or '.join(spec.files)}) in {weights_dir()} (or set {WEIGHTS_ENV} to its folder), "
+            "or pass weights='/path/to/checkpoint'"
+        ) from err
+
+
+def load_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Load a checkpoint file into a timm model, strictly, converting official layouts.
+
+    Reads ``.safetensors`` with safetensors and ``.pth`` / ``.pt`` with
+    ``torch.load(weights_only=True)`` (no code runs from the file). Training checkpoints
+    (``teacher`` / ``model`` / ``state_dict`` entries, ``backbone.`` / ``module.`` prefixes)
+    are unwrapped; official DINOv2 keys (``mask_token``, ``register_tokens``, SwiGLU
+    ``w12`` / ``w3``) are converted by timm's own filter.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"weights file {str(p)!r} does not exist")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"could not read weights file {str(p)!r}: {type(err).__name__}: {err}") from err
+    state = _unwrap(state)
+    from timm.models import vision_transformer
+
+    if "mask_token" in state or "register_tokens" in state:
+        state = vision_transformer.checkpoint_filter_fn(state, model)
+    state = {k: v for k, v in state.items() if not k.startswith("head.") and k != "mask_token"}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"weights file {str(p)!r} does not fit this model: missing {list(result.missing_keys)[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]}; is it the checkpoint of another model?"
+        )
+
+
+def _unwrap(state) -> dict:
+    if not isinstance(state, dict):
+        raise ValueError("weights file holds no state dict")
+    for key in ("teacher", "model", "state_dict"):
+        if key in state and isinstance(state[key], dict):
+            state = state[key]
+    out = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        out[re.sub(r"^(module\.|backbone\.)+", "", k)] = v
+    # block-chunked official checkpoints: blocks.<chunk>.<i>. -> blocks.<i>.
+    if any(re.match(r"blocks\.\d+\.\d+\.", k) for k in out):
+        out = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in out.items()}
+    return out
+
+
+class StridedViT(torch.nn.Module):
+    """Patch-token features and last-block CLS attention of a timm ViT at any stride.
+
+    Wraps (does not modify) a timm ``VisionTransformer`` or ``Eva`` built with
+    ``dynamic_img_size=True``.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        proj = model.patch_embed.proj
+        self.patch_size = int(proj.kernel_size[0])
+        self.embed_dim = int(proj.out_channels)
+        self.num_heads = int(model.blocks[-1].attn.num_heads)
+        self.num_prefix = int(model.num_prefix_tokens)
+        self.uses_rope = getattr(model, "rope", None) is not None
+
+    def grid(self, height: int, width: int, stride: int) -> tuple[int, int]:
+        """Token grid ``(1 + (H - p) // s, 1 + (W - p) // s)`` of an ``H x W`` input."""
+        p = self.patch_size
+        if height < p or width < p:
+            raise ValueError(f"the input of {height}x{width} px is smaller than one {p}x{p} patch")
+        return 1 + (height - p) // stride, 1 + (width - p) // stride
+
+    def forward(self, x: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and CLS attention of a batch of normalised images.
+
+        Parameters
+        ----------
+        x : (B, 3, H, W) float tensor, ImageNet-normalised.
+        stride : patch-embedding stride, 1 <= stride <= patch size.
+
+        Returns
+        -------
+        tokens : (B, gh, gw, D) patch tokens after the final norm.
+        attention : (B, heads, gh, gw) CLS attention of the last block over the patch
+            tokens, renormalised to sum to 1 per head.
+        """
+        m = self.model
+        proj = m.patch_embed.proj
+        t = F.conv2d(x, proj.weight, proj.bias, stride=stride)  # (B, D, gh, gw)
+        gh, gw = t.shape[-2:]
+        t = m.patch_embed.norm(t.permute(0, 2, 3, 1))  # NHWC, as timm's dynamic path expects
+        if self.uses_rope:
+            t, rope = m._pos_embed(t)
+        else:
+            t, rope = m._pos_embed(t), None
+        t = m.norm_pre(m.patch_drop(t) if rope is None else t)
+        for block in m.blocks[:-1]:
+            t = block(t) if rope is None else block(t, rope=rope)
+        last = m.blocks[-1]
+        attention = self._cls_attention(last, t, rope)
+        t = last(t) if rope is None else last(t, rope=rope)
+        t = m.norm(t)
+        tokens = t[:, self.num_prefix:].reshape(t.shape[0], gh, gw, -1)
+        return tokens, attention.reshape(t.shape[0], self.num_heads, gh, gw)
+
+    def _cls_attention(self, block, t: torch.Tensor, rope) -> torch.Tensor:
+        """(B, heads, N_patches) softmax attention of the CLS token (query 0) in ``block``."""
+        attn = block.attn
+        h = block.norm1(t)
+        b, n, _ = h.shape
+        if getattr(attn, "q_bias", None) is not None:
+            bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+            qkv = F.linear(h, attn.qkv.weight, bias)
+        else:
+            qkv = attn.qkv(h)
+        qkv = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])
+        if rope is not None:
+            from timm.layers import apply_rot_embed_cat
+
+            npt = self.num_prefix
+            half = getattr(attn, "rotate_half", False)
+            k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2)
+        logits = (q.float() @ k.float().transpose(-2, -1))[:, :, 0] * attn.scale  # (B, heads, N)
+        weights = logits.softmax(dim=-1)[:, :, self.num_prefix:]
+        return weights / weights.sum(dim=-1, keepdim=True)
