@@ -11,9 +11,10 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Optional, get_args
 
-FeatureKind = Literal["classical"]
+FeatureKind = Literal["classical", "vit", "hybrid"]
+Resize = Literal["nearest", "stretch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 ClassifierKind = Literal["logistic"]
 
@@ -60,7 +61,25 @@ class FeatureConfig(_JSONConfig):
     Parameters
     ----------
     kind
-        Featuriser: ``"classical"`` (Weka-style filter bank).
+        Featuriser: ``"classical"`` (Weka-style filter bank), ``"vit"`` (ViT features
+        upsampled to pixel resolution; "DINOv2" in the widget) or ``"hybrid"`` (both,
+        concatenated).
+    model
+        ViT backbone, a name of :data:`napari_dinoseg.features.backbones.MODELS`.
+    stride
+        Patch-embedding stride (1..patch size); ``None``: the device preset.
+    shifts
+        Shift distances of the upsampler, in pixels (each adds 8 views); ``None``: preset.
+    flips
+        Add the flip group {id, h, v, hv} to the upsampler's views; ``None``: preset.
+    resize
+        Token grid to pixels: ``"nearest"`` receptive-field centre, or ``"stretch"``
+        (plain nearest resize, as the paper).
+    weights
+        ``None`` (released weights from the weights folder or the Hugging Face cache),
+        a checkpoint path, or ``"random"``.
+    tile
+        ViT input tile size in pixels; larger images are featurised in overlapping tiles.
     sigmas
         Gaussian scales of the classical filter bank, in pixels, strictly increasing.
     membrane
@@ -73,6 +92,13 @@ class FeatureConfig(_JSONConfig):
     """
 
     kind: FeatureKind = "classical"
+    model: str = "dinov2_vits14"
+    stride: Optional[int] = None
+    shifts: Optional[tuple[int, ...]] = None
+    flips: Optional[bool] = None
+    resize: Resize = "nearest"
+    weights: Optional[str] = None
+    tile: int = 518
     sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     membrane: bool = True
     membrane_size: int = 19
@@ -81,6 +107,9 @@ class FeatureConfig(_JSONConfig):
     def __post_init__(self) -> None:
         _choice("kind", self.kind, FEATURE_KINDS)
         _choice("device", self.device, DEVICES)
+        _choice("resize", self.resize, get_args(Resize))
+        if self.uses_vit:
+            self._check_vit()
         sigmas = tuple(float(s) for s in self.sigmas)
         if not sigmas:
             raise ValueError("sigmas must hold at least one scale, e.g. (1, 2, 4, 8, 16)")
@@ -91,6 +120,64 @@ class FeatureConfig(_JSONConfig):
         object.__setattr__(self, "sigmas", sigmas)
         if not isinstance(self.membrane_size, int) or self.membrane_size < 3 or self.membrane_size % 2 == 0:
             raise ValueError(f"membrane_size must be an odd integer >= 3, got {self.membrane_size!r}")
+
+    @property
+    def uses_vit(self) -> bool:
+        return self.kind in ("vit", "hybrid")
+
+    @property
+    def uses_classical(self) -> bool:
+        return self.kind in ("classical", "hybrid")
+
+    @property
+    def is_resolved(self) -> bool:
+        """Whether stride, shifts and flips are all set (no preset left to choose)."""
+        return not self.uses_vit or None not in (self.stride, self.shifts, self.flips)
+
+    def resolved(self, device_type: str) -> "FeatureConfig":
+        """This config with unset ``stride`` / ``shifts`` / ``flips`` taken from the preset of
+        ``device_type`` (``"cuda"``, ``"mps"`` or ``"cpu"``): see :func:`preset`."""
+        if self.is_resolved:
+            return self
+        fill = preset(self.model, device_type)
+        return dataclasses.replace(
+            self,
+            stride=fill["stride"] if self.stride is None else self.stride,
+            shifts=fill["shifts"] if self.shifts is None else self.shifts,
+            flips=fill["flips"] if self.flips is None else self.flips,
+        )
+
+    def _check_vit(self) -> None:
+        from .features.backbones import model_spec
+
+        patch = model_spec(self.model).patch_size  # raises, listing the valid names
+        if self.stride is not None and not (isinstance(self.stride, int) and 1 <= self.stride <= patch):
+            raise ValueError(f"stride must be an integer in 1..{patch} (the patch size of {self.model}), got {self.stride!r}")
+        if self.shifts is not None:
+            shifts = tuple(int(s) for s in self.shifts)
+            if any(s < 1 for s in shifts) or len(set(shifts)) != len(shifts):
+                raise ValueError(f"shifts must be distinct positive pixel distances, got {self.shifts!r}")
+            object.__setattr__(self, "shifts", shifts)
+        if self.flips is not None and not isinstance(self.flips, bool):
+            raise ValueError(f"flips must be True, False or None, got {self.flips!r}")
+        if not isinstance(self.tile, int) or self.tile < 4 * patch:
+            raise ValueError(f"tile must be an integer of at least {4 * patch} px for {self.model}, got {self.tile!r}")
+
+
+def preset(model: str, device_type: str) -> dict:
+    """Upsampler preset for a device type.
+
+    GPU (``"cuda"`` / ``"mps"``): the paper's setting, stride 4, shifts (1, 2), flips
+    (68 views). CPU: stride = patch size with shifts of a quarter and half the patch
+    (the paper's shift-to-stride ratios), no flips: 17 views, ~12 s for a 512^2 image
+    with ViT-S/14 on 2 cores (measured, see docs/benchmarks.md).
+    """
+    from .features.backbones import model_spec
+
+    patch = model_spec(model).patch_size
+    if device_type in ("cuda", "mps"):
+        return {"stride": 4, "shifts": (1, 2), "flips": True}
+    return {"stride": patch, "shifts": (max(1, round(patch / 4)), patch // 2), "flips": False}
 
 
 @dataclass(frozen=True)

@@ -25,17 +25,24 @@ WEIGHTS_ENV = "DINOSEG_WEIGHTS_DIR"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A backbone: its timm name, patch size and the file names its weights are released under."""
+    """A backbone: timm name, patch size, width, heads, and the file names of its released weights."""
 
     timm_name: str
     patch_size: int
+    embed_dim: int
+    num_heads: int
+    depth: int
     files: tuple[str, ...]
+
+
+#: size letter -> (embed_dim, num_heads, depth)
+_WIDTH = {"s": (384, 6, 12), "b": (768, 12, 12), "l": (1024, 16, 24), "g": (1536, 24, 40)}
 
 
 def _dinov2(size: str, long: str, reg: bool) -> ModelSpec:
     reg_part = "_reg4" if reg else ""
     return ModelSpec(
-        f"vit_{long}_patch14{reg_part}_dinov2.lvd142m", 14,
+        f"vit_{long}_patch14{reg_part}_dinov2.lvd142m", 14, *_WIDTH[size],
         (f"dinov2_vit{size}14{reg_part}_pretrain.pth", f"vit_{long}_patch14{reg_part}_dinov2.lvd142m.safetensors"),
     )
 
@@ -46,13 +53,13 @@ MODELS: dict[str, ModelSpec] = {
        (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))},
     **{f"dinov2_vit{s}14_reg": _dinov2(s, long, True) for s, long in
        (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))},
-    "dino_vits8": ModelSpec("vit_small_patch8_224.dino", 8, ("dino_deitsmall8_pretrain.pth",)),
-    "dino_vits16": ModelSpec("vit_small_patch16_224.dino", 16, ("dino_deitsmall16_pretrain.pth",)),
-    "dino_vitb8": ModelSpec("vit_base_patch8_224.dino", 8, ("dino_vitbase8_pretrain.pth",)),
-    "dino_vitb16": ModelSpec("vit_base_patch16_224.dino", 16, ("dino_vitbase16_pretrain.pth",)),
-    "dinov3_vits16": ModelSpec("vit_small_patch16_dinov3.lvd1689m", 16,
+    "dino_vits8": ModelSpec("vit_small_patch8_224.dino", 8, *_WIDTH["s"], ("dino_deitsmall8_pretrain.pth",)),
+    "dino_vits16": ModelSpec("vit_small_patch16_224.dino", 16, *_WIDTH["s"], ("dino_deitsmall16_pretrain.pth",)),
+    "dino_vitb8": ModelSpec("vit_base_patch8_224.dino", 8, *_WIDTH["b"], ("dino_vitbase8_pretrain.pth",)),
+    "dino_vitb16": ModelSpec("vit_base_patch16_224.dino", 16, *_WIDTH["b"], ("dino_vitbase16_pretrain.pth",)),
+    "dinov3_vits16": ModelSpec("vit_small_patch16_dinov3.lvd1689m", 16, *_WIDTH["s"],
                                ("dinov3_vits16_pretrain_lvd1689m.pth", "vit_small_patch16_dinov3.lvd1689m.safetensors")),
-    "dinov3_vitb16": ModelSpec("vit_base_patch16_dinov3.lvd1689m", 16,
+    "dinov3_vitb16": ModelSpec("vit_base_patch16_dinov3.lvd1689m", 16, *_WIDTH["b"],
                                ("dinov3_vitb16_pretrain_lvd1689m.pth", "vit_base_patch16_dinov3.lvd1689m.safetensors")),
 }
 

@@ -86,17 +86,43 @@ def featurise(
     shape = np.shape(image)
     check_image_shape(shape)
     n_channels = 1 if len(shape) == 2 else shape[-1]
+    device = resolve_device(config.device)
+    config = config.resolved(device.type)
+    if config.uses_vit:
+        from .backbones import model_spec
+
+        patch = model_spec(config.model).patch_size
+        if min(shape[:2]) < patch:
+            raise ValueError(
+                f"image of {shape[0]}x{shape[1]} px is smaller than one {patch}x{patch} patch of {config.model}; "
+                "use classical features, or upsample the image"
+            )
     check_memory(shape[:2], n_features(config, n_channels))
     img = as_float_image(image)
     featuriser = FEATURISERS[config.kind]
-    return featuriser(img, config, progress)
+    return featuriser(img, config, device, progress)
 
 
 def n_features(config: FeatureConfig, n_channels: int = 1) -> int:
     """Number of feature channels ``featurise`` returns for an image with ``n_channels``."""
-    from .classical import classical_channel_names
+    total = 0
+    if config.uses_classical:
+        from .classical import classical_channel_names
 
-    return n_channels * len(classical_channel_names(config))
+        total += n_channels * len(classical_channel_names(config))
+    if config.uses_vit:
+        from .backbones import model_spec
+
+        total += len(vit_channel_groups(n_channels)) * model_spec(config.model).embed_dim
+    return total
+
+
+def vit_channel_groups(n_channels: int) -> list[list[int]]:
+    """Image channels fed to the ViT together: RGB(A) as one colour image (alpha dropped),
+    anything else one greyscale channel at a time (replicated to three)."""
+    if n_channels in (3, 4):
+        return [[0, 1, 2]]
+    return [[c, c, c] for c in range(n_channels)]
 
 
 def check_memory(shape: tuple[int, int], n_feat: int, available: Optional[int] = None) -> int:
@@ -138,7 +164,7 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def _classical(img: np.ndarray, config: FeatureConfig, progress: Optional[ProgressCallback]) -> FeatureStack:
+def _classical(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback]) -> FeatureStack:
     from .classical import classical_channel_names, classical_features, n_classical_steps
 
     n_channels = img.shape[-1]
@@ -151,7 +177,6 @@ def _classical(img: np.ndarray, config: FeatureConfig, progress: Optional[Progre
         report(progress, done, total, message)
 
     report(progress, 0, total, "classical features")
-    device = resolve_device(config.device)
     chw = classical_features(img, config, device, step)
     data = np.moveaxis(chw.cpu().numpy(), 0, -1)
     base = classical_channel_names(config)
@@ -159,8 +184,32 @@ def _classical(img: np.ndarray, config: FeatureConfig, progress: Optional[Progre
     return FeatureStack(data=data, config=config, channel_names=tuple(names))
 
 
-#: Feature kind -> featuriser ``(image (H, W, C) float32, config, progress) -> FeatureStack``.
-FEATURISERS: dict[str, Callable[..., FeatureStack]] = {"classical": _classical}
+def _vit(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback]) -> FeatureStack:
+    from .vit import vit_features
+
+    data, attention = vit_features(img, config, device, progress)
+    groups = vit_channel_groups(img.shape[-1])
+    dim = data.shape[-1] // len(groups)
+    prefix = [""] if len(groups) == 1 else [f"c{g[0]}:" for g in groups]
+    names = [f"{p}vit_{i}" for p in prefix for i in range(dim)]
+    return FeatureStack(data=data, config=config, channel_names=tuple(names), attention=attention)
+
+
+def _hybrid(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback]) -> FeatureStack:
+    """Classical and ViT channels concatenated (classical first); progress spans both."""
+
+    def part(offset: float, weight: float) -> ProgressCallback:
+        return lambda done, total, msg: report(progress, int(1000 * (offset + weight * done / max(total, 1))), 1000, msg)
+
+    classical = _classical(img, config, device, part(0.0, 0.1))
+    vit = _vit(img, config, device, part(0.1, 0.9))
+    data = np.concatenate([classical.data, vit.data], axis=-1)
+    return FeatureStack(data=data, config=config, channel_names=classical.channel_names + vit.channel_names,
+                        attention=vit.attention)
+
+
+#: Feature kind -> featuriser ``(image (H, W, C) float32, config, device, progress) -> FeatureStack``.
+FEATURISERS: dict[str, Callable[..., FeatureStack]] = {"classical": _classical, "vit": _vit, "hybrid": _hybrid}
 
 
 def cache_key(image: np.ndarray, config: FeatureConfig) -> str:
