@@ -167,11 +167,16 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> None:
     if "mask_token" in state or "register_tokens" in state:
         state = vision_transformer.checkpoint_filter_fn(state, model)
     state = {k: v for k, v in state.items() if not k.startswith("head.") and k != "mask_token"}
-    result = model.load_state_dict(state, strict=False)
+    hint = "is it the checkpoint of another model?"
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = str(err).split("\n\t")[1:2]
+        raise ValueError(f"weights file {str(p)!r} does not fit this model ({''.join(first).strip()}); {hint}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"weights file {str(p)!r} does not fit this model: missing {list(result.missing_keys)[:5]}, "
-            f"unexpected {list(result.unexpected_keys)[:5]}; is it the checkpoint of another model?"
+            f"unexpected {list(result.unexpected_keys)[:5]}; {hint}"
         )
 
 

@@ -12,7 +12,7 @@ Window = tuple[int, int, int, int]  # (window start, window stop, core start, co
 
 
 def axis_windows(n: int, tile: int, margin: int, align: int = 1) -> list[Window]:
-    """Windows of at most ``tile`` pixels covering ``range(n)``, cores partitioning it.
+    """Windows of ``tile`` pixels (the last up to ``align - 1`` more) covering ``range(n)``, cores partitioning it.
 
     Cores touch the image border where the window does; elsewhere each core stays at
     least ``margin`` pixels inside its window. Window starts are multiples of ``align``.
@@ -27,9 +27,11 @@ def axis_windows(n: int, tile: int, margin: int, align: int = 1) -> list[Window]
     core_start = 0
     while core_start < n:
         start = ((core_start - margin) // align) * align if core_start else 0
-        if start + tile > n:
+        if start + tile >= n:  # last window: reach the end, starting on the lattice
             start = min(start, max(0, ((n - tile) // align) * align))
-        stop = min(n, start + tile)
+            stop = n
+        else:
+            stop = start + tile
         core_stop = n if stop == n else stop - margin
         windows.append((start, stop, core_start, core_stop))
         core_start = core_stop

@@ -84,7 +84,9 @@ def token_index(n_pixels: int, n_tokens: int, patch: int, stride: int, resize: R
     if resize == "stretch":
         idx = torch.floor(pixels * n_tokens / n_pixels)
     elif resize == "nearest":
-        idx = torch.round((pixels - (patch - 1) / 2) / stride)
+        # ties (pixels halfway between two centres) go to the later token: floor(x + 1/2), not
+        # round-half-to-even, whose choice would depend on the token's parity and so on the tiling
+        idx = torch.floor((pixels - (patch - 1) / 2) / stride + 0.5)
     else:
         raise ValueError(f"resize={resize!r} is not valid; choose 'nearest' or 'stretch'")
     return idx.clamp(0, n_tokens - 1).long()

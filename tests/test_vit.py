@@ -1,0 +1,212 @@
+"""ViT features on CPU with random weights: mechanics only, never quality."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_dinoseg import Cancelled, FeatureConfig, featurise
+from napari_dinoseg.features import backbones
+from napari_dinoseg.features.backbones import StridedViT, load_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def vit_cfg(**kw):
+    base = dict(kind="vit", weights="random", stride=14, shifts=(), flips=False, device="cpu")
+    base.update(kw)
+    return FeatureConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def vits14():
+    return StridedViT(load_model("dinov2_vits14", "random"))
+
+
+@pytest.mark.parametrize("stride", [14, 7, 4])
+@pytest.mark.parametrize("hw", [(70, 98), (99, 56)])
+def test_token_grid_for_strides_and_non_square_images(vits14, stride, hw):
+    x = torch.randn(1, 3, *hw)
+    with torch.inference_mode():
+        tokens, attention = vits14(x, stride)
+    expected = (1 + (hw[0] - 14) // stride, 1 + (hw[1] - 14) // stride)
+    assert vits14.grid(*hw, stride) == expected
+    assert tokens.shape == (1, *expected, 384) and attention.shape == (1, 6, *expected)
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14", "dinov2_vits14_reg", "dinov3_vits16"])
+def test_cls_attention_sums_to_one_over_patch_tokens_per_head(name):
+    vit = StridedViT(load_model(name, "random"))
+    with torch.inference_mode():
+        _, attention = vit(torch.randn(2, 3, 64, 80), 8)
+    assert attention.shape[1] == vit.num_heads == load_model(name, "random").blocks[-1].attn.num_heads
+    torch.testing.assert_close(attention.sum(dim=(-2, -1)), torch.ones(2, vit.num_heads))
+    assert (attention >= 0).all()
+
+
+def test_stride_equal_to_patch_reproduces_timm(vits14):
+    x = torch.randn(1, 3, 56, 84)
+    with torch.inference_mode():
+        tokens, _ = vits14(x, 14)
+        ref = vits14.model.forward_features(x)[:, vits14.num_prefix:]
+    torch.testing.assert_close(tokens.reshape(1, -1, 384), ref)
+
+
+def official_dinov2_state(model, registers: bool) -> dict:
+    """The key layout of the official DINOv2 release, made from a timm model's weights."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["mask_token"] = torch.zeros(1, state["cls_token"].shape[-1])
+    if registers:  # official: register_tokens, and pos_embed with a CLS entry
+        state["register_tokens"] = state.pop("reg_token")
+        cls_pos = torch.randn(1, 1, state["cls_token"].shape[-1]) * 0.02
+        state["cls_token"] = state["cls_token"] - cls_pos
+        state["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
+    return state
+
+
+@pytest.mark.parametrize("name, registers", [("dinov2_vits14", False), ("dinov2_vits14_reg", True)])
+def test_official_dinov2_checkpoint_loads_with_identical_outputs(tmp_path, name, registers):
+    import timm
+
+    torch.manual_seed(1)
+    source = timm.create_model(backbones.MODELS[name].timm_name, pretrained=False, dynamic_img_size=True,
+                               num_classes=0).eval()
+    path = tmp_path / f"{name}_pretrain.pth"
+    torch.save(official_dinov2_state(source, registers), path)
+    loaded = load_model(name, str(path))
+    x = torch.randn(1, 3, 84, 70)
+    with torch.inference_mode():
+        torch.testing.assert_close(StridedViT(loaded)(x, 7)[0], StridedViT(source)(x, 7)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_dino_v1_training_checkpoint_and_safetensors(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("vit_small_patch16_224.dino", pretrained=False, dynamic_img_size=True,
+                               num_classes=0).eval()
+    state = source.state_dict()
+    torch.save({"teacher": {f"module.backbone.{k}": v for k, v in state.items()}, "epoch": 100}, tmp_path / "ckpt.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref = StridedViT(source)(x, 8)[0]
+        for f in ("ckpt.pth", "w.safetensors"):
+            torch.testing.assert_close(StridedViT(load_model("dino_vits16", str(tmp_path / f)))(x, 8)[0], ref)
+
+
+def test_weights_folder_is_searched_by_release_file_name(tmp_path, monkeypatch):
+    import timm
+
+    source = timm.create_model("vit_small_patch8_224.dino", pretrained=False, dynamic_img_size=True, num_classes=0)
+    torch.save(source.state_dict(), tmp_path / "dino_deitsmall8_pretrain.pth")
+    monkeypatch.setenv(backbones.WEIGHTS_ENV, str(tmp_path))
+    loaded = load_model("dino_vits8", None)
+    torch.testing.assert_close(loaded.pos_embed, source.pos_embed)
+
+
+def test_missing_weights_offline_names_the_model_and_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(backbones.WEIGHTS_ENV, str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ValueError) as err:
+        load_model("dinov2_vitb14", None)
+    message = str(err.value)
+    assert "'dinov2_vitb14'" in message and "dinov2_vitb14_pretrain.pth" in message
+    assert str(tmp_path) in message and backbones.WEIGHTS_ENV in message
+
+
+def test_bad_weight_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model("dinov2_vits14", str(tmp_path / "nope.pth"))
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not read weights file"):
+        load_model("dinov2_vits14", str(tmp_path / "corrupt.pth"))
+    torch.save(load_model("dino_vits16", "random").state_dict(), tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_model("dinov2_vitb14", str(tmp_path / "other.pth"))
+
+
+def test_featurise_shapes_channels_and_attention():
+    img = (np.random.default_rng(0).random((60, 76)) * 255).astype(np.uint8)
+    stack = featurise(img, vit_cfg(stride=7, shifts=(2,)))
+    assert stack.data.shape == (60, 76, 384) and stack.data.dtype == np.float32
+    assert stack.attention.shape == (60, 76, 6) and np.isfinite(stack.data).all()
+    assert stack.config.shifts == (2,) and stack.channel_names[0] == "vit_0"
+    hybrid = featurise(img, vit_cfg(kind="hybrid", sigmas=(1, 2)))
+    assert hybrid.n_features == 24 + 384 and hybrid.channel_names[0] == "intensity"
+    np.testing.assert_array_equal(hybrid.data[..., 24:], featurise(img, vit_cfg()).data)
+    two = featurise(np.stack([img, img[::-1]], -1), vit_cfg())
+    assert two.n_features == 2 * 384 and two.channel_names[384] == "c1:vit_0"
+    rgb = featurise(np.stack([img] * 3, -1), vit_cfg())
+    assert rgb.n_features == 384
+
+
+def test_flip_equivariance_with_the_full_flip_group():
+    img = np.random.default_rng(3).random((56, 70)).astype(np.float32)
+    cfg = vit_cfg(stride=7, shifts=(2,), flips=True)
+    base = featurise(img, cfg)
+    for axis in (1, 0):
+        flipped = featurise(np.flip(img, axis), cfg)
+        expected = np.flip(base.data, axis)
+        rel = np.linalg.norm(flipped.data - expected) / np.linalg.norm(expected)
+        assert rel < 1e-3, (axis, rel)
+        np.testing.assert_allclose(flipped.attention, np.flip(base.attention, axis), atol=1e-5)
+
+
+def boundary_error(cfg, edge: int) -> float:
+    """Distance from the true edge of a two-halves image to where the features cross halfway."""
+    img = np.zeros((84, 112), np.float32)
+    img[:, edge:] = 1.0
+    img += np.random.default_rng(0).normal(0, 0.02, img.shape).astype(np.float32)
+    f = featurise(img, cfg).data[20:64].mean(axis=0)  # (W, D), averaged over rows
+    left, right = f[5:15].mean(0), f[-15:-5].mean(0)
+    t = ((f - left) @ (right - left)) / ((right - left) @ (right - left))  # 0 left .. 1 right
+    crossing = np.argmax(t > 0.5)
+    x0, x1 = crossing - 1, crossing  # interpolate the 0.5 crossing
+    return abs(x0 + (0.5 - t[x0]) / (t[x1] - t[x0]) + 0.5 - edge)
+
+
+def test_shift_averaging_places_a_boundary_closer_than_a_single_view():
+    edge = 53  # 53 = 3 * 14 + 11: far from the single view's token borders
+    single = boundary_error(vit_cfg(stride=14, shifts=()), edge)
+    shifted = boundary_error(vit_cfg(stride=14, shifts=(4, 7)), edge)
+    assert shifted < 4.0
+    assert shifted < single - 1.0
+
+
+def test_tiled_equals_untiled_away_from_tile_borders(tmp_path):
+    """A ViT whose tokens see only their own patch (no position embedding, attention output
+    zeroed) makes any difference between tiled and whole-image features a stitching error."""
+    model = load_model("dinov2_vits14", "random")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["pos_embed"].zero_()
+    for k in state:
+        if ".attn.proj." in k:
+            state[k].zero_()
+    path = tmp_path / "local.pth"
+    torch.save(state, path)
+    img = np.random.default_rng(5).random((300, 260)).astype(np.float32)
+    cfg = dict(kind="vit", weights=str(path), stride=7, shifts=(2,), flips=False, device="cpu")
+    whole = featurise(img, FeatureConfig(tile=1036, **cfg))
+    tiled = featurise(img, FeatureConfig(tile=112, **cfg))  # 112 px tiles: many of them
+    border = 14 + 2 + 7  # where rolls wrap around the image
+    inner = (slice(border, -border), slice(border, -border))
+    np.testing.assert_allclose(tiled.data[inner], whole.data[inner], rtol=1e-4, atol=1e-4)
+
+
+def test_image_smaller_than_a_patch_is_refused():
+    with pytest.raises(ValueError, match="smaller than one 14x14 patch"):
+        featurise(np.zeros((12, 40), np.uint8), vit_cfg())
+
+
+def test_progress_counts_views_and_cancels():
+    seen = []
+
+    def progress(done, total, message):
+        seen.append((done, total))
+        if done >= 9:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        featurise(np.zeros((40, 40), np.uint8), vit_cfg(shifts=(1, 2)), progress)
+    assert seen[0] == (0, 17) and seen[-1][0] >= 9
