@@ -15,7 +15,7 @@ def test_feature_config_defaults_and_json_round_trip():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"kind": "dinov9"}, "kind='dinov9' is not valid; choose one of 'classical'"),
+        ({"kind": "dinov9"}, "kind='dinov9' is not valid; choose one of 'classical', 'vit', 'hybrid'"),
         ({"sigmas": ()}, "at least one scale"),
         ({"sigmas": (2, 1)}, "strictly increasing"),
         ({"sigmas": (0, 1)}, "positive and finite"),
@@ -31,7 +31,7 @@ def test_feature_config_rejects_bad_values(kwargs, match):
 
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(ValueError, match="unknown FeatureConfig field"):
-        FeatureConfig.from_dict({"kind": "classical", "stride": 4})
+        FeatureConfig.from_dict({"kind": "classical", "patch": 4})
 
 
 @pytest.mark.parametrize("kwargs", [{"C": 0}, {"C": -1.0}, {"class_weight": "auto"}, {"max_iter": 0},

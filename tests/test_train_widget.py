@@ -225,3 +225,50 @@ def test_multichannel_shown_as_stack(dock, qtbot, notes):
     viewer, widget, _ = dock(np.zeros((64, 64, 5), np.float32))
     widget.new_labels_layer()
     expect_refusal(qtbot, viewer, widget, notes, "channel_axis=-1")
+
+
+def use_vit(widget, kind="vit", weights="random", views="one view", stride=14):
+    widget._kind.value = kind
+    widget._model.value = "dinov2_vits14"
+    widget._stride.value = stride
+    widget._views.value = views
+    widget._device.value = "cpu"
+    widget._weights.value = weights
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
+    """Random weights: this checks the mechanics, not the quality of DINOv2 features."""
+    image, truth, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    use_vit(widget)
+    assert not widget._model.native.isHidden() and widget._sigmas.native.isHidden()
+    click_and_wait(qtbot, widget)
+    # the resolved setting and a time estimate are announced before featurisation starts
+    assert "dinov2_vits14 on cpu: stride 14, shifts (), flips False (1 views), about" in widget._preset.value
+    assert widget.last_result.plan == widget._preset.value
+    pred = viewer.layers[PREDICTIONS].data
+    assert pred.shape == image.shape and set(np.unique(pred)) <= {1, 2}
+    assert widget.classifier.n_features == 384
+
+    widget._kind.value = "hybrid"  # classical + DINOv2: a new cache entry, then reuse
+    click_and_wait(qtbot, widget)
+    assert widget.classifier.n_features == 60 + 384 and widget.last_result.featurised == 1
+    assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9  # the classical half carries it
+    click_and_wait(qtbot, widget)
+    assert widget.last_result.reused == 1 and widget.last_result.featurised == 0
+
+
+def test_missing_weights_is_a_clear_error(dock, qtbot, notes, two_textures, tmp_path, monkeypatch):
+    monkeypatch.setenv("DINOSEG_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    image, _, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    use_vit(widget, weights="")
+    widget._model.value = "dinov2_vitb14"
+    expect_refusal(qtbot, viewer, widget, notes, "dinov2_vitb14_pretrain.pth")

@@ -148,7 +148,7 @@ class FeatureConfig(_JSONConfig):
         )
 
     def _check_vit(self) -> None:
-        from .features.backbones import model_spec
+        from .features.registry import model_spec
 
         patch = model_spec(self.model).patch_size  # raises, listing the valid names
         if self.stride is not None and not (isinstance(self.stride, int) and 1 <= self.stride <= patch):
@@ -172,7 +172,7 @@ def preset(model: str, device_type: str) -> dict:
     (the paper's shift-to-stride ratios), no flips: 17 views, ~12 s for a 512^2 image
     with ViT-S/14 on 2 cores (measured, see docs/benchmarks.md).
     """
-    from .features.backbones import model_spec
+    from .features.registry import model_spec
 
     patch = model_spec(model).patch_size
     if device_type in ("cuda", "mps"):

@@ -7,19 +7,48 @@ thread, runs :func:`run_train_job` in a worker thread, and writes the
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from ..classify import PixelClassifier, predict, train, uncertainty
 from ..config import FeatureConfig, TrainConfig
-from ..features.featurise import FeatureCache, FeatureStack, cache_key, featurise
+from ..features.featurise import FeatureCache, FeatureStack, cache_key, featurise, resolve_device
 from ..image import drop_alpha
 from ..progress import ProgressCallback, report
 
 Index = tuple[int, ...]
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_compute_libraries() -> None:
+    """Import torch, timm and scikit-learn, one thread at a time.
+
+    Called by the widget's background warm-up and at the start of every job: loading these
+    C extensions from two threads at once can crash the process (seen with triton, which
+    torchvision pulls in).
+    """
+    with _IMPORT_LOCK:
+        import sklearn.linear_model  # noqa: F401
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+
+
+def describe_plan(config: FeatureConfig, shape: tuple[int, int], n_channels: int, device) -> str:
+    """One line on what featurisation will do: kind, resolved upsampler, time estimate."""
+    if not config.uses_vit:
+        return f"{config.kind} features on {device.type}"
+    from ..features.upsample import make_transforms
+    from ..features.vit import estimate_seconds
+
+    views = len(make_transforms(config.shifts, config.flips))
+    seconds = estimate_seconds(config, shape, device, n_channels)
+    return (f"{config.model} on {device.type}: stride {config.stride}, shifts {config.shifts}, "
+            f"flips {config.flips} ({views} views), about {seconds:.0f} s per slice")
 
 
 @dataclass
@@ -62,6 +91,8 @@ class TrainJob:
 
 @dataclass
 class TrainResult:
+    config: FeatureConfig
+    plan: str
     classifier: PixelClassifier
     predict_slices: list[Index]
     segmentations: list[np.ndarray]
@@ -71,17 +102,31 @@ class TrainResult:
     messages: list[str]
 
 
-def run_train_job(job: TrainJob, cache: FeatureCache, progress: Optional[ProgressCallback] = None) -> TrainResult:
+def run_train_job(
+    job: TrainJob,
+    cache: FeatureCache,
+    progress: Optional[ProgressCallback] = None,
+    announce: Optional[Callable[[str], None]] = None,
+) -> TrainResult:
     """Featurise (or reuse cached features of) the needed slices, train, and predict.
 
     Features of the painted slices are held for training; the slices to predict are
     then featurised and predicted one at a time, so a whole stack never sits in memory
-    beyond what the cache keeps. Progress is reported on a 0..1000 scale; a progress
-    callback may raise :class:`napari_dinoseg.Cancelled` to stop between steps.
+    beyond what the cache keeps. Device presets are resolved here, and ``announce`` gets a
+    line describing the plan (with a time estimate for ViT features) before featurisation
+    starts. Progress is reported on a 0..1000 scale; a progress callback may raise
+    :class:`napari_dinoseg.Cancelled` to stop between steps.
     """
     train_slices = job.train_slices
     if not train_slices:
         raise ValueError("no labelled pixels: paint at least one stroke for each of two classes")
+    import_compute_libraries()
+    device = resolve_device(job.feature_config.device)
+    config = job.feature_config.resolved(device.type)
+    first = job.slice_image(train_slices[0])
+    plan = describe_plan(config, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device)
+    if announce is not None:
+        announce(plan)
     order = list(dict.fromkeys([*train_slices, *job.predict_slices]))
     scale = 1000
     counts = {"featurised": 0, "reused": 0}
@@ -90,7 +135,7 @@ def run_train_job(job: TrainJob, cache: FeatureCache, progress: Optional[Progres
     def features(index: Index) -> FeatureStack:
         n = order.index(index)
         plane = job.slice_image(index)
-        key = cache_key(plane, job.feature_config)
+        key = cache_key(plane, config)
         stack = cache.get(key)
         if stack is not None:
             counts["reused"] += 1
@@ -103,7 +148,7 @@ def run_train_job(job: TrainJob, cache: FeatureCache, progress: Optional[Progres
 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                stack = featurise(plane, job.feature_config, sub)
+                stack = featurise(plane, config, sub)
             messages.extend(str(w.message) for w in caught)
             cache.put(key, stack)
             counts["featurised"] += 1
@@ -122,6 +167,8 @@ def run_train_job(job: TrainJob, cache: FeatureCache, progress: Optional[Progres
             uncs.append(uncertainty(proba))
     report(progress, scale, scale, "done")
     return TrainResult(
+        config=config,
+        plan=plan,
         classifier=clf,
         predict_slices=list(job.predict_slices),
         segmentations=segs,

@@ -12,17 +12,21 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, create_widget
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, SpinBox, create_widget,
+)
 from napari.layers import Image, Labels
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
-from ..config import FeatureConfig
+from ..config import DEVICES, FeatureConfig
+from ..features.registry import MODELS
 from ..features.featurise import FeatureCache
 from ..image import MAX_CHANNELS
 from ..progress import Cancelled
-from ._train_job import TrainJob, TrainResult, run_train_job
+from ._compat import block_triton_if_llvm_is_loaded
+from ._train_job import TrainJob, TrainResult, import_compute_libraries, run_train_job
 
 if TYPE_CHECKING:
     import napari
@@ -32,8 +36,16 @@ logger = logging.getLogger(__name__)
 PREDICTIONS = "predictions"
 UNCERTAINTY = "uncertainty"
 #: Feature kinds offered in the selector: (label shown, FeatureConfig.kind).
-FEATURE_CHOICES = [("classical (Weka-style filters)", "classical")]
+FEATURE_CHOICES = [
+    ("classical (Weka-style filters)", "classical"),
+    ("DINOv2", "vit"),
+    ("hybrid (classical + DINOv2)", "hybrid"),
+]
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
+#: Upsampler views: label -> (use shifts, flips); "preset" leaves both to the device preset.
+VIEWS_PRESET = "preset for the device"
+VIEW_CHOICES = {VIEWS_PRESET: None, "one view": ((), False), "shifts": (True, False),
+                "flips": ((), True), "shifts + flips": (True, True)}
 
 
 class TrainWidget(Container):
@@ -48,11 +60,20 @@ class TrainWidget(Container):
         self.last_result: Optional[TrainResult] = None
         self._predictions: Optional[Labels] = None
         self._uncertainty: Optional[Image] = None
+        self._closed = False
 
         self._image = create_widget(annotation=Image, label="image")
         self._labels = create_widget(annotation=Labels, label="brush labels")
         self._new_labels = PushButton(text="New labels layer for this image")
         self._kind = ComboBox(choices=FEATURE_CHOICES, value="classical", label="features")
+        self._model = ComboBox(choices=sorted(MODELS), value="dinov2_vits14", label="model")
+        self._stride = SpinBox(value=0, min=0, max=16, label="stride (0 = preset)")
+        self._views = ComboBox(choices=list(VIEW_CHOICES), value=VIEWS_PRESET, label="upsampler views")
+        self._shifts = LineEdit(value="1, 2", label="shifts (px)")
+        self._device = ComboBox(choices=list(DEVICES), value="auto", label="device")
+        self._weights = LineEdit(value="", label="weights")
+        self._weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
+        self._preset = Label(value="")
         self._sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
         self._membrane = CheckBox(value=True, text="membrane projections")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
@@ -61,26 +82,44 @@ class TrainWidget(Container):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
         self._status = Label(value="Paint strokes of two or more classes, then click Train / Predict.")
+        self._vit_widgets = [self._model, self._stride, self._views, self._shifts, self._device, self._weights,
+                             self._preset]
         self.extend([
-            self._image, self._labels, self._new_labels, self._kind, self._sigmas, self._membrane,
-            self._scope, self._want_uncertainty, self._run, self._cancel, self._progress, self._status,
+            self._image, self._labels, self._new_labels, self._kind, *self._vit_widgets, self._sigmas,
+            self._membrane, self._scope, self._want_uncertainty, self._run, self._cancel, self._progress,
+            self._status,
         ])
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._new_labels.changed.connect(self.new_labels_layer)
         self._image.changed.connect(self._update_scope)
+        for w in (self._kind, self._model, self._stride, self._views, self._shifts, self._device):
+            w.changed.connect(self._update_feature_options)
         self._update_scope()
-        create_worker(_import_compute_libraries).start()
+        self._update_feature_options()
+        self.native.destroyed.connect(self._on_destroyed)
+        block_triton_if_llvm_is_loaded()
+        create_worker(import_compute_libraries).start()
 
     # ---- actions -------------------------------------------------------------------
 
     def feature_config(self) -> FeatureConfig:
-        """The FeatureConfig the widget's controls describe (raises ValueError if invalid)."""
-        try:
-            sigmas = tuple(float(s) for s in str(self._sigmas.value).replace(";", ",").split(",") if s.strip())
-        except ValueError:
-            raise ValueError(f"sigmas {self._sigmas.value!r}: give numbers separated by commas, e.g. 1, 2, 4, 8, 16") from None
-        return FeatureConfig(kind=self._kind.value, sigmas=sigmas, membrane=bool(self._membrane.value))
+        """The FeatureConfig the widget's controls describe; presets left unset are resolved for
+        the device in the worker (raises ValueError if a control holds an invalid value)."""
+        sigmas = _numbers(self._sigmas.value, "sigmas", "1, 2, 4, 8, 16", float)
+        kind = self._kind.value
+        if kind == "classical":
+            return FeatureConfig(kind=kind, sigmas=sigmas, membrane=bool(self._membrane.value))
+        views = VIEW_CHOICES[self._views.value]
+        shifts = flips = None
+        if views is not None:
+            use_shifts, flips = views
+            shifts = _numbers(self._shifts.value, "shifts", "1, 2", int) if use_shifts else ()
+        return FeatureConfig(
+            kind=kind, model=self._model.value, stride=int(self._stride.value) or None, shifts=shifts, flips=flips,
+            weights=str(self._weights.value).strip() or None, device=self._device.value,
+            sigmas=sigmas, membrane=bool(self._membrane.value),
+        )
 
     def new_labels_layer(self, *_args) -> Optional[Labels]:
         """Add an empty Labels layer matching the selected image and select it for painting."""
@@ -110,7 +149,7 @@ class TrainWidget(Container):
             self._fail(str(err))
             return None
         worker = create_worker(
-            run_train_job, job, self.cache, self._progress_callback, _start_thread=False,
+            run_train_job, job, self.cache, self._progress_callback, self._show_plan, _start_thread=False,
             _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
         )
         self.worker = worker
@@ -124,6 +163,12 @@ class TrainWidget(Container):
         if self.worker is not None:
             self.worker.quit()
             self._status.value = "cancelling…"
+
+    def _on_destroyed(self, *_args) -> None:
+        """The dock was closed: stop the worker; its callbacks must not touch deleted widgets."""
+        self._closed = True
+        if self.worker is not None:
+            self.worker.quit()
 
     # ---- reading the layers ------------------------------------------------------
 
@@ -169,17 +214,28 @@ class TrainWidget(Container):
     def _progress_callback(self, done: int, total: int, message: str) -> None:
         """Called in the worker thread: raise to cancel, else forward to the GUI thread."""
         worker = self.worker
-        if worker is not None and worker.abort_requested:
+        if self._closed or (worker is not None and worker.abort_requested):
             raise Cancelled()
         self._show_progress(done, total, message)
 
     @ensure_main_thread
+    def _show_plan(self, plan: str) -> None:
+        if self._closed:
+            return
+        self._preset.value = plan
+        self._status.value = plan
+
+    @ensure_main_thread
     def _show_progress(self, done: int, total: int, message: str) -> None:
+        if self._closed:
+            return
         self._progress.max = total
         self._progress.value = done
         self._status.value = message
 
     def _on_returned(self, result: TrainResult) -> None:
+        if self._closed:
+            return
         self.last_result = result
         self._progress.value = self._progress.max
         self.classifier = result.classifier
@@ -193,6 +249,8 @@ class TrainWidget(Container):
         )
 
     def _on_errored(self, err: BaseException) -> None:
+        if self._closed:
+            return
         self._progress.value = 0
         if isinstance(err, Cancelled):
             self._status.value = "cancelled; nothing was changed"
@@ -204,6 +262,8 @@ class TrainWidget(Container):
             self._fail(f"{type(err).__name__}: {err}")
 
     def _on_finished(self) -> None:
+        if self._closed:
+            return
         self.worker = None
         self._set_running(False)
 
@@ -254,16 +314,24 @@ class TrainWidget(Container):
         layer.contrast_limits = (0.0, max(1e-3, 1.0 - 1.0 / result.classifier.n_classes))
         layer.refresh()
 
+    def _update_feature_options(self, *_args) -> None:
+        vit = self._kind.value != "classical"
+        for w in self._vit_widgets:
+            w.visible = vit
+        self._sigmas.visible = self._membrane.visible = self._kind.value != "vit"
+        self._shifts.visible = vit and self._views.value in ("shifts", "shifts + flips")
+        self._preset.value = "" if not vit else "preset: decided for the device when you click Train / Predict"
+
     def _update_scope(self, *_args) -> None:
         image = self._image.value
         self._scope.visible = image is not None and len(_spatial_shape(image)) > 2
 
 
-def _import_compute_libraries() -> None:
-    """Import torch and scikit-learn in the background while the user paints (~3 s on a
-    laptop), so the first Train / Predict click does not pay for it."""
-    import sklearn.linear_model  # noqa: F401
-    import torch  # noqa: F401
+def _numbers(text: str, name: str, example: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(s) for s in str(text).replace(";", ",").split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"{name} {text!r}: give numbers separated by commas, e.g. {example}") from None
 
 
 def _spatial_shape(image: Image) -> tuple[int, ...]:

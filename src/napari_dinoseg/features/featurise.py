@@ -89,7 +89,7 @@ def featurise(
     device = resolve_device(config.device)
     config = config.resolved(device.type)
     if config.uses_vit:
-        from .backbones import model_spec
+        from .registry import model_spec
 
         patch = model_spec(config.model).patch_size
         if min(shape[:2]) < patch:
@@ -111,7 +111,7 @@ def n_features(config: FeatureConfig, n_channels: int = 1) -> int:
 
         total += n_channels * len(classical_channel_names(config))
     if config.uses_vit:
-        from .backbones import model_spec
+        from .registry import model_spec
 
         total += len(vit_channel_groups(n_channels)) * model_spec(config.model).embed_dim
     return total

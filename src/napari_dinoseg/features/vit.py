@@ -13,7 +13,8 @@ import torch
 
 from ..config import FeatureConfig
 from ..progress import ProgressCallback, report
-from .backbones import StridedViT, load_model, model_spec
+from .backbones import StridedViT, load_model
+from .registry import model_spec
 from .tiling import tiles
 from .upsample import make_transforms, upsample_views
 
