@@ -42,6 +42,16 @@ def main() -> None:
     click_and_wait(widget)
     viewer.layers["predictions"].visible = False
     viewer.screenshot(str(OUT / "uncertainty_ihc.png"), canvas_only=False)
+
+    # DINOv2 mode. No weights can be downloaded on the machine that makes these pictures, so
+    # this one runs with RANDOM weights: it shows the controls and the mechanics, not DINOv2's quality.
+    widget._want_uncertainty.value = False
+    viewer.layers.remove("uncertainty")
+    viewer.layers["predictions"].visible = True
+    widget._kind.value = "vit"
+    widget._weights.value = "random"
+    click_and_wait(widget)
+    viewer.screenshot(str(OUT / "dinov2_mode_random_weights.png"), canvas_only=False)
     viewer.close()
     print(f"wrote screenshots to {OUT}")
 

@@ -79,7 +79,8 @@ class FeatureConfig(_JSONConfig):
         ``None`` (released weights from the weights folder or the Hugging Face cache),
         a checkpoint path, or ``"random"``.
     tile
-        ViT input tile size in pixels; larger images are featurised in overlapping tiles.
+        ViT input tile size in pixels: larger images are featurised in overlapping tiles;
+        ``None`` picks the cheapest of 518, 1036, 2072 px tiles and the whole image.
     sigmas
         Gaussian scales of the classical filter bank, in pixels, strictly increasing.
     membrane
@@ -98,7 +99,7 @@ class FeatureConfig(_JSONConfig):
     flips: Optional[bool] = None
     resize: Resize = "nearest"
     weights: Optional[str] = None
-    tile: int = 518
+    tile: Optional[int] = None
     sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     membrane: bool = True
     membrane_size: int = 19
@@ -160,7 +161,7 @@ class FeatureConfig(_JSONConfig):
             object.__setattr__(self, "shifts", shifts)
         if self.flips is not None and not isinstance(self.flips, bool):
             raise ValueError(f"flips must be True, False or None, got {self.flips!r}")
-        if not isinstance(self.tile, int) or self.tile < 4 * patch:
+        if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 4 * patch):
             raise ValueError(f"tile must be an integer of at least {4 * patch} px for {self.model}, got {self.tile!r}")
 
 

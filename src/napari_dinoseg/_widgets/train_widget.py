@@ -74,6 +74,7 @@ class TrainWidget(Container):
         self._weights = LineEdit(value="", label="weights")
         self._weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
         self._preset = Label(value="")
+        self._preset.native.setWordWrap(True)
         self._sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
         self._membrane = CheckBox(value=True, text="membrane projections")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
@@ -82,6 +83,7 @@ class TrainWidget(Container):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
         self._status = Label(value="Paint strokes of two or more classes, then click Train / Predict.")
+        self._status.native.setWordWrap(True)
         self._vit_widgets = [self._model, self._stride, self._views, self._shifts, self._device, self._weights,
                              self._preset]
         self.extend([

@@ -101,6 +101,7 @@ def upsample_views(
     resize: Resize = "nearest",
     chunk: int = 1,
     step: Optional[Callable[[int, int], None]] = None,
+    out: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average the per-pixel features of every transformed view of one image.
 
@@ -118,30 +119,52 @@ def upsample_views(
         Views per forward pass.
     step
         ``step(done_views, total_views)`` after each chunk; may raise to cancel.
+    out
+        Optional ``(features (H, W, D), attention (H, W, heads))`` float32 tensors to write
+        the result into (e.g. views of the caller's output array), saving a copy.
 
     Returns
     -------
     features : (H, W, D) float32 tensor, attention : (H, W, heads) float32 tensor.
     """
     _, height, width = image.shape
-    feats = attn = None
+    feats, attn = out if out is not None else (None, None)
+    first = True
     for start in range(0, len(transforms), max(1, chunk)):
         batch = transforms[start:start + max(1, chunk)]
         tokens, attention = run(torch.stack([t.apply(image) for t in batch]))
         gh, gw = tokens.shape[1:3]
         iy = token_index(height, gh, patch, stride, resize).to(image.device)
         ix = token_index(width, gw, patch, stride, resize).to(image.device)
-        attention = attention.permute(0, 2, 3, 1)  # (B, gh, gw, heads)
+        attention = attention.permute(0, 2, 3, 1).float()  # (B, gh, gw, heads)
+        tokens = tokens.float()
         if feats is None:
-            feats = torch.zeros((height, width, tokens.shape[-1]), dtype=torch.float32, device=image.device)
-            attn = torch.zeros((height, width, attention.shape[-1]), dtype=torch.float32, device=image.device)
+            feats = torch.empty((height, width, tokens.shape[-1]), dtype=torch.float32, device=image.device)
+            attn = torch.empty((height, width, attention.shape[-1]), dtype=torch.float32, device=image.device)
         for b, t in enumerate(batch):
             rows, cols = t.source_rows_cols(height, width, device=image.device)
             ry, cx = iy[rows], ix[cols]  # token row / column of every output pixel
-            feats += tokens[b].index_select(0, ry).index_select(1, cx).float()
-            attn += attention[b].index_select(0, ry).index_select(1, cx).float()
+            _gather_rows(tokens[b], ry, cx, feats, accumulate=not first)
+            _gather_rows(attention[b], ry, cx, attn, accumulate=not first)
+            first = False
         if step is not None:
             step(min(start + len(batch), len(transforms)), len(transforms))
-    feats /= len(transforms)
-    attn /= len(transforms)
+    if len(transforms) > 1:
+        feats /= len(transforms)
+        attn /= len(transforms)
     return feats, attn
+
+
+#: Output rows gathered at once: bounds the temporary to ``ROWS * W * D`` floats.
+ROWS = 64
+
+
+def _gather_rows(grid: torch.Tensor, ry: torch.Tensor, cx: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+    """``out[y, x] (+)= grid[ry[y], cx[x]]`` for ``grid (gh, gw, C)``, in blocks of rows."""
+    columns = grid.index_select(1, cx)  # (gh, W, C): each token row spread over the columns
+    for r0 in range(0, len(ry), ROWS):
+        block = columns.index_select(0, ry[r0:r0 + ROWS])
+        if accumulate:
+            out[r0:r0 + ROWS] += block
+        else:
+            out[r0:r0 + ROWS] = block

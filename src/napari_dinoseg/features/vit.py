@@ -53,8 +53,7 @@ def vit_features(
     vit = StridedViT(load_model(config.model, config.weights, device))
     transforms = make_transforms(config.shifts, config.flips)
     h, w = img.shape[:2]
-    margin = spec.patch_size + max(config.shifts, default=0) + config.stride
-    windows = tiles((h, w), config.tile, margin, align=config.stride)
+    windows = choose_tiles(config, (h, w))
     groups = vit_channel_groups(img.shape[-1])
     feats = np.empty((h, w, len(groups) * spec.embed_dim), dtype=np.float32)
     attention = np.zeros((h, w, spec.num_heads), dtype=np.float32)
@@ -63,12 +62,14 @@ def vit_features(
     report(progress, 0, total, f"{config.model}: {len(transforms)} views x {len(windows)} tile(s)")
     mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    whole = len(windows) == 1 and device.type == "cpu"
 
     def run(views: torch.Tensor):
         with torch.inference_mode(), _autocast(device):
             return vit(views, config.stride)
 
     for g, channels in enumerate(groups):
+        block = slice(g * spec.embed_dim, (g + 1) * spec.embed_dim)
         for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in windows:
             tile = torch.from_numpy(np.ascontiguousarray(img[r0:r1, c0:c1][..., channels])).to(device)
             tile = (tile.permute(2, 0, 1) - mean) / std
@@ -77,12 +78,39 @@ def vit_features(
             def step(views_done: int, _total: int, base=done) -> None:
                 report(progress, base + views_done, total, f"{config.model}: views")
 
-            f, a = upsample_views(run, tile, transforms, spec.patch_size, config.stride, config.resize, chunk, step)
+            # a single window on the CPU is written straight into the output arrays
+            out = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
+            f, a = upsample_views(run, tile, transforms, spec.patch_size, config.stride, config.resize, chunk, step, out)
             done += len(transforms)
             core = (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
-            feats[cr0:cr1, cc0:cc1, g * spec.embed_dim:(g + 1) * spec.embed_dim] = f[core].cpu().numpy()
+            if not whole:
+                feats[cr0:cr1, cc0:cc1, block] = f[core].cpu().numpy()
             attention[cr0:cr1, cc0:cc1] += a[core].cpu().numpy() / len(groups)
     return feats, attention
+
+
+def tile_margin(config: FeatureConfig) -> int:
+    """Pixels hidden at each inner tile border: a patch, the largest shift and a stride."""
+    return model_spec(config.model).patch_size + max(config.shifts, default=0) + config.stride
+
+
+def choose_tiles(config: FeatureConfig, shape: tuple[int, int]):
+    """Tiles of ``config.tile`` px when set; otherwise the cheapest (in FLOPs) of 518, 1036 and
+    2072 px tiles and the whole image: tiles pay off where attention dominates (small strides,
+    large images), the whole image where tile overlap would cost more."""
+    margin = tile_margin(config)
+    if config.tile is not None:
+        return tiles(shape, config.tile, margin, align=config.stride)
+    candidates = [t for t in (518, 1036, 2072) if t < max(shape)] + [max(shape)]
+    best = min(candidates, key=lambda t: _tiled_flops(config, shape, t))
+    return tiles(shape, best, margin, align=config.stride)
+
+
+def _tiled_flops(config: FeatureConfig, shape: tuple[int, int], tile: int) -> float:
+    return sum(
+        view_flops(config, (r1 - r0, c1 - c0))
+        for (r0, r1, _, _), (c0, c1, _, _) in tiles(shape, tile, tile_margin(config), align=config.stride)
+    )
 
 
 def _autocast(device: torch.device):
@@ -111,12 +139,9 @@ def total_flops(config: FeatureConfig, shape: tuple[int, int], n_channels: int =
     """FLOPs of featurising an ``(H, W)`` image with a resolved config (all tiles and views)."""
     from .featurise import vit_channel_groups
 
-    spec = model_spec(config.model)
-    margin = spec.patch_size + max(config.shifts, default=0) + config.stride
     views = len(make_transforms(config.shifts, config.flips)) * len(vit_channel_groups(n_channels))
     return views * sum(
-        view_flops(config, (r1 - r0, c1 - c0))
-        for (r0, r1, _, _), (c0, c1, _, _) in tiles(shape, config.tile, margin, align=config.stride)
+        view_flops(config, (r1 - r0, c1 - c0)) for (r0, r1, _, _), (c0, c1, _, _) in choose_tiles(config, shape)
     )
 
 
