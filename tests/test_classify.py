@@ -111,3 +111,32 @@ def test_predict_refuses_features_of_another_config(two_textures):
         predict(clf, featurise(image))
     with pytest.raises(TypeError, match="float"):
         predict(clf, np.zeros((4, 4, 12), np.int32))
+
+
+def test_pca_of_vit_channels_is_fitted_at_train_time_and_folded_into_the_classifier(two_textures):
+    """Hybrid-like features: 14 classical channels + 32 'vit_' channels of which only 3
+    directions carry signal. With pca_dim=3 the classifier acts on the ViT channels through
+    a rank-3 map, predicts on raw features (no PCA at predict time) and stays accurate."""
+    from napari_dinoseg.features.featurise import FeatureStack
+
+    image, truth, scribbles = two_textures
+    classical = featurise(image, FeatureConfig(sigmas=(1,)))
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(3, 32)).astype(np.float32)
+    signal = classical.data[..., [2, 3, 5]]  # sobel, hessian modulus, det: texture-sensitive
+    vit = signal @ mix + 0.01 * rng.normal(size=(*image.shape, 32)).astype(np.float32)
+    stack = FeatureStack(np.concatenate([classical.data, vit], -1), classical.config,
+                         classical.channel_names + tuple(f"vit_{i}" for i in range(32)))
+    clf = train(stack, scribbles, TrainConfig(pca_dim=3))
+    assert clf.n_features == 14 + 32
+    # the ViT coefficients (on standardised channels) lie in the top-3 principal subspace
+    vz = (vit.reshape(-1, 32) - clf.mean[14:]) / clf.scale[14:]
+    top3 = np.linalg.svd(vz - vz.mean(0), full_matrices=False)[2][:3]
+    w = clf.coef[:, 14:]
+    assert np.abs(w - (w @ top3.T) @ top3).max() < 1e-2 * np.abs(w).max()
+    seg = clf.to_labels(predict(clf, stack))
+    assert iou(seg, truth, 2) > 0.9
+    with pytest.raises(ValueError, match="no ViT channels"):
+        train(classical, scribbles, TrainConfig(pca_dim=3))
+    with pytest.raises(ValueError, match="pca_dim"):
+        TrainConfig(pca_dim=0)

@@ -254,6 +254,7 @@ def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
     assert widget.classifier.n_features == 384
 
     widget._kind.value = "hybrid"  # classical + DINOv2: a new cache entry, then reuse
+    widget._pca.value = 16  # PCA of the 384 ViT channels, fitted at train time
     click_and_wait(qtbot, widget)
     assert widget.classifier.n_features == 60 + 384 and widget.last_result.featurised == 1
     assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9  # the classical half carries it

@@ -19,8 +19,8 @@ from .config import TrainConfig
 if TYPE_CHECKING:
     from .features.featurise import FeatureStack
 
-#: Pixels of the training image(s) sampled to fit the feature standardisation.
-SCALING_SAMPLE = 200_000
+#: Pixels of the training image(s) sampled (a regular grid) to fit the standardisation and PCA.
+SCALING_SAMPLE = 50_000
 #: Rows predicted at once, bounding the temporary ``(rows, K)`` logits.
 PREDICT_CHUNK = 1 << 20
 
@@ -76,7 +76,11 @@ def train(
         Brush labels matching ``features`` without the last axis; 0 = unlabelled,
         1..K = classes (any positive integers).
     config
-        Training options; ``TrainConfig()`` when omitted.
+        Training options; ``TrainConfig()`` when omitted. With ``pca_dim`` set, the ViT
+        channels (``vit_*`` channel names; all channels for plain arrays) are reduced by a
+        PCA fitted here, on the training images, and the chain standardisation -> PCA ->
+        logistic regression is folded into one linear map on the raw features: prediction
+        needs no PCA step and never re-fits anything.
 
     Returns
     -------
@@ -92,8 +96,12 @@ def train(
     config = TrainConfig() if config is None else config
     feats, labs = _as_pairs(features, labels)
     x, y = _training_set(feats, labs, config)
-    mean, scale = _fit_scaling(feats)
+    sample = _grid_sample(feats)
+    mean, scale = _fit_scaling(sample)
     xs = (x - mean) / scale
+    reduce = _fit_pca(features, sample, mean, scale, config) if config.pca_dim else None
+    if reduce is not None:
+        xs = reduce.transform(xs)
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -107,6 +115,8 @@ def train(
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         model.fit(xs, y)
     coef, intercept = model.coef_, model.intercept_
+    if reduce is not None:
+        coef, intercept = reduce.fold(coef, intercept)
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax([0, z]) == sigmoid(z)
         coef = np.vstack([np.zeros_like(coef), coef])
         intercept = np.concatenate([[0.0], intercept])
@@ -250,23 +260,59 @@ def _training_set(feats, labs, config: TrainConfig) -> tuple[np.ndarray, np.ndar
     return x[keep], y[keep]
 
 
-def _fit_scaling(feats) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation over a regular grid of all pixels.
+def _grid_sample(feats) -> np.ndarray:
+    """``(M, F)`` float32 features of a regular grid of all pixels, ``M ~ SCALING_SAMPLE``.
 
-    The grid step is chosen so that about ``SCALING_SAMPLE`` pixels are used in all;
-    strided views keep this cheap whatever the memory layout of the features.
+    Strided views keep this cheap whatever the memory layout of the features.
     """
     total = sum(int(np.prod(f.shape[:-1])) for f in feats)
     step = max(1, int(np.ceil((total / SCALING_SAMPLE) ** (1 / max(1, feats[0].ndim - 1)))))
     n_feat = feats[0].shape[-1]
-    count, acc, acc_sq = 0, np.zeros(n_feat), np.zeros(n_feat)
-    for f in feats:
-        grid = f[(slice(None, None, step),) * (f.ndim - 1)]
-        flat = grid.reshape(-1, n_feat).astype(np.float64)
-        count += flat.shape[0]
-        acc += flat.sum(axis=0)
-        acc_sq += np.einsum("ij,ij->j", flat, flat)
-    mean = acc / count
-    scale = np.sqrt(np.maximum(acc_sq / count - mean**2, 0.0))
+    return np.concatenate(
+        [f[(slice(None, None, step),) * (f.ndim - 1)].reshape(-1, n_feat).astype(np.float32) for f in feats]
+    )
+
+
+def _fit_scaling(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (float64) of a ``(M, F)`` sample."""
+    mean = sample.mean(axis=0, dtype=np.float64)
+    scale = sample.std(axis=0, dtype=np.float64)
     scale[scale < 1e-6] = 1.0  # constant channels carry no information; avoid dividing by ~0
     return mean, scale
+
+
+class _ChannelPCA:
+    """PCA of some channels of standardised features, the others passed through."""
+
+    def __init__(self, n_feat: int, reduced: np.ndarray, components: np.ndarray, centre: np.ndarray) -> None:
+        self.reduced = reduced  # (R,) indices of the channels the PCA replaces
+        self.kept = np.setdiff1d(np.arange(n_feat), reduced)  # the other channels, as they are
+        self.components = components  # (k, R)
+        self.centre = centre  # (R,)
+
+    def transform(self, xs: np.ndarray) -> np.ndarray:
+        z = (xs[:, self.reduced] - self.centre) @ self.components.T
+        return np.hstack([xs[:, self.kept], z])
+
+    def fold(self, coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficients on ``[kept, pca]`` -> coefficients on all standardised channels."""
+        n_kept = len(self.kept)
+        full = np.zeros((coef.shape[0], n_kept + len(self.reduced)))
+        full[:, self.kept] = coef[:, :n_kept]
+        full[:, self.reduced] = coef[:, n_kept:] @ self.components
+        return full, intercept - coef[:, n_kept:] @ (self.components @ self.centre)
+
+
+def _fit_pca(features, sample, mean, scale, config: TrainConfig) -> _ChannelPCA:
+    from sklearn.decomposition import PCA
+
+    first = features if hasattr(features, "channel_names") or isinstance(features, np.ndarray) else features[0]
+    names = getattr(first, "channel_names", None)
+    n_feat = sample.shape[1]
+    reduced = np.array([i for i, n in enumerate(names) if "vit_" in n]) if names else np.arange(n_feat)
+    if len(reduced) == 0:
+        raise ValueError("pca_dim is set but the features have no ViT channels; use kind='vit' or 'hybrid'")
+    k = min(config.pca_dim, len(reduced), len(sample))
+    standardised = (sample[:, reduced] - mean[reduced]) / scale[reduced]
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=config.seed).fit(standardised)
+    return _ChannelPCA(n_feat, reduced, pca.components_, pca.mean_)

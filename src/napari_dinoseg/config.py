@@ -199,6 +199,9 @@ class TrainConfig(_JSONConfig):
         training stays interactive however much is painted.
     max_iter
         Iteration cap of the solver.
+    pca_dim
+        Reduce the ViT channels to this many principal components, fitted at train time on
+        the training images and folded into the classifier; ``None``: no PCA.
     seed
         Seed of every subsample, so training is reproducible.
     """
@@ -209,6 +212,7 @@ class TrainConfig(_JSONConfig):
     max_pixels_per_class: int = 20_000
     max_iter: int = 100
     seed: int = 0
+    pca_dim: Optional[int] = None
 
     def __post_init__(self) -> None:
         _choice("classifier", self.classifier, get_args(ClassifierKind))
@@ -220,3 +224,5 @@ class TrainConfig(_JSONConfig):
             raise ValueError(f"max_pixels_per_class must be a positive integer, got {self.max_pixels_per_class!r}")
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if self.pca_dim is not None and (not isinstance(self.pca_dim, int) or self.pca_dim < 1):
+            raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")

@@ -20,7 +20,7 @@ from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
-from ..config import DEVICES, FeatureConfig
+from ..config import DEVICES, FeatureConfig, TrainConfig
 from ..features.registry import MODELS
 from ..features.featurise import FeatureCache
 from ..image import MAX_CHANNELS
@@ -73,6 +73,7 @@ class TrainWidget(Container):
         self._device = ComboBox(choices=list(DEVICES), value="auto", label="device")
         self._weights = LineEdit(value="", label="weights")
         self._weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
+        self._pca = SpinBox(value=0, min=0, max=1536, label="PCA of ViT channels (0 = off)")
         self._preset = Label(value="")
         self._preset.native.setWordWrap(True)
         self._sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
@@ -85,7 +86,7 @@ class TrainWidget(Container):
         self._status = Label(value="Paint strokes of two or more classes, then click Train / Predict.")
         self._status.native.setWordWrap(True)
         self._vit_widgets = [self._model, self._stride, self._views, self._shifts, self._device, self._weights,
-                             self._preset]
+                             self._pca, self._preset]
         self.extend([
             self._image, self._labels, self._new_labels, self._kind, *self._vit_widgets, self._sigmas,
             self._membrane, self._scope, self._want_uncertainty, self._run, self._cancel, self._progress,
@@ -208,6 +209,7 @@ class TrainWidget(Container):
             rgb=bool(image.rgb),
             predict_slices=predict_slices,
             feature_config=cfg,
+            train_config=TrainConfig(pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None),
             want_uncertainty=bool(self._want_uncertainty.value),
         )
 
