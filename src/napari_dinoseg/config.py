@@ -226,3 +226,29 @@ class TrainConfig(_JSONConfig):
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if self.pca_dim is not None and (not isinstance(self.pca_dim, int) or self.pca_dim < 1):
             raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
+
+
+@dataclass(frozen=True)
+class CRFConfig(_JSONConfig):
+    """Fully connected CRF refinement (Krähenbühl and Koltun) of per-pixel probabilities.
+
+    Unary ``-log p``; a Gaussian (smoothness) kernel of spatial width ``gaussian_sxy`` px and
+    weight ``gaussian_compat``; a bilateral (appearance) kernel of spatial width
+    ``bilateral_sxy`` px, intensity width ``bilateral_srgb`` (0..255 scale) and weight
+    ``bilateral_compat``; ``iterations`` of mean-field inference. Defaults as the reference.
+    """
+
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 10.0
+    bilateral_sxy: float = 80.0
+    bilateral_srgb: float = 13.0
+    bilateral_compat: float = 10.0
+    iterations: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")

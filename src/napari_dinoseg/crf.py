@@ -1,0 +1,52 @@
+"""Dense CRF refinement of per-pixel class probabilities (pydensecrf)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .config import CRFConfig
+from .image import as_float_image
+
+#: Probabilities are clipped here before ``-log p`` so that certain pixels stay finite.
+EPS = 1e-6
+
+
+def crf_refine(image: np.ndarray, proba: np.ndarray, config: Optional[CRFConfig] = None) -> np.ndarray:
+    """Refine probabilities with a fully connected CRF on the image.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array
+        The image the bilateral kernel compares pixels on (normalised like every featuriser;
+        greyscale replicated to RGB, the first three channels of multichannel images used).
+    proba : (H, W, K) float array
+        Class probabilities (summing to 1 over K).
+    config
+        Kernel parameters; ``CRFConfig()`` when omitted.
+
+    Returns
+    -------
+    (H, W, K) float32 refined probabilities.
+    """
+    import pydensecrf.densecrf as dcrf
+
+    config = CRFConfig() if config is None else config
+    proba = np.asarray(proba, dtype=np.float32)
+    if proba.ndim != 3 or proba.shape[-1] < 2:
+        raise ValueError(f"proba must have shape (H, W, K) with K >= 2, got {proba.shape}")
+    img = as_float_image(image)
+    if img.shape[:2] != proba.shape[:2]:
+        raise ValueError(f"image of shape {img.shape[:2]} and probabilities of shape {proba.shape[:2]} differ")
+    h, w, k = proba.shape
+    rgb = img[..., :3] if img.shape[-1] >= 3 else np.repeat(img[..., :1], 3, axis=-1)
+    rgb = np.ascontiguousarray((rgb * 255).round().astype(np.uint8))
+    unary = -np.log(np.clip(proba, EPS, 1.0)).reshape(-1, k).T
+    crf = dcrf.DenseCRF2D(w, h, k)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=config.gaussian_sxy, compat=config.gaussian_compat)
+    crf.addPairwiseBilateral(sxy=config.bilateral_sxy, srgb=config.bilateral_srgb, rgbim=rgb,
+                             compat=config.bilateral_compat)
+    q = np.array(crf.inference(config.iterations), dtype=np.float32)
+    return q.reshape(k, h, w).transpose(1, 2, 0).copy()
