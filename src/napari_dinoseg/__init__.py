@@ -7,6 +7,8 @@ below are resolved lazily on first access.
 __version__ = "0.1.0"
 
 __all__ = [
+    "CASConfig",
+    "CRFConfig",
     "Cancelled",
     "FeatureConfig",
     "FeatureStack",
@@ -14,12 +16,16 @@ __all__ = [
     "TrainConfig",
     "featurise",
     "predict",
+    "segment_unsupervised",
     "train",
 ]
 
 _LAZY = {
     "Cancelled": "napari_dinoseg.progress",
     "FeatureConfig": "napari_dinoseg.config",
+    "CASConfig": "napari_dinoseg.config",
+    "CRFConfig": "napari_dinoseg.config",
+    "segment_unsupervised": "napari_dinoseg.unsupervised",
     "TrainConfig": "napari_dinoseg.config",
     "FeatureStack": "napari_dinoseg.features.featurise",
     "featurise": "napari_dinoseg.features.featurise",

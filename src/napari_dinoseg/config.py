@@ -49,6 +49,8 @@ class _JSONConfig:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, _JSONConfig):
+        return value.to_dict()
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
     return value
@@ -252,3 +254,45 @@ class CRFConfig(_JSONConfig):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not isinstance(self.iterations, int) or self.iterations < 1:
             raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
+
+
+@dataclass(frozen=True)
+class CASConfig(_JSONConfig):
+    """Unsupervised class-agnostic segmentation (CAS).
+
+    Parameters
+    ----------
+    features
+        How images are featurised (ignored when features are passed in); DINOv2 by default,
+        whose CLS attention finds the foreground.
+    k
+        k-means clusters before merging.
+    granularity
+        Factor on the semantic-distance threshold (about 0.95..1.1): larger merges more.
+    crf
+        Refine the merged classes with a dense CRF (``crf_config``).
+    sample
+        Pixels (seeded subsample over all images) k-means is fitted on; every pixel is then assigned.
+    min_area
+        Smallest connected component, in pixels, that gets an object box.
+    seed
+        Seed of the subsample and of k-means.
+    """
+
+    features: FeatureConfig = dataclasses.field(default_factory=lambda: FeatureConfig(kind="vit"))
+    k: int = 80
+    granularity: float = 1.0
+    crf: bool = False
+    crf_config: CRFConfig = dataclasses.field(default_factory=CRFConfig)
+    sample: int = 50_000
+    min_area: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 2:
+            raise ValueError(f"k must be an integer >= 2, got {self.k!r}")
+        if not (isinstance(self.granularity, (int, float)) and 0 < self.granularity < 10):
+            raise ValueError(f"granularity must be a positive factor (about 0.95..1.1), got {self.granularity!r}")
+        for name in ("sample", "min_area"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
