@@ -48,8 +48,7 @@ def main() -> None:
     widget._want_uncertainty.value = False
     viewer.layers.remove("uncertainty")
     viewer.layers["predictions"].visible = True
-    widget._kind.value = "vit"
-    widget._weights.value = "random"
+    widget.features.use("vit", weights="random")
     click_and_wait(widget)
     viewer.screenshot(str(OUT / "dinov2_mode_random_weights.png"), canvas_only=False)
     viewer.close()

@@ -11,6 +11,7 @@ napari = pytest.importorskip("napari")
 
 from napari.utils.notifications import notification_manager  # noqa: E402
 
+from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
 from napari_dinoseg._widgets.train_widget import PREDICTIONS, UNCERTAINTY, TrainWidget  # noqa: E402
 
 TIMEOUT_MS = 120_000
@@ -28,6 +29,7 @@ def dock(make_napari_viewer):
     """``dock(image, **image_kwargs) -> (viewer, widget, image_layer)`` with the widget docked."""
 
     def make(image, **kwargs):
+        SHARED_CACHE.clear()  # the cache is shared by the session's widgets: start each test empty
         viewer = make_napari_viewer()
         layer = viewer.add_image(image, name="img", **kwargs)
         widget = TrainWidget(viewer)
@@ -217,7 +219,7 @@ def test_single_class_painted(dock, qtbot, notes, two_textures):
 def test_bad_sigmas_text(dock, qtbot, notes, two_textures):
     viewer, widget, _ = dock(two_textures[0])
     brush(widget.new_labels_layer(), TEXTURE_STROKES)
-    widget._sigmas.value = "1, two"
+    widget.features.sigmas.value = "1, two"
     expect_refusal(qtbot, viewer, widget, notes, "give numbers separated by commas")
 
 
@@ -228,12 +230,7 @@ def test_multichannel_shown_as_stack(dock, qtbot, notes):
 
 
 def use_vit(widget, kind="vit", weights="random", views="one view", stride=14):
-    widget._kind.value = kind
-    widget._model.value = "dinov2_vits14"
-    widget._stride.value = stride
-    widget._views.value = views
-    widget._device.value = "cpu"
-    widget._weights.value = weights
+    widget.features.use(kind, weights=weights, views=views, stride=stride, device="cpu")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -244,16 +241,16 @@ def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
     viewer.add_labels(scribbles, name="strokes")
     widget._labels.value = viewer.layers["strokes"]
     use_vit(widget)
-    assert not widget._model.native.isHidden() and widget._sigmas.native.isHidden()
+    assert not widget.features.model.native.isHidden() and widget.features.sigmas.native.isHidden()
     click_and_wait(qtbot, widget)
     # the resolved setting and a time estimate are announced before featurisation starts
-    assert "dinov2_vits14 on cpu: stride 14, shifts (), flips False (1 views), about" in widget._preset.value
-    assert widget.last_result.plan == widget._preset.value
+    assert "dinov2_vits14 on cpu: stride 14, shifts (), flips False (1 views), about" in widget.features.plan.value
+    assert widget.last_result.plan == widget.features.plan.value
     pred = viewer.layers[PREDICTIONS].data
     assert pred.shape == image.shape and set(np.unique(pred)) <= {1, 2}
     assert widget.classifier.n_features == 384
 
-    widget._kind.value = "hybrid"  # classical + DINOv2: a new cache entry, then reuse
+    widget.features.kind.value = "hybrid"  # classical + DINOv2: a new cache entry, then reuse
     widget._pca.value = 16  # PCA of the 384 ViT channels, fitted at train time
     click_and_wait(qtbot, widget)
     assert widget.classifier.n_features == 60 + 384 and widget.last_result.featurised == 1
@@ -271,5 +268,20 @@ def test_missing_weights_is_a_clear_error(dock, qtbot, notes, two_textures, tmp_
     viewer.add_labels(scribbles, name="strokes")
     widget._labels.value = viewer.layers["strokes"]
     use_vit(widget, weights="")
-    widget._model.value = "dinov2_vitb14"
+    widget.features.model.value = "dinov2_vitb14"
     expect_refusal(qtbot, viewer, widget, notes, "dinov2_vitb14_pretrain.pth")
+
+
+def test_crf_option_refines_the_prediction(dock, qtbot, two_textures):
+    image, truth, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    click_and_wait(qtbot, widget)
+    plain = viewer.layers[PREDICTIONS].data.copy()
+    widget._crf.value = True
+    click_and_wait(qtbot, widget)
+    refined = viewer.layers[PREDICTIONS].data
+    assert widget.last_result.featurised == 0  # the CRF works on cached features' predictions
+    assert not np.array_equal(refined, plain)
+    assert iou(refined, truth, 2) > 0.9

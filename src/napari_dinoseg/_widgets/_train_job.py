@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..classify import PixelClassifier, predict, train, uncertainty
-from ..config import FeatureConfig, TrainConfig
+from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..features.featurise import FeatureCache, FeatureStack, cache_key, featurise, resolve_device
 from ..image import drop_alpha
 from ..progress import ProgressCallback, report
@@ -74,6 +74,7 @@ class TrainJob:
     feature_config: FeatureConfig
     train_config: TrainConfig = field(default_factory=TrainConfig)
     want_uncertainty: bool = False
+    crf: Optional[CRFConfig] = None
 
     @property
     def train_slices(self) -> list[Index]:
@@ -162,6 +163,10 @@ def run_train_job(
     for index in job.predict_slices:
         stack = train_stacks.get(index) or features(index)
         proba = predict(clf, stack)
+        if job.crf is not None:
+            from ..crf import crf_refine
+
+            proba = crf_refine(job.slice_image(index), proba, job.crf)
         segs.append(clf.to_labels(proba))
         if job.want_uncertainty:
             uncs.append(uncertainty(proba))

@@ -12,20 +12,17 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox, ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, SpinBox, create_widget,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
-from ..config import DEVICES, FeatureConfig, TrainConfig
-from ..features.registry import MODELS
-from ..features.featurise import FeatureCache
+from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
 from ..progress import Cancelled
 from ._compat import block_triton_if_llvm_is_loaded
+from ._feature_controls import SHARED_CACHE, FeatureControls
 from ._train_job import TrainJob, TrainResult, import_compute_libraries, run_train_job
 
 if TYPE_CHECKING:
@@ -35,17 +32,7 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 UNCERTAINTY = "uncertainty"
-#: Feature kinds offered in the selector: (label shown, FeatureConfig.kind).
-FEATURE_CHOICES = [
-    ("classical (Weka-style filters)", "classical"),
-    ("DINOv2", "vit"),
-    ("hybrid (classical + DINOv2)", "hybrid"),
-]
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
-#: Upsampler views: label -> (use shifts, flips); "preset" leaves both to the device preset.
-VIEWS_PRESET = "preset for the device"
-VIEW_CHOICES = {VIEWS_PRESET: None, "one view": ((), False), "shifts": (True, False),
-                "flips": ((), True), "shifts + flips": (True, True)}
 
 
 class TrainWidget(Container):
@@ -54,7 +41,7 @@ class TrainWidget(Container):
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self.cache = FeatureCache()
+        self.cache = SHARED_CACHE
         self.classifier = None
         self.worker: Optional[FunctionWorker] = None
         self.last_result: Optional[TrainResult] = None
@@ -65,19 +52,9 @@ class TrainWidget(Container):
         self._image = create_widget(annotation=Image, label="image")
         self._labels = create_widget(annotation=Labels, label="brush labels")
         self._new_labels = PushButton(text="New labels layer for this image")
-        self._kind = ComboBox(choices=FEATURE_CHOICES, value="classical", label="features")
-        self._model = ComboBox(choices=sorted(MODELS), value="dinov2_vits14", label="model")
-        self._stride = SpinBox(value=0, min=0, max=16, label="stride (0 = preset)")
-        self._views = ComboBox(choices=list(VIEW_CHOICES), value=VIEWS_PRESET, label="upsampler views")
-        self._shifts = LineEdit(value="1, 2", label="shifts (px)")
-        self._device = ComboBox(choices=list(DEVICES), value="auto", label="device")
-        self._weights = LineEdit(value="", label="weights")
-        self._weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
+        self.features = FeatureControls()
         self._pca = SpinBox(value=0, min=0, max=1536, label="PCA of ViT channels (0 = off)")
-        self._preset = Label(value="")
-        self._preset.native.setWordWrap(True)
-        self._sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
-        self._membrane = CheckBox(value=True, text="membrane projections")
+        self._crf = CheckBox(value=False, text="refine with a dense CRF")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
         self._want_uncertainty = CheckBox(value=False, text="uncertainty layer")
         self._run = PushButton(text="Train / Predict")
@@ -85,21 +62,17 @@ class TrainWidget(Container):
         self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
         self._status = Label(value="Paint strokes of two or more classes, then click Train / Predict.")
         self._status.native.setWordWrap(True)
-        self._vit_widgets = [self._model, self._stride, self._views, self._shifts, self._device, self._weights,
-                             self._pca, self._preset]
         self.extend([
-            self._image, self._labels, self._new_labels, self._kind, *self._vit_widgets, self._sigmas,
-            self._membrane, self._scope, self._want_uncertainty, self._run, self._cancel, self._progress,
-            self._status,
+            self._image, self._labels, self._new_labels, self.features, self._pca, self._crf, self._scope,
+            self._want_uncertainty, self._run, self._cancel, self._progress, self._status,
         ])
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._new_labels.changed.connect(self.new_labels_layer)
         self._image.changed.connect(self._update_scope)
-        for w in (self._kind, self._model, self._stride, self._views, self._shifts, self._device):
-            w.changed.connect(self._update_feature_options)
+        self.features.kind.changed.connect(self._update_pca)
         self._update_scope()
-        self._update_feature_options()
+        self._update_pca()
         self.native.destroyed.connect(self._on_destroyed)
         block_triton_if_llvm_is_loaded()
         create_worker(import_compute_libraries).start()
@@ -107,22 +80,8 @@ class TrainWidget(Container):
     # ---- actions -------------------------------------------------------------------
 
     def feature_config(self) -> FeatureConfig:
-        """The FeatureConfig the widget's controls describe; presets left unset are resolved for
-        the device in the worker (raises ValueError if a control holds an invalid value)."""
-        sigmas = _numbers(self._sigmas.value, "sigmas", "1, 2, 4, 8, 16", float)
-        kind = self._kind.value
-        if kind == "classical":
-            return FeatureConfig(kind=kind, sigmas=sigmas, membrane=bool(self._membrane.value))
-        views = VIEW_CHOICES[self._views.value]
-        shifts = flips = None
-        if views is not None:
-            use_shifts, flips = views
-            shifts = _numbers(self._shifts.value, "shifts", "1, 2", int) if use_shifts else ()
-        return FeatureConfig(
-            kind=kind, model=self._model.value, stride=int(self._stride.value) or None, shifts=shifts, flips=flips,
-            weights=str(self._weights.value).strip() or None, device=self._device.value,
-            sigmas=sigmas, membrane=bool(self._membrane.value),
-        )
+        """The FeatureConfig the widget's controls describe (see :class:`FeatureControls`)."""
+        return self.features.config()
 
     def new_labels_layer(self, *_args) -> Optional[Labels]:
         """Add an empty Labels layer matching the selected image and select it for painting."""
@@ -210,6 +169,7 @@ class TrainWidget(Container):
             predict_slices=predict_slices,
             feature_config=cfg,
             train_config=TrainConfig(pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None),
+            crf=CRFConfig() if self._crf.value else None,
             want_uncertainty=bool(self._want_uncertainty.value),
         )
 
@@ -226,7 +186,7 @@ class TrainWidget(Container):
     def _show_plan(self, plan: str) -> None:
         if self._closed:
             return
-        self._preset.value = plan
+        self.features.plan.value = plan
         self._status.value = plan
 
     @ensure_main_thread
@@ -318,24 +278,12 @@ class TrainWidget(Container):
         layer.contrast_limits = (0.0, max(1e-3, 1.0 - 1.0 / result.classifier.n_classes))
         layer.refresh()
 
-    def _update_feature_options(self, *_args) -> None:
-        vit = self._kind.value != "classical"
-        for w in self._vit_widgets:
-            w.visible = vit
-        self._sigmas.visible = self._membrane.visible = self._kind.value != "vit"
-        self._shifts.visible = vit and self._views.value in ("shifts", "shifts + flips")
-        self._preset.value = "" if not vit else "preset: decided for the device when you click Train / Predict"
+    def _update_pca(self, *_args) -> None:
+        self._pca.visible = self.features.kind.value != "classical"
 
     def _update_scope(self, *_args) -> None:
         image = self._image.value
         self._scope.visible = image is not None and len(_spatial_shape(image)) > 2
-
-
-def _numbers(text: str, name: str, example: str, kind: type) -> tuple:
-    try:
-        return tuple(kind(s) for s in str(text).replace(";", ",").split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"{name} {text!r}: give numbers separated by commas, e.g. {example}") from None
 
 
 def _spatial_shape(image: Image) -> tuple[int, ...]:

@@ -264,4 +264,6 @@ class FeatureCache:
             self._items.popitem(last=False)
 
     def clear(self) -> None:
+        """Drop every stack and reset the hit / miss counters."""
         self._items.clear()
+        self.hits = self.misses = 0

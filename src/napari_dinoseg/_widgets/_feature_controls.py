@@ -1,0 +1,88 @@
+"""Feature controls shared by the dock widgets, and the feature cache they share."""
+
+from __future__ import annotations
+
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, SpinBox
+
+from ..config import DEVICES, FeatureConfig
+from ..features.featurise import FeatureCache
+from ..features.registry import MODELS
+
+#: One feature cache for every dock widget of the session: the unsupervised widget reuses
+#: what the train widget computed, and the other way round.
+SHARED_CACHE = FeatureCache()
+
+#: Feature kinds offered: (label shown, FeatureConfig.kind).
+FEATURE_CHOICES = [
+    ("classical (Weka-style filters)", "classical"),
+    ("DINOv2", "vit"),
+    ("hybrid (classical + DINOv2)", "hybrid"),
+]
+#: Upsampler views: label -> (use shifts, flips); None leaves both to the device preset.
+VIEWS_PRESET = "preset for the device"
+VIEW_CHOICES = {VIEWS_PRESET: None, "one view": ((), False), "shifts": (True, False),
+                "flips": ((), True), "shifts + flips": (True, True)}
+
+
+class FeatureControls(Container):
+    """Feature kind, ViT backbone and upsampler settings, classical sigmas; builds a FeatureConfig."""
+
+    def __init__(self, kind: str = "classical") -> None:
+        super().__init__(labels=True)
+        self.margins = (0, 0, 0, 0)
+        self.kind = ComboBox(choices=FEATURE_CHOICES, value=kind, label="features")
+        self.model = ComboBox(choices=sorted(MODELS), value="dinov2_vits14", label="model")
+        self.stride = SpinBox(value=0, min=0, max=16, label="stride (0 = preset)")
+        self.views = ComboBox(choices=list(VIEW_CHOICES), value=VIEWS_PRESET, label="upsampler views")
+        self.shifts = LineEdit(value="1, 2", label="shifts (px)")
+        self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
+        self.weights = LineEdit(value="", label="weights")
+        self.weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
+        self.plan = Label(value="")
+        self.plan.native.setWordWrap(True)
+        self.sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
+        self.membrane = CheckBox(value=True, text="membrane projections")
+        self.vit_widgets = [self.model, self.stride, self.views, self.shifts, self.device, self.weights, self.plan]
+        self.extend([self.kind, *self.vit_widgets, self.sigmas, self.membrane])
+        for w in (self.kind, self.views):
+            w.changed.connect(self._update_visibility)
+        self._update_visibility()
+
+    def config(self) -> FeatureConfig:
+        """The FeatureConfig the controls describe; presets left unset are resolved for the
+        device in the worker (raises ValueError if a control holds an invalid value)."""
+        sigmas = numbers(self.sigmas.value, "sigmas", "1, 2, 4, 8, 16", float)
+        kind = self.kind.value
+        if kind == "classical":
+            return FeatureConfig(kind=kind, sigmas=sigmas, membrane=bool(self.membrane.value))
+        views = VIEW_CHOICES[self.views.value]
+        shifts = flips = None
+        if views is not None:
+            use_shifts, flips = views
+            shifts = numbers(self.shifts.value, "shifts", "1, 2", int) if use_shifts else ()
+        return FeatureConfig(
+            kind=kind, model=self.model.value, stride=int(self.stride.value) or None, shifts=shifts, flips=flips,
+            weights=str(self.weights.value).strip() or None, device=self.device.value,
+            sigmas=sigmas, membrane=bool(self.membrane.value),
+        )
+
+    def use(self, kind: str, weights: str = "", views: str = VIEWS_PRESET, stride: int = 0, device: str = "auto") -> None:
+        """Set several controls at once (scripts and tests)."""
+        self.kind.value, self.weights.value, self.views.value = kind, weights, views
+        self.stride.value, self.device.value = stride, device
+
+    def _update_visibility(self, *_args) -> None:
+        vit = self.kind.value != "classical"
+        for w in self.vit_widgets:
+            w.visible = vit
+        self.sigmas.visible = self.membrane.visible = self.kind.value != "vit"
+        self.shifts.visible = vit and self.views.value in ("shifts", "shifts + flips")
+        self.plan.value = "" if not vit else "preset: decided for the device when you click"
+
+
+def numbers(text: str, name: str, example: str, kind: type) -> tuple:
+    """Parse ``"1, 2; 4"`` into a tuple of ``kind``; a ValueError naming the control otherwise."""
+    try:
+        return tuple(kind(s) for s in str(text).replace(";", ",").split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"{name} {text!r}: give numbers separated by commas, e.g. {example}") from None
