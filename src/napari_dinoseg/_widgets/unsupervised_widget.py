@@ -1,0 +1,270 @@
+"""The "dinoseg: unsupervised" dock widget: class-agnostic segmentation with no labels.
+
+Reads the image (the current slice, or the whole stack for co-segmentation), runs the CAS
+pipeline in a worker with the features cache shared with the train widget, and writes a
+``CAS labels`` Labels layer, a ``foreground`` Labels layer and a ``boxes`` Shapes layer
+(the superbox in yellow). "Use as labels" copies chosen CAS classes into a brush-labels
+layer as training labels for the train widget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox, create_widget,
+)
+from napari.layers import Image, Labels, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from superqt.utils import ensure_main_thread
+
+from ..config import CASConfig
+from ..features.featurise import FeatureCache, cache_key, featurise, resolve_device
+from ..image import drop_alpha
+from ..progress import Cancelled, report
+from ..unsupervised import CASResult, segment_unsupervised
+from ._compat import block_triton_if_llvm_is_loaded
+from ._feature_controls import SHARED_CACHE, FeatureControls, numbers
+from ._train_job import describe_plan, import_compute_libraries
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+CAS_LAYER, FOREGROUND_LAYER, BOXES_LAYER = "CAS labels", "foreground", "boxes"
+SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack (co-segmentation)"
+
+
+def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=None, announce=None) -> CASResult:
+    """Featurise (or reuse) each plane, then segment them together; pure, runs in a worker."""
+    import_compute_libraries()
+    device = resolve_device(config.features.device)
+    features = config.features.resolved(device.type)
+    first = planes[0]
+    if announce is not None:
+        announce(describe_plan(features, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device))
+    stacks, messages = [], []
+    for i, plane in enumerate(planes):
+        key = cache_key(plane, features)
+        stack = cache.get(key)
+        if stack is None:
+            sub = (lambda d, t, m, i=i: report(progress, int(700 * (i + d / max(t, 1)) / len(planes)), 1000, m))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                stack = featurise(plane, features, sub)
+            messages += [str(w.message) for w in caught]
+            cache.put(key, stack)
+        stacks.append(stack)
+    report(progress, 700, 1000, "clustering")
+    cfg = dataclasses.replace(config, features=features)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = segment_unsupervised(stacks if len(stacks) > 1 else stacks[0], cfg, images=planes,
+                                      progress=lambda d, t, m: report(progress, 700 + int(0.3 * d), 1000, m))
+    result.messages = list(dict.fromkeys(messages + result.messages + [str(w.message) for w in caught]))
+    return result
+
+
+class UnsupervisedWidget(Container):
+    """Dock widget: CAS labels, foreground and object boxes from an image with no labels."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self.cache = SHARED_CACHE
+        self.worker = None
+        self.result: Optional[CASResult] = None
+        self._closed = False
+        self._image = create_widget(annotation=Image, label="image")
+        self.features = FeatureControls(kind="vit")
+        self._k = SpinBox(value=80, min=2, max=1000, label="k (clusters)")
+        self._granularity = FloatSpinBox(value=1.0, min=0.5, max=2.0, step=0.01, label="granularity")
+        self._crf = CheckBox(value=False, text="refine with a dense CRF")
+        self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="segment")
+        self._run = PushButton(text="Segment")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
+        self._status = Label(value="No labels needed: choose features and click Segment.")
+        self._status.native.setWordWrap(True)
+        self._classes = LineEdit(value="", label="CAS classes")
+        self._classes.native.setPlaceholderText("e.g. 3, 7 (empty: the class selected in 'CAS labels')")
+        self._as_label = SpinBox(value=1, min=1, max=255, label="as brush label")
+        self._target = create_widget(annotation=Labels, label="into labels layer", options={"nullable": True})
+        self._use = PushButton(text="Use as labels")
+        self.extend([
+            self._image, self.features, self._k, self._granularity, self._crf, self._scope, self._run,
+            self._cancel, self._progress, self._status, self._classes, self._as_label, self._target, self._use,
+        ])
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.cancel)
+        self._use.changed.connect(self.use_as_labels)
+        self.native.destroyed.connect(self._on_destroyed)
+        block_triton_if_llvm_is_loaded()
+        create_worker(import_compute_libraries).start()
+
+    def config(self) -> CASConfig:
+        return CASConfig(features=self.features.config(), k=int(self._k.value),
+                         granularity=float(self._granularity.value), crf=bool(self._crf.value))
+
+    def run(self, *_args):
+        """Start the segmentation in a worker; returns it, or None when the input is refused."""
+        if self.worker is not None:
+            show_info("dinoseg: already running; wait or click Cancel")
+            return None
+        try:
+            planes, self._index = self._planes()
+            config = self.config()
+        except (ValueError, TypeError) as err:
+            self._fail(str(err))
+            return None
+        worker = create_worker(
+            run_cas_job, planes, config, self.cache, self._progress_callback, self._show_plan, _start_thread=False,
+            _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
+        )
+        self.worker = worker
+        self._run.enabled, self._cancel.enabled, self._progress.value = False, True, 0
+        worker.start()
+        return worker
+
+    def cancel(self, *_args) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
+    def use_as_labels(self, *_args) -> Optional[Labels]:
+        """Copy the chosen CAS classes into the brush-labels layer (unlabelled pixels only)."""
+        if CAS_LAYER not in self._viewer.layers:
+            self._fail("run Segment first: there is no 'CAS labels' layer")
+            return None
+        cas = self._viewer.layers[CAS_LAYER]
+        try:
+            classes = numbers(self._classes.value, "CAS classes", "3, 7", int) or (int(cas.selected_label),)
+        except ValueError as err:
+            self._fail(str(err))
+            return None
+        target = self._target.value
+        if target is None or target.data.shape != cas.data.shape:
+            target = self._viewer.add_labels(np.zeros(cas.data.shape, np.uint8), name=f"{self._image.value.name} labels",
+                                             scale=cas.scale, translate=cas.translate)
+            self._target.reset_choices()
+            self._target.value = target
+        fill = np.isin(cas.data, classes) & (target.data == 0)
+        target.data[fill] = int(self._as_label.value)
+        target.refresh()
+        self._status.value = f"CAS classes {list(classes)} -> brush label {self._as_label.value} ({int(fill.sum())} px)"
+        return target
+
+    # ---- inputs and outputs --------------------------------------------------------
+
+    def _planes(self) -> tuple[list, Optional[tuple]]:
+        image: Optional[Image] = self._image.value
+        if image is None:
+            raise ValueError("no image layer: open an image first")
+        if image.multiscale:
+            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
+        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        lead = shape[:-2]
+        prep = (lambda p: drop_alpha(p)) if image.rgb else (lambda p: p)
+        if not lead:
+            return [prep(np.asarray(image.data))], None
+        if self._scope.value == SCOPE_STACK:
+            return [prep(np.asarray(image.data[i])) for i in np.ndindex(*lead)], ()
+        step = self._viewer.dims.current_step[self._viewer.dims.ndim - len(shape):][:len(lead)]
+        index = tuple(int(min(max(s, 0), n - 1)) for s, n in zip(step, lead))
+        return [prep(np.asarray(image.data[index]))], index
+
+    def _write_layers(self, result: CASResult) -> None:
+        image: Image = self._image.value
+        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        geometry = {"scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
+        labels, foreground = result.labels, result.foreground.astype(np.uint8)
+        if self._index is not None and self._index != ():  # one slice of a stack
+            full_l, full_f = np.zeros(shape, np.int32), np.zeros(shape, np.uint8)
+            full_l[self._index], full_f[self._index] = labels, foreground
+            labels, foreground = full_l, full_f
+        elif self._index == ():
+            labels, foreground = labels.reshape(shape), foreground.reshape(shape)
+        self._set_layer(CAS_LAYER, Labels, labels, geometry)
+        self._set_layer(FOREGROUND_LAYER, Labels, foreground, {**geometry, "opacity": 0.4})
+        rects, colours = [], []
+        slices = [()] * len(result.boxes) if self._index is None else (
+            list(np.ndindex(*shape[:-2])) if self._index == () else [self._index])
+        for where, boxes, sup in zip(slices, result.boxes, result.superbox):
+            for i, (r0, c0, r1, c1) in enumerate(boxes):
+                corners = [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]
+                rects.append(np.array([[*where, r, c] for r, c in corners], float))
+                colours.append("yellow" if i == sup else "cyan")
+        if BOXES_LAYER in self._viewer.layers:
+            self._viewer.layers.remove(BOXES_LAYER)
+        if rects:
+            self._viewer.add_shapes(rects, shape_type="rectangle", edge_color=colours, face_color="transparent",
+                                    edge_width=2, name=BOXES_LAYER, **geometry)
+
+    def _set_layer(self, name, kind, data, kwargs) -> None:
+        if name in self._viewer.layers and self._viewer.layers[name].data.shape == data.shape:
+            self._viewer.layers[name].data = data
+        else:
+            if name in self._viewer.layers:
+                self._viewer.layers.remove(name)
+            self._viewer.add_layer(kind(data, name=name, **kwargs))
+
+    # ---- worker callbacks ------------------------------------------------------------
+
+    def _progress_callback(self, done: int, total: int, message: str) -> None:
+        if self._closed or (self.worker is not None and self.worker.abort_requested):
+            raise Cancelled()
+        self._show_progress(done, total, message)
+
+    @ensure_main_thread
+    def _show_progress(self, done: int, total: int, message: str) -> None:
+        if not self._closed:
+            self._progress.max, self._progress.value, self._status.value = total, done, message
+
+    @ensure_main_thread
+    def _show_plan(self, plan: str) -> None:
+        if not self._closed:
+            self.features.plan.value = self._status.value = plan
+
+    def _on_returned(self, result: CASResult) -> None:
+        if self._closed:
+            return
+        self.result = result
+        for message in result.messages:
+            show_warning(f"dinoseg: {message}")
+        self._write_layers(result)
+        self._progress.value = self._progress.max
+        n_boxes = sum(len(b) for b in result.boxes)
+        self._status.value = (f"{int(result.labels.max())} classes from {result.n_clusters} clusters "
+                              f"(distance {result.threshold:.3f}); {n_boxes} boxes")
+
+    def _on_errored(self, err: BaseException) -> None:
+        if self._closed:
+            return
+        self._progress.value = 0
+        if isinstance(err, Cancelled):
+            self._status.value = "cancelled; nothing was changed"
+        elif isinstance(err, (ValueError, TypeError)):
+            self._fail(str(err))
+        else:
+            logger.exception("dinoseg: unsupervised segmentation failed", exc_info=err)
+            self._fail(f"{type(err).__name__}: {err}")
+
+    def _on_finished(self) -> None:
+        if self._closed:
+            return
+        self.worker = None
+        self._run.enabled, self._cancel.enabled = True, False
+
+    def _on_destroyed(self, *_args) -> None:
+        self._closed = True
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _fail(self, message: str) -> None:
+        self._status.value = f"error: {message}"
+        show_error(f"dinoseg: {message}")

@@ -1,0 +1,104 @@
+"""The unsupervised widget in a real napari viewer (random ViT weights: mechanics only)."""
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
+from napari_dinoseg._widgets.unsupervised_widget import (  # noqa: E402
+    BOXES_LAYER, CAS_LAYER, FOREGROUND_LAYER, SCOPE_STACK, UnsupervisedWidget,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture
+def blobs():
+    """Two bright squares on a dark noisy background, 140 x 168 px."""
+    rng = np.random.default_rng(0)
+    img = np.full((140, 168), 40.0)
+    img[20:60, 20:70] = 200
+    img[80:125, 100:150] = 220
+    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def dock(make_napari_viewer):
+    def make(image):
+        SHARED_CACHE.clear()
+        viewer = make_napari_viewer()
+        viewer.add_image(image, name="img")
+        widget = UnsupervisedWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="dinoseg: unsupervised")
+        widget.features.use("vit", weights="random", views="one view", stride=14, device="cpu")
+        widget._k.value = 6
+        return viewer, widget
+
+    return make
+
+
+def segment(qtbot, widget):
+    widget._run.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+
+
+def test_segment_writes_three_layers_and_use_as_labels(dock, qtbot, blobs):
+    viewer, widget = dock(blobs)
+    segment(qtbot, widget)
+    assert widget.result is not None, widget._status.value
+    cas, fg = viewer.layers[CAS_LAYER], viewer.layers[FOREGROUND_LAYER]
+    assert cas.data.shape == fg.data.shape == blobs.shape
+    assert 1 <= cas.data.min() and cas.data.max() == widget.result.labels.max()
+    assert set(np.unique(fg.data)) <= {0, 1} and fg.data.any()
+    boxes = viewer.layers[BOXES_LAYER]
+    assert isinstance(boxes, napari.layers.Shapes) and len(boxes.data) == sum(len(b) for b in widget.result.boxes)
+    assert "classes from 6 clusters" in widget._status.value
+
+    # the second run reuses the features cached by the first
+    segment(qtbot, widget)
+    assert SHARED_CACHE.hits == 1
+
+    square = int(np.bincount(cas.data[30:50, 30:60].ravel()).argmax())
+    widget._classes.value = str(square)
+    widget._as_label.value = 2
+    target = widget.use_as_labels()
+    assert target is not None and target.data.shape == blobs.shape
+    np.testing.assert_array_equal(target.data == 2, cas.data == square)
+    widget._classes.value = "x"
+    assert widget.use_as_labels() is None and "CAS classes" in widget._status.value
+
+
+def test_stack_co_segmentation(dock, qtbot, blobs):
+    moved = np.roll(blobs, (10, -15), axis=(0, 1))  # the same materials elsewhere
+    viewer, widget = dock(np.stack([blobs, moved]))
+    widget._scope.value = SCOPE_STACK
+    segment(qtbot, widget)
+    cas = viewer.layers[CAS_LAYER].data
+    assert cas.shape == (2, *blobs.shape)
+
+    def majority(a):
+        return int(np.bincount(a.ravel()).argmax())
+
+    # one clustering for both slices: the same material gets the same id in each
+    assert majority(cas[0][85:120, 105:145]) == majority(cas[1][95:130, 90:130])
+    assert majority(cas[0][5:15, 100:160]) == majority(cas[1][0:10, 100:140])
+    assert all(len(np.asarray(b)) == 4 and np.asarray(b).shape[1] == 3 for b in viewer.layers[BOXES_LAYER].data)
+
+
+def test_classical_features_fall_back_with_a_warning(dock, qtbot, blobs):
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+    viewer, widget = dock(blobs)
+    widget.features.kind.value = "classical"
+    segment(qtbot, widget)
+    assert CAS_LAYER in viewer.layers
+    notes = [str(n.message) for n in notification_manager.records[start:]]
+    assert any("largest cluster is taken as background" in n for n in notes)
+
+
+def test_use_as_labels_before_segmenting_is_refused(dock, qtbot, blobs):
+    viewer, widget = dock(blobs)
+    assert widget.use_as_labels() is None
+    assert widget._status.value.startswith("error: run Segment first")
