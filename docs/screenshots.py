@@ -52,6 +52,28 @@ def main() -> None:
     click_and_wait(widget)
     viewer.screenshot(str(OUT / "dinov2_mode_random_weights.png"), canvas_only=False)
     viewer.close()
+    unsupervised()
+
+
+def unsupervised() -> None:
+    """The unsupervised widget on the sample with classical features (no weights needed)."""
+    import napari
+
+    from napari_dinoseg._sample_data import ihc_image
+    from napari_dinoseg._widgets.unsupervised_widget import UnsupervisedWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(ihc_image(), name="ihc micrograph", rgb=True)
+    widget = UnsupervisedWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="dinoseg: unsupervised", area="right")
+    viewer.window.resize(1500, 950)
+    widget.features.kind.value = "classical"
+    widget._k.value = 20
+    click_and_wait(widget)
+    viewer.layers["foreground"].visible = False
+    viewer.reset_view()
+    viewer.screenshot(str(OUT / "unsupervised_classical_ihc.png"), canvas_only=False)
+    viewer.close()
     print(f"wrote screenshots to {OUT}")
 
 

@@ -274,7 +274,8 @@ class CASConfig(_JSONConfig):
     sample
         Pixels (seeded subsample over all images) k-means is fitted on; every pixel is then assigned.
     min_area
-        Smallest connected component, in pixels, that gets an object box.
+        Smallest connected component, in pixels, that gets an object box; ``None``: 0.2 %
+        of the image, at least 64 px.
     seed
         Seed of the subsample and of k-means.
     """
@@ -285,7 +286,7 @@ class CASConfig(_JSONConfig):
     crf: bool = False
     crf_config: CRFConfig = dataclasses.field(default_factory=CRFConfig)
     sample: int = 50_000
-    min_area: int = 64
+    min_area: Optional[int] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -294,5 +295,6 @@ class CASConfig(_JSONConfig):
         if not (isinstance(self.granularity, (int, float)) and 0 < self.granularity < 10):
             raise ValueError(f"granularity must be a positive factor (about 0.95..1.1), got {self.granularity!r}")
         for name in ("sample", "min_area"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if (value is not None or name == "sample") and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -113,7 +113,12 @@ def segment_unsupervised(
         warnings.warn(messages[-1], UserWarning, stacklevel=2)
 
     report(progress, 650, 1000, "k-means")
-    feats = [_normalise(s.data) for s in stacks]
+    feats = [s.data for s in stacks]
+    if any(s.config.uses_classical for s in stacks):
+        # classical channels have arbitrary scales and mostly positive values: without
+        # standardising, every pixel's direction is nearly the same and cosine distances vanish
+        feats = _standardise(feats)
+    feats = [_normalise(f) for f in feats]
     clusters, centroids = _kmeans(feats, config)
     density = None if attention is None else _density(clusters, [a.mean(-1) for a in attention], len(centroids))
     sizes = np.bincount(np.concatenate([c.ravel() for c in clusters]), minlength=len(centroids))
@@ -136,8 +141,9 @@ def segment_unsupervised(
     fg_merged = _foreground_classes(merged_density, merged_sizes) + 1
     foreground = np.isin(labels, fg_merged)
     boxes, superbox = [], []
+    min_area = config.min_area if config.min_area is not None else max(64, round(0.002 * labels[0].size))
     for lab, fgm in zip(labels, foreground):
-        b, s = object_boxes(lab, fgm, fg_merged, config.min_area)
+        b, s = object_boxes(lab, fgm, fg_merged, min_area)
         boxes.append(b)
         superbox.append(s)
     report(progress, 1000, 1000, "done")
@@ -145,6 +151,15 @@ def segment_unsupervised(
         labels, foreground = labels[0], foreground[0]
     return CASResult(labels=labels, foreground=foreground, boxes=boxes, superbox=superbox,
                      foreground_classes=fg_merged, threshold=threshold, n_clusters=len(centroids), messages=messages)
+
+
+def _standardise(feats: list[np.ndarray]) -> list[np.ndarray]:
+    """Channels to zero mean and unit variance over all slices (a regular grid of pixels)."""
+    n = feats[0].shape[-1]
+    sample = np.concatenate([f[::4, ::4].reshape(-1, n) for f in feats]).astype(np.float64)
+    mean, std = sample.mean(0), sample.std(0)
+    std[std < 1e-6] = 1.0
+    return [((f - mean) / std).astype(np.float32) for f in feats]
 
 
 def _normalise(data: np.ndarray) -> np.ndarray:
