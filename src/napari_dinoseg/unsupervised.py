@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
 from .config import CASConfig
 from .progress import ProgressCallback, report
+
+if TYPE_CHECKING:
+    from .features.featurise import FeatureStack
 
 #: Boxes overlapping more than this (IoU) are duplicates: the later one is dropped.
 BOX_IOU = 0.8
@@ -61,7 +64,7 @@ class CASResult:
 
 
 def segment_unsupervised(
-    data: Union[np.ndarray, "FeatureStack", Sequence],  # noqa: F821
+    data: Union[np.ndarray, "FeatureStack", Sequence],
     config: Optional[CASConfig] = None,
     progress: Optional[ProgressCallback] = None,
     images: Optional[Sequence[np.ndarray]] = None,

@@ -8,46 +8,36 @@ Image layer) from the worker's ``returned`` signal, on the GUI thread.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
-from napari.qt.threading import FunctionWorker, create_worker
-from napari.utils.notifications import show_error, show_info, show_warning
-from superqt.utils import ensure_main_thread
+from napari.utils.notifications import show_error
 
 from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
-from ..progress import Cancelled
-from ._compat import block_triton_if_llvm_is_loaded
-from ._feature_controls import SHARED_CACHE, FeatureControls
-from ._train_job import TrainJob, TrainResult, import_compute_libraries, run_train_job
+from ._feature_controls import FeatureControls
+from ._train_job import TrainJob, TrainResult, run_train_job
+from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
     import napari
-
-logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 UNCERTAINTY = "uncertainty"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
 
 
-class TrainWidget(Container):
+class TrainWidget(WorkerWidget):
     """Dock widget: features -> logistic regression on brush labels -> predictions layer."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self.cache = SHARED_CACHE
+        super().__init__(napari_viewer, "Train / Predict", "Paint strokes of two or more classes, then click Train / Predict.")
         self.classifier = None
-        self.worker: Optional[FunctionWorker] = None
         self.last_result: Optional[TrainResult] = None
         self._predictions: Optional[Labels] = None
         self._uncertainty: Optional[Image] = None
-        self._closed = False
 
         self._image = create_widget(annotation=Image, label="image")
         self._labels = create_widget(annotation=Labels, label="brush labels")
@@ -57,25 +47,15 @@ class TrainWidget(Container):
         self._crf = CheckBox(value=False, text="refine with a dense CRF")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
         self._want_uncertainty = CheckBox(value=False, text="uncertainty layer")
-        self._run = PushButton(text="Train / Predict")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
-        self._status = Label(value="Paint strokes of two or more classes, then click Train / Predict.")
-        self._status.native.setWordWrap(True)
         self.extend([
             self._image, self._labels, self._new_labels, self.features, self._pca, self._crf, self._scope,
-            self._want_uncertainty, self._run, self._cancel, self._progress, self._status,
+            self._want_uncertainty, *self.run_controls,
         ])
-        self._run.changed.connect(self.run)
-        self._cancel.changed.connect(self.cancel)
         self._new_labels.changed.connect(self.new_labels_layer)
         self._image.changed.connect(self._update_scope)
         self.features.kind.changed.connect(self._update_pca)
         self._update_scope()
         self._update_pca()
-        self.native.destroyed.connect(self._on_destroyed)
-        block_triton_if_llvm_is_loaded()
-        create_worker(import_compute_libraries).start()
 
     # ---- actions -------------------------------------------------------------------
 
@@ -100,39 +80,10 @@ class TrainWidget(Container):
         self._viewer.layers.selection.active = layer
         return layer
 
-    def run(self, *_args) -> Optional[FunctionWorker]:
-        """Start Train / Predict in a worker; returns the worker, or None when the input is refused."""
-        if self.worker is not None:
-            show_info("dinoseg: already running; wait or click Cancel")
-            return None
-        try:
-            job = self._make_job()
-        except (ValueError, TypeError) as err:
-            self._fail(str(err))
-            return None
-        worker = create_worker(
-            run_train_job, job, self.cache, self._progress_callback, self._show_plan, _start_thread=False,
-            _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
-        )
-        self.worker = worker
-        self._set_running(True)
-        self._status.value = "computing features…"
-        worker.start()
-        return worker
-
-    def cancel(self, *_args) -> None:
-        """Ask the running worker to stop at its next progress step."""
-        if self.worker is not None:
-            self.worker.quit()
-            self._status.value = "cancelling…"
-
-    def _on_destroyed(self, *_args) -> None:
-        """The dock was closed: stop the worker; its callbacks must not touch deleted widgets."""
-        self._closed = True
-        if self.worker is not None:
-            self.worker.quit()
-
     # ---- reading the layers ------------------------------------------------------
+
+    def _prepare(self):
+        return run_train_job, (self._make_job(), self.cache)
 
     def _make_job(self) -> TrainJob:
         image: Optional[Image] = self._image.value
@@ -175,71 +126,18 @@ class TrainWidget(Container):
 
     # ---- worker callbacks (GUI thread) -------------------------------------------
 
-    def _progress_callback(self, done: int, total: int, message: str) -> None:
-        """Called in the worker thread: raise to cancel, else forward to the GUI thread."""
-        worker = self.worker
-        if self._closed or (worker is not None and worker.abort_requested):
-            raise Cancelled()
-        self._show_progress(done, total, message)
-
-    @ensure_main_thread
     def _show_plan(self, plan: str) -> None:
-        if self._closed:
-            return
-        self.features.plan.value = plan
-        self._status.value = plan
+        self.features.plan.value = self._status.value = plan
 
-    @ensure_main_thread
-    def _show_progress(self, done: int, total: int, message: str) -> None:
-        if self._closed:
-            return
-        self._progress.max = total
-        self._progress.value = done
-        self._status.value = message
-
-    def _on_returned(self, result: TrainResult) -> None:
-        if self._closed:
-            return
+    def _on_result(self, result: TrainResult) -> None:
         self.last_result = result
-        self._progress.value = self._progress.max
         self.classifier = result.classifier
-        for message in result.messages:
-            show_warning(f"dinoseg: {message}")
         self._write_layers(result)
         reused = f", {result.reused} reused from cache" if result.reused else ""
         self._status.value = (
             f"predicted {len(result.predict_slices)} slice(s) with {result.classifier.n_classes} classes "
             f"({result.featurised} featurised{reused})"
         )
-
-    def _on_errored(self, err: BaseException) -> None:
-        if self._closed:
-            return
-        self._progress.value = 0
-        if isinstance(err, Cancelled):
-            self._status.value = "cancelled; nothing was changed"
-            show_info("dinoseg: cancelled")
-        elif isinstance(err, (ValueError, TypeError)):
-            self._fail(str(err))
-        else:
-            logger.exception("dinoseg: Train / Predict failed", exc_info=err)
-            self._fail(f"{type(err).__name__}: {err}")
-
-    def _on_finished(self) -> None:
-        if self._closed:
-            return
-        self.worker = None
-        self._set_running(False)
-
-    def _fail(self, message: str) -> None:
-        self._status.value = f"error: {message}"
-        show_error(f"dinoseg: {message}")
-
-    def _set_running(self, running: bool) -> None:
-        self._run.enabled = not running
-        self._cancel.enabled = running
-        if running:
-            self._progress.value = 0
 
     # ---- writing layers ------------------------------------------------------------
 

@@ -10,32 +10,24 @@ layer as training labels for the train widget.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import warnings
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox, create_widget,
-)
-from napari.layers import Image, Labels, Shapes
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info, show_warning
-from superqt.utils import ensure_main_thread
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, PushButton, SpinBox, create_widget
+from napari.layers import Image, Labels
 
 from ..config import CASConfig
 from ..features.featurise import FeatureCache, cache_key, featurise, resolve_device
 from ..image import drop_alpha
-from ..progress import Cancelled, report
+from ..progress import report
 from ..unsupervised import CASResult, segment_unsupervised
-from ._compat import block_triton_if_llvm_is_loaded
-from ._feature_controls import SHARED_CACHE, FeatureControls, numbers
+from ._feature_controls import FeatureControls, numbers
 from ._train_job import describe_plan, import_compute_libraries
+from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
     import napari
-
-logger = logging.getLogger(__name__)
 
 CAS_LAYER, FOREGROUND_LAYER, BOXES_LAYER = "CAS labels", "foreground", "boxes"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack (co-segmentation)"
@@ -71,70 +63,36 @@ def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=N
     return result
 
 
-class UnsupervisedWidget(Container):
+class UnsupervisedWidget(WorkerWidget):
     """Dock widget: CAS labels, foreground and object boxes from an image with no labels."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self.cache = SHARED_CACHE
-        self.worker = None
+        super().__init__(napari_viewer, "Segment", "No labels needed: choose features and click Segment.")
         self.result: Optional[CASResult] = None
-        self._closed = False
         self._image = create_widget(annotation=Image, label="image")
         self.features = FeatureControls(kind="vit")
         self._k = SpinBox(value=80, min=2, max=1000, label="k (clusters)")
         self._granularity = FloatSpinBox(value=1.0, min=0.5, max=2.0, step=0.01, label="granularity")
         self._crf = CheckBox(value=False, text="refine with a dense CRF")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="segment")
-        self._run = PushButton(text="Segment")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
-        self._status = Label(value="No labels needed: choose features and click Segment.")
-        self._status.native.setWordWrap(True)
         self._classes = LineEdit(value="", label="CAS classes")
         self._classes.native.setPlaceholderText("e.g. 3, 7 (empty: the class selected in 'CAS labels')")
         self._as_label = SpinBox(value=1, min=1, max=255, label="as brush label")
         self._target = create_widget(annotation=Labels, label="into labels layer", options={"nullable": True})
         self._use = PushButton(text="Use as labels")
         self.extend([
-            self._image, self.features, self._k, self._granularity, self._crf, self._scope, self._run,
-            self._cancel, self._progress, self._status, self._classes, self._as_label, self._target, self._use,
+            self._image, self.features, self._k, self._granularity, self._crf, self._scope, *self.run_controls,
+            self._classes, self._as_label, self._target, self._use,
         ])
-        self._run.changed.connect(self.run)
-        self._cancel.changed.connect(self.cancel)
         self._use.changed.connect(self.use_as_labels)
-        self.native.destroyed.connect(self._on_destroyed)
-        block_triton_if_llvm_is_loaded()
-        create_worker(import_compute_libraries).start()
 
     def config(self) -> CASConfig:
         return CASConfig(features=self.features.config(), k=int(self._k.value),
                          granularity=float(self._granularity.value), crf=bool(self._crf.value))
 
-    def run(self, *_args):
-        """Start the segmentation in a worker; returns it, or None when the input is refused."""
-        if self.worker is not None:
-            show_info("dinoseg: already running; wait or click Cancel")
-            return None
-        try:
-            planes, self._index = self._planes()
-            config = self.config()
-        except (ValueError, TypeError) as err:
-            self._fail(str(err))
-            return None
-        worker = create_worker(
-            run_cas_job, planes, config, self.cache, self._progress_callback, self._show_plan, _start_thread=False,
-            _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
-        )
-        self.worker = worker
-        self._run.enabled, self._cancel.enabled, self._progress.value = False, True, 0
-        worker.start()
-        return worker
-
-    def cancel(self, *_args) -> None:
-        if self.worker is not None:
-            self.worker.quit()
+    def _prepare(self):
+        planes, self._index = self._planes()
+        return run_cas_job, (planes, self.config(), self.cache)
 
     def use_as_labels(self, *_args) -> Optional[Labels]:
         """Copy the chosen CAS classes into the brush-labels layer (unlabelled pixels only)."""
@@ -213,58 +171,12 @@ class UnsupervisedWidget(Container):
                 self._viewer.layers.remove(name)
             self._viewer.add_layer(kind(data, name=name, **kwargs))
 
-    # ---- worker callbacks ------------------------------------------------------------
-
-    def _progress_callback(self, done: int, total: int, message: str) -> None:
-        if self._closed or (self.worker is not None and self.worker.abort_requested):
-            raise Cancelled()
-        self._show_progress(done, total, message)
-
-    @ensure_main_thread
-    def _show_progress(self, done: int, total: int, message: str) -> None:
-        if not self._closed:
-            self._progress.max, self._progress.value, self._status.value = total, done, message
-
-    @ensure_main_thread
     def _show_plan(self, plan: str) -> None:
-        if not self._closed:
-            self.features.plan.value = self._status.value = plan
+        self.features.plan.value = self._status.value = plan
 
-    def _on_returned(self, result: CASResult) -> None:
-        if self._closed:
-            return
+    def _on_result(self, result: CASResult) -> None:
         self.result = result
-        for message in result.messages:
-            show_warning(f"dinoseg: {message}")
         self._write_layers(result)
-        self._progress.value = self._progress.max
         n_boxes = sum(len(b) for b in result.boxes)
         self._status.value = (f"{int(result.labels.max())} classes from {result.n_clusters} clusters "
                               f"(distance {result.threshold:.3f}); {n_boxes} boxes")
-
-    def _on_errored(self, err: BaseException) -> None:
-        if self._closed:
-            return
-        self._progress.value = 0
-        if isinstance(err, Cancelled):
-            self._status.value = "cancelled; nothing was changed"
-        elif isinstance(err, (ValueError, TypeError)):
-            self._fail(str(err))
-        else:
-            logger.exception("dinoseg: unsupervised segmentation failed", exc_info=err)
-            self._fail(f"{type(err).__name__}: {err}")
-
-    def _on_finished(self) -> None:
-        if self._closed:
-            return
-        self.worker = None
-        self._run.enabled, self._cancel.enabled = True, False
-
-    def _on_destroyed(self, *_args) -> None:
-        self._closed = True
-        if self.worker is not None:
-            self.worker.quit()
-
-    def _fail(self, message: str) -> None:
-        self._status.value = f"error: {message}"
-        show_error(f"dinoseg: {message}")

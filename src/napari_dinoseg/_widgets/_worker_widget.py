@@ -1,0 +1,145 @@
+"""Base of the dock widgets: one pure job at a time in a napari thread worker.
+
+Gives a widget its Run and Cancel buttons, progress bar and status line; runs the job the
+subclass prepares (``_prepare``) with progress and cancellation; turns refusals
+(``ValueError`` / ``TypeError``) and failures into notifications; hands the result to
+``_on_result`` on the GUI thread; stays safe when the dock is closed mid-run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.qt.threading import FunctionWorker, create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from superqt.utils import ensure_main_thread
+
+from ..progress import Cancelled
+from ._compat import block_triton_if_llvm_is_loaded
+from ._feature_controls import SHARED_CACHE
+from ._train_job import import_compute_libraries
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerWidget(Container):
+    """A dock widget whose action runs ``job(*args, progress, announce)`` in a worker."""
+
+    def __init__(self, viewer, run_text: str, idle_text: str) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self.cache = SHARED_CACHE
+        self.worker: Optional[FunctionWorker] = None
+        self._closed = False
+        self._run = PushButton(text=run_text)
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
+        self._status = Label(value=idle_text)
+        self._status.native.setWordWrap(True)
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.cancel)
+        self.native.destroyed.connect(self._on_destroyed)
+        block_triton_if_llvm_is_loaded()
+        create_worker(import_compute_libraries).start()
+
+    @property
+    def run_controls(self) -> list:
+        """Run, Cancel, progress bar and status line, for the subclass's layout."""
+        return [self._run, self._cancel, self._progress, self._status]
+
+    # ---- for subclasses ------------------------------------------------------------
+
+    def _prepare(self) -> tuple[Callable, tuple]:
+        """Read the inputs on the GUI thread: ``(job, args)``; raise ValueError to refuse."""
+        raise NotImplementedError
+
+    def _on_result(self, result: Any) -> None:
+        """Write the job's result to layers (GUI thread)."""
+        raise NotImplementedError
+
+    def _show_plan(self, plan: str) -> None:
+        """Show the job's plan line (GUI thread); subclasses with feature controls show it there too."""
+        self._status.value = plan
+
+    # ---- running -------------------------------------------------------------------
+
+    def run(self, *_args) -> Optional[FunctionWorker]:
+        """Start the job in a worker; returns the worker, or None when the input is refused."""
+        if self.worker is not None:
+            show_info("dinoseg: already running; wait or click Cancel")
+            return None
+        try:
+            job, args = self._prepare()
+        except (ValueError, TypeError) as err:
+            self._fail(str(err))
+            return None
+        worker = create_worker(
+            job, *args, self._progress_callback, self._announce, _start_thread=False,
+            _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
+        )
+        self.worker = worker
+        self._run.enabled, self._cancel.enabled, self._progress.value = False, True, 0
+        self._status.value = "starting…"
+        worker.start()
+        return worker
+
+    def cancel(self, *_args) -> None:
+        """Ask the running worker to stop at its next progress step."""
+        if self.worker is not None:
+            self.worker.quit()
+            self._status.value = "cancelling…"
+
+    def _progress_callback(self, done: int, total: int, message: str) -> None:
+        """Called in the worker thread: raise to cancel, else forward to the GUI thread."""
+        if self._closed or (self.worker is not None and self.worker.abort_requested):
+            raise Cancelled()
+        self._show_progress(done, total, message)
+
+    @ensure_main_thread
+    def _show_progress(self, done: int, total: int, message: str) -> None:
+        if not self._closed:
+            self._progress.max, self._progress.value, self._status.value = total, done, message
+
+    @ensure_main_thread
+    def _announce(self, plan: str) -> None:
+        if not self._closed:
+            self._show_plan(plan)
+
+    def _on_returned(self, result: Any) -> None:
+        if self._closed:
+            return
+        for message in getattr(result, "messages", []):
+            show_warning(f"dinoseg: {message}")
+        self._on_result(result)
+        self._progress.value = self._progress.max
+
+    def _on_errored(self, err: BaseException) -> None:
+        if self._closed:
+            return
+        self._progress.value = 0
+        if isinstance(err, Cancelled):
+            self._status.value = "cancelled; nothing was changed"
+            show_info("dinoseg: cancelled")
+        elif isinstance(err, (ValueError, TypeError)):
+            self._fail(str(err))
+        else:
+            logger.exception("dinoseg: %s failed", self._run.text, exc_info=err)
+            self._fail(f"{type(err).__name__}: {err}")
+
+    def _on_finished(self) -> None:
+        if self._closed:
+            return
+        self.worker = None
+        self._run.enabled, self._cancel.enabled = True, False
+
+    def _on_destroyed(self, *_args) -> None:
+        """The dock was closed: stop the worker; its callbacks must not touch deleted widgets."""
+        self._closed = True
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _fail(self, message: str) -> None:
+        self._status.value = f"error: {message}"
+        show_error(f"dinoseg: {message}")
