@@ -15,6 +15,8 @@ __all__ = [
     "PixelClassifier",
     "TrainConfig",
     "featurise",
+    "load_bundle",
+    "save_bundle",
     "predict",
     "segment_unsupervised",
     "train",
@@ -30,6 +32,8 @@ _LAZY = {
     "FeatureStack": "napari_dinoseg.features.featurise",
     "featurise": "napari_dinoseg.features.featurise",
     "PixelClassifier": "napari_dinoseg.classify",
+    "save_bundle": "napari_dinoseg.bundle",
+    "load_bundle": "napari_dinoseg.bundle",
     "train": "napari_dinoseg.classify",
     "predict": "napari_dinoseg.classify",
 }

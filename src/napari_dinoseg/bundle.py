@@ -1,0 +1,164 @@
+"""Classifier bundles: one file, no pickle, checked on load.
+
+A bundle is a zip archive holding ``bundle.json`` (format, feature config, training config,
+classes, channel names, image channel count, package and library versions) and
+``arrays.npz`` (coefficients, intercepts, classes, feature scaling), read back with
+``np.load(allow_pickle=False)``: a bundle from a stranger cannot run code. A real mismatch
+(corrupt or foreign file, wrong feature count, unknown model) raises ``ValueError`` with
+what to do; version drift only warns.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from .classify import PixelClassifier
+from .config import FeatureConfig
+
+FORMAT = "napari-dinoseg-bundle"
+FORMAT_VERSION = 1
+ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
+PathLike = Union[str, os.PathLike]
+
+
+def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_channels: Optional[int] = None,
+                channel_names: Optional[tuple] = None) -> Path:
+    """Write ``clf`` and the FeatureConfig that made its features to ``path`` (atomically).
+
+    Parameters
+    ----------
+    path
+        Output file (any extension; ``.dinoseg`` by convention).
+    clf
+        A fitted classifier.
+    config
+        The (resolved) feature configuration of the training features.
+    n_channels
+        Image channels the features came from (checked when the bundle is applied);
+        inferred from the feature count when omitted (pass it for RGB ViT features, whose
+        count equals a greyscale image's).
+    channel_names
+        Names of the feature channels, stored for reference.
+    """
+    from .features.featurise import n_features
+
+    if n_channels is None:  # the smallest channel count giving this many features
+        n_channels = next((c for c in range(1, 17) if n_features(config, c) == clf.n_features), None)
+    if n_channels is None or n_features(config, n_channels) != clf.n_features:
+        raise ValueError(
+            f"the classifier has {clf.n_features} features, which this FeatureConfig does not produce "
+            f"for {n_channels} image channel(s); save it with the config its features were made with"
+        )
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "feature_config": config.to_dict(),
+        "n_features": clf.n_features,
+        "n_channels": n_channels,
+        "classes": clf.classes.tolist(),
+        "channel_names": list(channel_names) if channel_names else None,
+        "versions": _versions(),
+    }
+    arrays = io.BytesIO()
+    np.savez(arrays, **{name: getattr(clf, name) for name in ARRAYS})
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".bundle-", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("bundle.json", json.dumps(meta, indent=2))
+            zf.writestr("arrays.npz", arrays.getvalue())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
+    """Read a bundle; returns ``(classifier, feature config)``. See the module docstring."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"bundle {str(path)!r} does not exist")
+    head = path.read_bytes()[:2]
+    if head[:1] == b"\x80":
+        raise ValueError(f"{str(path)!r} is a pickle file; bundles never hold pickles (it was not loaded)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{str(path)!r} is not a napari-dinoseg bundle (not a zip archive: corrupt or foreign file)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if not {"bundle.json", "arrays.npz"} <= names:
+                raise ValueError(f"{str(path)!r} is not a napari-dinoseg bundle (it holds {sorted(names)[:5]})")
+            meta = json.loads(zf.read("bundle.json"))
+            raw = zf.read("arrays.npz")
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a napari-dinoseg bundle (format {meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"bundle format {meta['format_version']} is newer than this napari-dinoseg reads; upgrade")
+    config = FeatureConfig.from_dict(meta["feature_config"])  # unknown model -> ValueError listing the names
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in ARRAYS}
+    except (ValueError, KeyError, OSError) as err:
+        raise ValueError(f"bundle {str(path)!r} has unreadable arrays (object arrays are refused): {err}") from None
+    clf = PixelClassifier(**arrays)
+    _check(clf, meta, config, path)
+    _warn_on_drift(meta.get("versions", {}))
+    return clf, config
+
+
+def bundle_channels(path: PathLike) -> int:
+    """Image channel count a bundle's classifier expects (without loading its arrays)."""
+    with zipfile.ZipFile(path) as zf:
+        return int(json.loads(zf.read("bundle.json"))["n_channels"])
+
+
+def _check(clf: PixelClassifier, meta: dict, config: FeatureConfig, path: Path) -> None:
+    from .features.featurise import n_features
+
+    k, f = clf.coef.shape if clf.coef.ndim == 2 else (None, None)
+    ok = (
+        f == meta["n_features"] and clf.intercept.shape == (k,) and clf.classes.shape == (k,)
+        and clf.mean.shape == (f,) and clf.scale.shape == (f,)
+    )
+    if not ok:
+        raise ValueError(f"bundle {str(path)!r} is inconsistent: array shapes do not match its {meta['n_features']} features")
+    expected = n_features(config, int(meta["n_channels"]))
+    if expected != f:
+        raise ValueError(
+            f"bundle {str(path)!r} has a classifier on {f} features but its FeatureConfig makes {expected}; "
+            "the file was altered or written by an incompatible version"
+        )
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("napari-dinoseg", "numpy", "scikit-learn", "torch", "timm"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _warn_on_drift(saved: dict) -> None:
+    now = _versions()
+    drift = {k: (v, now.get(k)) for k, v in saved.items() if v and now.get(k) and v != now.get(k)}
+    if drift:
+        text = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in drift.items())
+        warnings.warn(f"bundle written with other library versions ({text}); results may differ slightly",
+                      UserWarning, stacklevel=3)

@@ -1,0 +1,96 @@
+"""Classifier bundles: round trip, no code execution, clear errors."""
+
+import io
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from napari_dinoseg import FeatureConfig, featurise, load_bundle, predict, save_bundle, train
+from napari_dinoseg.bundle import bundle_channels
+
+
+@pytest.fixture
+def trained(two_textures):
+    image, _, scribbles = two_textures
+    cfg = FeatureConfig(sigmas=(1, 2, 4))
+    feats = featurise(image, cfg)
+    return image, feats, train(feats, scribbles), cfg
+
+
+def test_round_trip_gives_identical_predictions(tmp_path, trained):
+    image, feats, clf, cfg = trained
+    path = save_bundle(tmp_path / "clf.dinoseg", clf, cfg, channel_names=feats.channel_names)
+    clf2, cfg2 = load_bundle(path)
+    assert cfg2 == cfg and bundle_channels(path) == 1
+    np.testing.assert_array_equal(predict(clf2, featurise(image, cfg2)), predict(clf, feats))
+    assert not list(tmp_path.glob(".bundle-*"))  # written atomically, no temporary left
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
+
+
+def test_pickle_payloads_are_rejected_without_running(tmp_path, trained):
+    _, _, clf, cfg = trained
+    marker = tmp_path / "pwned"
+    plain = tmp_path / "evil.pkl"
+    plain.write_bytes(pickle.dumps(Payload(str(marker))))
+    with pytest.raises(ValueError, match="pickle"):
+        load_bundle(plain)
+    # a well-formed bundle whose arrays.npz hides an object array (pickled) payload
+    good = save_bundle(tmp_path / "good.dinoseg", clf, cfg)
+    arrays = io.BytesIO()
+    np.savez(arrays, coef=np.array([Payload(str(marker))], dtype=object), intercept=clf.intercept,
+             classes=clf.classes, mean=clf.mean, scale=clf.scale)
+    crafted = tmp_path / "crafted.dinoseg"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(crafted, "w") as dst:
+        dst.writestr("bundle.json", src.read("bundle.json"))
+        dst.writestr("arrays.npz", arrays.getvalue())
+    with pytest.raises(ValueError, match="object arrays are refused"):
+        load_bundle(crafted)
+    assert not marker.exists()
+
+
+def test_corrupt_foreign_and_mismatched_files(tmp_path, trained):
+    _, _, clf, cfg = trained
+    (tmp_path / "junk.dinoseg").write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="not a zip archive"):
+        load_bundle(tmp_path / "junk.dinoseg")
+    with zipfile.ZipFile(tmp_path / "foreign.zip", "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    with pytest.raises(ValueError, match="is not a napari-dinoseg bundle"):
+        load_bundle(tmp_path / "foreign.zip")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_bundle(tmp_path / "missing.dinoseg")
+    good = save_bundle(tmp_path / "good.dinoseg", clf, cfg)
+
+    def rewrite(name, edit):
+        with zipfile.ZipFile(good) as src:
+            meta, arrays = json.loads(src.read("bundle.json")), src.read("arrays.npz")
+        edit(meta)
+        with zipfile.ZipFile(tmp_path / name, "w") as dst:
+            dst.writestr("bundle.json", json.dumps(meta))
+            dst.writestr("arrays.npz", arrays)
+        return tmp_path / name
+
+    with pytest.raises(ValueError, match="makes"):
+        load_bundle(rewrite("sigmas.dinoseg", lambda m: m["feature_config"].update(sigmas=[1, 2])))
+    with pytest.raises(ValueError, match="unknown model"):
+        load_bundle(rewrite("model.dinoseg", lambda m: m["feature_config"].update(kind="vit", model="dinov9_giant")))
+    with pytest.raises(ValueError, match="newer"):
+        load_bundle(rewrite("future.dinoseg", lambda m: m.update(format_version=99)))
+    with pytest.warns(UserWarning, match="other library versions"):
+        load_bundle(rewrite("old.dinoseg", lambda m: m["versions"].update(numpy="1.0.0")))
+
+
+def test_saving_with_the_wrong_config_is_refused(tmp_path, trained):
+    _, _, clf, _ = trained
+    with pytest.raises(ValueError, match="does not produce"):
+        save_bundle(tmp_path / "x.dinoseg", clf, FeatureConfig())
