@@ -17,6 +17,8 @@ CORE_MODULES = [
     "napari_dinoseg.progress",
     "napari_dinoseg.classify",
     "napari_dinoseg.crf",
+    "napari_dinoseg.bundle",
+    "napari_dinoseg.batch",
     "napari_dinoseg.unsupervised",
     "napari_dinoseg.features.registry",
     "napari_dinoseg.features.backbones",

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CASConfig",
+    "apply_bundle",
     "CRFConfig",
     "Cancelled",
     "FeatureConfig",
@@ -33,6 +34,7 @@ _LAZY = {
     "featurise": "napari_dinoseg.features.featurise",
     "PixelClassifier": "napari_dinoseg.classify",
     "save_bundle": "napari_dinoseg.bundle",
+    "apply_bundle": "napari_dinoseg.batch",
     "load_bundle": "napari_dinoseg.bundle",
     "train": "napari_dinoseg.classify",
     "predict": "napari_dinoseg.classify",
