@@ -285,3 +285,29 @@ def test_crf_option_refines_the_prediction(dock, qtbot, two_textures):
     assert widget.last_result.featurised == 0  # the CRF works on cached features' predictions
     assert not np.array_equal(refined, plain)
     assert iou(refined, truth, 2) > 0.9
+
+
+def test_save_then_load_predicts_a_new_image_with_nothing_painted(dock, qtbot, two_textures, tmp_path, notes):
+    image, truth, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    widget._bundle_file.value = tmp_path / "textures"
+    assert widget.save_classifier() is None and "train a classifier first" in widget._status.value
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    widget.features.sigmas.value = "1, 2, 4"
+    click_and_wait(qtbot, widget)
+    saved = widget.save_classifier()
+    assert saved == str(tmp_path / "textures.dinoseg")
+
+    other = np.roll(image, 40, axis=1)  # a new image; the classifier's own features (sigmas 1, 2, 4)
+    viewer2, widget2, _ = dock(other)
+    widget2._bundle_file.value = saved
+    assert widget2.load_classifier()
+    click_and_wait(qtbot, widget2)
+    pred = viewer2.layers[PREDICTIONS].data
+    assert widget2.last_result.config.sigmas == (1.0, 2.0, 4.0)
+    assert iou(pred, np.roll(truth, 40, axis=1), 2) > 0.9
+
+    (tmp_path / "bad.dinoseg").write_bytes(b"junk")
+    widget2._bundle_file.value = tmp_path / "bad.dinoseg"
+    assert not widget2.load_classifier() and "not a zip archive" in widget2._status.value

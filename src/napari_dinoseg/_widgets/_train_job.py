@@ -75,6 +75,7 @@ class TrainJob:
     train_config: TrainConfig = field(default_factory=TrainConfig)
     want_uncertainty: bool = False
     crf: Optional[CRFConfig] = None
+    classifier: Optional[PixelClassifier] = None  # a loaded classifier: used when nothing is painted
 
     @property
     def train_slices(self) -> list[Index]:
@@ -119,12 +120,12 @@ def run_train_job(
     :class:`napari_dinoseg.Cancelled` to stop between steps.
     """
     train_slices = job.train_slices
-    if not train_slices:
+    if not train_slices and job.classifier is None:
         raise ValueError("no labelled pixels: paint at least one stroke for each of two classes")
     import_compute_libraries()
     device = resolve_device(job.feature_config.device)
     config = job.feature_config.resolved(device.type)
-    first = job.slice_image(train_slices[0])
+    first = job.slice_image((train_slices or job.predict_slices)[0])
     plan = describe_plan(config, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device)
     if announce is not None:
         announce(plan)
@@ -157,8 +158,11 @@ def run_train_job(
         return stack
 
     train_stacks = {i: features(i) for i in train_slices}
-    report(progress, int(0.95 * scale * len(train_slices) / len(order)), scale, "training")
-    clf = train(list(train_stacks.values()), [job.labels[i] for i in train_slices], job.train_config)
+    if train_slices:
+        report(progress, int(0.95 * scale * len(train_slices) / len(order)), scale, "training")
+        clf = train(list(train_stacks.values()), [job.labels[i] for i in train_slices], job.train_config)
+    else:  # nothing painted: predict with the loaded classifier
+        clf = job.classifier
     segs, uncs = [], []
     for index in job.predict_slices:
         stack = train_stacks.get(index) or features(index)

@@ -8,12 +8,13 @@ Image layer) from the worker's ``returned`` signal, on the GUI thread.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, PushButton, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
 from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
@@ -47,10 +48,17 @@ class TrainWidget(WorkerWidget):
         self._crf = CheckBox(value=False, text="refine with a dense CRF")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
         self._want_uncertainty = CheckBox(value=False, text="uncertainty layer")
+        self._bundle_file = FileEdit(mode="w", filter="*.dinoseg", label="classifier file")
+        self._save = PushButton(text="Save classifier")
+        self._load = PushButton(text="Load classifier")
+        self.loaded: Optional[tuple] = None  # (classifier, feature config) read from a bundle
         self.extend([
             self._image, self._labels, self._new_labels, self.features, self._pca, self._crf, self._scope,
-            self._want_uncertainty, *self.run_controls,
+            self._want_uncertainty, *self.run_controls, self._bundle_file,
+            Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
         ])
+        self._save.changed.connect(self.save_classifier)
+        self._load.changed.connect(self.load_classifier)
         self._new_labels.changed.connect(self.new_labels_layer)
         self._image.changed.connect(self._update_scope)
         self.features.kind.changed.connect(self._update_pca)
@@ -62,6 +70,41 @@ class TrainWidget(WorkerWidget):
     def feature_config(self) -> FeatureConfig:
         """The FeatureConfig the widget's controls describe (see :class:`FeatureControls`)."""
         return self.features.config()
+
+    def save_classifier(self, *_args) -> Optional[str]:
+        """Save the last trained classifier and its feature config as a bundle."""
+        from ..bundle import save_bundle
+
+        if self.last_result is None:
+            self._fail("nothing to save: train a classifier first")
+            return None
+        path = Path(str(self._bundle_file.value))
+        if path.suffix != ".dinoseg":
+            path = path.with_suffix(".dinoseg")
+        image = self._image.value
+        try:
+            save_bundle(path, self.classifier, self.last_result.config,
+                        n_channels=(3 if image is not None and image.rgb else None))
+        except (ValueError, OSError) as err:
+            self._fail(f"could not save the classifier: {err}")
+            return None
+        self._status.value = f"saved the classifier to {path}"
+        show_info(f"dinoseg: saved {path.name}")
+        return str(path)
+
+    def load_classifier(self, *_args) -> bool:
+        """Load a bundle: Train / Predict then predicts with it while nothing is painted."""
+        from ..bundle import load_bundle
+
+        try:
+            self.loaded = load_bundle(str(self._bundle_file.value))
+        except ValueError as err:
+            self._fail(str(err))
+            return False
+        clf, cfg = self.loaded
+        self._status.value = (f"loaded a {clf.n_classes}-class classifier on {cfg.kind} features; "
+                              "Train / Predict predicts with it until you paint")
+        return True
 
     def new_labels_layer(self, *_args) -> Optional[Labels]:
         """Add an empty Labels layer matching the selected image and select it for painting."""
@@ -92,9 +135,11 @@ class TrainWidget(WorkerWidget):
             raise ValueError("no image layer: open an image first")
         if image.multiscale:
             raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level as a plain image")
+        shape = _spatial_shape(image)
+        if labels is None and self.loaded is not None:
+            labels = self.new_labels_layer()
         if labels is None:
             raise ValueError("no labels layer: click 'New labels layer for this image' and paint strokes")
-        shape = _spatial_shape(image)
         if not image.rgb and len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
             raise ValueError(
                 f"image layer {image.name!r} of shape {image.data.shape} looks like (H, W, C) channels shown "
@@ -105,7 +150,8 @@ class TrainWidget(WorkerWidget):
                 f"labels layer {labels.name!r} has shape {tuple(labels.data.shape)} but image {image.name!r} "
                 f"has {shape}; click 'New labels layer for this image' to get a matching one"
             )
-        cfg = self.feature_config()
+        painted = bool(np.any(labels.data))
+        cfg = self.loaded[1] if self.loaded is not None and not painted else self.feature_config()
         lead = shape[:-2]
         if not lead or self._scope.value == SCOPE_STACK:
             predict_slices = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)]
@@ -121,6 +167,7 @@ class TrainWidget(WorkerWidget):
             feature_config=cfg,
             train_config=TrainConfig(pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None),
             crf=CRFConfig() if self._crf.value else None,
+            classifier=self.loaded[0] if self.loaded is not None and not painted else None,
             want_uncertainty=bool(self._want_uncertainty.value),
         )
 
