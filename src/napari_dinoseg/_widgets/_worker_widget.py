@@ -9,6 +9,7 @@ subclass prepares (``_prepare``) with progress and cancellation; turns refusals
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable, Optional
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
@@ -22,6 +23,21 @@ from ._feature_controls import SHARED_CACHE
 from ._train_job import import_compute_libraries
 
 logger = logging.getLogger(__name__)
+
+
+def _warm_up() -> None:
+    """Import torch, timm and scikit-learn in a daemon thread while the user paints (~3 s),
+    so the first click does not pay for it. A plain thread, not a Qt worker: it may still be
+    importing when the application quits, and must then neither block the exit nor signal
+    a deleted Qt object. Import errors surface, with a message, in the first real job."""
+
+    def work() -> None:
+        try:
+            import_compute_libraries()
+        except Exception:  # noqa: BLE001 (reported by the job that needs the import)
+            logger.debug("dinoseg: background import failed", exc_info=True)
+
+    threading.Thread(target=work, name="dinoseg-warm-up", daemon=True).start()
 
 
 class WorkerWidget(Container):
@@ -42,7 +58,7 @@ class WorkerWidget(Container):
         self._cancel.changed.connect(self.cancel)
         self.native.destroyed.connect(self._on_destroyed)
         block_triton_if_llvm_is_loaded()
-        create_worker(import_compute_libraries).start()
+        _warm_up()
 
     @property
     def run_controls(self) -> list:
