@@ -44,7 +44,8 @@ def test_cli_six_good_two_bad_exit_code_1(tmp_path, bundle, folder, capsys):
     assert len(outputs(out)) == 6
     text = capsys.readouterr().out
     assert "done 6, skipped 0 (already there), failed 2" in text
-    assert "corrupt.tif" in text and "notes.txt: ValueError: not an image file" in text
+    assert "corrupt.tif: ValueError: no image data in the file" in text
+    assert "notes.txt: ValueError: not an image file" in text
     labels = tifffile.imread(out / f"img0{LABEL_SUFFIX}")
     assert labels.dtype == np.uint8 and iou(labels, truth, 2) > 0.95
     assert tifffile.imread(out / f"stack5{LABEL_SUFFIX}").shape == (2, *truth.shape)

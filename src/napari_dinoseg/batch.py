@@ -186,15 +186,20 @@ def read_planes(path: Path, channels: int) -> list[np.ndarray]:
         raise ValueError(f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
     if path.stat().st_size == 0:
         raise ValueError("empty file")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
 
-        data = tifffile.imread(path)
-    else:
-        from skimage.io import imread
+            data = tifffile.imread(path)
+        else:
+            from skimage.io import imread
 
-        data = imread(path)
-    data = np.asarray(data)
+            data = imread(path)
+        data = np.asarray(data)
+    except Exception as err:  # every reader error means the same to the user
+        raise ValueError(f"cannot read the image (corrupt or not what its name says): {err}") from None
+    if data.size == 0 or data.ndim < 2:
+        raise ValueError("no image data in the file (corrupt or truncated)")
     if channels == 1:
         if data.ndim == 3 and data.shape[-1] in (3, 4) and path.suffix.lower() not in (".tif", ".tiff"):
             raise ValueError(f"image has {data.shape[-1]} colour channels but the classifier expects greyscale")
