@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, SpinBox
 
 from ..config import DEVICES, FeatureConfig
 from ..features.featurise import FeatureCache
@@ -24,12 +24,14 @@ VIEW_CHOICES = {VIEWS_PRESET: None, "one view": ((), False), "shifts": (True, Fa
                 "flips": ((), True), "shifts + flips": (True, True)}
 
 
-class FeatureControls(Container):
-    """Feature kind, ViT backbone and upsampler settings, classical sigmas; builds a FeatureConfig."""
+class FeatureControls:
+    """Feature kind, ViT backbone and upsampler settings, classical sigmas; builds a FeatureConfig.
+
+    Not a container of its own: a widget adds ``widgets`` to its layout, so the labels line
+    up with the widget's other controls.
+    """
 
     def __init__(self, kind: str = "classical") -> None:
-        super().__init__(labels=True)
-        self.margins = (0, 0, 0, 0)
         self.kind = ComboBox(choices=FEATURE_CHOICES, value=kind, label="features")
         self.model = ComboBox(choices=sorted(MODELS), value="dinov2_vits14", label="model")
         self.stride = SpinBox(value=0, min=0, max=16, label="stride (0 = preset)")
@@ -43,10 +45,11 @@ class FeatureControls(Container):
         self.sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
         self.membrane = CheckBox(value=True, text="membrane projections")
         self.vit_widgets = [self.model, self.stride, self.views, self.shifts, self.device, self.weights, self.plan]
-        self.extend([self.kind, *self.vit_widgets, self.sigmas, self.membrane])
+        self.widgets = [self.kind, *self.vit_widgets, self.sigmas, self.membrane]
         for w in (self.kind, self.views):
-            w.changed.connect(self._update_visibility)
-        self._update_visibility()
+            w.changed.connect(self.update_visibility)
+        # the owner calls update_visibility() once the widgets are in its layout: showing a
+        # widget that has no parent yet would open it as a window of its own
 
     def config(self) -> FeatureConfig:
         """The FeatureConfig the controls describe; presets left unset are resolved for the
@@ -71,7 +74,8 @@ class FeatureControls(Container):
         self.kind.value, self.weights.value, self.views.value = kind, weights, views
         self.stride.value, self.device.value = stride, device
 
-    def _update_visibility(self, *_args) -> None:
+    def update_visibility(self, *_args) -> None:
+        """Show the controls that matter for the chosen feature kind."""
         vit = self.kind.value != "classical"
         for w in self.vit_widgets:
             w.visible = vit

@@ -53,13 +53,14 @@ class TrainWidget(WorkerWidget):
         self._load = PushButton(text="Load classifier")
         self.loaded: Optional[tuple] = None  # (classifier, feature config) read from a bundle
         self.extend([
-            self._image, self._labels, self._new_labels, self.features, self._pca, self._crf, self._scope,
+            self._image, self._labels, self._new_labels, *self.features.widgets, self._pca, self._crf, self._scope,
             self._want_uncertainty, *self.run_controls, self._bundle_file,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
         ])
         self._save.changed.connect(self.save_classifier)
         self._load.changed.connect(self.load_classifier)
         self._new_labels.changed.connect(self.new_labels_layer)
+        self.features.update_visibility()
         self._image.changed.connect(self._update_scope)
         self.features.kind.changed.connect(self._update_pca)
         self._update_scope()

@@ -81,10 +81,11 @@ class UnsupervisedWidget(WorkerWidget):
         self._target = create_widget(annotation=Labels, label="into labels layer", options={"nullable": True})
         self._use = PushButton(text="Use as labels")
         self.extend([
-            self._image, self.features, self._k, self._granularity, self._crf, self._scope, *self.run_controls,
+            self._image, *self.features.widgets, self._k, self._granularity, self._crf, self._scope, *self.run_controls,
             self._classes, self._as_label, self._target, self._use,
         ])
         self._use.changed.connect(self.use_as_labels)
+        self.features.update_visibility()
 
     def config(self) -> CASConfig:
         return CASConfig(features=self.features.config(), k=int(self._k.value),
