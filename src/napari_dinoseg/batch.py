@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: Planes larger than this (pixels per side) are predicted tile by tile, in bounded memory.
+TILE = 1024
 LABEL_SUFFIX = "_labels.tif"
 PROBA_SUFFIX = "_proba.tif"
 
@@ -154,8 +156,6 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool) -> t
     process) and never raises for a bad input.
     """
     from .bundle import bundle_channels, load_bundle
-    from .classify import predict
-    from .features.featurise import featurise
 
     try:
         if bundle not in _BUNDLES:
@@ -164,7 +164,7 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool) -> t
         planes = read_planes(Path(path), channels)
         labels, probas = [], []
         for plane in planes:
-            proba = predict(clf, featurise(plane, config))
+            proba = predict_tiled(clf, config, plane)
             labels.append(clf.to_labels(proba))
             if probabilities:
                 probas.append(proba)
@@ -178,6 +178,32 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool) -> t
         return path, "done", str(target)
     except Exception as err:  # a bad input is reported, never fatal for the run
         return path, "failed", f"{type(err).__name__}: {err}"
+
+
+def predict_tiled(clf, config, plane: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """Probabilities ``(H, W, K)`` of one plane, computed tile by tile when it is large.
+
+    The plane is normalised as a whole (one intensity scale), then cut into windows of
+    ``tile`` pixels plus the features' context margin on each side; each window is
+    featurised and predicted and only its core kept. For classical features the result
+    equals the whole-plane prediction; memory is bounded by one window's features.
+    """
+    from .classify import predict
+    from .features.featurise import feature_margin, featurise, resolve_device
+    from .features.tiling import tiles
+    from .image import as_float_image
+
+    if max(plane.shape[:2]) <= tile:
+        return predict(clf, featurise(plane, config))
+    config = config.resolved(resolve_device(config.device).type)
+    img = as_float_image(plane)
+    margin = feature_margin(config)
+    align = config.stride if config.uses_vit else 1
+    out = np.empty((*img.shape[:2], clf.n_classes), np.float32)
+    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(img.shape[:2], tile + 2 * margin, margin, align):
+        proba = predict(clf, featurise(img[r0:r1, c0:c1], config, normalised=True))
+        out[cr0:cr1, cc0:cc1] = proba[cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
+    return out
 
 
 def read_planes(path: Path, channels: int) -> list[np.ndarray]:

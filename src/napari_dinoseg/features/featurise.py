@@ -61,6 +61,7 @@ def featurise(
     image: np.ndarray,
     config: Optional[FeatureConfig] = None,
     progress: Optional[ProgressCallback] = None,
+    normalised: bool = False,
 ) -> FeatureStack:
     """Turn an image into per-pixel features.
 
@@ -74,6 +75,10 @@ def featurise(
     progress
         ``progress(done, total, message)`` after each step; raise
         :class:`napari_dinoseg.Cancelled` from it to stop.
+    normalised
+        The image is already normalised (float in [0, 1], e.g. a tile of an image passed
+        through :func:`~napari_dinoseg.image.as_float_image` as a whole): used as it is, so
+        that tiles of one image share its intensity scale.
 
     Returns
     -------
@@ -98,9 +103,28 @@ def featurise(
                 "use classical features, or upsample the image"
             )
     check_memory(shape[:2], n_features(config, n_channels))
-    img = as_float_image(image)
+    if normalised:
+        img = np.asarray(image, dtype=np.float32)
+        img = img[..., None] if img.ndim == 2 else img
+    else:
+        img = as_float_image(image)
     featuriser = FEATURISERS[config.kind]
     return featuriser(img, config, device, progress)
+
+
+def feature_margin(config: FeatureConfig) -> int:
+    """Pixels of context a (resolved) config's features read around a pixel: the width to
+    keep around a tile so that its core does not see the tile's border."""
+    margin = 0
+    if config.uses_classical:
+        from .classical import support_radius
+
+        margin = support_radius(config)
+    if config.uses_vit:
+        from .vit import tile_margin
+
+        margin = max(margin, tile_margin(config))
+    return margin
 
 
 def n_features(config: FeatureConfig, n_channels: int = 1) -> int:
