@@ -171,10 +171,9 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool) -> t
         dtype = np.uint8 if clf.classes.max() < 256 else np.uint16
         stem = Path(path).stem
         target = Path(out_dir) / (stem + LABEL_SUFFIX)
-        _write_atomic(target, np.squeeze(np.stack(labels).astype(dtype), 0) if len(labels) == 1 else np.stack(labels).astype(dtype))
+        _write_atomic(target, _as_written(labels, dtype))
         if probabilities:
-            stack = np.stack(probas).astype(np.float32)
-            _write_atomic(Path(out_dir) / (stem + PROBA_SUFFIX), stack[0] if len(probas) == 1 else stack)
+            _write_atomic(Path(out_dir) / (stem + PROBA_SUFFIX), _as_written(probas, np.float32))
         return path, "done", str(target)
     except Exception as err:  # a bad input is reported, never fatal for the run
         return path, "failed", f"{type(err).__name__}: {err}"
@@ -238,6 +237,12 @@ def read_planes(path: Path, channels: int) -> list[np.ndarray]:
             raise ValueError(f"image has {data.shape[-1]} channels but the classifier expects {channels}")
         planes = [data] if data.ndim == 3 else list(data.reshape(-1, *data.shape[-3:]))
     return planes
+
+
+def _as_written(planes: list, dtype) -> np.ndarray:
+    """One plane as it is, several as a stack (the shape of the input file)."""
+    stack = np.stack(planes).astype(dtype)
+    return stack[0] if len(planes) == 1 else stack
 
 
 def _write_atomic(target: Path, array: np.ndarray) -> None:

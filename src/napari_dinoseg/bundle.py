@@ -89,8 +89,9 @@ def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"bundle {str(path)!r} does not exist")
-    head = path.read_bytes()[:2]
-    if head[:1] == b"\x80":
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if head == b"\x80":
         raise ValueError(f"{str(path)!r} is a pickle file; bundles never hold pickles (it was not loaded)")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{str(path)!r} is not a napari-dinoseg bundle (not a zip archive: corrupt or foreign file)")

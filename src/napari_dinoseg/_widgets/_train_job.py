@@ -51,6 +51,25 @@ def describe_plan(config: FeatureConfig, shape: tuple[int, int], n_channels: int
             f"flips {config.flips} ({views} views), about {seconds:.0f} s per slice")
 
 
+def cached_features(cache: FeatureCache, plane: np.ndarray, config: FeatureConfig,
+                    progress: Optional[ProgressCallback], messages: list) -> tuple[FeatureStack, bool]:
+    """Features of ``plane`` from ``cache``, or computed and cached; returns ``(stack, reused)``.
+
+    Warnings raised while featurising (NaN replaced, ...) are appended to ``messages`` for
+    the GUI to show, instead of going to the console.
+    """
+    key = cache_key(plane, config)
+    stack = cache.get(key)
+    if stack is not None:
+        return stack, True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stack = featurise(plane, config, progress)
+    messages.extend(str(w.message) for w in caught)
+    cache.put(key, stack)
+    return stack, False
+
+
 @dataclass
 class TrainJob:
     """Inputs of one click, copied from the layers.
@@ -136,24 +155,14 @@ def run_train_job(
 
     def features(index: Index) -> FeatureStack:
         n = order.index(index)
-        plane = job.slice_image(index)
-        key = cache_key(plane, config)
-        stack = cache.get(key)
-        if stack is not None:
-            counts["reused"] += 1
-        else:
-            where = f"slice {index}: " if index else ""
+        where = f"slice {index}: " if index else ""
 
-            def sub(done: int, total: int, message: str) -> None:
-                frac = (n + done / max(total, 1)) / len(order)
-                report(progress, int(0.95 * scale * frac), scale, where + message)
+        def sub(done: int, total: int, message: str) -> None:
+            frac = (n + done / max(total, 1)) / len(order)
+            report(progress, int(0.95 * scale * frac), scale, where + message)
 
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                stack = featurise(plane, config, sub)
-            messages.extend(str(w.message) for w in caught)
-            cache.put(key, stack)
-            counts["featurised"] += 1
+        stack, reused = cached_features(cache, job.slice_image(index), config, sub, messages)
+        counts["reused" if reused else "featurised"] += 1
         report(progress, int(0.95 * scale * (n + 1) / len(order)), scale, "features ready")
         return stack
 

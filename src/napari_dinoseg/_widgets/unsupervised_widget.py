@@ -18,12 +18,12 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, PushBut
 from napari.layers import Image, Labels
 
 from ..config import CASConfig
-from ..features.featurise import FeatureCache, cache_key, featurise, resolve_device
+from ..features.featurise import FeatureCache, resolve_device
 from ..image import drop_alpha
 from ..progress import report
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, numbers
-from ._train_job import describe_plan, import_compute_libraries
+from ._train_job import cached_features, describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -43,16 +43,8 @@ def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=N
         announce(describe_plan(features, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device))
     stacks, messages = [], []
     for i, plane in enumerate(planes):
-        key = cache_key(plane, features)
-        stack = cache.get(key)
-        if stack is None:
-            sub = (lambda d, t, m, i=i: report(progress, int(700 * (i + d / max(t, 1)) / len(planes)), 1000, m))
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                stack = featurise(plane, features, sub)
-            messages += [str(w.message) for w in caught]
-            cache.put(key, stack)
-        stacks.append(stack)
+        sub = (lambda d, t, m, i=i: report(progress, int(700 * (i + d / max(t, 1)) / len(planes)), 1000, m))
+        stacks.append(cached_features(cache, plane, features, sub, messages)[0])
     report(progress, 700, 1000, "clustering")
     cfg = dataclasses.replace(config, features=features)
     with warnings.catch_warnings(record=True) as caught:

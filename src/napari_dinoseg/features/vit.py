@@ -102,15 +102,13 @@ def choose_tiles(config: FeatureConfig, shape: tuple[int, int]):
     if config.tile is not None:
         return tiles(shape, config.tile, margin, align=config.stride)
     candidates = [t for t in (518, 1036, 2072) if t < max(shape)] + [max(shape)]
-    best = min(candidates, key=lambda t: _tiled_flops(config, shape, t))
+    best = min(candidates, key=lambda t: _windows_flops(config, tiles(shape, t, margin, align=config.stride)))
     return tiles(shape, best, margin, align=config.stride)
 
 
-def _tiled_flops(config: FeatureConfig, shape: tuple[int, int], tile: int) -> float:
-    return sum(
-        view_flops(config, (r1 - r0, c1 - c0))
-        for (r0, r1, _, _), (c0, c1, _, _) in tiles(shape, tile, tile_margin(config), align=config.stride)
-    )
+def _windows_flops(config: FeatureConfig, windows) -> float:
+    """FLOPs of one view over every tile window."""
+    return sum(view_flops(config, (r1 - r0, c1 - c0)) for (r0, r1, _, _), (c0, c1, _, _) in windows)
 
 
 def _autocast(device: torch.device):
@@ -140,9 +138,7 @@ def total_flops(config: FeatureConfig, shape: tuple[int, int], n_channels: int =
     from .featurise import vit_channel_groups
 
     views = len(make_transforms(config.shifts, config.flips)) * len(vit_channel_groups(n_channels))
-    return views * sum(
-        view_flops(config, (r1 - r0, c1 - c0)) for (r0, r1, _, _), (c0, c1, _, _) in choose_tiles(config, shape)
-    )
+    return views * _windows_flops(config, choose_tiles(config, shape))
 
 
 _THROUGHPUT: dict[str, float] = {}
