@@ -280,9 +280,16 @@ def variants(weights: Optional[str]) -> dict[str, Optional[Method]]:
     from napari_dinoseg import FeatureConfig
     from napari_dinoseg.config import CRFConfig
 
+    from napari_dinoseg import TrainConfig
+
     out: dict[str, Optional[Method]] = {
         "baseline": baseline,
         "dinoseg": dinoseg_method(),
+        # ablations: each default choice undone in turn
+        "standard scaling": dinoseg_method(train_cfg=TrainConfig(scaling="standard")),
+        "C=1": dinoseg_method(train_cfg=TrainConfig(C=1.0)),
+        "no smoothing": dinoseg_method(train_cfg=TrainConfig(smooth=0)),
+        "standard, C=1, no smoothing": dinoseg_method(train_cfg=TrainConfig(scaling="standard", C=1.0, smooth=0)),
         "dinoseg+crf": dinoseg_method(crf=CRFConfig()),
     }
     for kind in ("vit", "hybrid"):
@@ -313,16 +320,18 @@ def iou(conf: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- figures
 
 PALETTE = np.array([[40, 40, 40], [230, 159, 0], [86, 180, 233], [0, 158, 115], [240, 228, 66]], np.uint8)
+SCRIBBLE_PALETTE = np.array([[204, 121, 167], [230, 159, 0], [86, 180, 233], [0, 158, 115]], np.uint8)
 
 
-def figure(path: Path, image: np.ndarray, gt: np.ndarray, panels: dict[str, np.ndarray], title: str) -> None:
-    """A PNG row: image | ground truth | one panel per method (class colours, ignore in white)."""
+def figure(path: Path, scribbled: tuple[np.ndarray, np.ndarray], image: np.ndarray, gt: np.ndarray,
+           panels: dict[str, np.ndarray], title: str) -> None:
+    """A PNG row: training image with its scribbles | image | ground truth | one panel per method."""
     from PIL import Image, ImageDraw
 
-    from napari_dinoseg.image import as_float_image
-
-    grey = (as_float_image(image)[..., 0] * 255).astype(np.uint8)
-    tiles = [("image", np.repeat(grey[..., None], 3, -1)), ("ground truth", _colour(gt))]
+    train_rgb = _grey(scribbled[0])
+    painted = scribbled[1] > 0
+    train_rgb[painted] = SCRIBBLE_PALETTE[np.clip(scribbled[1][painted] - 1, 0, len(SCRIBBLE_PALETTE) - 1)]
+    tiles = [("training image + scribbles", train_rgb), ("image", _grey(image)), ("ground truth", _colour(gt))]
     tiles += [(name, _colour(seg)) for name, seg in panels.items()]
     side = 320
     pad, top = 8, 22
@@ -336,6 +345,13 @@ def figure(path: Path, image: np.ndarray, gt: np.ndarray, panels: dict[str, np.n
         draw.text((x, top + side + 3), name, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    from napari_dinoseg.image import as_float_image
+
+    grey = (as_float_image(image)[..., 0] * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, -1)
 
 
 def _colour(seg: np.ndarray) -> np.ndarray:
@@ -355,9 +371,7 @@ def evaluate(s: EvalSet, methods: dict[str, Optional[Method]]) -> dict:
         "set": s.name, "description": s.description, "classes": s.classes, "scribbles": s.scribbles,
         "train_images": [n for n, _, _ in s.train], "test_images": [n for n, _, _ in s.test],
         "painted_pixels": int(sum((lab > 0).sum() for _, lab in train)),
-        "painted_fraction_of_one_image": float(sum((lab > 0).sum() for _, lab in train) / train[0][0][..., 0].size
-                                               if train[0][0].ndim == 3 else
-                                               sum((lab > 0).sum() for _, lab in train) / train[0][0].size),
+        "painted_fraction_of_one_image": float(sum((lab > 0).sum() for _, lab in train) / train[0][1].size),
         "painted_per_class": [int(sum((lab == c + 1).sum() for _, lab in train)) for c in range(k)],
         "notes": s.notes, "methods": {},
     }
@@ -382,16 +396,44 @@ def evaluate(s: EvalSet, methods: dict[str, Optional[Method]]) -> dict:
     return result
 
 
+def _merge(runs: list[dict]) -> dict:
+    """One result per set: scores averaged over the scribble seeds, each seed's mIoU kept."""
+    out = dict(runs[0])
+    out["seeds"] = len(runs)
+    out["painted_pixels"] = int(np.mean([r["painted_pixels"] for r in runs]))
+    out["painted_fraction_of_one_image"] = float(np.mean([r["painted_fraction_of_one_image"] for r in runs]))
+    out["methods"] = {}
+    for name, first in runs[0]["methods"].items():
+        if "miou" not in first:
+            out["methods"][name] = first
+            continue
+        per_seed = [r["methods"][name] for r in runs]
+        ious = np.array([[np.nan if v is None else v for v in m["iou"]] for m in per_seed])
+        mean_iou = np.nanmean(ious, axis=0)
+        out["methods"][name] = {
+            "miou": float(np.mean([m["miou"] for m in per_seed])),
+            "miou_per_seed": [m["miou"] for m in per_seed],
+            "iou": [None if np.isnan(v) else float(v) for v in mean_iou],
+            "seconds": float(np.mean([m["seconds"] for m in per_seed])),
+        }
+    return out
+
+
 def table(results: list[dict], method_names: list[str]) -> str:
     lines = ["| set | scribbles | painted px | " + " | ".join(method_names) + " |",
              "|---|---|---|" + "---|" * len(method_names)]
+    def cell(res: dict) -> str:
+        if "miou" not in res:
+            return res.get("status", "-")
+        seeds = res.get("miou_per_seed", [])
+        spread = f" ± {np.std(seeds):.3f}" if len(seeds) > 1 else ""
+        return f"{res['miou']:.3f}{spread}"
+
     for r in results:
-        cells = []
-        for m in method_names:
-            res = r["methods"].get(m, {})
-            cells.append(f"{res['miou']:.3f}" if "miou" in res else res.get("status", "-"))
+        cells = [cell(r["methods"].get(m, {})) for m in method_names]
         pct = 100 * r["painted_fraction_of_one_image"]
-        lines.append(f"| {r['set']} | {r['scribbles']} | {r['painted_pixels']} ({pct:.1f} %) | " + " | ".join(cells) + " |")
+        kind = f"{r['scribbles']} ×{r['seeds']}" if r["seeds"] > 1 else r["scribbles"]
+        lines.append(f"| {r['set']} | {kind} | {r['painted_pixels']} ({pct:.1f} %) | " + " | ".join(cells) + " |")
     means = []
     for m in method_names:
         vals = [r["methods"][m]["miou"] for r in results if "miou" in r["methods"].get(m, {})]
@@ -425,6 +467,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--budget", type=float, default=0.01,
                         help="simulated painted pixels, as a fraction of one training image (<= 0.02)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="simulated scribbles drawn with this many seeds (seed, seed + 1, ...); scores averaged")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quality.json")
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args(argv)
@@ -440,12 +484,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error(f"unknown variants {sorted(unknown)}; known: {sorted(methods)}")
         methods = {k: v for k, v in methods.items() if k in args.variants}
     results = []
-    for s in load_sets(args.data, args.sets, args.budget, args.seed):
-        r = evaluate(s, methods)
+    for name in args.sets:
+        runs = []
+        for rep in range(args.repeats):
+            (s,) = load_sets(args.data, [name], args.budget, args.seed + rep)
+            if rep and s.scribbles == "human":
+                break  # human scribbles are fixed: one run
+            runs.append((s, evaluate(s, methods)))
+        s, r = runs[0]
+        r = _merge([run for _, run in runs])
         preds = r.pop("_first_prediction")
         if args.figures and "baseline" in preds and "dinoseg" in preds:
             name, image, gt = s.test[0]
-            figure(args.figures / f"quality_{s.name}.png", image, gt,
+            figure(args.figures / f"quality_{s.name}.png", s.train[0][1:], image, gt,
                    {f"napari-dinoseg ({r['methods']['dinoseg']['miou']:.2f})": preds["dinoseg"],
                     f"baseline ({r['methods']['baseline']['miou']:.2f})": preds["baseline"]},
                    f"{s.name}: {name} (held-out)" if s.scribbles == "simulated" else f"{s.name}: {name}")

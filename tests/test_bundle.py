@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from napari_dinoseg import FeatureConfig, featurise, load_bundle, predict, save_bundle, train
+from napari_dinoseg import FeatureConfig, TrainConfig, featurise, load_bundle, predict, save_bundle, train
 from napari_dinoseg.bundle import bundle_channels
 
 
@@ -27,6 +27,30 @@ def test_round_trip_gives_identical_predictions(tmp_path, trained):
     assert cfg2 == cfg and bundle_channels(path) == 1
     np.testing.assert_array_equal(predict(clf2, featurise(image, cfg2)), predict(clf, feats))
     assert not list(tmp_path.glob(".bundle-*"))  # written atomically, no temporary left
+
+
+def test_scaling_and_smoothing_travel_with_the_bundle(tmp_path, trained):
+    image, feats, clf, cfg = trained
+    assert (clf.scaling, clf.smooth) == ("log", 1.0)  # the defaults
+    clf2, _ = load_bundle(save_bundle(tmp_path / "clf.dinoseg", clf, cfg))
+    assert (clf2.scaling, clf2.smooth) == ("log", 1.0)
+
+
+def test_format_1_bundles_load_as_standard_scaling_without_smoothing(tmp_path, trained, two_textures):
+    """Bundles written before scaling / smoothing were stored predicted with neither."""
+    image, feats, _, cfg = trained
+    clf = train(feats, two_textures[2], TrainConfig(scaling="standard", smooth=0))
+    path = save_bundle(tmp_path / "old.dinoseg", clf, cfg)
+    with zipfile.ZipFile(path) as zf:
+        meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
+    meta["format_version"] = 1
+    del meta["scaling"], meta["smooth"]
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("bundle.json", json.dumps(meta))
+        zf.writestr("arrays.npz", raw)
+    old, _ = load_bundle(path)
+    assert (old.scaling, old.smooth) == ("standard", 0.0)
+    np.testing.assert_array_equal(predict(old, feats), predict(clf, feats))
 
 
 class Payload:

@@ -11,18 +11,18 @@ def channel(stack, name):
     return stack.data[..., stack.channel_names.index(name)]
 
 
-def test_default_bank_has_60_named_channels():
+def test_default_bank_has_65_named_channels():
     names = classical_channel_names(FeatureConfig())
-    assert len(names) == 60 == n_features(FeatureConfig())
-    assert len(set(names)) == 60
+    assert len(names) == 65 == n_features(FeatureConfig())
+    assert len(set(names)) == 65
     assert names[0] == "intensity" and "dog_s16-s1" in names and names[-1] == "membrane_std"
-    assert len(classical_channel_names(FeatureConfig(sigmas=(1, 2), membrane=False))) == 1 + 2 * 9 + 1
+    assert len(classical_channel_names(FeatureConfig(sigmas=(1, 2), membrane=False))) == 1 + 2 * 10 + 1
 
 
 def test_shapes_dtype_and_channel_count(rng):
     img = rng.integers(0, 255, (40, 56), dtype=np.uint8)
     stack = featurise(img)
-    assert stack.data.shape == (40, 56, 60) and stack.data.dtype == np.float32
+    assert stack.data.shape == (40, 56, 65) and stack.data.dtype == np.float32
     assert stack.shape == (40, 56) and stack.attention is None
     assert np.isfinite(stack.data).all()
     np.testing.assert_allclose(channel(stack, "intensity"), img / 255, atol=1e-6)
@@ -105,7 +105,7 @@ def test_membrane_projection_responds_to_a_thin_line():
 def test_images_smaller_than_the_filter_support_still_work():
     img = np.random.default_rng(2).integers(0, 255, (12, 20), dtype=np.uint8)
     stack = featurise(img)  # sigma 16 needs 65 px of support: mirrored padding
-    assert stack.data.shape == (12, 20, 60) and np.isfinite(stack.data).all()
+    assert stack.data.shape == (12, 20, 65) and np.isfinite(stack.data).all()
 
 
 def test_progress_is_reported_and_cancellation_stops(rng):
@@ -137,3 +137,16 @@ def test_missing_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         featurise(np.zeros((16, 16)), FeatureConfig(device="cuda"))
+
+
+def test_local_std_matches_scipy_and_is_zero_on_flat_regions(rng):
+    img = rng.integers(0, 255, (70, 90), dtype=np.uint8)
+    img[:, :30] = 250  # flat and bright: float32 cancellation must not leave noise
+    stack = featurise(img)
+    x = img / 255.0
+    for s in (1, 2, 4, 8, 16):
+        mean = ndimage.gaussian_filter(x, s, mode="reflect", truncate=4)
+        ref = np.sqrt(np.maximum(ndimage.gaussian_filter(x * x, s, mode="reflect", truncate=4) - mean**2, 0))
+        got = channel(stack, f"local_std_s{s:g}")
+        np.testing.assert_allclose(got, ref, atol=2e-3)
+    assert channel(stack, "local_std_s1")[:, :20].max() < 2e-3

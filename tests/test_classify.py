@@ -36,7 +36,9 @@ def test_three_classes_and_uncertainty(rng):
     labels = np.zeros(img.shape, np.uint8)
     labels[10:50, 10], labels[10:50, 45], labels[10:50, 80] = 1, 2, 3
     feats = featurise(img, FeatureConfig(sigmas=(1, 2)))
-    clf = train(feats, labels)
+    # one-pixel lines see no edges, so edge channels are extrapolated at the bands' borders;
+    # standard scaling extrapolates them linearly, the log scaling not (see the log test)
+    clf = train(feats, labels, TrainConfig(scaling="standard"))
     proba = predict(clf, feats)
     seg = clf.to_labels(proba)
     assert (seg[:, 5:25] == 1).mean() > 0.97 and (seg[:, 35:55] == 2).mean() > 0.97 and (seg[:, 65:] == 3).mean() > 0.97
@@ -46,14 +48,62 @@ def test_three_classes_and_uncertainty(rng):
     assert unc[:, 28:32].mean() > unc[:, 10:20].mean()  # least sure at class borders
 
 
-def test_standardisation_is_fitted_once_and_kept(two_textures):
+@pytest.mark.parametrize("scaling", ["standard", "log"])
+def test_scaling_is_fitted_once_and_kept(two_textures, scaling):
     """A brighter copy of the image is scaled with the training statistics, not its own."""
     image, _, scribbles = two_textures
     feats = featurise(image, FeatureConfig(sigmas=(1, 2)))
-    clf = train(feats, scribbles)
-    np.testing.assert_allclose(clf.mean, feats.data.reshape(-1, feats.n_features).mean(0), rtol=0.05, atol=1e-3)
+    clf = train(feats, scribbles, TrainConfig(scaling=scaling))
+    flat = feats.data.reshape(-1, feats.n_features)
+    centre = flat.mean(0) if scaling == "standard" else np.median(flat, 0)
+    np.testing.assert_allclose(clf.mean, centre, rtol=0.05, atol=2e-3)
+    if scaling == "log":
+        mad = np.median(np.abs(flat - np.median(flat, 0)), 0)
+        np.testing.assert_allclose(clf.scale, mad, rtol=0.1, atol=2e-3)
     shifted = feats.data + 10.0
     assert not np.allclose(predict(clf, shifted), predict(clf, feats))
+
+
+def test_log_scaling_prediction_matches_its_formula(two_textures):
+    image, _, scribbles = two_textures
+    feats = featurise(image, FeatureConfig(sigmas=(1, 2)))
+    clf = train(feats, scribbles, TrainConfig(scaling="log", smooth=0))
+    z = (feats.data - clf.mean) / clf.scale
+    logits = np.sign(z) * np.log1p(np.abs(z)) @ clf.coef.T + clf.intercept
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(predict(clf, feats), expected / expected.sum(-1, keepdims=True), atol=1e-5)
+
+
+def test_log_scaling_resists_a_heavy_tailed_channel(rng):
+    """A channel of rare huge spikes must not swamp the informative channel."""
+    h, w = 64, 64
+    truth = np.where(np.arange(w)[None] < 32, 1, 2).repeat(h, 0)
+    signal = np.where(truth == 1, 0.0, 1.0) + rng.normal(0, 0.3, (h, w))
+    spikes = np.where(rng.random((h, w)) < 0.02, rng.normal(0, 1000, (h, w)), rng.normal(0, 0.01, (h, w)))
+    feats = np.stack([signal, spikes], -1).astype(np.float32)
+    labels = np.zeros((h, w), np.uint8)
+    labels[::3, 2:30:3], labels[::3, 34:62:3] = 1, 2  # sparse samples that include spikes
+    for scaling in ("log", "standard"):
+        clf = train(feats, labels, TrainConfig(scaling=scaling, smooth=0))
+        acc = (clf.to_labels(predict(clf, feats)) == truth).mean()
+        assert acc > 0.9, (scaling, acc)
+
+
+def test_smoothing_is_a_gaussian_of_the_probabilities_over_the_plane(two_textures):
+    from scipy.ndimage import gaussian_filter
+
+    image, _, scribbles = two_textures
+    feats = featurise(image, FeatureConfig(sigmas=(1, 2)))
+    raw = predict(train(feats, scribbles, TrainConfig(smooth=0)), feats)
+    clf = train(feats, scribbles, TrainConfig(smooth=1.5))
+    smoothed = predict(clf, feats)
+    np.testing.assert_allclose(smoothed, gaussian_filter(raw, (1.5, 1.5, 0), truncate=4), atol=1e-5)
+    np.testing.assert_allclose(smoothed.sum(-1), 1, atol=1e-5)
+    assert clf.margin == 6
+    flat = feats.data.reshape(-1, feats.n_features)  # no plane: nothing to smooth
+    np.testing.assert_allclose(predict(clf, flat), raw.reshape(-1, 2), atol=1e-5)
+    stack = np.stack([feats.data, feats.data])  # (Z, H, W, F): each plane smoothed alone
+    np.testing.assert_allclose(predict(clf, stack)[1], smoothed, atol=1e-5)
 
 
 def test_prediction_is_independent_of_memory_layout(two_textures):
@@ -107,13 +157,14 @@ def test_bad_labels_raise_clear_errors(two_textures, labels, exc, match):
 def test_predict_refuses_features_of_another_config(two_textures):
     image, _, scribbles = two_textures
     clf = train(featurise(image, FeatureConfig(sigmas=(1,))), scribbles)
-    with pytest.raises(ValueError, match="trained on 14"):
+    with pytest.raises(ValueError, match="trained on 15"):
         predict(clf, featurise(image))
     with pytest.raises(TypeError, match="float"):
         predict(clf, np.zeros((4, 4, 12), np.int32))
 
 
-def test_pca_of_vit_channels_is_fitted_at_train_time_and_folded_into_the_classifier(two_textures):
+@pytest.mark.parametrize("scaling", ["standard", "log"])
+def test_pca_of_vit_channels_is_fitted_at_train_time_and_folded_into_the_classifier(two_textures, scaling):
     """Hybrid-like features: 14 classical channels + 32 'vit_' channels of which only 3
     directions carry signal. With pca_dim=3 the classifier acts on the ViT channels through
     a rank-3 map, predicts on raw features (no PCA at predict time) and stays accurate."""
@@ -127,12 +178,14 @@ def test_pca_of_vit_channels_is_fitted_at_train_time_and_folded_into_the_classif
     vit = signal @ mix + 0.01 * rng.normal(size=(*image.shape, 32)).astype(np.float32)
     stack = FeatureStack(np.concatenate([classical.data, vit], -1), classical.config,
                          classical.channel_names + tuple(f"vit_{i}" for i in range(32)))
-    clf = train(stack, scribbles, TrainConfig(pca_dim=3))
-    assert clf.n_features == 14 + 32
-    # the ViT coefficients (on standardised channels) lie in the top-3 principal subspace
-    vz = (vit.reshape(-1, 32) - clf.mean[14:]) / clf.scale[14:]
+    clf = train(stack, scribbles, TrainConfig(pca_dim=3, scaling=scaling))
+    assert clf.n_features == 15 + 32
+    # the ViT coefficients (on scaled channels) lie in the top-3 principal subspace
+    vz = (vit.reshape(-1, 32) - clf.mean[15:]) / clf.scale[15:]
+    if scaling == "log":
+        vz = np.sign(vz) * np.log1p(np.abs(vz))
     top3 = np.linalg.svd(vz - vz.mean(0), full_matrices=False)[2][:3]
-    w = clf.coef[:, 14:]
+    w = clf.coef[:, 15:]
     assert np.abs(w - (w @ top3.T) @ top3).max() < 1e-2 * np.abs(w).max()
     seg = clf.to_labels(predict(clf, stack))
     assert iou(seg, truth, 2) > 0.9

@@ -35,7 +35,8 @@ def test_from_dict_rejects_unknown_fields():
 
 
 @pytest.mark.parametrize("kwargs", [{"C": 0}, {"C": -1.0}, {"class_weight": "auto"}, {"max_iter": 0},
-                                    {"max_pixels_per_class": 0}, {"classifier": "svm"}])
+                                    {"max_pixels_per_class": 0}, {"classifier": "svm"},
+                                    {"scaling": "robust"}, {"smooth": -1}, {"smooth": float("nan")}, {"smooth": 40}])
 def test_train_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)

@@ -129,7 +129,7 @@ def test_rgb_and_rgba_images(dock, qtbot, two_textures, channels):
     click_and_wait(qtbot, widget)
     pred = viewer.layers[PREDICTIONS].data
     assert pred.shape == image.shape
-    assert widget.classifier.n_features == 3 * 60  # alpha dropped
+    assert widget.classifier.n_features == 3 * 65  # alpha dropped
     assert iou(pred, truth, 2) > 0.9
 
 
@@ -253,7 +253,7 @@ def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
     widget.features.kind.value = "hybrid"  # classical + DINOv2: a new cache entry, then reuse
     widget._pca.value = 16  # PCA of the 384 ViT channels, fitted at train time
     click_and_wait(qtbot, widget)
-    assert widget.classifier.n_features == 60 + 384 and widget.last_result.featurised == 1
+    assert widget.classifier.n_features == 65 + 384 and widget.last_result.featurised == 1
     assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9  # the classical half carries it
     click_and_wait(qtbot, widget)
     assert widget.last_result.reused == 1 and widget.last_result.featurised == 0

@@ -133,8 +133,8 @@ def test_featurise_shapes_channels_and_attention():
     assert stack.attention.shape == (60, 76, 6) and np.isfinite(stack.data).all()
     assert stack.config.shifts == (2,) and stack.channel_names[0] == "vit_0"
     hybrid = featurise(img, vit_cfg(kind="hybrid", sigmas=(1, 2)))
-    assert hybrid.n_features == 24 + 384 and hybrid.channel_names[0] == "intensity"
-    np.testing.assert_array_equal(hybrid.data[..., 24:], featurise(img, vit_cfg()).data)
+    assert hybrid.n_features == 26 + 384 and hybrid.channel_names[0] == "intensity"
+    np.testing.assert_array_equal(hybrid.data[..., 26:], featurise(img, vit_cfg()).data)
     two = featurise(np.stack([img, img[::-1]], -1), vit_cfg())
     assert two.n_features == 2 * 384 and two.channel_names[384] == "c1:vit_0"
     rgb = featurise(np.stack([img] * 3, -1), vit_cfg())

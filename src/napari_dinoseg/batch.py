@@ -183,9 +183,10 @@ def predict_tiled(clf, config, plane: np.ndarray, tile: int = TILE) -> np.ndarra
     """Probabilities ``(H, W, K)`` of one plane, computed tile by tile when it is large.
 
     The plane is normalised as a whole (one intensity scale), then cut into windows of
-    ``tile`` pixels plus the features' context margin on each side; each window is
-    featurised and predicted and only its core kept. For classical features the result
-    equals the whole-plane prediction; memory is bounded by one window's features.
+    ``tile`` pixels plus the context margin of the features and of the probability
+    smoothing on each side; each window is featurised and predicted and only its core kept.
+    For classical features the result equals the whole-plane prediction; memory is bounded
+    by one window's features.
     """
     from .classify import predict
     from .features.featurise import feature_margin, featurise, resolve_device
@@ -196,7 +197,7 @@ def predict_tiled(clf, config, plane: np.ndarray, tile: int = TILE) -> np.ndarra
         return predict(clf, featurise(plane, config))
     config = config.resolved(resolve_device(config.device).type)
     img = as_float_image(plane)
-    margin = feature_margin(config)
+    margin = feature_margin(config) + clf.margin
     align = config.stride if config.uses_vit else 1
     out = np.empty((*img.shape[:2], clf.n_classes), np.float32)
     for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(img.shape[:2], tile + 2 * margin, margin, align):

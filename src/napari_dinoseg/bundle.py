@@ -25,7 +25,9 @@ from .classify import PixelClassifier
 from .config import FeatureConfig
 
 FORMAT = "napari-dinoseg-bundle"
-FORMAT_VERSION = 1
+#: 2: the classifier's feature scaling and probability smoothing are stored (format 1 bundles
+#: load as standard scaling without smoothing, which is what they were trained with).
+FORMAT_VERSION = 2
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 PathLike = Union[str, os.PathLike]
 
@@ -65,6 +67,8 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         "n_features": clf.n_features,
         "n_channels": n_channels,
         "classes": clf.classes.tolist(),
+        "scaling": clf.scaling,
+        "smooth": clf.smooth,
         "channel_names": list(channel_names) if channel_names else None,
         "versions": _versions(),
     }
@@ -114,7 +118,10 @@ def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
             arrays = {name: npz[name] for name in ARRAYS}
     except (ValueError, KeyError, OSError) as err:
         raise ValueError(f"bundle {str(path)!r} has unreadable arrays (object arrays are refused): {err}") from None
-    clf = PixelClassifier(**arrays)
+    scaling, smooth = meta.get("scaling", "standard"), meta.get("smooth", 0.0)
+    if scaling not in ("standard", "log") or not isinstance(smooth, (int, float)) or not 0 <= smooth <= 16:
+        raise ValueError(f"bundle {str(path)!r} is corrupt: scaling {scaling!r}, smooth {smooth!r}")
+    clf = PixelClassifier(**arrays, scaling=scaling, smooth=float(smooth))
     _check(clf, meta, config, path)
     _warn_on_drift(meta.get("versions", {}))
     return clf, config

@@ -192,7 +192,8 @@ class TrainConfig(_JSONConfig):
     classifier
         ``"logistic"``: multinomial logistic regression with L2 penalty.
     C
-        Inverse regularisation strength.
+        Inverse regularisation strength. 0.1: brush strokes give many strongly correlated
+        pixels, and a stronger penalty generalises better to unpainted regions and images.
     class_weight
         ``"balanced"`` weighs classes inversely to their painted pixel counts; ``None``
         weighs every pixel equally.
@@ -201,6 +202,13 @@ class TrainConfig(_JSONConfig):
         training stays interactive however much is painted.
     max_iter
         Iteration cap of the solver.
+    scaling
+        How features are scaled before the classifier, by statistics of the training images:
+        ``"log"``: ``sign(x - median) * log1p(|x - median| / MAD)``, robust to the heavy tails
+        of filter responses; ``"standard"``: ``(x - mean) / std``.
+    smooth
+        Standard deviation (px) of a Gaussian smoothing of the predicted probabilities over the
+        image plane (a light spatial prior against isolated pixels); 0 = off.
     pca_dim
         Reduce the ViT channels to this many principal components, fitted at train time on
         the training images and folded into the classifier; ``None``: no PCA.
@@ -209,12 +217,14 @@ class TrainConfig(_JSONConfig):
     """
 
     classifier: ClassifierKind = "logistic"
-    C: float = 1.0
+    C: float = 0.1
     class_weight: Literal["balanced"] | None = "balanced"
     max_pixels_per_class: int = 20_000
     max_iter: int = 100
     seed: int = 0
     pca_dim: Optional[int] = None
+    scaling: Literal["log", "standard"] = "log"
+    smooth: float = 1.0
 
     def __post_init__(self) -> None:
         _choice("classifier", self.classifier, get_args(ClassifierKind))
@@ -226,6 +236,9 @@ class TrainConfig(_JSONConfig):
             raise ValueError(f"max_pixels_per_class must be a positive integer, got {self.max_pixels_per_class!r}")
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        _choice("scaling", self.scaling, ("log", "standard"))
+        if not (isinstance(self.smooth, (int, float)) and math.isfinite(self.smooth) and 0 <= self.smooth <= 16):
+            raise ValueError(f"smooth must be a number of pixels in [0, 16], got {self.smooth!r}")
         if self.pca_dim is not None and (not isinstance(self.pca_dim, int) or self.pca_dim < 1):
             raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
 

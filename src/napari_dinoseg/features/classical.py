@@ -6,7 +6,9 @@ Per image channel, in this order (``classical_channel_names`` gives the names):
 - for every sigma: Gaussian blur, Sobel gradient magnitude of the blur, and of the blur's
   Hessian (finite differences) its modulus, trace, determinant, both eigenvalues
   (``eig1 >= eig2``), the scale-normalised squared eigenvalue difference
-  ``sigma**4 * (eig1 - eig2)**2`` and ``sigma**2 * (eig1**2 - eig2**2)``;
+  ``sigma**4 * (eig1 - eig2)**2`` and ``sigma**2 * (eig1**2 - eig2**2)``; and the local
+  standard deviation ``sqrt(G(x**2) - G(x)**2)`` (Weka's variance filter, Gaussian-weighted),
+  the texture channel a linear classifier cannot build from the others;
 - differences of Gaussians ``G(sigma_j) - G(sigma_i)`` for every pair ``i < j``;
 - membrane projections: the image convolved with a line kernel at 16 orientations,
   summarised per pixel by max, min, mean and standard deviation.
@@ -36,7 +38,7 @@ TRUNCATE = 4.0
 MEMBRANE_ANGLES = 16
 
 _PER_SIGMA = ("gaussian", "sobel", "hessian_modulus", "hessian_trace", "hessian_det",
-              "hessian_eig1", "hessian_eig2", "hessian_eigdiff_sq", "hessian_eigsq_diff")
+              "hessian_eig1", "hessian_eig2", "hessian_eigdiff_sq", "hessian_eigsq_diff", "local_std")
 _MEMBRANE = ("membrane_max", "membrane_min", "membrane_mean", "membrane_std")
 
 
@@ -91,11 +93,13 @@ def classical_features(
     lines = _line_kernels(cfg.membrane_size, device) if cfg.membrane else None
     for c in range(n_channels):
         padded = torch.from_numpy(np.pad(image[..., c], margin, mode="symmetric")).to(device)
+        offset = padded.mean()  # variance is shift-invariant; centring keeps float32 cancellation small
+        squared = (padded - offset).square_()
         o = out[c * len(names):(c + 1) * len(names)]
         o[0] = padded[margin:margin + h, margin:margin + w]
         i = 1
         for s in cfg.sigmas:
-            i = _scale_features(padded, margin, s, kernels[s], o, i, h, w)
+            i = _scale_features(padded, squared, offset, margin, s, kernels[s], o, i, h, w)
             _notify(step, f"channel {c}: sigma {s:g}")
         gauss = [1 + k * len(_PER_SIGMA) for k in range(len(cfg.sigmas))]
         for a, b in combinations(gauss, 2):
@@ -173,7 +177,7 @@ def _correlate_last_axis(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return (out + tail).reshape(n_rows, n_blocks * block)[:, :n]
 
 
-def _scale_features(padded, margin, sigma, kernel, o, i, h, w) -> int:
+def _scale_features(padded, squared, offset, margin, sigma, kernel, o, i, h, w) -> int:
     """Write the per-sigma channels into ``o[i:]``; return the next free index.
 
     Written with fused in-place ops: this function is most of the bank's elementwise cost.
@@ -204,6 +208,10 @@ def _scale_features(padded, margin, sigma, kernel, o, i, h, w) -> int:
     torch.sub(trace, eig1, out=o[i + 6])
     torch.mul(root, root, out=o[i + 7]).mul_(4 * sigma**4)  # sigma^4 (eig1 - eig2)^2
     torch.mul(root, trace, out=o[i + 8]).mul_(2 * sigma**2)  # sigma^2 (eig1^2 - eig2^2)
+    del hxx, hyy, hxy4, root
+    local_mean = centre - offset
+    local_var = _blur(squared, margin, kernel, h, w, extra=0).addcmul_(local_mean, local_mean, value=-1)
+    torch.sqrt(local_var.clamp_(min=0), out=o[i + 9])
     return i + len(_PER_SIGMA)
 
 
