@@ -286,10 +286,12 @@ def variants(weights: Optional[str]) -> dict[str, Optional[Method]]:
         "baseline": baseline,
         "dinoseg": dinoseg_method(),
         # ablations: each default choice undone in turn
+        "logistic only": dinoseg_method(train_cfg=TrainConfig(classifier="logistic")),
         "standard scaling": dinoseg_method(train_cfg=TrainConfig(scaling="standard")),
         "C=1": dinoseg_method(train_cfg=TrainConfig(C=1.0)),
         "no smoothing": dinoseg_method(train_cfg=TrainConfig(smooth=0)),
-        "standard, C=1, no smoothing": dinoseg_method(train_cfg=TrainConfig(scaling="standard", C=1.0, smooth=0)),
+        "logistic, standard, C=1, no smoothing": dinoseg_method(
+            train_cfg=TrainConfig(classifier="logistic", scaling="standard", C=1.0, smooth=0)),
         "dinoseg+crf": dinoseg_method(crf=CRFConfig()),
     }
     for kind in ("vit", "hybrid"):

@@ -39,7 +39,7 @@ def test_scaling_and_smoothing_travel_with_the_bundle(tmp_path, trained):
 def test_format_1_bundles_load_as_standard_scaling_without_smoothing(tmp_path, trained, two_textures):
     """Bundles written before scaling / smoothing were stored predicted with neither."""
     image, feats, _, cfg = trained
-    clf = train(feats, two_textures[2], TrainConfig(scaling="standard", smooth=0))
+    clf = train(feats, two_textures[2], TrainConfig(classifier="logistic", scaling="standard", smooth=0))
     path = save_bundle(tmp_path / "old.dinoseg", clf, cfg)
     with zipfile.ZipFile(path) as zf:
         meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")

@@ -67,7 +67,7 @@ def test_scaling_is_fitted_once_and_kept(two_textures, scaling):
 def test_log_scaling_prediction_matches_its_formula(two_textures):
     image, _, scribbles = two_textures
     feats = featurise(image, FeatureConfig(sigmas=(1, 2)))
-    clf = train(feats, scribbles, TrainConfig(scaling="log", smooth=0))
+    clf = train(feats, scribbles, TrainConfig(classifier="logistic", scaling="log", smooth=0))
     z = (feats.data - clf.mean) / clf.scale
     logits = np.sign(z) * np.log1p(np.abs(z)) @ clf.coef.T + clf.intercept
     expected = np.exp(logits - logits.max(-1, keepdims=True))

@@ -101,6 +101,20 @@ def test_uncertainty_layer(dock, qtbot, two_textures):
     assert unc.data[:, 90:100].mean() > unc.data[:, 20:40].mean()  # unsure at the boundary
 
 
+def test_classifier_menu_chooses_trees_or_the_regression_alone(dock, qtbot, two_textures):
+    image, truth, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    assert widget._classifier.value == "logistic+trees"
+    click_and_wait(qtbot, widget)
+    assert widget.classifier.forest is not None
+    widget._classifier.value = "logistic"
+    click_and_wait(qtbot, widget)
+    assert widget.classifier.forest is None and widget.last_result.reused == 1
+    assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9
+
+
 def test_cancel_leaves_the_layers_untouched(dock, qtbot, notes):
     image = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
     viewer, widget, _ = dock(image, rgb=True)

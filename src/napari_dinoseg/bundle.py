@@ -10,6 +10,7 @@ what to do; version drift only warns.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,13 +23,15 @@ from typing import Optional, Union
 import numpy as np
 
 from .classify import PixelClassifier
+from .forest import forest_from_arrays
 from .config import FeatureConfig
 
 FORMAT = "napari-dinoseg-bundle"
-#: 2: the classifier's feature scaling and probability smoothing are stored (format 1 bundles
-#: load as standard scaling without smoothing, which is what they were trained with).
+#: 2: the classifier's feature scaling, probability smoothing and trees are stored (format 1
+#: bundles load as a standard-scaled logistic regression without smoothing, as they were trained).
 FORMAT_VERSION = 2
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
+FOREST_PREFIX = "forest_"
 PathLike = Union[str, os.PathLike]
 
 
@@ -69,11 +72,13 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         "classes": clf.classes.tolist(),
         "scaling": clf.scaling,
         "smooth": clf.smooth,
+        "classifier": "logistic" if clf.forest is None else "logistic+trees",
         "channel_names": list(channel_names) if channel_names else None,
         "versions": _versions(),
     }
     arrays = io.BytesIO()
-    np.savez(arrays, **{name: getattr(clf, name) for name in ARRAYS})
+    forest = {} if clf.forest is None else {FOREST_PREFIX + k: v for k, v in clf.forest.arrays().items()}
+    np.savez(arrays, **{name: getattr(clf, name) for name in ARRAYS}, **forest)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".bundle-", dir=path.parent or ".")
     os.close(fd)
@@ -116,6 +121,7 @@ def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in ARRAYS}
+            forest_arrays = {k[len(FOREST_PREFIX):]: npz[k] for k in npz.files if k.startswith(FOREST_PREFIX)}
     except (ValueError, KeyError, OSError) as err:
         raise ValueError(f"bundle {str(path)!r} has unreadable arrays (object arrays are refused): {err}") from None
     scaling, smooth = meta.get("scaling", "standard"), meta.get("smooth", 0.0)
@@ -123,6 +129,12 @@ def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
         raise ValueError(f"bundle {str(path)!r} is corrupt: scaling {scaling!r}, smooth {smooth!r}")
     clf = PixelClassifier(**arrays, scaling=scaling, smooth=float(smooth))
     _check(clf, meta, config, path)
+    if meta.get("classifier", "logistic") == "logistic+trees":
+        try:
+            forest = forest_from_arrays(forest_arrays, clf.n_features, clf.n_classes)
+        except ValueError as err:
+            raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None
+        clf = dataclasses.replace(clf, forest=forest)
     _warn_on_drift(meta.get("versions", {}))
     return clf, config
 

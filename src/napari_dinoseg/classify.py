@@ -10,6 +10,11 @@ new images are scaled exactly like them. Two scalings:
   micrographs (``benchmarks/quality.py``).
 - ``"standard"``: ``(x - mean) / std``, folded into the weights at prediction (no copy).
 
+With ``classifier="logistic+trees"`` (the default) the regression's probabilities are
+averaged with those of extremely randomised trees grown on the same painted pixels
+(:mod:`napari_dinoseg.forest`, stored as arrays too): the trees add the non-linear
+decisions a linear model cannot make (thin membranes, narrow intensity bands).
+
 Probabilities are optionally smoothed by a Gaussian of ``smooth`` pixels over the image
 plane before they are returned: a light spatial prior against isolated misclassified pixels.
 """
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from .config import TrainConfig
+from .forest import Forest, fit_forest
 
 if TYPE_CHECKING:
     from .features.featurise import FeatureStack
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
 SCALING_SAMPLE = 50_000
 #: Rows predicted at once, bounding the temporary ``(rows, K)`` logits.
 PREDICT_CHUNK = 1 << 20
+#: Weight of the trees' probabilities in a ``logistic+trees`` classifier.
+FOREST_WEIGHT = 0.5
 #: The probability smoothing's Gaussian reaches this many standard deviations.
 SMOOTH_TRUNCATE = 4.0
 
@@ -56,6 +64,9 @@ class PixelClassifier:
     smooth
         Standard deviation (px) of the Gaussian that smooths the probabilities over the image
         plane; 0 = none.
+    forest
+        Trees whose class fractions are averaged with the regression's probabilities
+        (weight ``FOREST_WEIGHT``); ``None``: logistic regression alone.
     """
 
     coef: np.ndarray
@@ -65,6 +76,7 @@ class PixelClassifier:
     scale: np.ndarray
     scaling: str = "standard"
     smooth: float = 0.0
+    forest: Optional[Forest] = None
 
     @property
     def margin(self) -> int:
@@ -143,6 +155,9 @@ def train(
     coef, intercept = model.coef_, model.intercept_
     if reduce is not None:
         coef, intercept = reduce.fold(coef, intercept)
+    forest = None
+    if config.classifier == "logistic+trees":
+        forest = fit_forest(x, y, config.n_trees, config.class_weight, config.seed)
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax([0, z]) == sigmoid(z)
         coef = np.vstack([np.zeros_like(coef), coef])
         intercept = np.concatenate([[0.0], intercept])
@@ -154,6 +169,7 @@ def train(
         scale=scale.astype(np.float32),
         scaling=config.scaling,
         smooth=float(config.smooth),
+        forest=forest,
     )
 
 
@@ -198,7 +214,11 @@ def predict(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
     out = np.empty((n, clf.n_classes), dtype=np.float32)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        out[start:stop] = _softmax(logits_of(rows(start, stop)))
+        x = rows(start, stop)
+        out[start:stop] = _softmax(logits_of(x))
+        if clf.forest is not None:
+            out[start:stop] *= 1 - FOREST_WEIGHT
+            out[start:stop] += FOREST_WEIGHT * clf.forest.predict_proba(x, clf.n_features)
     out = out.reshape(*lead, clf.n_classes)
     if clf.smooth > 0 and len(lead) >= 2:
         from scipy.ndimage import gaussian_filter

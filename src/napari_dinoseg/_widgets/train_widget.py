@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 PREDICTIONS = "predictions"
 UNCERTAINTY = "uncertainty"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
+#: (label, TrainConfig.classifier) choices of the classifier menu.
+CLASSIFIERS = [("logistic regression + trees", "logistic+trees"), ("logistic regression (fastest)", "logistic")]
 
 
 class TrainWidget(WorkerWidget):
@@ -44,6 +46,7 @@ class TrainWidget(WorkerWidget):
         self._labels = create_widget(annotation=Labels, label="brush labels")
         self._new_labels = PushButton(text="New labels layer for this image")
         self.features = FeatureControls()
+        self._classifier = ComboBox(choices=CLASSIFIERS, value="logistic+trees", label="classifier")
         self._pca = SpinBox(value=0, min=0, max=1536, label="PCA of ViT channels (0 = off)")
         self._crf = CheckBox(value=False, text="refine with a dense CRF")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
@@ -53,7 +56,7 @@ class TrainWidget(WorkerWidget):
         self._load = PushButton(text="Load classifier")
         self.loaded: Optional[tuple] = None  # (classifier, feature config) read from a bundle
         self.extend([
-            self._image, self._labels, self._new_labels, *self.features.widgets, self._pca, self._crf, self._scope,
+            self._image, self._labels, self._new_labels, *self.features.widgets, self._classifier, self._pca, self._crf, self._scope,
             self._want_uncertainty, *self.run_controls, self._bundle_file,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
         ])
@@ -166,7 +169,8 @@ class TrainWidget(WorkerWidget):
             rgb=bool(image.rgb),
             predict_slices=predict_slices,
             feature_config=cfg,
-            train_config=TrainConfig(pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None),
+            train_config=TrainConfig(classifier=self._classifier.value,
+                                     pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None),
             crf=CRFConfig() if self._crf.value else None,
             classifier=self.loaded[0] if self.loaded is not None and not painted else None,
             want_uncertainty=bool(self._want_uncertainty.value),
