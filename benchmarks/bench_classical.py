@@ -131,7 +131,7 @@ def main() -> None:
     print()
     print("| Train / Predict, cached features | image | features | painted px | train s | predict s | total s |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| logistic regression, 3 classes | {latency['size']}² | {latency['features']} | "
+    print(f"| TrainConfig() defaults, 3 classes | {latency['size']}² | {latency['features']} | "
           f"{latency['painted_pixels']} ({latency['painted_fraction']:.1%}) | {latency['train_seconds']:.3f} | "
           f"{latency['predict_seconds']:.3f} | {latency['train_predict_seconds']:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -362,10 +362,13 @@ def _fit_scaling(sample: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]
 
 def _scaled(x: np.ndarray, centre: np.ndarray, spread: np.ndarray, kind: str) -> np.ndarray:
     """``(N, F)`` features -> ``(N, F)`` float32 scaled features (see :class:`PixelClassifier`)."""
-    z = (x - centre.astype(np.float32)) / spread.astype(np.float32)
-    if kind == "log":
-        z = np.copysign(np.log1p(np.abs(z)), z)
-    return z.astype(np.float32, copy=False)
+    z = np.subtract(x, centre.astype(np.float32), dtype=np.float32)
+    z *= (1.0 / spread).astype(np.float32)
+    if kind != "log":
+        return z
+    out = np.abs(z)  # in place from here: this runs over every pixel at prediction
+    np.log1p(out, out=out)
+    return np.copysign(out, z, out=out)
 
 
 class _ChannelPCA:

@@ -230,7 +230,7 @@ class TrainConfig(_JSONConfig):
     pca_dim: Optional[int] = None
     scaling: Literal["log", "standard"] = "log"
     smooth: float = 1.0
-    n_trees: int = 50
+    n_trees: int = 10
 
     def __post_init__(self) -> None:
         _choice("classifier", self.classifier, get_args(ClassifierKind))
