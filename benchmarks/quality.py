@@ -478,6 +478,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("no evaluation data: pass --data PATH (../shared/evaldata)")
     if not 0 < args.budget <= 0.02:
         parser.error("--budget must be in (0, 0.02]")
+    if args.weights == "random":
+        parser.error("--weights random would report random features as ViT quality; give a checkpoint file")
+    if args.weights not in (None, "pretrained") and not Path(args.weights).is_file():
+        parser.error(f"--weights {args.weights!r} is not a file")
 
     methods = variants(args.weights)
     if args.variants:
