@@ -33,7 +33,7 @@ from .forest import Forest, fit_forest
 if TYPE_CHECKING:
     from .features.featurise import FeatureStack
 
-#: Pixels of the training image(s) sampled (a regular grid) to fit the standardisation and PCA.
+#: Pixels of the training image(s) sampled (a regular grid) to fit the feature scaling and PCA.
 SCALING_SAMPLE = 50_000
 #: Rows predicted at once, bounding the temporary ``(rows, K)`` logits.
 PREDICT_CHUNK = 1 << 20
@@ -101,7 +101,8 @@ def train(
     labels: Union[np.ndarray, Sequence[np.ndarray]],
     config: Optional[TrainConfig] = None,
 ) -> PixelClassifier:
-    """Fit a class-balanced multinomial logistic regression on the painted pixels.
+    """Fit a class-balanced multinomial logistic regression (and, with the default
+    ``classifier="logistic+trees"``, extremely randomised trees) on the painted pixels.
 
     The features are scaled (``config.scaling``) by statistics of all pixels of the
     training images, not only the painted ones.
