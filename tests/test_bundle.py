@@ -36,6 +36,20 @@ def test_scaling_and_smoothing_travel_with_the_bundle(tmp_path, trained):
     assert (clf2.scaling, clf2.smooth) == ("log", 1.0)
 
 
+@pytest.mark.parametrize("bad", [{"scaling": "weird"}, {"smooth": -3}, {"smooth": "1"}])
+def test_bundles_with_a_bad_scaling_or_smoothing_are_corrupt(tmp_path, trained, bad):
+    _, _, clf, cfg = trained
+    path = save_bundle(tmp_path / "clf.dinoseg", clf, cfg)
+    with zipfile.ZipFile(path) as zf:
+        meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
+    meta.update(bad)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("bundle.json", json.dumps(meta))
+        zf.writestr("arrays.npz", raw)
+    with pytest.raises(ValueError, match="is corrupt"):
+        load_bundle(path)
+
+
 def test_format_1_bundles_load_as_standard_scaling_without_smoothing(tmp_path, trained, two_textures):
     """Bundles written before scaling / smoothing were stored predicted with neither."""
     image, feats, _, cfg = trained

@@ -23,8 +23,8 @@ from typing import Optional, Union
 import numpy as np
 
 from .classify import PixelClassifier
+from .config import FeatureConfig, TrainConfig
 from .forest import forest_from_arrays
-from .config import FeatureConfig
 
 FORMAT = "napari-dinoseg-bundle"
 #: 2: the classifier's feature scaling, probability smoothing and trees are stored (format 1
@@ -125,8 +125,10 @@ def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
     except (ValueError, KeyError, OSError) as err:
         raise ValueError(f"bundle {str(path)!r} has unreadable arrays (object arrays are refused): {err}") from None
     scaling, smooth = meta.get("scaling", "standard"), meta.get("smooth", 0.0)
-    if scaling not in ("standard", "log") or not isinstance(smooth, (int, float)) or not 0 <= smooth <= 16:
-        raise ValueError(f"bundle {str(path)!r} is corrupt: scaling {scaling!r}, smooth {smooth!r}")
+    try:
+        TrainConfig(scaling=scaling, smooth=smooth)  # the config's own checks of both values
+    except ValueError as err:
+        raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None
     clf = PixelClassifier(**arrays, scaling=scaling, smooth=float(smooth))
     _check(clf, meta, config, path)
     if meta.get("classifier", "logistic") == "logistic+trees":

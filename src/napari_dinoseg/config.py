@@ -17,6 +17,7 @@ FeatureKind = Literal["classical", "vit", "hybrid"]
 Resize = Literal["nearest", "stretch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 ClassifierKind = Literal["logistic+trees", "logistic"]
+ScalingKind = Literal["log", "standard"]
 
 FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -228,7 +229,7 @@ class TrainConfig(_JSONConfig):
     max_iter: int = 100
     seed: int = 0
     pca_dim: Optional[int] = None
-    scaling: Literal["log", "standard"] = "log"
+    scaling: ScalingKind = "log"
     smooth: float = 1.0
     n_trees: int = 10
 
@@ -242,7 +243,7 @@ class TrainConfig(_JSONConfig):
             raise ValueError(f"max_pixels_per_class must be a positive integer, got {self.max_pixels_per_class!r}")
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        _choice("scaling", self.scaling, ("log", "standard"))
+        _choice("scaling", self.scaling, get_args(ScalingKind))
         if not isinstance(self.n_trees, int) or not 1 <= self.n_trees <= 1000:
             raise ValueError(f"n_trees must be an integer in [1, 1000], got {self.n_trees!r}")
         if not (isinstance(self.smooth, (int, float)) and math.isfinite(self.smooth) and 0 <= self.smooth <= 16):

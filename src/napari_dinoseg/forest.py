@@ -74,7 +74,7 @@ class Forest:
         if not self._trees:
             from sklearn.tree._tree import NODE_DTYPE, Tree
 
-            k = self.n_classes
+            k, built = self.n_classes, []
             for t in range(self.n_trees):
                 a, b = int(self.offsets[t]), int(self.offsets[t + 1])
                 nodes = np.zeros(b - a, dtype=NODE_DTYPE)
@@ -83,7 +83,9 @@ class Forest:
                 tree = Tree(n_features, np.array([k], dtype=np.intp), 1)
                 tree.__setstate__({"max_depth": int(self.depths[t]), "node_count": b - a, "nodes": nodes,
                                    "values": self.values[a:b, None, :].astype(np.float64)})
-                self._trees.append(tree)
+                built.append(tree)
+            if not self._trees:  # two threads may both build: keep one complete set
+                self._trees.extend(built)
         return self._trees
 
 
@@ -117,33 +119,32 @@ def forest_from_arrays(arrays: dict[str, np.ndarray], n_features: int, n_classes
         ``n_classes`` classes.
     """
     try:
-        f = Forest(**{name: np.asarray(arrays[name]) for name in ARRAYS})
+        a = {name: np.asarray(arrays[name]) for name in ARRAYS}
     except KeyError as err:
         raise ValueError(f"forest array {err} is missing") from None
-    n = len(f.left)
-    off = f.offsets
+    left, right, feature, values, off = a["left"], a["right"], a["feature"], a["values"], a["offsets"]
+    n = len(left)
     ok = (
-        all(getattr(f, name).shape == (n,) for name in ("left", "right", "feature", "threshold"))
-        and f.values.shape == (n, n_classes) and off.ndim == 1 and len(off) >= 2 and off[0] == 0 and off[-1] == n
-        and np.all(np.diff(off) > 0) and f.depths.shape == (len(off) - 1,) and np.all(f.depths >= 0)
-        and all(np.issubdtype(getattr(f, name).dtype, np.integer) for name in ("left", "right", "feature", "offsets"))
+        all(a[name].shape == (n,) for name in ("left", "right", "feature", "threshold"))
+        and values.shape == (n, n_classes) and off.ndim == 1 and len(off) >= 2 and off[0] == 0 and off[-1] == n
+        and np.all(np.diff(off) > 0) and a["depths"].shape == (len(off) - 1,) and np.all(a["depths"] >= 0)
+        and all(np.issubdtype(a[name].dtype, np.integer) for name in ("left", "right", "feature", "offsets"))
     )
     if ok:
         size = np.repeat(np.diff(off), np.diff(off))  # node count of each node's tree
         local = np.arange(n) - np.repeat(off[:-1], np.diff(off))  # each node's index in its tree
-        inner = f.left != LEAF
+        inner = left != LEAF
         ok = (
-            np.array_equal(inner, f.right != LEAF)  # children after their parent: no cycles
-            and np.all((f.left[inner] > local[inner]) & (f.left[inner] < size[inner]))
-            and np.all((f.right[inner] > local[inner]) & (f.right[inner] < size[inner]))
-            and np.all((f.feature[inner] >= 0) & (f.feature[inner] < n_features))
-            and np.isfinite(f.values).all()
+            np.array_equal(inner, right != LEAF)  # children after their parent: no cycles
+            and np.all((left[inner] > local[inner]) & (left[inner] < size[inner]))
+            and np.all((right[inner] > local[inner]) & (right[inner] < size[inner]))
+            and np.all((feature[inner] >= 0) & (feature[inner] < n_features))
+            and np.isfinite(values).all()
         )
     if not ok:
         raise ValueError("forest arrays do not describe valid trees for this classifier")
-    return Forest(left=f.left.astype(np.int64), right=f.right.astype(np.int64), feature=f.feature.astype(np.int64),
-                  threshold=f.threshold.astype(np.float64), values=f.values.astype(np.float32),
-                  offsets=off.astype(np.int64), depths=f.depths.astype(np.int64))
+    dtypes = {"threshold": np.float64, "values": np.float32}
+    return Forest(**{name: arr.astype(dtypes.get(name, np.int64)) for name, arr in a.items()})
 
 
 def _threads() -> int:
