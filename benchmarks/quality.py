@@ -289,9 +289,11 @@ def variants(weights: Optional[str]) -> dict[str, Optional[Method]]:
         "logistic only": dinoseg_method(train_cfg=TrainConfig(classifier="logistic")),
         "standard scaling": dinoseg_method(train_cfg=TrainConfig(scaling="standard")),
         "C=1": dinoseg_method(train_cfg=TrainConfig(C=1.0)),
-        "no smoothing": dinoseg_method(train_cfg=TrainConfig(smooth=0)),
+        "Gaussian smoothing (σ 1) instead of guided": dinoseg_method(
+            train_cfg=TrainConfig(guided_radius=0, smooth=1.0)),
+        "no smoothing": dinoseg_method(train_cfg=TrainConfig(guided_radius=0)),
         "logistic, standard, C=1, no smoothing": dinoseg_method(
-            train_cfg=TrainConfig(classifier="logistic", scaling="standard", C=1.0, smooth=0)),
+            train_cfg=TrainConfig(classifier="logistic", scaling="standard", C=1.0, guided_radius=0)),
         "dinoseg+crf": dinoseg_method(crf=CRFConfig()),
     }
     for kind in ("vit", "hybrid"):

@@ -29,14 +29,20 @@ def test_round_trip_gives_identical_predictions(tmp_path, trained):
     assert not list(tmp_path.glob(".bundle-*"))  # written atomically, no temporary left
 
 
-def test_scaling_and_smoothing_travel_with_the_bundle(tmp_path, trained):
+def test_scaling_and_smoothing_travel_with_the_bundle(tmp_path, trained, two_textures):
     image, feats, clf, cfg = trained
-    assert (clf.scaling, clf.smooth) == ("log", 1.0)  # the defaults
+    guide = (feats.channel_names.index("gaussian_s1"),)
+    assert (clf.scaling, clf.smooth, clf.guided_radius, clf.guide) == ("log", 0.0, 4, guide)  # the defaults
     clf2, _ = load_bundle(save_bundle(tmp_path / "clf.dinoseg", clf, cfg))
-    assert (clf2.scaling, clf2.smooth) == ("log", 1.0)
+    assert (clf2.scaling, clf2.smooth, clf2.guided_radius, clf2.guide) == ("log", 0.0, 4, guide)
+    smoothed = train(feats, two_textures[2], TrainConfig(smooth=1.5, guided_radius=0))
+    clf3, _ = load_bundle(save_bundle(tmp_path / "gauss.dinoseg", smoothed, cfg))
+    assert (clf3.smooth, clf3.guided_radius, clf3.guide) == (1.5, 0, ())
 
 
-@pytest.mark.parametrize("bad", [{"scaling": "weird"}, {"smooth": -3}, {"smooth": "1"}])
+@pytest.mark.parametrize("bad", [{"scaling": "weird"}, {"smooth": -3}, {"smooth": "1"}, {"guided_radius": -1},
+                                 {"guided_radius": 2.5}, {"guide": [10_000]}, {"guide": [-1]}, {"guide": ["1"]},
+                                 {"guide": 1}])
 def test_bundles_with_a_bad_scaling_or_smoothing_are_corrupt(tmp_path, trained, bad):
     _, _, clf, cfg = trained
     path = save_bundle(tmp_path / "clf.dinoseg", clf, cfg)
@@ -53,17 +59,34 @@ def test_bundles_with_a_bad_scaling_or_smoothing_are_corrupt(tmp_path, trained, 
 def test_format_1_bundles_load_as_standard_scaling_without_smoothing(tmp_path, trained, two_textures):
     """Bundles written before scaling / smoothing were stored predicted with neither."""
     image, feats, _, cfg = trained
-    clf = train(feats, two_textures[2], TrainConfig(classifier="logistic", scaling="standard", smooth=0))
+    clf = train(feats, two_textures[2], TrainConfig(classifier="logistic", scaling="standard", guided_radius=0))
     path = save_bundle(tmp_path / "old.dinoseg", clf, cfg)
     with zipfile.ZipFile(path) as zf:
         meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
     meta["format_version"] = 1
-    del meta["scaling"], meta["smooth"]
+    del meta["scaling"], meta["smooth"], meta["guided_radius"], meta["guide"]
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("bundle.json", json.dumps(meta))
         zf.writestr("arrays.npz", raw)
     old, _ = load_bundle(path)
-    assert (old.scaling, old.smooth) == ("standard", 0.0)
+    assert (old.scaling, old.smooth, old.guided_radius) == ("standard", 0.0, 0)
+    np.testing.assert_array_equal(predict(old, feats), predict(clf, feats))
+
+
+def test_format_2_bundles_load_without_the_guided_filter(tmp_path, trained, two_textures):
+    """Bundles written before the guided filter keep predicting as they did (Gaussian smoothing only)."""
+    image, feats, _, cfg = trained
+    clf = train(feats, two_textures[2], TrainConfig(smooth=1.0, guided_radius=0))
+    path = save_bundle(tmp_path / "v2.dinoseg", clf, cfg)
+    with zipfile.ZipFile(path) as zf:
+        meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
+    meta["format_version"] = 2
+    del meta["guided_radius"], meta["guide"]
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("bundle.json", json.dumps(meta))
+        zf.writestr("arrays.npz", raw)
+    old, _ = load_bundle(path)
+    assert (old.smooth, old.guided_radius, old.guide) == (1.0, 0, ())
     np.testing.assert_array_equal(predict(old, feats), predict(clf, feats))
 
 

@@ -67,7 +67,7 @@ def test_scaling_is_fitted_once_and_kept(two_textures, scaling):
 def test_log_scaling_prediction_matches_its_formula(two_textures):
     image, _, scribbles = two_textures
     feats = featurise(image, FeatureConfig(sigmas=(1, 2)))
-    clf = train(feats, scribbles, TrainConfig(classifier="logistic", scaling="log", smooth=0))
+    clf = train(feats, scribbles, TrainConfig(classifier="logistic", scaling="log", guided_radius=0))
     z = (feats.data - clf.mean) / clf.scale
     logits = np.sign(z) * np.log1p(np.abs(z)) @ clf.coef.T + clf.intercept
     expected = np.exp(logits - logits.max(-1, keepdims=True))
@@ -94,8 +94,8 @@ def test_smoothing_is_a_gaussian_of_the_probabilities_over_the_plane(two_texture
 
     image, _, scribbles = two_textures
     feats = featurise(image, FeatureConfig(sigmas=(1, 2)))
-    raw = predict(train(feats, scribbles, TrainConfig(smooth=0)), feats)
-    clf = train(feats, scribbles, TrainConfig(smooth=1.5))
+    raw = predict(train(feats, scribbles, TrainConfig(guided_radius=0)), feats)
+    clf = train(feats, scribbles, TrainConfig(smooth=1.5, guided_radius=0))
     smoothed = predict(clf, feats)
     np.testing.assert_allclose(smoothed, gaussian_filter(raw, (1.5, 1.5, 0), truncate=4), atol=1e-5)
     np.testing.assert_allclose(smoothed.sum(-1), 1, atol=1e-5)
@@ -104,6 +104,36 @@ def test_smoothing_is_a_gaussian_of_the_probabilities_over_the_plane(two_texture
     np.testing.assert_allclose(predict(clf, flat), raw.reshape(-1, 2), atol=1e-5)
     stack = np.stack([feats.data, feats.data])  # (Z, H, W, F): each plane smoothed alone
     np.testing.assert_allclose(predict(clf, stack)[1], smoothed, atol=1e-5)
+
+
+def test_default_smoothing_is_the_guided_filter_on_the_finest_gaussian(two_textures):
+    from napari_dinoseg.smoothing import guided_filter
+
+    image, _, scribbles = two_textures
+    feats = featurise(image, FeatureConfig(sigmas=(2, 4)))
+    clf = train(feats, scribbles)
+    assert clf.guided_radius == 4 and clf.guide == (feats.channel_names.index("gaussian_s2"),)
+    assert clf.margin == 8  # the filter averages window fits over a window: twice the radius
+    raw = predict(train(feats, scribbles, TrainConfig(guided_radius=0)), feats)
+    guide = feats.data[..., clf.guide[0]]
+    np.testing.assert_allclose(predict(clf, feats), guided_filter(guide, raw, 4), atol=1e-5)
+    stack = np.stack([feats.data[::-1], feats.data])  # (Z, H, W, F): planes filtered alone
+    np.testing.assert_allclose(predict(clf, stack)[1], predict(clf, feats), atol=1e-5)
+    flat = feats.data.reshape(-1, feats.n_features)  # no plane: nothing to filter
+    np.testing.assert_allclose(predict(clf, flat), raw.reshape(-1, 2), atol=1e-5)
+
+
+def test_guide_channels_of_each_feature_kind(two_textures):
+    from napari_dinoseg.classify import guide_channels
+
+    image = two_textures[0]
+    rgb = featurise(np.stack([image, image[::-1], image.T], -1), FeatureConfig(sigmas=(1, 2)))
+    found = guide_channels(rgb)
+    assert [rgb.channel_names[i] for i in found] == ["c0:gaussian_s1", "c1:gaussian_s1", "c2:gaussian_s1"]
+    assert guide_channels([rgb, rgb]) == found
+    assert guide_channels(rgb.data) == ()  # plain arrays carry no names: no guided filter
+    clf = train(rgb.data, two_textures[2])
+    assert clf.guide == () and clf.margin == 0
 
 
 def test_prediction_is_independent_of_memory_layout(two_textures):

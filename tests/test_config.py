@@ -36,7 +36,9 @@ def test_from_dict_rejects_unknown_fields():
 
 @pytest.mark.parametrize("kwargs", [{"C": 0}, {"C": -1.0}, {"class_weight": "auto"}, {"max_iter": 0},
                                     {"max_pixels_per_class": 0}, {"classifier": "svm"},
-                                    {"scaling": "robust"}, {"smooth": -1}, {"smooth": float("nan")}, {"smooth": 40}])
+                                    {"scaling": "robust"}, {"smooth": -1}, {"smooth": float("nan")}, {"smooth": 40},
+                                    {"guided_radius": -1}, {"guided_radius": 33}, {"guided_radius": 2.0},
+                                    {"guided_radius": True}])
 def test_train_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)

@@ -115,6 +115,23 @@ def test_classifier_menu_chooses_trees_or_the_regression_alone(dock, qtbot, two_
     assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9
 
 
+def test_edge_aware_smoothing_checkbox(dock, qtbot, two_textures):
+    image, truth, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    assert widget._edge_smoothing.value
+    click_and_wait(qtbot, widget)
+    assert widget.classifier.guided_radius == 4 and len(widget.classifier.guide) == 1
+    smoothed = viewer.layers[PREDICTIONS].data.copy()
+    widget._edge_smoothing.value = False
+    click_and_wait(qtbot, widget)
+    assert widget.classifier.guided_radius == 0 and widget.last_result.reused == 1
+    raw = viewer.layers[PREDICTIONS].data
+    assert not np.array_equal(raw, smoothed)  # the filter changed some pixels
+    assert iou(smoothed, truth, 2) > 0.95 and iou(raw, truth, 2) > 0.95
+
+
 def test_cancel_leaves_the_layers_untouched(dock, qtbot, notes):
     image = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
     viewer, widget, _ = dock(image, rgb=True)

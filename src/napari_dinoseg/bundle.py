@@ -29,7 +29,8 @@ from .forest import forest_from_arrays
 FORMAT = "napari-dinoseg-bundle"
 #: 2: the classifier's feature scaling, probability smoothing and trees are stored (format 1
 #: bundles load as a standard-scaled logistic regression without smoothing, as they were trained).
-FORMAT_VERSION = 2
+#: 3: the guided filter's radius and guide channels (format 2 bundles load without it).
+FORMAT_VERSION = 3
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 FOREST_PREFIX = "forest_"
 PathLike = Union[str, os.PathLike]
@@ -72,6 +73,8 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         "classes": clf.classes.tolist(),
         "scaling": clf.scaling,
         "smooth": clf.smooth,
+        "guided_radius": clf.guided_radius,
+        "guide": list(clf.guide),
         "classifier": "logistic" if clf.forest is None else "logistic+trees",
         "channel_names": list(channel_names) if channel_names else None,
         "versions": _versions(),
@@ -125,11 +128,15 @@ def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
     except (ValueError, KeyError, OSError) as err:
         raise ValueError(f"bundle {str(path)!r} has unreadable arrays (object arrays are refused): {err}") from None
     scaling, smooth = meta.get("scaling", "standard"), meta.get("smooth", 0.0)
+    radius, guide = meta.get("guided_radius", 0), meta.get("guide", [])
     try:
-        TrainConfig(scaling=scaling, smooth=smooth)  # the config's own checks of both values
+        TrainConfig(scaling=scaling, smooth=smooth, guided_radius=radius)  # the config's own checks
+        n_feat = meta.get("n_features")
+        if not (isinstance(guide, list) and all(type(i) is int and 0 <= i < n_feat for i in guide)):
+            raise ValueError(f"guide channels {guide!r} are not indices of its {n_feat} features")
     except ValueError as err:
         raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None
-    clf = PixelClassifier(**arrays, scaling=scaling, smooth=float(smooth))
+    clf = PixelClassifier(**arrays, scaling=scaling, smooth=float(smooth), guided_radius=radius, guide=tuple(guide))
     _check(clf, meta, config, path)
     if meta.get("classifier", "logistic") == "logistic+trees":
         try:

@@ -15,8 +15,11 @@ averaged with those of extremely randomised trees grown on the same painted pixe
 (:mod:`napari_dinoseg.forest`, stored as arrays too): the trees add the non-linear
 decisions a linear model cannot make (thin membranes, narrow intensity bands).
 
-Probabilities are optionally smoothed by a Gaussian of ``smooth`` pixels over the image
-plane before they are returned: a light spatial prior against isolated misclassified pixels.
+Probabilities are then smoothed over the image plane (:mod:`napari_dinoseg.smoothing`): by
+default with a guided filter steered by the finest Gaussian channel of the classical features
+(edge-preserving: it removes isolated pixels and the "rims" a classifier paints on the
+intensity ramps between two phases, but does not blur across edges), optionally also by a
+plain Gaussian.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .forest import Forest, fit_forest
+from .smoothing import gaussian_smooth, guided_filter, reach
 
 if TYPE_CHECKING:
     from .features.featurise import FeatureStack
@@ -39,8 +43,6 @@ SCALING_SAMPLE = 50_000
 PREDICT_CHUNK = 1 << 20
 #: Weight of the trees' probabilities in a ``logistic+trees`` classifier.
 FOREST_WEIGHT = 0.5
-#: The probability smoothing's Gaussian reaches this many standard deviations.
-SMOOTH_TRUNCATE = 4.0
 
 FeaturesLike = Union["FeatureStack", np.ndarray]
 
@@ -64,6 +66,11 @@ class PixelClassifier:
     smooth
         Standard deviation (px) of the Gaussian that smooths the probabilities over the image
         plane; 0 = none.
+    guided_radius
+        Window radius (px) of the guided filter applied to the probabilities; 0 = none.
+    guide
+        Feature channels averaged into the guided filter's guide image (the finest Gaussian
+        blur of each image channel); empty = no guided filter (features without such a channel).
     forest
         Trees whose class fractions are averaged with the regression's probabilities
         (weight ``FOREST_WEIGHT``); ``None``: logistic regression alone.
@@ -76,12 +83,14 @@ class PixelClassifier:
     scale: np.ndarray
     scaling: str = "standard"
     smooth: float = 0.0
+    guided_radius: int = 0
+    guide: tuple[int, ...] = ()
     forest: Optional[Forest] = None
 
     @property
     def margin(self) -> int:
         """Pixels of context the probability smoothing reads around each pixel."""
-        return smoothing_radius(self.smooth)
+        return reach(self.guided_radius if self.guide else 0, self.smooth)
 
     @property
     def n_features(self) -> int:
@@ -170,6 +179,8 @@ def train(
         scale=scale.astype(np.float32),
         scaling=config.scaling,
         smooth=float(config.smooth),
+        guided_radius=int(config.guided_radius),
+        guide=guide_channels(features) if config.guided_radius else (),
         forest=forest,
     )
 
@@ -187,8 +198,9 @@ def predict(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
     Returns
     -------
     (..., K) float32 array of probabilities summing to 1 over the last axis; column
-    ``k`` belongs to label value ``clf.classes[k]``. With ``clf.smooth > 0`` and at least two
-    leading axes, the last two leading axes (the image plane) are smoothed.
+    ``k`` belongs to label value ``clf.classes[k]``. With at least two leading axes, the last
+    two (the image plane) are smoothed: by the guided filter (``clf.guided_radius``, guided by
+    the channels ``clf.guide``), then by the Gaussian (``clf.smooth``).
     """
     data = _data(features)
     if data.shape[-1] != clf.n_features:
@@ -221,17 +233,24 @@ def predict(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
             out[start:stop] *= 1 - FOREST_WEIGHT
             out[start:stop] += FOREST_WEIGHT * clf.forest.predict_proba(x, clf.n_features)
     out = out.reshape(*lead, clf.n_classes)
-    if clf.smooth > 0 and len(lead) >= 2:
-        from scipy.ndimage import gaussian_filter
-
-        sigma = (0,) * (len(lead) - 2) + (clf.smooth, clf.smooth, 0)
-        out = gaussian_filter(out, sigma, mode="reflect", truncate=SMOOTH_TRUNCATE, output=np.float32)
+    if len(lead) >= 2 and clf.guided_radius > 0 and clf.guide:
+        guide = data[..., list(clf.guide)].mean(axis=-1, dtype=np.float32)
+        out = guided_filter(guide, out, clf.guided_radius)
+    if len(lead) >= 2 and clf.smooth > 0:
+        out = gaussian_smooth(out, clf.smooth)
     return out
 
 
-def smoothing_radius(smooth: float) -> int:
-    """Pixels the probability smoothing of standard deviation ``smooth`` reaches."""
-    return int(np.ceil(SMOOTH_TRUNCATE * smooth)) if smooth > 0 else 0
+def guide_channels(features: Union[FeaturesLike, Sequence[FeaturesLike]]) -> tuple[int, ...]:
+    """Indices of the channels that make the guided filter's guide: the finest Gaussian blur
+    (``gaussian_s<smallest sigma>``) of every image channel; ``()`` for features without names
+    (plain arrays) or without classical channels (ViT features)."""
+    first = features[0] if isinstance(features, (list, tuple)) else features
+    names, config = getattr(first, "channel_names", None), getattr(first, "config", None)
+    if not names or config is None or not config.sigmas:
+        return ()
+    finest = f"gaussian_s{min(config.sigmas):g}"
+    return tuple(i for i, name in enumerate(names) if name.split(":")[-1] == finest)
 
 
 def uncertainty(proba: np.ndarray) -> np.ndarray:

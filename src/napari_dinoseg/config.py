@@ -212,9 +212,13 @@ class TrainConfig(_JSONConfig):
         How features are scaled before the classifier, by statistics of the training images:
         ``"log"``: ``sign(x - median) * log1p(|x - median| / MAD)``, robust to the heavy tails
         of filter responses; ``"standard"``: ``(x - mean) / std``.
+    guided_radius
+        Window radius (px) of the guided filter that smooths the predicted probabilities over
+        the image plane without blurring across intensity edges, guided by the finest Gaussian
+        channel of the classical features (no effect on ViT-only features); 0 = off.
     smooth
-        Standard deviation (px) of a Gaussian smoothing of the predicted probabilities over the
-        image plane (a light spatial prior against isolated pixels); 0 = off.
+        Standard deviation (px) of a further Gaussian smoothing of the probabilities (blurs
+        across edges too); 0 = off.
     pca_dim
         Reduce the ViT channels to this many principal components, fitted at train time on
         the training images and folded into the classifier; ``None``: no PCA.
@@ -230,7 +234,8 @@ class TrainConfig(_JSONConfig):
     seed: int = 0
     pca_dim: Optional[int] = None
     scaling: ScalingKind = "log"
-    smooth: float = 1.0
+    guided_radius: int = 4
+    smooth: float = 0.0
     n_trees: int = 10
 
     def __post_init__(self) -> None:
@@ -248,6 +253,9 @@ class TrainConfig(_JSONConfig):
             raise ValueError(f"n_trees must be an integer in [1, 1000], got {self.n_trees!r}")
         if not (isinstance(self.smooth, (int, float)) and math.isfinite(self.smooth) and 0 <= self.smooth <= 16):
             raise ValueError(f"smooth must be a number of pixels in [0, 16], got {self.smooth!r}")
+        if not isinstance(self.guided_radius, int) or isinstance(self.guided_radius, bool) \
+                or not 0 <= self.guided_radius <= 32:
+            raise ValueError(f"guided_radius must be an integer number of pixels in [0, 32], got {self.guided_radius!r}")
         if self.pca_dim is not None and (not isinstance(self.pca_dim, int) or self.pca_dim < 1):
             raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
 

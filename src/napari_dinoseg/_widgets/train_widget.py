@@ -47,6 +47,7 @@ class TrainWidget(WorkerWidget):
         self._new_labels = PushButton(text="New labels layer for this image")
         self.features = FeatureControls()
         self._classifier = ComboBox(choices=CLASSIFIERS, value="logistic+trees", label="classifier")
+        self._edge_smoothing = CheckBox(value=True, text="edge-aware smoothing (guided filter)")
         self._pca = SpinBox(value=0, min=0, max=1536, label="PCA of ViT channels (0 = off)")
         self._crf = CheckBox(value=False, text="refine with a dense CRF")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
@@ -56,7 +57,8 @@ class TrainWidget(WorkerWidget):
         self._load = PushButton(text="Load classifier")
         self.loaded: Optional[tuple] = None  # (classifier, feature config) read from a bundle
         self.extend([
-            self._image, self._labels, self._new_labels, *self.features.widgets, self._classifier, self._pca, self._crf, self._scope,
+            self._image, self._labels, self._new_labels, *self.features.widgets, self._classifier,
+            self._edge_smoothing, self._pca, self._crf, self._scope,
             self._want_uncertainty, *self.run_controls, self._bundle_file,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
         ])
@@ -170,6 +172,7 @@ class TrainWidget(WorkerWidget):
             predict_slices=predict_slices,
             feature_config=cfg,
             train_config=TrainConfig(classifier=self._classifier.value,
+                                     guided_radius=TrainConfig.guided_radius if self._edge_smoothing.value else 0,
                                      pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None),
             crf=CRFConfig() if self._crf.value else None,
             classifier=self.loaded[0] if self.loaded is not None and not painted else None,

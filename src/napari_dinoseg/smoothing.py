@@ -1,0 +1,86 @@
+"""Spatial smoothing of per-pixel class probabilities over the image plane.
+
+Two filters, applied by :func:`napari_dinoseg.classify.predict` in this order:
+
+- the **guided filter** (He, Sun and Tang, ECCV 2010 / TPAMI 2013): in every
+  ``(2r + 1)²`` window the probabilities of each class are fitted as a linear function of a
+  guide image (the lightly blurred intensity), and the fits of all windows covering a pixel
+  are averaged. Probabilities are smoothed inside regions of even intensity but not across
+  intensity edges, and a class the classifier places on the intensity ramp between two
+  regions (a "rim" of a third phase around precipitates, say), which no linear function of
+  the intensity in the window can follow, is removed;
+- a Gaussian of standard deviation ``sigma`` (not edge-aware).
+
+Both work per plane on ``(..., H, W, K)`` probabilities, and both keep each pixel's
+probabilities summing to 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Regularisation of the guided filter, in squared guide-intensity units (guides in [0, 1]):
+#: windows whose guide varies less than this (standard deviation 0.01) are simply averaged.
+GUIDED_EPS = 1e-4
+#: The Gaussian smoothing reaches this many standard deviations.
+GAUSSIAN_TRUNCATE = 4.0
+
+
+def reach(radius: int, sigma: float) -> int:
+    """Pixels of context the guided filter of ``radius`` followed by a Gaussian of ``sigma`` reads."""
+    gaussian = int(np.ceil(GAUSSIAN_TRUNCATE * sigma)) if sigma > 0 else 0
+    return 2 * int(radius) + gaussian  # the guided filter averages window fits over a window
+
+
+def guided_filter(guide: np.ndarray, proba: np.ndarray, radius: int, eps: float = GUIDED_EPS) -> np.ndarray:
+    """Edge-preserving smoothing of ``proba`` steered by ``guide``.
+
+    Parameters
+    ----------
+    guide : (..., H, W) float array
+        Guide image, intensities of order [0, 1].
+    proba : (..., H, W, K) float array
+        Class probabilities.
+    radius
+        Window radius (px); windows are ``(2 radius + 1)²``, mirrored at the borders.
+    eps
+        Regularisation (see ``GUIDED_EPS``).
+
+    Returns
+    -------
+    (..., H, W, K) float32 probabilities in [0, 1], summing to 1 over the last axis.
+    """
+    from scipy.ndimage import uniform_filter
+
+    lead = guide.ndim - 2
+    size = (1,) * lead + (2 * radius + 1,) * 2
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return uniform_filter(x, size + (1,) * (x.ndim - guide.ndim), mode="reflect")
+
+    g = guide.astype(np.float32)
+    g -= g.mean()  # centred: the variance below loses no precision in float32
+    p = proba.astype(np.float32, copy=False)
+    mean_g = box(g)
+    var_g = box(g * g) - mean_g * mean_g
+    mean_p = box(p)
+    a = box(g[..., None] * p) - mean_g[..., None] * mean_p
+    a /= np.maximum(var_g, 0)[..., None] + np.float32(eps)
+    b = mean_p - a * mean_g[..., None]
+    out = box(a) * g[..., None] + box(b)
+    return _renormalised(out)
+
+
+def gaussian_smooth(proba: np.ndarray, sigma: float) -> np.ndarray:
+    """``(..., H, W, K)`` probabilities blurred by a Gaussian of ``sigma`` px over each ``(H, W)`` plane."""
+    from scipy.ndimage import gaussian_filter
+
+    sigmas = (0,) * (proba.ndim - 3) + (sigma, sigma, 0)
+    return gaussian_filter(proba, sigmas, mode="reflect", truncate=GAUSSIAN_TRUNCATE, output=np.float32)
+
+
+def _renormalised(p: np.ndarray) -> np.ndarray:
+    """Clip to [0, 1] and rescale to sum 1: the linear fits may overshoot at strong edges."""
+    np.clip(p, 0, 1, out=p)
+    p /= np.maximum(p.sum(axis=-1, keepdims=True), np.float32(1e-12))
+    return p

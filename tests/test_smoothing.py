@@ -1,0 +1,92 @@
+"""Smoothing of class probabilities: the guided filter and the Gaussian."""
+
+import numpy as np
+import pytest
+
+from napari_dinoseg.smoothing import GUIDED_EPS, gaussian_smooth, guided_filter, reach
+
+
+def naive_guided(guide, proba, r, eps):
+    """He et al.'s filter written out window by window (interior pixels only, no clipping)."""
+    h, w, k = proba.shape
+    a = np.zeros((h, w, k))
+    b = np.zeros((h, w, k))
+    for y in range(r, h - r):
+        for x in range(r, w - r):
+            g = guide[y - r:y + r + 1, x - r:x + r + 1].ravel()
+            p = proba[y - r:y + r + 1, x - r:x + r + 1].reshape(-1, k)
+            for c in range(k):  # ridge regression p ~ a g + b in the window
+                cov = np.mean(g * p[:, c]) - g.mean() * p[:, c].mean()
+                a[y, x, c] = cov / (g.var() + eps)
+                b[y, x, c] = p[:, c].mean() - a[y, x, c] * g.mean()
+    out = np.full((h, w, k), np.nan)
+    for y in range(2 * r, h - 2 * r):
+        for x in range(2 * r, w - 2 * r):
+            wa = a[y - r:y + r + 1, x - r:x + r + 1].reshape(-1, k).mean(0)
+            wb = b[y - r:y + r + 1, x - r:x + r + 1].reshape(-1, k).mean(0)
+            out[y, x] = wa * guide[y, x] + wb
+    return out
+
+
+def test_guided_filter_matches_its_definition(rng):
+    h, w, k, r = 20, 24, 3, 2
+    guide = rng.random((h, w))
+    logits = rng.normal(0, 0.3, (h, w, k))  # mild: the fits do not overshoot [0, 1]
+    proba = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = naive_guided(guide, proba, r, GUIDED_EPS)
+    got = guided_filter(guide, proba.astype(np.float32), r)
+    inner = (slice(2 * r, h - 2 * r), slice(2 * r, w - 2 * r))
+    assert np.all((expected[inner] > 0) & (expected[inner] < 1))
+    np.testing.assert_allclose(got[inner], expected[inner], atol=2e-5)
+    assert got.dtype == np.float32 and np.all(np.isfinite(got))
+
+
+def test_guided_filter_removes_rims_on_edges_but_keeps_small_objects():
+    """A third class painted on the intensity ramp between two phases (a "rim", confidently
+    wrong) goes; a small object of the same class with its own intensity stays; the edge
+    itself does not move."""
+    h, w = 64, 64
+    guide = np.full((h, w), 0.2)
+    guide[:, 32:] = 0.8
+    guide[:, 31:33] = [0.4, 0.6]  # a 2-px ramp between the phases
+    yy, xx = np.mgrid[:h, :w]
+    dot = (yy - 16) ** 2 + (xx - 12) ** 2 <= 4  # a small object of intermediate intensity
+    guide[dot] = 0.5
+    truth = np.where(xx < 32, 0, 1)
+    truth[dot] = 2
+    proba = np.full((h, w, 3), 0.05)
+    proba[..., 0][xx < 31], proba[..., 1][xx >= 33] = 0.9, 0.9
+    proba[:, 31:33] = [0.2, 0.2, 0.6]  # the classifier's rim: class 2 on the ramp
+    proba[dot] = [0.05, 0.05, 0.9]
+    assert np.any(proba.argmax(-1) != truth)
+    labels = guided_filter(guide, proba, 4).argmax(-1)
+    np.testing.assert_array_equal(labels, truth)  # rim gone, object kept, edge in place
+    blurred = gaussian_smooth(proba.astype(np.float32), 4).argmax(-1)
+    assert blurred[dot].mean() < 1  # a Gaussian of the same reach erodes the object
+
+
+def test_guided_filter_keeps_probabilities_and_works_per_plane(rng):
+    guide = rng.random((2, 32, 40))
+    proba = rng.dirichlet([0.3, 0.3, 0.3], (2, 32, 40)).astype(np.float32)  # peaked: fits overshoot
+    out = guided_filter(guide, proba, 3)
+    assert out.shape == proba.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_allclose(out.sum(-1), 1, atol=1e-5)
+    for z in range(2):  # each plane alone
+        np.testing.assert_allclose(out[z], guided_filter(guide[z], proba[z], 3), atol=1e-6)
+    const = np.broadcast_to(np.float32([0.2, 0.3, 0.5]), proba.shape)
+    np.testing.assert_allclose(guided_filter(guide, const, 3), const, atol=1e-6)
+
+
+def test_flat_guide_makes_the_guided_filter_a_box_average(rng):
+    from scipy.ndimage import uniform_filter
+
+    proba = rng.dirichlet([1, 1], (30, 30)).astype(np.float32)
+    out = guided_filter(np.full((30, 30), 0.4), proba, 2)
+    expected = uniform_filter(uniform_filter(proba, (5, 5, 1), mode="reflect"), (5, 5, 1), mode="reflect")
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("radius, sigma, expected", [(0, 0, 0), (4, 0, 8), (0, 1.5, 6), (2, 1.0, 8)])
+def test_reach(radius, sigma, expected):
+    assert reach(radius, sigma) == expected
