@@ -42,7 +42,7 @@ def test_scaling_and_smoothing_travel_with_the_bundle(tmp_path, trained, two_tex
 
 @pytest.mark.parametrize("bad", [{"scaling": "weird"}, {"smooth": -3}, {"smooth": "1"}, {"guided_radius": -1},
                                  {"guided_radius": 2.5}, {"guide": [10_000]}, {"guide": [-1]}, {"guide": ["1"]},
-                                 {"guide": 1}])
+                                 {"guide": 1}, {"guide": [0], "n_features": None}])
 def test_bundles_with_a_bad_scaling_or_smoothing_are_corrupt(tmp_path, trained, bad):
     _, _, clf, cfg = trained
     path = save_bundle(tmp_path / "clf.dinoseg", clf, cfg)

@@ -132,7 +132,8 @@ def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
     try:
         TrainConfig(scaling=scaling, smooth=smooth, guided_radius=radius)  # the config's own checks
         n_feat = meta.get("n_features")
-        if not (isinstance(guide, list) and all(type(i) is int and 0 <= i < n_feat for i in guide)):
+        if not (isinstance(n_feat, int) and isinstance(guide, list)
+                and all(type(i) is int and 0 <= i < n_feat for i in guide)):
             raise ValueError(f"guide channels {guide!r} are not indices of its {n_feat} features")
     except ValueError as err:
         raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None

@@ -249,7 +249,9 @@ def guide_channels(features: Union[FeaturesLike, Sequence[FeaturesLike]]) -> tup
     names, config = getattr(first, "channel_names", None), getattr(first, "config", None)
     if not names or config is None or not config.sigmas:
         return ()
-    finest = f"gaussian_s{min(config.sigmas):g}"
+    from .features.classical import finest_gaussian_name
+
+    finest = finest_gaussian_name(config)
     return tuple(i for i, name in enumerate(names) if name.split(":")[-1] == finest)
 
 
