@@ -7,7 +7,8 @@ from skimage.io import imsave
 
 from conftest import iou
 from napari_dinoseg import FeatureConfig, TrainConfig, apply_bundle, featurise, save_bundle, train
-from napari_dinoseg.batch import LABEL_SUFFIX, PROBA_SUFFIX, main
+from napari_dinoseg.batch import LABEL_SUFFIX, PROBA_SUFFIX
+from napari_dinoseg.cli import main
 
 
 @pytest.fixture
@@ -110,19 +111,23 @@ def test_bad_inputs_and_folders(tmp_path, bundle, folder):
 
 def test_large_planes_are_predicted_tile_by_tile_with_the_same_result(two_textures):
     """Classical features are local: with the context margin, tiles reproduce the whole plane."""
-    from napari_dinoseg.batch import predict_tiled
+    from napari_dinoseg import Segmenter
     from napari_dinoseg.classify import predict
+    from napari_dinoseg.image import as_float_image
 
     image, _, scribbles = two_textures
     cfg = FeatureConfig(sigmas=(1, 2, 4))
-    big = np.tile(image, (3, 4))[:500, :700].astype(np.uint16) * 7  # uint16: scaled by the whole plane's range
-    big_feats = featurise(big, cfg)
-    linear = train(featurise(image, cfg), scribbles, TrainConfig(classifier="logistic"))
-    tiled = predict_tiled(linear, cfg, big, tile=160)
-    np.testing.assert_allclose(tiled, predict(linear, big_feats), atol=1e-3)  # float32 rounding of blurs
+    big = np.tile(image, (3, 4))[:500, :700].astype(np.uint16) * 7  # uint16: normalised over the whole plane
+    big_feats = featurise(as_float_image(big, cfg), cfg, normalised=True)
+    linear = Segmenter(cfg, TrainConfig(classifier="logistic")).fit(image, scribbles)
+    linear.tile = 160
+    tiled = linear.predict_proba(big)
+    np.testing.assert_allclose(tiled, predict(linear.classifier, big_feats), atol=1e-3)  # float32 rounding of blurs
     # trees: that rounding can flip a split right at a threshold, moving a probability by
     # 1 / (2 n_trees) at a few pixels, never the segmentation
-    clf = train(featurise(image, cfg), scribbles)
-    whole, tiled = predict(clf, big_feats), predict_tiled(clf, cfg, big, tile=160)
-    assert np.abs(tiled - whole).mean() < 1e-4 and np.abs(tiled - whole).max() < 1 / clf.forest.n_trees
-    assert (clf.to_labels(tiled) == clf.to_labels(whole)).mean() > 0.9999
+    seg = Segmenter(cfg).fit(image, scribbles)
+    whole = predict(seg.classifier, big_feats)
+    seg.tile = 160
+    tiled = seg.predict_proba(big)
+    assert np.abs(tiled - whole).mean() < 1e-4 and np.abs(tiled - whole).max() < 1 / seg.classifier.forest.n_trees
+    assert (seg.to_labels(tiled) == seg.to_labels(whole)).mean() > 0.9999

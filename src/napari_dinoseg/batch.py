@@ -1,16 +1,17 @@
-"""Apply a saved classifier to files and folders, locally or on a dask cluster; the ``dinoseg`` CLI.
+"""Apply a saved classifier to files and folders, locally or on a dask cluster.
 
+Every image is predicted by :meth:`napari_dinoseg.Segmenter.predict_proba` (as in the widget:
+same normalisation, tiles, smoothing and CRF) and checked by :meth:`~napari_dinoseg.Segmenter.check`.
 Every output is written atomically (a temporary file in the output folder, then a rename),
 an unreadable input is reported and skipped while the run goes on, a rerun skips finished
-outputs, and the summary says what was done, skipped and failed (with reasons).
+outputs, and the summary says what was done, skipped and failed (with reasons), and which
+images look unlike the training images (warnings).
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,23 +20,26 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-#: Planes larger than this (pixels per side) are predicted tile by tile, in bounded memory.
-TILE = 1024
 LABEL_SUFFIX = "_labels.tif"
 PROBA_SUFFIX = "_proba.tif"
 
 
 @dataclass
 class BatchSummary:
-    """What :func:`apply_bundle` did: output paths, skipped inputs, and failures with reasons."""
+    """What :func:`apply_bundle` did: output paths, skipped inputs, failures with reasons, and
+    warnings about images unlike the training images (their outputs are written, but doubtful)."""
 
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list = field(default_factory=list)  # (input, reason)
+    warnings: list = field(default_factory=list)  # (input, message)
 
     def __str__(self) -> str:
-        lines = [f"done {len(self.done)}, skipped {len(self.skipped)} (already there), failed {len(self.failed)}"]
+        doubtful = len({path for path, _ in self.warnings})
+        lines = [f"done {len(self.done)}, skipped {len(self.skipped)} (already there), failed {len(self.failed)}"
+                 + (f"; {doubtful} with warnings" if doubtful else "")]
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed]
+        lines += [f"  warning: {path}: {message}" for path, message in self.warnings]
         return "\n".join(lines)
 
 
@@ -105,9 +109,9 @@ def apply_bundle(
     -------
     BatchSummary
     """
-    from .bundle import load_bundle
+    from .bundle import read_bundle
 
-    load_bundle(bundle)  # fail early, here, on a bad bundle
+    read_bundle(bundle)  # fail early, here, on a bad bundle
     files = find_inputs(inputs)
     out = Path(out_dir)
     check_output_folder(out, files)
@@ -123,11 +127,12 @@ def apply_bundle(
         results = (process_file(str(p), *args) for p in todo)
     else:
         results = _on_dask(scheduler, [str(p) for p in todo], args)
-    for n, (path, status, detail) in enumerate(results, 1):
+    for n, (path, status, detail, warnings) in enumerate(results, 1):
         if status == "done":
             summary.done.append(detail)
         else:
             summary.failed.append((path, detail))
+        summary.warnings += [(path, message) for message in warnings]
         if progress is not None:
             progress(n, len(todo), Path(path).name)
     return summary
@@ -146,64 +151,38 @@ def _on_dask(scheduler, paths: list, args: tuple):
             client.close()
 
 
-_BUNDLES: dict = {}
+_SEGMENTERS: dict = {}
 
 
-def process_file(path: str, bundle: str, out_dir: str, probabilities: bool) -> tuple[str, str, str]:
-    """Segment one file; returns ``(input, "done", output)`` or ``(input, "failed", reason)``.
+def process_file(path: str, bundle: str, out_dir: str, probabilities: bool) -> tuple[str, str, str, list]:
+    """Segment one file: ``(input, "done", output, warnings)`` or ``(input, "failed", reason, [])``.
 
     Runs anywhere (this process or a dask worker): it reads the bundle itself (cached per
     process) and never raises for a bad input.
     """
-    from .bundle import bundle_channels, load_bundle
+    from .segmenter import Segmenter
 
     try:
-        if bundle not in _BUNDLES:
-            _BUNDLES[bundle] = (*load_bundle(bundle), bundle_channels(bundle))
-        clf, config, channels = _BUNDLES[bundle]
-        planes = read_planes(Path(path), channels)
-        labels, probas = [], []
-        for plane in planes:
-            proba = predict_tiled(clf, config, plane)
-            labels.append(clf.to_labels(proba))
+        if bundle not in _SEGMENTERS:
+            _SEGMENTERS[bundle] = Segmenter.load(bundle)
+        seg = _SEGMENTERS[bundle]
+        planes = read_planes(Path(path), seg.n_channels)
+        labels, probas, warnings = [], [], []
+        for i, plane in enumerate(planes):
+            proba = seg.predict_proba(plane)
+            labels.append(seg.to_labels(proba))
+            where = f"plane {i}: " if len(planes) > 1 else ""
+            warnings += [where + message for message in seg.check(plane, proba)]
             if probabilities:
                 probas.append(proba)
-        dtype = np.uint8 if clf.classes.max() < 256 else np.uint16
         stem = Path(path).stem
         target = Path(out_dir) / (stem + LABEL_SUFFIX)
-        _write_atomic(target, _as_written(labels, dtype))
+        _write_atomic(target, _as_written(labels, labels[0].dtype))
         if probabilities:
             _write_atomic(Path(out_dir) / (stem + PROBA_SUFFIX), _as_written(probas, np.float32))
-        return path, "done", str(target)
+        return path, "done", str(target), warnings
     except Exception as err:  # a bad input is reported, never fatal for the run
-        return path, "failed", f"{type(err).__name__}: {err}"
-
-
-def predict_tiled(clf, config, plane: np.ndarray, tile: int = TILE) -> np.ndarray:
-    """Probabilities ``(H, W, K)`` of one plane, computed tile by tile when it is large.
-
-    The plane is normalised as a whole (one intensity scale), then cut into windows of
-    ``tile`` pixels plus the context margin of the features and of the probability
-    smoothing on each side; each window is featurised and predicted and only its core kept.
-    For classical features the result equals the whole-plane prediction; memory is bounded
-    by one window's features.
-    """
-    from .classify import predict
-    from .features.featurise import feature_margin, featurise, resolve_device
-    from .features.tiling import tiles
-    from .image import as_float_image
-
-    if max(plane.shape[:2]) <= tile:
-        return predict(clf, featurise(plane, config))
-    config = config.resolved(resolve_device(config.device).type)
-    img = as_float_image(plane)
-    margin = feature_margin(config) + clf.margin
-    align = config.stride if config.uses_vit else 1
-    out = np.empty((*img.shape[:2], clf.n_classes), np.float32)
-    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(img.shape[:2], tile + 2 * margin, margin, align):
-        proba = predict(clf, featurise(img[r0:r1, c0:c1], config, normalised=True))
-        out[cr0:cr1, cc0:cc1] = proba[cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
-    return out
+        return path, "failed", f"{type(err).__name__}: {err}", []
 
 
 def read_planes(path: Path, channels: int) -> list[np.ndarray]:
@@ -257,41 +236,3 @@ def _write_atomic(target: Path, array: np.ndarray) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def main(argv: Optional[list] = None) -> int:
-    """``dinoseg apply BUNDLE INPUT -o OUT_DIR [--scheduler ADDR] [--probabilities] [--overwrite]``."""
-    parser = argparse.ArgumentParser(prog="dinoseg", description="napari-dinoseg from the command line")
-    sub = parser.add_subparsers(dest="command", required=True)
-    apply = sub.add_parser("apply", help="apply a saved classifier to a folder, a glob or files")
-    apply.add_argument("bundle", help="classifier bundle saved from the widget or save_bundle()")
-    apply.add_argument("inputs", nargs="+", help="input folder, glob pattern or files")
-    apply.add_argument("-o", "--out", required=True, help="output folder (outside the input folder)")
-    apply.add_argument("--scheduler", default=None, help="dask scheduler address, e.g. tcp://host:8786")
-    apply.add_argument("--probabilities", action="store_true", help="also write <name>_proba.tif")
-    apply.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
-    args = parser.parse_args(argv)
-    from tqdm import tqdm
-
-    inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
-    bar = tqdm(unit="image", desc="dinoseg")
-
-    def tick(done: int, total: int, name: str) -> None:
-        bar.total = total
-        bar.update(1)
-        bar.set_postfix_str(name)
-
-    try:
-        summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
-                               probabilities=args.probabilities, overwrite=args.overwrite, progress=tick)
-    except ValueError as err:
-        bar.close()
-        print(f"dinoseg: error: {err}", file=sys.stderr)
-        return 2
-    bar.close()
-    print(summary)
-    return 1 if summary.failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ Resize = Literal["nearest", "stretch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 ClassifierKind = Literal["logistic+trees", "logistic"]
 ScalingKind = Literal["log", "standard"]
+Normalisation = Literal["percentile", "fixed", "legacy"]
 
 FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -93,6 +94,16 @@ class FeatureConfig(_JSONConfig):
         Length of the membrane line kernel in pixels (odd).
     device
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    normalise
+        How intensities are brought to about [0, 1] before any featuriser (see
+        :mod:`napari_dinoseg.image`): ``"percentile"`` per image and channel (brightness and
+        contrast changes between images cancel), ``"fixed"`` (``intensity_range``, or the
+        integer dtype's range: calibrated data), ``"legacy"`` (uint8 / 255, other dtypes by their
+        own min / max: bundles before format 4).
+    percentiles
+        The low and high percentiles that ``"percentile"`` maps to 0 and 1.
+    intensity_range
+        ``(low, high)`` intensities that ``"fixed"`` maps to 0 and 1; ``None``: the dtype's range.
     """
 
     kind: FeatureKind = "classical"
@@ -107,9 +118,14 @@ class FeatureConfig(_JSONConfig):
     membrane: bool = True
     membrane_size: int = 19
     device: Device = "auto"
+    normalise: Normalisation = "percentile"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    intensity_range: Optional[tuple[float, float]] = None
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, FEATURE_KINDS)
+        _choice("normalise", self.normalise, get_args(Normalisation))
+        self._check_intensities()
         _choice("device", self.device, DEVICES)
         _choice("resize", self.resize, get_args(Resize))
         if self.uses_vit:
@@ -151,6 +167,17 @@ class FeatureConfig(_JSONConfig):
             flips=fill["flips"] if self.flips is None else self.flips,
         )
 
+    def _check_intensities(self) -> None:
+        lo, hi = _pair("percentiles", self.percentiles)
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles!r}")
+        object.__setattr__(self, "percentiles", (lo, hi))
+        if self.intensity_range is not None:
+            lo, hi = _pair("intensity_range", self.intensity_range)
+            if not hi > lo:
+                raise ValueError(f"intensity_range must be (low, high) with high > low, got {self.intensity_range!r}")
+            object.__setattr__(self, "intensity_range", (lo, hi))
+
     def _check_vit(self) -> None:
         from .features.registry import model_spec
 
@@ -166,6 +193,17 @@ class FeatureConfig(_JSONConfig):
             raise ValueError(f"flips must be True, False or None, got {self.flips!r}")
         if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 4 * patch):
             raise ValueError(f"tile must be an integer of at least {4 * patch} px for {self.model}, got {self.tile!r}")
+
+
+def _pair(name: str, value: Any) -> tuple[float, float]:
+    """``value`` as two finite floats, or a ``ValueError`` naming ``name``."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of numbers (low, high), got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return lo, hi
 
 
 def preset(model: str, device_type: str) -> dict:

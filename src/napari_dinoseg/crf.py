@@ -6,25 +6,32 @@ from typing import Optional
 
 import numpy as np
 
-from .config import CRFConfig
+from .config import CRFConfig, FeatureConfig
 from .image import as_float_image
 
 #: Probabilities are clipped here before ``-log p`` so that certain pixels stay finite.
 EPS = 1e-6
 
 
-def crf_refine(image: np.ndarray, proba: np.ndarray, config: Optional[CRFConfig] = None) -> np.ndarray:
+def crf_refine(image: np.ndarray, proba: np.ndarray, config: Optional[CRFConfig] = None,
+               features: Optional[FeatureConfig] = None, normalised: bool = False) -> np.ndarray:
     """Refine probabilities with a fully connected CRF on the image.
 
     Parameters
     ----------
     image : (H, W) or (H, W, C) array
-        The image the bilateral kernel compares pixels on (normalised like every featuriser;
-        greyscale replicated to RGB, the first three channels of multichannel images used).
+        The image the bilateral kernel compares pixels on (normalised by ``features``' rule,
+        clipped to [0, 1]; greyscale replicated to RGB, the first three channels of
+        multichannel images used).
     proba : (H, W, K) float array
         Class probabilities (summing to 1 over K).
     config
         Kernel parameters; ``CRFConfig()`` when omitted.
+    features
+        The feature config whose normalisation rule scales the image; ``FeatureConfig()``'s
+        when omitted.
+    normalised
+        ``image`` is already a normalised ``(H, W, C)`` float image: used as it is.
 
     Returns
     -------
@@ -36,12 +43,13 @@ def crf_refine(image: np.ndarray, proba: np.ndarray, config: Optional[CRFConfig]
     proba = np.asarray(proba, dtype=np.float32)
     if proba.ndim != 3 or proba.shape[-1] < 2:
         raise ValueError(f"proba must have shape (H, W, K) with K >= 2, got {proba.shape}")
-    img = as_float_image(image)
+    img = np.asarray(image, np.float32) if normalised else as_float_image(image, features)
+    img = img[..., None] if img.ndim == 2 else img
     if img.shape[:2] != proba.shape[:2]:
         raise ValueError(f"image of shape {img.shape[:2]} and probabilities of shape {proba.shape[:2]} differ")
     h, w, k = proba.shape
     rgb = img[..., :3] if img.shape[-1] >= 3 else np.repeat(img[..., :1], 3, axis=-1)
-    rgb = np.ascontiguousarray((rgb * 255).round().astype(np.uint8))
+    rgb = np.ascontiguousarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
     unary = -np.log(np.clip(proba, EPS, 1.0)).reshape(-1, k).T
     crf = dcrf.DenseCRF2D(w, h, k)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))

@@ -21,3 +21,15 @@ def report(progress: Optional[ProgressCallback], done: int, total: int, message:
     """Call ``progress`` if given (a no-op otherwise)."""
     if progress is not None:
         progress(done, total, message)
+
+
+def within(progress: Optional[ProgressCallback], start: float, stop: float, scale: int = 1000) -> Optional[ProgressCallback]:
+    """A callback mapping a sub-task's ``(done, total)`` onto ``[start, stop]`` (fractions of the
+    whole) of ``progress``, reported on a ``0..scale`` scale; ``None`` when ``progress`` is."""
+    if progress is None:
+        return None
+
+    def sub(done: int, total: int, message: str) -> None:
+        progress(int(scale * (start + (stop - start) * done / max(total, 1))), scale, message)
+
+    return sub

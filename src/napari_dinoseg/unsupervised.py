@@ -284,4 +284,4 @@ def _crf_labels(image: np.ndarray, labels: np.ndarray, config: CASConfig) -> np.
     m = int(labels.max())
     proba = np.full((*labels.shape, m), 0.1 / max(m - 1, 1), np.float32)
     np.put_along_axis(proba, (labels - 1)[..., None], 0.9, axis=-1)
-    return (crf_refine(image, proba, config.crf_config).argmax(-1) + 1).astype(np.int32)
+    return (crf_refine(image, proba, config.crf_config, config.features).argmax(-1) + 1).astype(np.int32)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
-from ..classify import PixelClassifier, predict, train, uncertainty
-from ..config import CRFConfig, FeatureConfig, TrainConfig
+from ..classify import PixelClassifier, uncertainty
+from ..config import FeatureConfig
 from ..features.featurise import FeatureCache, FeatureStack, cache_key, featurise, resolve_device
 from ..image import drop_alpha
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, report, within
+from ..segmenter import Segmenter
 
 Index = tuple[int, ...]
 
@@ -71,33 +72,31 @@ def cached_features(cache: FeatureCache, plane: np.ndarray, config: FeatureConfi
 
 
 @dataclass
-class TrainJob:
-    """Inputs of one click, copied from the layers.
+class Source:
+    """One image layer and its own brush labels, copied from the layers.
 
     Attributes
     ----------
+    name
+        The image layer's name (said back to the user).
     image : (*lead, H, W) or (*lead, H, W, C) array
-        The image layer's data (``C`` only when ``rgb``); may be lazy (dask).
+        The layer's data (``C`` only when ``rgb``); may be lazy (dask).
     labels : (*lead, H, W) int array
-        A copy of the brush labels.
+        A copy of the brush labels painted on this image.
     rgb
         Whether the last image axis holds colour channels (RGBA drops its alpha).
-    predict_slices
-        Leading indices of the slices to predict (``[()]`` for a 2-D image).
+    labels_name
+        The Labels layer's name.
     """
 
+    name: str
     image: np.ndarray
     labels: np.ndarray
     rgb: bool
-    predict_slices: list[Index]
-    feature_config: FeatureConfig
-    train_config: TrainConfig = field(default_factory=TrainConfig)
-    want_uncertainty: bool = False
-    crf: Optional[CRFConfig] = None
-    classifier: Optional[PixelClassifier] = None  # a loaded classifier: used when nothing is painted
+    labels_name: str = ""
 
     @property
-    def train_slices(self) -> list[Index]:
+    def painted_slices(self) -> list[Index]:
         """Leading indices of the slices holding at least one painted pixel."""
         lead = self.labels.shape[:-2]
         if not lead:
@@ -105,22 +104,58 @@ class TrainJob:
         painted = np.any(self.labels.reshape(*lead, -1), axis=-1)
         return [tuple(int(i) for i in idx) for idx in np.argwhere(painted)]
 
-    def slice_image(self, index: Index) -> np.ndarray:
+    def plane(self, index: Index) -> np.ndarray:
         plane = np.asarray(self.image[index])
         return drop_alpha(plane) if self.rgb else plane
 
 
 @dataclass
+class TrainJob:
+    """Inputs of one click, copied from the layers.
+
+    Attributes
+    ----------
+    sources
+        The image to predict with its labels first, then any other painted images to train on.
+    predict_slices
+        Leading indices of the first source's slices to predict (``[()]`` for a 2-D image).
+    segmenter
+        The pipeline to fit (its configs set by the controls), or a loaded, fitted one.
+    use_loaded
+        Predict with ``segmenter`` as it is, without fitting (a loaded classifier, nothing painted).
+    """
+
+    sources: list[Source]
+    predict_slices: list[Index]
+    segmenter: Segmenter
+    use_loaded: bool = False
+    want_uncertainty: bool = False
+
+    @property
+    def training_planes(self) -> list[tuple[Source, Index]]:
+        """Every painted slice of every source."""
+        return [(src, i) for src in self.sources for i in src.painted_slices]
+
+
+@dataclass
 class TrainResult:
-    config: FeatureConfig
+    segmenter: Segmenter
     plan: str
-    classifier: PixelClassifier
     predict_slices: list[Index]
     segmentations: list[np.ndarray]
     uncertainties: Optional[list[np.ndarray]]
+    trained_on: list[str]
     featurised: int
     reused: int
     messages: list[str]
+
+    @property
+    def classifier(self) -> PixelClassifier:
+        return self.segmenter.classifier
+
+    @property
+    def config(self) -> FeatureConfig:
+        return self.segmenter.features
 
 
 def run_train_job(
@@ -129,69 +164,64 @@ def run_train_job(
     progress: Optional[ProgressCallback] = None,
     announce: Optional[Callable[[str], None]] = None,
 ) -> TrainResult:
-    """Featurise (or reuse cached features of) the needed slices, train, and predict.
+    """Fit the segmenter on every painted slice of every source (features from ``cache`` where it
+    has them), then predict and check the first source's ``predict_slices``.
 
-    Features of the painted slices are held for training; the slices to predict are
-    then featurised and predicted one at a time, so a whole stack never sits in memory
-    beyond what the cache keeps. Device presets are resolved here, and ``announce`` gets a
-    line describing the plan (with a time estimate for ViT features) before featurisation
-    starts. Progress is reported on a 0..1000 scale; a progress callback may raise
-    :class:`napari_dinoseg.Cancelled` to stop between steps.
+    Device presets are resolved here, and ``announce`` gets a line describing the plan (with
+    a time estimate for ViT features) before featurisation starts. Progress is reported on a
+    0..1000 scale; a progress callback may raise :class:`napari_dinoseg.Cancelled` to stop
+    between steps. Warnings (NaN replaced, images unlike the training images, a collapsed
+    prediction) are collected in ``messages``.
     """
-    train_slices = job.train_slices
-    if not train_slices and job.classifier is None:
+    planes = job.training_planes
+    if not planes and not job.use_loaded:
         raise ValueError("no labelled pixels: paint at least one stroke for each of two classes")
     import_compute_libraries()
-    device = resolve_device(job.feature_config.device)
-    config = job.feature_config.resolved(device.type)
-    first = job.slice_image((train_slices or job.predict_slices)[0])
+    seg = job.segmenter
+    device = resolve_device(seg.features.device)
+    config = seg.features.resolved(device.type)
+    first = job.sources[0].plane(job.predict_slices[0])
     plan = describe_plan(config, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device)
     if announce is not None:
         announce(plan)
-    order = list(dict.fromkeys([*train_slices, *job.predict_slices]))
-    scale = 1000
-    counts = {"featurised": 0, "reused": 0}
+    hits, misses = cache.hits, cache.misses
+    fit_share = 0.0 if job.use_loaded else len(planes) / (len(planes) + len(job.predict_slices))
     messages: list[str] = []
-
-    def features(index: Index) -> FeatureStack:
-        n = order.index(index)
-        where = f"slice {index}: " if index else ""
-
-        def sub(done: int, total: int, message: str) -> None:
-            frac = (n + done / max(total, 1)) / len(order)
-            report(progress, int(0.95 * scale * frac), scale, where + message)
-
-        stack, reused = cached_features(cache, job.slice_image(index), config, sub, messages)
-        counts["reused" if reused else "featurised"] += 1
-        report(progress, int(0.95 * scale * (n + 1) / len(order)), scale, "features ready")
-        return stack
-
-    train_stacks = {i: features(i) for i in train_slices}
-    if train_slices:
-        report(progress, int(0.95 * scale * len(train_slices) / len(order)), scale, "training")
-        clf = train(list(train_stacks.values()), [job.labels[i] for i in train_slices], job.train_config)
-    else:  # nothing painted: predict with the loaded classifier
-        clf = job.classifier
-    segs, uncs = [], []
-    for index in job.predict_slices:
-        stack = train_stacks.get(index) or features(index)
-        proba = predict(clf, stack)
-        if job.crf is not None:
-            from ..crf import crf_refine
-
-            proba = crf_refine(job.slice_image(index), proba, job.crf)
-        segs.append(clf.to_labels(proba))
-        if job.want_uncertainty:
-            uncs.append(uncertainty(proba))
-    report(progress, scale, scale, "done")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained_on = []
+        if not job.use_loaded:
+            seg.fit([src.plane(i) for src, i in planes], [src.labels[i] for src, i in planes],
+                    within(progress, 0, fit_share), cache)
+            trained_on = list(dict.fromkeys(_describe(src, planes) for src, _ in planes))
+        segs, uncs = [], []
+        source = job.sources[0]
+        for n, index in enumerate(job.predict_slices):
+            share = (1 - fit_share) / len(job.predict_slices)
+            plane = source.plane(index)
+            proba = seg.predict_proba(plane, within(progress, fit_share + n * share, fit_share + (n + 1) * share), cache)
+            where = f"{source.name}{' slice ' + str(index) if index else ''}: "
+            messages += [where + message for message in seg.check(plane, proba)]
+            segs.append(seg.to_labels(proba))
+            if job.want_uncertainty:
+                uncs.append(uncertainty(proba))
+    messages = [str(w.message) for w in caught] + messages
+    report(progress, 1000, 1000, "done")
     return TrainResult(
-        config=config,
+        segmenter=seg,
         plan=plan,
-        classifier=clf,
         predict_slices=list(job.predict_slices),
         segmentations=segs,
         uncertainties=uncs if job.want_uncertainty else None,
-        featurised=counts["featurised"],
-        reused=counts["reused"],
+        trained_on=trained_on,
+        featurised=cache.misses - misses,
+        reused=cache.hits - hits,
         messages=list(dict.fromkeys(messages)),
     )
+
+
+def _describe(source: Source, planes: list) -> str:
+    """``"image (labels 'image labels', 2 slices)"``: what one source gave to training."""
+    n = sum(1 for src, _ in planes if src is source)
+    slices = f", {n} slices" if source.painted_slices != [()] else ""
+    return f"{source.name} (labels {source.labels_name!r}{slices})"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from magicgui.widgets import CheckBox, FileEdit, Label
+from napari.utils.notifications import show_warning
 
 from ..batch import BatchSummary, apply_bundle
 from ._worker_widget import WorkerWidget
@@ -55,6 +56,10 @@ class BatchWidget(WorkerWidget):
         self.summary = summary
         self._status.value = str(summary).splitlines()[0]
         self._report.value = str(summary)
+        doubtful = sorted({Path(path).name for path, _ in summary.warnings})
+        if doubtful:
+            show_warning(f"dinoseg: {len(doubtful)} image(s) look unlike the training images or collapsed to one "
+                         f"class: {', '.join(doubtful[:5])}{' …' if len(doubtful) > 5 else ''}; see the report")
         if self._open_first.value and summary.done:
             import tifffile
 

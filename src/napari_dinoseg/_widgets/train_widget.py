@@ -4,6 +4,10 @@ Thin by design: it reads the layers into a :class:`TrainJob` on the GUI thread, 
 :func:`run_train_job` in a napari thread worker (progress bar, Cancel button), and
 writes the result to a ``predictions`` Labels layer (and optionally an ``uncertainty``
 Image layer) from the worker's ``returned`` signal, on the GUI thread.
+
+"train on: every image with labels" pairs each image layer with its own Labels layer (the
+one made by "New labels layer for this image", or named "<image> labels") and fits one
+:class:`~napari_dinoseg.Segmenter` on all of them; the status line names the pairs used.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from napari.utils.notifications import show_error, show_info
 
 from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
+from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls
-from ._train_job import TrainJob, TrainResult, run_train_job
+from ._train_job import Source, TrainJob, TrainResult, run_train_job
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -28,6 +33,9 @@ if TYPE_CHECKING:
 PREDICTIONS = "predictions"
 UNCERTAINTY = "uncertainty"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
+TRAIN_THIS, TRAIN_ALL = "this image", "every image with labels"
+#: Labels-layer metadata key naming the image layer the labels were painted on.
+IMAGE_KEY = "dinoseg_image"
 #: (label, TrainConfig.classifier) choices of the classifier menu.
 CLASSIFIERS = [("logistic regression + trees", "logistic+trees"), ("logistic regression (fastest)", "logistic")]
 
@@ -37,7 +45,7 @@ class TrainWidget(WorkerWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, "Train / Predict", "Paint strokes of two or more classes, then click Train / Predict.")
-        self.classifier = None
+        self.segmenter: Optional[Segmenter] = None
         self.last_result: Optional[TrainResult] = None
         self._predictions: Optional[Labels] = None
         self._uncertainty: Optional[Image] = None
@@ -45,6 +53,9 @@ class TrainWidget(WorkerWidget):
         self._image = create_widget(annotation=Image, label="image")
         self._labels = create_widget(annotation=Labels, label="brush labels")
         self._new_labels = PushButton(text="New labels layer for this image")
+        self._train_on = ComboBox(choices=[TRAIN_THIS, TRAIN_ALL], value=TRAIN_THIS, label="train on")
+        self._train_on.tooltip = ("'every image with labels': each image layer with strokes in its own Labels "
+                                  "layer ('<image> labels') trains one classifier")
         self.features = FeatureControls()
         self._classifier = ComboBox(choices=CLASSIFIERS, value="logistic+trees", label="classifier")
         self._edge_smoothing = CheckBox(value=True, text="edge-aware smoothing (guided filter)")
@@ -55,9 +66,9 @@ class TrainWidget(WorkerWidget):
         self._bundle_file = FileEdit(mode="w", filter="*.dinoseg", label="classifier file")
         self._save = PushButton(text="Save classifier")
         self._load = PushButton(text="Load classifier")
-        self.loaded: Optional[tuple] = None  # (classifier, feature config) read from a bundle
+        self.loaded: Optional[Segmenter] = None  # read from a bundle
         self.extend([
-            self._image, self._labels, self._new_labels, *self.features.widgets, self._classifier,
+            self._image, self._labels, self._new_labels, self._train_on, *self.features.widgets, self._classifier,
             self._edge_smoothing, self._pca, self._crf, self._scope,
             self._want_uncertainty, *self.run_controls, self._bundle_file,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
@@ -79,18 +90,14 @@ class TrainWidget(WorkerWidget):
 
     def save_classifier(self, *_args) -> Optional[str]:
         """Save the last trained classifier and its feature config as a bundle."""
-        from ..bundle import save_bundle
-
-        if self.last_result is None:
+        if self.segmenter is None:
             self._fail("nothing to save: train a classifier first")
             return None
         path = Path(str(self._bundle_file.value))
         if path.suffix != ".dinoseg":
             path = path.with_suffix(".dinoseg")
-        image = self._image.value
         try:
-            save_bundle(path, self.classifier, self.last_result.config,
-                        n_channels=(3 if image is not None and image.rgb else None))
+            self.segmenter.save(path)
         except (ValueError, OSError) as err:
             self._fail(f"could not save the classifier: {err}")
             return None
@@ -100,16 +107,15 @@ class TrainWidget(WorkerWidget):
 
     def load_classifier(self, *_args) -> bool:
         """Load a bundle: Train / Predict then predicts with it while nothing is painted."""
-        from ..bundle import load_bundle
-
         try:
-            self.loaded = load_bundle(str(self._bundle_file.value))
+            self.loaded = Segmenter.load(str(self._bundle_file.value))
         except ValueError as err:
             self._fail(str(err))
             return False
-        clf, cfg = self.loaded
-        self._status.value = (f"loaded a {clf.n_classes}-class classifier on {cfg.kind} features; "
-                              "Train / Predict predicts with it until you paint")
+        seg = self.loaded
+        self._status.value = (f"loaded a {seg.classifier.n_classes}-class classifier on {seg.features.kind} features "
+                              f"from {Path(str(self._bundle_file.value)).name}; Train / Predict predicts with it "
+                              "until you paint")
         return True
 
     def new_labels_layer(self, *_args) -> Optional[Labels]:
@@ -121,6 +127,7 @@ class TrainWidget(WorkerWidget):
         layer = self._viewer.add_labels(
             np.zeros(_spatial_shape(image), dtype=np.uint8), name=f"{image.name} labels",
             scale=image.scale[-len(_spatial_shape(image)):], translate=image.translate[-len(_spatial_shape(image)):],
+            metadata={IMAGE_KEY: image.name},
         )
         self._labels.reset_choices()
         self._labels.value = layer
@@ -139,13 +146,55 @@ class TrainWidget(WorkerWidget):
         labels: Optional[Labels] = self._labels.value
         if image is None:
             raise ValueError("no image layer: open an image first")
-        if image.multiscale:
-            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level as a plain image")
-        shape = _spatial_shape(image)
         if labels is None and self.loaded is not None:
             labels = self.new_labels_layer()
         if labels is None:
             raise ValueError("no labels layer: click 'New labels layer for this image' and paint strokes")
+        owner = labels.metadata.get(IMAGE_KEY)
+        if owner is not None and owner != image.name:
+            raise ValueError(f"labels layer {labels.name!r} was made for image {owner!r}, not {image.name!r}; "
+                             "select that image, or click 'New labels layer for this image'")
+        source = self._source(image, labels)
+        sources = [source]
+        if self._train_on.value == TRAIN_ALL:
+            sources += [self._source(img, lab) for img, lab in self.image_label_pairs() if img is not image]
+            sources = [source] + [s for s in sources[1:] if s.painted_slices]
+        painted = any(s.painted_slices for s in sources)
+        use_loaded = self.loaded is not None and not painted
+        cfg = self.feature_config()
+        shape = _spatial_shape(image)
+        lead = shape[:-2]
+        if not lead or self._scope.value == SCOPE_STACK:
+            predict_slices = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)]
+        else:
+            step = self._viewer.dims.current_step
+            offset = self._viewer.dims.ndim - len(shape)
+            predict_slices = [tuple(int(min(max(step[offset + a], 0), lead[a] - 1)) for a in range(len(lead)))]
+        training = TrainConfig(classifier=self._classifier.value,
+                               guided_radius=TrainConfig.guided_radius if self._edge_smoothing.value else 0,
+                               pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None)
+        segmenter = self.loaded if use_loaded else Segmenter(cfg, training, CRFConfig() if self._crf.value else None)
+        return TrainJob(sources=sources, predict_slices=predict_slices, segmenter=segmenter, use_loaded=use_loaded,
+                        want_uncertainty=bool(self._want_uncertainty.value))
+
+    def image_label_pairs(self) -> list[tuple[Image, Labels]]:
+        """Every image layer with its own Labels layer: the one whose metadata names it (made by
+        'New labels layer for this image'), else the one named '<image> labels'."""
+        layers = list(self._viewer.layers)
+        labels = [lay for lay in layers if isinstance(lay, Labels) and lay is not self._predictions]
+        pairs = []
+        for img in (lay for lay in layers if isinstance(lay, Image) and lay is not self._uncertainty):
+            own = [lab for lab in labels if lab.metadata.get(IMAGE_KEY) == img.name] or \
+                  [lab for lab in labels if IMAGE_KEY not in lab.metadata and lab.name == f"{img.name} labels"]
+            if own:
+                pairs.append((img, own[0]))
+        return pairs
+
+    def _source(self, image: Image, labels: Labels) -> Source:
+        """Check one image / labels pair and copy it for the worker."""
+        if image.multiscale:
+            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level as a plain image")
+        shape = _spatial_shape(image)
         if not image.rgb and len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
             raise ValueError(
                 f"image layer {image.name!r} of shape {image.data.shape} looks like (H, W, C) channels shown "
@@ -156,28 +205,8 @@ class TrainWidget(WorkerWidget):
                 f"labels layer {labels.name!r} has shape {tuple(labels.data.shape)} but image {image.name!r} "
                 f"has {shape}; click 'New labels layer for this image' to get a matching one"
             )
-        painted = bool(np.any(labels.data))
-        cfg = self.loaded[1] if self.loaded is not None and not painted else self.feature_config()
-        lead = shape[:-2]
-        if not lead or self._scope.value == SCOPE_STACK:
-            predict_slices = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)]
-        else:
-            step = self._viewer.dims.current_step
-            offset = self._viewer.dims.ndim - len(shape)
-            predict_slices = [tuple(int(min(max(step[offset + a], 0), lead[a] - 1)) for a in range(len(lead)))]
-        return TrainJob(
-            image=image.data,
-            labels=np.array(labels.data, copy=True),
-            rgb=bool(image.rgb),
-            predict_slices=predict_slices,
-            feature_config=cfg,
-            train_config=TrainConfig(classifier=self._classifier.value,
-                                     guided_radius=TrainConfig.guided_radius if self._edge_smoothing.value else 0,
-                                     pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None),
-            crf=CRFConfig() if self._crf.value else None,
-            classifier=self.loaded[0] if self.loaded is not None and not painted else None,
-            want_uncertainty=bool(self._want_uncertainty.value),
-        )
+        return Source(name=image.name, image=image.data, labels=np.array(labels.data, copy=True),
+                      rgb=bool(image.rgb), labels_name=labels.name)
 
     # ---- worker callbacks (GUI thread) -------------------------------------------
 
@@ -186,13 +215,21 @@ class TrainWidget(WorkerWidget):
 
     def _on_result(self, result: TrainResult) -> None:
         self.last_result = result
-        self.classifier = result.classifier
+        self.segmenter = result.segmenter
         self._write_layers(result)
         reused = f", {result.reused} reused from cache" if result.reused else ""
+        source = (f"trained on {len(result.trained_on)} image(s): {'; '.join(result.trained_on)}"
+                  if result.trained_on else f"using the loaded classifier {Path(str(self._bundle_file.value)).name}")
+        doubt = f"; {len(result.messages)} warning(s): {result.messages[-1]}" if result.messages else ""
         self._status.value = (
-            f"predicted {len(result.predict_slices)} slice(s) with {result.classifier.n_classes} classes "
-            f"({result.featurised} featurised{reused})"
+            f"predicted {len(result.predict_slices)} slice(s) with {result.classifier.n_classes} classes, "
+            f"{source} ({result.featurised} featurised{reused}){doubt}"
         )
+
+    @property
+    def classifier(self):
+        """The last fitted (or loaded and used) pixel classifier, ``None`` before."""
+        return None if self.segmenter is None else self.segmenter.classifier
 
     # ---- writing layers ------------------------------------------------------------
 
@@ -200,7 +237,7 @@ class TrainWidget(WorkerWidget):
         image: Image = self._image.value
         labels: Labels = self._labels.value
         shape = _spatial_shape(image)
-        dtype = np.uint8 if result.classifier.classes.max() < 256 else np.int32
+        dtype = result.segmentations[0].dtype
         pred = self._predictions
         if pred is None or pred not in self._viewer.layers or pred.data.shape != shape or pred.data.dtype != dtype:
             if pred is not None and pred in self._viewer.layers:

@@ -68,8 +68,8 @@ def featurise(
     Parameters
     ----------
     image : (H, W) or (H, W, C) array
-        Greyscale or multichannel image, any real dtype (see
-        :func:`napari_dinoseg.image.as_float_image` for the normalisation).
+        Greyscale or multichannel image, any real dtype, normalised by ``config.normalise``
+        (see :func:`napari_dinoseg.image.as_float_image`).
     config
         Feature configuration; ``FeatureConfig()`` (classical) when omitted.
     progress
@@ -107,7 +107,7 @@ def featurise(
         img = np.asarray(image, dtype=np.float32)
         img = img[..., None] if img.ndim == 2 else img
     else:
-        img = as_float_image(image)
+        img = as_float_image(image, config)
     featuriser = FEATURISERS[config.kind]
     return featuriser(img, config, device, progress)
 

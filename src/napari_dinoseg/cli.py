@@ -1,0 +1,147 @@
+"""The ``dinoseg`` command line: ``dinoseg train`` (images + scribbles -> bundle) and
+``dinoseg apply`` (bundle + folder -> label images).
+
+Exit status: 0 success; 1 some images failed (or, with ``--strict``, drew warnings);
+2 refused input (bad bundle, no inputs, bad options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def main(argv: Optional[list] = None) -> int:
+    """``dinoseg train ...`` / ``dinoseg apply ...``; see ``dinoseg COMMAND --help``."""
+    parser = argparse.ArgumentParser(prog="dinoseg", description="napari-dinoseg from the command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _apply_parser(sub.add_parser("apply", help="apply a saved classifier to a folder, a glob or files"))
+    _train_parser(sub.add_parser("train", help="train a classifier on images and their brush labels"))
+    args = parser.parse_args(argv)
+    try:
+        return train_command(args) if args.command == "train" else apply_command(args)
+    except (ValueError, TypeError) as err:
+        print(f"dinoseg: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _apply_parser(apply: argparse.ArgumentParser) -> None:
+    apply.add_argument("bundle", help="classifier bundle saved from the widget, Segmenter.save or dinoseg train")
+    apply.add_argument("inputs", nargs="+", help="input folder, glob pattern or files")
+    apply.add_argument("-o", "--out", required=True, help="output folder (outside the input folder)")
+    apply.add_argument("--scheduler", default=None, help="dask scheduler address, e.g. tcp://host:8786")
+    apply.add_argument("--probabilities", action="store_true", help="also write <name>_proba.tif")
+    apply.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
+    apply.add_argument("--strict", action="store_true",
+                       help="exit with status 1 when an image draws a warning (unlike the training images)")
+
+
+def _train_parser(train: argparse.ArgumentParser) -> None:
+    from typing import get_args
+
+    from .config import FEATURE_KINDS, Normalisation
+
+    train.add_argument("images", nargs="+", help="training image files (tif / png / jpg)")
+    train.add_argument("--labels", nargs="+", required=True,
+                       help="brush-label files, one per image in the same order (0 = unlabelled, 1..K = classes)")
+    train.add_argument("-o", "--out", required=True, help="bundle file to write (.dinoseg)")
+    train.add_argument("--features", choices=FEATURE_KINDS, default="classical", help="feature kind (default classical)")
+    train.add_argument("--model", default="dinov2_vits14", help="ViT backbone for vit / hybrid features")
+    train.add_argument("--weights", default=None, help="ViT checkpoint file (default: the weights folder or HF cache)")
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    train.add_argument("--normalise", choices=get_args(Normalisation), default="percentile",
+                       help="intensity normalisation (default percentile: per image, 0.5-99.5 %%)")
+    train.add_argument("--intensity-range", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+                       help="the range --normalise fixed maps to [0, 1] (default: the dtype's)")
+    train.add_argument("--classifier", choices=("logistic+trees", "logistic"), default="logistic+trees")
+    train.add_argument("--no-edge-smoothing", action="store_true", help="no guided filter on the probabilities")
+    train.add_argument("--pca", type=int, default=None, help="PCA dimension of the ViT channels")
+    train.add_argument("--crf", action="store_true", help="refine predictions with a dense CRF")
+
+
+def apply_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .batch import apply_bundle
+
+    inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
+    bar = tqdm(unit="image", desc="dinoseg")
+
+    def tick(done: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.update(1)
+        bar.set_postfix_str(name)
+
+    try:
+        summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
+                               probabilities=args.probabilities, overwrite=args.overwrite, progress=tick)
+    finally:
+        bar.close()
+    print(summary)
+    if summary.failed:
+        return 1
+    return 1 if args.strict and summary.warnings else 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from .batch import read_planes
+    from .config import CRFConfig, FeatureConfig, TrainConfig
+    from .segmenter import Segmenter
+
+    if len(args.images) != len(args.labels):
+        raise ValueError(f"got {len(args.images)} images but {len(args.labels)} label files; give one per image")
+    features = FeatureConfig(kind=args.features, model=args.model, weights=args.weights, device=args.device,
+                             normalise=args.normalise,
+                             intensity_range=tuple(args.intensity_range) if args.intensity_range else None)
+    training = TrainConfig(classifier=args.classifier, pca_dim=args.pca,
+                           guided_radius=0 if args.no_edge_smoothing else TrainConfig.guided_radius)
+    images, labels = [], []
+    for image_path, label_path in zip(args.images, args.labels):
+        planes = _read(image_path, lambda p: read_planes(p, _file_channels(p)))
+        label_planes = _read(label_path, lambda p: read_planes(p, 1))
+        if len(planes) != len(label_planes):
+            raise ValueError(f"{image_path} has {len(planes)} plane(s) but {label_path} has {len(label_planes)}")
+        images += planes
+        labels += label_planes
+    painted = [i for i, lab in enumerate(labels) if lab.any()]
+    if not painted:
+        raise ValueError("no labelled pixels in the label files: paint at least one stroke for each of two classes")
+    seg = Segmenter(features, training, CRFConfig() if args.crf else None)
+    seg.fit([images[i] for i in painted], [labels[i] for i in painted])
+    path = Path(args.out)
+    path = path if path.suffix == ".dinoseg" else path.with_suffix(".dinoseg")
+    seg.save(path)
+    counts = ", ".join(f"label {c}: {int(sum((labels[i] == c).sum() for i in painted))} px" for c in seg.classes)
+    print(f"trained {seg!r} on {len(painted)} image plane(s) ({counts}); wrote {path}")
+    return 0
+
+
+def _file_channels(path: Path) -> int:
+    """Channels of an image file: 3 for colour PNG / JPEG and (H, W, 3 | 4) arrays, else 1."""
+    import tifffile
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            shape = (im.height, im.width, len(im.getbands()))
+    return 3 if len(shape) == 3 and shape[-1] in (3, 4) else 1
+
+
+def _read(path: str, reader) -> list:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        return reader(p)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

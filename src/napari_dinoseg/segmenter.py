@@ -1,0 +1,325 @@
+"""The trained pipeline as one object: what the widget builds, the bundle stores and batch reloads.
+
+:class:`Segmenter` chains, for one 2-D plane: intensity normalisation (the feature config's
+rule, over the whole plane) -> features (tile by tile for planes larger than ``TILE`` px, with
+context margins, so memory stays bounded and every path cuts the same tiles) -> classifier ->
+probability smoothing -> optional dense CRF -> label values; and keeps statistics of the
+training images for :meth:`Segmenter.check`, the shift report. Every way of predicting (the
+train widget, :func:`napari_dinoseg.apply_bundle`, the CLI, the apply-to-folder widget) goes
+through :meth:`Segmenter.predict_proba`, so one image gets the same output from all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .classify import PixelClassifier, predict, train
+from .config import CRFConfig, FeatureConfig, TrainConfig
+from .progress import ProgressCallback, report, within
+from .shift import TrainingStatistics, collapse_warning
+
+#: Planes with a side longer than this (px) are featurised and predicted tile by tile.
+TILE = 1024
+
+ImageLike = np.ndarray
+Slices = tuple[slice, slice]
+
+
+class Segmenter:
+    """Features + pixel classifier + smoothing + optional CRF, fitted on painted images.
+
+    After scikit-image's ``TrainableSegmenter``::
+
+        seg = Segmenter(features=FeatureConfig(), training=TrainConfig(), crf=None)
+        seg.fit(image, labels)                 # or lists of images and labels
+        proba = seg.predict_proba(other)       # (H, W, K) float32
+        seg.segment(other)                     # (H, W) painted label values
+        seg.check(other)                       # list of warnings, [] when it looks like the training data
+        seg.save("model.dinoseg"); Segmenter.load("model.dinoseg")
+
+    Parameters
+    ----------
+    features
+        How images are normalised and featurised; ``FeatureConfig()`` when omitted.
+    training
+        How the classifier is fitted and its probabilities smoothed; ``TrainConfig()`` when omitted.
+    crf
+        Dense CRF refinement of the probabilities; ``None``: off.
+
+    Attributes
+    ----------
+    classifier : PixelClassifier or None
+        The fitted classifier (``None`` before :meth:`fit`).
+    statistics : TrainingStatistics or None
+        What the training images looked like (``None`` for bundles from before format 4).
+    n_channels : int or None
+        Image channels the classifier was trained on.
+    tile : int
+        Planes with a longer side are featurised and predicted in tiles of this many px (plus margins).
+    """
+
+    tile: int = TILE
+
+    def __init__(self, features: Optional[FeatureConfig] = None, training: Optional[TrainConfig] = None,
+                 crf: Optional[CRFConfig] = None) -> None:
+        self.features = FeatureConfig() if features is None else features
+        self.training = TrainConfig() if training is None else training
+        self.crf = crf
+        for name, value, kind in (("features", self.features, FeatureConfig),
+                                  ("training", self.training, TrainConfig)):
+            if not isinstance(value, kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+        if crf is not None and not isinstance(crf, CRFConfig):
+            raise TypeError(f"crf must be a CRFConfig or None, got {type(crf).__name__}")
+        self.classifier: Optional[PixelClassifier] = None
+        self.statistics: Optional[TrainingStatistics] = None
+        self.n_channels: Optional[int] = None
+        self.channel_names: Optional[tuple[str, ...]] = None
+
+    def __repr__(self) -> str:
+        state = (f"fitted, {self.classifier.n_classes} classes" if self.classifier is not None else "not fitted")
+        crf = ", crf" if self.crf is not None else ""
+        return f"Segmenter({self.features.kind} features, normalise={self.features.normalise!r}{crf}; {state})"
+
+    @property
+    def classes(self) -> np.ndarray:
+        """``(K,)`` int64 painted label value of each probability column."""
+        return self._fitted().classes
+
+    # ---- fitting -------------------------------------------------------------------
+
+    def fit(self, images: Union[ImageLike, Sequence[ImageLike]], labels: Union[np.ndarray, Sequence[np.ndarray]],
+            progress: Optional[ProgressCallback] = None, cache=None) -> "Segmenter":
+        """Fit on one image and its brush labels, or on lists of them (sizes may differ).
+
+        Parameters
+        ----------
+        images : (H, W) or (H, W, C) array, or a sequence of them
+            The painted images (one channel count for all).
+        labels : (H, W) int array, or a sequence of them
+            Brush labels, 0 = unlabelled, 1..K = classes.
+        progress
+            ``progress(done, total, message)``; may raise :class:`napari_dinoseg.Cancelled`.
+        cache : FeatureCache, optional
+            Features are taken from / put into it (the widget's cache).
+
+        Returns
+        -------
+        self, fitted. The feature config's device presets are resolved here.
+        """
+        from .features.featurise import resolve_device
+
+        images, labels = _as_lists(images, labels)
+        channels = {_channels(img) for img in images}
+        if len(channels) > 1:
+            raise ValueError(f"the training images have different channel counts {sorted(channels)}; "
+                             "train on images of one kind")
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            if np.shape(lab) != np.shape(img)[:2]:
+                raise ValueError(f"labels of shape {np.shape(lab)} do not match image {i}'s shape "
+                                 f"{np.shape(img)[:2]}; paint in a Labels layer with the image's shape")
+        config = self.features.resolved(resolve_device(self.features.device).type)
+        normalised, stacks, crops = [], [], []
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            norm = self._normalise(img, config, check_channels=False)
+            normalised.append(norm)
+            sub = within(progress, 0.9 * i / len(images), 0.9 * (i + 1) / len(images))
+            for window, core, stack in self._window_features(norm, config, sub, cache):
+                stacks.append(dataclasses.replace(stack, data=stack.data[core], attention=None))
+                crops.append(np.asarray(lab)[_offset(window, core)])
+        report(progress, 900, 1000, "training")
+        classifier = train(stacks, crops, self.training)
+        self.features, self.classifier, self.n_channels = config, classifier, normalised[0].shape[-1]
+        self.channel_names = stacks[0].channel_names
+        self.statistics = TrainingStatistics.of(normalised, [np.asarray(lab) for lab in labels], classifier.classes)
+        report(progress, 1000, 1000, "trained")
+        return self
+
+    # ---- predicting ----------------------------------------------------------------
+
+    def predict_proba(self, image: ImageLike, progress: Optional[ProgressCallback] = None,
+                      cache=None) -> np.ndarray:
+        """Class probabilities of one plane.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array
+            One plane with the training images' channel count (RGBA: alpha dropped).
+        progress, cache
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        (H, W, K) float32, summing to 1 over K; column ``k`` is label ``classes[k]``.
+
+        Raises
+        ------
+        ValueError
+            For a wrong channel count, or when the probabilities are not finite (never
+            returned as a result).
+        """
+        clf = self._fitted()
+        norm = self._normalise(image, self.features)
+        out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
+        for window, core, stack in self._window_features(norm, self.features, within(progress, 0, 0.95), cache):
+            out[window][core] = predict(clf, stack)[core]
+        if self.crf is not None:
+            from .crf import crf_refine
+
+            report(progress, 960, 1000, "dense CRF")
+            out = crf_refine(norm, out, self.crf, normalised=True)
+        if not np.isfinite(out).all():
+            raise ValueError("the classifier gave non-finite probabilities (NaN or inf) on this image; "
+                             "nothing is written from them: the classifier or the image is corrupt")
+        report(progress, 1000, 1000, "predicted")
+        return out
+
+    def segment(self, image: ImageLike, progress: Optional[ProgressCallback] = None, cache=None) -> np.ndarray:
+        """``(H, W)`` painted label values of one plane (dtype from :func:`label_dtype`)."""
+        return self.to_labels(self.predict_proba(image, progress, cache))
+
+    def to_labels(self, proba: np.ndarray) -> np.ndarray:
+        """``(..., K)`` probabilities -> ``(...)`` label values, in the smallest unsigned dtype holding them."""
+        return self._fitted().to_labels(proba).astype(label_dtype(self.classes))
+
+    def check(self, image: ImageLike, proba: Optional[np.ndarray] = None) -> list[str]:
+        """Warnings about one plane: unlike the training images, or a collapsed prediction.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array
+        proba : (H, W, K) array, optional
+            Its probabilities, when already predicted (computed otherwise).
+
+        Returns
+        -------
+        list of str, empty when the image looks like the training data.
+        """
+        clf = self._fitted()
+        norm = self._normalise(image, self.features)
+        warnings = [] if self.statistics is None else self.statistics.check(norm, self.features.normalise)
+        proba = self.predict_proba(image) if proba is None else proba
+        return warnings + collapse_warning(proba, clf.classes)
+
+    # ---- persistence ---------------------------------------------------------------
+
+    def save(self, path: Union[str, os.PathLike]):
+        """Write the fitted pipeline to a bundle file (atomically; see :mod:`napari_dinoseg.bundle`)."""
+        from .bundle import save_bundle
+
+        return save_bundle(path, self._fitted(), self.features, self.n_channels, self.channel_names,
+                           training=self.training, crf=self.crf, statistics=self.statistics)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Segmenter":
+        """Read a bundle (any format; format 3 and older load with ``normalise="legacy"``)."""
+        from .bundle import read_bundle
+
+        contents = read_bundle(path)
+        seg = cls(contents.features, contents.training, contents.crf)
+        seg.classifier, seg.statistics = contents.classifier, contents.statistics
+        seg.n_channels, seg.channel_names = contents.n_channels, contents.channel_names
+        return seg
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _fitted(self) -> PixelClassifier:
+        if self.classifier is None:
+            raise ValueError("the Segmenter is not fitted: call fit(images, labels) or Segmenter.load(path)")
+        return self.classifier
+
+    def _normalise(self, image: ImageLike, config: FeatureConfig, check_channels: bool = True) -> np.ndarray:
+        """One plane -> ``(H, W, C)`` float32 normalised by ``config``'s rule, channel count checked."""
+        from .image import as_float_image, check_image_shape, drop_alpha
+
+        arr = np.asarray(image)
+        check_image_shape(arr.shape)
+        if not check_channels or self.n_channels is None:
+            return as_float_image(arr, config)
+        if self.n_channels == 3 and arr.ndim == 3 and arr.shape[-1] == 4:
+            arr = drop_alpha(arr)
+        if _channels(arr) != self.n_channels:
+            raise ValueError(f"the image has {_channels(arr)} channel(s) but the classifier was trained on "
+                             f"{self.n_channels}; give it images of the kind it was trained on")
+        return as_float_image(arr, config)
+
+    def _window_features(self, norm: np.ndarray, config: FeatureConfig, progress, cache):
+        """Yield ``(window, core, FeatureStack)`` for every tile of a normalised plane: ``window``
+        slices the plane, ``core`` slices the window's features down to the part the tile owns."""
+        windows = plane_windows(norm.shape[:2], config, self.training, self.tile)
+        for n, (window, core) in enumerate(windows):
+            sub = within(progress, n / len(windows), (n + 1) / len(windows))
+            yield window, core, _features(norm[window], config, sub, cache)
+
+
+def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: TrainConfig,
+                  tile: int = TILE) -> list[tuple[Slices, Slices]]:
+    """Tiles of a plane: ``(window, core)`` slice pairs, the core relative to the window.
+
+    A plane with no side above ``tile`` is one window. Larger planes get windows of ``tile``
+    px plus, on each side, the context the features and the probability smoothing read, so
+    that each core's result does not see its window's border.
+    """
+    from .features.featurise import feature_margin
+    from .features.tiling import tiles
+    from .smoothing import reach
+
+    h, w = shape
+    if max(h, w) <= tile:
+        whole = (slice(0, h), slice(0, w))
+        return [(whole, whole)]
+    margin = feature_margin(config) + reach(training.guided_radius, training.smooth)
+    align = config.stride if config.uses_vit else 1
+    out = []
+    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(shape, tile + 2 * margin, margin, align):
+        out.append(((slice(r0, r1), slice(c0, c1)), (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))))
+    return out
+
+
+def label_dtype(classes: np.ndarray) -> np.dtype:
+    """The smallest unsigned dtype (uint8, uint16, uint32) holding every label value in ``classes``."""
+    top = int(np.max(classes)) if len(classes) else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"label value {top} does not fit in uint32; use label values below {2**32}")
+
+
+def _features(norm: np.ndarray, config: FeatureConfig, progress, cache):
+    """Features of a normalised window, from ``cache`` when it holds them."""
+    from .features.featurise import cache_key, featurise
+
+    if cache is None:
+        return featurise(norm, config, progress, normalised=True)
+    key = cache_key(norm, config)
+    stack = cache.get(key)
+    if stack is None:
+        stack = featurise(norm, config, progress, normalised=True)
+        cache.put(key, stack)
+    return stack
+
+
+def _offset(window: Slices, core: Slices) -> Slices:
+    """A core relative to its window -> the same region in plane coordinates."""
+    return tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, core))
+
+
+def _channels(image) -> int:
+    shape = np.shape(image)
+    return 1 if len(shape) == 2 else int(shape[-1])
+
+
+def _as_lists(images, labels) -> tuple[list, list]:
+    """One image and its labels, or sequences of them -> two equally long lists."""
+    if isinstance(images, np.ndarray) or hasattr(images, "__array__") and not isinstance(images, (list, tuple)):
+        images, labels = [images], [labels]
+    images, labels = list(images), list(labels) if not isinstance(labels, np.ndarray) else [labels]
+    if not images:
+        raise ValueError("no training images given")
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} label images; give one label image per image")
+    return images, labels
