@@ -355,6 +355,9 @@ class Method:
     fit: Callable[[list, list[np.ndarray]], Any]
     predict: Callable[[Any, Any, np.ndarray], np.ndarray]
     description: str = ""
+    #: ``identity(dtypes)``: methods with equal (non-None) identities for a set's image dtypes
+    #: give the same predictions there; only the first of them is run.
+    identity: Optional[Callable[[frozenset], Hashable]] = None
 
 
 def _painted(feats: list[np.ndarray], labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -389,6 +392,24 @@ def percentile_normalised(image: np.ndarray, percentiles: tuple[float, float] = 
     return (x - lo) / (hi - lo) if hi > lo else x - lo
 
 
+def hgb_predict_1d(model, x: np.ndarray) -> np.ndarray:
+    """``model.predict(x)`` for a one-feature ``HistGradientBoostingClassifier``, ~100x faster.
+
+    Every split of the trees is ``x <= t`` for a bin threshold ``t`` of the model's binning, so
+    the prediction is constant on the intervals between consecutive thresholds: predict one
+    value per interval (the threshold closing it) and look the pixels up. Exact; falls back to
+    ``model.predict`` where the binning is not reachable.
+    """
+    thresholds = getattr(getattr(model, "_bin_mapper", None), "bin_thresholds_", None)
+    if x.shape[-1] != 1 or thresholds is None or len(thresholds) != 1:
+        return model.predict(x)
+    t = np.asarray(thresholds[0], dtype=np.float64)
+    if t.size == 0:
+        return model.predict(x)
+    reps = np.concatenate([t, [np.nextafter(t[-1], np.inf)]])
+    return model.predict(reps[:, None])[np.searchsorted(t, x[:, 0].astype(np.float64), side="left")]
+
+
 def gaussian_hgb(sigma: float = 3.0) -> Method:
     """One Gaussian channel (``sigma``) of per-image percentile-normalised intensities +
     ``HistGradientBoostingClassifier`` (defaults, ``random_state=0``)."""
@@ -404,7 +425,7 @@ def gaussian_hgb(sigma: float = 3.0) -> Method:
         return HistGradientBoostingClassifier(random_state=0).fit(*_painted(feats, labels))
 
     def predict(model, f, image):
-        return model.predict(f.reshape(-1, f.shape[-1])).reshape(f.shape[:2]) - 1
+        return hgb_predict_1d(model, f.reshape(-1, f.shape[-1])).reshape(f.shape[:2]) - 1
 
     return Method(("gaussian", sigma), features, fit, predict, f"Gaussian sigma {sigma:g} of percentile-normalised "
                                                                  "intensities + HistGradientBoosting")
@@ -476,7 +497,15 @@ def dinoseg(feature_cfg=None, train_cfg=None, drop: tuple[str, ...] = (), crf=No
                                if getattr(tcfg, f.name) != getattr(TrainConfig(), f.name)))
     if drop:
         parts.append(f"channels dropped: {', '.join(drop)}")
-    return Method(("dinoseg", fcfg, prenorm), features, fit, predict, "; ".join(parts))
+    def identity(dtypes: frozenset) -> Hashable:
+        f = fcfg
+        if f.normalise == "fixed" and f.intensity_range is None and dtypes == {np.dtype(np.uint8)}:
+            f = dataclasses.replace(f, normalise="legacy")  # both divide uint8 by 255
+        if f.normalise != "percentile" or prenorm is not None:
+            f = dataclasses.replace(f, percentiles=FeatureConfig().percentiles)  # unused
+        return ("dinoseg", f, prenorm, tcfg, drop, crf)
+
+    return Method(("dinoseg", fcfg, prenorm), features, fit, predict, "; ".join(parts), identity)
 
 
 def smoothed_percentiles(image: np.ndarray, sigma: float = 2.0, percentiles=(0.5, 99.5)) -> np.ndarray:
@@ -607,7 +636,7 @@ def figure(path: Path, scribbled: tuple[np.ndarray, np.ndarray], image: np.ndarr
 def _grey(image: np.ndarray) -> np.ndarray:
     from napari_dinoseg.image import as_float_image
 
-    grey = (as_float_image(image)[..., 0] * 255).astype(np.uint8)
+    grey = (np.clip(as_float_image(image)[..., 0], 0, 1) * 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, -1)
 
 
@@ -625,6 +654,39 @@ def _log(message: str) -> None:
 
 
 def run_plan(plan: Plan, methods: dict[str, Method], keep_first: tuple[str, ...] = ()) -> dict:
+    """``_run_unique`` on the methods that differ on this set's dtypes (see ``Method.identity``);
+    the results of a method equal to an earlier one are copied from it (``same_as``)."""
+    dtypes = frozenset({np.dtype(t[1].dtype) for t in plan.targets}
+                       | {np.dtype(img.dtype) for items in plan.trainings.values() for _, img, _ in items})
+    first_of: dict[Hashable, str] = {}
+    alias: dict[str, str] = {}
+    for name, m in methods.items():
+        ident = m.identity(dtypes) if m.identity else None
+        if ident is not None and ident in first_of:
+            alias[name] = first_of[ident]
+        elif ident is not None:
+            first_of[ident] = name
+    if alias:
+        _log(f"  [{plan.name}] same predictions on {sorted(str(d) for d in dtypes)} images, not run twice: "
+             + ", ".join(f"{a} = {b}" for a, b in alias.items()))
+    result = _run_unique(plan, {n: m for n, m in methods.items() if n not in alias}, keep_first)
+    tables = [e["methods"] for e in result["rows"].values()]
+    if "robust" in result:
+        tables.append(result["robust"]["methods"])
+    for table_ in tables:
+        done = dict(table_)
+        table_.clear()
+        for name in methods:
+            table_[name] = done[name] if name not in alias else {**done[alias[name]], "same_as": alias[name]}
+    result["descriptions"] = {n: methods[n].description for n in methods}
+    for (row, name), v in list(result["_first"].items()):
+        for a, b in alias.items():
+            if b == name:
+                result["_first"][(row, a)] = v
+    return result
+
+
+def _run_unique(plan: Plan, methods: dict[str, Method], keep_first: tuple[str, ...] = ()) -> dict:
     """Train every method on every training set of ``plan`` (one classifier per seed) and score
     every target; each target is featurised once per feature key and its features dropped before
     the next. Returns the set's result (see ``summarise``)."""

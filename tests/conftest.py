@@ -32,6 +32,29 @@ def two_textures(rng):
     return image, truth, scribbles
 
 
+@pytest.fixture
+def phases(rng):
+    """(image uint8 (160, 160), truth {1, 2, 3}, scribbles): dark matrix (1), grey discs (2),
+    bright squares (3) covering ~10 % of the image, so the histogram is far from symmetric."""
+    h = w = 160
+    yy, xx = np.mgrid[:h, :w]
+    truth = np.ones((h, w), np.uint8)
+    for cy, cx in ((40, 40), (40, 120), (120, 80)):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 < 18**2] = 2
+    truth[100:130, 10:40] = 3
+    truth[10:25, 70:100] = 3
+    means = np.array([0, 40, 150, 240], float)
+    image = np.clip(means[truth] + rng.normal(0, 8, (h, w)), 0, 255).astype(np.uint8)
+    scribbles = np.zeros((h, w), np.uint8)
+    scribbles[75:78, 5:60] = 1
+    scribbles[150:153, 50:150] = 1
+    scribbles[39:42, 24:57] = 2  # strokes across the objects, edge to edge
+    scribbles[24:57, 119:122] = 2
+    scribbles[112:115, 11:40] = 3
+    scribbles[11:25, 84:86] = 3
+    return image, truth, scribbles
+
+
 def iou(pred: np.ndarray, truth: np.ndarray, cls: int) -> float:
     a, b = pred == cls, truth == cls
     return float((a & b).sum() / max(1, (a | b).sum()))

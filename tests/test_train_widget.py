@@ -83,7 +83,7 @@ def test_paint_train_predict_and_reuse_cached_features(dock, qtbot, two_textures
     first = pred.data.copy()
     click_and_wait(qtbot, widget)
     assert widget.last_result.featurised == 0 and widget.last_result.reused == 1
-    assert widget.cache.hits == 1 and widget.cache.misses == 1
+    assert widget.cache.misses == 1  # fit and predict of both clicks: featurised once
     assert viewer.layers[PREDICTIONS] is pred  # updated in place
     assert pred.data.shape == first.shape
 
@@ -197,8 +197,9 @@ def test_stack_trains_on_painted_slices_and_predicts_current_slice_or_all(dock, 
     click_and_wait(qtbot, widget)
     pred = viewer.layers[PREDICTIONS].data
     assert all(iou(pred[z], t, 2) > 0.9 for z, t in enumerate([truth, truth[:, ::-1], truth]))
-    # slices 0 and 1 were featurised by the first click; slice 2 equals slice 0, so its key hits too
-    assert widget.last_result.reused == 3 and widget.last_result.featurised == 0
+    # slices 0 and 1 were featurised by the first click; slice 2 equals slice 0: the same features
+    assert widget.last_result.reused == 2 and widget.last_result.featurised == 0
+    assert widget.last_result.trained_on == ["img (labels 'strokes', 1 slice)"]
 
 
 def test_tiny_image_smaller_than_the_filters(dock, qtbot):
@@ -342,3 +343,68 @@ def test_save_then_load_predicts_a_new_image_with_nothing_painted(dock, qtbot, t
     (tmp_path / "bad.dinoseg").write_bytes(b"junk")
     widget2._bundle_file.value = tmp_path / "bad.dinoseg"
     assert not widget2.load_classifier() and "not a zip archive" in widget2._status.value
+
+
+def test_train_on_every_image_with_labels(dock, qtbot, phases):
+    """Two image layers, each painted in its own Labels layer: one click trains on both."""
+    image, truth, scribbles = phases
+    viewer, widget, first = dock(image)
+    mine = widget.new_labels_layer()
+    mine.data[:] = np.where(scribbles == 3, 0, scribbles)  # classes 1 and 2 on this image
+    second = viewer.add_image(np.roll(image, 40, axis=0), name="second")
+    widget._image.value = second
+    theirs = widget.new_labels_layer()
+    theirs.data[:] = np.roll(np.where(scribbles == 3, 3, 0), 40, axis=0)  # class 3 on the other one
+    viewer.add_labels(np.full(image.shape, 3, np.uint8), name="stray")  # belongs to no image: never used
+    widget._image.value, widget._labels.value = first, mine
+    widget._train_on.value = "this image"
+    click_and_wait(qtbot, widget)
+    assert widget.classifier.classes.tolist() == [1, 2]
+    widget._train_on.value = "every image with labels"
+    click_and_wait(qtbot, widget)
+    assert widget.classifier.classes.tolist() == [1, 2, 3]
+    assert widget.last_result.trained_on == ["img (labels 'img labels')", "second (labels 'second labels')"]
+    assert "trained on 2 image(s): img (labels 'img labels'); second (labels 'second labels')" in widget._status.value
+    pred = viewer.layers[PREDICTIONS].data
+    assert iou(pred, truth, 3) > 0.8  # class 3 was painted on the second image only
+    assert widget.segmenter.statistics.quantiles.shape[0] == 2
+
+
+def test_labels_made_for_another_image_are_refused(dock, qtbot, notes, phases):
+    image, _, scribbles = phases
+    viewer, widget, first = dock(image)
+    other = viewer.add_image(image[::-1], name="other")
+    widget._image.value = other
+    labels = widget.new_labels_layer()
+    labels.data[:] = scribbles
+    widget._image.value, widget._labels.value = first, labels
+    expect_refusal(qtbot, viewer, widget, notes, "was made for image 'other', not 'img'")
+
+
+def test_widget_output_equals_dinoseg_apply_with_crf_and_tiles(dock, qtbot, phases, tmp_path, monkeypatch):
+    """What the user approved in the viewer is what the folder gets: same pipeline, CRF and tiles."""
+    import tifffile
+
+    from napari_dinoseg import Segmenter
+    from napari_dinoseg.cli import main
+
+    monkeypatch.setattr(Segmenter, "tile", 96)  # 160 px planes are cut into tiles in both places
+    image, _, scribbles = phases
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels.value = viewer.layers["strokes"]
+    widget.features.sigmas.value = "1, 2, 4"
+    widget._crf.value = True
+    click_and_wait(qtbot, widget)
+    approved = viewer.layers[PREDICTIONS].data.copy()
+    widget._bundle_file.value = tmp_path / "approved"
+    saved = widget.save_classifier()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    tifffile.imwrite(folder / "same.tif", image)
+    assert main(["apply", saved, str(folder), "-o", str(tmp_path / "out")]) == 0
+    written = tifffile.imread(tmp_path / "out" / "same_labels.tif")
+    np.testing.assert_array_equal(written, approved)
+    without_crf = Segmenter.load(saved)
+    without_crf.crf = None
+    assert not np.array_equal(without_crf.segment(image), approved)  # the CRF was applied in both

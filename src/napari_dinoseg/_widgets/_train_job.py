@@ -184,7 +184,7 @@ def run_train_job(
     plan = describe_plan(config, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device)
     if announce is not None:
         announce(plan)
-    hits, misses = cache.hits, cache.misses
+    cache = _Recording(cache)
     fit_share = 0.0 if job.use_loaded else len(planes) / (len(planes) + len(job.predict_slices))
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
@@ -214,14 +214,31 @@ def run_train_job(
         segmentations=segs,
         uncertainties=uncs if job.want_uncertainty else None,
         trained_on=trained_on,
-        featurised=cache.misses - misses,
-        reused=cache.hits - hits,
+        featurised=len(cache.computed),
+        reused=len(cache.used - cache.computed),
         messages=list(dict.fromkeys(messages)),
     )
+
+
+class _Recording:
+    """A feature cache seen through one job: which windows it computed, which it used."""
+
+    def __init__(self, cache: FeatureCache) -> None:
+        self.cache, self.used, self.computed = cache, set(), set()
+
+    def get(self, key: str) -> Optional[FeatureStack]:
+        self.used.add(key)
+        stack = self.cache.get(key)
+        if stack is None:
+            self.computed.add(key)
+        return stack
+
+    def put(self, key: str, stack: FeatureStack) -> None:
+        self.cache.put(key, stack)
 
 
 def _describe(source: Source, planes: list) -> str:
     """``"image (labels 'image labels', 2 slices)"``: what one source gave to training."""
     n = sum(1 for src, _ in planes if src is source)
-    slices = f", {n} slices" if source.painted_slices != [()] else ""
+    slices = f", {n} slice{'s' if n > 1 else ''}" if source.painted_slices != [()] else ""
     return f"{source.name} (labels {source.labels_name!r}{slices})"

@@ -1,0 +1,172 @@
+"""The Segmenter: one trained pipeline for every path (fit, predict, check, save / load, the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.io import imsave
+
+from conftest import iou
+from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig, featurise, predict
+from napari_dinoseg.config import CRFConfig
+from napari_dinoseg.image import as_float_image
+
+SMALL = FeatureConfig(sigmas=(1, 2, 4), membrane=False)
+
+
+def brighter(image: np.ndarray) -> np.ndarray:
+    """The same image with other brightness and contrast (x 0.6 + 60 grey levels)."""
+    return np.clip(image * 0.6 + 60, 0, 255).astype(image.dtype)
+
+
+def test_fit_predict_segment_shapes_and_quality(phases):
+    image, truth, scribbles = phases
+    seg = Segmenter(SMALL).fit(image, scribbles)
+    proba = seg.predict_proba(image)
+    assert proba.shape == (160, 160, 3) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(-1), 1, atol=1e-5)
+    labels = seg.segment(image)
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {1, 2, 3}
+    assert min(iou(labels, truth, c) for c in (1, 2, 3)) > 0.85
+    assert seg.check(image) == []  # the training image looks like the training image
+
+
+def test_save_load_round_trip_predicts_identically(tmp_path, phases):
+    image, _, scribbles = phases
+    seg = Segmenter(SMALL, TrainConfig(n_trees=5), crf=CRFConfig(iterations=3)).fit(image, scribbles)
+    path = seg.save(tmp_path / "model.dinoseg")
+    back = Segmenter.load(path)
+    assert back.features == seg.features and back.training == seg.training and back.crf == seg.crf
+    assert back.n_channels == 1 and back.channel_names == seg.channel_names
+    np.testing.assert_array_equal(back.statistics.quantiles, seg.statistics.quantiles)
+    other = brighter(np.roll(image, 17, axis=1))
+    np.testing.assert_array_equal(back.predict_proba(other), seg.predict_proba(other))
+    assert back.check(255 - image) == seg.check(255 - image) != []
+
+
+def test_a_two_image_fit_learns_from_the_labels_of_both(phases):
+    image, truth, scribbles = phases
+    only_12 = np.where(scribbles == 3, 0, scribbles)
+    only_3 = np.where(scribbles == 3, 3, 0).astype(np.uint8)
+    second = np.roll(image, 40, axis=0)  # another image of the material, another size below
+    seg = Segmenter(SMALL).fit([image, second[:, :150]], [only_12, np.roll(only_3, 40, axis=0)[:, :150]])
+    assert seg.classes.tolist() == [1, 2, 3]
+    assert iou(seg.segment(image), truth, 3) > 0.8  # class 3 was painted on the second image only
+    with pytest.raises(ValueError, match="2 images but 1 label"):
+        Segmenter(SMALL).fit([image, second], [scribbles])
+    with pytest.raises(ValueError, match="do not match image 1"):
+        Segmenter(SMALL).fit([image, second], [scribbles, scribbles[:100]])
+
+
+def test_percentile_normalisation_survives_brightness_and_contrast_changes(tmp_path, phases):
+    """The folder use case: the default rule keeps the segmentation; a fixed range does not,
+    and then check() says so instead of staying silent."""
+    image, truth, scribbles = phases
+    seg = Segmenter(SMALL).fit(image, scribbles)
+    changed = brighter(image)
+    assert (seg.segment(changed) == seg.segment(image)).mean() > 0.98
+    assert seg.check(changed) == []
+    fixed = Segmenter(dataclasses.replace(SMALL, normalise="fixed")).fit(image, scribbles)
+    path = fixed.save(tmp_path / "fixed.dinoseg")
+    loaded = Segmenter.load(path)
+    assert loaded.features.normalise == "fixed"  # stored, and applied:
+    np.testing.assert_array_equal(loaded.segment(changed), fixed.segment(changed))
+    assert np.mean([iou(loaded.segment(changed), truth, c) for c in (1, 2, 3)]) < 0.8
+    warnings = loaded.check(changed)
+    assert any("unlike the training images" in w and "normalise='percentile'" in w for w in warnings)
+
+
+def test_check_flags_an_inverted_copy_and_a_collapsed_prediction(phases):
+    image, _, scribbles = phases
+    seg = Segmenter(SMALL).fit(image, scribbles)
+    inverted = seg.check(255 - image)
+    assert len(inverted) >= 1 and "unlike the training images: its intensity" in inverted[0]
+    collapsed = np.zeros((160, 160, 3), np.float32)
+    collapsed[..., 1] = 1
+    warnings = seg.check(image, collapsed)
+    assert len(warnings) == 1 and "collapsed prediction: 100.0 % of the pixels are label 2" in warnings[0]
+
+
+def test_format_3_bundles_load_with_the_legacy_rule_and_predict_as_before(tmp_path, phases):
+    image, _, scribbles = phases
+    legacy = dataclasses.replace(SMALL, normalise="legacy")
+    seg = Segmenter(legacy).fit(image, scribbles)
+    path = seg.save(tmp_path / "new.dinoseg")
+    old = tmp_path / "old.dinoseg"  # the same bundle as format 3 wrote it
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(old, "w") as zout:
+        meta = json.loads(zin.read("bundle.json"))
+        for key in ("training_config", "crf_config", "statistics"):
+            del meta[key]
+        meta["format_version"] = 3
+        for key in ("normalise", "percentiles", "intensity_range"):
+            del meta["feature_config"][key]
+        zout.writestr("bundle.json", json.dumps(meta))
+        zout.writestr("arrays.npz", zin.read("arrays.npz"))
+    loaded = Segmenter.load(old)
+    assert loaded.features.normalise == "legacy" and loaded.statistics is None and loaded.crf is None
+    before = predict(seg.classifier, featurise(image, loaded.features))  # the lower-level API, as format 3 did
+    np.testing.assert_array_equal(loaded.predict_proba(image), before)
+    assert loaded.check(image) == []  # no statistics: only the collapse check
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("coef", np.nan, "non-finite"), ("intercept", np.inf, "non-finite"),
+    ("scale", 0.0, "zero or negative"), ("scale", np.nan, "non-finite"),
+])
+def test_bundles_with_non_finite_or_zero_numbers_are_corrupt(tmp_path, phases, name, value, match):
+    image, _, scribbles = phases
+    seg = Segmenter(SMALL, TrainConfig(classifier="logistic")).fit(image, scribbles)
+    bad = getattr(seg.classifier, name).copy()
+    bad[0] = value
+    seg.classifier = dataclasses.replace(seg.classifier, **{name: bad})
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match="non-finite probabilities"):
+        seg.predict_proba(image)  # never returned as a result
+    path = seg.save(tmp_path / "bad.dinoseg")
+    with pytest.raises(ValueError, match=f"is corrupt: .*{match}"):
+        Segmenter.load(path)
+
+
+def test_label_values_pick_the_output_dtype_and_channels_are_checked(phases):
+    image, truth, scribbles = phases
+    big = np.where(scribbles == 3, 70000, scribbles.astype(np.int64) * 300)
+    seg = Segmenter(SMALL, TrainConfig(classifier="logistic")).fit(image, big)
+    out = seg.segment(image)
+    assert out.dtype == np.uint32 and set(np.unique(out)) == {300, 600, 70000}
+    with pytest.raises(ValueError, match="has 3 channel.*trained on 1"):
+        seg.predict_proba(np.stack([image] * 3, -1))
+    with pytest.raises(ValueError, match="not fitted"):
+        Segmenter().predict_proba(image)
+
+
+def test_dinoseg_train_and_apply_on_files(tmp_path, phases, capsys):
+    from napari_dinoseg.cli import main
+
+    image, truth, scribbles = phases
+    d = tmp_path / "in"
+    d.mkdir()
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    imsave(tmp_path / "a_labels.png", scribbles, check_contrast=False)
+    tifffile.imwrite(tmp_path / "b.tif", np.roll(image, 30, axis=1))
+    imsave(tmp_path / "b_labels.png", np.roll(scribbles, 30, axis=1), check_contrast=False)
+    model = tmp_path / "model.dinoseg"
+    code = main(["train", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--labels", str(tmp_path / "a_labels.png"),
+                 str(tmp_path / "b_labels.png"), "-o", str(model), "--classifier", "logistic", "--crf"])
+    assert code == 0 and "on 2 image plane(s)" in capsys.readouterr().out
+    seg = Segmenter.load(model)
+    assert seg.crf == CRFConfig() and seg.training.classifier == "logistic" and seg.statistics.quantiles.shape[0] == 2
+    tifffile.imwrite(d / "new.tif", brighter(image))
+    tifffile.imwrite(d / "inverted.tif", 255 - image)
+    out = tmp_path / "out"
+    assert main(["apply", str(model), str(d), "-o", str(out)]) == 0  # a warning does not fail the run...
+    text = capsys.readouterr().out
+    assert "done 2" in text and "1 with warnings" in text and "inverted.tif: unlike the training images" in text
+    np.testing.assert_array_equal(tifffile.imread(out / "new_labels.tif"), seg.segment(brighter(image)))
+    assert main(["apply", str(model), str(d), "-o", str(out), "--strict", "--overwrite"]) == 1  # ...unless --strict
+    assert main(["train", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.png"),
+                 str(tmp_path / "b_labels.png"), "-o", str(model)]) == 2
+    assert "1 images but 2 label files" in capsys.readouterr().err
