@@ -408,3 +408,21 @@ def test_widget_output_equals_dinoseg_apply_with_crf_and_tiles(dock, qtbot, phas
     without_crf = Segmenter.load(saved)
     without_crf.crf = None
     assert not np.array_equal(without_crf.segment(image), approved)  # the CRF was applied in both
+
+
+def test_every_image_mode_predicts_an_unpainted_image(dock, qtbot, phases):
+    """Train on two painted images, predict a third one that has no labels of its own."""
+    image, truth, scribbles = phases
+    viewer, widget, first = dock(image)
+    widget.new_labels_layer().data[:] = scribbles
+    second = viewer.add_image(np.roll(image, 40, axis=1), name="second")
+    widget._image.value = second
+    widget.new_labels_layer().data[:] = np.roll(scribbles, 40, axis=1)
+    third = viewer.add_image((image * 0.6 + 60).astype(np.uint8)[::-1], name="third, darker")
+    widget._image.value = third
+    widget._train_on.value = "every image with labels"
+    click_and_wait(qtbot, widget)
+    assert len(widget.last_result.trained_on) == 2
+    pred = viewer.layers[PREDICTIONS]
+    assert viewer.layers.index(pred) > viewer.layers.index(third)  # drawn over the predicted image
+    assert min(iou(pred.data, truth[::-1], c) for c in (1, 2, 3)) > 0.8

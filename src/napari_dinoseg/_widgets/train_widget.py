@@ -146,19 +146,18 @@ class TrainWidget(WorkerWidget):
         labels: Optional[Labels] = self._labels.value
         if image is None:
             raise ValueError("no image layer: open an image first")
-        if labels is None and self.loaded is not None:
-            labels = self.new_labels_layer()
-        if labels is None:
-            raise ValueError("no labels layer: click 'New labels layer for this image' and paint strokes")
-        owner = labels.metadata.get(IMAGE_KEY)
-        if owner is not None and owner != image.name:
-            raise ValueError(f"labels layer {labels.name!r} was made for image {owner!r}, not {image.name!r}; "
-                             "select that image, or click 'New labels layer for this image'")
-        source = self._source(image, labels)
-        sources = [source]
         if self._train_on.value == TRAIN_ALL:
-            sources += [self._source(img, lab) for img, lab in self.image_label_pairs() if img is not image]
-            sources = [source] + [s for s in sources[1:] if s.painted_slices]
+            sources = self._all_sources(image)
+        else:
+            if labels is None and self.loaded is not None:
+                labels = self.new_labels_layer()
+            if labels is None:
+                raise ValueError("no labels layer: click 'New labels layer for this image' and paint strokes")
+            owner = labels.metadata.get(IMAGE_KEY)
+            if owner is not None and owner != image.name:
+                raise ValueError(f"labels layer {labels.name!r} was made for image {owner!r}, not {image.name!r}; "
+                                 "select that image, or click 'New labels layer for this image'")
+            sources = [self._source(image, labels)]
         painted = any(s.painted_slices for s in sources)
         use_loaded = self.loaded is not None and not painted
         cfg = self.feature_config()
@@ -189,6 +188,19 @@ class TrainWidget(WorkerWidget):
             if own:
                 pairs.append((img, own[0]))
         return pairs
+
+    def _all_sources(self, image: Image) -> list[Source]:
+        """The selected image (with its own labels, or none) first, then every other image with
+        strokes in its own Labels layer."""
+        pairs = self.image_label_pairs()
+        own = next((lab for img, lab in pairs if img is image), None)
+        if own is not None:
+            current = self._source(image, own)
+        else:  # predicted, not trained on
+            current = Source(name=image.name, image=image.data, labels=np.zeros(_spatial_shape(image), np.uint8),
+                             rgb=bool(image.rgb))
+        others = [self._source(img, lab) for img, lab in pairs if img is not image]
+        return [current] + [src for src in others if src.painted_slices]
 
     def _source(self, image: Image, labels: Labels) -> Source:
         """Check one image / labels pair and copy it for the worker."""
@@ -235,7 +247,12 @@ class TrainWidget(WorkerWidget):
 
     def _write_layers(self, result: TrainResult) -> None:
         image: Image = self._image.value
-        labels: Labels = self._labels.value
+        selected: Optional[Labels] = self._labels.value
+        usable = selected is not None and selected in self._viewer.layers and selected is not self._predictions
+        # the strokes whose colours the predictions take, and the layer they are drawn under
+        colours = selected if usable else next((lab for _, lab in self.image_label_pairs()), None)
+        own = usable and selected.metadata.get(IMAGE_KEY, image.name) == image.name
+        labels = selected if own else image
         shape = _spatial_shape(image)
         dtype = result.segmentations[0].dtype
         pred = self._predictions
@@ -243,25 +260,34 @@ class TrainWidget(WorkerWidget):
             if pred is not None and pred in self._viewer.layers:
                 self._viewer.layers.remove(pred)
             pred = Labels(np.zeros(shape, dtype=dtype), name=PREDICTIONS, opacity=0.6,
-                          scale=labels.scale, translate=labels.translate)
-            self._viewer.layers.insert(self._viewer.layers.index(labels), pred)
+                          scale=image.scale[-len(shape):], translate=image.translate[-len(shape):])
+            self._viewer.layers.insert(self._below(labels), pred)
             self._predictions = pred
-        pred.colormap = labels.colormap
+        if colours is not None:
+            pred.colormap = colours.colormap
         for index, seg in zip(result.predict_slices, result.segmentations):
             pred.data[index] = seg
         pred.refresh()
         if result.uncertainties is not None:
             self._write_uncertainty(result, shape, labels)
-        self._viewer.layers.selection.active = labels
+        if isinstance(labels, Labels):
+            self._viewer.layers.selection.active = labels
 
-    def _write_uncertainty(self, result: TrainResult, shape, labels: Labels) -> None:
+    def _below(self, layer) -> int:
+        """Insertion index for an output layer: just under the strokes (a Labels layer), or just
+        over the image when there are none."""
+        index = self._viewer.layers.index(layer)
+        return index if isinstance(layer, Labels) else index + 1
+
+    def _write_uncertainty(self, result: TrainResult, shape, labels) -> None:
         layer = self._uncertainty
         if layer is None or layer not in self._viewer.layers or layer.data.shape != shape:
             if layer is not None and layer in self._viewer.layers:
                 self._viewer.layers.remove(layer)
             layer = Image(np.zeros(shape, dtype=np.float32), name=UNCERTAINTY, colormap="magma",
-                          blending="additive", scale=labels.scale, translate=labels.translate)
-            self._viewer.layers.insert(self._viewer.layers.index(labels), layer)
+                          blending="additive", scale=self._image.value.scale[-len(shape):],
+                          translate=self._image.value.translate[-len(shape):])
+            self._viewer.layers.insert(self._below(labels), layer)
             self._uncertainty = layer
         for index, unc in zip(result.predict_slices, result.uncertainties):
             layer.data[index] = unc
