@@ -53,6 +53,7 @@ def main() -> None:
     viewer.screenshot(str(OUT / "dinov2_mode_random_weights.png"), canvas_only=False)
     viewer.close()
     unsupervised()
+    two_images()
 
 
 def unsupervised() -> None:
@@ -75,6 +76,48 @@ def unsupervised() -> None:
     viewer.screenshot(str(OUT / "unsupervised_classical_ihc.png"), canvas_only=False)
     viewer.close()
     print(f"wrote screenshots to {OUT}")
+
+
+def two_images() -> None:
+    """Train on two superalloy SEM images of different brightness (simulated strokes from their
+    ground truth, as in benchmarks/quality.py), predict a third; needs ../shared/evaldata."""
+    import importlib.util
+    import sys
+
+    import napari
+    import tifffile
+
+    from napari_dinoseg._widgets.train_widget import TrainWidget
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "evaldata" / "nasa_micronet"
+    if not data.exists():
+        print(f"skipped the two-image screenshot: no {data}")
+        return
+    spec = importlib.util.spec_from_file_location("quality", OUT.parents[1] / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = quality
+    spec.loader.exec_module(quality)
+
+    viewer = napari.Viewer(show=True)
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="dinoseg: train", area="right")
+    viewer.window.resize(1500, 950)
+    for i, name in enumerate(("super_spot1_0d_0", "super_spot1_180d_5")):
+        image, gt = quality._read(data, name)
+        layer = viewer.add_image(image, name=name)
+        widget._image.value = layer
+        widget.new_labels_layer().data[:] = quality.simulate_scribbles(gt, 0.01 * gt.size / 2, seed=i)
+    third = viewer.add_image(tifffile.imread(data / "images" / "super_spot5_180d_2.tif"), name="super_spot5_180d_2")
+    widget._image.value = third
+    widget._train_on.value = "every image with labels"
+    click_and_wait(widget)
+    for layer in viewer.layers:
+        layer.visible = layer.name in (third.name, "predictions")
+    viewer.reset_view()
+    get_qapp().processEvents()
+    viewer.screenshot(str(OUT / "train_two_images_super.png"), canvas_only=False)
+    print(widget._status.value)
+    viewer.close()
 
 
 if __name__ == "__main__":
