@@ -46,3 +46,29 @@ def test_widgets_are_in_the_plugins_and_segment_menus(make_napari_viewer):
     ids = {item.command.id for item in get_app_model().menus.get_menu("napari/layers/segment")
            if hasattr(item, "command")}
     assert "napari-dinoseg.batch_widget" in ids
+
+
+def test_doubtful_images_are_named_in_the_report_and_a_notification(make_napari_viewer, qtbot, tmp_path, phases):
+    """A folder image unlike the training images is written but never passed over in silence."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_dinoseg import Segmenter
+
+    image, _, scribbles = phases
+    bundle = Segmenter(FeatureConfig(sigmas=(1, 2), membrane=False)).fit(image, scribbles).save(tmp_path / "m.dinoseg")
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "same.tif", image)
+    tifffile.imwrite(src / "inverted.tif", 255 - image)
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="dinoseg: apply to folder")
+    widget._bundle.value, widget._inputs.value, widget._out.value = bundle, src, tmp_path / "out"
+    start = len(notification_manager.records)
+    widget._run.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert len(widget.summary.done) == 2 and [p for p, _ in widget.summary.warnings] == [str(src / "inverted.tif")]
+    assert "1 with warnings" in widget._status.value
+    assert "inverted.tif: unlike the training images" in widget._report.value
+    notes = [str(n.message) for n in notification_manager.records[start:]]
+    assert any("1 image(s) look unlike the training images" in n and "inverted.tif" in n for n in notes)
