@@ -66,7 +66,7 @@ def test_paint_train_predict_and_reuse_cached_features(dock, qtbot, two_textures
     image, truth, _ = two_textures
     viewer, widget, _ = dock(image)
     labels = widget.new_labels_layer()
-    assert labels.data.shape == image.shape and widget._labels.value is labels
+    assert labels.data.shape == image.shape and widget._labels_layer.value is labels
     brush(labels, TEXTURE_STROKES)
     assert set(np.unique(labels.data)) == {0, 1, 2}
 
@@ -92,7 +92,7 @@ def test_uncertainty_layer(dock, qtbot, two_textures):
     image, _, scribbles = two_textures
     viewer, widget, _ = dock(image)
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     widget._want_uncertainty.value = True
     click_and_wait(qtbot, widget)
     unc = viewer.layers[UNCERTAINTY]
@@ -105,7 +105,7 @@ def test_classifier_menu_chooses_trees_or_the_regression_alone(dock, qtbot, two_
     image, truth, scribbles = two_textures
     viewer, widget, _ = dock(image)
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     assert widget._classifier.value == "logistic+trees"
     click_and_wait(qtbot, widget)
     assert widget.classifier.forest is not None
@@ -119,7 +119,7 @@ def test_edge_aware_smoothing_checkbox(dock, qtbot, two_textures):
     image, truth, scribbles = two_textures
     viewer, widget, _ = dock(image)
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     assert widget._edge_smoothing.value
     click_and_wait(qtbot, widget)
     assert widget.classifier.guided_radius == 4 and len(widget.classifier.guide) == 1
@@ -156,7 +156,7 @@ def test_rgb_and_rgba_images(dock, qtbot, two_textures, channels):
     viewer, widget, layer = dock(rgb, rgb=True)
     assert layer.rgb
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     click_and_wait(qtbot, widget)
     pred = viewer.layers[PREDICTIONS].data
     assert pred.shape == image.shape
@@ -171,7 +171,7 @@ def test_float_image_with_nan_and_inf_warns_and_predicts(dock, qtbot, two_textur
     img[1, :5] = np.inf
     viewer, widget, _ = dock(img)
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     click_and_wait(qtbot, widget)
     assert viewer.layers[PREDICTIONS].data.shape == image.shape
     assert any("NaN/inf pixel(s) replaced" in n for n in notes())
@@ -185,7 +185,7 @@ def test_stack_trains_on_painted_slices_and_predicts_current_slice_or_all(dock, 
     strokes = np.zeros(stack.shape, np.uint8)
     strokes[0] = scribbles  # labels in one slice train the classifier
     viewer.add_labels(strokes, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     viewer.dims.set_current_step(0, 1)
     click_and_wait(qtbot, widget)
     pred = viewer.layers[PREDICTIONS].data
@@ -209,7 +209,7 @@ def test_tiny_image_smaller_than_the_filters(dock, qtbot):
     labels = np.zeros(image.shape, np.uint8)
     labels[2:10, 1], labels[2:10, 10] = 1, 2
     viewer.add_labels(labels, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     click_and_wait(qtbot, widget)
     pred = viewer.layers[PREDICTIONS].data
     assert np.all(pred[:, :5] == 1) and np.all(pred[:, 7:] == 2)
@@ -232,7 +232,7 @@ def test_no_labels_layer(dock, qtbot, notes, two_textures):
 def test_labels_of_another_shape(dock, qtbot, notes, two_textures):
     viewer, widget, _ = dock(two_textures[0])
     viewer.add_labels(np.zeros((50, 60), np.uint8), name="other")
-    widget._labels.value = viewer.layers["other"]
+    widget._labels_layer.value = viewer.layers["other"]
     expect_refusal(qtbot, viewer, widget, notes, "has shape (50, 60) but image")
 
 
@@ -271,7 +271,7 @@ def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
     image, truth, scribbles = two_textures
     viewer, widget, _ = dock(image)
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     use_vit(widget)
     assert not widget.features.model.native.isHidden() and widget.features.sigmas.native.isHidden()
     click_and_wait(qtbot, widget)
@@ -298,7 +298,7 @@ def test_missing_weights_is_a_clear_error(dock, qtbot, notes, two_textures, tmp_
     image, _, scribbles = two_textures
     viewer, widget, _ = dock(image)
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     use_vit(widget, weights="")
     widget.features.model.value = "dinov2_vitb14"
     expect_refusal(qtbot, viewer, widget, notes, "dinov2_vitb14_pretrain.pth")
@@ -308,7 +308,7 @@ def test_crf_option_refines_the_prediction(dock, qtbot, two_textures):
     image, truth, scribbles = two_textures
     viewer, widget, _ = dock(image)
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     click_and_wait(qtbot, widget)
     plain = viewer.layers[PREDICTIONS].data.copy()
     widget._crf.value = True
@@ -325,7 +325,7 @@ def test_save_then_load_predicts_a_new_image_with_nothing_painted(dock, qtbot, t
     widget._bundle_file.value = tmp_path / "textures"
     assert widget.save_classifier() is None and "train a classifier first" in widget._status.value
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     widget.features.sigmas.value = "1, 2, 4"
     click_and_wait(qtbot, widget)
     saved = widget.save_classifier()
@@ -356,7 +356,7 @@ def test_train_on_every_image_with_labels(dock, qtbot, phases):
     theirs = widget.new_labels_layer()
     theirs.data[:] = np.roll(np.where(scribbles == 3, 3, 0), 40, axis=0)  # class 3 on the other one
     viewer.add_labels(np.full(image.shape, 3, np.uint8), name="stray")  # belongs to no image: never used
-    widget._image.value, widget._labels.value = first, mine
+    widget._image.value, widget._labels_layer.value = first, mine
     widget._train_on.value = "this image"
     click_and_wait(qtbot, widget)
     assert widget.classifier.classes.tolist() == [1, 2]
@@ -377,7 +377,7 @@ def test_labels_made_for_another_image_are_refused(dock, qtbot, notes, phases):
     widget._image.value = other
     labels = widget.new_labels_layer()
     labels.data[:] = scribbles
-    widget._image.value, widget._labels.value = first, labels
+    widget._image.value, widget._labels_layer.value = first, labels
     expect_refusal(qtbot, viewer, widget, notes, "was made for image 'other', not 'img'")
 
 
@@ -392,7 +392,7 @@ def test_widget_output_equals_dinoseg_apply_with_crf_and_tiles(dock, qtbot, phas
     image, _, scribbles = phases
     viewer, widget, _ = dock(image)
     viewer.add_labels(scribbles, name="strokes")
-    widget._labels.value = viewer.layers["strokes"]
+    widget._labels_layer.value = viewer.layers["strokes"]
     widget.features.sigmas.value = "1, 2, 4"
     widget._crf.value = True
     click_and_wait(qtbot, widget)
@@ -426,3 +426,15 @@ def test_every_image_mode_predicts_an_unpainted_image(dock, qtbot, phases):
     pred = viewer.layers[PREDICTIONS]
     assert viewer.layers.index(pred) > viewer.layers.index(third)  # drawn over the predicted image
     assert min(iou(pred.data, truth[::-1], c) for c in (1, 2, 3)) > 0.8
+
+
+def test_every_control_has_its_label_with_no_labels_layer(dock):
+    """Opened on an image alone (no Labels layer yet), the drop-downs and boxes keep their labels."""
+    from magicgui.widgets.bases import ButtonWidget
+
+    viewer, widget, _ = dock(np.zeros((32, 32), np.uint8))
+    assert not [lay for lay in viewer.layers if lay.__class__.__name__ == "Labels"]
+    assert widget.labels is True  # the Container's own flag, not a shadowing attribute
+    shown = [w for w in widget if not isinstance(w, ButtonWidget) and w.label]
+    assert all(w._labeled_widget() is not None for w in shown)
+    assert {"image", "brush labels", "train on", "features", "classifier"} <= {w.label for w in shown}

@@ -51,7 +51,7 @@ class TrainWidget(WorkerWidget):
         self._uncertainty: Optional[Image] = None
 
         self._image = create_widget(annotation=Image, label="image")
-        self._labels = create_widget(annotation=Labels, label="brush labels")
+        self._labels_layer = create_widget(annotation=Labels, label="brush labels")
         self._new_labels = PushButton(text="New labels layer for this image")
         self._train_on = ComboBox(choices=[TRAIN_THIS, TRAIN_ALL], value=TRAIN_THIS, label="train on")
         self._train_on.tooltip = ("'every image with labels': each image layer with strokes in its own Labels "
@@ -68,7 +68,7 @@ class TrainWidget(WorkerWidget):
         self._load = PushButton(text="Load classifier")
         self.loaded: Optional[Segmenter] = None  # read from a bundle
         self.extend([
-            self._image, self._labels, self._new_labels, self._train_on, *self.features.widgets, self._classifier,
+            self._image, self._labels_layer, self._new_labels, self._train_on, *self.features.widgets, self._classifier,
             self._edge_smoothing, self._pca, self._crf, self._scope,
             self._want_uncertainty, *self.run_controls, self._bundle_file,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
@@ -129,8 +129,8 @@ class TrainWidget(WorkerWidget):
             scale=image.scale[-len(_spatial_shape(image)):], translate=image.translate[-len(_spatial_shape(image)):],
             metadata={IMAGE_KEY: image.name},
         )
-        self._labels.reset_choices()
-        self._labels.value = layer
+        self._labels_layer.reset_choices()
+        self._labels_layer.value = layer
         layer.mode = "paint"
         layer.selected_label = 1
         self._viewer.layers.selection.active = layer
@@ -143,7 +143,7 @@ class TrainWidget(WorkerWidget):
 
     def _make_job(self) -> TrainJob:
         image: Optional[Image] = self._image.value
-        labels: Optional[Labels] = self._labels.value
+        labels: Optional[Labels] = self._labels_layer.value
         if image is None:
             raise ValueError("no image layer: open an image first")
         if self._train_on.value == TRAIN_ALL:
@@ -247,7 +247,7 @@ class TrainWidget(WorkerWidget):
 
     def _write_layers(self, result: TrainResult) -> None:
         image: Image = self._image.value
-        selected: Optional[Labels] = self._labels.value
+        selected: Optional[Labels] = self._labels_layer.value
         usable = selected is not None and selected in self._viewer.layers and selected is not self._predictions
         # the strokes whose colours the predictions take, and the layer they are drawn under
         colours = selected if usable else next((lab for _, lab in self.image_label_pairs()), None)
