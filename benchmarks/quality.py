@@ -172,7 +172,8 @@ def _source(data: Path, name: str):
         prefix = "super" if name == "super" else "ebc_EBC1"
 
         def split(which: str) -> list[Item]:
-            return [(n, *_read(folder, n)) for n in sorted(r["name"] for r in rows if r["split"] == f"{prefix}_{which}")]
+            names = sorted(r["name"] for r in rows if r["split"] == f"{prefix}_{which}")
+            return [(n, *_read(folder, n)) for n in names]
 
         train, val, test = split("train"), split("val"), split("test")
         classes = _class_names(folder, "super_*" if name == "super" else "ebc_*")
@@ -553,6 +554,7 @@ def registry(weights: Optional[str] = None) -> dict[str, Optional[Method]]:
         "percentile 1-99": dinoseg(FeatureConfig(normalise="percentile", percentiles=(1, 99))),
         "percentile 2-98": dinoseg(FeatureConfig(normalise="percentile", percentiles=(2, 98))),
         "percentile 5-95": dinoseg(FeatureConfig(normalise="percentile", percentiles=(5, 95))),
+        "percentile 25-75": dinoseg(FeatureConfig(normalise="percentile", percentiles=(25, 75))),
         "percentile 0-100 (min-max)": dinoseg(FeatureConfig(normalise="percentile", percentiles=(0, 100))),
         "smoothed percentiles (σ 2)": dinoseg(pct, prenorm=smoothed_percentiles),
         "median/IQR": dinoseg(pct, prenorm=median_iqr),
@@ -978,6 +980,14 @@ def report(results: list[dict], method_names: list[str], default: str) -> str:
     names = [m for m in method_names if any(m in e["methods"] for _, _, e in _rows(results))
              or any(m in r.get("robust", {}).get("methods", {}) for r in results)]
     parts = ["## mIoU (mean ± std over the scribble seeds)", table(results, names)]
+    same: dict[tuple[str, str], list[str]] = {}
+    for r, _, e in _rows(results):
+        for m, res in e["methods"].items():
+            if "same_as" in res and r["set"] not in same.setdefault((m, res["same_as"]), []):
+                same[(m, res["same_as"])].append(r["set"])
+    if same:
+        parts.append("\n".join(f"{m} gives the same predictions as {b} on {', '.join(sets)} (identical configuration "
+                               "for these images' dtype): copied, not run twice." for (m, b), sets in same.items()))
     if any(r.get("robust") for r in results):
         parts += [f"## Brightness / contrast robustness: mIoU on the image x{GAIN:g} + {OFFSET:g} / mIoU on the "
                   "image itself, trained on it (ratio ± std over seeds; mIoUs in brackets)",
@@ -1036,6 +1046,28 @@ def _figure(args, plan: Plan, result: dict, default: str) -> None:
            f"{plan.name} {row}: trained on {tname}, shown {name}")
 
 
+def merge_files(parser, args) -> int:
+    """``--merge``: one JSON / markdown from several runs' JSONs (later files win on a clash)."""
+    docs = [json.loads(p.read_text()) for p in args.merge]
+    keys = ("budget", "seed", "repeats", "max_scored")
+    for p, d in zip(args.merge[1:], docs[1:]):
+        if any(d["meta"].get(k) != docs[0]["meta"].get(k) for k in keys):
+            parser.error(f"--merge: {p} was run with other {'/'.join(keys)} than {args.merge[0]}")
+    results, names, runs = [], [], []
+    for d in docs:
+        results = merge_results(results, d["results"])
+        names = list(dict.fromkeys(names + d["meta"].get("methods", [])))
+        runs += d["meta"].get("runs", [d["meta"]])
+    meta = {**{k: v for k, v in docs[0]["meta"].items() if k != "runs"}, "methods": names, "runs": runs,
+            "merged_from": [str(p) for p in args.merge], "default_method": args.default_method}
+    md = report(results, names, args.default_method)
+    print(md)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    args.out.with_suffix(".md").write_text(md + "\n")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_data = ROOT.parent / "shared" / "evaldata"
@@ -1062,7 +1094,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--append", action="store_true",
                         help="merge this run's methods / rows into an existing --out JSON (same budget, seeds)")
     parser.add_argument("--figures", type=Path, default=None, help="folder for one PNG per set (none if omitted)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="run nothing: merge these result JSONs (same budget, seeds) into --out (.json and .md)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_files(parser, args)
     if args.weights == "random":
         parser.error("--weights random would report random features as ViT quality; give a checkpoint file")
     if args.weights not in (None, "pretrained") and not Path(args.weights).is_file():

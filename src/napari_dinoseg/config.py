@@ -257,6 +257,12 @@ class TrainConfig(_JSONConfig):
     smooth
         Standard deviation (px) of a further Gaussian smoothing of the probabilities (blurs
         across edges too); 0 = off.
+    augment
+        Gamma values: :class:`~napari_dinoseg.Segmenter` also trains on every training image
+        with its normalised intensities ``x`` mapped to ``sign(x) |x| ** gamma``, so that the
+        classifier does not hinge on the painted image's exact tone curve (the images of a
+        folder differ by more than brightness and contrast); ``()``: off. Lower-level
+        :func:`~napari_dinoseg.train` does not augment.
     pca_dim
         Reduce the ViT channels to this many principal components, fitted at train time on
         the training images and folded into the classifier; ``None``: no PCA.
@@ -275,9 +281,17 @@ class TrainConfig(_JSONConfig):
     guided_radius: int = 4
     smooth: float = 0.0
     n_trees: int = 10
+    augment: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _choice("classifier", self.classifier, get_args(ClassifierKind))
+        try:
+            gammas = tuple(float(g) for g in self.augment)
+        except (TypeError, ValueError):
+            raise ValueError(f"augment must be a tuple of gamma values, e.g. (0.7, 1.4), got {self.augment!r}") from None
+        if any(not (math.isfinite(g) and 0.1 <= g <= 10) or g == 1 for g in gammas) or len(set(gammas)) != len(gammas):
+            raise ValueError(f"augment must hold distinct gamma values in [0.1, 10] other than 1, got {self.augment!r}")
+        object.__setattr__(self, "augment", gammas)
         if self.class_weight not in ("balanced", None):
             raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
         if not (isinstance(self.C, (int, float)) and math.isfinite(self.C) and self.C > 0):

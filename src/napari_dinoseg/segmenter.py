@@ -123,11 +123,12 @@ class Segmenter:
                 raise ValueError(f"labels of shape {np.shape(lab)} do not match image {i}'s shape "
                                  f"{np.shape(img)[:2]}; paint in a Labels layer with the image's shape")
         config = self.features.resolved(resolve_device(self.features.device).type)
-        normalised, stacks, crops = [], [], []
-        for i, (img, lab) in enumerate(zip(images, labels)):
-            norm = self._normalise(img, config, check_channels=False)
-            normalised.append(norm)
-            sub = within(progress, 0.9 * i / len(images), 0.9 * (i + 1) / len(images))
+        normalised = [self._normalise(img, config, check_channels=False) for img in images]
+        variants = [(norm, lab) for norm, lab in zip(normalised, labels)]
+        variants += [(tone_curve(norm, g), lab) for g in self.training.augment for norm, lab in zip(normalised, labels)]
+        stacks, crops = [], []
+        for i, (norm, lab) in enumerate(variants):
+            sub = within(progress, 0.9 * i / len(variants), 0.9 * (i + 1) / len(variants))
             for window, core, stack in self._window_features(norm, config, sub, cache):
                 stacks.append(dataclasses.replace(stack, data=stack.data[core], attention=None))
                 crops.append(np.asarray(lab)[_offset(window, core)])
@@ -278,6 +279,11 @@ def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: Train
     for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(shape, tile + 2 * margin, margin, align):
         out.append(((slice(r0, r1), slice(c0, c1)), (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))))
     return out
+
+
+def tone_curve(normalised: np.ndarray, gamma: float) -> np.ndarray:
+    """``sign(x) |x| ** gamma`` of a normalised float32 image (a monotone change of its tone curve)."""
+    return (np.sign(normalised) * np.abs(normalised) ** np.float32(gamma)).astype(np.float32)
 
 
 def label_dtype(classes: np.ndarray) -> np.dtype:
