@@ -170,3 +170,24 @@ def test_dinoseg_train_and_apply_on_files(tmp_path, phases, capsys):
     assert main(["train", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.png"),
                  str(tmp_path / "b_labels.png"), "-o", str(model)]) == 2
     assert "1 images but 2 label files" in capsys.readouterr().err
+
+
+def test_tone_curve_augmentation_trains_on_gamma_variants(phases):
+    """augment=(g, ...): each training image is featurised again after x -> sign(x)|x|^g, and the
+    classifier learns from all of them (statistics describe the images as painted)."""
+    from napari_dinoseg.features.featurise import FeatureCache
+    from napari_dinoseg.segmenter import tone_curve
+
+    image, truth, scribbles = phases
+    cache = FeatureCache()
+    seg = Segmenter(SMALL, TrainConfig(augment=(0.5, 2.0))).fit(image, scribbles, cache=cache)
+    assert len(cache) == 3 and seg.statistics.quantiles.shape[0] == 1
+    x = np.linspace(-0.5, 1.5, 9, dtype=np.float32)
+    np.testing.assert_allclose(tone_curve(x, 2.0), np.sign(x) * x**2, rtol=1e-6)
+    curved = (255 * (image / 255.0) ** 1.8).astype(np.uint8)  # another tone curve than the painted image's
+    plain = Segmenter(SMALL).fit(image, scribbles)
+    score = [np.mean([iou(s.segment(curved), truth, c) for c in (1, 2, 3)]) for s in (plain, seg)]
+    assert score[1] > 0.85 and score[1] >= score[0] - 0.01
+    for bad in ((1.0,), (0.0,), (0.5, 0.5), ("x",)):
+        with pytest.raises(ValueError, match="augment"):
+            TrainConfig(augment=bad)
