@@ -52,7 +52,7 @@ def _train_parser(train: argparse.ArgumentParser) -> None:
     train.add_argument("--weights", default=None, help="ViT checkpoint file (default: the weights folder or HF cache)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     train.add_argument("--normalise", choices=get_args(Normalisation), default="percentile",
-                       help="intensity normalisation (default percentile: per image, 0.5-99.5 %%)")
+                       help="intensity normalisation (default percentile: per image, 5-95 %%)")
     train.add_argument("--intensity-range", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
                        help="the range --normalise fixed maps to [0, 1] (default: the dtype's)")
     train.add_argument("--classifier", choices=("logistic+trees", "logistic"), default="logistic+trees")

@@ -119,7 +119,7 @@ class FeatureConfig(_JSONConfig):
     membrane_size: int = 19
     device: Device = "auto"
     normalise: Normalisation = "percentile"
-    percentiles: tuple[float, float] = (0.5, 99.5)
+    percentiles: tuple[float, float] = (5.0, 95.0)
     intensity_range: Optional[tuple[float, float]] = None
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
 Intensities go to about [0, 1] by one of three rules (``FeatureConfig.normalise``), after
 NaN and -inf are replaced by the channel's finite minimum and +inf by its maximum:
 
-- ``"percentile"``: per image and channel, the ``percentiles`` (default 0.5 and 99.5 %) go to
+- ``"percentile"``: per image and channel, the ``percentiles`` (default 5 and 95 %) go to
   0 and 1, linearly; values beyond them are kept (not clipped), so bright or dark details
   keep their contrast. Brightness and contrast changes between the images of a folder cancel.
 - ``"fixed"``: a fixed range ``intensity_range`` goes to [0, 1] linearly (the dtype's range for
