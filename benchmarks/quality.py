@@ -1046,6 +1046,16 @@ def _figure(args, plan: Plan, result: dict, default: str) -> None:
            f"{plan.name} {row}: trained on {tname}, shown {name}")
 
 
+def write_report(args, meta: dict, results: list[dict], names: list[str]) -> int:
+    """Print the markdown tables and write them, and the JSON, next to ``args.out``; returns 0."""
+    md = report(results, names, args.default_method)
+    print(md)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    args.out.with_suffix(".md").write_text(md + "\n")
+    return 0
+
+
 def merge_files(parser, args) -> int:
     """``--merge``: one JSON / markdown from several runs' JSONs (later files win on a clash)."""
     docs = [json.loads(p.read_text()) for p in args.merge]
@@ -1060,12 +1070,7 @@ def merge_files(parser, args) -> int:
         runs += d["meta"].get("runs", [d["meta"]])
     meta = {**{k: v for k, v in docs[0]["meta"].items() if k != "runs"}, "methods": names, "runs": runs,
             "merged_from": [str(p) for p in args.merge], "default_method": args.default_method}
-    md = report(results, names, args.default_method)
-    print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    args.out.with_suffix(".md").write_text(md + "\n")
-    return 0
+    return write_report(args, meta, results, names)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -1159,12 +1164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         seen = list(dict.fromkeys(old["meta"].get("methods", []) + names))
         names = seen
     meta["methods"] = names
-    md = report(results, names, args.default_method)
-    print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    args.out.with_suffix(".md").write_text(md + "\n")
-    return 0
+    return write_report(args, meta, results, names)
 
 
 if __name__ == "__main__":
