@@ -893,7 +893,7 @@ def table(results: list[dict], method_names: list[str]) -> str:
 
 def robust_table(results: list[dict], method_names: list[str]) -> str:
     """Brightness / contrast robustness: mIoU on the altered copy / on the image itself, per method."""
-    lines = [f"| set | training image | " + " | ".join(method_names) + " |",
+    lines = ["| set | training image | " + " | ".join(method_names) + " |",
              "|---|---|" + "---|" * len(method_names)]
     for r in results:
         rb = r.get("robust")

@@ -14,7 +14,6 @@ from skimage.io import imsave
 from conftest import iou
 from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig, featurise, predict
 from napari_dinoseg.config import CRFConfig
-from napari_dinoseg.image import as_float_image
 
 SMALL = FeatureConfig(sigmas=(1, 2, 4), membrane=False)
 

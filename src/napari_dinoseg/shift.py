@@ -14,7 +14,7 @@ the caller reports them (CLI summary, widget status line).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
