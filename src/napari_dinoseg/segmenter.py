@@ -251,10 +251,12 @@ class Segmenter:
     def _window_features(self, norm: np.ndarray, config: FeatureConfig, progress, cache):
         """Yield ``(window, core, FeatureStack)`` for every tile of a normalised plane: ``window``
         slices the plane, ``core`` slices the window's features down to the part the tile owns."""
+        from .features.featurise import cached_featurise
+
         windows = plane_windows(norm.shape[:2], config, self.training, self.tile)
         for n, (window, core) in enumerate(windows):
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
-            yield window, core, _features(norm[window], config, sub, cache)
+            yield window, core, cached_featurise(norm[window], config, sub, cache, normalised=True)
 
 
 def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: TrainConfig,
@@ -293,20 +295,6 @@ def label_dtype(classes: np.ndarray) -> np.dtype:
         if top <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     raise ValueError(f"label value {top} does not fit in uint32; use label values below {2**32}")
-
-
-def _features(norm: np.ndarray, config: FeatureConfig, progress, cache):
-    """Features of a normalised window, from ``cache`` when it holds them."""
-    from .features.featurise import cache_key, featurise
-
-    if cache is None:
-        return featurise(norm, config, progress, normalised=True)
-    key = cache_key(norm, config)
-    stack = cache.get(key)
-    if stack is None:
-        stack = featurise(norm, config, progress, normalised=True)
-        cache.put(key, stack)
-    return stack
 
 
 def _offset(window: Slices, core: Slices) -> Slices:

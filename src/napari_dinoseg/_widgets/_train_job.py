@@ -16,7 +16,7 @@ import numpy as np
 
 from ..classify import PixelClassifier, uncertainty
 from ..config import FeatureConfig
-from ..features.featurise import FeatureCache, FeatureStack, cache_key, featurise, resolve_device
+from ..features.featurise import FeatureCache, FeatureStack, resolve_device
 from ..image import drop_alpha
 from ..progress import ProgressCallback, report, within
 from ..segmenter import Segmenter
@@ -50,25 +50,6 @@ def describe_plan(config: FeatureConfig, shape: tuple[int, int], n_channels: int
     seconds = estimate_seconds(config, shape, device, n_channels)
     return (f"{config.model} on {device.type}: stride {config.stride}, shifts {config.shifts}, "
             f"flips {config.flips} ({views} views), about {seconds:.0f} s per slice")
-
-
-def cached_features(cache: FeatureCache, plane: np.ndarray, config: FeatureConfig,
-                    progress: Optional[ProgressCallback], messages: list) -> tuple[FeatureStack, bool]:
-    """Features of ``plane`` from ``cache``, or computed and cached; returns ``(stack, reused)``.
-
-    Warnings raised while featurising (NaN replaced, ...) are appended to ``messages`` for
-    the GUI to show, instead of going to the console.
-    """
-    key = cache_key(plane, config)
-    stack = cache.get(key)
-    if stack is not None:
-        return stack, True
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        stack = featurise(plane, config, progress)
-    messages.extend(str(w.message) for w in caught)
-    cache.put(key, stack)
-    return stack, False
 
 
 @dataclass

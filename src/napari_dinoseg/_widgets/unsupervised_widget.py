@@ -18,12 +18,12 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, PushBut
 from napari.layers import Image, Labels
 
 from ..config import CASConfig
-from ..features.featurise import FeatureCache, resolve_device
+from ..features.featurise import FeatureCache, cached_featurise, resolve_device
 from ..image import drop_alpha
 from ..progress import report
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, numbers
-from ._train_job import cached_features, describe_plan, import_compute_libraries
+from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -41,10 +41,13 @@ def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=N
     first = planes[0]
     if announce is not None:
         announce(describe_plan(features, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device))
-    stacks, messages = [], []
-    for i, plane in enumerate(planes):
-        sub = (lambda d, t, m, i=i: report(progress, int(700 * (i + d / max(t, 1)) / len(planes)), 1000, m))
-        stacks.append(cached_features(cache, plane, features, sub, messages)[0])
+    stacks = []
+    with warnings.catch_warnings(record=True) as featurising:  # NaN replaced, ...: shown by the GUI
+        warnings.simplefilter("always")
+        for i, plane in enumerate(planes):
+            sub = (lambda d, t, m, i=i: report(progress, int(700 * (i + d / max(t, 1)) / len(planes)), 1000, m))
+            stacks.append(cached_featurise(plane, features, sub, cache))
+    messages = [str(w.message) for w in featurising]
     report(progress, 700, 1000, "clustering")
     cfg = dataclasses.replace(config, features=features)
     with warnings.catch_warnings(record=True) as caught:

@@ -246,6 +246,20 @@ def cache_key(image: np.ndarray, config: FeatureConfig) -> str:
     return digest.hexdigest()
 
 
+def cached_featurise(image: np.ndarray, config: FeatureConfig, progress: Optional[ProgressCallback] = None,
+                     cache: Optional["FeatureCache"] = None, normalised: bool = False) -> FeatureStack:
+    """:func:`featurise` through ``cache``: its stack when it holds one for this image and config,
+    else computed and put there; plain :func:`featurise` when ``cache`` is ``None``."""
+    if cache is None:
+        return featurise(image, config, progress, normalised=normalised)
+    key = cache_key(image, config)
+    stack = cache.get(key)
+    if stack is None:
+        stack = featurise(image, config, progress, normalised=normalised)
+        cache.put(key, stack)
+    return stack
+
+
 class FeatureCache:
     """Least-recently-used cache of feature stacks, bounded in bytes.
 
