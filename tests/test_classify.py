@@ -175,7 +175,7 @@ def test_subsampling_caps_pixels_per_class_reproducibly(two_textures):
         (np.zeros((64, 64), np.uint8), ValueError, r"labels of shape \(64, 64\) do not match"),
         (np.zeros((192, 192), np.float32), TypeError, "integer array"),
         (np.zeros((192, 192), bool), TypeError, "integer array"),
-        (np.full((192, 192), -1, np.int8), ValueError, ">= 0"),
+        (np.full((192, 192), -1, np.int8), ValueError, "negative value -1"),
     ],
 )
 def test_bad_labels_raise_clear_errors(two_textures, labels, exc, match):

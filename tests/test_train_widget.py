@@ -229,6 +229,17 @@ def test_no_labels_layer(dock, qtbot, notes, two_textures):
     expect_refusal(qtbot, viewer, widget, notes, "no labels layer")
 
 
+@pytest.mark.parametrize("value, match", [(-3, "negative value -3"), (2**40, "too large for a class id")])
+def test_label_values_that_cannot_be_class_ids_are_refused(dock, qtbot, notes, two_textures, value, match):
+    image, _, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    strokes = scribbles.astype(np.int64)
+    strokes[strokes == 2] = value
+    viewer.add_labels(strokes, name="strokes")
+    widget._labels_layer.value = viewer.layers["strokes"]
+    expect_refusal(qtbot, viewer, widget, notes, match)
+
+
 def test_labels_of_another_shape(dock, qtbot, notes, two_textures):
     viewer, widget, _ = dock(two_textures[0])
     viewer.add_labels(np.zeros((50, 60), np.uint8), name="other")

@@ -2,15 +2,23 @@
 
 Every image is predicted by :meth:`napari_dinoseg.Segmenter.predict_proba` (as in the widget:
 same normalisation, tiles, smoothing and CRF) and checked by :meth:`~napari_dinoseg.Segmenter.check`.
-Every output is written atomically (a temporary file in the output folder, then a rename),
-an unreadable input is reported and skipped while the run goes on, a rerun skips finished
-outputs, and the summary says what was done, skipped and failed (with reasons), and which
-images look unlike the training images (warnings).
+Nothing is lost or passed over in silence:
+
+- every input the run was given is done, skipped with a reason (already there, a folder, a
+  broken link, not an image file) or failed with a reason;
+- inputs whose names would give one output name (``a.tif`` and ``a.png``) get distinct ones
+  (``a_tif_labels.tif``, ``a_png_labels.tif``);
+- outputs are written atomically with the user's umask, and carry the classifier's and the
+  input's fingerprints: a rerun skips an image only when every output it asks for is there,
+  readable and made by this classifier from this input, and refuses to mix in outputs of
+  another classifier; temporary files of a killed run are removed;
+- a full disk stops the run early, saying how much space is left.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,44 +27,144 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+from .atomic import NoSpaceError, clean_stale, write_atomic
+from .reading import IMAGE_SUFFIXES, read_image
+
 LABEL_SUFFIX = "_labels.tif"
 PROBA_SUFFIX = "_proba.tif"
+ALREADY_THERE = "already there"
+#: Seconds to wait for a dask scheduler to answer.
+CONNECT_TIMEOUT = 5
 
 
 @dataclass
 class BatchSummary:
-    """What :func:`apply_bundle` did: output paths, skipped inputs, failures with reasons, and
-    warnings about images unlike the training images (their outputs are written, but doubtful)."""
+    """What :func:`apply_bundle` did.
+
+    Attributes
+    ----------
+    done : list of str
+        Label images written.
+    skipped : list of (input, reason)
+        Inputs not processed: outputs already there, or not image files (folders, broken links).
+    failed : list of (input, reason)
+        Inputs that gave no output, and why.
+    warnings : list of (input, message)
+        Images unlike the training images (their outputs are written, but doubtful).
+    cleaned : list of str
+        Temporary files of an interrupted earlier run, removed.
+    stopped : str
+        Why the run stopped before the end ("" when it did not).
+    """
 
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
-    failed: list = field(default_factory=list)  # (input, reason)
-    warnings: list = field(default_factory=list)  # (input, message)
+    failed: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    cleaned: list = field(default_factory=list)
+    stopped: str = ""
 
     def __str__(self) -> str:
         doubtful = len({path for path, _ in self.warnings})
-        lines = [f"done {len(self.done)}, skipped {len(self.skipped)} (already there), failed {len(self.failed)}"
+        there = sum(reason == ALREADY_THERE for _, reason in self.skipped)
+        lines = [f"done {len(self.done)}, skipped {len(self.skipped)} ({there} already there), failed {len(self.failed)}"
                  + (f"; {doubtful} with warnings" if doubtful else "")]
+        if self.stopped:
+            lines.append(f"  stopped early: {self.stopped}")
+        lines += [f"  skipped: {path}: {reason}" for path, reason in self.skipped if reason != ALREADY_THERE]
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed]
         lines += [f"  warning: {path}: {message}" for path, message in self.warnings]
+        if self.cleaned:
+            lines.append(f"  removed {len(self.cleaned)} temporary file(s) left by an interrupted run")
         return "\n".join(lines)
 
 
-def find_inputs(inputs: Union[str, os.PathLike, Sequence]) -> list[Path]:
-    """A folder (its image files), a glob pattern, a file, or a list of files -> sorted paths."""
+def find_inputs(inputs: Union[str, os.PathLike, Sequence]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """A folder (its entries), a glob pattern, a file, or a list of files -> image files to process.
+
+    Returns
+    -------
+    files : list of Path
+        Regular image files, sorted for a folder or a glob, in the given order for a list,
+        each once.
+    unusable : list of (path, reason)
+        Entries that are not image files (sub-folders, broken links, link loops, other
+        suffixes), and repeats of a file already listed. Hidden names (``.*``) are left out.
+
+    Raises
+    ------
+    ValueError
+        When a single path or pattern names nothing at all.
+    """
     if isinstance(inputs, (list, tuple)):
-        return [Path(p) for p in inputs]
-    text = str(inputs)
-    path = Path(text)
+        candidates = [Path(p) for p in inputs]
+    else:
+        text = str(inputs)
+        path = Path(text)
+        if path.is_dir():
+            candidates = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        elif os.path.lexists(text):
+            candidates = [path]
+        else:
+            candidates = sorted(Path(p) for p in glob.glob(text))
+            if not candidates:
+                raise ValueError(f"no input files: {text!r} is neither a folder, a file nor a glob pattern that matches")
+    files, unusable, seen = [], [], {}
+    for path in candidates:
+        reason = _unusable(path)
+        if reason is None:
+            key = os.path.realpath(path)
+            if key in seen:
+                reason = f"the same file as {seen[key]}, listed twice"
+            else:
+                seen[key] = str(path)
+        (files.append(path) if reason is None else unusable.append((str(path), reason)))
+    return files, unusable
+
+
+def _unusable(path: Path) -> Optional[str]:
+    """Why ``path`` is not an image file to process, or ``None``."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except FileNotFoundError:
+            return "a broken symbolic link (its target does not exist)"
+        except (RuntimeError, OSError):
+            return "a symbolic link loop"
+    if not os.path.lexists(path):
+        return "no such file"
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    if path.is_file():
-        return [path]
-    matches = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
-    if not matches:
-        raise ValueError(f"no input files: {text!r} is neither a folder, a file nor a glob pattern that matches")
-    return matches
+        return "a folder, not an image file (sub-folders are not searched)"
+    if not path.is_file():
+        return "not a regular file (a device, pipe or socket)"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})"
+    return None
+
+
+def output_stems(files: Sequence[Path]) -> dict[Path, str]:
+    """The output name stem of every input: its stem, or its name with ``_`` for ``.`` where
+    two inputs share a stem (compared without case, as on macOS and Windows file systems).
+
+    Raises
+    ------
+    ValueError
+        Two inputs with the same name in different folders, naming the pair.
+    """
+    by_stem: dict = {}
+    for path in files:
+        by_stem.setdefault(path.stem.casefold(), []).append(path)
+    stems, taken = {}, {}
+    for group in by_stem.values():
+        for path in group:
+            stem = path.stem if len(group) == 1 else path.name.replace(".", "_")
+            other = taken.get(stem.casefold())
+            if other is not None:
+                raise ValueError(f"{str(other)!r} and {str(path)!r} have the same name: their outputs would "
+                                 "overwrite each other; rename one, or apply to their folders one at a time")
+            taken[stem.casefold()] = path
+            stems[path] = stem
+    return stems
 
 
 def check_output_folder(out_dir: Path, inputs: Iterable[Path]) -> None:
@@ -90,84 +198,172 @@ def apply_bundle(
     Parameters
     ----------
     bundle
-        Path of a bundle written by :func:`napari_dinoseg.save_bundle`.
+        Path of a bundle written by :meth:`napari_dinoseg.Segmenter.save` or
+        :func:`napari_dinoseg.save_bundle`.
     inputs
-        A folder, a glob pattern, a file or a list of files (tif / png / jpg; multi-page
-        tif stacks are segmented slice by slice).
+        A folder, a glob pattern, a file or a list of files (tif / png / jpg). A TIFF's axes
+        are read from its metadata: every plane of a stack or time series is segmented and
+        the output keeps the leading axes.
     out_dir
-        Output folder: ``<stem>_labels.tif`` (uint8 / uint16 labels), and with
-        ``probabilities`` ``<stem>_proba.tif`` (float32, classes last).
+        Output folder: ``<stem>_labels.tif`` (uint8 / uint16 / uint32 labels, ``(*lead, H, W)``),
+        and with ``probabilities`` ``<stem>_proba.tif`` (float32, ``(*lead, H, W, K)``).
     scheduler
         ``None``: this process. A dask ``Client`` or a scheduler address: the images are
         mapped over the dask.distributed cluster.
     overwrite
-        Recompute outputs that already exist (otherwise they are skipped).
+        Recompute outputs that already exist (otherwise finished ones are skipped).
     progress
         ``progress(done, total, input name)`` after each input; may raise to stop.
 
     Returns
     -------
     BatchSummary
+
+    Raises
+    ------
+    ValueError
+        A bundle that cannot be used, no inputs, an output folder that cannot be written or
+        lies inside an input folder, inputs that would write one output name, outputs of
+        another classifier in the output folder (without ``overwrite``), or a scheduler that
+        does not answer.
     """
     from .bundle import read_bundle
 
     read_bundle(bundle)  # fail early, here, on a bad bundle
-    files = find_inputs(inputs)
+    bundle_id = fingerprint(bundle)
+    files, unusable = find_inputs(inputs)
     out = Path(out_dir)
     check_output_folder(out, files)
-    summary = BatchSummary()
-    todo = []
+    stems = output_stems(files)
+    summary = BatchSummary(cleaned=[str(p) for p in clean_stale(out)])
+    for path, reason in unusable:
+        (summary.failed if reason == "no such file" else summary.skipped).append((path, reason))
+    todo, foreign = [], []
     for path in files:
-        if not overwrite and (out / (path.stem + LABEL_SUFFIX)).exists():
-            summary.skipped.append(str(path))
+        state = "redo" if overwrite else _finished(path, out, stems[path], probabilities, bundle_id)
+        if state == "done":
+            summary.skipped.append((str(path), ALREADY_THERE))
+        elif state == "foreign":
+            foreign.append(stems[path] + LABEL_SUFFIX)
         else:
             todo.append(path)
-    args = (str(bundle), str(out), probabilities)
-    if scheduler is None:
-        results = (process_file(str(p), *args) for p in todo)
-    else:
-        results = _on_dask(scheduler, [str(p) for p in todo], args)
-    for n, (path, status, detail, warnings) in enumerate(results, 1):
-        if status == "done":
-            summary.done.append(detail)
-        else:
-            summary.failed.append((path, detail))
-        summary.warnings += [(path, message) for message in warnings]
-        if progress is not None:
-            progress(n, len(todo), Path(path).name)
+    if foreign:
+        raise ValueError(f"{len(foreign)} output(s) in {str(out)!r} were made by another classifier or an older "
+                         f"version (e.g. {foreign[0]}); choose another output folder, or overwrite them")
+    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p]) for p in todo]
+    results = (process_file(*job) for job in jobs) if scheduler is None else _on_dask(scheduler, jobs)
+    finished = set()
+    try:
+        for n, (path, status, detail, warnings) in enumerate(results, 1):
+            finished.add(path)
+            if status == "done":
+                summary.done.append(detail)
+            else:
+                summary.failed.append((path, detail))
+            summary.warnings += [(path, message) for message in warnings]
+            if status == NO_SPACE:
+                summary.stopped = detail
+                break
+            if progress is not None:
+                progress(n, len(todo), Path(path).name)
+    finally:
+        results.close()
+    summary.failed += [(job[0], "not run: the run stopped early (no space left)") for job in jobs
+                       if summary.stopped and job[0] not in finished]
     return summary
 
 
-def _on_dask(scheduler, paths: list, args: tuple):
+def _on_dask(scheduler, jobs: list):
+    """Yield ``process_file`` results as the cluster finishes them; cancel the rest when closed."""
     from dask.distributed import Client, as_completed
 
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    futures = client.map(process_file, paths, *[[a] * len(paths) for a in args], pure=False)
+    client = scheduler if isinstance(scheduler, Client) else connect(scheduler)
+    futures = client.map(process_file, *zip(*jobs), pure=False) if jobs else []
     try:
         for future in as_completed(futures):
             yield future.result()
     finally:
+        client.cancel([f for f in futures if not f.done()])
         if client is not scheduler:
             client.close()
 
 
+def connect(address: str):
+    """A dask ``Client`` of the scheduler at ``address``; ``ValueError`` when it does not answer
+    within ``CONNECT_TIMEOUT`` seconds."""
+    from dask.distributed import Client
+
+    if not isinstance(address, str):
+        raise TypeError(f"scheduler must be a dask Client or an address such as 'tcp://host:8786', got "
+                        f"{type(address).__name__}")
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ValueError(f"cannot reach a dask scheduler at {address!r} within {CONNECT_TIMEOUT} s "
+                         f"({type(err).__name__}: {err}); is it running, and is the address right?") from None
+
+
+def fingerprint(path: Union[str, os.PathLike]) -> str:
+    """16 hex digits of the SHA-256 of a file's bytes: which classifier made an output."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _source(path: Path) -> dict:
+    info = path.stat()
+    return {"source": path.name, "source_size": info.st_size, "source_mtime_ns": info.st_mtime_ns}
+
+
+def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: str) -> str:
+    """``"done"`` when every output the run asks for exists, is readable and was made by this
+    classifier from this input as it is now; ``"foreign"`` when one was made by another
+    classifier (or carries no fingerprint); ``"redo"`` otherwise."""
+    import tifffile
+
+    wanted = [stem + LABEL_SUFFIX] + ([stem + PROBA_SUFFIX] if probabilities else [])
+    for name in wanted:
+        target = out / name
+        if not target.is_file():
+            return "redo"
+        try:
+            with tifffile.TiffFile(target) as tif:
+                meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+        except Exception:  # unreadable (truncated by another tool): ours to rewrite
+            return "redo"
+        if meta.get("dinoseg_bundle") != bundle_id:
+            return "foreign"
+        if {k: meta.get(k) for k in ("source", "source_size", "source_mtime_ns")} != _source(path):
+            return "redo"  # the input changed since
+    return "done"
+
+
 _SEGMENTERS: dict = {}
+NO_SPACE = "no space"
 
 
-def process_file(path: str, bundle: str, out_dir: str, probabilities: bool) -> tuple[str, str, str, list]:
-    """Segment one file: ``(input, "done", output, warnings)`` or ``(input, "failed", reason, [])``.
+def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
+                 stem: Optional[str] = None) -> tuple[str, str, str, list]:
+    """Segment one file: ``(input, "done", output, warnings)``, ``(input, "failed", reason, [])``,
+    or ``(input, "no space", message, [])`` when the output disk is full.
 
-    Runs anywhere (this process or a dask worker): it reads the bundle itself (cached per
-    process) and never raises for a bad input.
+    Runs anywhere (this process or a dask worker): it loads the bundle itself, once per
+    process and bundle content, and never raises for a bad input.
     """
     from .segmenter import Segmenter
 
     try:
-        if bundle not in _SEGMENTERS:
-            _SEGMENTERS[bundle] = Segmenter.load(bundle)
-        seg = _SEGMENTERS[bundle]
-        planes = read_planes(Path(path), seg.n_channels)
+        bundle_id = fingerprint(bundle)
+        if (bundle, bundle_id) not in _SEGMENTERS:
+            _SEGMENTERS.clear()
+            _SEGMENTERS[(bundle, bundle_id)] = Segmenter.load(bundle)
+        seg = _SEGMENTERS[(bundle, bundle_id)]
+        source = Path(path)
+        image = read_image(source, seg.n_channels)
         labels, probas, warnings = [], [], []
+        planes = image.planes
         for i, plane in enumerate(planes):
             proba = seg.predict_proba(plane)
             labels.append(seg.to_labels(proba))
@@ -175,64 +371,25 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool) -> t
             warnings += [where + message for message in seg.check(plane, proba)]
             if probabilities:
                 probas.append(proba)
-        stem = Path(path).stem
+        if image.alpha_dropped:
+            warnings.append("its alpha channel was left out")
+        meta = {"dinoseg_bundle": bundle_id, **_source(source), "classes": seg.classes.tolist()}
+        lead, axes = image.lead_shape, image.lead_axes
+        stem = stem or source.stem
+        if probabilities:  # the labels last: an image is finished when every output is there
+            _write_tiff(Path(out_dir) / (stem + PROBA_SUFFIX), np.stack(probas).reshape(*lead, *probas[0].shape),
+                        {**meta, "axes": axes + "YXC"})
         target = Path(out_dir) / (stem + LABEL_SUFFIX)
-        _write_atomic(target, _as_written(labels, labels[0].dtype))
-        if probabilities:
-            _write_atomic(Path(out_dir) / (stem + PROBA_SUFFIX), _as_written(probas, np.float32))
+        _write_tiff(target, np.stack(labels).reshape(*lead, *labels[0].shape), {**meta, "axes": axes + "YX"})
         return path, "done", str(target), warnings
+    except NoSpaceError as err:
+        return path, NO_SPACE, err.strerror or str(err), []
     except Exception as err:  # a bad input is reported, never fatal for the run
         return path, "failed", f"{type(err).__name__}: {err}", []
 
 
-def read_planes(path: Path, channels: int) -> list[np.ndarray]:
-    """Read an image file as a list of ``(H, W)`` / ``(H, W, C)`` planes with the bundle's channel count."""
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
-    if path.stat().st_size == 0:
-        raise ValueError("empty file")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            data = tifffile.imread(path)
-        else:
-            from skimage.io import imread
-
-            data = imread(path)
-        data = np.asarray(data)
-    except Exception as err:  # every reader error means the same to the user
-        raise ValueError(f"cannot read the image (corrupt or not what its name says): {err}") from None
-    if data.size == 0 or data.ndim < 2:
-        raise ValueError("no image data in the file (corrupt or truncated)")
-    if channels == 1:
-        if data.ndim == 3 and data.shape[-1] in (3, 4) and path.suffix.lower() not in (".tif", ".tiff"):
-            raise ValueError(f"image has {data.shape[-1]} colour channels but the classifier expects greyscale")
-        planes = [data] if data.ndim == 2 else list(data.reshape(-1, *data.shape[-2:]))
-    else:
-        if data.ndim < 3 or data.shape[-1] < channels:
-            raise ValueError(f"image of shape {data.shape} has no {channels} channels (channels last) as the classifier expects")
-        data = data[..., :channels] if channels == 3 and data.shape[-1] == 4 else data
-        if data.shape[-1] != channels:
-            raise ValueError(f"image has {data.shape[-1]} channels but the classifier expects {channels}")
-        planes = [data] if data.ndim == 3 else list(data.reshape(-1, *data.shape[-3:]))
-    return planes
-
-
-def _as_written(planes: list, dtype) -> np.ndarray:
-    """One plane as it is, several as a stack (the shape of the input file)."""
-    stack = np.stack(planes).astype(dtype)
-    return stack[0] if len(planes) == 1 else stack
-
-
-def _write_atomic(target: Path, array: np.ndarray) -> None:
+def _write_tiff(target: Path, array: np.ndarray, metadata: dict) -> None:
     import tifffile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, array)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(target, lambda tmp: tifffile.imwrite(tmp, array, metadata=metadata, photometric="minisblack"),
+                 size_hint=array.nbytes)

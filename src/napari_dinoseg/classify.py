@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import TrainConfig, config_or_default
 from .forest import Forest, fit_forest
 from .smoothing import gaussian_smooth, guided_filter, reach
 
@@ -141,7 +141,7 @@ def train(
     ValueError
         For mismatched shapes, negative labels, no painted pixels, or a single class.
     """
-    config = TrainConfig() if config is None else config
+    config = config_or_default(config, TrainConfig)
     feats, labs = _as_pairs(features, labels)
     x, y = _training_set(feats, labs, config)
     sample = _grid_sample(feats)
@@ -307,20 +307,51 @@ def _as_pairs(features, labels) -> tuple[list[np.ndarray], list[np.ndarray]]:
         raise ValueError(f"feature stacks have different channel counts {sorted(n_feat)}")
     checked = []
     for f, lab in zip(feats, labs):
-        lab = np.asarray(lab)
-        if lab.dtype == bool or not np.issubdtype(lab.dtype, np.integer):
-            raise TypeError(
-                f"labels must be an integer array (0 = unlabelled, 1..K = classes), got dtype {lab.dtype}"
-            )
+        lab = check_labels(lab)
         if lab.shape != f.shape[:-1]:
             raise ValueError(
                 f"labels of shape {lab.shape} do not match the image's shape {f.shape[:-1]}; "
                 "paint in a Labels layer with the image's shape"
             )
-        if lab.size and lab.min() < 0:
-            raise ValueError("labels must be >= 0 (0 = unlabelled, 1..K = classes)")
         checked.append(lab)
     return feats, checked
+
+
+#: The largest label value a class may have: label images are written as uint8, uint16 or uint32.
+MAX_LABEL = 2**32 - 1
+
+
+def check_labels(labels) -> np.ndarray:
+    """Brush labels as an integer array, refused when a value cannot be a class id.
+
+    Parameters
+    ----------
+    labels : (...) array
+        0 = unlabelled, 1..``MAX_LABEL`` = classes.
+
+    Returns
+    -------
+    The labels as an ndarray (not copied).
+
+    Raises
+    ------
+    TypeError
+        For bool, float or other non-integer arrays.
+    ValueError
+        For negative values or values above ``MAX_LABEL`` (which would wrap in the output).
+    """
+    lab = np.asarray(labels)
+    if lab.dtype == bool or not np.issubdtype(lab.dtype, np.integer):
+        raise TypeError(f"labels must be an integer array (0 = unlabelled, 1..K = classes), got dtype {lab.dtype}")
+    if lab.size:
+        low, high = lab.min(), lab.max()
+        if low < 0:
+            raise ValueError(f"labels hold the negative value {int(low)}: label values must be 0 (unlabelled) "
+                             f"or 1..{MAX_LABEL} (classes)")
+        if high > MAX_LABEL:
+            raise ValueError(f"labels hold the value {int(high)}, too large for a class id: label values must be "
+                             f"at most {MAX_LABEL} (they are written as uint32 at most); renumber the classes")
+    return lab
 
 
 def _training_set(feats, labs, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:

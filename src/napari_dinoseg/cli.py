@@ -86,7 +86,6 @@ def apply_command(args: argparse.Namespace) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from .batch import read_planes
     from .config import CRFConfig, FeatureConfig, TrainConfig
     from .segmenter import Segmenter
 
@@ -99,8 +98,8 @@ def train_command(args: argparse.Namespace) -> int:
                            guided_radius=0 if args.no_edge_smoothing else TrainConfig.guided_radius)
     images, labels = [], []
     for image_path, label_path in zip(args.images, args.labels):
-        planes = _read(image_path, lambda p: read_planes(p, _file_channels(p)))
-        label_planes = _read(label_path, lambda p: read_planes(p, 1))
+        planes = _read(image_path, None)
+        label_planes = _read(label_path, 1)
         if len(planes) != len(label_planes):
             raise ValueError(f"{image_path} has {len(planes)} plane(s) but {label_path} has {len(label_planes)}")
         images += planes
@@ -118,27 +117,15 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_channels(path: Path) -> int:
-    """Channels of an image file: 3 for colour PNG / JPEG and (H, W, 3 | 4) arrays, else 1."""
-    import tifffile
+def _read(path: str, channels: Optional[int]) -> list:
+    """The planes of an image or label file, with the file's name in any error."""
+    from .reading import read_image
 
-    if path.suffix.lower() in (".tif", ".tiff"):
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape
-    else:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            shape = (im.height, im.width, len(im.getbands()))
-    return 3 if len(shape) == 3 and shape[-1] in (3, 4) else 1
-
-
-def _read(path: str, reader) -> list:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        return reader(p)
+        return read_image(p, channels).planes
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 

@@ -29,6 +29,17 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, allowed))}")
 
 
+def config_or_default(value: Any, kind: type, name: str = "config"):
+    """``kind()`` for ``None``, ``value`` for an instance of ``kind``; ``TypeError`` naming the
+    expected type otherwise (a dict too: build the config with ``kind(**d)`` or ``kind.from_dict(d)``)."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        hint = f"; build one with {kind.__name__}(**d) or {kind.__name__}.from_dict(d)" if isinstance(value, dict) else ""
+        raise TypeError(f"{name} must be a {kind.__name__} (or None for the defaults), got {type(value).__name__}{hint}")
+    return value
+
+
 class _JSONConfig:
     """Mixin: round trip through plain JSON-compatible dicts, rejecting unknown keys."""
 
@@ -37,6 +48,8 @@ class _JSONConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise TypeError(f"a {cls.__name__} is read from a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -372,6 +385,8 @@ class CASConfig(_JSONConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        config_or_default(self.features, FeatureConfig, "features")
+        config_or_default(self.crf_config, CRFConfig, "crf_config")
         if not isinstance(self.k, int) or self.k < 2:
             raise ValueError(f"k must be an integer >= 2, got {self.k!r}")
         if not (isinstance(self.granularity, (int, float)) and 0 < self.granularity < 10):

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import CRFConfig, FeatureConfig
+from .config import CRFConfig, FeatureConfig, config_or_default
 from .image import as_float_image
 
 #: Probabilities are clipped here before ``-log p`` so that certain pixels stay finite.
@@ -39,7 +39,7 @@ def crf_refine(image: np.ndarray, proba: np.ndarray, config: Optional[CRFConfig]
     """
     import pydensecrf.densecrf as dcrf
 
-    config = CRFConfig() if config is None else config
+    config = config_or_default(config, CRFConfig)
     proba = np.asarray(proba, dtype=np.float32)
     if proba.ndim != 3 or proba.shape[-1] < 2:
         raise ValueError(f"proba must have shape (H, W, K) with K >= 2, got {proba.shape}")

@@ -51,10 +51,9 @@ def as_float_image(image: np.ndarray, config=None) -> np.ndarray:
         For stacks, 1-D data, images with a side below ``MIN_SIDE`` or with no finite value,
         and for a ``"fixed"`` rule without a range on a float image.
     """
-    if config is None:
-        from .config import FeatureConfig
+    from .config import FeatureConfig, config_or_default
 
-        config = FeatureConfig()
+    config = config_or_default(config, FeatureConfig)
     arr = np.asarray(image)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"image dtype {arr.dtype} is not numeric; pass a greyscale or multichannel array")

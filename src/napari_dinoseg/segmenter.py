@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .classify import PixelClassifier, predict, train
+from .classify import PixelClassifier, check_labels, predict, train
 from .config import CRFConfig, FeatureConfig, TrainConfig
 from .progress import ProgressCallback, report, within
 from .shift import TrainingStatistics, collapse_warning
@@ -118,6 +118,7 @@ class Segmenter:
         if len(channels) > 1:
             raise ValueError(f"the training images have different channel counts {sorted(channels)}; "
                              "train on images of one kind")
+        labels = [check_labels(lab) for lab in labels]  # before any featurisation
         for i, (img, lab) in enumerate(zip(images, labels)):
             if np.shape(lab) != np.shape(img)[:2]:
                 raise ValueError(f"labels of shape {np.shape(lab)} do not match image {i}'s shape "

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
-from .config import CASConfig
+from .config import CASConfig, config_or_default
 from .progress import ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def segment_unsupervised(
     """
     from .features.featurise import FeatureStack, featurise
 
-    config = CASConfig() if config is None else config
+    config = config_or_default(config, CASConfig)
     stacked = isinstance(data, (list, tuple))
     items = list(data) if stacked else [data]
     if not items:

@@ -1,0 +1,147 @@
+"""Atomic file writes that lose nothing: a temporary file beside the target, then a rename.
+
+Temporary files are named ``.<target name>.dinoseg-<host>-<pid>-<random>.tmp``, so a later run
+can tell its own leftovers (a killed run's) from a running process's: :func:`clean_stale` removes
+those whose process on this host is gone, or, written elsewhere, untouched for ``STALE_AFTER``
+seconds, and nothing else. Finished files get the permissions of the user's umask (``0644``
+under ``022``), not the ``0600`` of a temporary file. A full disk raises :class:`NoSpaceError`
+saying so, with the space left.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+#: Temporary files of another host (or an older version) older than this (s) are leftovers.
+STALE_AFTER = 3600.0
+_TEMP = re.compile(r"^\..+\.dinoseg-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+#: Older versions' temporaries: ``.<name>_labels.tif.<8 random>.tmp`` and ``.bundle-<8 random>``.
+_LEGACY = re.compile(r"^\..+_(labels|proba)\.tif\.[A-Za-z0-9_]{8}\.tmp$|^\.bundle-[A-Za-z0-9_]{8}$")
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+class NoSpaceError(OSError):
+    """The output folder's file system is full (or over quota)."""
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh temporary name beside ``target`` that :func:`clean_stale` recognises."""
+    host = socket.gethostname().replace("/", "_") or "host"
+    return target.parent / f".{target.name}.dinoseg-{host}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def write_atomic(target, write: Callable[[Path], None], size_hint: int = 0) -> Path:
+    """Call ``write(temporary path)``, then rename the file to ``target``.
+
+    Parameters
+    ----------
+    target
+        The final path; it appears complete or not at all.
+    write
+        Writes the whole file at the path it is given.
+    size_hint
+        Bytes the file will take about; refused up front when the disk has less free.
+
+    Raises
+    ------
+    NoSpaceError
+        No space left (before or while writing); the temporary file is removed.
+    """
+    target = Path(target)
+    if size_hint:
+        _check_free(target.parent, size_hint)
+    tmp = temp_path(target)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, target)
+    except OSError as err:
+        if err.errno in _NO_SPACE or "requested and" in str(err):  # tifffile / numpy short writes
+            raise NoSpaceError(errno.ENOSPC, no_space_message(target.parent)) from None
+        raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def no_space_message(folder: Path) -> str:
+    free = shutil.disk_usage(folder).free
+    return f"no space left in {str(folder)!r} ({_size(free)} free); free some space and run again"
+
+
+def _check_free(folder: Path, size: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < size:
+        raise NoSpaceError(errno.ENOSPC, f"no space left in {str(folder)!r}: {_size(free)} free, the next output "
+                                         f"needs about {_size(size)}; free some space and run again")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def clean_stale(folder) -> list[Path]:
+    """Remove leftover temporary files of killed writes in ``folder``; returns those removed.
+
+    Touches only names of this project's temporary pattern (and of its older versions'), and
+    leaves those a live process on this host (or a recent one elsewhere) may still be writing.
+    """
+    folder = Path(folder)
+    removed = []
+    host = socket.gethostname().replace("/", "_") or "host"
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if not (match or _LEGACY.match(entry.name)) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            same_host = match is not None and match["host"] == host
+            if not _alive(int(match["pid"])) if same_host else age > STALE_AFTER:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask

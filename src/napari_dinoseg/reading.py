@@ -1,0 +1,159 @@
+"""Image files -> planes, with their axes read from the file, not guessed from the shape.
+
+A TIFF's axes come from tifffile's series (OME-XML, ImageJ or tifffile's own metadata): ``C``
+and ``S`` are channels, ``Y`` ``X`` the plane, every other axis (``T``, ``Z``, ...) a leading
+axis whose planes are segmented one by one and kept in the output's shape. Where a TIFF says
+nothing (axes ``Q`` / ``I``), a last axis of at most ``MAX_CHANNELS`` is read as channels, the
+rule the widgets use for arrays. PNG / JPEG channels come from the PIL mode (grey, grey + alpha,
+RGB, RGBA, palette). Alpha is dropped; any other channel-count mismatch is refused, naming both
+counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .image import MAX_CHANNELS
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+TIFF_SUFFIXES = (".tif", ".tiff")
+#: tifffile's letters for axes its metadata did not name.
+UNKNOWN_AXES = set("QI")
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file's pixels with channels last and its leading axes named.
+
+    Attributes
+    ----------
+    data : (*lead, H, W) or (*lead, H, W, C) array
+        In the file's dtype; ``C`` only when there are several channels.
+    lead_axes : str
+        One letter per leading axis (``"TZ"``, ``"Q"`` where the file does not say).
+    channels : int
+    alpha_dropped : bool
+        An alpha channel was present and left out.
+    """
+
+    data: np.ndarray
+    lead_axes: str
+    channels: int
+    alpha_dropped: bool = False
+
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        return self.data.shape[: len(self.lead_axes)]
+
+    @property
+    def planes(self) -> list[np.ndarray]:
+        """Every ``(H, W)`` / ``(H, W, C)`` plane, leading axes flattened in C order."""
+        plane_ndim = self.data.ndim - len(self.lead_axes)
+        return list(self.data.reshape(-1, *self.data.shape[-plane_ndim:]))
+
+
+def read_image(path, channels: Optional[int] = None) -> ImageFile:
+    """Read an image file and check its channel count.
+
+    Parameters
+    ----------
+    path
+        A TIFF (OME / ImageJ / tifffile metadata honoured), PNG or JPEG file.
+    channels
+        The channel count the caller needs (a bundle's); ``None``: whatever the file has.
+
+    Raises
+    ------
+    ValueError
+        Not an image file, empty, unreadable, axes without a plane, or a channel count other
+        than ``channels`` (both counts named).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+    if path.stat().st_size == 0:
+        raise ValueError("empty file")
+    try:
+        data, axes, alpha = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_pil(path)
+    except (ValueError, OSError, KeyError, IndexError, TypeError, SyntaxError, EOFError) as err:
+        raise ValueError(f"cannot read the image (corrupt or not what its name says): {err}") from None
+    if data.size == 0 or data.ndim < 2:
+        raise ValueError("no image data in the file (corrupt or truncated)")
+    image = _channels_last(data, axes, alpha)
+    return _with_channels(image, channels) if channels is not None else image
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str, bool]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ValueError("no image series in the file")
+        series = tif.series[0]
+        data, axes = np.asarray(series.asarray()), series.axes
+        extra = tif.pages[0].extrasamples if len(tif.pages) else ()
+    return data, axes, "S" in axes and len(extra) > 0
+
+
+def _read_pil(path: Path) -> tuple[np.ndarray, str, bool]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode = im.mode
+        if mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("L" if mode == "1" else "RGB")
+        data = np.asarray(im)
+        mode = im.mode
+    alpha = mode in ("LA", "RGBA", "PA", "La", "RGBa")
+    return data, "YX" if data.ndim == 2 else "YXS", alpha
+
+
+def _channels_last(data: np.ndarray, axes: str, alpha: bool) -> ImageFile:
+    """Reorder to (*lead, Y, X[, C]) from the file's axes string."""
+    if len(axes) != data.ndim:
+        raise ValueError(f"the file's axes {axes!r} do not match its shape {data.shape}")
+    named = [a for a in axes if a in "CS" and data.shape[axes.index(a)] > 1]
+    if not named and set(axes) & UNKNOWN_AXES and data.ndim >= 3 and data.shape[-1] <= MAX_CHANNELS:
+        # unnamed axes: the widgets' rule, a short last axis is channels
+        axes = "".join("Q" if a not in UNKNOWN_AXES else a for a in axes[:-3]) + "YXC"
+        named = ["C"] if data.shape[-1] > 1 else []
+    if len(named) > 1:
+        raise ValueError(f"the file has two channel axes ({axes!r}, shape {data.shape}); save one channel axis")
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError(f"the file's axes {axes!r} have no Y and X (image plane)")
+    channel = named[0] if named else None
+    # size-1 channel axes are squeezed; everything else but Y, X and the channel axis leads
+    keep = [i for i, a in enumerate(axes) if not (a in "CS" and a != channel)]
+    lead = [i for i in keep if axes[i] not in ("Y", "X", channel)]
+    order = lead + [axes.index("Y"), axes.index("X")] + ([axes.index(channel)] if channel else [])
+    squeezed = [i for i, a in enumerate(axes) if i not in order]
+    data = np.transpose(data, order + squeezed).reshape([data.shape[i] for i in order])
+    lead_axes = "".join(axes[i] for i in lead)
+    if alpha and channel == "S":
+        return _drop_alpha(data, lead_axes)
+    return ImageFile(data, lead_axes, data.shape[-1] if channel else 1)
+
+
+def _drop_alpha(data: np.ndarray, lead_axes: str) -> ImageFile:
+    """Grey + alpha -> grey; RGB + alpha -> RGB (the alpha channel is last)."""
+    data = data[..., :-1]
+    if data.shape[-1] == 1:
+        data = data[..., 0]
+    return ImageFile(data, lead_axes, 1 if data.ndim == len(lead_axes) + 2 else data.shape[-1], True)
+
+
+def _with_channels(image: ImageFile, channels: int) -> ImageFile:
+    if image.channels == channels:
+        return image
+    if image.channels == 4 and channels == 3:  # RGBA written without an alpha tag
+        return ImageFile(image.data[..., :3], image.lead_axes, 3, True)
+    have = "greyscale" if image.channels == 1 else f"{image.channels} channels"
+    want = "greyscale (1 channel)" if channels == 1 else f"{channels} channels"
+    raise ValueError(f"the image has {have} but the classifier was trained on {want}; "
+                     "convert the image, or train a classifier on images like it")
