@@ -376,3 +376,49 @@ def test_outputs_and_bundles_get_the_users_umask(tmp_path, seg, images, mask, mo
     written = [path, *map(type(path), summary.done), *(tmp_path / "out").glob(f"*{PROBA_SUFFIX}")]
     assert len(written) == 7
     assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {mode}
+
+
+# ---- siblings: what else a file or a command line can hide -----------------------------------------
+
+
+def test_a_tiff_with_several_series_segments_the_first_and_says_so(tmp_path, bundle, two_textures):
+    image, truth, _ = two_textures
+    d = tmp_path / "in"
+    d.mkdir()
+    with tifffile.TiffWriter(d / "two_series.tif") as tif:
+        tif.write(image)
+        tif.write(image[:64, :64])  # e.g. a thumbnail
+    summary = apply_bundle(bundle, d, tmp_path / "out")
+    assert len(summary.done) == 1 and iou(tifffile.imread(summary.done[0]), truth, 2) > 0.9
+    [(path, message)] = summary.warnings
+    assert "holds 2 image series; only the first, of shape (192, 192), was segmented" in message
+
+
+def test_cli_train_takes_whole_float_labels_and_refuses_fractions(tmp_path, two_textures, capsys):
+    image, _, scribbles = two_textures
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", scribbles.astype(np.float32))  # as Fiji saves them
+    args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif")]
+    assert main([*args, "-o", str(tmp_path / "m.dinoseg")]) == 0
+    assert Segmenter.load(tmp_path / "m.dinoseg").classes.tolist() == [1, 2]
+    tifffile.imwrite(tmp_path / "lab.tif", scribbles * np.float32(0.5))
+    assert main([*args, "-o", str(tmp_path / "n.dinoseg")]) == 2
+    assert "holds fractions, NaN or inf" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "img.tif"), "-o", str(tmp_path / "no" / "m.dinoseg")]) == 2
+    assert "the folder" in capsys.readouterr().err and not (tmp_path / "n.dinoseg").exists()
+
+
+def test_cli_interrupted_exits_130_keeping_finished_outputs(tmp_path, bundle, images, monkeypatch, capsys):
+    real = batch.process_file
+    calls = []
+
+    def interrupt_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(batch, "process_file", interrupt_second)
+    assert main(["apply", str(bundle), str(images), "-o", str(tmp_path / "out")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert names(tmp_path / "out") == [f"img0{LABEL_SUFFIX}"]

@@ -371,8 +371,7 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
             warnings += [where + message for message in seg.check(plane, proba)]
             if probabilities:
                 probas.append(proba)
-        if image.alpha_dropped:
-            warnings.append("its alpha channel was left out")
+        warnings += list(image.notes)
         meta = {"dinoseg_bundle": bundle_id, **_source(source), "classes": seg.classes.tolist()}
         lead, axes = image.lead_shape, image.lead_axes
         stem = stem or source.stem

@@ -25,6 +25,12 @@ def main(argv: Optional[list] = None) -> int:
     except (ValueError, TypeError) as err:
         print(f"dinoseg: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system failed us (full disk, permissions): not the input's fault
+        print(f"dinoseg: error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dinoseg: interrupted; finished outputs are kept, a rerun goes on from there", file=sys.stderr)
+        return 130
 
 
 def _apply_parser(apply: argparse.ArgumentParser) -> None:
@@ -125,9 +131,23 @@ def _read(path: str, channels: Optional[int]) -> list:
     if not p.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        return read_image(p, channels).planes
+        planes = read_image(p, channels).planes
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+    if channels == 1:  # label files: whole numbers saved as floats (as some tools do) are label values
+        planes = [_whole(plane, path) for plane in planes]
+    return planes
+
+
+def _whole(labels, path: str):
+    import numpy as np
+
+    if not np.issubdtype(labels.dtype, np.floating):
+        return labels
+    if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        raise ValueError(f"{path}: label files hold whole numbers (0 = unlabelled, 1..K = classes); this one holds "
+                         "fractions, NaN or inf: save the brush labels as an integer image")
+    return labels.astype(np.int64)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ counts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,7 @@ from .image import MAX_CHANNELS
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
+ALPHA_NOTE = "its alpha channel was left out"
 #: tifffile's letters for axes its metadata did not name.
 UNKNOWN_AXES = set("QI")
 
@@ -36,14 +38,14 @@ class ImageFile:
     lead_axes : str
         One letter per leading axis (``"TZ"``, ``"Q"`` where the file does not say).
     channels : int
-    alpha_dropped : bool
-        An alpha channel was present and left out.
+    notes : tuple of str
+        What was left out (an alpha channel, further image series), for the summary.
     """
 
     data: np.ndarray
     lead_axes: str
     channels: int
-    alpha_dropped: bool = False
+    notes: tuple = ()
 
     @property
     def lead_shape(self) -> tuple[int, ...]:
@@ -78,16 +80,19 @@ def read_image(path, channels: Optional[int] = None) -> ImageFile:
     if path.stat().st_size == 0:
         raise ValueError("empty file")
     try:
-        data, axes, alpha = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_pil(path)
+        data, axes, alpha, notes = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_pil(path)
+    except PermissionError:
+        raise ValueError("permission denied: this user cannot read the file") from None
     except (ValueError, OSError, KeyError, IndexError, TypeError, SyntaxError, EOFError) as err:
         raise ValueError(f"cannot read the image (corrupt or not what its name says): {err}") from None
     if data.size == 0 or data.ndim < 2:
         raise ValueError("no image data in the file (corrupt or truncated)")
     image = _channels_last(data, axes, alpha)
-    return _with_channels(image, channels) if channels is not None else image
+    image = _with_channels(image, channels) if channels is not None else image
+    return dataclasses.replace(image, notes=notes + image.notes) if notes else image
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str, bool]:
+def _read_tiff(path: Path) -> tuple[np.ndarray, str, bool, tuple]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -96,10 +101,14 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, bool]:
         series = tif.series[0]
         data, axes = np.asarray(series.asarray()), series.axes
         extra = tif.pages[0].extrasamples if len(tif.pages) else ()
-    return data, axes, "S" in axes and len(extra) > 0
+        others = [s.shape for s in tif.series[1:]]
+    notes = (f"the file holds {len(others) + 1} image series; only the first, of shape {data.shape}, was "
+             f"segmented (the others: {', '.join(map(str, others[:3]))}{' …' if len(others) > 3 else ''})",) \
+        if others else ()
+    return data, axes, "S" in axes and len(extra) > 0, notes
 
 
-def _read_pil(path: Path) -> tuple[np.ndarray, str, bool]:
+def _read_pil(path: Path) -> tuple[np.ndarray, str, bool, tuple]:
     from PIL import Image
 
     with Image.open(path) as im:
@@ -111,7 +120,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, str, bool]:
         data = np.asarray(im)
         mode = im.mode
     alpha = mode in ("LA", "RGBA", "PA", "La", "RGBa")
-    return data, "YX" if data.ndim == 2 else "YXS", alpha
+    return data, "YX" if data.ndim == 2 else "YXS", alpha, ()
 
 
 def _channels_last(data: np.ndarray, axes: str, alpha: bool) -> ImageFile:
@@ -145,14 +154,14 @@ def _drop_alpha(data: np.ndarray, lead_axes: str) -> ImageFile:
     data = data[..., :-1]
     if data.shape[-1] == 1:
         data = data[..., 0]
-    return ImageFile(data, lead_axes, 1 if data.ndim == len(lead_axes) + 2 else data.shape[-1], True)
+    return ImageFile(data, lead_axes, 1 if data.ndim == len(lead_axes) + 2 else data.shape[-1], (ALPHA_NOTE,))
 
 
 def _with_channels(image: ImageFile, channels: int) -> ImageFile:
     if image.channels == channels:
         return image
     if image.channels == 4 and channels == 3:  # RGBA written without an alpha tag
-        return ImageFile(image.data[..., :3], image.lead_axes, 3, True)
+        return ImageFile(image.data[..., :3], image.lead_axes, 3, (ALPHA_NOTE,))
     have = "greyscale" if image.channels == 1 else f"{image.channels} channels"
     want = "greyscale (1 channel)" if channels == 1 else f"{channels} channels"
     raise ValueError(f"the image has {have} but the classifier was trained on {want}; "
