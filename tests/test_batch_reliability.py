@@ -121,6 +121,9 @@ def test_outputs_of_another_classifier_are_never_mixed_in(tmp_path, bundle, imag
     with pytest.raises(ValueError, match="3 output.*made by another classifier"):
         apply_bundle(other, images, out)
     assert main(["apply", str(other), str(images), "-o", str(out)]) == 2
+    apply_bundle(bundle, images, tmp_path / "with_proba", probabilities=True)
+    assert len(apply_bundle(other, images, tmp_path / "with_proba", overwrite=True).done) == 3
+    assert not list((tmp_path / "with_proba").glob(f"*{PROBA_SUFFIX}")), "no probabilities of the old classifier"
     assert len(apply_bundle(other, images, out, overwrite=True).done) == 3
     assert not apply_bundle(other, images, out).done
 

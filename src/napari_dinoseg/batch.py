@@ -378,6 +378,8 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
         if probabilities:  # the labels last: an image is finished when every output is there
             _write_tiff(Path(out_dir) / (stem + PROBA_SUFFIX), np.stack(probas).reshape(*lead, *probas[0].shape),
                         {**meta, "axes": axes + "YXC"})
+        else:  # never leave another classifier's probabilities beside these labels
+            _remove_if_foreign(Path(out_dir) / (stem + PROBA_SUFFIX), bundle_id)
         target = Path(out_dir) / (stem + LABEL_SUFFIX)
         _write_tiff(target, np.stack(labels).reshape(*lead, *labels[0].shape), {**meta, "axes": axes + "YX"})
         return path, "done", str(target), warnings
@@ -385,6 +387,17 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
         return path, NO_SPACE, err.strerror or str(err), []
     except Exception as err:  # a bad input is reported, never fatal for the run
         return path, "failed", f"{type(err).__name__}: {err}", []
+
+
+def _remove_if_foreign(path: Path, bundle_id: str) -> None:
+    """Remove an output of this project made by another classifier (``overwrite``)."""
+    import tifffile
+
+    if path.is_file():
+        with tifffile.TiffFile(path) as tif:
+            meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+        if "dinoseg_bundle" in meta and meta["dinoseg_bundle"] != bundle_id:
+            path.unlink()
 
 
 def _write_tiff(target: Path, array: np.ndarray, metadata: dict) -> None:
