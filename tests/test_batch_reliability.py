@@ -425,3 +425,15 @@ def test_cli_interrupted_exits_130_keeping_finished_outputs(tmp_path, bundle, im
     assert main(["apply", str(bundle), str(images), "-o", str(tmp_path / "out")]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert names(tmp_path / "out") == [f"img0{LABEL_SUFFIX}"]
+
+
+def test_nothing_to_segment_is_an_error_not_an_empty_success(tmp_path, bundle, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["apply", str(bundle), str(empty), "-o", str(tmp_path / "out")]) == 2
+    assert "no image files to segment" in capsys.readouterr().err
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="notes.txt: not an image file"):
+        apply_bundle(bundle, empty, tmp_path / "out")
+    with pytest.raises(ValueError, match="no image files"):
+        apply_bundle(bundle, [], tmp_path / "out")

@@ -232,6 +232,9 @@ def apply_bundle(
     read_bundle(bundle)  # fail early, here, on a bad bundle
     bundle_id = fingerprint(bundle)
     files, unusable = find_inputs(inputs)
+    if not files:
+        shown = "; ".join(f"{Path(p).name}: {r}" for p, r in unusable[:3]) + (" …" if len(unusable) > 3 else "")
+        raise ValueError(f"no image files to segment in {str(inputs)!r}" + (f" ({shown})" if unusable else " (it is empty)"))
     out = Path(out_dir)
     check_output_folder(out, files)
     stems = output_stems(files)
