@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from napari_dinoseg.config import FeatureConfig, TrainConfig
+from napari_dinoseg.config import CASConfig, CRFConfig, FeatureConfig, TrainConfig
 
 
 def test_feature_config_defaults_and_json_round_trip():
@@ -42,3 +42,24 @@ def test_from_dict_rejects_unknown_fields():
 def test_train_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: TrainConfig(C=True), "C must be"),
+    (lambda: TrainConfig(smooth=False), "smooth must be"),
+    (lambda: TrainConfig(n_trees=True), "n_trees must be"),
+    (lambda: TrainConfig(max_iter=10**9), "max_iter must be"),
+    (lambda: CRFConfig(iterations=10**9), r"iterations must be an integer in \[1, 100\]"),  # a run that never ends
+    (lambda: CRFConfig(bilateral_sxy=float("inf")), "bilateral_sxy must be"),
+    (lambda: CRFConfig(gaussian_sxy=True), "gaussian_sxy must be"),
+    (lambda: CASConfig(k=10**7), "k must be"),
+])
+def test_configs_refuse_bools_and_values_that_would_never_finish(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("data", ["classical", 3, [["kind", "classical"]], None])
+def test_from_dict_of_a_non_dict_is_a_type_error(data):
+    with pytest.raises(TypeError, match="FeatureConfig is read from a dict"):
+        FeatureConfig.from_dict(data)

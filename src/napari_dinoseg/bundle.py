@@ -3,10 +3,18 @@
 A bundle is a zip archive holding ``bundle.json`` (format, feature config with its intensity
 normalisation, training config, CRF config, training statistics, classes, channel names, image
 channel count, package and library versions) and ``arrays.npz`` (coefficients, intercepts,
-classes, feature scaling, trees), read back with
-``np.load(allow_pickle=False)``: a bundle from a stranger cannot run code. A real mismatch
+classes, feature scaling, trees), read back by numpy's ``.npy`` reader with
+``allow_pickle=False``: a bundle from a stranger cannot run code. A real mismatch
 (corrupt or foreign file, wrong feature count, unknown model) raises ``ValueError`` with
 what to do; version drift only warns.
+
+Reading is bounded: before anything is inflated or allocated, the sizes that the zip
+directories (of the bundle and of the zip inside it, ``arrays.npz``) and the ``.npy`` headers
+declare are checked against :data:`MAX_BUNDLE_BYTES` (1 GiB; a real bundle inflates to
+16 KiB..20 MiB, see there) and against the bytes each member really holds, and no member is
+read past its declared size. Any file that is not a valid bundle (a directory, a device or
+pipe, a zip bomb, malformed JSON or arrays, an out-of-range number) raises ``ValueError``
+naming the file and the reason, never another exception.
 """
 
 from __future__ import annotations
@@ -14,19 +22,26 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
-import tempfile
+import re
+import reprlib
+import stat
+import struct
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 
+from .atomic import write_atomic
 from .classify import PixelClassifier
 from .config import CRFConfig, FeatureConfig, TrainConfig
 from .forest import forest_from_arrays
+from .image import MAX_CHANNELS
 from .shift import TrainingStatistics
 
 FORMAT = "napari-dinoseg-bundle"
@@ -40,6 +55,37 @@ FORMAT_VERSION = 4
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 FOREST_PREFIX = "forest_"
 PathLike = Union[str, os.PathLike]
+
+#: Most bytes a bundle may inflate to: its members together, and the arrays inside its
+#: ``arrays.npz`` together, as the zip directories and ``.npy`` headers declare them (checked
+#: before anything is inflated or allocated). Bundles of the default ``logistic+trees``
+#: classifier on classical features of a 512 x 512 image inflate to 16 KiB (brush strokes),
+#: 126 KiB (every pixel labelled) and 20 MiB (three classes of labels unrelated to the image:
+#: the largest trees it grows); the cap is 50 times the largest. Reading a bundle takes at most
+#: about twice this much memory.
+MAX_BUNDLE_BYTES = 1 << 30
+#: Most bytes ``bundle.json`` may inflate to (a real one: 4 KiB, plus about 0.4 KiB of training
+#: statistics per training image and channel); parsing takes up to about 25 times this much memory.
+MAX_JSON_BYTES = 4 << 20
+#: Deepest nesting of lists and objects in ``bundle.json`` (a real one nests 6 deep).
+MAX_JSON_DEPTH = 32
+#: Most members of a bundle's zip archive, and of its ``arrays.npz`` (a real one: 2 and 12).
+MAX_MEMBERS = 64
+#: Largest zip directory (``zipfile`` reads it whole on opening), of a bundle and of its ``arrays.npz``.
+MAX_DIRECTORY_BYTES = 1 << 20
+#: Largest class label value (label images are at most uint32).
+MAX_LABEL = 2**32 - 1
+#: Longest quoted message of a library or config error in a refusal.
+MAX_REASON = 300
+
+_EOCD, _EOCD_LOCATOR, _EOCD_SIGNATURE = 22, 20, b"PK\x05\x06"  # zip end record, ZIP64 locator
+_ENCRYPTED_OR_PATCHED = 0x1 | 0x20 | 0x40  # zip general-purpose flag bits
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, OverflowError, ValueError, struct.error,
+               NotImplementedError)
+_ARRAY_ERRORS = _ZIP_ERRORS + (TypeError,)
+_CONFIG_ERRORS = (ValueError, TypeError, KeyError, OverflowError, AttributeError)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # linear time
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -78,8 +124,19 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         The rest of a :class:`~napari_dinoseg.Segmenter`: training config (rebuilt from the
         classifier when omitted), dense CRF config (``None``: off), training statistics.
     """
+    from .config import config_or_default
     from .features.featurise import n_features
 
+    if not isinstance(clf, PixelClassifier):
+        raise TypeError(f"clf must be a fitted PixelClassifier, got {type(clf).__name__}")
+    if not isinstance(config, FeatureConfig):
+        raise TypeError(f"config must be the FeatureConfig the features were made with, got {type(config).__name__}")
+    if crf is not None:
+        config_or_default(crf, CRFConfig, "crf")
+    if training is not None:
+        config_or_default(training, TrainConfig, "training")
+    if not Path(path).absolute().parent.is_dir():
+        raise ValueError(f"cannot save the bundle: the folder {str(Path(path).absolute().parent)!r} does not exist")
     if n_channels is None:  # the smallest channel count giving this many features
         n_channels = next((c for c in range(1, 17) if n_features(config, c) == clf.n_features), None)
     if n_channels is None or n_features(config, n_channels) != clf.n_features:
@@ -111,18 +168,12 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
     arrays = io.BytesIO()
     forest = {} if clf.forest is None else {FOREST_PREFIX + k: v for k, v in clf.forest.arrays().items()}
     np.savez(arrays, **{name: getattr(clf, name) for name in ARRAYS}, **forest)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".bundle-", dir=path.parent or ".")
-    os.close(fd)
-    try:
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("bundle.json", json.dumps(meta, indent=2))
             zf.writestr("arrays.npz", arrays.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    return write_atomic(Path(path).absolute(), write, size_hint=len(arrays.getvalue()))
 
 
 def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
@@ -132,116 +183,362 @@ def load_bundle(path: PathLike) -> tuple[PixelClassifier, FeatureConfig]:
 
 
 def read_bundle(path: PathLike) -> BundleContents:
-    """Read and check everything a bundle holds; ``ValueError`` says what is wrong with it."""
+    """Read and check everything a bundle holds.
+
+    Raises
+    ------
+    ValueError
+        For a missing file and for any file that is not a valid bundle, saying why (see the
+        module docstring); a malformed file never raises anything else.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"bundle {str(path)!r} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(1)
-    if head == b"\x80":
-        raise ValueError(f"{str(path)!r} is a pickle file; bundles never hold pickles (it was not loaded)")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{str(path)!r} is not a napari-dinoseg bundle (not a zip archive: corrupt or foreign file)")
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if not {"bundle.json", "arrays.npz"} <= names:
-                raise ValueError(f"{str(path)!r} is not a napari-dinoseg bundle (it holds {sorted(names)[:5]})")
-            meta = json.loads(zf.read("bundle.json"))
-            raw = zf.read("arrays.npz")
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a napari-dinoseg bundle (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    version = meta.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"bundle format {version!r} is newer than this napari-dinoseg reads; upgrade")
-    try:
-        feature_dict = dict(meta["feature_config"])
-        if version < 4:  # trained with the rule of the time
-            feature_dict.setdefault("normalise", "legacy")
-        config = FeatureConfig.from_dict(feature_dict)  # unknown model -> ValueError listing the names
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"bundle {str(path)!r} is corrupt: no valid feature config ({err})") from None
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in ARRAYS}
-            forest_arrays = {k[len(FOREST_PREFIX):]: npz[k] for k in npz.files if k.startswith(FOREST_PREFIX)}
-    except (ValueError, KeyError, OSError) as err:
-        raise ValueError(f"bundle {str(path)!r} has unreadable arrays (object arrays are refused): {err}") from None
-    scaling, smooth = meta.get("scaling", "standard"), meta.get("smooth", 0.0)
-    radius, guide = meta.get("guided_radius", 0), meta.get("guide", [])
-    kind = meta.get("classifier", "logistic")
-    try:
-        training = TrainConfig.from_dict(meta["training_config"]) if version >= 4 else \
-            TrainConfig(classifier=kind, scaling=scaling, smooth=smooth, guided_radius=radius)
-        if (training.scaling, training.smooth, training.guided_radius) != (scaling, smooth, radius) \
-                or training.classifier != kind:
-            raise ValueError("its training config disagrees with its classifier")
-        crf = CRFConfig.from_dict(meta["crf_config"]) if meta.get("crf_config") is not None else None
-        n_feat = meta.get("n_features")
-        if not (isinstance(n_feat, int) and isinstance(guide, list)
-                and all(type(i) is int and 0 <= i < n_feat for i in guide)):
-            raise ValueError(f"guide channels {guide!r} are not indices of its {n_feat} features")
-        _check_values(arrays)
-    except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None
-    clf = PixelClassifier(**arrays, scaling=scaling, smooth=float(smooth), guided_radius=radius, guide=tuple(guide))
-    _check(clf, meta, config, path)
-    if kind == "logistic+trees":
+        meta, raw = _read_members(path, with_arrays=True)
+        version = _format_version(meta)
+        config = _feature_config(meta, version)
+        arrays, forest_arrays = _read_arrays(raw)
         try:
-            forest = forest_from_arrays(forest_arrays, clf.n_features, clf.n_classes)
-        except ValueError as err:
-            raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None
-        clf = dataclasses.replace(clf, forest=forest)
-    n_channels = int(meta["n_channels"])
-    statistics = None
-    if meta.get("statistics") is not None:
-        try:
-            statistics = TrainingStatistics.from_dict(meta["statistics"], n_channels, clf.n_classes)
-        except ValueError as err:
-            raise ValueError(f"bundle {str(path)!r} is corrupt: {err}") from None
-    _warn_on_drift(meta.get("versions", {}))
-    names = meta.get("channel_names")
-    return BundleContents(clf, config, training, crf, statistics, n_channels,
-                          tuple(names) if isinstance(names, list) else None)
-
-
-def _check_values(arrays: dict) -> None:
-    """Every number finite, every scale positive, classes distinct positive integers."""
-    for name in ("coef", "intercept", "mean", "scale"):
-        a = arrays[name]
-        if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
-            raise ValueError(f"its {name} array holds non-finite or non-float values")
-    if (arrays["scale"] <= 0).any():
-        raise ValueError("its feature scale holds zero or negative values")
-    classes = arrays["classes"]
-    if not np.issubdtype(classes.dtype, np.integer) or (classes < 1).any() or len(np.unique(classes)) != len(classes):
-        raise ValueError("its classes are not distinct positive integers")
+            contents = _contents(meta, version, config, arrays, forest_arrays)
+        except _CONFIG_ERRORS as err:
+            raise _refuse(f"it is corrupt: {_text(err)}") from None
+    except _Refusal as err:
+        raise ValueError(f"{str(path)!r} {err}") from None
+    _warn_on_drift(meta.get("versions") or {})
+    return contents
 
 
 def bundle_channels(path: PathLike) -> int:
-    """Image channel count a bundle's classifier expects (without loading its arrays)."""
-    with zipfile.ZipFile(path) as zf:
-        return int(json.loads(zf.read("bundle.json"))["n_channels"])
+    """Image channel count a bundle's classifier expects (reads ``bundle.json`` only).
+
+    Raises
+    ------
+    ValueError
+        As :func:`read_bundle`, for what ``bundle.json`` alone shows.
+    """
+    path = Path(path)
+    try:
+        meta, _ = _read_members(path, with_arrays=False)
+        _format_version(meta)
+        try:
+            return _count(meta, "n_channels", MAX_CHANNELS)
+        except ValueError as err:
+            raise _refuse(f"it is corrupt: {err}") from None
+    except _Refusal as err:
+        raise ValueError(f"{str(path)!r} {err}") from None
 
 
-def _check(clf: PixelClassifier, meta: dict, config: FeatureConfig, path: Path) -> None:
+class _Refusal(Exception):
+    """Why a file is not a (readable) bundle; the text follows the file's name."""
+
+
+def _refuse(reason: str) -> _Refusal:
+    return _Refusal(f"is not a valid napari-dinoseg bundle: {reason}")
+
+
+def _read_members(path: Path, with_arrays: bool) -> tuple[dict, Optional[bytes]]:
+    """``bundle.json`` parsed and ``arrays.npz`` as bytes (``None`` unless ``with_arrays``),
+    their sizes checked in the zip directory before either is read."""
+    with _open_regular(path) as f:
+        if f.read(1) == b"\x80":
+            raise _Refusal("is a pickle file; bundles never hold pickles (it was not loaded)")
+        try:
+            _check_directory(f, os.fstat(f.fileno()).st_size, "it")
+            with zipfile.ZipFile(f) as zf:
+                members = _members(zf, "its zip archive")
+                if not {"bundle.json", "arrays.npz"} <= members.keys():
+                    raise _Refusal(f"is not a napari-dinoseg bundle (it holds {sorted(members)[:5]}, "
+                                   "not bundle.json and arrays.npz)")
+                meta_info, arrays_info = members["bundle.json"], members["arrays.npz"]
+                if meta_info.file_size > MAX_JSON_BYTES:
+                    raise _refuse(f"its bundle.json inflates to {_size(meta_info.file_size)}, more than the "
+                                  f"{_size(MAX_JSON_BYTES)} a bundle's may (MAX_JSON_BYTES)")
+                if meta_info.file_size + arrays_info.file_size > MAX_BUNDLE_BYTES:
+                    raise _refuse(f"it inflates to {_size(meta_info.file_size + arrays_info.file_size)}, more "
+                                  f"than the {_size(MAX_BUNDLE_BYTES)} a bundle may (MAX_BUNDLE_BYTES)")
+                meta = _parse_json(_read_member(zf, meta_info))
+                raw = _read_member(zf, arrays_info) if with_arrays else None
+        except _ZIP_ERRORS as err:
+            raise _refuse(f"its zip archive is corrupt ({_text(err)})") from None
+    if meta.get("format") != FORMAT:
+        raise _Refusal(f"is not a napari-dinoseg bundle (format {reprlib.repr(meta.get('format'))})")
+    return meta, raw
+
+
+def _open_regular(path: Path) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file (never blocking on a pipe)."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise _refuse("it is a directory")
+        if not stat.S_ISREG(mode):
+            raise _refuse("it is not a regular file (a device, pipe or socket)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise _Refusal("does not exist (no such bundle file)") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise _refuse(f"it cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the check above
+        f.close()
+        raise _refuse("it is not a regular file")
+    return f
+
+
+def _check_directory(f: BinaryIO, size: int, what: str) -> None:
+    """Refuse a zip archive whose central directory (read whole by ``zipfile``) is larger than
+    ``MAX_DIRECTORY_BYTES``, or that needs ZIP64 (a bundle never does), from its end record
+    (found as ``zipfile`` finds it)."""
+    tail = min(size, _EOCD_LOCATOR + _EOCD + 0xFFFF)
+    f.seek(size - tail)
+    data = f.read(tail)
+    at = len(data) - _EOCD if data[-_EOCD:-_EOCD + 4] == _EOCD_SIGNATURE and data[-2:] == b"\0\0" \
+        else data.rfind(_EOCD_SIGNATURE, _EOCD_LOCATOR if size > tail else 0)
+    if at < 0 or len(data) - at < _EOCD:
+        raise _refuse(f"{what} is not a zip archive (corrupt or foreign file)")
+    if at >= _EOCD_LOCATOR and data[at - _EOCD_LOCATOR:at - _EOCD_LOCATOR + 4] == b"PK\x06\x07":
+        raise _refuse(f"{what} is a ZIP64 archive, which a bundle never needs")
+    directory = struct.unpack("<I", data[at + 12:at + 16])[0]
+    if directory > MAX_DIRECTORY_BYTES:
+        raise _refuse(f"{what} has a zip directory of {_size(directory)}, more than the "
+                      f"{_size(MAX_DIRECTORY_BYTES)} a bundle's may (MAX_DIRECTORY_BYTES)")
+    f.seek(0)
+
+
+def _members(zf: zipfile.ZipFile, what: str) -> dict[str, zipfile.ZipInfo]:
+    """The members of ``zf`` by name: few, distinct, stored or deflated, not encrypted."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise _refuse(f"{what} holds {len(infos)} members, more than a bundle's {MAX_MEMBERS} (MAX_MEMBERS)")
+    names = [info.filename for info in infos]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise _refuse(f"{what} holds two members named {twice[0]!r}")
+    for info in infos:
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise _refuse(f"{what} holds {info.filename!r} compressed with method {info.compress_type}; "
+                          "bundles are stored or deflated")
+        if info.flag_bits & _ENCRYPTED_OR_PATCHED:
+            raise _refuse(f"{what} holds {info.filename!r} encrypted or patched, which bundles never are")
+    return dict(zip(names, infos))
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, never more than its directory entry declares (``zipfile``'s own
+    ``read`` may inflate up to 2 GiB at once before truncating)."""
+    with zf.open(info) as fh:
+        data = fh.read(info.file_size)
+    if len(data) != info.file_size:
+        raise _refuse(f"its {info.filename} is truncated ({len(data)} of {info.file_size} bytes)")
+    return data
+
+
+def _parse_json(raw: bytes) -> dict:
+    """``bundle.json`` parsed: UTF-8, nested at most ``MAX_JSON_DEPTH`` deep (checked before
+    parsing, which recurses), strict JSON (no NaN), an object."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _refuse("its bundle.json is not UTF-8 text") from None
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise _refuse(f"its bundle.json nests lists or objects more than {MAX_JSON_DEPTH} deep (MAX_JSON_DEPTH)")
+    try:
+        meta = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
+        raise _refuse(f"its bundle.json is not valid JSON ({_text(err)})") from None
+    if not isinstance(meta, dict):
+        raise _refuse(f"its bundle.json holds a JSON {_JSON_TYPES.get(type(meta), 'value')}, not an object")
+    return meta
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_depth(raw: bytes) -> int:
+    """Deepest nesting of arrays and objects in JSON text (brackets inside strings skipped)."""
+    code = np.frombuffer(_JSON_STRING.sub(b'""', raw), np.uint8)
+    opens = (code == ord("[")) | (code == ord("{"))
+    closes = (code == ord("]")) | (code == ord("}"))
+    return int(np.cumsum(opens.astype(np.int8) - closes.astype(np.int8), dtype=np.int32).max(initial=0))
+
+
+def _format_version(meta: dict) -> int:
+    version = meta.get("format_version", 0)
+    if type(version) is not int or version < 0:
+        raise _refuse(f"it is corrupt: format_version {reprlib.repr(version)} is not a non-negative integer")
+    if version > FORMAT_VERSION:
+        raise _Refusal(f"is a napari-dinoseg bundle of format {version}, newer than this version reads "
+                       f"({FORMAT_VERSION}); upgrade napari-dinoseg")
+    return version
+
+
+def _feature_config(meta: dict, version: int) -> FeatureConfig:
+    try:
+        feature_dict = dict(_object(meta, "feature_config"))
+        if version < 4:  # trained with the rule of the time
+            feature_dict.setdefault("normalise", "legacy")
+        return FeatureConfig.from_dict(feature_dict)  # an unknown model: the error lists the names
+    except _CONFIG_ERRORS as err:
+        raise _refuse(f"its feature config is not valid here: {_text(err)}") from None
+
+
+def _read_arrays(raw: bytes) -> tuple[dict, dict]:
+    """``(classifier arrays, forest arrays)`` from the bytes of ``arrays.npz``, every size
+    checked against the zip directory and ``MAX_BUNDLE_BYTES`` before anything is inflated."""
+    try:
+        f = io.BytesIO(raw)
+        _check_directory(f, len(raw), "its arrays.npz")
+        with zipfile.ZipFile(f) as zf:
+            members = _members(zf, "its arrays.npz")
+            total = sum(info.file_size for info in members.values())
+            if total > MAX_BUNDLE_BYTES:
+                raise _refuse(f"its arrays.npz inflates to {_size(total)}, more than the "
+                              f"{_size(MAX_BUNDLE_BYTES)} a bundle may (MAX_BUNDLE_BYTES)")
+            wanted = {name[:-4]: info for name, info in members.items() if name.endswith(".npy")
+                      and (name[:-4] in ARRAYS or name.startswith(FOREST_PREFIX))}
+            missing = [name for name in ARRAYS if name not in wanted]
+            if missing:
+                raise _refuse(f"its arrays.npz lacks the array(s) {missing}")
+            arrays = {name: _read_npy(zf, info) for name, info in wanted.items()}
+    except _ARRAY_ERRORS as err:
+        raise _refuse(f"its arrays.npz is corrupt ({_text(err)})") from None
+    forest = {name[len(FOREST_PREFIX):]: arrays.pop(name) for name in list(arrays) if name.startswith(FOREST_PREFIX)}
+    return arrays, forest
+
+
+def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One ``.npy`` member, its header checked first: no objects (pickle), and no more data than
+    the member holds (``numpy`` allocates the declared size before reading)."""
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            raise _refuse(f"its {info.filename} is a .npy file of version {version}, which bundles never use")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+        held = info.file_size - fh.tell()
+    if dtype.hasobject:
+        raise _refuse(f"its {info.filename} holds Python objects (object arrays are refused: loading them "
+                      "would run pickle)")
+    if any(n < 0 for n in shape):
+        raise _refuse(f"its {info.filename} declares the shape {shape}")
+    size = math.prod(shape) * max(dtype.itemsize, 1)
+    if size > held:
+        raise _refuse(f"its {info.filename} declares a {shape} {dtype} array of {_size(size)}, more than the "
+                      f"{_size(held)} it holds")
+    with zf.open(info) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def _contents(meta: dict, version: int, config: FeatureConfig, arrays: dict, forest_arrays: dict) -> BundleContents:
+    """The checked contents; ``ValueError`` (or another config error) says what is wrong."""
+    n_channels, n_feat = _count(meta, "n_channels", MAX_CHANNELS), _count(meta, "n_features", None)
+    training = _training_config(meta, version)
+    crf = None if meta.get("crf_config") is None else CRFConfig.from_dict(_object(meta, "crf_config"))
+    guide = meta.get("guide", [])
+    if not (isinstance(guide, list) and all(type(i) is int and 0 <= i < n_feat for i in guide)):
+        raise ValueError(f"guide channels {reprlib.repr(guide)} are not indices of its {n_feat} features")
+    _check_values(arrays, n_feat)
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(type(c) is int for c in classes)
+                                    and classes == arrays["classes"].tolist()):
+        raise ValueError(f"its classes {reprlib.repr(classes)} are not the integers of its arrays")
+    clf = PixelClassifier(**arrays, scaling=training.scaling, smooth=float(training.smooth),
+                          guided_radius=training.guided_radius, guide=tuple(guide))
+    _check(clf, config, n_channels)
+    if training.classifier == "logistic+trees":
+        clf = dataclasses.replace(clf, forest=forest_from_arrays(forest_arrays, clf.n_features, clf.n_classes))
+    statistics = None
+    if meta.get("statistics") is not None:
+        statistics = TrainingStatistics.from_dict(_object(meta, "statistics"), n_channels, clf.n_classes)
+    names = meta.get("channel_names")
+    if names is not None and not (isinstance(names, list) and len(names) == n_feat
+                                  and all(isinstance(name, str) for name in names)):
+        raise ValueError(f"its channel_names are not {n_feat} strings")
+    if not isinstance(meta.get("versions", {}), dict):
+        raise ValueError("its versions are not a JSON object")
+    return BundleContents(clf, config, training, crf, statistics, n_channels,
+                          None if names is None else tuple(names))
+
+
+def _training_config(meta: dict, version: int) -> TrainConfig:
+    """The training config, agreeing with the classifier's own fields (the only source before format 4)."""
+    own = (meta.get("classifier", "logistic"), meta.get("scaling", "standard"), meta.get("smooth", 0.0),
+           meta.get("guided_radius", 0))
+    if version < 4:
+        return TrainConfig(classifier=own[0], scaling=own[1], smooth=own[2], guided_radius=own[3])
+    training = TrainConfig.from_dict(_object(meta, "training_config"))
+    if (training.classifier, training.scaling, training.smooth, training.guided_radius) != own:
+        raise ValueError("its training config disagrees with its classifier")
+    return training
+
+
+def _object(meta: dict, key: str) -> dict:
+    value = meta.get(key)
+    if not isinstance(value, dict):
+        raise ValueError(f"its {key} is a JSON {_JSON_TYPES.get(type(value), 'value')}, not an object")
+    return value
+
+
+def _count(meta: dict, key: str, top: Optional[int]) -> int:
+    """``meta[key]``, an integer in ``1..top``."""
+    value = meta.get(key)
+    if type(value) is not int or value < 1 or (top is not None and value > top):
+        raise ValueError(f"its {key} {reprlib.repr(value)} is not an integer in 1..{top}" if top else
+                         f"its {key} {reprlib.repr(value)} is not a positive integer")
+    return value
+
+
+def _check_values(arrays: dict, n_features: int) -> None:
+    """Shapes ``coef (K, F)``, ``intercept`` and ``classes (K,)``, ``mean`` and ``scale (F,)`` with
+    ``F = n_features``; every number finite, every scale positive, classes distinct positive
+    integers that fit a label image (uint32)."""
+    coef = arrays["coef"]
+    k = coef.shape[0] if coef.ndim == 2 else None
+    shapes = {"coef": (k, n_features), "intercept": (k,), "classes": (k,), "mean": (n_features,),
+              "scale": (n_features,)}
+    for name, shape in shapes.items():
+        if k is None or k < 1 or arrays[name].shape != shape:
+            raise ValueError(f"its {name} array has the shape {arrays[name].shape}, not that of {n_features} "
+                             f"features and {k or 'some'} classes")
+    for name in ("coef", "intercept", "mean", "scale"):
+        a = arrays[name]
+        if a.dtype.kind != "f":
+            raise ValueError(f"its {name} array holds {a.dtype} values, not floating-point numbers")
+        if not np.isfinite(a).all():
+            raise ValueError(f"its {name} array holds non-finite values")
+    if (arrays["scale"] <= 0).any():
+        raise ValueError("its feature scale holds zero or negative values")
+    classes = arrays["classes"]
+    if classes.dtype.kind not in "iu" or (classes < 1).any() or (classes > MAX_LABEL).any() \
+            or len(np.unique(classes)) != len(classes):
+        raise ValueError(f"its classes are not distinct integers in 1..{MAX_LABEL}")
+
+
+def _check(clf: PixelClassifier, config: FeatureConfig, n_channels: int) -> None:
+    """The classifier's feature count is the one ``config`` makes of ``n_channels`` image channels."""
     from .features.featurise import n_features
 
-    k, f = clf.coef.shape if clf.coef.ndim == 2 else (None, None)
-    ok = (
-        f == meta["n_features"] and clf.intercept.shape == (k,) and clf.classes.shape == (k,)
-        and clf.mean.shape == (f,) and clf.scale.shape == (f,)
-    )
-    if not ok:
-        raise ValueError(f"bundle {str(path)!r} is inconsistent: array shapes do not match its {meta['n_features']} features")
-    expected = n_features(config, int(meta["n_channels"]))
-    if expected != f:
+    expected = n_features(config, n_channels)
+    if expected != clf.n_features:
         raise ValueError(
-            f"bundle {str(path)!r} has a classifier on {f} features but its FeatureConfig makes {expected}; "
-            "the file was altered or written by an incompatible version"
+            f"it has a classifier on {clf.n_features} features but its FeatureConfig makes {expected} "
+            f"of {n_channels} channel(s); the file was altered or written by an incompatible version"
         )
+
+
+def _size(n: int) -> str:
+    """Bytes for people: ``7.0 TiB``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _text(err: BaseException) -> str:
+    """An error's message, cut to ``MAX_REASON`` characters (a hostile file can make it huge)."""
+    text = str(err) or type(err).__name__
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "..."
 
 
 def _versions() -> dict:
@@ -258,7 +555,7 @@ def _versions() -> dict:
 
 def _warn_on_drift(saved: dict) -> None:
     now = _versions()
-    drift = {k: (v, now.get(k)) for k, v in saved.items() if v and now.get(k) and v != now.get(k)}
+    drift = {k: (v, now.get(k)) for k, v in saved.items() if isinstance(v, str) and now.get(k) and v != now.get(k)}
     if drift:
         text = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in drift.items())
         warnings.warn(f"bundle written with other library versions ({text}); results may differ slightly",

@@ -29,6 +29,19 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, allowed))}")
 
 
+#: Mean-field iterations of the dense CRF; more changes nothing (it converges in about 10).
+MAX_CRF_ITERATIONS = 100
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def config_or_default(value: Any, kind: type, name: str = "config"):
     """``kind()`` for ``None``, ``value`` for an instance of ``kind``; ``TypeError`` naming the
     expected type otherwise (a dict too: build the config with ``kind(**d)`` or ``kind.from_dict(d)``)."""
@@ -307,21 +320,21 @@ class TrainConfig(_JSONConfig):
         object.__setattr__(self, "augment", gammas)
         if self.class_weight not in ("balanced", None):
             raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
-        if not (isinstance(self.C, (int, float)) and math.isfinite(self.C) and self.C > 0):
+        if not (_is_number(self.C) and self.C > 0):
             raise ValueError(f"C must be a positive number, got {self.C!r}")
-        if not isinstance(self.max_pixels_per_class, int) or self.max_pixels_per_class < 1:
+        if not _is_int(self.max_pixels_per_class) or not 1 <= self.max_pixels_per_class <= 10**9:
             raise ValueError(f"max_pixels_per_class must be a positive integer, got {self.max_pixels_per_class!r}")
-        if not isinstance(self.max_iter, int) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if not _is_int(self.max_iter) or not 1 <= self.max_iter <= 100_000:
+            raise ValueError(f"max_iter must be an integer in [1, 100000], got {self.max_iter!r}")
         _choice("scaling", self.scaling, get_args(ScalingKind))
-        if not isinstance(self.n_trees, int) or not 1 <= self.n_trees <= 1000:
+        if not _is_int(self.n_trees) or not 1 <= self.n_trees <= 1000:
             raise ValueError(f"n_trees must be an integer in [1, 1000], got {self.n_trees!r}")
-        if not (isinstance(self.smooth, (int, float)) and math.isfinite(self.smooth) and 0 <= self.smooth <= 16):
+        if not (_is_number(self.smooth) and 0 <= self.smooth <= 16):
             raise ValueError(f"smooth must be a number of pixels in [0, 16], got {self.smooth!r}")
         if not isinstance(self.guided_radius, int) or isinstance(self.guided_radius, bool) \
                 or not 0 <= self.guided_radius <= 32:
             raise ValueError(f"guided_radius must be an integer number of pixels in [0, 32], got {self.guided_radius!r}")
-        if self.pca_dim is not None and (not isinstance(self.pca_dim, int) or self.pca_dim < 1):
+        if self.pca_dim is not None and (not _is_int(self.pca_dim) or not 1 <= self.pca_dim <= 4096):
             raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
 
 
@@ -345,10 +358,10 @@ class CRFConfig(_JSONConfig):
     def __post_init__(self) -> None:
         for name in ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
+            if not (_is_number(value) and 0 <= value <= 1e4):
+                raise ValueError(f"{name} must be a number in [0, 10000], got {value!r}")
+        if not _is_int(self.iterations) or not 1 <= self.iterations <= MAX_CRF_ITERATIONS:
+            raise ValueError(f"iterations must be an integer in [1, {MAX_CRF_ITERATIONS}], got {self.iterations!r}")
 
 
 @dataclass(frozen=True)
@@ -387,11 +400,11 @@ class CASConfig(_JSONConfig):
     def __post_init__(self) -> None:
         config_or_default(self.features, FeatureConfig, "features")
         config_or_default(self.crf_config, CRFConfig, "crf_config")
-        if not isinstance(self.k, int) or self.k < 2:
-            raise ValueError(f"k must be an integer >= 2, got {self.k!r}")
-        if not (isinstance(self.granularity, (int, float)) and 0 < self.granularity < 10):
+        if not _is_int(self.k) or not 2 <= self.k <= 1000:
+            raise ValueError(f"k must be an integer in [2, 1000], got {self.k!r}")
+        if not (_is_number(self.granularity) and 0 < self.granularity < 10):
             raise ValueError(f"granularity must be a positive factor (about 0.95..1.1), got {self.granularity!r}")
         for name in ("sample", "min_area"):
             value = getattr(self, name)
-            if (value is not None or name == "sample") and (not isinstance(value, int) or value < 1):
+            if (value is not None or name == "sample") and (not _is_int(value) or not 1 <= value <= 10**9):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -116,19 +116,25 @@ def forest_from_arrays(arrays: dict[str, np.ndarray], n_features: int, n_classes
     ------
     ValueError
         For arrays that do not describe valid trees over ``n_features`` features and
-        ``n_classes`` classes.
+        ``n_classes`` classes: integer indices in range, children after their parent,
+        finite thresholds, class fractions in [0, 1].
     """
     try:
         a = {name: np.asarray(arrays[name]) for name in ARRAYS}
     except KeyError as err:
         raise ValueError(f"forest array {err} is missing") from None
+    if not (all(a[name].dtype.kind in "iu" for name in ("left", "right", "feature", "offsets", "depths"))
+            and all(a[name].dtype.kind in "iuf" for name in ("threshold", "values"))):
+        raise ValueError("forest arrays do not describe valid trees: their dtypes are "
+                         f"{ {name: str(arr.dtype) for name, arr in a.items()} }")
     left, right, feature, values, off = a["left"], a["right"], a["feature"], a["values"], a["offsets"]
-    n = len(left)
+    n = len(left) if left.ndim == 1 else -1
     ok = (
         all(a[name].shape == (n,) for name in ("left", "right", "feature", "threshold"))
         and values.shape == (n, n_classes) and off.ndim == 1 and len(off) >= 2 and off[0] == 0 and off[-1] == n
-        and np.all(np.diff(off) > 0) and a["depths"].shape == (len(off) - 1,) and np.all(a["depths"] >= 0)
-        and all(np.issubdtype(a[name].dtype, np.integer) for name in ("left", "right", "feature", "offsets"))
+        and np.all(np.diff(off) > 0) and a["depths"].shape == (len(off) - 1,)
+        and np.all((a["depths"] >= 0) & (a["depths"] < np.diff(off)))  # a tree of s nodes is < s deep
+        and np.isfinite(a["threshold"]).all() and np.all((values >= 0) & (values <= 1))  # class fractions
     )
     if ok:
         size = np.repeat(np.diff(off), np.diff(off))  # node count of each node's tree
@@ -139,7 +145,6 @@ def forest_from_arrays(arrays: dict[str, np.ndarray], n_features: int, n_classes
             and np.all((left[inner] > local[inner]) & (left[inner] < size[inner]))
             and np.all((right[inner] > local[inner]) & (right[inner] < size[inner]))
             and np.all((feature[inner] >= 0) & (feature[inner] < n_features))
-            and np.isfinite(values).all()
         )
     if not ok:
         raise ValueError("forest arrays do not describe valid trees for this classifier")

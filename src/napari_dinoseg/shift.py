@@ -87,13 +87,17 @@ class TrainingStatistics:
     @classmethod
     def from_dict(cls, data: dict, n_channels: int, n_classes: int) -> "TrainingStatistics":
         """Read :meth:`to_dict` back, checking every number; ``ValueError`` says what is wrong."""
-        if list(data.get("levels", [])) != list(LEVELS) or list(data.get("signals", [])) != list(SIGNALS):
+        if not isinstance(data, dict):
+            raise ValueError(f"training statistics are a {type(data).__name__}, not a dict")
+        if data.get("levels") != list(LEVELS) or data.get("signals") != list(SIGNALS):
             raise ValueError("training statistics use other quantile levels or signals")
         try:
-            quantiles = np.asarray(data["quantiles"], dtype=np.float64)
-            fractions = np.asarray(data["class_fractions"], dtype=np.float64)
+            quantiles, fractions = np.asarray(data["quantiles"]), np.asarray(data["class_fractions"])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"training statistics are unreadable: {err}") from None
+        if quantiles.dtype.kind not in "iuf" or fractions.dtype.kind not in "iuf":
+            raise ValueError("training statistics hold values other than numbers")
+        quantiles, fractions = quantiles.astype(np.float64), fractions.astype(np.float64)
         if quantiles.ndim != 4 or quantiles.shape[1:] != (n_channels, len(SIGNALS), len(LEVELS)) \
                 or quantiles.shape[0] < 1 or fractions.shape != (n_classes,):
             raise ValueError(f"training statistics have shapes {quantiles.shape} and {fractions.shape}, "
