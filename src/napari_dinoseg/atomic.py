@@ -75,22 +75,23 @@ def write_atomic(target, write: Callable[[Path], None], size_hint: int = 0) -> P
 
 def no_space_message(folder: Path) -> str:
     free = shutil.disk_usage(folder).free
-    return f"no space left in {str(folder)!r} ({_size(free)} free); free some space and run again"
+    return f"no space left in {str(folder)!r} ({format_bytes(free)} free); free some space and run again"
 
 
 def _check_free(folder: Path, size: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < size:
-        raise NoSpaceError(errno.ENOSPC, f"no space left in {str(folder)!r}: {_size(free)} free, the next output "
-                                         f"needs about {_size(size)}; free some space and run again")
+        raise NoSpaceError(errno.ENOSPC, f"no space left in {str(folder)!r}: {format_bytes(free)} free, the next output "
+                                         f"needs about {format_bytes(size)}; free some space and run again")
 
 
-def _size(n: int) -> str:
+def format_bytes(n: float) -> str:
+    """Bytes for people: ``512 bytes``, ``36.0 KiB``, ``7.0 TiB``."""
     for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
-    return ""
+    return f"{n:.1f} TiB"
 
 
 def clean_stale(folder) -> list[Path]:

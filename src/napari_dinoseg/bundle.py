@@ -37,8 +37,8 @@ from typing import BinaryIO, Optional, Union
 
 import numpy as np
 
-from .atomic import write_atomic
-from .classify import PixelClassifier
+from .atomic import format_bytes, write_atomic
+from .classify import MAX_LABEL, PixelClassifier
 from .config import CRFConfig, FeatureConfig, TrainConfig
 from .forest import forest_from_arrays
 from .image import MAX_CHANNELS
@@ -73,8 +73,6 @@ MAX_JSON_DEPTH = 32
 MAX_MEMBERS = 64
 #: Largest zip directory (``zipfile`` reads it whole on opening), of a bundle and of its ``arrays.npz``.
 MAX_DIRECTORY_BYTES = 1 << 20
-#: Largest class label value (label images are at most uint32).
-MAX_LABEL = 2**32 - 1
 #: Longest quoted message of a library or config error in a refusal.
 MAX_REASON = 300
 
@@ -250,11 +248,11 @@ def _read_members(path: Path, with_arrays: bool) -> tuple[dict, Optional[bytes]]
                                    "not bundle.json and arrays.npz)")
                 meta_info, arrays_info = members["bundle.json"], members["arrays.npz"]
                 if meta_info.file_size > MAX_JSON_BYTES:
-                    raise _refuse(f"its bundle.json inflates to {_size(meta_info.file_size)}, more than the "
-                                  f"{_size(MAX_JSON_BYTES)} a bundle's may (MAX_JSON_BYTES)")
+                    raise _refuse(f"its bundle.json inflates to {format_bytes(meta_info.file_size)}, more than the "
+                                  f"{format_bytes(MAX_JSON_BYTES)} a bundle's may (MAX_JSON_BYTES)")
                 if meta_info.file_size + arrays_info.file_size > MAX_BUNDLE_BYTES:
-                    raise _refuse(f"it inflates to {_size(meta_info.file_size + arrays_info.file_size)}, more "
-                                  f"than the {_size(MAX_BUNDLE_BYTES)} a bundle may (MAX_BUNDLE_BYTES)")
+                    raise _refuse(f"it inflates to {format_bytes(meta_info.file_size + arrays_info.file_size)}, more "
+                                  f"than the {format_bytes(MAX_BUNDLE_BYTES)} a bundle may (MAX_BUNDLE_BYTES)")
                 meta = _parse_json(_read_member(zf, meta_info))
                 raw = _read_member(zf, arrays_info) if with_arrays else None
         except _ZIP_ERRORS as err:
@@ -299,8 +297,8 @@ def _check_directory(f: BinaryIO, size: int, what: str) -> None:
         raise _refuse(f"{what} is a ZIP64 archive, which a bundle never needs")
     directory = struct.unpack("<I", data[at + 12:at + 16])[0]
     if directory > MAX_DIRECTORY_BYTES:
-        raise _refuse(f"{what} has a zip directory of {_size(directory)}, more than the "
-                      f"{_size(MAX_DIRECTORY_BYTES)} a bundle's may (MAX_DIRECTORY_BYTES)")
+        raise _refuse(f"{what} has a zip directory of {format_bytes(directory)}, more than the "
+                      f"{format_bytes(MAX_DIRECTORY_BYTES)} a bundle's may (MAX_DIRECTORY_BYTES)")
     f.seek(0)
 
 
@@ -392,8 +390,8 @@ def _read_arrays(raw: bytes) -> tuple[dict, dict]:
             members = _members(zf, "its arrays.npz")
             total = sum(info.file_size for info in members.values())
             if total > MAX_BUNDLE_BYTES:
-                raise _refuse(f"its arrays.npz inflates to {_size(total)}, more than the "
-                              f"{_size(MAX_BUNDLE_BYTES)} a bundle may (MAX_BUNDLE_BYTES)")
+                raise _refuse(f"its arrays.npz inflates to {format_bytes(total)}, more than the "
+                              f"{format_bytes(MAX_BUNDLE_BYTES)} a bundle may (MAX_BUNDLE_BYTES)")
             wanted = {name[:-4]: info for name, info in members.items() if name.endswith(".npy")
                       and (name[:-4] in ARRAYS or name.startswith(FOREST_PREFIX))}
             missing = [name for name in ARRAYS if name not in wanted]
@@ -423,8 +421,8 @@ def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
         raise _refuse(f"its {info.filename} declares the shape {shape}")
     size = math.prod(shape) * max(dtype.itemsize, 1)
     if size > held:
-        raise _refuse(f"its {info.filename} declares a {shape} {dtype} array of {_size(size)}, more than the "
-                      f"{_size(held)} it holds")
+        raise _refuse(f"its {info.filename} declares a {shape} {dtype} array of {format_bytes(size)}, more than the "
+                      f"{format_bytes(held)} it holds")
     with zf.open(info) as fh:
         return np.lib.format.read_array(fh, allow_pickle=False)
 
@@ -524,15 +522,6 @@ def _check(clf: PixelClassifier, config: FeatureConfig, n_channels: int) -> None
             f"it has a classifier on {clf.n_features} features but its FeatureConfig makes {expected} "
             f"of {n_channels} channel(s); the file was altered or written by an incompatible version"
         )
-
-
-def _size(n: int) -> str:
-    """Bytes for people: ``7.0 TiB``."""
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _text(err: BaseException) -> str:
