@@ -437,3 +437,23 @@ def test_nothing_to_segment_is_an_error_not_an_empty_success(tmp_path, bundle, c
         apply_bundle(bundle, empty, tmp_path / "out")
     with pytest.raises(ValueError, match="no image files"):
         apply_bundle(bundle, [], tmp_path / "out")
+
+
+# ---- 5. non-finite probabilities are never written --------------------------------------------------
+
+
+def test_non_finite_probabilities_fail_the_image_and_write_nothing(tmp_path, bundle, images, monkeypatch, capsys):
+    import napari_dinoseg.segmenter as segmenter
+
+    real, calls = segmenter.predict, []
+
+    def nan_after_the_first_image(clf, stack):  # one window per 192-px image
+        calls.append(1)
+        proba = real(clf, stack)
+        return proba if len(calls) == 1 else np.full_like(proba, np.nan)
+
+    monkeypatch.setattr(segmenter, "predict", nan_after_the_first_image)
+    assert main(["apply", str(bundle), str(images), "-o", str(tmp_path / "out")]) == 1
+    text = capsys.readouterr().out
+    assert text.count("non-finite probabilities (NaN or inf)") == 2
+    assert names(tmp_path / "out") == [f"img0{LABEL_SUFFIX}"]
