@@ -17,9 +17,10 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .registry import MODELS, WEIGHTS_ENV, ModelSpec, model_spec, weights_dir
+from .registry import MODELS, WEIGHTS_ENV, ModelSpec, find_weights, model_spec, weights_dir
 
-__all__ = ["MODELS", "WEIGHTS_ENV", "ModelSpec", "StridedViT", "load_checkpoint", "load_model", "model_spec", "weights_dir"]
+__all__ = ["MODELS", "WEIGHTS_ENV", "ModelSpec", "StridedViT", "find_weights", "load_checkpoint", "load_model", "model_spec",
+           "weights_dir"]
 
 _LOADED: dict[tuple, torch.nn.Module] = {}
 _MAX_LOADED = 2
@@ -51,17 +52,12 @@ def load_model(name: str, weights: Optional[str] = None, device: Union[str, torc
         return _LOADED[key]
     import timm
 
+    source = find_weights(name, weights)  # fails within about a second when there are none
     model = timm.create_model(spec.timm_name, pretrained=False, dynamic_img_size=True, num_classes=0)
-    if weights == "random":
-        pass
-    elif weights is not None:
-        load_checkpoint(model, weights)
-    else:
-        local = [weights_dir() / f for f in spec.files if (weights_dir() / f).is_file()]
-        if local:
-            load_checkpoint(model, str(local[0]))
-        else:
-            model = _from_hub(name, spec)
+    if source == "download":
+        model = _from_hub(name, spec)
+    elif source != "random":
+        load_checkpoint(model, source)
     model = model.eval().requires_grad_(False).to(device)
     if len(_LOADED) >= _MAX_LOADED:
         _LOADED.pop(next(iter(_LOADED)))

@@ -1,0 +1,81 @@
+"""Finding ViT weights without loading anything, and failing fast when there are none."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_dinoseg.features import registry
+from napari_dinoseg.features.registry import WEIGHTS_ENV, find_weights
+
+
+@pytest.fixture
+def nowhere(tmp_path, monkeypatch):
+    """An empty weights folder and an empty Hugging Face cache."""
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path
+
+
+def test_random_and_given_files(nowhere):
+    assert find_weights("dinov2_vits14", "random") == "random"
+    (nowhere / "ckpt.pth").write_bytes(b"x")
+    assert find_weights("dinov2_vits14", str(nowhere / "ckpt.pth")) == str(nowhere / "ckpt.pth")
+    with pytest.raises(ValueError, match="does not exist"):
+        find_weights("dinov2_vits14", str(nowhere / "nope.pth"))
+    with pytest.raises(ValueError, match="unknown model"):
+        find_weights("dinov9", None)
+
+
+def test_the_weights_folder_then_the_hub_cache(nowhere, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = nowhere / "hf" / "models--timm--vit_small_patch14_dinov2.lvd142m" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    assert find_weights("dinov2_vits14") == str(snapshot / "model.safetensors")
+    (nowhere / "weights").mkdir()
+    (nowhere / "weights" / "dinov2_vits14_pretrain.pth").write_bytes(b"x")
+    assert find_weights("dinov2_vits14") == str(nowhere / "weights" / "dinov2_vits14_pretrain.pth")
+    with pytest.raises(ValueError, match="dinov2_vitb14_pretrain.pth"):
+        find_weights("dinov2_vitb14")  # another model: not there
+
+
+def test_offline_fails_without_touching_the_network(nowhere, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was tried although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr("socket.create_connection", no_network)
+    with pytest.raises(ValueError) as err:
+        find_weights("dinov2_vits14")
+    message = str(err.value)
+    assert "'dinov2_vits14'" in message and "offline" in message
+    assert "dinov2_vits14_pretrain.pth" in message and str(nowhere / "weights") in message and WEIGHTS_ENV in message
+
+
+def test_a_hub_that_does_not_answer_counts_as_offline(nowhere, monkeypatch):
+    """A connection that hangs (a firewall dropping packets) is given up after HUB_TIMEOUT."""
+    import threading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    release = threading.Event()
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: release.wait(30))
+    monkeypatch.setattr(registry, "HUB_TIMEOUT", 0.2)
+    try:
+        with pytest.raises(ValueError, match="cannot be reached"):
+            find_weights("dinov2_vits14")
+    finally:
+        release.set()
+
+
+def test_a_hub_that_answers_means_download(nowhere, monkeypatch):
+    class Socket:
+        def close(self):
+            pass
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: Socket())
+    assert find_weights("dinov2_vits14") == "download"
