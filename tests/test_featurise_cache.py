@@ -33,5 +33,5 @@ def test_cache_is_lru_and_bounded_in_bytes():
 
 def test_features_that_would_not_fit_are_refused_before_allocating():
     with pytest.raises(ValueError, match=r"need about .* GiB.*crop or downsample"):
-        check_memory((100_000, 100_000), 60)
-    assert check_memory((64, 64), 60, available=2**30) > 64 * 64 * 60 * 4
+        check_memory(FeatureConfig(), (100_000, 100_000))
+    assert check_memory(FeatureConfig(), (64, 64), available=2**30) > 64 * 64 * 65 * 4

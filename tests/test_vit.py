@@ -6,6 +6,7 @@ import torch
 
 from napari_dinoseg import Cancelled, FeatureConfig, featurise
 from napari_dinoseg.features import backbones
+from napari_dinoseg.features import vit as vit_module
 from napari_dinoseg.features.backbones import StridedViT, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -210,3 +211,84 @@ def test_progress_counts_views_and_cancels():
     with pytest.raises(Cancelled):
         featurise(np.zeros((40, 40), np.uint8), vit_cfg(shifts=(1, 2)), progress)
     assert seen[0] == (0, 17) and seen[-1][0] >= 9
+
+
+@pytest.fixture
+def slow_cpu(monkeypatch):
+    """A CPU whose matmul throughput reads 1 MFLOP/s: every view is estimated to take longer
+    than ``BATCH_SECONDS``, so each forward pass is one view."""
+    monkeypatch.setitem(vit_module._THROUGHPUT, "cpu", 1e6)
+
+
+@pytest.fixture
+def events(monkeypatch):
+    """The log of forward passes ``("forward", views)``, in order with whatever tests append."""
+    log = []
+    forward = StridedViT.forward
+
+    def counted(self, x, stride, between_blocks=None):
+        log.append(("forward", x.shape[0]))
+        result = forward(self, x, stride, between_blocks)
+        log.append(("finished", x.shape[0]))
+        return result
+
+    monkeypatch.setattr(StridedViT, "forward", counted)
+    return log
+
+
+def test_progress_before_the_first_forward_pass_and_after_every_view(slow_cpu, events):
+    def progress(done, total, message):
+        events.append(("progress", done, total))
+
+    featurise(np.zeros((56, 70), np.uint8), vit_cfg(shifts=(1, 2)), progress)
+    forwards = [e for e in events if e[0] == "forward"]
+    assert events[0] == ("progress", 0, 17) and forwards == [("forward", 1)] * 17
+    assert all(a[0] != "forward" or b[0] == "progress" for a, b in zip(events, events[1:]))  # none back to back
+    values = [e[1] for e in events if e[0] == "progress"]
+    assert sorted(set(values)) == list(range(18)) and values == sorted(values) and events[-1] == ("progress", 17, 17)
+    blocks = len(StridedViT(load_model("dinov2_vits14", "random")).model.blocks)
+    assert len(values) >= 17 * (blocks - 1), "progress (and a chance to cancel) between transformer blocks"
+
+
+def test_a_cancel_mid_view_stops_within_one_transformer_block(slow_cpu, events):
+    """A whole-image view can take many seconds on a CPU: the cancel is honoured between blocks."""
+    calls = []
+
+    def progress(done, total, message):
+        calls.append(done)
+        if any(e[0] == "forward" for e in events) and len(calls) > 3:  # the user clicks during the first view
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        featurise(np.zeros((56, 70), np.uint8), vit_cfg(shifts=(1, 2)), progress)
+    assert [e[0] for e in events] == ["forward"], "the first view was stopped before it finished"
+
+
+@pytest.mark.parametrize("kind", ["vit", "hybrid"])
+def test_cancel_takes_effect_after_the_view_in_progress(slow_cpu, events, kind):
+    requested_at = []
+
+    def progress(done, total, message):  # the user clicks Cancel once two views are done
+        views = sum(e[1] for e in events if e[0] == "forward")
+        if views >= 2:
+            requested_at.append(views)
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        featurise(np.zeros((56, 70), np.uint8), vit_cfg(kind=kind, shifts=(1, 2), sigmas=(1.0,)), progress)
+    computed = sum(e[1] for e in events if e[0] == "forward")
+    assert requested_at[0] == 2 and computed == 2
+
+
+def test_views_per_batch_bounded_by_estimated_time(monkeypatch):
+    cfg, cpu = vit_cfg(shifts=(1, 2)), torch.device("cpu")
+    per_view = vit_module.view_flops(cfg, (518, 518))
+
+    def batch(shape, seconds_per_view):
+        throughput = per_view / (seconds_per_view * vit_module.EFFICIENCY)
+        monkeypatch.setitem(vit_module._THROUGHPUT, "cpu", throughput)
+        return vit_module.views_per_batch(cfg, shape, cpu)
+
+    assert batch((518, 518), 0.3 * vit_module.BATCH_SECONDS) == 3
+    assert batch((518, 518), 5 * vit_module.BATCH_SECONDS) == 1
+    assert batch((56, 70), 1e-9) == vit_module.MAX_VIEWS_PER_BATCH  # fast: as many as allowed

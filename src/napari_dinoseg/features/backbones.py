@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -160,13 +160,16 @@ class StridedViT(torch.nn.Module):
             raise ValueError(f"the input of {height}x{width} px is smaller than one {p}x{p} patch")
         return 1 + (height - p) // stride, 1 + (width - p) // stride
 
-    def forward(self, x: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, stride: int,
+                between_blocks: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and CLS attention of a batch of normalised images.
 
         Parameters
         ----------
         x : (B, 3, H, W) float tensor, ImageNet-normalised.
         stride : patch-embedding stride, 1 <= stride <= patch size.
+        between_blocks : called after every transformer block; may raise to stop (a cancel
+            then takes effect within one block, not one whole forward pass).
 
         Returns
         -------
@@ -186,6 +189,8 @@ class StridedViT(torch.nn.Module):
         t = m.norm_pre(m.patch_drop(t) if rope is None else t)
         for block in m.blocks[:-1]:
             t = block(t) if rope is None else block(t, rope=rope)
+            if between_blocks is not None:
+                between_blocks()
         last = m.blocks[-1]
         attention = self._cls_attention(last, t, rope)
         t = last(t) if rope is None else last(t, rope=rope)

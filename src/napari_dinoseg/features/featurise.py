@@ -13,9 +13,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..config import FeatureConfig
+from ..config import FeatureConfig, config_or_default
 from ..image import as_float_image, check_image_shape
-from ..progress import ProgressCallback, report
+from ..progress import ProgressCallback, report, within
 
 #: Fraction of the available memory a feature stack may take before featurise refuses.
 MEMORY_FRACTION = 0.5
@@ -33,7 +33,7 @@ class FeatureStack:
         The configuration that made them.
     channel_names : tuple of str
         One name per feature channel (``F`` of them).
-    attention : (H, W) float32 array or None
+    attention : (H, W, heads) float32 array or None
         CLS attention of ViT featurisers; ``None`` for classical features.
     """
 
@@ -85,9 +85,7 @@ def featurise(
     FeatureStack
         ``.data`` is ``(H, W, F)`` float32 with ``F = n_features(config, C)``.
     """
-    config = FeatureConfig() if config is None else config
-    if not isinstance(config, FeatureConfig):
-        raise TypeError(f"config must be a FeatureConfig, got {type(config).__name__}")
+    config = config_or_default(config, FeatureConfig)
     shape = np.shape(image)
     check_image_shape(shape)
     n_channels = 1 if len(shape) == 2 else shape[-1]
@@ -102,7 +100,7 @@ def featurise(
                 f"image of {shape[0]}x{shape[1]} px is smaller than one {patch}x{patch} patch of {config.model}; "
                 "use classical features, or upsample the image"
             )
-    check_memory(shape[:2], n_features(config, n_channels))
+    check_memory(config, shape[:2], n_channels, device)
     if normalised:
         img = np.asarray(image, dtype=np.float32)
         img = img[..., None] if img.ndim == 2 else img
@@ -149,24 +147,91 @@ def vit_channel_groups(n_channels: int) -> list[list[int]]:
     return [[c, c, c] for c in range(n_channels)]
 
 
-def check_memory(shape: tuple[int, int], n_feat: int, available: Optional[int] = None) -> int:
-    """Refuse, before allocating, features that would not fit in memory.
+#: Classical working space per image channel, in planes of the mirrored channel
+#: (``(H + 2 r) x (W + 2 r)`` floats, ``r`` the support radius): the channel, its square and the
+#: blurs' intermediates. Fitted to the peaks measured by ``benchmarks/memory.py``.
+CLASSICAL_PADDED_PLANES = 7
+#: Working space of the membrane projections, in image planes: the line responses at every
+#: orientation and the convolution's own copy of them (``2 * MEMBRANE_ANGLES + 1``; measured 33).
+MEMBRANE_PLANES = 33
 
-    Returns the estimated size in bytes of the ``(H, W, n_feat)`` float32 stack (plus
-    working space); raises ``ValueError`` naming the estimate and the fix when it exceeds
-    ``MEMORY_FRACTION`` of ``available`` bytes (default: the system's available memory).
+
+def classical_working_bytes(config: FeatureConfig, shape: tuple[int, int]) -> int:
+    """Bytes the classical filter bank holds besides its output at its peak (one image
+    channel is filtered at a time, so this does not grow with the channel count)."""
+    from .classical import support_radius
+
+    h, w = shape
+    r = support_radius(config)
+    planes = CLASSICAL_PADDED_PLANES * (h + 2 * r) * (w + 2 * r) + (MEMBRANE_PLANES * h * w if config.membrane else 0)
+    return 4 * planes
+
+
+def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1, device=None) -> int:
+    """Peak host memory, in bytes, of :func:`featurise` on an ``(H, W)`` image of ``n_channels``.
+
+    The normalised image, the outputs (features and, for ViT kinds, the attention) and the
+    largest working set of the featurisers: the classical bank's temporaries; the ViT's
+    weights, activations, gathers and tile buffers
+    (:func:`napari_dinoseg.features.vit.vit_working_bytes`); for ``"hybrid"``, the classical
+    buffer while it is copied into its slice of the stack. Matches the peaks measured by
+    ``benchmarks/memory.py`` within about 10 %.
+
+    Parameters
+    ----------
+    config
+        Feature configuration (unset stride / shifts / flips: the preset of ``device``).
+    shape
+        ``(H, W)``.
+    n_channels
+        Channels of the image.
+    device
+        Torch device the ViT runs on (default: ``config.device`` resolved); only host memory
+        is counted, so a GPU's activations are not.
     """
     h, w = shape
-    estimate = int(h) * int(w) * (n_feat + 40) * 4  # output + ~40 planes of working space
+    plane = 4 * int(h) * int(w)
+    image = n_channels * plane
+    classical_out = 0
+    if config.uses_classical:
+        from .classical import classical_channel_names
+
+        classical_out = n_channels * len(classical_channel_names(config)) * plane
+    if config.kind == "classical":
+        return image + classical_out + classical_working_bytes(config, shape)
+    from .registry import model_spec
+    from .vit import vit_working_bytes
+
+    device = resolve_device(config.device) if device is None else device
+    config = config.resolved(device.type)
+    out = n_features(config, n_channels) * plane + model_spec(config.model).num_heads * plane
+    vit_work = vit_working_bytes(config, shape, device)
+    if config.kind == "vit":
+        return image + out + vit_work
+    classical_phase = classical_out + classical_working_bytes(config, shape)  # the stack not yet written
+    return image + max(classical_phase, out + classical_out, out + vit_work)
+
+
+def check_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1, device=None,
+                 available: Optional[int] = None) -> int:
+    """Refuse, before allocating, features that would not fit in memory.
+
+    Returns :func:`estimate_memory` in bytes; raises ``ValueError`` naming the estimate and
+    the fix when it exceeds ``MEMORY_FRACTION`` of ``available`` bytes (default: the
+    system's available memory).
+    """
+    estimate = estimate_memory(config, shape, n_channels, device)
     if available is None:
         import psutil
 
         available = psutil.virtual_memory().available
     if estimate > MEMORY_FRACTION * available:
+        h, w = shape
         raise ValueError(
-            f"features of a {h}x{w} image ({n_feat} channels) need about {estimate / 2**30:.1f} GiB, "
-            f"more than {MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB available; "
-            "crop or downsample the image, or use fewer sigmas / no membrane projections"
+            f"{config.kind} features of a {h}x{w} image ({n_features(config, n_channels)} channels) need about "
+            f"{estimate / 2**30:.1f} GiB at their peak, more than {MEMORY_FRACTION:.0%} of the "
+            f"{available / 2**30:.1f} GiB available; crop or downsample the image, or use fewer sigmas / "
+            "no membrane projections"
         )
     return estimate
 
@@ -188,7 +253,10 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def _classical(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback]) -> FeatureStack:
+def _classical(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback],
+               out: Optional[np.ndarray] = None) -> FeatureStack:
+    """Classical channels: a view of the filter bank's channels-first buffer, or copied into
+    ``out`` (``(H, W, C * F)``, e.g. a slice of a hybrid stack) and the buffer freed."""
     from .classical import classical_channel_names, classical_features, n_classical_steps
 
     n_channels = img.shape[-1]
@@ -201,17 +269,36 @@ def _classical(img: np.ndarray, config: FeatureConfig, device, progress: Optiona
         report(progress, done, total, message)
 
     report(progress, 0, total, "classical features")
-    chw = classical_features(img, config, device, step)
-    data = np.moveaxis(chw.cpu().numpy(), 0, -1)
+    chw = classical_features(img, config, device, step).cpu().numpy()
+    if out is None:
+        data = np.moveaxis(chw, 0, -1)
+    else:
+        data = _copy_channels_last(chw, out)
     base = classical_channel_names(config)
     names = base if n_channels == 1 else [f"c{c}:{n}" for c in range(n_channels) for n in base]
     return FeatureStack(data=data, config=config, channel_names=tuple(names))
 
 
-def _vit(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback]) -> FeatureStack:
+#: Rows of a channels-first buffer copied to a channels-last one at a time (cache-friendly blocks).
+COPY_ROWS = 64
+
+
+def _copy_channels_last(chw: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Copy ``chw (F, H, W)`` into ``out (H, W, F)`` a block of rows at a time; return ``out``."""
+    if out.shape != (*chw.shape[1:], chw.shape[0]) or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 array of shape {(*chw.shape[1:], chw.shape[0])}, "
+                         f"got {out.dtype} {out.shape}")
+    for r0 in range(0, chw.shape[1], COPY_ROWS):
+        out[r0:r0 + COPY_ROWS] = np.moveaxis(chw[:, r0:r0 + COPY_ROWS], 0, -1)
+    return out
+
+
+def _vit(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback],
+         out: Optional[np.ndarray] = None) -> FeatureStack:
+    """ViT channels, written into ``out`` (``(H, W, G * D)``) when given."""
     from .vit import vit_features
 
-    data, attention = vit_features(img, config, device, progress)
+    data, attention = vit_features(img, config, device, progress, out=out)
     groups = vit_channel_groups(img.shape[-1])
     dim = data.shape[-1] // len(groups)
     prefix = [""] if len(groups) == 1 else [f"c{g[0]}:" for g in groups]
@@ -220,14 +307,15 @@ def _vit(img: np.ndarray, config: FeatureConfig, device, progress: Optional[Prog
 
 
 def _hybrid(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback]) -> FeatureStack:
-    """Classical and ViT channels concatenated (classical first); progress spans both."""
+    """Classical and ViT channels side by side (classical first), each featuriser writing its
+    slice of one ``(H, W, F)`` array: no second copy of the stack. Progress spans both."""
+    from .classical import classical_channel_names
 
-    def part(offset: float, weight: float) -> ProgressCallback:
-        return lambda done, total, msg: report(progress, int(1000 * (offset + weight * done / max(total, 1))), 1000, msg)
-
-    classical = _classical(img, config, device, part(0.0, 0.1))
-    vit = _vit(img, config, device, part(0.1, 0.9))
-    data = np.concatenate([classical.data, vit.data], axis=-1)
+    n_channels = img.shape[-1]
+    n_classical = n_channels * len(classical_channel_names(config))
+    data = np.empty((*img.shape[:2], n_features(config, n_channels)), dtype=np.float32)
+    classical = _classical(img, config, device, within(progress, 0.0, 0.1), out=data[..., :n_classical])
+    vit = _vit(img, config, device, within(progress, 0.1, 1.0), out=data[..., n_classical:])
     return FeatureStack(data=data, config=config, channel_names=classical.channel_names + vit.channel_names,
                         attention=vit.attention)
 

@@ -74,7 +74,7 @@ HUB_TIMEOUT = 1.0
 HUB_HOST = ("huggingface.co", 443)
 
 
-def find_weights(name: str, weights: Optional[str] = None) -> str:
+def find_weights(name: str, weights: Optional[str] = None, hint: str = "or pass the checkpoint file as weights") -> str:
     """Where the weights of model ``name`` will come from, found in about a second at most.
 
     Parameters
@@ -84,6 +84,8 @@ def find_weights(name: str, weights: Optional[str] = None) -> str:
     weights
         ``None`` (look in :func:`weights_dir`, then the Hugging Face cache, then the hub), a
         checkpoint path, or ``"random"``.
+    hint
+        The last words of the offline message: how to give a checkpoint file where the caller is.
 
     Returns
     -------
@@ -114,8 +116,7 @@ def find_weights(name: str, weights: Optional[str] = None) -> str:
         return "download"
     raise ValueError(
         f"no weights for {name!r} on this machine, and the model hub cannot be reached (offline). Put the released "
-        f"file {spec.files[0]} in {weights_dir()} (or set {WEIGHTS_ENV} to its folder), or choose the checkpoint "
-        "file as the weights"
+        f"file {spec.files[0]} in {weights_dir()} (or set {WEIGHTS_ENV} to its folder), {hint}"
     )
 
 

@@ -118,10 +118,11 @@ def upsample_views(
     chunk
         Views per forward pass.
     step
-        ``step(done_views, total_views)`` after each chunk; may raise to cancel.
+        ``step(done_views, total_views)`` after each chunk (its forward pass and gathers); may
+        raise to cancel.
     out
         Optional ``(features (H, W, D), attention (H, W, heads))`` float32 tensors to write
-        the result into (e.g. views of the caller's output array), saving a copy.
+        the result into (e.g. views of the caller's output array, any strides), saving a copy.
 
     Returns
     -------
@@ -160,10 +161,10 @@ ROWS = 64
 
 
 def _gather_rows(grid: torch.Tensor, ry: torch.Tensor, cx: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
-    """``out[y, x] (+)= grid[ry[y], cx[x]]`` for ``grid (gh, gw, C)``, in blocks of rows."""
-    columns = grid.index_select(1, cx)  # (gh, W, C): each token row spread over the columns
+    """``out[y, x] (+)= grid[ry[y], cx[x]]`` for ``grid (gh, gw, C)``, ``ROWS`` output rows at a time
+    (the token rows first, then their columns: no temporary larger than ``ROWS * W * C``)."""
     for r0 in range(0, len(ry), ROWS):
-        block = columns.index_select(0, ry[r0:r0 + ROWS])
+        block = grid.index_select(0, ry[r0:r0 + ROWS]).index_select(1, cx)
         if accumulate:
             out[r0:r0 + ROWS] += block
         else:

@@ -1,6 +1,7 @@
 """ViT features at pixel resolution: normalise, tile, run the upsampler, stitch.
 
-Also the cost model behind the widget's time estimate and the benchmark's FLOP figures.
+Also the cost model (time, host memory) behind the widget's time estimate, the memory check
+and the benchmark's FLOP figures.
 """
 
 from __future__ import annotations
@@ -16,17 +17,27 @@ from ..progress import ProgressCallback, report
 from .backbones import StridedViT, load_model
 from .registry import model_spec
 from .tiling import tiles
-from .upsample import make_transforms, upsample_views
+from .upsample import ROWS, make_transforms, upsample_views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Fraction of free memory the views of one forward pass may take.
 BATCH_MEMORY_FRACTION = 0.3
 MAX_VIEWS_PER_BATCH = 32
+#: Estimated seconds one forward pass may take. Progress is reported, and a cancel honoured,
+#: after every pass, so this bounds how late a cancel takes effect (a single view that takes
+#: longer than this still runs as a batch of one).
+BATCH_SECONDS = 1.0
+#: Floats of activations one view holds per token and channel during a forward pass.
+ACTIVATION_FLOATS = 16
 
 
 def vit_features(
-    img: np.ndarray, config: FeatureConfig, device: torch.device, progress: Optional[ProgressCallback] = None
+    img: np.ndarray,
+    config: FeatureConfig,
+    device: torch.device,
+    progress: Optional[ProgressCallback] = None,
+    out: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Upsampled ViT features and CLS attention of a normalised image.
 
@@ -39,54 +50,78 @@ def vit_features(
     device
         Torch device to run the model on.
     progress
-        ``progress(done_views, total_views, message)`` per batch of views; may raise to cancel.
+        ``progress(done_views, total_views, message)``: once before the model is loaded, then
+        after every forward pass (at most :data:`BATCH_SECONDS` of estimated work, one view at
+        the least); may raise to cancel.
+    out : (H, W, G * D) float32 array, optional
+        Written with the features and returned (e.g. a slice of a larger stack, saving a copy);
+        any strides whose last one is the item size.
 
     Returns
     -------
     features : (H, W, G * D) float32, one block of D channels per channel group
-        (see :func:`napari_dinoseg.features.featurise.vit_channel_groups`).
+        (see :func:`napari_dinoseg.features.featurise.vit_channel_groups`); ``out`` when given.
     attention : (H, W, heads) float32, CLS attention averaged over the groups.
     """
     from .featurise import vit_channel_groups
 
     spec = model_spec(config.model)
-    vit = StridedViT(load_model(config.model, config.weights, device))
     transforms = make_transforms(config.shifts, config.flips)
     h, w = img.shape[:2]
     windows = choose_tiles(config, (h, w))
     groups = vit_channel_groups(img.shape[-1])
-    feats = np.empty((h, w, len(groups) * spec.embed_dim), dtype=np.float32)
-    attention = np.zeros((h, w, spec.num_heads), dtype=np.float32)
     total = len(groups) * len(windows) * len(transforms)
-    done = 0
     report(progress, 0, total, f"{config.model}: {len(transforms)} views x {len(windows)} tile(s)")
-    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
-    whole = len(windows) == 1 and device.type == "cpu"
+    feats = _output_array(out, (h, w, len(groups) * spec.embed_dim))
+    attention = np.zeros((h, w, spec.num_heads), dtype=np.float32)
+    vit = StridedViT(load_model(config.model, config.weights, device))
+
+    reported = [0]  # the last progress value: repeated between blocks, where a cancel is honoured
 
     def run(views: torch.Tensor):
         with torch.inference_mode(), _autocast(device):
-            return vit(views, config.stride)
+            return vit(views, config.stride,
+                       lambda: report(progress, reported[0], total, f"{config.model}: views"))
 
+    done = 0
     for g, channels in enumerate(groups):
         block = slice(g * spec.embed_dim, (g + 1) * spec.embed_dim)
         for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in windows:
-            tile = torch.from_numpy(np.ascontiguousarray(img[r0:r1, c0:c1][..., channels])).to(device)
-            tile = (tile.permute(2, 0, 1) - mean) / std
-            chunk = views_per_batch(config, tile.shape[1:], device)
+            tile = _normalised_tile(img[r0:r1, c0:c1], channels, device)
 
             def step(views_done: int, _total: int, base=done) -> None:
+                reported[0] = base + views_done
                 report(progress, base + views_done, total, f"{config.model}: views")
 
             # a single window on the CPU is written straight into the output arrays
-            out = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
-            f, a = upsample_views(run, tile, transforms, spec.patch_size, config.stride, config.resize, chunk, step, out)
-            done += len(transforms)
+            whole = len(windows) == 1 and device.type == "cpu"
+            dest = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
+            f, a = upsample_views(run, tile, transforms, spec.patch_size, config.stride, config.resize,
+                                  views_per_batch(config, tile.shape[1:], device), step, dest)
             core = (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
             if not whole:
                 feats[cr0:cr1, cc0:cc1, block] = f[core].cpu().numpy()
-            attention[cr0:cr1, cc0:cc1] += a[core].cpu().numpy() / len(groups)
+            attention[cr0:cr1, cc0:cc1] += a[core].div_(len(groups)).cpu().numpy()
+            done += len(transforms)
     return feats, attention
+
+
+def _output_array(out: Optional[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """``out`` checked against ``shape`` (float32, writeable), or a new empty array."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable float32 array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}{'' if out.flags.writeable else ' (read-only)'}")
+    return out
+
+
+def _normalised_tile(window: np.ndarray, channels: list[int], device: torch.device) -> torch.Tensor:
+    """``(3, h, w)`` ImageNet-normalised tensor on ``device`` of ``channels`` of an ``(h, w, C)`` window."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    tile = torch.from_numpy(np.ascontiguousarray(window[..., channels])).to(device).permute(2, 0, 1)
+    return tile.sub(mean).div_(std)
 
 
 def tile_margin(config: FeatureConfig) -> int:
@@ -177,14 +212,56 @@ def estimate_seconds(config: FeatureConfig, shape: tuple[int, int], device: torc
     return total_flops(config, shape, n_channels) / (throughput(device) * EFFICIENCY)
 
 
-def views_per_batch(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> int:
-    """Views per forward pass, sized to free memory (activations ~ 16 N D floats per view)."""
-    spec = model_spec(config.model)
-    per_view = 16 * n_tokens(shape, spec.patch_size, config.stride) * spec.embed_dim * 4
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        import psutil
+def view_seconds(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> float:
+    """Rough time of one forward pass over an ``(H, W)`` input on ``device``."""
+    return view_flops(config, shape) / (throughput(device) * EFFICIENCY)
 
-        free = psutil.virtual_memory().available
-    return int(max(1, min(MAX_VIEWS_PER_BATCH, BATCH_MEMORY_FRACTION * free // per_view)))
+
+def activation_bytes(config: FeatureConfig, shape: tuple[int, int]) -> int:
+    """Bytes of activations one view of an ``(H, W)`` input holds: ``ACTIVATION_FLOATS * N * D`` floats."""
+    spec = model_spec(config.model)
+    return ACTIVATION_FLOATS * n_tokens(shape, spec.patch_size, config.stride) * spec.embed_dim * 4
+
+
+def views_per_batch(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> int:
+    """Views per forward pass over an ``(H, W)`` input, 1 to :data:`MAX_VIEWS_PER_BATCH`: as many
+    as fit in :data:`BATCH_MEMORY_FRACTION` of free memory and in :data:`BATCH_SECONDS` of
+    estimated time (so that progress, and a cancel, comes at least that often)."""
+    by_memory = BATCH_MEMORY_FRACTION * free_memory(device) // activation_bytes(config, shape)
+    by_time = BATCH_SECONDS // view_seconds(config, shape, device)
+    return int(max(1, min(MAX_VIEWS_PER_BATCH, by_memory, by_time)))
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: the GPU's free memory, else the system's available memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def vit_working_bytes(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> int:
+    """Host bytes :func:`vit_features` holds besides its outputs at its peak.
+
+    For the largest tile window ``(h, w)``: the window's normalised copy; on the CPU also its
+    transformed views, the model's weights (``12 depth D^2`` floats), the larger of a batch's
+    activations (:func:`activation_bytes`) and the upsampler's block of gathered rows, and the
+    attention buffer (features of a whole-image window go straight to the output); with
+    several windows, or off the CPU, the window's features and attention (a host copy).
+    """
+    spec = model_spec(config.model)
+    windows = choose_tiles(config, shape)
+    h, w = max(((r1 - r0, c1 - c0) for (r0, r1, _, _), (c0, c1, _, _) in windows), key=lambda s: s[0] * s[1])
+    plane = 4 * h * w
+    buffers = (spec.embed_dim + spec.num_heads) * plane
+    if device.type != "cpu":
+        return 3 * plane + buffers
+    if len(windows) == 1:
+        buffers = spec.num_heads * plane
+    batch = views_per_batch(config, (h, w), device)
+    views = 3 * plane * (3 + 2 * batch)  # normalised window and its temporary; the views and their stack
+    model = 4 * 12 * spec.depth * spec.embed_dim**2
+    forward = batch * activation_bytes(config, (h, w))
+    gather = 4 * ROWS * w * spec.embed_dim
+    return model + views + max(forward, gather) + buffers
