@@ -97,8 +97,9 @@ def test_uncertainty_layer(dock, qtbot, two_textures):
     click_and_wait(qtbot, widget)
     unc = viewer.layers[UNCERTAINTY]
     assert unc.data.shape == image.shape and unc.data.dtype == np.float32
-    assert 0 <= unc.data.min() and unc.data.max() <= 0.5 + 1e-6
+    assert 0 <= unc.data.min() and unc.data.max() <= 1.0 and unc.data.max() > 0.5  # 1 = both classes as likely
     assert unc.data[:, 90:100].mean() > unc.data[:, 20:40].mean()  # unsure at the boundary
+    assert unc.contrast_limits == [0.0, 1.0] and unc.colormap.name == "viridis" and unc.blending == "translucent"
 
 
 def test_classifier_menu_chooses_trees_or_the_regression_alone(dock, qtbot, two_textures):
@@ -389,7 +390,7 @@ def test_labels_made_for_another_image_are_refused(dock, qtbot, notes, phases):
     labels = widget.new_labels_layer()
     labels.data[:] = scribbles
     widget._image.value, widget._labels_layer.value = first, labels
-    expect_refusal(qtbot, viewer, widget, notes, "was made for image 'other', not 'img'")
+    expect_refusal(qtbot, viewer, widget, notes, "belongs to image 'other', not 'img'")
 
 
 def test_widget_output_equals_dinoseg_apply_with_crf_and_tiles(dock, qtbot, phases, tmp_path, monkeypatch):
@@ -449,3 +450,104 @@ def test_every_control_has_its_label_with_no_labels_layer(dock):
     shown = [w for w in widget if not isinstance(w, ButtonWidget) and w.label]
     assert all(w._labeled_widget() is not None for w in shown)
     assert {"image", "brush labels", "train on", "features", "classifier"} <= {w.label for w in shown}
+
+
+def test_a_loaded_classifier_is_used_until_this_images_labels_are_painted(dock, qtbot, two_textures, tmp_path):
+    """Strokes present when a classifier is loaded do not silently replace it; painting does."""
+    image, truth, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels_layer.value = viewer.layers["strokes"]
+    click_and_wait(qtbot, widget)
+    widget._bundle_file.value = tmp_path / "model.dinoseg"
+    widget.save_classifier()
+
+    other = np.roll(image, 40, axis=1)
+    viewer2, widget2, _ = dock(other)
+    stale = np.zeros_like(scribbles)
+    stale[5:9, 5:60], stale[180:184, 100:180] = 2, 1  # strokes that disagree with the texture
+    viewer2.add_labels(stale, name="old strokes")
+    widget2._labels_layer.value = viewer2.layers["old strokes"]
+    widget2._bundle_file.value = tmp_path / "model.dinoseg"
+    assert widget2.load_classifier()
+    assert widget2._state.value.startswith("loaded from model.dinoseg")
+    click_and_wait(qtbot, widget2)
+    assert widget2.last_result.trained_on == [] and "using the loaded classifier model.dinoseg" in widget2._status.value
+    assert iou(viewer2.layers[PREDICTIONS].data, np.roll(truth, 40, axis=1), 2) > 0.9
+
+    brush(viewer2.layers["old strokes"], [(1, [(60, 20), (60, 60)])])  # the user paints: train from the strokes
+    click_and_wait(qtbot, widget2)
+    assert widget2.last_result.trained_on and widget2.loaded is None
+    assert widget2._state.value.startswith("trained here on other") or "trained here on img" in widget2._state.value
+    assert "the loaded model.dinoseg is set aside (you painted)" in widget2._state.value
+
+
+def test_a_labels_layer_of_no_image_is_tied_to_the_first_image_it_trains(dock, qtbot, notes, two_textures):
+    image, _, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels_layer.value = viewer.layers["strokes"]
+    click_and_wait(qtbot, widget)
+    assert "labels layer 'strokes' now belongs to this image" in widget._status.value
+    second = viewer.add_image(image[:, ::-1], name="second")
+    widget._image.value = second
+    widget._labels_layer.value = viewer.layers["strokes"]
+    expect_refusal(qtbot, viewer, widget, notes, "labels layer 'strokes' belongs to image 'img', not 'second'")
+
+
+def test_missing_weights_fail_before_any_work_naming_the_weights_field(dock, qtbot, notes, two_textures, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("DINOSEG_WEIGHTS_DIR", str(tmp_path / ("a_long_folder_name_" * 8)))  # no place to wrap
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    image, _, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels_layer.value = viewer.layers["strokes"]
+    width = widget.native.sizeHint().width()  # as the user first sees it
+    widget.features.kind.value = "vit"
+    qtbot.wait(50)
+    widget._run.native.click()
+    assert widget.worker is None, "refused on the GUI thread, before a worker starts"
+    assert "type the path of a checkpoint file in the 'weights' field" in widget._status.value
+    assert any("dinov2_vits14_pretrain.pth" in n for n in notes())
+    qtbot.wait(100)
+    assert widget.native.sizeHint().width() <= width, "a long message wraps; the dock keeps its width"
+    from qtpy.QtWidgets import QSizePolicy
+
+    for label in (widget._status, widget.features.plan, widget._state):  # whatever their text, never wider
+        assert label.native.sizePolicy().horizontalPolicy() == QSizePolicy.Ignored and label.native.wordWrap()
+
+
+def test_progress_shows_in_napari_and_its_cancel_stops_the_job(dock, qtbot, two_textures):
+    from napari.utils import progress
+
+    image, _, scribbles = two_textures
+    viewer, widget, _ = dock(np.tile(image, (4, 4)))
+    viewer.add_labels(np.tile(scribbles, (4, 4)), name="strokes")
+    widget._labels_layer.value = viewer.layers["strokes"]
+    seen = []
+    widget._run.native.click()
+    bar = widget._bar
+    assert bar is not None and bar in progress._all_instances
+    qtbot.waitUntil(lambda: (seen.append(bar.n) or bar.n > 0), timeout=TIMEOUT_MS)
+    bar.cancel()  # the activity dock's cancel button
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert widget._status.value.startswith("cancelled") and PREDICTIONS not in viewer.layers
+    assert widget._bar is None and bar not in progress._all_instances
+
+
+def test_every_control_has_a_label_and_a_tooltip_in_every_mode(dock, two_textures):
+    viewer, widget, _ = dock(two_textures[0])  # no Labels layer: the state a new user meets
+    from magicgui.widgets import CheckBox, Container, Label, PushButton
+
+    assert widget.labels is True, "the container shows its controls' labels"
+    for kind in ("classical", "vit", "hybrid"):
+        widget.features.kind.value = kind
+        shown = [w for w in widget if not w.native.isHidden() and not isinstance(w, Container)]
+        for w in shown:
+            text = w.text if isinstance(w, (CheckBox, PushButton)) else w.label
+            assert text or isinstance(w, Label), f"{type(w).__name__} {w.name!r} has no label in {kind} mode"
+            assert w.tooltip, f"{text or w.value!r} has no tooltip in {kind} mode"
+        labels = [w.label for w in shown if not isinstance(w, (CheckBox, PushButton))]
+        assert "features" in labels and ("weights" in labels) == (kind != "classical")

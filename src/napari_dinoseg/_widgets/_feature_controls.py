@@ -7,6 +7,7 @@ from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, SpinBox
 from ..config import DEVICES, FeatureConfig
 from ..features.featurise import FeatureCache
 from ..features.registry import MODELS
+from ._text import wrap
 
 #: One feature cache for every dock widget of the session: the unsupervised widget reuses
 #: what the train widget computed, and the other way round.
@@ -41,9 +42,24 @@ class FeatureControls:
         self.weights = LineEdit(value="", label="weights")
         self.weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
         self.plan = Label(value="")
-        self.plan.native.setWordWrap(True)
+        wrap(self.plan)
         self.sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
         self.membrane = CheckBox(value=True, text="membrane projections")
+        tips = {
+            self.kind: "classical filters (fast, no weights), DINOv2 features (semantic; needs weights), or both",
+            self.model: "the ViT backbone; its released weights file must be on this machine",
+            self.stride: "pixels between ViT patches: smaller is finer and slower (0: the device's preset)",
+            self.views: "shifted / flipped copies averaged to bring ViT features to pixel resolution",
+            self.shifts: "the shifts (px) of the shifted views",
+            self.device: "where the ViT runs: auto picks a GPU when there is one",
+            self.weights: "a checkpoint file (.pth / .safetensors); empty: the released file in the weights folder "
+                          "or the Hugging Face cache",
+            self.plan: "what the ViT will do on this device, and about how long it takes",
+            self.sigmas: "Gaussian scales (px) of the classical filters",
+            self.membrane: "add Weka's membrane projections (thin bright or dark lines)",
+        }
+        for widget, tip in tips.items():
+            widget.tooltip = tip
         self.vit_widgets = [self.model, self.stride, self.views, self.shifts, self.device, self.weights, self.plan]
         self.widgets = [self.kind, *self.vit_widgets, self.sigmas, self.membrane]
         for w in (self.kind, self.views):

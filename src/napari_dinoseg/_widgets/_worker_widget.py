@@ -1,25 +1,30 @@
 """Base of the dock widgets: one pure job at a time in a napari thread worker.
 
 Gives a widget its Run and Cancel buttons, progress bar and status line; runs the job the
-subclass prepares (``_prepare``) with progress and cancellation; turns refusals
-(``ValueError`` / ``TypeError``) and failures into notifications; hands the result to
-``_on_result`` on the GUI thread; stays safe when the dock is closed mid-run.
+subclass prepares (``_prepare``) with progress and cancellation, mirrored in napari's own
+progress bar (activity dock), whose cancel button stops the job too; shows the time left,
+measured from the work done so far; turns refusals (``ValueError`` / ``TypeError``) and
+failures into notifications; hands the result to ``_on_result`` on the GUI thread; stays safe
+when the dock is closed mid-run. Long messages wrap in the widget and never widen the dock.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import FunctionWorker, create_worker
+from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
 from ..progress import Cancelled
 from ._compat import block_triton_if_llvm_is_loaded
 from ._feature_controls import SHARED_CACHE
+from ._text import wrap
 from ._train_job import import_compute_libraries
 
 logger = logging.getLogger(__name__)
@@ -53,7 +58,13 @@ class WorkerWidget(Container):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
         self._status = Label(value=idle_text)
-        self._status.native.setWordWrap(True)
+        wrap(self._status)
+        self._bar: Optional[cancelable_progress] = None  # napari's, in the activity dock
+        self._started = 0.0
+        self._run.tooltip = "run in the background; the viewer stays usable"
+        self._cancel.tooltip = "stop at the next step; nothing is changed"
+        self._progress.tooltip = "progress (also in napari's activity dock, bottom right)"
+        self._status.tooltip = "what is happening, and the last result or error"
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self.native.destroyed.connect(self._on_destroyed)
@@ -98,6 +109,8 @@ class WorkerWidget(Container):
         self.worker = worker
         self._run.enabled, self._cancel.enabled, self._progress.value = False, True, 0
         self._status.value = "starting…"
+        self._bar = cancelable_progress(total=1000, desc=f"dinoseg: {self._run.text}")
+        self._started = time.perf_counter()
         worker.start()
         return worker
 
@@ -109,14 +122,32 @@ class WorkerWidget(Container):
 
     def _progress_callback(self, done: int, total: int, message: str) -> None:
         """Called in the worker thread: raise to cancel, else forward to the GUI thread."""
-        if self._closed or (self.worker is not None and self.worker.abort_requested):
+        bar = self._bar
+        if self._closed or (self.worker is not None and self.worker.abort_requested) or \
+                (bar is not None and bar.is_canceled):
             raise Cancelled()
         self._show_progress(done, total, message)
 
     @ensure_main_thread
     def _show_progress(self, done: int, total: int, message: str) -> None:
-        if not self._closed:
-            self._progress.max, self._progress.value, self._status.value = total, done, message
+        if self._closed:
+            return
+        left = self.seconds_left(done, total)
+        self._progress.max, self._progress.value = total, done
+        self._status.value = message + (f" (about {_duration(left)} left)" if left is not None else "")
+        bar = self._bar  # its events may run queued callbacks, _on_finished among them
+        if bar is not None:
+            if bar.total != total:
+                bar.total = total
+            bar.set_description(f"dinoseg: {message[:48]}")
+            bar.update(done - bar.n)
+
+    def seconds_left(self, done: int, total: int) -> Optional[float]:
+        """Time left, from the rate of the work done so far (``None`` until 3 % and 2 s are done)."""
+        elapsed = time.perf_counter() - self._started
+        if total <= 0 or done < 0.03 * total or elapsed < 2.0 or done >= total:
+            return None
+        return elapsed * (total - done) / done
 
     @ensure_main_thread
     def _announce(self, plan: str) -> None:
@@ -145,6 +176,9 @@ class WorkerWidget(Container):
             self._fail(f"{type(err).__name__}: {err}")
 
     def _on_finished(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if self._closed:
             return
         self.worker = None
@@ -159,3 +193,7 @@ class WorkerWidget(Container):
     def _fail(self, message: str) -> None:
         self._status.value = f"error: {message}"
         show_error(f"dinoseg: {message}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

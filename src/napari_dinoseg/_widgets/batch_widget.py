@@ -1,48 +1,194 @@
 """The "dinoseg: apply to folder" widget (Plugins menu and Layers › Segment menu).
 
-Bundle file, input folder, output folder and options; runs :func:`apply_bundle` in a
-worker with a progress bar, reports done / skipped / failed at the end, and can open the
-first result in the viewer.
+Bundle file, input folder, output folder and options; runs :func:`run_batch_job` in a worker
+(the widget's progress bar and napari's activity dock, from the base class), then shows how
+long the run took on the status line and the done / skipped / failed summary, once, in a
+scrollable report. With "open the first result" the worker also reads back the first image
+it segmented (its raw input, found from the ``source`` the labels file records, and its
+labels); the widget then shows that pair on top of the other layers, which it hides.
+
+The bundle, folders and options of the last run are remembered for the session: a widget
+opened again starts from them.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
-from magicgui.widgets import CheckBox, FileEdit, Label
+from magicgui.widgets import CheckBox, FileEdit, TextEdit
+from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_warning
+from qtpy.QtGui import QTextOption
 
 from ..batch import BatchSummary, apply_bundle
+from ..progress import Cancelled
+from ..reading import ImageFile, read_image
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
     import napari
 
+#: Lines of the summary the report shows; the rest are counted ("… and N more").
+MAX_REPORT_LINES = 200
+#: Height of the report box, in lines of text (it scrolls beyond).
+REPORT_LINES_SHOWN = 8
+#: Colour maps of the channels of an image that is neither grey nor RGB (one layer each).
+CHANNEL_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
+#: Widgets whose values a new widget takes over from the last run of this session.
+REMEMBERED = ("_bundle", "_inputs", "_out", "_probabilities", "_overwrite", "_open_first")
+TOOLTIPS = {
+    "_bundle": "the .dinoseg classifier file to apply (written by the train widget's Save classifier)",
+    "_inputs": "the folder of images to segment (tif, png, jpg; sub-folders are not searched)",
+    "_out": "where <name>_labels.tif is written for each image; must lie outside the input folder",
+    "_probabilities": "also write <name>_proba.tif: the class probabilities, float32, classes last",
+    "_overwrite": "recompute images whose outputs are already there (otherwise they are skipped)",
+    "_open_first": "when done, open the first image segmented by this run with its labels, hiding other layers",
+    "_run": "segment every image of the input folder with the classifier",
+    "_cancel": "stop after the image being segmented; finished outputs are kept, and Apply goes on from there",
+    "_progress": "images segmented, of those to segment",
+    "_status": "what the run is doing, or how long it took",
+    "_report": "done / skipped / failed, with reasons (names relative to the input folder)",
+}
+#: The last run's values (see ``REMEMBERED``), kept for the session.
+_LAST: dict = {}
 
-def run_batch_job(bundle: str, inputs: str, out_dir: str, probabilities: bool, overwrite: bool,
-                  progress=None, announce=None) -> BatchSummary:
-    """Apply a bundle to a folder (pure; runs in a worker)."""
+
+@dataclass(frozen=True)
+class FirstResult:
+    """The first image a run segmented, read back for the viewer.
+
+    Attributes
+    ----------
+    source : Path
+        The input image file.
+    output : Path
+        Its labels file.
+    image : ImageFile
+        The input's pixels, ``(*lead, H, W)`` or ``(*lead, H, W, C)``.
+    labels : (*lead, H, W) integer array
+    """
+
+    source: Path
+    output: Path
+    image: ImageFile
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What :func:`run_batch_job` hands to the widget: the summary, and the first result or
+    why there is none to open (``note``)."""
+
+    summary: BatchSummary
+    first: Optional[FirstResult] = None
+    note: str = ""
+
+
+def run_batch_job(bundle: str, inputs: str, out_dir: str, probabilities: bool, overwrite: bool, open_first: bool,
+                  progress=None, announce=None) -> BatchResult:
+    """Apply a bundle to a folder and, with ``open_first``, read back its first result (runs
+    in a worker; touches no layer)."""
     if announce is not None:
         announce(f"applying {Path(bundle).name} to {inputs}")
-    return apply_bundle(bundle, inputs, out_dir, probabilities=probabilities, overwrite=overwrite, progress=progress)
+    summary = apply_bundle(bundle, inputs, out_dir, probabilities=probabilities, overwrite=overwrite, progress=progress)
+    if not open_first:
+        return BatchResult(summary)
+    if not summary.done:
+        return BatchResult(summary, note="no image was segmented by this run, so none was opened")
+    try:  # done is in input order: apply_bundle runs the images in turn, in the folder's order
+        return BatchResult(summary, read_first_result(summary.done[0], inputs))
+    except ValueError as err:
+        return BatchResult(summary, note=f"the first result could not be opened: {err}")
+
+
+def read_first_result(output: Union[str, os.PathLike], input_dir: Union[str, os.PathLike]) -> FirstResult:
+    """Read a labels file and the input image it was made from.
+
+    The input is the file in ``input_dir`` named by the labels file's ``source`` metadata
+    (written by :func:`~napari_dinoseg.batch.apply_bundle`), so two inputs with one stem
+    (``a.tif``, ``a.png``) are never confused.
+
+    Raises
+    ------
+    ValueError
+        An unreadable labels file, one that does not name its input, an input that is gone
+        or unreadable, or shapes that do not match (the input changed since).
+    """
+    import tifffile
+
+    output = Path(output)
+    try:
+        with tifffile.TiffFile(output) as tif:
+            meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+            labels = tif.asarray()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {output.name}: {err}") from None
+    name = meta.get("source")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{output.name} does not name the image it was made from")
+    source = Path(input_dir) / name
+    if not source.is_file():
+        raise ValueError(f"its input {str(source)!r} is no longer there")
+    image = read_image(source)
+    plane_shape = image.data.shape if image.channels == 1 else image.data.shape[:-1]
+    if labels.shape != plane_shape:
+        raise ValueError(f"{output.name} has shape {labels.shape} but {name} has {image.data.shape}; "
+                         "was the input changed since?")
+    return FirstResult(source, output, image, labels)
+
+
+def report_text(summary: BatchSummary, input_dir: Union[str, os.PathLike], max_lines: int = MAX_REPORT_LINES) -> str:
+    """The summary with paths relative to ``input_dir``, cut to ``max_lines`` lines plus
+    "… and N more"."""
+    text = str(summary).replace(str(Path(input_dir)) + os.sep, "")
+    lines = text.splitlines()
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"… and {len(lines) - max_lines} more"]
+    return "\n".join(lines)
+
+
+def _seconds(seconds: float) -> str:
+    """``"2.5 s"``, ``"12 s"``, ``"3 min 05 s"``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
 
 
 class BatchWidget(WorkerWidget):
     """Apply a saved classifier to a folder of images."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
-        super().__init__(napari_viewer, "Apply", "Choose a classifier bundle, an input folder and an output folder.")
+        super().__init__(napari_viewer, "Apply", "Choose a classifier, an input folder and an output folder, "
+                                                 "then click Apply.")
         self.summary: Optional[BatchSummary] = None
+        self.opened: list[Layer] = []  # the layers showing the last run's first result
+        self._input_dir = ""
+        self._run_started = time.perf_counter()
         self._bundle = FileEdit(mode="r", filter="*.dinoseg", label="classifier")
         self._inputs = FileEdit(mode="d", label="input folder")
         self._out = FileEdit(mode="d", label="output folder")
         self._probabilities = CheckBox(value=False, text="also write probabilities")
         self._overwrite = CheckBox(value=False, text="overwrite existing outputs")
         self._open_first = CheckBox(value=True, text="open the first result")
-        self._report = Label(value="")
-        self._report.native.setWordWrap(True)
+        self._report = TextEdit(value="", label="report")
+        self._report.read_only = True
+        report = self._report.native
+        report.setWordWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)  # long paths wrap, never widen
+        report.setFixedHeight(REPORT_LINES_SHOWN * report.fontMetrics().lineSpacing() + 12)
+        report.setPlaceholderText("after a run: done / skipped / failed, with reasons")
+        for name, tip in TOOLTIPS.items():
+            getattr(self, name).tooltip = tip
+        for name in REMEMBERED:
+            if name in _LAST:
+                getattr(self, name).value = _LAST[name]
         self.extend([self._bundle, self._inputs, self._out, self._probabilities, self._overwrite,
                      self._open_first, *self.run_controls, self._report])
 
@@ -50,18 +196,76 @@ class BatchWidget(WorkerWidget):
         values = [str(w.value) for w in (self._bundle, self._inputs, self._out)]
         if any(v in ("", ".") for v in values):
             raise ValueError("choose the classifier file, the input folder and the output folder")
-        return run_batch_job, (*values, bool(self._probabilities.value), bool(self._overwrite.value))
+        _LAST.update({name: getattr(self, name).value for name in REMEMBERED})
+        self.summary, self._input_dir, self._run_started = None, values[1], time.perf_counter()
+        self._set_report("")
+        options = (bool(self._probabilities.value), bool(self._overwrite.value), bool(self._open_first.value))
+        return run_batch_job, (*values, *options)
 
-    def _on_result(self, summary: BatchSummary) -> None:
-        self.summary = summary
-        self._status.value = str(summary).splitlines()[0]
-        self._report.value = str(summary)
+    def _set_report(self, text: str) -> None:
+        self._report.native.setPlainText(text)  # plain: a '<' in a file name is not markup
+
+    def _on_result(self, result: BatchResult) -> None:
+        summary = self.summary = result.summary
+        took = _seconds(time.perf_counter() - self._run_started)
+        self._set_report(report_text(summary, self._input_dir))
+        opened = self._open(result.first) if result.first is not None else result.note
+        head = f"stopped early after {took} (see the report)" if summary.stopped else f"finished in {took}"
+        self._status.value = "; ".join(part for part in (head, opened) if part)
+        if summary.stopped:
+            show_warning(f"dinoseg: stopped early: {summary.stopped}")
         doubtful = sorted({Path(path).name for path, _ in summary.warnings})
         if doubtful:
             show_warning(f"dinoseg: {len(doubtful)} image(s) look unlike the training images or collapsed to one "
                          f"class: {', '.join(doubtful[:5])}{' …' if len(doubtful) > 5 else ''}; see the report")
-        if self._open_first.value and summary.done:
-            import tifffile
+        if result.first is None and result.note and summary.done:  # there was one, but it could not be read
+            show_warning(f"dinoseg: {result.note}")
 
-            first = Path(summary.done[0])
-            self._viewer.add_labels(np.asarray(tifffile.imread(first)), name=first.stem)
+    def _on_errored(self, err: BaseException) -> None:
+        super()._on_errored(err)
+        if isinstance(err, Cancelled) and not self._closed:
+            self._status.value = ("cancelled: the images finished before are in the output folder; "
+                                  "Apply goes on from there")
+
+    # ---- the first result ------------------------------------------------------------
+
+    def _open(self, first: FirstResult) -> str:
+        """Show ``first``'s input and labels on top, hide every other layer, select the labels
+        and fit the view to them; returns the status line's words for it."""
+        shown = [self._put(Image, name, data, kwargs) for name, data, kwargs in _image_layers(first)]
+        shown.append(self._put(Labels, first.output.stem, first.labels, {}))
+        layers = self._viewer.layers
+        for layer in shown:  # on top, in order: the labels last
+            layers.move(layers.index(layer), len(layers))
+        for layer in layers:
+            layer.visible = any(layer is s for s in shown)
+        layers.selection.active = shown[-1]
+        self._viewer.reset_view()
+        self.opened = shown
+        return f"opened {first.source.name} with its labels"
+
+    def _put(self, kind: type, name: str, data: np.ndarray, kwargs: dict) -> Layer:
+        """The layer of the last run named ``name`` with ``data`` in place, or a new one."""
+        for layer in self.opened:
+            if (layer.name == name and type(layer) is kind and layer in self._viewer.layers
+                    and layer.data.ndim == data.ndim and getattr(layer, "rgb", False) == kwargs.get("rgb", False)):
+                layer.data = data
+                if kind is Image:
+                    layer.reset_contrast_limits()
+                return layer
+        layer = kind(data, name=name, **kwargs)
+        self._viewer.add_layer(layer)
+        return layer
+
+
+def _image_layers(first: FirstResult) -> list[tuple[str, np.ndarray, dict]]:
+    """``(name, data, kwargs)`` of the image layer(s) showing ``first``'s input: grey, RGB, or
+    one additive layer per channel."""
+    image, stem = first.image, first.source.stem
+    if image.channels == 1:
+        return [(stem, image.data, {})]
+    if image.channels == 3:
+        return [(stem, image.data, {"rgb": True})]
+    return [(f"{stem} [channel {c}]", image.data[..., c],
+             {"colormap": CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)], "blending": "additive"})
+            for c in range(image.channels)]

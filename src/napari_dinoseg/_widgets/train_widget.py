@@ -12,11 +12,12 @@ one made by "New labels layer for this image", or named "<image> labels") and fi
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
@@ -24,6 +25,7 @@ from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
 from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls
+from ._text import wrap
 from ._train_job import Source, TrainJob, TrainResult, run_train_job
 from ._worker_widget import WorkerWidget
 
@@ -31,13 +33,29 @@ if TYPE_CHECKING:
     import napari
 
 PREDICTIONS = "predictions"
-UNCERTAINTY = "uncertainty"
+UNCERTAINTY = "uncertainty (0 = sure, 1 = undecided)"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
 TRAIN_THIS, TRAIN_ALL = "this image", "every image with labels"
 #: Labels-layer metadata key naming the image layer the labels were painted on.
 IMAGE_KEY = "dinoseg_image"
 #: (label, TrainConfig.classifier) choices of the classifier menu.
 CLASSIFIERS = [("logistic regression + trees", "logistic+trees"), ("logistic regression (fastest)", "logistic")]
+NO_CLASSIFIER = "none yet: paint strokes of two or more classes, or load a classifier"
+TOOLTIPS = {
+    "_image": "the image to predict (and to train on, with its own labels layer)",
+    "_labels_layer": "the Labels layer holding this image's brush strokes (0 = unlabelled, 1..K = classes)",
+    "_new_labels": "add an empty Labels layer tied to the selected image, ready to paint",
+    "_classifier": "logistic regression + extra trees (best), or logistic regression alone (fastest)",
+    "_edge_smoothing": "smooth the class probabilities, keeping the image's edges (guided filter)",
+    "_pca": "reduce the ViT channels to this many principal components before training (0 = off)",
+    "_crf": "refine the prediction with a fully connected CRF (slower; sharper boundaries)",
+    "_scope": "predict the slice on screen, or every slice of the stack",
+    "_want_uncertainty": "add a layer showing how unsure the classifier is at each pixel (0 = sure, 1 = unsure)",
+    "_bundle_file": "the .dinoseg file to save the classifier to, or to load one from",
+    "_save": "save the last classifier (features, classifier, smoothing, CRF) to the classifier file",
+    "_load": "load a classifier: Train / Predict then predicts with it until you paint on this image's labels",
+    "_state": "which classifier Train / Predict uses",
+}
 
 
 class TrainWidget(WorkerWidget):
@@ -66,13 +84,19 @@ class TrainWidget(WorkerWidget):
         self._bundle_file = FileEdit(mode="w", filter="*.dinoseg", label="classifier file")
         self._save = PushButton(text="Save classifier")
         self._load = PushButton(text="Load classifier")
+        self._state = wrap(Label(value=NO_CLASSIFIER, label="classifier in use"))
         self.loaded: Optional[Segmenter] = None  # read from a bundle
+        self._loaded_name = ""
+        self._claimed = ""  # a labels layer this click tied to the image
+        self._strokes_at_load: dict = {}  # labels layer id -> digest of its strokes when the bundle was loaded
         self.extend([
             self._image, self._labels_layer, self._new_labels, self._train_on, *self.features.widgets, self._classifier,
             self._edge_smoothing, self._pca, self._crf, self._scope,
-            self._want_uncertainty, *self.run_controls, self._bundle_file,
+            self._want_uncertainty, *self.run_controls, self._state, self._bundle_file,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
         ])
+        for widget, tip in TOOLTIPS.items():
+            getattr(self, widget).tooltip = tip
         self._save.changed.connect(self.save_classifier)
         self._load.changed.connect(self.load_classifier)
         self._new_labels.changed.connect(self.new_labels_layer)
@@ -113,9 +137,12 @@ class TrainWidget(WorkerWidget):
             self._fail(str(err))
             return False
         seg = self.loaded
-        self._status.value = (f"loaded a {seg.classifier.n_classes}-class classifier on {seg.features.kind} features "
-                              f"from {Path(str(self._bundle_file.value)).name}; Train / Predict predicts with it "
-                              "until you paint")
+        self._loaded_name = Path(str(self._bundle_file.value)).name
+        self._strokes_at_load = {id(lay): _digest(lay.data) for lay in self._viewer.layers if isinstance(lay, Labels)}
+        self._state.value = (f"loaded from {self._loaded_name} ({seg.classifier.n_classes} classes, "
+                             f"{seg.features.kind} features): Train / Predict predicts with it until you paint on "
+                             "this image's labels")
+        self._status.value = f"loaded {self._loaded_name}"
         return True
 
     def new_labels_layer(self, *_args) -> Optional[Labels]:
@@ -139,6 +166,7 @@ class TrainWidget(WorkerWidget):
     # ---- reading the layers ------------------------------------------------------
 
     def _prepare(self):
+        self._claimed = ""
         return run_train_job, (self._make_job(), self.cache)
 
     def _make_job(self) -> TrainJob:
@@ -155,12 +183,16 @@ class TrainWidget(WorkerWidget):
                 raise ValueError("no labels layer: click 'New labels layer for this image' and paint strokes")
             owner = labels.metadata.get(IMAGE_KEY)
             if owner is not None and owner != image.name:
-                raise ValueError(f"labels layer {labels.name!r} was made for image {owner!r}, not {image.name!r}; "
+                raise ValueError(f"labels layer {labels.name!r} belongs to image {owner!r}, not {image.name!r}; "
                                  "select that image, or click 'New labels layer for this image'")
             sources = [self._source(image, labels)]
-        painted = any(s.painted_slices for s in sources)
-        use_loaded = self.loaded is not None and not painted
+            if owner is None and labels.data.any():  # from now on these strokes belong to this image
+                labels.metadata[IMAGE_KEY] = image.name
+                self._claimed = labels.name
+        use_loaded = self.loaded is not None and not self._painted_since_load(sources)
         cfg = self.feature_config()
+        if cfg.uses_vit and not use_loaded:
+            check_weights(cfg)
         shape = _spatial_shape(image)
         lead = shape[:-2]
         if not lead or self._scope.value == SCOPE_STACK:
@@ -175,6 +207,15 @@ class TrainWidget(WorkerWidget):
         segmenter = self.loaded if use_loaded else Segmenter(cfg, training, CRFConfig() if self._crf.value else None)
         return TrainJob(sources=sources, predict_slices=predict_slices, segmenter=segmenter, use_loaded=use_loaded,
                         want_uncertainty=bool(self._want_uncertainty.value))
+
+    def _painted_since_load(self, sources: list[Source]) -> bool:
+        """Strokes painted (or changed) on these sources' labels since the classifier was loaded."""
+        layers = {lay.name: lay for lay in self._viewer.layers if isinstance(lay, Labels)}
+        for src in sources:
+            layer = layers.get(src.labels_name)
+            if src.painted_slices and (layer is None or self._strokes_at_load.get(id(layer)) != _digest(src.labels)):
+                return True
+        return False
 
     def image_label_pairs(self) -> list[tuple[Image, Labels]]:
         """Every image layer with its own Labels layer: the one whose metadata names it (made by
@@ -230,12 +271,19 @@ class TrainWidget(WorkerWidget):
         self.segmenter = result.segmenter
         self._write_layers(result)
         reused = f", {result.reused} reused from cache" if result.reused else ""
-        source = (f"trained on {len(result.trained_on)} image(s): {'; '.join(result.trained_on)}"
-                  if result.trained_on else f"using the loaded classifier {Path(str(self._bundle_file.value)).name}")
+        if result.trained_on:
+            source = f"trained on {len(result.trained_on)} image(s): {'; '.join(result.trained_on)}"
+            set_aside = (f"; the loaded {self._loaded_name} is set aside (you painted)" if self.loaded is not None
+                         else "")
+            self._state.value = f"trained here on {'; '.join(result.trained_on)}{set_aside}"
+            self.loaded = None
+        else:
+            source = f"using the loaded classifier {self._loaded_name}"
+        claimed = f"; labels layer {self._claimed!r} now belongs to this image" if self._claimed else ""
         doubt = f"; {len(result.messages)} warning(s): {result.messages[-1]}" if result.messages else ""
         self._status.value = (
             f"predicted {len(result.predict_slices)} slice(s) with {result.classifier.n_classes} classes, "
-            f"{source} ({result.featurised} featurised{reused}){doubt}"
+            f"{source} ({result.featurised} featurised{reused}){claimed}{doubt}"
         )
 
     @property
@@ -284,14 +332,15 @@ class TrainWidget(WorkerWidget):
         if layer is None or layer not in self._viewer.layers or layer.data.shape != shape:
             if layer is not None and layer in self._viewer.layers:
                 self._viewer.layers.remove(layer)
-            layer = Image(np.zeros(shape, dtype=np.float32), name=UNCERTAINTY, colormap="magma",
-                          blending="additive", scale=self._image.value.scale[-len(shape):],
-                          translate=self._image.value.translate[-len(shape):])
+            layer = Image(np.zeros(shape, dtype=np.float32), name=UNCERTAINTY, colormap="viridis", opacity=0.7,
+                          blending="translucent", contrast_limits=(0.0, 1.0),
+                          scale=self._image.value.scale[-len(shape):], translate=self._image.value.translate[-len(shape):])
             self._viewer.layers.insert(self._below(labels), layer)
             self._uncertainty = layer
+        top = 1.0 - 1.0 / result.classifier.n_classes  # 1 - max probability when every class is as likely
         for index, unc in zip(result.predict_slices, result.uncertainties):
-            layer.data[index] = unc
-        layer.contrast_limits = (0.0, max(1e-3, 1.0 - 1.0 / result.classifier.n_classes))
+            layer.data[index] = np.clip(unc / top, 0.0, 1.0)
+        layer.contrast_limits = (0.0, 1.0)
         layer.refresh()
 
     def _update_pca(self, *_args) -> None:
@@ -300,6 +349,18 @@ class TrainWidget(WorkerWidget):
     def _update_scope(self, *_args) -> None:
         image = self._image.value
         self._scope.visible = image is not None and len(_spatial_shape(image)) > 2
+
+
+def check_weights(config: FeatureConfig) -> None:
+    """Refuse, within about a second, DINOv2 / hybrid features when no weights can be had."""
+    from ..features.registry import find_weights
+
+    find_weights(config.model, config.weights or None,
+                 hint="or type the path of a checkpoint file in the 'weights' field (shown with DINOv2 features)")
+
+
+def _digest(labels) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(labels).tobytes(), digest_size=16).hexdigest()
 
 
 def _spatial_shape(image: Image) -> tuple[int, ...]:
