@@ -38,7 +38,8 @@ def _warm_up() -> None:
 
     def work() -> None:
         try:
-            import_compute_libraries()
+            import_compute_libraries(vit=False)
+            import_compute_libraries(vit=True)
         except Exception:  # noqa: BLE001 (reported by the job that needs the import)
             logger.debug("dinoseg: background import failed", exc_info=True)
 
