@@ -12,6 +12,7 @@ from napari.qt import get_qapp
 from qtpy.QtCore import QEventLoop
 
 from napari_dinoseg._widgets.demo import build_viewer
+from napari_dinoseg._widgets.train_widget import UNCERTAINTY
 
 OUT = Path(__file__).resolve().parent / "images"
 
@@ -46,7 +47,7 @@ def main() -> None:
     # DINOv2 mode. No weights can be downloaded on the machine that makes these pictures, so
     # this one runs with RANDOM weights: it shows the controls and the mechanics, not DINOv2's quality.
     widget._want_uncertainty.value = False
-    viewer.layers.remove("uncertainty")
+    viewer.layers.remove(UNCERTAINTY)
     viewer.layers["predictions"].visible = True
     widget.features.use("vit", weights="random")
     click_and_wait(widget)
@@ -54,6 +55,32 @@ def main() -> None:
     viewer.close()
     unsupervised()
     two_images()
+    fresh_from_the_menu()
+
+
+def fresh_from_the_menu() -> None:
+    """The train widget as a new user first meets it: a fresh viewer holding only an image, the
+    widget opened the way the Plugins menu opens it, no Labels layer; classical, then DINOv2
+    mode (on this machine without weights: the widget says what is missing before any work)."""
+    import napari
+
+    from napari_dinoseg._sample_data import ihc_image
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.add_image(ihc_image(), name="ihc micrograph", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: train")
+    for _ in range(10):
+        get_qapp().processEvents()
+        time.sleep(0.05)
+    viewer.screenshot(str(OUT / "train_widget_fresh_classical.png"), canvas_only=False)
+    widget.features.kind.value = "vit"  # without weights, the plan line says what is missing
+    for _ in range(10):
+        get_qapp().processEvents()
+        time.sleep(0.05)
+    viewer.screenshot(str(OUT / "train_widget_fresh_dinov2.png"), canvas_only=False)
+    print(widget.features.plan.value)
+    viewer.close()
 
 
 def unsupervised() -> None:
@@ -116,7 +143,7 @@ def two_images() -> None:
     viewer.reset_view()
     get_qapp().processEvents()
     viewer.screenshot(str(OUT / "train_two_images_super.png"), canvas_only=False)
-    print(widget._status.value)
+    print(widget.features.plan.value)
     viewer.close()
 
 

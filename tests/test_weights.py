@@ -79,3 +79,18 @@ def test_a_hub_that_answers_means_download(nowhere, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("socket.create_connection", lambda *a, **k: Socket())
     assert find_weights("dinov2_vits14") == "download"
+
+
+def test_the_feature_controls_say_at_once_that_dinov2_cannot_run(nowhere, monkeypatch, qtbot):
+    from napari_dinoseg._widgets._feature_controls import FeatureControls
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    controls = FeatureControls()
+    controls.kind.value = "vit"
+    assert controls.plan.value.startswith("cannot run: no weights for 'dinov2_vits14'")
+    assert "type the path of a checkpoint file in the 'weights' field" in controls.plan.value
+    controls.weights.value = "random"
+    controls.update_visibility()
+    assert controls.plan.value == "preset: decided for the device when you click"
+    controls.kind.value = "classical"
+    assert controls.plan.value == ""

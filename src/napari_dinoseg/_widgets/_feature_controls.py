@@ -62,8 +62,9 @@ class FeatureControls:
             widget.tooltip = tip
         self.vit_widgets = [self.model, self.stride, self.views, self.shifts, self.device, self.weights, self.plan]
         self.widgets = [self.kind, *self.vit_widgets, self.sigmas, self.membrane]
-        for w in (self.kind, self.views):
+        for w in (self.kind, self.views, self.model):
             w.changed.connect(self.update_visibility)
+        self.weights.native.editingFinished.connect(self.update_visibility)
         # the owner calls update_visibility() once the widgets are in its layout: showing a
         # widget that has no parent yet would open it as a window of its own
 
@@ -87,8 +88,10 @@ class FeatureControls:
 
     def use(self, kind: str, weights: str = "", views: str = VIEWS_PRESET, stride: int = 0, device: str = "auto") -> None:
         """Set several controls at once (scripts and tests)."""
-        self.kind.value, self.weights.value, self.views.value = kind, weights, views
+        self.weights.value, self.views.value = weights, views
         self.stride.value, self.device.value = stride, device
+        self.kind.value = kind
+        self.update_visibility()
 
     def update_visibility(self, *_args) -> None:
         """Show the controls that matter for the chosen feature kind."""
@@ -97,7 +100,19 @@ class FeatureControls:
             w.visible = vit
         self.sigmas.visible = self.membrane.visible = self.kind.value != "vit"
         self.shifts.visible = vit and self.views.value in ("shifts", "shifts + flips")
-        self.plan.value = "" if not vit else "preset: decided for the device when you click"
+        self.plan.value = "" if not vit else self.weights_problem() or "preset: decided for the device when you click"
+
+    def weights_problem(self) -> str:
+        """Why the chosen ViT cannot run here (no weights, offline), or "" (asked when the mode changes,
+        so the user learns it before painting; takes about a second at most)."""
+        from ..features.registry import find_weights
+
+        try:
+            find_weights(self.model.value, str(self.weights.value).strip() or None,
+                         hint="or type the path of a checkpoint file in the 'weights' field")
+        except ValueError as err:
+            return f"cannot run: {err}"
+        return ""
 
 
 def numbers(text: str, name: str, example: str, kind: type) -> tuple:
