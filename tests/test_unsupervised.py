@@ -1,11 +1,16 @@
-"""CAS pipeline on planted features and attention, with known answers."""
+"""CAS pipeline on planted features and attention, and the classical rule on synthetic images, with known answers."""
 
 import numpy as np
 import pytest
 
 from napari_dinoseg import CASConfig, FeatureConfig, segment_unsupervised
 from napari_dinoseg.features.featurise import FeatureStack
-from napari_dinoseg.unsupervised import box_iou, merge_centroids, object_boxes, semantic_distance
+from napari_dinoseg.unsupervised import (
+    MAX_CLASSES, background_class, box_iou, class_silhouette, merge_centroids, number_of_classes, object_boxes,
+    semantic_distance, smooth_channels,
+)
+
+from conftest import iou
 
 CLASSES = 4  # 0, 1 background; 2, 3 foreground (high attention)
 
@@ -73,15 +78,101 @@ def test_stack_mode_gives_the_same_ids_across_slices(rng):
     assert len(result.boxes) == 2 and len(result.boxes[1]) == 2
 
 
-def test_without_attention_the_largest_cluster_is_background(rng):
+def test_without_attention_the_class_with_the_largest_region_is_background(rng):
     lay = layout_a()
     feats = planted(rng, lay)
     plain = FeatureStack(feats.data, FeatureConfig(), feats.channel_names, None)
-    with pytest.warns(UserWarning, match="largest cluster is taken as background"):
+    with pytest.warns(UserWarning, match="largest connected region is taken as background"):
         result = segment_unsupervised(plain, CASConfig(k=12))
-    biggest = np.argmax(np.bincount(result.labels.ravel()))
-    np.testing.assert_array_equal(result.foreground, result.labels != biggest)
+    assert background_class(result.labels) == 1
+    np.testing.assert_array_equal(result.foreground, result.labels != 1)
     assert result.foreground.any() and result.messages
+    assert np.isnan(result.threshold) and 2 <= result.n_clusters <= MAX_CLASSES
+
+
+def discs_on_textured_matrix(rng):
+    """(image uint8 (160, 192), truth bool, true boxes): five bright discs (r 9..18 px) on a
+    dark matrix with a strong texture (sinusoidal pattern plus noise)."""
+    h, w = 160, 192
+    yy, xx = np.mgrid[:h, :w]
+    discs = [(35, 40, 14), (40, 130, 18), (110, 60, 16), (115, 150, 12), (80, 100, 9)]
+    truth = np.zeros((h, w), bool)
+    for cy, cx, r in discs:
+        truth |= (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    matrix = 60 + 20 * np.sin(xx / 2.5) * np.sin(yy / 3.5) + rng.normal(0, 12, (h, w))
+    image = np.where(truth, 190 + rng.normal(0, 12, (h, w)), matrix)
+    boxes = {(cy - r + 1, cx - r + 1, cy + r, cx + r) for cy, cx, r in discs}
+    return np.clip(image, 0, 255).astype(np.uint8), truth, boxes
+
+
+def test_classical_two_phases_give_two_classes_and_a_box_per_disc(rng):
+    image, truth, true_boxes = discs_on_textured_matrix(rng)
+    with pytest.warns(UserWarning, match="2 classes"):
+        result = segment_unsupervised(image, CASConfig(features=FeatureConfig(kind="classical")))
+    assert result.labels.max() == 2 and result.silhouettes[2] > result.silhouettes[3] + 0.05
+    assert result.foreground_classes.tolist() == [2]
+    fg = result.foreground
+    assert (fg & truth).sum() / (fg | truth).sum() > 0.97
+    (boxes,) = result.boxes
+    assert len(boxes) == len(true_boxes)  # one per disc; the superbox is the largest disc's box
+    for box in true_boxes:
+        assert max(box_iou(box, b) for b in boxes) > 0.85
+    assert box_iou(boxes[result.superbox[0]], (23, 113, 58, 148)) > 0.85
+
+
+def test_classical_three_phases_give_three_classes(phases):
+    image, truth, _ = phases
+    result = segment_unsupervised(image, CASConfig(features=FeatureConfig(kind="classical")))
+    assert result.labels.max() == 3
+    # 1 is the matrix (the largest connected region), then by decreasing area: discs, squares
+    for cls in (1, 2, 3):
+        assert iou(result.labels, truth, cls) > 0.75, cls
+    assert result.foreground_classes.tolist() == [2, 3]
+    assert len(result.boxes[0]) == 5  # three discs, two squares (the superbox is one of them)
+
+
+def test_classical_k_caps_the_classes_and_stack_mode_shares_ids(phases):
+    image, truth, _ = phases
+    capped = segment_unsupervised(image, CASConfig(features=FeatureConfig(kind="classical"), k=2))
+    assert capped.labels.max() == 2 and list(capped.silhouettes) == [2]
+    moved = np.roll(image, (20, -30), axis=(0, 1))
+    both = segment_unsupervised([image, moved], CASConfig(features=FeatureConfig(kind="classical")))
+    assert both.labels.shape == (2, *image.shape) and both.labels.max() == 3
+    inside = (slice(40, 120), slice(40, 110))  # away from the seams np.roll makes (rows 20, columns 130)
+    assert (np.roll(both.labels[0], (20, -30), axis=(0, 1))[inside] == both.labels[1][inside]).mean() > 0.99
+
+
+def test_classical_channels_and_the_number_of_classes_rule():
+    names = ["intensity", "gaussian_s1", "sobel_s1", "gaussian_s2", "gaussian_s4", "gaussian_s8", "dog_s2-s1"]
+    assert smooth_channels(names) == ([1, 3, 4], [0])
+    rgb = [f"c{c}:{n}" for c in range(3) for n in names]
+    channels, finest = smooth_channels(rgb)
+    assert channels == [1, 3, 4, 8, 10, 11, 15, 17, 18] and finest == [0, 3, 6]
+    assert smooth_channels(["intensity", "gaussian_s8", "gaussian_s16"]) == ([1], [0])  # all coarse: the finest
+    assert smooth_channels(["vit_0", "vit_1"]) == ([0, 1], [0, 1])  # no Gaussian: everything
+    assert number_of_classes({2: 0.5, 3: 0.56, 4: 0.6}, 0.05) == 3  # +0.06, then only +0.04
+    assert number_of_classes({2: 0.85, 3: 0.98, 4: 0.78}, 0.05) == 3
+    assert number_of_classes({2: 0.9, 3: 0.6, 4: 0.99}, 0.05) == 2  # stops at the first small gain
+    assert number_of_classes({2: 0.5}, 0.05) == 2
+
+
+def test_class_silhouette_weighs_classes_equally():
+    points = np.array([[0.0], [0.1], [0.2], [0.3], [10.0], [10.2]])
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    from sklearn.metrics import silhouette_samples
+
+    s = silhouette_samples(points, labels)
+    assert class_silhouette(points, labels) == pytest.approx((s[:4].mean() + s[4:].mean()) / 2)
+    assert class_silhouette(points, np.zeros(6, int)) == -1.0
+
+
+def test_background_is_the_class_with_the_largest_connected_region():
+    labels = np.ones((40, 40), int)
+    labels[:, ::4] = 2  # a connected grid of thin lines: the matrix
+    labels[::4, :] = 2
+    assert (labels == 1).sum() > (labels == 2).sum()  # the blobs of class 1 cover more ...
+    assert background_class(labels) == 2  # ... but class 2 is one connected region
+    assert background_class(np.stack([labels, np.full_like(labels, 3)])) == 3  # a whole slice of 3
 
 
 def test_merge_rule_merges_only_closer_than_the_threshold():

@@ -1,9 +1,15 @@
-"""The unsupervised widget in a real napari viewer (random ViT weights: mechanics only)."""
+"""The unsupervised widget in a real napari viewer (random ViT weights: mechanics only).
+
+Every test runs on a machine without DINOv2 weights and offline (an empty weights folder and
+Hugging Face cache, ``HF_HUB_OFFLINE=1``), unless it puts a weights file there itself.
+"""
 
 import numpy as np
 import pytest
 
 napari = pytest.importorskip("napari")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
 from napari_dinoseg._widgets.unsupervised_widget import (  # noqa: E402
@@ -11,6 +17,28 @@ from napari_dinoseg._widgets.unsupervised_widget import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def weights_dir(tmp_path, monkeypatch):
+    """No weights and no model hub: an empty weights folder and Hugging Face cache, offline."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    hub = tmp_path / "hf-hub"
+    hub.mkdir()
+    monkeypatch.setenv("DINOSEG_WEIGHTS_DIR", str(folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))  # read once, when the hub library is imported
+    return folder
+
+
+@pytest.fixture
+def notes():
+    """The messages of the napari notifications shown since the test began."""
+    start = len(notification_manager.records)
+    return lambda: [str(n.message) for n in notification_manager.records[start:]]
 
 
 @pytest.fixture
@@ -86,16 +114,71 @@ def test_stack_co_segmentation(dock, qtbot, blobs):
     assert all(len(np.asarray(b)) == 4 and np.asarray(b).shape[1] == 3 for b in viewer.layers[BOXES_LAYER].data)
 
 
-def test_classical_features_fall_back_with_a_warning(dock, qtbot, blobs):
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
+def test_classical_features_find_the_squares_and_say_what_they_lack(dock, qtbot, notes, blobs):
     viewer, widget = dock(blobs)
     widget.features.kind.value = "classical"
+    assert widget._granularity.native.isHidden()  # DINOv2 merging only
     segment(qtbot, widget)
-    assert CAS_LAYER in viewer.layers
-    notes = [str(n.message) for n in notification_manager.records[start:]]
-    assert any("largest cluster is taken as background" in n for n in notes)
+    cas = viewer.layers[CAS_LAYER].data
+    assert cas.max() == 2 and cas[5:15, 5:15].max() == 1  # two classes; 1 is the background
+    assert (viewer.layers[FOREGROUND_LAYER].data == 1).sum() == pytest.approx(40 * 50 + 45 * 50, rel=0.05)
+    assert len(viewer.layers[BOXES_LAYER].data) == 2  # one box per square
+    assert widget._status.value.startswith("2 classes (classical")
+    assert any("largest connected region is taken as background" in n for n in notes())
+
+
+def test_scope_choice_only_for_images_with_several_planes(make_napari_viewer, blobs):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs, name="plane")
+    widget = UnsupervisedWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="dinoseg: unsupervised")
+    assert widget._scope.native.isHidden()
+    viewer.add_image(np.stack([blobs, blobs[::-1]]), name="stack")  # a new layer: the choices update
+    widget._image.value = viewer.layers["stack"]
+    assert not widget._scope.native.isHidden()
+    viewer.add_image(np.stack([blobs] * 3, axis=-1), name="rgb", rgb=True)  # one plane of colour
+    widget._image.value = viewer.layers["rgb"]
+    assert widget._scope.native.isHidden()
+    viewer.add_image(blobs[None], name="one slice")
+    widget._image.value = viewer.layers["one slice"]
+    assert widget._scope.native.isHidden()
+    widget._image.value = viewer.layers["stack"]
+    assert not widget._scope.native.isHidden()
+
+
+def test_without_weights_classical_is_the_default_and_the_widget_says_why(make_napari_viewer, blobs, weights_dir):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs, name="img")
+    widget = UnsupervisedWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="dinoseg: unsupervised")
+    assert widget.features.kind.value == "classical"
+    note = widget._weights_note
+    assert not note.native.isHidden()
+    assert "CLS attention" in note.value and "semantic features" in note.value
+    assert "dinov2_vits14_pretrain.pth" in note.value and str(weights_dir) in note.value
+    assert widget.features.kind.tooltip == note.value
+
+
+def test_with_weights_dinov2_is_the_default(make_napari_viewer, blobs, weights_dir):
+    (weights_dir / "dinov2_vits14_pretrain.pth").write_bytes(b"")  # found, not loaded
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs, name="img")
+    widget = UnsupervisedWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="dinoseg: unsupervised")
+    assert widget.features.kind.value == "vit"
+    assert widget._weights_note.native.isHidden() and not widget._granularity.native.isHidden()
+
+
+@pytest.mark.parametrize("kind", ["vit", "hybrid"])
+def test_dinov2_without_weights_is_refused_before_any_work(dock, qtbot, notes, blobs, weights_dir, kind):
+    viewer, widget = dock(blobs)
+    widget.features.use(kind, weights="", views="one view", stride=14, device="cpu")
+    widget._run.native.click()
+    assert widget.worker is None and widget._run.enabled  # refused on the spot: nothing started
+    assert widget._status.value.startswith("error: no weights for 'dinov2_vits14'")
+    assert str(weights_dir) in widget._status.value
+    assert any("no weights for 'dinov2_vits14'" in n for n in notes())
+    assert CAS_LAYER not in viewer.layers
 
 
 def test_use_as_labels_before_segmenting_is_refused(dock, qtbot, blobs):

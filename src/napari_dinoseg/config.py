@@ -372,11 +372,16 @@ class CASConfig(_JSONConfig):
     ----------
     features
         How images are featurised (ignored when features are passed in); DINOv2 by default,
-        whose CLS attention finds the foreground.
+        whose CLS attention finds the foreground. Classical features have no attention: their
+        classes come from the smoothed intensity, 2..min(k, 6) of them chosen by silhouette,
+        and every class but the one with the largest connected region (the matrix) is
+        foreground (see :mod:`napari_dinoseg.unsupervised`).
     k
-        k-means clusters before merging.
+        k-means clusters before merging (features with attention); without attention, the
+        most classes tried (at most 6).
     granularity
-        Factor on the semantic-distance threshold (about 0.95..1.1): larger merges more.
+        Factor on the semantic-distance threshold (about 0.95..1.1): larger merges more
+        (features with attention only).
     crf
         Refine the merged classes with a dense CRF (``crf_config``).
     sample

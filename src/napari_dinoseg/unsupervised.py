@@ -1,22 +1,46 @@
 """Unsupervised class-agnostic segmentation (CAS): clusters, foreground, merging, object boxes.
 
+With attention (DINOv2 or hybrid features):
+
 1. L2-normalised per-pixel features; k-means fitted on a seeded pixel subsample (over all
    images in stack mode, so class ids mean the same in every slice); every pixel assigned.
 2. Attention density of a cluster: the mean CLS attention over its pixels; clusters above
-   the mean density are foreground. Without attention (classical features) the largest
-   cluster is background and the rest foreground, with a warning.
+   the mean density are foreground.
 3. Semantic distance: the mode of the histogram (20 bins, right edge of the modal bin) of
    the cosine distances between foreground and background centroids, times ``granularity``.
 4. Complete-linkage agglomerative merging of the centroids below that distance.
-5. Optional dense CRF on the merged classes; foreground recomputed on the merged classes.
-6. Boxes: one per connected component (above ``min_area``) of every foreground class, plus a
-   superbox around the largest foreground component; of any pair with IoU > 0.8 one is dropped.
+
+Without attention (classical features), a rule of its own, since there is neither
+attention nor a semantic distance to merge by:
+
+1. A few smooth channels: the Gaussian-smoothed intensity at scales up to 4 px, each clipped
+   to its 2nd..98th percentile (a scratch or a dust particle does not become a class) and
+   standardised.
+2. k-means fitted on a seeded subsample of the calmer half of the pixels (gradient of the
+   finest channel below its median): edges, blurred into rims of intermediate grey, would
+   otherwise pose as a phase of their own.
+3. The number of classes: start at 2 and add one while that raises the silhouette, averaged
+   per class (a small phase counts as much as the matrix), by more than 0.05; at most
+   min(k, 6).
+4. The background is the class with the largest connected component (the matrix that
+   surrounds the objects; it need not be the largest class); it is class 1, the others
+   follow by decreasing area. Every other class is foreground, and an object is a connected
+   region of the foreground as a whole (so the rim of intermediate grey that blurring leaves
+   around a bright object belongs to that object's box).
+
+Then, for both:
+
+5. Optional dense CRF on the classes; foreground recomputed on them (attention density, or
+   the background rule of step 4).
+6. Boxes: one per connected component (above ``min_area``) of every foreground class (without
+   attention: of the foreground), plus a superbox around the largest foreground component; of
+   any pair with IoU > 0.8 one is dropped.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
@@ -30,6 +54,20 @@ if TYPE_CHECKING:
 #: Boxes overlapping more than this (IoU) are duplicates: the later one is dropped.
 BOX_IOU = 0.8
 HIST_BINS = 20
+#: Classical rule: the Gaussian-smoothed intensity channels up to this scale (px) are clustered.
+SMOOTH_SIGMA_MAX = 4.0
+#: Classical rule: each clustered channel is clipped to these percentiles first.
+CLIP_PERCENTILES = (2.0, 98.0)
+#: Classical rule: the most classes tried (fewer when ``k`` is smaller).
+MAX_CLASSES = 6
+#: Classical rule: k-means is fitted on the pixels whose gradient is below this quantile.
+CALM_QUANTILE = 0.5
+#: Classical rule: pixels of the subsample the silhouette is computed on.
+SILHOUETTE_SAMPLE = 2000
+#: Classical rule: one more class must raise the per-class silhouette by more than this.
+SILHOUETTE_GAIN = 0.05
+NO_ATTENTION = ("no attention in these features (classical?): the class with the largest connected region is "
+                "taken as background")
 
 
 @dataclass
@@ -39,7 +77,8 @@ class CASResult:
     Attributes
     ----------
     labels : (H, W) or (Z, H, W) int32
-        Merged classes 1..M (the same ids across slices in stack mode).
+        Merged classes 1..M (the same ids across slices in stack mode); without attention,
+        1 is the background and the others follow by decreasing area.
     foreground : same shape, bool
     boxes : list of (N_z, 4) int arrays, one per slice
         ``(row0, col0, row1, col1)``, end-exclusive.
@@ -47,10 +86,12 @@ class CASResult:
         Index into that slice's boxes of the superbox.
     foreground_classes : (F,) int array
     threshold : float
-        The semantic distance used for merging.
+        The semantic distance used for merging (NaN without attention: nothing is merged).
     n_clusters : int
-        k-means clusters before merging.
+        k-means clusters before merging (without attention: the classes chosen).
     messages : list of str
+    silhouettes : dict of int to float
+        Without attention: the per-class silhouette of each number of classes tried; empty otherwise.
     """
 
     labels: np.ndarray
@@ -61,6 +102,7 @@ class CASResult:
     threshold: float
     n_clusters: int
     messages: list
+    silhouettes: dict = field(default_factory=dict)
 
 
 def segment_unsupervised(
@@ -88,11 +130,57 @@ def segment_unsupervised(
     -------
     CASResult
     """
-    from .features.featurise import FeatureStack, featurise
-
     config = config_or_default(config, CASConfig)
     stacked = isinstance(data, (list, tuple))
-    items = list(data) if stacked else [data]
+    stacks, raw = _feature_stacks(list(data) if stacked else [data], config, progress, images)
+    attention = [s.attention for s in stacks]
+    if any(a is None for a in attention):
+        report(progress, 650, 1000, "k-means")
+        labels, silhouettes = classical_classes(stacks, config)
+        threshold, n_clusters, attention = float("nan"), int(labels.max()), None
+        messages = [f"{NO_ATTENTION}; {n_clusters} classes of the smoothed intensity, chosen by silhouette"]
+        warnings.warn(messages[-1], UserWarning, stacklevel=2)
+    else:
+        labels, threshold, n_clusters = _attention_classes(stacks, attention, config, progress)
+        silhouettes, messages = {}, []
+
+    if config.crf:
+        if any(r is None for r in raw):
+            raise ValueError("crf=True with features needs the images: pass images=[...]")
+        report(progress, 850, 1000, "dense CRF")
+        labels = np.stack([_crf_labels(r, lab, config) for r, lab in zip(raw, labels)])
+
+    m = int(labels.max())
+    if attention is None:
+        fg_merged = np.setdiff1d(np.unique(labels), [background_class(labels)])
+    else:
+        merged_sizes = np.bincount(labels.ravel(), minlength=m + 1)[1:]
+        merged_density = _density([lab - 1 for lab in labels], [a.mean(-1) for a in attention], m)
+        fg_merged = _foreground_classes(merged_density, merged_sizes) + 1
+    foreground = np.isin(labels, fg_merged)
+    boxes, superbox = [], []
+    min_area = config.min_area if config.min_area is not None else max(64, round(0.002 * labels[0].size))
+    for lab, fgm in zip(labels, foreground):
+        # without attention, a foreground object is a connected region of the foreground as a
+        # whole: the rim of intermediate grey around a bright object is part of that object
+        b, s = object_boxes(lab, fgm, fg_merged, min_area) if attention is not None else \
+            object_boxes(fgm.astype(np.int32), fgm, [1], min_area)
+        boxes.append(b)
+        superbox.append(s)
+    report(progress, 1000, 1000, "done")
+    if not stacked:
+        labels, foreground = labels[0], foreground[0]
+    return CASResult(labels=labels, foreground=foreground, boxes=boxes, superbox=superbox,
+                     foreground_classes=fg_merged, threshold=threshold, n_clusters=n_clusters, messages=messages,
+                     silhouettes=silhouettes)
+
+
+def _feature_stacks(items: list, config: CASConfig, progress: Optional[ProgressCallback],
+                    images: Optional[Sequence[np.ndarray]]) -> tuple[list, list]:
+    """Feature stacks of the items (featurising images with ``config.features``) and the
+    images behind them (``None`` where unknown); all of one shape."""
+    from .features.featurise import FeatureStack, featurise
+
     if not items:
         raise ValueError("no images given")
     n = len(items)
@@ -108,13 +196,12 @@ def segment_unsupervised(
     shapes = {s.shape for s in stacks}
     if len(shapes) > 1:
         raise ValueError(f"stack mode needs slices of one shape, got {sorted(shapes)}")
-    messages: list[str] = []
-    attention = [s.attention for s in stacks]
-    if any(a is None for a in attention):
-        attention = None
-        messages.append("no attention in these features (classical?): the largest cluster is taken as background")
-        warnings.warn(messages[-1], UserWarning, stacklevel=2)
+    return stacks, raw
 
+
+def _attention_classes(stacks: list, attention: list, config: CASConfig,
+                       progress: Optional[ProgressCallback]) -> tuple[np.ndarray, float, int]:
+    """Steps 1-4 with attention: ``(labels (Z, H, W) int32 1..M, merging distance, k)``."""
     report(progress, 650, 1000, "k-means")
     feats = [s.data for s in stacks]
     if any(s.config.uses_classical for s in stacks):
@@ -123,37 +210,147 @@ def segment_unsupervised(
         feats = _standardise(feats)
     feats = [_normalise(f) for f in feats]
     clusters, centroids = _kmeans(feats, config)
-    density = None if attention is None else _density(clusters, [a.mean(-1) for a in attention], len(centroids))
+    density = _density(clusters, [a.mean(-1) for a in attention], len(centroids))
     sizes = np.bincount(np.concatenate([c.ravel() for c in clusters]), minlength=len(centroids))
     fg = _foreground_classes(density, sizes)
 
     report(progress, 800, 1000, "merging")
     threshold = semantic_distance(centroids, fg, config.granularity)
     merge = merge_centroids(centroids, threshold)  # cluster -> merged id 1..M
-    labels = np.stack([merge[c] for c in clusters]).astype(np.int32)
+    return np.stack([merge[c] for c in clusters]).astype(np.int32), threshold, len(centroids)
 
-    if config.crf:
-        if any(r is None for r in raw):
-            raise ValueError("crf=True with features needs the images: pass images=[...]")
-        report(progress, 850, 1000, "dense CRF")
-        labels = np.stack([_crf_labels(r, lab, config) for r, lab in zip(raw, labels)])
 
-    m = int(labels.max())
-    merged_sizes = np.bincount(labels.ravel(), minlength=m + 1)[1:]
-    merged_density = None if attention is None else _density([lab - 1 for lab in labels], [a.mean(-1) for a in attention], m)
-    fg_merged = _foreground_classes(merged_density, merged_sizes) + 1
-    foreground = np.isin(labels, fg_merged)
-    boxes, superbox = [], []
-    min_area = config.min_area if config.min_area is not None else max(64, round(0.002 * labels[0].size))
-    for lab, fgm in zip(labels, foreground):
-        b, s = object_boxes(lab, fgm, fg_merged, min_area)
-        boxes.append(b)
-        superbox.append(s)
-    report(progress, 1000, 1000, "done")
-    if not stacked:
-        labels, foreground = labels[0], foreground[0]
-    return CASResult(labels=labels, foreground=foreground, boxes=boxes, superbox=superbox,
-                     foreground_classes=fg_merged, threshold=threshold, n_clusters=len(centroids), messages=messages)
+def classical_classes(stacks: Sequence["FeatureStack"], config: CASConfig) -> tuple[np.ndarray, dict]:
+    """Classes of features without attention, from their smoothed intensity channels.
+
+    Parameters
+    ----------
+    stacks
+        Feature stacks of one shape ``(H, W)``; the Gaussian channels up to
+        ``SMOOTH_SIGMA_MAX`` px are used when there are any (all channels otherwise).
+    config
+        ``sample``, ``seed`` and ``k`` (at most ``min(k, MAX_CLASSES)`` classes) are used.
+
+    Returns
+    -------
+    labels : (Z, H, W) int32
+        Classes 1..M over all slices: 1 the background (:func:`background_class`), the
+        others by decreasing area.
+    silhouettes : dict
+        Per-class silhouette of each number of classes tried (up to the first that did not
+        raise it by more than ``SILHOUETTE_GAIN``).
+    """
+    from sklearn.cluster import KMeans
+
+    channels, finest = smooth_channels(stacks[0].channel_names)
+    feats = _clip_standardise([s.data[..., channels] for s in stacks])
+    flat = [f.reshape(-1, f.shape[-1]) for f in feats]
+    sample = _subsample(flat, config.sample, config.seed, rows=[_calm_pixels(f[..., finest]) for f in feats])
+    top = min(config.k, MAX_CLASSES, len(np.unique(sample.round(5), axis=0)))
+    if top < 2:
+        raise ValueError("the image is uniform: nothing to cluster")
+    rng = np.random.default_rng(config.seed)
+    probe = sample[rng.choice(len(sample), min(SILHOUETTE_SAMPLE, len(sample)), replace=False)]
+    fits, silhouettes = {}, {}
+    for n in range(2, top + 1):  # one more class while it raises the silhouette clearly
+        fits[n] = KMeans(n_clusters=n, n_init=1, random_state=config.seed).fit(sample)
+        silhouettes[n] = class_silhouette(probe, fits[n].predict(probe))
+        if n > 2 and silhouettes[n] <= silhouettes[n - 1] + SILHOUETTE_GAIN:
+            break
+    n = number_of_classes(silhouettes, SILHOUETTE_GAIN)
+    clusters = np.stack([fits[n].predict(f).reshape(feats[0].shape[:-1]) for f in flat])
+    background = background_class(clusters + 1) - 1
+    by_area = np.argsort(-np.bincount(clusters.ravel(), minlength=n), kind="stable")
+    order = [background, *(c for c in by_area if c != background)]
+    rank = np.empty(n, np.int32)
+    rank[order] = np.arange(1, n + 1)
+    return rank[clusters], silhouettes
+
+
+def background_class(labels: np.ndarray) -> int:
+    """The class (of ``labels``, ``(H, W)`` or ``(Z, H, W)``, ids >= 1) with the largest
+    8-connected region in any slice: the matrix around the objects; ties go to the larger class."""
+    from skimage.measure import label as connected
+
+    best, background = (-1, -1), 0
+    sizes = np.bincount(labels.ravel())
+    for cls in np.flatnonzero(sizes):
+        region = max(int(np.bincount(connected(plane == cls, connectivity=2).ravel())[1:].max(initial=0))
+                     for plane in labels.reshape(-1, *labels.shape[-2:]))
+        if (region, sizes[cls]) > best:
+            best, background = (region, sizes[cls]), int(cls)
+    return background
+
+
+def smooth_channels(names: Sequence[str]) -> tuple[list[int], list[int]]:
+    """The channels the classical rule clusters, among classical channel names (``gaussian_s2``,
+    or ``c0:gaussian_s2`` for multichannel images).
+
+    Returns
+    -------
+    channels : list of int
+        Indices of the Gaussian-smoothed intensity channels up to ``SMOOTH_SIGMA_MAX`` px (the
+        finest Gaussian when all are coarser; every channel when there is no Gaussian).
+    finest : list of int
+        Positions, within ``channels``, of those at the finest scale (edges are found there).
+    """
+    sigma = {}
+    for i, name in enumerate(names):
+        base = name.split(":")[-1]
+        if base.startswith("gaussian_s"):
+            try:
+                sigma[i] = float(base[len("gaussian_s"):])
+            except ValueError:
+                continue
+    if not sigma:
+        return list(range(len(names))), list(range(len(names)))
+    low = min(sigma.values())
+    channels = [i for i, s in sigma.items() if s <= max(SMOOTH_SIGMA_MAX, low)]
+    return channels, [j for j, i in enumerate(channels) if sigma[i] == low]
+
+
+def number_of_classes(silhouettes: dict, gain: float) -> int:
+    """Start at 2 classes and add one while that raises the silhouette by more than ``gain``
+    (``silhouettes``: number of classes -> silhouette)."""
+    n = 2
+    while n + 1 in silhouettes and silhouettes[n + 1] > silhouettes[n] + gain:
+        n += 1
+    return n
+
+
+def class_silhouette(points: np.ndarray, labels: np.ndarray) -> float:
+    """Silhouette of ``points (N, F)`` labelled ``labels (N,)``, averaged within each label,
+    then over labels: a small class weighs as much as a large one. -1 for fewer than two labels."""
+    from sklearn.metrics import silhouette_samples
+
+    present = np.unique(labels)
+    if len(present) < 2:
+        return -1.0
+    values = silhouette_samples(points, labels)
+    return float(np.mean([values[labels == c].mean() for c in present]))
+
+
+def _calm_pixels(feats: np.ndarray) -> np.ndarray:
+    """Flat indices of the pixels of ``feats (H, W, F)`` whose gradient magnitude (summed over
+    the channels) is at most its ``CALM_QUANTILE`` quantile: away from edges."""
+    grad = np.zeros(feats.shape[:2], np.float64)
+    for c in range(feats.shape[-1]):
+        gy, gx = np.gradient(feats[..., c].astype(np.float64))
+        grad += np.hypot(gy, gx)
+    grad = grad.ravel()
+    return np.flatnonzero(grad <= np.quantile(grad, CALM_QUANTILE))
+
+
+def _clip_standardise(feats: list[np.ndarray]) -> list[np.ndarray]:
+    """Channels clipped to ``CLIP_PERCENTILES`` and standardised, both over all slices (a
+    regular grid of pixels)."""
+    n = feats[0].shape[-1]
+    grid = np.concatenate([f[::4, ::4].reshape(-1, n) for f in feats]).astype(np.float64)
+    low, high = np.percentile(grid, CLIP_PERCENTILES, axis=0)
+    grid = np.clip(grid, low, high)
+    mean, std = grid.mean(0), grid.std(0)
+    std[std < 1e-6] = 1.0
+    return [((np.clip(f, low, high) - mean) / std).astype(np.float32) for f in feats]
 
 
 def _standardise(feats: list[np.ndarray]) -> list[np.ndarray]:
@@ -171,15 +368,23 @@ def _normalise(data: np.ndarray) -> np.ndarray:
     return (flat / np.maximum(norm, 1e-12)).reshape(data.shape)
 
 
+def _subsample(flat: list[np.ndarray], total: int, seed: int, rows: Optional[list[np.ndarray]] = None) -> np.ndarray:
+    """About ``total`` seeded random rows, shared equally among the slices ``flat`` (each
+    ``(N, F)``), drawn from ``rows`` (index arrays, one per slice) when given."""
+    rng = np.random.default_rng(seed)
+    per = max(1, total // len(flat))
+    if rows is None:
+        return np.concatenate([f[rng.choice(len(f), min(per, len(f)), replace=False)] for f in flat])
+    return np.concatenate([f[rng.choice(r, min(per, len(r)), replace=False)] for f, r in zip(flat, rows)])
+
+
 def _kmeans(feats: list[np.ndarray], config: CASConfig) -> tuple[list[np.ndarray], np.ndarray]:
     """k-means on a seeded subsample of all slices' pixels; returns per-slice cluster maps
     (0..k-1) and the L2-normalised centroids ``(k, F)``."""
     from sklearn.cluster import KMeans
 
-    rng = np.random.default_rng(config.seed)
     flat = [f.reshape(-1, f.shape[-1]) for f in feats]
-    per = max(1, config.sample // len(flat))
-    sample = np.concatenate([f[rng.choice(len(f), min(per, len(f)), replace=False)] for f in flat])
+    sample = _subsample(flat, config.sample, config.seed)
     k = min(config.k, len(np.unique(sample.round(5), axis=0)))
     if k < 2:
         raise ValueError("the image is uniform: nothing to cluster")
@@ -198,14 +403,9 @@ def _density(clusters: list[np.ndarray], attention: list[np.ndarray], k: int) ->
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def _foreground_classes(density: Optional[np.ndarray], sizes: np.ndarray) -> np.ndarray:
-    """Indices of the foreground classes: density above the mean density of the non-empty
-    classes; without attention, every class but the largest."""
+def _foreground_classes(density: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Indices of the foreground classes: density above the mean density of the non-empty classes."""
     present = sizes > 0
-    if density is None:
-        fg = present.copy()
-        fg[int(np.argmax(sizes))] = False
-        return np.flatnonzero(fg)
     mean = np.nanmean(density[present])
     return np.flatnonzero(present & (density > mean))
 

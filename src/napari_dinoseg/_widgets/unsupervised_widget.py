@@ -1,10 +1,15 @@
 """The "dinoseg: unsupervised" dock widget: class-agnostic segmentation with no labels.
 
-Reads the image (the current slice, or the whole stack for co-segmentation), runs the CAS
-pipeline in a worker with the features cache shared with the train widget, and writes a
+Reads the image (the current slice, or the whole stack for co-segmentation: the choice is
+shown for images with more than one plane), runs the CAS pipeline in a worker with the
+features cache shared with the train widget, and writes a
 ``CAS labels`` Labels layer, a ``foreground`` Labels layer and a ``boxes`` Shapes layer
 (the superbox in yellow). "Use as labels" copies chosen CAS classes into a brush-labels
 layer as training labels for the train widget.
+
+Features default to DINOv2 when its weights can be had, else to classical features with a
+note saying what DINOv2 would add and where its weights go; a DINOv2 or hybrid click with no
+weights is refused in about a second, before any work starts.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ import warnings
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, PushButton, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
 
 from ..config import CASConfig
 from ..features.featurise import FeatureCache, cached_featurise, resolve_device
+from ..features.registry import find_weights
 from ..image import drop_alpha
 from ..progress import report
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, numbers
+from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
 
@@ -31,6 +38,9 @@ if TYPE_CHECKING:
 
 CAS_LAYER, FOREGROUND_LAYER, BOXES_LAYER = "CAS labels", "foreground", "boxes"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack (co-segmentation)"
+#: What DINOv2 features add to CAS, for the note shown when its weights are missing.
+DINOV2_ADDS = ("DINOv2 would add semantic features (regions that look alike in meaning, not only in grey level) "
+               "and CLS attention, which finds the foreground and the object boxes")
 
 
 def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=None, announce=None) -> CASResult:
@@ -66,8 +76,12 @@ class UnsupervisedWidget(WorkerWidget):
         self.result: Optional[CASResult] = None
         self._image = create_widget(annotation=Image, label="image")
         self.features = FeatureControls(kind="vit")
+        self._weights_note = wrap(Label(value=""))
         self._k = SpinBox(value=80, min=2, max=1000, label="k (clusters)")
+        self._k.tooltip = ("DINOv2 / hybrid: k-means clusters before merging. Classical: the most classes "
+                           "(at most 6; their number is chosen by silhouette)")
         self._granularity = FloatSpinBox(value=1.0, min=0.5, max=2.0, step=0.01, label="granularity")
+        self._granularity.tooltip = "x the merging distance of DINOv2 / hybrid clusters: above 1 merges more"
         self._crf = CheckBox(value=False, text="refine with a dense CRF")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="segment")
         self._classes = LineEdit(value="", label="CAS classes")
@@ -75,20 +89,53 @@ class UnsupervisedWidget(WorkerWidget):
         self._as_label = SpinBox(value=1, min=1, max=255, label="as brush label")
         self._target = create_widget(annotation=Labels, label="into labels layer", options={"nullable": True})
         self._use = PushButton(text="Use as labels")
+        feature_widgets = list(self.features.widgets)
+        feature_widgets.insert(feature_widgets.index(self.features.kind) + 1, self._weights_note)
         self.extend([
-            self._image, *self.features.widgets, self._k, self._granularity, self._crf, self._scope, *self.run_controls,
+            self._image, *feature_widgets, self._k, self._granularity, self._crf, self._scope, *self.run_controls,
             self._classes, self._as_label, self._target, self._use,
         ])
         self._use.changed.connect(self.use_as_labels)
+        self._image.changed.connect(self._update_scope)
+        self.features.kind.changed.connect(self._update_controls)
+        self._default_features()
         self.features.update_visibility()
+        self._update_controls()
+        self._update_scope()
 
     def config(self) -> CASConfig:
         return CASConfig(features=self.features.config(), k=int(self._k.value),
                          granularity=float(self._granularity.value), crf=bool(self._crf.value))
 
     def _prepare(self):
+        config = self.config()
+        if config.features.uses_vit:  # no weights: refuse now, not after a minute of retries
+            find_weights(config.features.model, config.features.weights)
         planes, self._index = self._planes()
-        return run_cas_job, (planes, self.config(), self.cache)
+        return run_cas_job, (planes, config, self.cache)
+
+    def _default_features(self) -> None:
+        """DINOv2 when its weights can be had (found here, or downloadable); classical features
+        otherwise, with a note (and tooltip) on what DINOv2 adds and where its weights go."""
+        try:
+            find_weights(self.features.model.value, str(self.features.weights.value).strip() or None)
+        except ValueError as err:
+            self.features.kind.value = "classical"
+            note = f"No DINOv2 weights: classical features. {DINOV2_ADDS}. {err}"
+            self._weights_note.value = self.features.kind.tooltip = note
+            self._weights_note.visible = True
+        else:
+            self._weights_note.visible = False
+
+    def _update_controls(self, *_args) -> None:
+        """Granularity scales the merging distance, which only features with attention have."""
+        self._granularity.visible = self.features.kind.value != "classical"
+
+    def _update_scope(self, *_args) -> None:
+        """The slice / stack choice only for images with more than one plane."""
+        image: Optional[Image] = self._image.value
+        shape = () if image is None else (image.data.shape[:-1] if image.rgb else image.data.shape)
+        self._scope.visible = int(np.prod(shape[:-2], dtype=np.int64)) > 1
 
     def use_as_labels(self, *_args) -> Optional[Labels]:
         """Copy the chosen CAS classes into the brush-labels layer (unlabelled pixels only)."""
@@ -174,5 +221,8 @@ class UnsupervisedWidget(WorkerWidget):
         self.result = result
         self._write_layers(result)
         n_boxes = sum(len(b) for b in result.boxes)
-        self._status.value = (f"{int(result.labels.max())} classes from {result.n_clusters} clusters "
-                              f"(distance {result.threshold:.3f}); {n_boxes} boxes")
+        if result.silhouettes:  # classical: no clusters merged
+            how = "(classical features, their number chosen by silhouette)"
+        else:
+            how = f"from {result.n_clusters} clusters (distance {result.threshold:.3f})"
+        self._status.value = f"{int(result.labels.max())} classes {how}; {n_boxes} boxes"
