@@ -9,6 +9,8 @@ from ..features.featurise import FeatureCache
 from ..features.registry import MODELS
 from ._text import wrap
 
+#: How a widget's user gives a checkpoint file (the end of the missing-weights message).
+WEIGHTS_HINT = "or type the path of a checkpoint file in the 'weights' field (shown with DINOv2 features)"
 #: One feature cache for every dock widget of the session: the unsupervised widget reuses
 #: what the train widget computed, and the other way round.
 SHARED_CACHE = FeatureCache()
@@ -108,11 +110,17 @@ class FeatureControls:
         from ..features.registry import find_weights
 
         try:
-            find_weights(self.model.value, str(self.weights.value).strip() or None,
-                         hint="or type the path of a checkpoint file in the 'weights' field")
+            find_weights(self.model.value, str(self.weights.value).strip() or None, hint=WEIGHTS_HINT)
         except ValueError as err:
             return f"cannot run: {err}"
         return ""
+
+
+def check_weights(config: FeatureConfig) -> None:
+    """Refuse, within about a second, DINOv2 / hybrid features when no weights can be had."""
+    from ..features.registry import find_weights
+
+    find_weights(config.model, config.weights or None, hint=WEIGHTS_HINT)
 
 
 def numbers(text: str, name: str, example: str, kind: type) -> tuple:

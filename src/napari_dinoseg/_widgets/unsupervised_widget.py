@@ -28,7 +28,7 @@ from ..features.registry import find_weights
 from ..image import drop_alpha
 from ..progress import report
 from ..unsupervised import CASResult, segment_unsupervised
-from ._feature_controls import FeatureControls, numbers
+from ._feature_controls import WEIGHTS_HINT, FeatureControls, check_weights, numbers
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -110,7 +110,7 @@ class UnsupervisedWidget(WorkerWidget):
     def _prepare(self):
         config = self.config()
         if config.features.uses_vit:  # no weights: refuse now, not after a minute of retries
-            find_weights(config.features.model, config.features.weights)
+            check_weights(config.features)
         planes, self._index = self._planes()
         return run_cas_job, (planes, config, self.cache)
 
@@ -118,7 +118,7 @@ class UnsupervisedWidget(WorkerWidget):
         """DINOv2 when its weights can be had (found here, or downloadable); classical features
         otherwise, with a note (and tooltip) on what DINOv2 adds and where its weights go."""
         try:
-            find_weights(self.features.model.value, str(self.features.weights.value).strip() or None)
+            find_weights(self.features.model.value, str(self.features.weights.value).strip() or None, hint=WEIGHTS_HINT)
         except ValueError as err:
             self.features.kind.value = "classical"
             note = f"No DINOv2 weights: classical features. {DINOV2_ADDS}. {err}"
