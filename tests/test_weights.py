@@ -62,7 +62,12 @@ def test_a_hub_that_does_not_answer_counts_as_offline(nowhere, monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     release = threading.Event()
-    monkeypatch.setattr("socket.create_connection", lambda *a, **k: release.wait(30))
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr("socket.create_connection", hang)
     monkeypatch.setattr(registry, "HUB_TIMEOUT", 0.2)
     try:
         with pytest.raises(ValueError, match="cannot be reached"):
