@@ -9,9 +9,11 @@ from conftest import iou
 
 napari = pytest.importorskip("napari")
 
+from napari.layers import Labels  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
+from napari_dinoseg._widgets import train_widget  # noqa: E402
 from napari_dinoseg._widgets.train_widget import PREDICTIONS, UNCERTAINTY, TrainWidget  # noqa: E402
 
 TIMEOUT_MS = 120_000
@@ -28,9 +30,9 @@ def notes():
 def dock(make_napari_viewer):
     """``dock(image, **image_kwargs) -> (viewer, widget, image_layer)`` with the widget docked."""
 
-    def make(image, **kwargs):
+    def make(image, show=False, **kwargs):
         SHARED_CACHE.clear()  # the cache is shared by the session's widgets: start each test empty
-        viewer = make_napari_viewer()
+        viewer = make_napari_viewer(show=show)
         layer = viewer.add_image(image, name="img", **kwargs)
         widget = TrainWidget(viewer)
         viewer.window.add_dock_widget(widget, name="dinoseg: train")
@@ -551,3 +553,223 @@ def test_every_control_has_a_label_and_a_tooltip_in_every_mode(dock, two_texture
             assert w.tooltip, f"{text or w.value!r} has no tooltip in {kind} mode"
         labels = [w.label for w in shown if not isinstance(w, (CheckBox, PushButton))]
         assert "features" in labels and ("weights" in labels) == (kind != "classical")
+
+
+# ---- live update -------------------------------------------------------------------------
+
+
+def stroke(layer, label, points):
+    """One brush stroke as napari's mouse binding makes it: the paints, then one ``paint`` event
+    when the stroke ends (the history block closes)."""
+    with layer.block_history():
+        brush(layer, [(label, points)])
+
+
+class Jobs:
+    """Records the live jobs a widget starts and the results it writes; can hold the first job
+    at its start until ``release()`` (to have a stroke arrive while it runs)."""
+
+    def __init__(self, monkeypatch, widget, hold_first=False):
+        import threading
+
+        self.started, self.results = [], []
+        self.entered, self._release = threading.Event(), threading.Event()
+        real, on_result = train_widget.run_train_job, TrainWidget._on_result
+
+        def job(job, cache, progress=None, announce=None, **kwargs):
+            self.started.append(job)
+            if hold_first and len(self.started) == 1:
+                self.entered.set()
+                self._release.wait(60)
+            return real(job, cache, progress, announce, **kwargs)
+
+        def result(this, res):
+            if this is widget:
+                self.results.append(res)
+            on_result(this, res)
+
+        monkeypatch.setattr(train_widget, "run_train_job", job)
+        monkeypatch.setattr(TrainWidget, "_on_result", result)
+
+    def release(self):
+        self._release.set()
+
+
+@pytest.fixture
+def record_jobs(monkeypatch):
+    """``jobs(widget, hold_first=False) -> Jobs``; a held job is released at the end of the test."""
+    made = []
+
+    def make(widget, hold_first=False):
+        made.append(Jobs(monkeypatch, widget, hold_first))
+        return made[-1]
+
+    yield make
+    for recorder in made:
+        recorder.release()
+
+
+def idle(qtbot, widget):
+    """Wait until no job runs, none waits and no live update is due."""
+    qtbot.waitUntil(lambda: widget.worker is None and widget._waiting is None and not widget._live_timer.isActive(),
+                    timeout=TIMEOUT_MS)
+
+
+def test_live_update_predicts_when_a_stroke_ends_without_a_click(dock, qtbot, two_textures, record_jobs):
+    image, truth, _ = two_textures
+    viewer, widget, _ = dock(image)
+    labels = widget.new_labels_layer()
+    jobs = record_jobs(widget)
+    widget._live.value = True
+    stroke(labels, 1, TEXTURE_STROKES[0][1])  # one class: the update waits, quietly
+    qtbot.waitUntil(lambda: len(jobs.started) == 1, timeout=TIMEOUT_MS)
+    idle(qtbot, widget)
+    assert widget._status.value.startswith("waiting: only class 1 is painted") and PREDICTIONS not in viewer.layers
+    for label, points in TEXTURE_STROKES[1:]:
+        stroke(labels, label, points)
+        idle(qtbot, widget)
+    assert len(jobs.started) == 4 and len(jobs.results) == 2  # one update per stroke; two classes from the third
+    pred = viewer.layers[PREDICTIONS]
+    assert iou(pred.data, truth, 1) > 0.95 and iou(pred.data, truth, 2) > 0.95
+    np.testing.assert_array_equal(jobs.started[-1].sources[0].labels, labels.data)
+    assert widget.last_result.featurised == 0 and widget.cache.misses == 1  # featurised by the first update only
+    assert widget._run.enabled and not widget._cancel.enabled
+
+
+def paint_phases(viewer, widget, scribbles):
+    """Strokes of classes 1 and 2 only (the bright squares, class 3, not yet painted), trained by a click."""
+    strokes = np.where(scribbles == 3, 0, scribbles).astype(np.uint8)
+    viewer.add_labels(strokes, name="strokes")
+    widget._labels_layer.value = viewer.layers["strokes"]
+    return viewer.layers["strokes"]
+
+
+SQUARE_A = [(113, 12), (113, 38)]  # class 3 strokes across the two bright squares of `phases`
+SQUARE_B = [(12, 85), (23, 85)]
+
+
+def stroke_pixels(points):
+    layer = Labels(np.zeros((160, 160), np.uint8))
+    brush(layer, [(1, points)])
+    return layer.data == 1
+
+
+def test_live_update_strokes_in_quick_succession_make_one_update(dock, qtbot, phases, record_jobs):
+    image, truth, scribbles = phases
+    viewer, widget, _ = dock(image)
+    strokes = paint_phases(viewer, widget, scribbles)
+    click_and_wait(qtbot, widget)
+    assert 3 not in widget.classifier.classes
+    jobs = record_jobs(widget)
+    widget._live.value = True
+    stroke(strokes, 3, SQUARE_A)
+    stroke(strokes, 3, SQUARE_B)  # within the delay: the first stroke's update never starts
+    idle(qtbot, widget)
+    assert len(jobs.started) == 1 and len(jobs.results) == 1
+    used = jobs.started[0].sources[0].labels
+    assert np.all(used[stroke_pixels(SQUARE_A)] == 3) and np.all(used[stroke_pixels(SQUARE_B)] == 3)
+    assert list(widget.classifier.classes) == [1, 2, 3]
+    assert iou(viewer.layers[PREDICTIONS].data, truth, 3) > 0.8
+
+
+def test_live_update_a_stroke_during_an_update_cancels_it(dock, qtbot, phases, record_jobs):
+    image, truth, scribbles = phases
+    viewer, widget, _ = dock(image)
+    strokes = paint_phases(viewer, widget, scribbles)
+    click_and_wait(qtbot, widget)
+    jobs = record_jobs(widget, hold_first=True)
+    widget._live.value = True
+    stroke(strokes, 3, SQUARE_A)
+    qtbot.waitUntil(jobs.entered.is_set, timeout=TIMEOUT_MS)  # the first update started, and is held
+    stale = widget.worker
+    stroke(strokes, 3, SQUARE_B)
+    qtbot.waitUntil(lambda: widget._waiting is not None, timeout=TIMEOUT_MS)  # the newer update waits...
+    assert stale.abort_requested and widget.worker is stale  # ...for the stale one to stop
+    jobs.release()
+    idle(qtbot, widget)
+    assert len(jobs.started) == 2 and len(jobs.results) == 1  # the stale update wrote nothing
+    assert jobs.results[0].segmenter is not jobs.started[0].segmenter
+    used = jobs.started[1].sources[0].labels
+    assert np.all(used[stroke_pixels(SQUARE_A)] == 3) and np.all(used[stroke_pixels(SQUARE_B)] == 3)
+    assert iou(viewer.layers[PREDICTIONS].data, truth, 3) > 0.8
+
+
+def test_live_update_predicts_the_view_first_as_the_whole_plane_has_it(dock, qtbot, phases, monkeypatch):
+    image, truth, scribbles = phases
+    image = np.tile(image, (2, 2))  # 320 x 320
+    viewer, widget, layer = dock(image, show=True)
+    strokes = viewer.add_labels(np.tile(np.where(scribbles == 3, 0, scribbles), (2, 2)).astype(np.uint8),
+                                name="strokes")
+    widget._labels_layer.value = strokes
+    viewer.scene.camera.center = (115, 40)  # on the first bright square
+    viewer.scene.camera.zoom *= 3
+    qtbot.waitUntil(lambda: widget.visible_region() is not None and widget.visible_region()[0].stop < 320,
+                    timeout=TIMEOUT_MS)  # napari drew the zoomed view
+    view = widget.visible_region()
+    seen = []
+    show = TrainWidget._show_view
+
+    def record(this, token, index, region, labels):  # worker thread
+        seen.append((region, labels.copy()))
+        show(this, token, index, region, labels)
+
+    monkeypatch.setattr(TrainWidget, "_show_view", record)
+    widget._live.value = True
+    stroke(strokes, 3, SQUARE_A)
+    idle(qtbot, widget)
+    assert len(seen) == 1
+    region, first = seen[0]
+    assert region == view and first.shape == (view[0].stop - view[0].start, view[1].stop - view[1].start)
+    proba = widget.segmenter.predict_proba(image)  # the same classifier on the whole plane, in one go
+    whole = widget.segmenter.to_labels(proba)
+    top = np.sort(proba, axis=-1)
+    sure = top[..., -1] - top[..., -2] > 1e-5  # not a tie that float rounding may break either way
+    assert sure.mean() > 0.99
+    np.testing.assert_array_equal(first[sure[region]], whole[region][sure[region]])
+    np.testing.assert_array_equal(viewer.layers[PREDICTIONS].data[sure], whole[sure])
+    assert 3 in first and 1 in first  # the new class, on screen
+
+
+def test_live_update_turned_off_stops_updates(dock, qtbot, two_textures, record_jobs):
+    image, _, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    strokes = viewer.add_labels(scribbles, name="strokes")
+    widget._labels_layer.value = strokes
+    jobs = record_jobs(widget)
+    widget._live.value = True
+    stroke(strokes, 1, [(150, 40), (180, 40)])
+    qtbot.waitUntil(lambda: len(jobs.results) == 1, timeout=TIMEOUT_MS)
+    idle(qtbot, widget)
+
+    stroke(strokes, 2, [(150, 150), (180, 150)])
+    widget._live.value = False  # before the delay is over: the update is dropped
+    assert not widget._live_timer.isActive() and widget._status.value == "live update off"
+    stroke(strokes, 1, [(10, 40), (10, 60)])  # off: strokes start nothing
+    qtbot.wait(4 * train_widget.LIVE_DELAY_MS)
+    assert len(jobs.started) == 1 and widget.worker is None
+
+    other = viewer.add_labels(np.zeros_like(scribbles), name="unrelated")  # not the brush labels
+    widget._live.value = True
+    stroke(other, 1, [(10, 10), (10, 50)])
+    qtbot.wait(4 * train_widget.LIVE_DELAY_MS)
+    assert len(jobs.started) == 1
+
+
+def test_live_update_keeps_the_button_working(dock, qtbot, two_textures, record_jobs, notes):
+    image, truth, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    strokes = viewer.add_labels(scribbles, name="strokes")
+    widget._labels_layer.value = strokes
+    jobs = record_jobs(widget, hold_first=True)
+    widget._live.value = True
+    stroke(strokes, 1, [(150, 40), (180, 40)])
+    qtbot.waitUntil(jobs.entered.is_set, timeout=TIMEOUT_MS)
+    live = widget.worker
+    assert widget._run.enabled and widget._bar is None  # a live update: no activity-dock bar
+    widget._run.native.click()  # the click cancels the update and runs when it has stopped
+    assert live.abort_requested and widget._waiting is not None
+    jobs.release()
+    idle(qtbot, widget)
+    assert len(jobs.started) == 2 and len(jobs.results) == 1 and jobs.results[0].segmenter is jobs.started[1].segmenter
+    assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9
+    assert not any("cancelled" in n for n in notes())  # the superseded update is not announced

@@ -150,11 +150,18 @@ class TrainResult:
         return self.segmenter.features
 
 
+#: ``predict_plane(segmenter, plane, progress, cache) -> (H, W, K) probabilities``: how a job
+#: predicts one plane (:meth:`Segmenter.predict_proba`, or a live update's view-first order).
+PlanePredictor = Callable[[Segmenter, np.ndarray, Optional[ProgressCallback], object], np.ndarray]
+
+
 def run_train_job(
     job: TrainJob,
     cache: FeatureCache,
     progress: Optional[ProgressCallback] = None,
     announce: Optional[Callable[[str], None]] = None,
+    *,
+    predict_plane: PlanePredictor = Segmenter.predict_proba,
 ) -> TrainResult:
     """Fit the segmenter on every painted slice of every source (features from ``cache`` where it
     has them), then predict and check the first source's ``predict_slices``.
@@ -163,44 +170,29 @@ def run_train_job(
     a time estimate for ViT features) before featurisation starts. Progress is reported on a
     0..1000 scale; a progress callback may raise :class:`napari_dinoseg.Cancelled` to stop
     between steps. Warnings (NaN replaced, images unlike the training images, a collapsed
-    prediction) are collected in ``messages``.
+    prediction) are collected in ``messages``. ``predict_plane`` predicts each slice.
     """
     planes = job.training_planes
     if not planes and not job.use_loaded:
         raise ValueError("no labelled pixels: paint at least one stroke for each of two classes")
     import_compute_libraries(job.segmenter.features.uses_vit, announce)
-    seg = job.segmenter
-    device = resolve_device(seg.features.device)
-    config = seg.features.resolved(device.type)
-    first = job.sources[0].plane(job.predict_slices[0])
-    plan = describe_plan(config, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device)
+    plan = _plan(job)
     if announce is not None:
         announce(plan)
     cache = _Recording(cache)
     fit_share = 0.0 if job.use_loaded else len(planes) / (len(planes) + len(job.predict_slices))
-    messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trained_on = []
         if not job.use_loaded:
-            seg.fit([src.plane(i) for src, i in planes], [src.labels[i] for src, i in planes],
-                    within(progress, 0, fit_share), cache)
+            job.segmenter.fit([src.plane(i) for src, i in planes], [src.labels[i] for src, i in planes],
+                              within(progress, 0, fit_share), cache)
             trained_on = list(dict.fromkeys(_describe(src, planes) for src, _ in planes))
-        segs, uncs = [], []
-        source = job.sources[0]
-        for n, index in enumerate(job.predict_slices):
-            share = (1 - fit_share) / len(job.predict_slices)
-            plane = source.plane(index)
-            proba = seg.predict_proba(plane, within(progress, fit_share + n * share, fit_share + (n + 1) * share), cache)
-            where = f"{source.name}{' slice ' + str(index) if index else ''}: "
-            messages += [where + message for message in seg.check(plane, proba)]
-            segs.append(seg.to_labels(proba))
-            if job.want_uncertainty:
-                uncs.append(uncertainty(proba))
+        segs, uncs, messages = _predict(job, predict_plane, within(progress, fit_share, 1), cache)
     messages = [str(w.message) for w in caught] + messages
     report(progress, 1000, 1000, "done")
     return TrainResult(
-        segmenter=seg,
+        segmenter=job.segmenter,
         plan=plan,
         predict_slices=list(job.predict_slices),
         segmentations=segs,
@@ -210,6 +202,32 @@ def run_train_job(
         reused=len(cache.used - cache.computed),
         messages=list(dict.fromkeys(messages)),
     )
+
+
+def _plan(job: TrainJob) -> str:
+    """The plan line of a job: its feature kind, device and, for ViT features, a time estimate."""
+    seg = job.segmenter
+    device = resolve_device(seg.features.device)
+    first = job.sources[0].plane(job.predict_slices[0])
+    return describe_plan(seg.features.resolved(device.type), first.shape[:2], first.shape[2] if first.ndim == 3 else 1,
+                         device)
+
+
+def _predict(job: TrainJob, predict_plane: PlanePredictor, progress: Optional[ProgressCallback],
+             cache) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Labels, uncertainties (when wanted) and warnings of the first source's ``predict_slices``."""
+    seg, source = job.segmenter, job.sources[0]
+    segs, uncs, messages = [], [], []
+    share = 1 / len(job.predict_slices)
+    for n, index in enumerate(job.predict_slices):
+        plane = source.plane(index)
+        proba = predict_plane(seg, plane, within(progress, n * share, (n + 1) * share), cache)
+        where = f"{source.name}{' slice ' + str(index) if index else ''}: "
+        messages += [where + message for message in seg.check(plane, proba)]
+        segs.append(seg.to_labels(proba))
+        if job.want_uncertainty:
+            uncs.append(uncertainty(proba))
+    return segs, uncs, messages
 
 
 class _Recording:

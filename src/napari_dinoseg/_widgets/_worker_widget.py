@@ -6,6 +6,12 @@ progress bar (activity dock), whose cancel button stops the job too; shows the t
 measured from the work done so far; turns refusals (``ValueError`` / ``TypeError``) and
 failures into notifications; hands the result to ``_on_result`` on the GUI thread; stays safe
 when the dock is closed mid-run. Long messages wrap in the widget and never widen the dock.
+
+Background jobs (:meth:`WorkerWidget.run_in_background`, e.g. the train widget's live update)
+run one at a time like a click's, but quietly (status line only: no activity-dock bar, no
+notification for a refusal or a cancel) and give way: a newer background job cancels a running
+one and starts when it has stopped, a click cancels one and runs after it. One job waits at
+most, the newest; a job reads its inputs when it starts, so a waiting job sees the newest strokes.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class WorkerWidget(Container):
         wrap(self._status)
         self._bar: Optional[cancelable_progress] = None  # napari's, in the activity dock
         self._started = 0.0
+        self._background = False  # the running job is a background one
+        self._waiting: Optional[tuple[Callable[[], tuple[Callable, tuple]], bool]] = None  # (prepare, background)
+        self._shown: set[str] = set()  # warnings the last background job showed
         self._run.tooltip = "run in the background; the viewer stays usable"
         self._cancel.tooltip = "stop at the next step; nothing is changed"
         self._progress.tooltip = "progress (also in napari's activity dock, bottom right)"
@@ -94,32 +103,64 @@ class WorkerWidget(Container):
     # ---- running -------------------------------------------------------------------
 
     def run(self, *_args) -> Optional[FunctionWorker]:
-        """Start the job in a worker; returns the worker, or None when the input is refused."""
+        """Start the job in a worker; returns the worker, or None when the input is refused or the
+        job waits for a running background job to stop."""
         if self.worker is not None:
-            show_info("dinoseg: already running; wait or click Cancel")
+            if self._background:
+                self._after_current(self._prepare, background=False)
+                self._status.value = "starting when the running update has stopped…"
+            else:
+                show_info("dinoseg: already running; wait or click Cancel")
             return None
+        return self._start(self._prepare, background=False)
+
+    def run_in_background(self, prepare: Callable[[], tuple[Callable, tuple]]) -> Optional[FunctionWorker]:
+        """Run ``prepare``'s job as a background job: now when nothing runs; else when the running
+        job has stopped (a background one is cancelled; a click's job finishes). Replaces a
+        waiting background job, never a waiting click. Returns the worker when it starts now."""
+        if self.worker is None:
+            return self._start(prepare, background=True)
+        if self._waiting is None or self._waiting[1]:
+            self._after_current(prepare, background=True)
+        return None
+
+    def stop_background(self) -> None:
+        """Forget a waiting background job and cancel a running one."""
+        if self._waiting is not None and self._waiting[1]:
+            self._waiting = None
+        if self.worker is not None and self._background:
+            self.worker.quit()
+
+    def cancel(self, *_args) -> None:
+        """Ask the running worker to stop at its next progress step; forget a waiting job."""
+        self._waiting = None
+        if self.worker is not None:
+            self.worker.quit()
+            self._status.value = "cancelling…"
+
+    def _after_current(self, prepare: Callable[[], tuple[Callable, tuple]], background: bool) -> None:
+        """Start ``prepare``'s job when the running one has stopped, cancelling it if it is a background job."""
+        self._waiting = (prepare, background)
+        if self._background and not self.worker.abort_requested:
+            self.worker.quit()
+
+    def _start(self, prepare: Callable[[], tuple[Callable, tuple]], background: bool) -> Optional[FunctionWorker]:
         try:
-            job, args = self._prepare()
+            job, args = prepare()
         except (ValueError, TypeError) as err:
-            self._fail(str(err))
+            self._refuse(str(err), background)
             return None
         worker = create_worker(
             job, *args, self._progress_callback, self._announce, _start_thread=False,
             _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
         )
-        self.worker = worker
-        self._run.enabled, self._cancel.enabled, self._progress.value = False, True, 0
+        self.worker, self._background = worker, background
+        self._run.enabled, self._cancel.enabled, self._progress.value = background, True, 0
         self._status.value = "starting…"
-        self._bar = cancelable_progress(total=1000, desc=f"dinoseg: {self._run.text}")
+        self._bar = None if background else cancelable_progress(total=1000, desc=f"dinoseg: {self._run.text}")
         self._started = time.perf_counter()
         worker.start()
         return worker
-
-    def cancel(self, *_args) -> None:
-        """Ask the running worker to stop at its next progress step."""
-        if self.worker is not None:
-            self.worker.quit()
-            self._status.value = "cancelling…"
 
     def _progress_callback(self, done: int, total: int, message: str) -> None:
         """Called in the worker thread: raise to cancel, else forward to the GUI thread."""
@@ -158,8 +199,11 @@ class WorkerWidget(Container):
     def _on_returned(self, result: Any) -> None:
         if self._closed:
             return
-        for message in getattr(result, "messages", []):
-            show_warning(f"dinoseg: {message}")
+        messages = list(getattr(result, "messages", []))
+        for message in messages:
+            if not (self._background and message in self._shown):  # a live update does not repeat itself
+                show_warning(f"dinoseg: {message}")
+        self._shown = set(messages) if self._background else set()
         self._on_result(result)
         self._progress.value = self._progress.max
 
@@ -168,10 +212,12 @@ class WorkerWidget(Container):
             return
         self._progress.value = 0
         if isinstance(err, Cancelled):
-            self._status.value = "cancelled; nothing was changed"
-            show_info("dinoseg: cancelled")
+            superseded = self._background and self._waiting is not None
+            self._status.value = "stopped for a newer update" if superseded else "cancelled; nothing was changed"
+            if not self._background:
+                show_info("dinoseg: cancelled")
         elif isinstance(err, (ValueError, TypeError)):
-            self._fail(str(err))
+            self._refuse(str(err), self._background)
         else:
             logger.exception("dinoseg: %s failed", self._run.text, exc_info=err)
             self._fail(f"{type(err).__name__}: {err}")
@@ -182,8 +228,12 @@ class WorkerWidget(Container):
             self._bar = None
         if self._closed:
             return
-        self.worker = None
+        self.worker, self._background = None, False
         self._run.enabled, self._cancel.enabled = True, False
+        if self._waiting is not None:
+            prepare, background = self._waiting
+            self._waiting = None
+            self._start(prepare, background)
 
     def _on_destroyed(self, *_args) -> None:
         """The dock was closed: stop the worker; its callbacks must not touch deleted widgets."""
@@ -194,6 +244,14 @@ class WorkerWidget(Container):
     def _fail(self, message: str) -> None:
         self._status.value = f"error: {message}"
         show_error(f"dinoseg: {message}")
+
+    def _refuse(self, message: str, background: bool) -> None:
+        """A refusal: a notification for a click; the status line alone for a background job
+        (strokes of one class, say, are a normal state while painting)."""
+        if background:
+            self._status.value = f"waiting: {message}"
+        else:
+            self._fail(message)
 
 
 def _duration(seconds: float) -> str:

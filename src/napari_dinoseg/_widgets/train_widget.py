@@ -8,11 +8,17 @@ Image layer) from the worker's ``returned`` signal, on the GUI thread.
 "train on: every image with labels" pairs each image layer with its own Labels layer (the
 one made by "New labels layer for this image", or named "<image> labels") and fits one
 :class:`~napari_dinoseg.Segmenter` on all of them; the status line names the pairs used.
+
+"live update" retrains and predicts the current slice when a brush stroke ends (napari's
+``Labels.events.paint``, emitted once per stroke), ``LIVE_DELAY_MS`` after the last one: the
+part of the slice on screen first (written as soon as it is known), then the rest. It runs as
+a background job of :class:`WorkerWidget`: a newer stroke cancels a running update.
 """
 
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -20,11 +26,14 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from superqt.utils import ensure_main_thread
 
 from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
 from ..segmenter import Segmenter
-from ._feature_controls import FeatureControls
+from ._feature_controls import FeatureControls, check_weights
+from ._live import predict_view_first, visible_region
 from ._text import wrap
 from ._train_job import Source, TrainJob, TrainResult, run_train_job
 from ._worker_widget import WorkerWidget
@@ -41,6 +50,10 @@ IMAGE_KEY = "dinoseg_image"
 #: (label, TrainConfig.classifier) choices of the classifier menu.
 CLASSIFIERS = [("logistic regression + trees", "logistic+trees"), ("logistic regression (fastest)", "logistic")]
 NO_CLASSIFIER = "none yet: paint strokes of two or more classes, or load a classifier"
+#: A live update starts this long after the last stroke ends: strokes in quick succession
+#: (clicks of the fill bucket, a dotted line) make one update. napari emits ``paint`` when a
+#: stroke ends, not while it is drawn, so the delay need not cover a stroke.
+LIVE_DELAY_MS = 150
 TOOLTIPS = {
     "_image": "the image to predict (and to train on, with its own labels layer)",
     "_labels_layer": "the Labels layer holding this image's brush strokes (0 = unlabelled, 1..K = classes)",
@@ -51,6 +64,8 @@ TOOLTIPS = {
     "_crf": "refine the prediction with a fully connected CRF (slower; sharper boundaries)",
     "_scope": "predict the slice on screen, or every slice of the stack",
     "_want_uncertainty": "add a layer showing how unsure the classifier is at each pixel (0 = sure, 1 = unsure)",
+    "_live": "retrain and predict the current slice whenever a brush stroke ends: the part on screen first, "
+             "then the rest (Train / Predict still works)",
     "_bundle_file": "the .dinoseg file to save the classifier to, or to load one from",
     "_save": "save the last classifier (features, classifier, smoothing, CRF) to the classifier file",
     "_load": "load a classifier: Train / Predict then predicts with it until you paint on this image's labels",
@@ -89,10 +104,16 @@ class TrainWidget(WorkerWidget):
         self._loaded_name = ""
         self._claimed = ""  # a labels layer this click tied to the image
         self._strokes_at_load: dict = {}  # labels layer id -> digest of its strokes when the bundle was loaded
+        self._live = CheckBox(value=False, text="live update (after every stroke)")
+        self._live_timer = QTimer(self.native)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self._live_update)
+        self._live_token = 0  # the newest live update: views shown by older ones are dropped
         self.extend([
             self._image, self._labels_layer, self._new_labels, self._train_on, *self.features.widgets, self._classifier,
             self._edge_smoothing, self._pca, self._crf, self._scope,
-            self._want_uncertainty, *self.run_controls, self._state, self._bundle_file,
+            self._want_uncertainty, self._live, *self.run_controls, self._state, self._bundle_file,
             Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
         ])
         for widget, tip in TOOLTIPS.items():
@@ -103,6 +124,10 @@ class TrainWidget(WorkerWidget):
         self.features.update_visibility()
         self._image.changed.connect(self._update_scope)
         self.features.kind.changed.connect(self._update_pca)
+        self._live.changed.connect(self._on_live_changed)
+        self._viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        for layer in self._viewer.layers:
+            self._watch_strokes(layer)
         self._update_scope()
         self._update_pca()
 
@@ -163,13 +188,81 @@ class TrainWidget(WorkerWidget):
         self._viewer.layers.selection.active = layer
         return layer
 
+    # ---- live update ---------------------------------------------------------------
+
+    def _on_layer_inserted(self, event) -> None:
+        self._watch_strokes(event.value)
+
+    def _watch_strokes(self, layer) -> None:
+        if isinstance(layer, Labels):
+            layer.events.paint.connect(self._on_stroke)  # once per stroke, fill or polygon, when it ends
+            layer.events.data.connect(self._on_stroke)  # the strokes replaced
+
+    def _on_stroke(self, event) -> None:
+        """A stroke ended (GUI thread): (re)start the live update's short delay."""
+        if self._closed or not self._live.value or not self._trains_on(event.source):
+            return
+        self._live_timer.start()
+
+    def _trains_on(self, layer) -> bool:
+        """Whether strokes in ``layer`` train the classifier the widget would fit now."""
+        if layer is self._predictions or not isinstance(layer, Labels):
+            return False
+        if layer is self._labels_layer.value:
+            return True
+        return self._train_on.value == TRAIN_ALL and any(lab is layer for _, lab in self.image_label_pairs())
+
+    def _live_update(self) -> None:
+        """Retrain and predict now, or when the running job has stopped (a running update is cancelled)."""
+        if not self._closed and self._live.value:
+            self.run_in_background(self._prepare_live)
+
+    def _on_live_changed(self, on: bool) -> None:
+        if on:
+            self._status.value = "live update on: each stroke retrains and predicts the slice on screen"
+        else:
+            self._live_timer.stop()
+            self.stop_background()
+            self._status.value = "live update off"
+
+    def _prepare_live(self):
+        """A live update's job: train, then predict the current slice, the part on screen first."""
+        self._claimed = ""
+        job = self._make_job(current_slice=True)
+        self._live_token += 1
+        show = partial(self._show_view, self._live_token, job.predict_slices[0])
+        view = self.visible_region()
+        predict_plane = partial(predict_view_first, view=view, show=show)
+        return partial(run_train_job, predict_plane=predict_plane), (job, self.cache)
+
+    def visible_region(self) -> Optional[tuple[slice, slice]]:
+        """Rows and columns of the selected image's current slice on screen, from the image layer's
+        ``corner_pixels`` (napari updates them when it draws); ``None`` outside a 2-D view of the
+        last two axes, or when nothing of the image is on screen."""
+        image: Optional[Image] = self._image.value
+        dims = self._viewer.dims
+        if image is None or dims.ndisplay != 2 or sorted(dims.displayed) != [dims.ndim - 2, dims.ndim - 1]:
+            return None
+        return visible_region(image.corner_pixels, _spatial_shape(image)[-2:])
+
+    @ensure_main_thread
+    def _show_view(self, token: int, index: tuple, region: tuple, labels: np.ndarray) -> None:
+        """Write a live update's first pass, the labels of the part on screen (GUI thread)."""
+        if self._closed or token != self._live_token or self.worker is None or self.worker.abort_requested:
+            return  # an update that a newer stroke replaced
+        pred = self._predictions_layer(labels.dtype)
+        pred.data[tuple(index) + tuple(region)] = labels
+        pred.refresh()
+
     # ---- reading the layers ------------------------------------------------------
 
     def _prepare(self):
         self._claimed = ""
         return run_train_job, (self._make_job(), self.cache)
 
-    def _make_job(self) -> TrainJob:
+    def _make_job(self, current_slice: bool = False) -> TrainJob:
+        """The click's inputs, copied from the layers; ``current_slice``: predict the slice on screen
+        whatever the 'predict' choice (a live update)."""
         image: Optional[Image] = self._image.value
         labels: Optional[Labels] = self._labels_layer.value
         if image is None:
@@ -195,7 +288,7 @@ class TrainWidget(WorkerWidget):
             check_weights(cfg)
         shape = _spatial_shape(image)
         lead = shape[:-2]
-        if not lead or self._scope.value == SCOPE_STACK:
+        if not lead or (self._scope.value == SCOPE_STACK and not current_slice):
             predict_slices = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)]
         else:
             step = self._viewer.dims.current_step
@@ -294,15 +387,32 @@ class TrainWidget(WorkerWidget):
     # ---- writing layers ------------------------------------------------------------
 
     def _write_layers(self, result: TrainResult) -> None:
+        pred = self._predictions_layer(result.segmentations[0].dtype)
+        for index, seg in zip(result.predict_slices, result.segmentations):
+            pred.data[index] = seg
+        pred.refresh()
+        labels, _ = self._strokes()
+        if result.uncertainties is not None:
+            self._write_uncertainty(result, _spatial_shape(self._image.value), labels)
+        if isinstance(labels, Labels):
+            self._viewer.layers.selection.active = labels
+
+    def _strokes(self) -> tuple:
+        """``(anchor, colours)``: the layer the outputs go under (this image's strokes, else the
+        image) and the Labels layer whose colours the predictions take (``None``: none)."""
         image: Image = self._image.value
         selected: Optional[Labels] = self._labels_layer.value
         usable = selected is not None and selected in self._viewer.layers and selected is not self._predictions
-        # the strokes whose colours the predictions take, and the layer they are drawn under
         colours = selected if usable else next((lab for _, lab in self.image_label_pairs()), None)
         own = usable and selected.metadata.get(IMAGE_KEY, image.name) == image.name
-        labels = selected if own else image
+        return (selected if own else image), colours
+
+    def _predictions_layer(self, dtype) -> Labels:
+        """The predictions layer of the selected image's shape and ``dtype``, in the strokes'
+        colours; made (just under the strokes) when missing, remade when of another shape or dtype."""
+        image: Image = self._image.value
+        labels, colours = self._strokes()
         shape = _spatial_shape(image)
-        dtype = result.segmentations[0].dtype
         pred = self._predictions
         if pred is None or pred not in self._viewer.layers or pred.data.shape != shape or pred.data.dtype != dtype:
             if pred is not None and pred in self._viewer.layers:
@@ -311,15 +421,9 @@ class TrainWidget(WorkerWidget):
                           scale=image.scale[-len(shape):], translate=image.translate[-len(shape):])
             self._viewer.layers.insert(self._below(labels), pred)
             self._predictions = pred
-        if colours is not None:
+        if colours is not None and pred.colormap is not colours.colormap:  # setting it redraws the layer
             pred.colormap = colours.colormap
-        for index, seg in zip(result.predict_slices, result.segmentations):
-            pred.data[index] = seg
-        pred.refresh()
-        if result.uncertainties is not None:
-            self._write_uncertainty(result, shape, labels)
-        if isinstance(labels, Labels):
-            self._viewer.layers.selection.active = labels
+        return pred
 
     def _below(self, layer) -> int:
         """Insertion index for an output layer: just under the strokes (a Labels layer), or just
@@ -349,14 +453,6 @@ class TrainWidget(WorkerWidget):
     def _update_scope(self, *_args) -> None:
         image = self._image.value
         self._scope.visible = image is not None and len(_spatial_shape(image)) > 2
-
-
-def check_weights(config: FeatureConfig) -> None:
-    """Refuse, within about a second, DINOv2 / hybrid features when no weights can be had."""
-    from ..features.registry import find_weights
-
-    find_weights(config.model, config.weights or None,
-                 hint="or type the path of a checkpoint file in the 'weights' field (shown with DINOv2 features)")
 
 
 def _digest(labels) -> str:

@@ -1,0 +1,84 @@
+"""Live update's view-first prediction: any rectangle first, the rest after, equal to the whole plane's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig
+from napari_dinoseg._widgets import _live
+from napari_dinoseg._widgets._live import bands, predict_view_first, remainder, visible_region
+from napari_dinoseg.config import CRFConfig
+from napari_dinoseg.features.featurise import FeatureCache
+
+SMALL = FeatureConfig(sigmas=(1, 2, 4), membrane=False)
+
+
+def cover(shape, parts):
+    """How many of ``parts`` cover each pixel of a plane of ``shape``."""
+    count = np.zeros(shape, int)
+    for part in parts:
+        count[part] += 1
+    return count
+
+
+@pytest.mark.parametrize("view", [(slice(0, 50), slice(0, 60)), (slice(10, 30), slice(20, 41)),
+                                  (slice(0, 50), slice(30, 60)), (slice(49, 50), slice(0, 1))])
+def test_view_and_its_remainder_in_bands_cover_the_plane_once(view):
+    shape = (50, 60)
+    parts = bands(view, pixels=64) + [band for part in remainder(shape, view) for band in bands(part, pixels=64)]
+    assert np.all(cover(shape, parts) == 1)
+    assert all((b[0].stop - b[0].start) * (b[1].stop - b[1].start) <= max(64, b[1].stop - b[1].start) for b in parts)
+
+
+@pytest.mark.parametrize("tile, smooth, band", [(1024, 0.0, 1 << 18), (1024, 2.0, 1000), (64, 0.0, 1000),
+                                                (64, 2.0, 1 << 18)])
+def test_view_first_equals_the_whole_plane_prediction(phases, tile, smooth, band, monkeypatch):
+    """In one window and across tiles (features with margins), in one band or many, with the
+    guided filter and a Gaussian: the view's labels and the whole result are the plane's, up to
+    float rounding."""
+    image, _, scribbles = phases
+    monkeypatch.setattr(Segmenter, "tile", tile)
+    monkeypatch.setattr(_live, "BAND_PIXELS", band)
+    cache = FeatureCache()
+    seg = Segmenter(SMALL, TrainConfig(smooth=smooth)).fit(image, scribbles, cache=cache)
+    whole = seg.predict_proba(image, cache=cache)
+    shown, calls = [], []
+    view = (slice(37, 131), slice(21, 99))
+    out = predict_view_first(seg, image, lambda d, t, m: calls.append(d), cache, view=view,
+                             show=lambda region, labels: shown.append((region, labels)))
+    np.testing.assert_allclose(out, whole, atol=1e-5)
+    assert len(shown) == 1 and shown[0][0] == view
+    np.testing.assert_array_equal(shown[0][1], seg.to_labels(whole[view]))
+    assert calls == sorted(calls) and calls[-1] == 1000
+    assert len(calls) == len(bands(view, band)) + sum(len(bands(p, band)) for p in remainder((160, 160), view))
+    assert cache.misses == (1 if tile == 1024 else 4)  # the fit's features (one window, or 2 x 2 tiles), reused
+
+
+def test_no_view_or_the_whole_plane_shows_nothing_early(phases):
+    image, _, scribbles = phases
+    seg = Segmenter(SMALL).fit(image, scribbles)
+    shown = []
+    for view in (None, (slice(0, 160), slice(0, 160))):
+        out = predict_view_first(seg, image, view=view, show=lambda *a: shown.append(a))
+        np.testing.assert_allclose(out, seg.predict_proba(image), atol=1e-5)
+    assert shown == []
+
+
+def test_with_a_crf_the_plane_is_predicted_in_one_go(phases):
+    """The CRF couples every pixel with every other: no part of the plane is final before the whole."""
+    image, _, scribbles = phases
+    seg = Segmenter(SMALL, crf=CRFConfig(iterations=2)).fit(image, scribbles)
+    shown = []
+    out = predict_view_first(seg, image, view=(slice(0, 40), slice(0, 40)), show=lambda *a: shown.append(a))
+    np.testing.assert_array_equal(out, seg.predict_proba(image))
+    assert shown == []
+
+
+@pytest.mark.parametrize("corners, expected", [
+    ([[10, 20], [59, 99]], (slice(10, 60), slice(20, 100))),
+    ([[0, 3, -5], [0, 200, 300]], (slice(3, 100), slice(0, 120))),  # a stack: the last two axes, clipped
+    ([[100, 0], [120, 50]], None),  # below the plane
+])
+def test_visible_region_from_corner_pixels(corners, expected):
+    assert visible_region(np.array(corners), (100, 120)) == expected
