@@ -528,11 +528,12 @@ def test_progress_shows_in_napari_and_its_cancel_stops_the_job(dock, qtbot, two_
     viewer, widget, _ = dock(np.tile(image, (4, 4)))
     viewer.add_labels(np.tile(scribbles, (4, 4)), name="strokes")
     widget._labels_layer.value = viewer.layers["strokes"]
-    seen = []
     widget._run.native.click()
+    assert widget._bar is None, "a job shorter than NAPARI_BAR_AFTER needs no second progress bar"
+    qtbot.waitUntil(lambda: widget._bar is not None, timeout=TIMEOUT_MS)  # featurising 768² takes seconds
     bar = widget._bar
-    assert bar is not None and bar in progress._all_instances
-    qtbot.waitUntil(lambda: (seen.append(bar.n) or bar.n > 0), timeout=TIMEOUT_MS)
+    assert bar in progress._all_instances
+    qtbot.waitUntil(lambda: bar.n > 0, timeout=TIMEOUT_MS)
     bar.cancel()  # the activity dock's cancel button
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
     assert widget._status.value.startswith("cancelled") and PREDICTIONS not in viewer.layers

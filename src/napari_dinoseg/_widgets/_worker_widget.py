@@ -35,6 +35,11 @@ from ._train_job import import_compute_libraries
 
 logger = logging.getLogger(__name__)
 
+#: napari's progress bar (activity dock) appears once a job has run this long (s), and is
+#: updated at most this often (s): under software OpenGL its redraws cost a short click up to
+#: 0.7 s (benchmarks/live_update.py), and a job of a second needs no second progress bar.
+NAPARI_BAR_AFTER, NAPARI_BAR_EVERY = 1.0, 0.25
+
 
 def _warm_up() -> None:
     """Import torch, timm and scikit-learn in a daemon thread while the user paints (~3 s),
@@ -157,8 +162,8 @@ class WorkerWidget(Container):
         self.worker, self._background = worker, background
         self._run.enabled, self._cancel.enabled, self._progress.value = background, True, 0
         self._status.value = "starting…"
-        self._bar = None if background else cancelable_progress(total=1000, desc=f"dinoseg: {self._run.text}")
-        self._started = time.perf_counter()
+        self._bar = None  # napari's progress bar: made once the job has run NAPARI_BAR_AFTER seconds
+        self._started = self._bar_updated = time.perf_counter()
         worker.start()
         return worker
 
@@ -177,8 +182,13 @@ class WorkerWidget(Container):
         left = self.seconds_left(done, total)
         self._progress.max, self._progress.value = total, done
         self._status.value = message + (f" (about {_duration(left)} left)" if left is not None else "")
+        now = time.perf_counter()
+        if self._bar is None and not self._background and self.worker is not None \
+                and now - self._started >= NAPARI_BAR_AFTER:
+            self._bar = cancelable_progress(total=total, desc=f"dinoseg: {self._run.text}")
         bar = self._bar  # its events may run queued callbacks, _on_finished among them
-        if bar is not None:
+        if bar is not None and (now - self._bar_updated >= NAPARI_BAR_EVERY or done >= total):
+            self._bar_updated = now
             if bar.total != total:
                 bar.total = total
             bar.set_description(f"dinoseg: {message[:48]}")
