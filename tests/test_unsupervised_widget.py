@@ -156,7 +156,8 @@ def test_without_weights_classical_is_the_default_and_the_widget_says_why(make_n
     assert not note.native.isHidden()
     assert "CLS attention" in note.value and "semantic features" in note.value
     assert "dinov2_vits14_pretrain.pth" in note.value and str(weights_dir) in note.value
-    assert widget.features.kind.tooltip == note.value
+    assert len(note.value) < 300, "a few lines; the whole story is in the tooltip"
+    assert widget.features.kind.tooltip == note.tooltip and "(offline)" in note.tooltip
 
 
 def test_with_weights_dinov2_is_the_default(make_napari_viewer, blobs, weights_dir):

@@ -109,10 +109,20 @@ class FeatureControls:
         so the user learns it before painting; takes about a second at most)."""
         from ..features.registry import find_weights
 
+        from pathlib import Path
+
+        from ..features.registry import model_spec, weights_dir
+
+        self.plan.tooltip = "what the ViT will do on this device, and about how long it takes"
         try:
             find_weights(self.model.value, str(self.weights.value).strip() or None, hint=WEIGHTS_HINT)
         except ValueError as err:
-            return f"cannot run: {err}"
+            self.plan.tooltip = str(err)  # the whole story; the line itself stays short enough to read
+            if not model_spec(self.model.value).files or str(self.weights.value).strip():
+                return f"cannot run: {err}"
+            folder = str(weights_dir()).replace(str(Path.home()), "~", 1)
+            return (f"cannot run: no {self.model.value} weights here, and offline. Put "
+                    f"{model_spec(self.model.value).files[0]} in {folder}, or type a checkpoint's path under 'weights'")
         return ""
 
 

@@ -24,11 +24,10 @@ from napari.layers import Image, Labels
 
 from ..config import CASConfig
 from ..features.featurise import FeatureCache, cached_featurise, resolve_device
-from ..features.registry import find_weights
 from ..image import drop_alpha
 from ..progress import report
 from ..unsupervised import CASResult, segment_unsupervised
-from ._feature_controls import WEIGHTS_HINT, FeatureControls, check_weights, numbers
+from ._feature_controls import FeatureControls, check_weights, numbers
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -117,12 +116,12 @@ class UnsupervisedWidget(WorkerWidget):
     def _default_features(self) -> None:
         """DINOv2 when its weights can be had (found here, or downloadable); classical features
         otherwise, with a note (and tooltip) on what DINOv2 adds and where its weights go."""
-        try:
-            find_weights(self.features.model.value, str(self.features.weights.value).strip() or None, hint=WEIGHTS_HINT)
-        except ValueError as err:
+        problem = self.features.weights_problem()  # short; the whole message is the plan's tooltip
+        if problem:
             self.features.kind.value = "classical"
-            note = f"No DINOv2 weights: classical features. {DINOV2_ADDS}. {err}"
-            self._weights_note.value = self.features.kind.tooltip = note
+            self._weights_note.value = (f"Classical features ({problem.replace('cannot run: ', '')}). DINOv2 would "
+                                        "add semantic features, and CLS attention for the foreground and boxes.")
+            self.features.kind.tooltip = self._weights_note.tooltip = f"{DINOV2_ADDS}. {self.features.plan.tooltip}"
             self._weights_note.visible = True
         else:
             self._weights_note.visible = False
