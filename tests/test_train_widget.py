@@ -774,3 +774,15 @@ def test_live_update_keeps_the_button_working(dock, qtbot, two_textures, record_
     assert len(jobs.started) == 2 and len(jobs.results) == 1 and jobs.results[0].segmenter is jobs.started[1].segmenter
     assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9
     assert not any("cancelled" in n for n in notes())  # the superseded update is not announced
+
+
+def test_time_left_comes_from_the_rate_of_the_work_done(dock, two_textures):
+    import time
+
+    _, widget, _ = dock(two_textures[0])
+    widget._started = time.perf_counter() - 10.0  # 10 s in
+    assert widget.seconds_left(250, 1000) == pytest.approx(30.0, rel=0.05)  # a quarter done: 30 s to go
+    assert widget.seconds_left(10, 1000) is None, "too little done to tell"
+    assert widget.seconds_left(1000, 1000) is None
+    widget._started = time.perf_counter() - 0.5
+    assert widget.seconds_left(500, 1000) is None, "too early to tell"
