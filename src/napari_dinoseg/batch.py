@@ -324,16 +324,13 @@ def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: 
     """``"done"`` when every output the run asks for exists, is readable and was made by this
     classifier from this input as it is now; ``"foreign"`` when one was made by another
     classifier (or carries no fingerprint); ``"redo"`` otherwise."""
-    import tifffile
-
     wanted = [stem + LABEL_SUFFIX] + ([stem + PROBA_SUFFIX] if probabilities else [])
     for name in wanted:
         target = out / name
         if not target.is_file():
             return "redo"
         try:
-            with tifffile.TiffFile(target) as tif:
-                meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+            meta = output_metadata(target)
         except Exception:  # unreadable (truncated by another tool): ours to rewrite
             return "redo"
         if meta.get("dinoseg_bundle") != bundle_id:
@@ -392,13 +389,18 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
         return path, "failed", f"{type(err).__name__}: {err}", []
 
 
-def _remove_if_foreign(path: Path, bundle_id: str) -> None:
-    """Remove an output of this project made by another classifier (``overwrite``)."""
+def output_metadata(path: Path) -> dict:
+    """What an output TIFF says of itself: classifier fingerprint, input, classes, axes ({} if nothing)."""
     import tifffile
 
+    with tifffile.TiffFile(path) as tif:
+        return tif.shaped_metadata[0] if tif.shaped_metadata else {}
+
+
+def _remove_if_foreign(path: Path, bundle_id: str) -> None:
+    """Remove an output of this project made by another classifier (``overwrite``)."""
     if path.is_file():
-        with tifffile.TiffFile(path) as tif:
-            meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+        meta = output_metadata(path)
         if "dinoseg_bundle" in meta and meta["dinoseg_bundle"] != bundle_id:
             path.unlink()
 

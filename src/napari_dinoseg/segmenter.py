@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .classify import PixelClassifier, check_labels, predict, train
-from .config import CRFConfig, FeatureConfig, TrainConfig
+from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
 from .progress import ProgressCallback, report, within
 from .shift import TrainingStatistics, collapse_warning
 
@@ -66,15 +66,9 @@ class Segmenter:
 
     def __init__(self, features: Optional[FeatureConfig] = None, training: Optional[TrainConfig] = None,
                  crf: Optional[CRFConfig] = None) -> None:
-        self.features = FeatureConfig() if features is None else features
-        self.training = TrainConfig() if training is None else training
-        self.crf = crf
-        for name, value, kind in (("features", self.features, FeatureConfig),
-                                  ("training", self.training, TrainConfig)):
-            if not isinstance(value, kind):
-                raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-        if crf is not None and not isinstance(crf, CRFConfig):
-            raise TypeError(f"crf must be a CRFConfig or None, got {type(crf).__name__}")
+        self.features = config_or_default(features, FeatureConfig, "features")
+        self.training = config_or_default(training, TrainConfig, "training")
+        self.crf = None if crf is None else config_or_default(crf, CRFConfig, "crf")
         self.classifier: Optional[PixelClassifier] = None
         self.statistics: Optional[TrainingStatistics] = None
         self.n_channels: Optional[int] = None
@@ -132,7 +126,7 @@ class Segmenter:
             sub = within(progress, 0.9 * i / len(variants), 0.9 * (i + 1) / len(variants))
             for window, core, stack in self._window_features(norm, config, sub, cache):
                 stacks.append(dataclasses.replace(stack, data=stack.data[core], attention=None))
-                crops.append(np.asarray(lab)[_offset(window, core)])
+                crops.append(np.asarray(lab)[in_plane(window, core)])
         report(progress, 900, 1000, "training")
         classifier = train(stacks, crops, self.training)
         self.features, self.classifier, self.n_channels = config, classifier, normalised[0].shape[-1]
@@ -165,7 +159,7 @@ class Segmenter:
             returned as a result).
         """
         clf = self._fitted()
-        norm = self._normalise(image, self.features)
+        norm = self.normalise(image)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
         for window, core, stack in self._window_features(norm, self.features, within(progress, 0, 0.95), cache):
             out[window][core] = predict(clf, stack)[core]
@@ -174,9 +168,7 @@ class Segmenter:
 
             report(progress, 960, 1000, "dense CRF")
             out = crf_refine(norm, out, self.crf, normalised=True)
-        if not np.isfinite(out).all():
-            raise ValueError("the classifier gave non-finite probabilities (NaN or inf) on this image; "
-                             "nothing is written from them: the classifier or the image is corrupt")
+        check_finite(out)
         report(progress, 1000, 1000, "predicted")
         return out
 
@@ -202,7 +194,7 @@ class Segmenter:
         list of str, empty when the image looks like the training data.
         """
         clf = self._fitted()
-        norm = self._normalise(image, self.features)
+        norm = self.normalise(image)
         warnings = [] if self.statistics is None else self.statistics.check(norm, self.features.normalise)
         proba = self.predict_proba(image) if proba is None else proba
         return warnings + collapse_warning(proba, clf.classes)
@@ -233,6 +225,10 @@ class Segmenter:
         if self.classifier is None:
             raise ValueError("the Segmenter is not fitted: call fit(images, labels) or Segmenter.load(path)")
         return self.classifier
+
+    def normalise(self, image: ImageLike) -> np.ndarray:
+        """One plane -> ``(H, W, C)`` float32, as :meth:`predict_proba` normalises it (channels checked)."""
+        return self._normalise(image, self.features)
 
     def _normalise(self, image: ImageLike, config: FeatureConfig, check_channels: bool = True) -> np.ndarray:
         """One plane -> ``(H, W, C)`` float32 normalised by ``config``'s rule, channel count checked."""
@@ -289,6 +285,13 @@ def tone_curve(normalised: np.ndarray, gamma: float) -> np.ndarray:
     return (np.sign(normalised) * np.abs(normalised) ** np.float32(gamma)).astype(np.float32)
 
 
+def check_finite(proba: np.ndarray) -> None:
+    """Refuse probabilities with NaN or inf: nothing is ever written from them."""
+    if not np.isfinite(proba).all():
+        raise ValueError("the classifier gave non-finite probabilities (NaN or inf) on this image; "
+                         "nothing is written from them: the classifier or the image is corrupt")
+
+
 def label_dtype(classes: np.ndarray) -> np.dtype:
     """The smallest unsigned dtype (uint8, uint16, uint32) holding every label value in ``classes``."""
     top = int(np.max(classes)) if len(classes) else 0
@@ -298,7 +301,7 @@ def label_dtype(classes: np.ndarray) -> np.dtype:
     raise ValueError(f"label value {top} does not fit in uint32; use label values below {2**32}")
 
 
-def _offset(window: Slices, core: Slices) -> Slices:
+def in_plane(window: Slices, core: Slices) -> Slices:
     """A core relative to its window -> the same region in plane coordinates."""
     return tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, core))
 

@@ -17,9 +17,8 @@ import numpy as np
 
 from ..classify import PixelClassifier, predict
 from ..features.featurise import FeatureStack, cached_featurise
-from ..image import as_float_image
 from ..progress import ProgressCallback, report, within
-from ..segmenter import Segmenter, Slices, plane_windows
+from ..segmenter import Segmenter, Slices, check_finite, in_plane, plane_windows
 
 #: Pixels predicted between two progress reports, i.e. between two chances to cancel: about
 #: 0.3 to 0.9 s with 65 classical features on a busy 2-core machine. Each band is predicted
@@ -59,7 +58,7 @@ def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slic
     margin = classifier.margin
     out = np.empty((*_size(region), classifier.n_classes), np.float32)
     for window, core in windows:
-        owned = _overlap(_in_plane(window, core), region)
+        owned = _overlap(in_plane(window, core), region)
         if owned is None:
             continue
         grown = tuple(slice(max(w.start, o.start - margin), min(w.stop, o.stop + margin)) for w, o in zip(window, owned))
@@ -99,7 +98,7 @@ def predict_view_first(segmenter: Segmenter, plane: np.ndarray, progress: Option
     clf, config = segmenter.classifier, segmenter.features
     if clf is None:
         raise ValueError("the Segmenter is not fitted: train it on painted strokes first")
-    norm = as_float_image(np.asarray(plane), config)
+    norm = segmenter.normalise(plane)
     shape = norm.shape[:2]
     windows = plane_windows(shape, config, segmenter.training, segmenter.tile)
     features = _tile_features(norm, config, within(progress, 0, FEATURE_SHARE), cache)
@@ -113,9 +112,7 @@ def predict_view_first(segmenter: Segmenter, plane: np.ndarray, progress: Option
     done = 0
     for n, band in enumerate(todo):
         out[band] = proba = predict_region(clf, windows, features, band)
-        if not np.isfinite(proba).all():
-            raise ValueError("the classifier gave non-finite probabilities (NaN or inf) on this image; "
-                             "nothing is written from them: the classifier or the image is corrupt")
+        check_finite(proba)
         done += int(np.prod(_size(band)))
         if view is not None and n == len(first) - 1 and show is not None:
             show(view, segmenter.to_labels(out[view]))
@@ -179,11 +176,6 @@ def _tile_features(norm: np.ndarray, config, progress, cache) -> TileFeatures:
 
 def _size(region: Slices) -> tuple[int, int]:
     return tuple(s.stop - s.start for s in region)
-
-
-def _in_plane(window: Slices, core: Slices) -> Slices:
-    """A core relative to its window -> the same rectangle in plane coordinates."""
-    return tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, core))
 
 
 def _overlap(a: Slices, b: Slices) -> Optional[Slices]:
