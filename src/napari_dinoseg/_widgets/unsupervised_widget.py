@@ -44,7 +44,7 @@ DINOV2_ADDS = ("DINOv2 would add semantic features (regions that look alike in m
 
 def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=None, announce=None) -> CASResult:
     """Featurise (or reuse) each plane, then segment them together; pure, runs in a worker."""
-    import_compute_libraries()
+    import_compute_libraries(config.features.uses_vit, announce)
     device = resolve_device(config.features.device)
     features = config.features.resolved(device.type)
     first = planes[0]
