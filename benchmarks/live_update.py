@@ -164,7 +164,7 @@ def breakdown(n: int, seed: int) -> dict:
     from napari_dinoseg.features.featurise import FeatureCache, cached_featurise
     from napari_dinoseg.image import as_float_image
     from napari_dinoseg.segmenter import Segmenter, plane_windows
-    from napari_dinoseg.shift import TrainingStatistics
+    from napari_dinoseg.shift import TrainingStatistics, image_statistics
 
     image, boundary = two_textures(n, seed)
     rng = np.random.default_rng(seed)
@@ -179,16 +179,12 @@ def breakdown(n: int, seed: int) -> dict:
     clf, q = seg.classifier, n // 4
     view = (slice(q, 3 * q), slice(q, 3 * q))
     windows = plane_windows((n, n), seg.features, seg.training, seg.tile)
-    grown = np.ascontiguousarray(stack.data[q - clf.margin:3 * q + clf.margin, q - clf.margin:3 * q + clf.margin])
-    rows = grown.reshape(-1, grown.shape[-1])
-    sample = classify._grid_sample([stack.data])  # private: the steps train() runs, timed alone
     return {
         "size": n,
         "refit": best(lambda: Segmenter().fit(image, labels, cache=cache)),
-        "scaling fit": best(lambda: classify._fit_scaling(sample, "log")),
-        "training statistics": best(lambda: TrainingStatistics.of([norm], [labels], clf.classes)),
+        "scaling fit": best(lambda: classify.fit_scaling(stack, "log")),
+        "training statistics": best(lambda: TrainingStatistics.of([image_statistics(norm)], [labels], clf.classes)),
         "predict quarter": best(lambda: predict_region(clf, windows, lambda w: stack, view)),
-        "log scaling of the quarter": best(lambda: classify._scaled(rows, clf.mean, clf.scale, "log")),
     }
 
 

@@ -223,3 +223,60 @@ def test_pca_of_vit_channels_is_fitted_at_train_time_and_folded_into_the_classif
         train(classical, scribbles, TrainConfig(pca_dim=3))
     with pytest.raises(ValueError, match="pca_dim"):
         TrainConfig(pca_dim=0)
+
+
+def reference_predict(clf, data):
+    """The pixel-space prediction written out: scaled features, logits, softmax, the trees'
+    class fractions through scikit-learn, the guided filter over every class with scipy."""
+    from scipy.ndimage import uniform_filter
+
+    from napari_dinoseg.classify import FOREST_WEIGHT
+    from napari_dinoseg.smoothing import GUIDED_EPS
+
+    x = data.reshape(-1, data.shape[-1]).astype(np.float64)
+    z = (x - clf.mean) / clf.scale
+    if clf.scaling == "log":
+        z = np.sign(z) * np.log1p(np.abs(z))
+    logits = z @ clf.coef.T + clf.intercept
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    if clf.forest is not None:
+        trees = clf.forest._sklearn_trees(clf.n_features)
+        fractions = np.mean([t.predict(np.ascontiguousarray(x, np.float32)).reshape(len(x), -1) for t in trees], 0)
+        p = (1 - FOREST_WEIGHT) * p + FOREST_WEIGHT * fractions
+    p = p.reshape(*data.shape[:-1], -1)
+    r = clf.guided_radius
+
+    def box(a):
+        return uniform_filter(a, (2 * r + 1, 2 * r + 1) + (1,) * (a.ndim - 2), mode="reflect")
+
+    g = data[..., list(clf.guide)].mean(-1).astype(np.float64)
+    g -= g.mean()
+    mg, mp = box(g), box(p)
+    a = (box(g[..., None] * p) - mg[..., None] * mp) / (np.maximum(box(g * g) - mg * mg, 0)[..., None] + GUIDED_EPS)
+    b = mp - a * mg[..., None]
+    out = np.clip(box(a) * g[..., None] + box(b), 0, 1)
+    return out / out.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_default_prediction_equals_the_pixel_space_formula(rng, monkeypatch, classes):
+    """Chunked, threaded, channels-first prediction (logistic + trees + guided filter, K - 1
+    classes filtered) gives the formula's probabilities, on a window view of the features too."""
+    from napari_dinoseg import classify
+
+    monkeypatch.setattr(classify, "CHUNK_VALUES", 1 << 16)  # many chunks of rows, on several threads
+    image = (rng.random((150, 170)) * 255).astype(np.uint8)
+    image[:, 60:] //= 2
+    image[40:90, 100:] = 250
+    labels = np.zeros(image.shape, np.uint8)
+    labels[5:140:9, 5:50], labels[5:140:9, 70:95] = 1, 2
+    if classes == 3:
+        labels[50:80:6, 110:160] = 3
+    feats = featurise(image, FeatureConfig(sigmas=(1, 2, 4)))
+    clf = train(feats, labels)
+    assert clf.forest is not None and clf.guided_radius > 0 and clf.n_classes == classes
+    assert feats.data[..., 0].size * feats.n_features > 10 * classify.CHUNK_VALUES
+    np.testing.assert_allclose(predict(clf, feats), reference_predict(clf, feats.data), atol=2e-5)
+    window = feats.data[13:141, 21:160]  # strided in rows and columns
+    np.testing.assert_allclose(predict(clf, window), reference_predict(clf, window), atol=2e-5)

@@ -32,6 +32,7 @@ import numpy as np
 
 from .config import TrainConfig, config_or_default
 from .forest import Forest, fit_forest
+from .parallel import map_threads
 from .smoothing import gaussian_smooth, guided_filter, reach
 
 if TYPE_CHECKING:
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
 
 #: Pixels of the training image(s) sampled (a regular grid) to fit the feature scaling and PCA.
 SCALING_SAMPLE = 50_000
-#: Rows predicted at once, bounding the temporary ``(rows, K)`` logits.
-PREDICT_CHUNK = 1 << 20
+#: Feature values (pixels x channels) predicted at once: a chunk's copy and temporaries stay in
+#: the CPU cache.
+CHUNK_VALUES = 1 << 20
 #: Weight of the trees' probabilities in a ``logistic+trees`` classifier.
 FOREST_WEIGHT = 0.5
 
@@ -109,6 +111,8 @@ def train(
     features: Union[FeaturesLike, Sequence[FeaturesLike]],
     labels: Union[np.ndarray, Sequence[np.ndarray]],
     config: Optional[TrainConfig] = None,
+    *,
+    scaling: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> PixelClassifier:
     """Fit a class-balanced multinomial logistic regression (and, with the default
     ``classifier="logistic+trees"``, extremely randomised trees) on the painted pixels.
@@ -129,6 +133,10 @@ def train(
         PCA fitted here, on the training images, and the chain PCA -> logistic regression
         is folded into one linear map on the scaled features: prediction needs no PCA step
         and never re-fits anything.
+    scaling : ((F,), (F,)) float arrays, optional
+        The feature scaling's centre and spread, as :func:`fit_scaling` gives them for these
+        features and ``config.scaling`` (a caller that keeps them saves that step); fitted here
+        when omitted.
 
     Returns
     -------
@@ -144,10 +152,12 @@ def train(
     config = config_or_default(config, TrainConfig)
     feats, labs = _as_pairs(features, labels)
     x, y = _training_set(feats, labs, config)
-    sample = _grid_sample(feats)
-    mean, scale = _fit_scaling(sample, config.scaling)
+    mean, scale = fit_scaling(feats, config.scaling) if scaling is None else scaling
+    if np.shape(mean) != (x.shape[1],) or np.shape(scale) != (x.shape[1],):
+        raise ValueError(f"the scaling has shapes {np.shape(mean)} and {np.shape(scale)}, "
+                         f"not ({x.shape[1]},) for {x.shape[1]} feature channels")
     xs = _scaled(x, mean, scale, config.scaling)
-    reduce = _fit_pca(features, sample, mean, scale, config) if config.pca_dim else None
+    reduce = _fit_pca(features, _grid_sample(feats), mean, scale, config) if config.pca_dim else None
     if reduce is not None:
         xs = reduce.transform(xs)
 
@@ -209,30 +219,7 @@ def predict(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
             f"{clf.n_features}; featurise the image with the classifier's own FeatureConfig"
         )
     lead = data.shape[:-1]
-    if clf.scaling == "standard":  # fold the scaling into the weights: no scaled copy
-        weights = (clf.coef / clf.scale).T.astype(np.float32)  # (F, K)
-        bias = (clf.intercept - (clf.coef / clf.scale) @ clf.mean).astype(np.float32)
-
-        def logits_of(x: np.ndarray) -> np.ndarray:
-            return x @ weights + bias
-    else:
-        weights, bias = clf.coef.T.astype(np.float32), clf.intercept.astype(np.float32)
-
-        def logits_of(x: np.ndarray) -> np.ndarray:
-            return _scaled(x, clf.mean, clf.scale, clf.scaling) @ weights + bias
-
-    n = int(np.prod(lead))
-    rows = _rows(data, n)
-    chunk = PREDICT_CHUNK if clf.scaling == "standard" else max(1, PREDICT_CHUNK // 8)
-    out = np.empty((n, clf.n_classes), dtype=np.float32)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        x = rows(start, stop)
-        out[start:stop] = _softmax(logits_of(x))
-        if clf.forest is not None:
-            out[start:stop] *= 1 - FOREST_WEIGHT
-            out[start:stop] += FOREST_WEIGHT * clf.forest.predict_proba(x, clf.n_features)
-    out = out.reshape(*lead, clf.n_classes)
+    out = np.moveaxis(_pixel_proba(clf, data), 0, -1)  # (..., K) view of a channels-first buffer
     if len(lead) >= 2 and clf.guided_radius > 0 and clf.guide:
         guide = data[..., list(clf.guide)].mean(axis=-1, dtype=np.float32)
         out = guided_filter(guide, out, clf.guided_radius)
@@ -260,25 +247,47 @@ def uncertainty(proba: np.ndarray) -> np.ndarray:
     return (1.0 - proba.max(axis=-1)).astype(np.float32)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    logits -= logits.max(axis=1, keepdims=True)
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=1, keepdims=True)
-    return logits
+def _pixel_proba(clf: PixelClassifier, data: np.ndarray) -> np.ndarray:
+    """``(..., F)`` features -> ``(K, ...)`` float32 probabilities (channels first), unsmoothed.
 
+    Pixels are taken in chunks of about ``CHUNK_VALUES`` feature values, copied channels-first
+    (small enough to stay in the CPU cache for all that follows): the scaling, the logits as
+    one ``(K, F) @ (F, m)`` product and the softmax in torch, then the trees on the same
+    chunk; chunks run on parallel threads.
+    """
+    import torch
 
-def _rows(data: np.ndarray, n: int):
-    """A function giving rows ``[start, stop)`` of ``data`` as ``(rows, F)`` without copying all of it."""
-    f = data.shape[-1]
-    if data.flags.c_contiguous:
-        flat = data.reshape(n, f)
-        return lambda start, stop: flat[start:stop]
-    channels_first = np.moveaxis(data, -1, 0)
-    if channels_first.flags.c_contiguous:  # a channels-last view of a (F, ...) buffer
-        flat_t = channels_first.reshape(f, n)
-        return lambda start, stop: flat_t[:, start:stop].T
-    flat = np.ascontiguousarray(data).reshape(n, f)
-    return lambda start, stop: flat[start:stop]
+    lead, n_feat, k = data.shape[:-1], data.shape[-1], clf.n_classes
+    cf = np.moveaxis(data, -1, 0)  # (F, ...): contiguous for the featurisers' channels-first buffers
+    if len(lead) == 1:
+        cf = cf[:, :, None]
+    elif len(lead) > 2:  # a stack of planes: chunks of rows of all planes (a view where the layout allows)
+        cf = cf.reshape(n_feat, -1, lead[-1])
+    per_row = int(np.prod(cf.shape[2:]))
+    step = max(1, CHUNK_VALUES // (n_feat * max(1, per_row)))
+    out = np.empty((k, cf.shape[1], per_row), np.float32)
+    coef, intercept = torch.from_numpy(clf.coef.astype(np.float32)), torch.from_numpy(clf.intercept.astype(np.float32))
+    inv_scale = torch.from_numpy((1.0 / clf.scale).astype(np.float32))[:, None]
+    centre = torch.from_numpy(clf.mean.astype(np.float32))[:, None]
+    if clf.scaling == "standard":  # fold the scaling into the weights
+        coef, intercept = coef * inv_scale.T, intercept - (coef * inv_scale.T) @ centre[:, 0]
+
+    def chunk(r0: int) -> None:
+        r1 = min(r0 + step, cf.shape[1])
+        x = np.ascontiguousarray(cf[:, r0:r1], dtype=np.float32).reshape(n_feat, -1)  # (F, m)
+        xt = torch.from_numpy(x)
+        if clf.scaling == "log":
+            z = (xt - centre).mul_(inv_scale)
+            xt = torch.log1p(z.abs()).copysign_(z)
+        proba = torch.softmax(torch.addmm(intercept[:, None], coef, xt), dim=0).numpy()  # (K, m)
+        if clf.forest is not None:
+            trees = clf.forest.predict_proba(x.T, n_feat)  # (m, K), x.T read in place
+            proba *= 1 - FOREST_WEIGHT
+            proba += FOREST_WEIGHT * trees.T
+        out[:, r0:r1] = proba.reshape(k, r1 - r0, per_row)
+
+    map_threads(chunk, range(0, cf.shape[1], step))
+    return out.reshape(k, *lead)
 
 
 def _data(features: FeaturesLike) -> np.ndarray:
@@ -395,12 +404,19 @@ def _grid_sample(feats) -> np.ndarray:
     )
 
 
-def _fit_scaling(sample: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel centre and spread (float64) of a ``(M, F)`` sample.
+def fit_scaling(features: Union[FeaturesLike, Sequence[FeaturesLike]], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The feature scaling of training images: per-channel centre and spread (float64, ``(F,)``
+    each) of about ``SCALING_SAMPLE`` pixels on a regular grid over all of them.
 
-    ``"standard"``: mean and standard deviation; ``"log"``: median and median absolute
+    ``kind``: ``"standard"``: mean and standard deviation; ``"log"``: median and median absolute
     deviation (the standard deviation where that is ~0, e.g. channels mostly constant).
     """
+    feats = [_data(f) for f in features] if isinstance(features, (list, tuple)) else [_data(features)]
+    return _fit_scaling(_grid_sample(feats), kind)
+
+
+def _fit_scaling(sample: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_scaling` of a ``(M, F)`` sample."""
     if kind == "standard":
         centre = sample.mean(axis=0, dtype=np.float64)
         spread = sample.std(axis=0, dtype=np.float64)

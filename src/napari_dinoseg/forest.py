@@ -9,11 +9,12 @@ which keeps scikit-learn's compiled, GIL-free traversal.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+
+from .parallel import cpu_threads
 
 #: Array names of a :class:`Forest`, as stored in bundles.
 ARRAYS = ("left", "right", "feature", "threshold", "values", "offsets", "depths")
@@ -58,17 +59,26 @@ class Forest:
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in ARRAYS}
 
-    def predict_proba(self, x: np.ndarray, n_features: int) -> np.ndarray:
-        """``(n, F)`` features -> ``(n, K)`` float32 mean of the trees' class fractions."""
+    def predict_proba(self, x: np.ndarray, n_features: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """``(n, F)`` float32 features -> ``(n, K)`` float32 mean of the trees' class fractions.
+
+        ``x`` may have any strides (a transposed channels-first chunk is read as it is); with
+        ``out`` (``(n, K)`` float32) the result is written there. Single-threaded: callers
+        predict chunks of pixels in parallel (the traversal releases the GIL).
+        """
         trees = self._sklearn_trees(n_features)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-
-        def one(tree) -> np.ndarray:
-            return tree.predict(x).reshape(len(x), self.n_classes)  # (n, 1, K) in some versions
-
-        with ThreadPoolExecutor(max_workers=_threads()) as pool:  # the traversal releases the GIL
-            total = sum(pool.map(one, trees))
-        return (total / len(trees)).astype(np.float32)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        total = np.zeros((len(x), self.n_classes), np.float32) if out is None else out
+        if out is not None:
+            total.fill(0)
+        leaf_values = np.empty_like(total)
+        for t, tree in enumerate(trees):
+            values = self.values[self.offsets[t]:self.offsets[t + 1]]
+            np.take(values, tree.apply(x), axis=0, out=leaf_values)
+            total += leaf_values
+        total *= np.float32(1 / len(trees))
+        return total
 
     def _sklearn_trees(self, n_features: int) -> list:
         if not self._trees:
@@ -94,7 +104,7 @@ def fit_forest(x: np.ndarray, y: np.ndarray, n_trees: int, class_weight: Optiona
     from sklearn.ensemble import ExtraTreesClassifier
 
     model = ExtraTreesClassifier(n_estimators=n_trees, min_samples_leaf=2, class_weight=class_weight,
-                                 random_state=seed, n_jobs=_threads()).fit(x, y)
+                                 random_state=seed, n_jobs=cpu_threads()).fit(x, y)
     parts = [e.tree_.__getstate__() for e in model.estimators_]
     nodes = np.concatenate([p["nodes"] for p in parts])
     values = np.concatenate([p["values"][:, 0, :] for p in parts])
@@ -150,9 +160,3 @@ def forest_from_arrays(arrays: dict[str, np.ndarray], n_features: int, n_classes
         raise ValueError("forest arrays do not describe valid trees for this classifier")
     dtypes = {"threshold": np.float64, "values": np.float32}
     return Forest(**{name: arr.astype(dtypes.get(name, np.int64)) for name, arr in a.items()})
-
-
-def _threads() -> int:
-    import os
-
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

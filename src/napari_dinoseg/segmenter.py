@@ -17,10 +17,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .classify import PixelClassifier, check_labels, predict, train
+from .classify import PixelClassifier, check_labels, fit_scaling, predict, train
 from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
 from .progress import ProgressCallback, report, within
-from .shift import TrainingStatistics, collapse_warning
+from .shift import TrainingStatistics, collapse_warning, image_statistics
 
 #: Planes with a side longer than this (px) are featurised and predicted tile by tile.
 TILE = 1024
@@ -105,7 +105,7 @@ class Segmenter:
         -------
         self, fitted. The feature config's device presets are resolved here.
         """
-        from .features.featurise import resolve_device
+        from .features.featurise import cache_key, resolve_device
 
         images, labels = _as_lists(images, labels)
         channels = {_channels(img) for img in images}
@@ -121,17 +121,23 @@ class Segmenter:
         normalised = [self._normalise(img, config, check_channels=False) for img in images]
         variants = [(norm, lab) for norm, lab in zip(normalised, labels)]
         variants += [(tone_curve(norm, g), lab) for g in self.training.augment for norm, lab in zip(normalised, labels)]
-        stacks, crops = [], []
+        stacks, crops, keys = [], [], []
         for i, (norm, lab) in enumerate(variants):
             sub = within(progress, 0.9 * i / len(variants), 0.9 * (i + 1) / len(variants))
-            for window, core, stack in self._window_features(norm, config, sub, cache):
+            for window, core, key, stack in self._window_features(norm, config, sub, cache):
                 stacks.append(dataclasses.replace(stack, data=stack.data[core], attention=None))
                 crops.append(np.asarray(lab)[in_plane(window, core)])
+                keys.append((key, tuple((c.start, c.stop) for c in core)))
         report(progress, 900, 1000, "training")
-        classifier = train(stacks, crops, self.training)
+        # what does not depend on the strokes is computed once per set of training images
+        kind = self.training.scaling
+        scaling = _memo(cache, ("scaling", kind, tuple(keys)), lambda: fit_scaling(stacks, kind))
+        classifier = train(stacks, crops, self.training, scaling=scaling)
         self.features, self.classifier, self.n_channels = config, classifier, normalised[0].shape[-1]
         self.channel_names = stacks[0].channel_names
-        self.statistics = TrainingStatistics.of(normalised, [np.asarray(lab) for lab in labels], classifier.classes)
+        quantiles = [_memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
+                           lambda norm=norm: image_statistics(norm)) for norm in normalised]
+        self.statistics = TrainingStatistics.of(quantiles, [np.asarray(lab) for lab in labels], classifier.classes)
         report(progress, 1000, 1000, "trained")
         return self
 
@@ -161,7 +167,7 @@ class Segmenter:
         clf = self._fitted()
         norm = self.normalise(image)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
-        for window, core, stack in self._window_features(norm, self.features, within(progress, 0, 0.95), cache):
+        for window, core, _, stack in self._window_features(norm, self.features, within(progress, 0, 0.95), cache):
             out[window][core] = predict(clf, stack)[core]
         if self.crf is not None:
             from .crf import crf_refine
@@ -246,14 +252,15 @@ class Segmenter:
         return as_float_image(arr, config)
 
     def _window_features(self, norm: np.ndarray, config: FeatureConfig, progress, cache):
-        """Yield ``(window, core, FeatureStack)`` for every tile of a normalised plane: ``window``
-        slices the plane, ``core`` slices the window's features down to the part the tile owns."""
-        from .features.featurise import cached_featurise
+        """Yield ``(window, core, key, FeatureStack)`` for every tile of a normalised plane: ``window``
+        slices the plane, ``core`` slices the window's features down to the part the tile owns,
+        ``key`` is the stack's cache key (``None`` without a cache)."""
+        from .features.featurise import keyed_featurise
 
         windows = plane_windows(norm.shape[:2], config, self.training, self.tile)
         for n, (window, core) in enumerate(windows):
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
-            yield window, core, cached_featurise(norm[window], config, sub, cache, normalised=True)
+            yield (window, core, *keyed_featurise(norm[window], config, sub, cache, normalised=True))
 
 
 def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: TrainConfig,
@@ -304,6 +311,12 @@ def label_dtype(classes: np.ndarray) -> np.dtype:
 def in_plane(window: Slices, core: Slices) -> Slices:
     """A core relative to its window -> the same region in plane coordinates."""
     return tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, core))
+
+
+def _memo(cache, key: tuple, compute):
+    """``compute()``, through ``cache.derived`` when there is a cache (``key`` then holds the
+    cache keys of everything the result depends on)."""
+    return compute() if cache is None else cache.derived(key, compute)
 
 
 def _channels(image) -> int:

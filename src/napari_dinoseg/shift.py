@@ -73,10 +73,10 @@ class TrainingStatistics:
     class_fractions: np.ndarray
 
     @classmethod
-    def of(cls, normalised: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+    def of(cls, quantiles: Sequence[np.ndarray], labels: Sequence[np.ndarray],
            classes: np.ndarray) -> "TrainingStatistics":
-        """Statistics of normalised ``(H, W, C)`` training images and their ``(H, W)`` labels."""
-        quantiles = np.stack([image_statistics(img) for img in normalised])
+        """Statistics of training images from their :func:`image_statistics` and ``(H, W)`` labels."""
+        quantiles = np.stack(quantiles)
         counts = np.array([sum(int(np.count_nonzero(lab == c)) for lab in labels) for c in classes], float)
         return cls(quantiles=quantiles, class_fractions=counts / max(counts.sum(), 1.0))
 

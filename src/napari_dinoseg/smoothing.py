@@ -50,25 +50,43 @@ def guided_filter(guide: np.ndarray, proba: np.ndarray, radius: int, eps: float 
     -------
     (..., H, W, K) float32 probabilities in [0, 1], summing to 1 over the last axis.
     """
-    from scipy.ndimage import uniform_filter
+    g = guide.astype(np.float32)  # a copy: centred in place below
+    g -= g.mean()  # centred: the variances below lose no precision in float32
+    k = proba.shape[-1]
+    # every output is linear in p, and the K probabilities sum to 1, so the filtered ones do
+    # too: filter K - 1 of them, the last is 1 - their sum
+    p = np.moveaxis(proba[..., : k - 1], -1, 0).astype(np.float32)  # (K-1, ..., H, W)
+    mean_g, mean_gg = _box(np.stack([g, g * g]), radius)
+    var_g = mean_gg - mean_g * mean_g
+    mean_p, mean_gp = np.split(_box(np.concatenate([p, g * p]), radius), 2)
+    a = mean_gp - mean_g * mean_p
+    a /= np.maximum(var_g, 0) + np.float32(eps)
+    b = mean_p - a * mean_g
+    box_a, box_b = np.split(_box(np.concatenate([a, b]), radius), 2)
+    out = np.empty((k, *g.shape), np.float32)
+    np.multiply(box_a, g, out=out[: k - 1])
+    out[: k - 1] += box_b
+    out[k - 1] = 1 - out[: k - 1].sum(axis=0)
+    return np.moveaxis(_renormalised(out, axis=0), 0, -1)
 
-    lead = guide.ndim - 2
-    size = (1,) * lead + (2 * radius + 1,) * 2
 
-    def box(x: np.ndarray) -> np.ndarray:
-        return uniform_filter(x, size + (1,) * (x.ndim - guide.ndim), mode="reflect")
+def _box(planes: np.ndarray, radius: int) -> np.ndarray:
+    """``(P, ..., H, W)`` float32 -> the mean over each ``(2 radius + 1)²`` window of every
+    ``(H, W)`` plane (mirrored borders), planes filtered on parallel threads (scipy releases the GIL)."""
+    from scipy.ndimage import uniform_filter1d
 
-    g = guide.astype(np.float32)
-    g -= g.mean()  # centred: the variance below loses no precision in float32
-    p = proba.astype(np.float32, copy=False)
-    mean_g = box(g)
-    var_g = box(g * g) - mean_g * mean_g
-    mean_p = box(p)
-    a = box(g[..., None] * p) - mean_g[..., None] * mean_p
-    a /= np.maximum(var_g, 0)[..., None] + np.float32(eps)
-    b = mean_p - a * mean_g[..., None]
-    out = box(a) * g[..., None] + box(b)
-    return _renormalised(out)
+    from .parallel import map_threads
+
+    size = 2 * radius + 1
+    flat = planes.reshape(-1, *planes.shape[-2:])
+    out = np.empty_like(flat)
+
+    def one(i: int) -> None:
+        uniform_filter1d(flat[i], size, axis=-1, mode="reflect", output=out[i])
+        uniform_filter1d(out[i], size, axis=-2, mode="reflect", output=out[i])
+
+    map_threads(one, range(len(flat)))
+    return out.reshape(planes.shape)
 
 
 def gaussian_smooth(proba: np.ndarray, sigma: float) -> np.ndarray:
@@ -79,8 +97,9 @@ def gaussian_smooth(proba: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(proba, sigmas, mode="reflect", truncate=GAUSSIAN_TRUNCATE, output=np.float32)
 
 
-def _renormalised(p: np.ndarray) -> np.ndarray:
-    """Clip to [0, 1] and rescale to sum 1: the linear fits may overshoot at strong edges."""
+def _renormalised(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Clip to [0, 1] and rescale to sum 1 over ``axis``: the linear fits may overshoot at strong edges."""
     np.clip(p, 0, 1, out=p)
-    p /= np.maximum(p.sum(axis=-1, keepdims=True), np.float32(1e-12))
+    p /= np.maximum(p.sum(axis=axis, keepdims=True), np.float32(1e-12))
     return p
+

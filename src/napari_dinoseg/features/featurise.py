@@ -338,14 +338,22 @@ def cached_featurise(image: np.ndarray, config: FeatureConfig, progress: Optiona
                      cache: Optional["FeatureCache"] = None, normalised: bool = False) -> FeatureStack:
     """:func:`featurise` through ``cache``: its stack when it holds one for this image and config,
     else computed and put there; plain :func:`featurise` when ``cache`` is ``None``."""
+    return keyed_featurise(image, config, progress, cache, normalised)[1]
+
+
+def keyed_featurise(image: np.ndarray, config: FeatureConfig, progress: Optional[ProgressCallback] = None,
+                    cache: Optional["FeatureCache"] = None,
+                    normalised: bool = False) -> tuple[Optional[str], FeatureStack]:
+    """:func:`cached_featurise` and the stack's :func:`cache_key` (``None`` without a cache), the key
+    for results derived from the stack (:meth:`FeatureCache.derived`)."""
     if cache is None:
-        return featurise(image, config, progress, normalised=normalised)
+        return None, featurise(image, config, progress, normalised=normalised)
     key = cache_key(image, config)
     stack = cache.get(key)
     if stack is None:
         stack = featurise(image, config, progress, normalised=normalised)
         cache.put(key, stack)
-    return stack
+    return key, stack
 
 
 class FeatureCache:
@@ -358,9 +366,13 @@ class FeatureCache:
         recent stack is always kept).
     """
 
+    #: Small results derived from stacks (:meth:`derived`) kept, least recently used dropped first.
+    MAX_DERIVED = 64
+
     def __init__(self, max_bytes: int = 4 * 2**30) -> None:
         self.max_bytes = int(max_bytes)
         self._items: OrderedDict[str, FeatureStack] = OrderedDict()
+        self._derived: OrderedDict[tuple, object] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -389,7 +401,20 @@ class FeatureCache:
         while len(self._items) > 1 and self.nbytes > self.max_bytes:
             self._items.popitem(last=False)
 
+    def derived(self, key: tuple, compute: Callable[[], object]) -> object:
+        """``compute()``, once per ``key``: for small results that depend only on cached stacks
+        (the feature scaling of a set of training images, say), ``key`` holding their keys
+        (:func:`keyed_featurise`) and whatever else the result depends on."""
+        if key in self._derived:
+            self._derived.move_to_end(key)
+            return self._derived[key]
+        value = self._derived[key] = compute()
+        while len(self._derived) > self.MAX_DERIVED:
+            self._derived.popitem(last=False)
+        return value
+
     def clear(self) -> None:
-        """Drop every stack and reset the hit / miss counters."""
+        """Drop every stack and derived result, and reset the hit / miss counters."""
         self._items.clear()
+        self._derived.clear()
         self.hits = self.misses = 0
