@@ -190,3 +190,29 @@ def test_tone_curve_augmentation_trains_on_gamma_variants(phases):
     for bad in ((1.0,), (0.0,), (0.5, 0.5), ("x",)):
         with pytest.raises(ValueError, match="augment"):
             TrainConfig(augment=bad)
+
+
+def test_a_refit_on_the_same_images_reuses_their_scaling_and_statistics(two_textures, monkeypatch):
+    """With a feature cache, the parts of a fit that do not depend on the strokes are computed
+    once per set of training images, and give what a fit without the cache gives."""
+    import napari_dinoseg.segmenter as segmenter
+    from napari_dinoseg.features.featurise import FeatureCache
+
+    image, _, scribbles = two_textures
+    calls = []
+    fit_scaling, image_statistics = segmenter.fit_scaling, segmenter.image_statistics
+    monkeypatch.setattr(segmenter, "fit_scaling", lambda *a: calls.append("scaling") or fit_scaling(*a))
+    monkeypatch.setattr(segmenter, "image_statistics", lambda *a: calls.append("stats") or image_statistics(*a))
+    cache = FeatureCache()
+    Segmenter().fit(image, scribbles, cache=cache)
+    more = scribbles.copy()
+    more[150:152, 20:80] = 1  # a new stroke
+    refit = Segmenter().fit(image, more, cache=cache)
+    assert calls == ["scaling", "stats"]
+    fresh = Segmenter().fit(image, more)  # no cache: everything fitted again
+    np.testing.assert_array_equal(refit.classifier.coef, fresh.classifier.coef)
+    np.testing.assert_array_equal(refit.statistics.quantiles, fresh.statistics.quantiles)
+    np.testing.assert_array_equal(refit.statistics.class_fractions, fresh.statistics.class_fractions)
+    Segmenter().fit(255 - image, more, cache=cache)  # other pixels: fitted again
+    Segmenter().fit([image, 255 - image], [more, more], cache=cache)  # a new set of known images
+    assert calls == ["scaling", "stats"] * 3 + ["scaling"]
