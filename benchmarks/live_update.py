@@ -179,12 +179,14 @@ def breakdown(n: int, seed: int) -> dict:
     clf, q = seg.classifier, n // 4
     view = (slice(q, 3 * q), slice(q, 3 * q))
     windows = plane_windows((n, n), seg.features, seg.training, seg.tile)
+    scaled = classify.scaled_features(clf, stack)
     return {
         "size": n,
         "refit": best(lambda: Segmenter().fit(image, labels, cache=cache)),
         "scaling fit": best(lambda: classify.fit_scaling(stack, "log")),
         "training statistics": best(lambda: TrainingStatistics.of([image_statistics(norm)], [labels], clf.classes)),
-        "predict quarter": best(lambda: predict_region(clf, windows, lambda w: stack, view)),
+        "predict quarter": best(lambda: predict_region(clf, windows, lambda w: (stack, None), view)),
+        "predict quarter, scaled features cached": best(lambda: predict_region(clf, windows, lambda w: (stack, scaled), view)),
     }
 
 

@@ -280,3 +280,9 @@ def test_default_prediction_equals_the_pixel_space_formula(rng, monkeypatch, cla
     np.testing.assert_allclose(predict(clf, feats), reference_predict(clf, feats.data), atol=2e-5)
     window = feats.data[13:141, 21:160]  # strided in rows and columns
     np.testing.assert_allclose(predict(clf, window), reference_predict(clf, window), atol=2e-5)
+    scaled = classify.scaled_features(clf, feats)  # kept by a caller that predicts the image again
+    assert scaled.shape == (feats.n_features, 150, 170) and scaled.dtype == np.float32
+    np.testing.assert_allclose(predict(clf, feats, scaled=scaled), predict(clf, feats), atol=1e-6)
+    np.testing.assert_allclose(predict(clf, window, scaled=scaled[:, 13:141, 21:160]), predict(clf, window), atol=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        predict(clf, window, scaled=scaled)

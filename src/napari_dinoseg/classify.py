@@ -195,7 +195,7 @@ def train(
     )
 
 
-def predict(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
+def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.ndarray] = None) -> np.ndarray:
     """Per-class probabilities for every pixel.
 
     Parameters
@@ -204,6 +204,9 @@ def predict(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
         A fitted classifier.
     features : FeatureStack or (..., F) float array
         ``F`` must equal ``clf.n_features``.
+    scaled : (F, ...) float32 array, optional
+        :func:`scaled_features` of these features for this classifier (kept by a caller that
+        predicts them again), used instead of scaling them here.
 
     Returns
     -------
@@ -219,7 +222,9 @@ def predict(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
             f"{clf.n_features}; featurise the image with the classifier's own FeatureConfig"
         )
     lead = data.shape[:-1]
-    out = np.moveaxis(_pixel_proba(clf, data), 0, -1)  # (..., K) view of a channels-first buffer
+    if scaled is not None and scaled.shape != (data.shape[-1], *data.shape[:-1]):
+        raise ValueError(f"scaled features of shape {scaled.shape} do not match features of shape {data.shape}")
+    out = np.moveaxis(_pixel_proba(clf, data, scaled), 0, -1)  # (..., K) view of a channels-first buffer
     if len(lead) >= 2 and clf.guided_radius > 0 and clf.guide:
         guide = data[..., list(clf.guide)].mean(axis=-1, dtype=np.float32)
         out = guided_filter(guide, out, clf.guided_radius)
@@ -247,47 +252,113 @@ def uncertainty(proba: np.ndarray) -> np.ndarray:
     return (1.0 - proba.max(axis=-1)).astype(np.float32)
 
 
-def _pixel_proba(clf: PixelClassifier, data: np.ndarray) -> np.ndarray:
+def scaled_features(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
+    """The features as the classifier's linear part reads them, its scaling applied.
+
+    Parameters
+    ----------
+    clf
+        A fitted classifier.
+    features : FeatureStack or (..., F) float array
+
+    Returns
+    -------
+    (F, ...) float32, channels first: pass it to :func:`predict` as ``scaled`` to predict the
+    same features again without scaling them again (the signed log costs more than the rest of
+    the linear part).
+    """
+    data = _data(features)
+    cf, step = _row_chunks(data)
+    out = np.empty(cf.shape, np.float32)
+    scale = _Linear(clf).scale
+
+    def chunk(r0: int) -> None:
+        out[:, r0:r0 + step] = scale(_chunk(cf, r0, step)).numpy().reshape(out[:, r0:r0 + step].shape)
+
+    map_threads(chunk, range(0, cf.shape[1], step))
+    return out.reshape(data.shape[-1], *data.shape[:-1])
+
+
+class _Linear:
+    """The classifier's scaling and logistic regression as torch operations on ``(F, m)`` chunks."""
+
+    def __init__(self, clf: PixelClassifier) -> None:
+        import torch
+
+        self.kind = clf.scaling
+        self.coef = torch.from_numpy(clf.coef.astype(np.float32))
+        self.intercept = torch.from_numpy(clf.intercept.astype(np.float32))[:, None]
+        self.inv_scale = torch.from_numpy((1.0 / clf.scale).astype(np.float32))[:, None]
+        self.centre = torch.from_numpy(clf.mean.astype(np.float32))[:, None]
+        # standard scaling folded into the weights: logits straight from the features
+        self.folded_coef = self.coef * self.inv_scale.T
+        self.folded_intercept = self.intercept - self.folded_coef @ self.centre
+
+    def scale(self, x):
+        """``(F, m)`` float32 tensor -> scaled ``(F, m)`` (see :class:`PixelClassifier`)."""
+        import torch
+
+        z = (x - self.centre).mul_(self.inv_scale)
+        return torch.log1p(z.abs()).copysign_(z) if self.kind == "log" else z
+
+    def proba(self, x, scaled=None):
+        """``(F, m)`` float32 features (or their ``scaled`` version) -> ``(K, m)`` softmax probabilities."""
+        import torch
+
+        if scaled is not None:
+            logits = torch.addmm(self.intercept, self.coef, scaled)
+        elif self.kind == "standard":
+            logits = torch.addmm(self.folded_intercept, self.folded_coef, x)
+        else:
+            logits = torch.addmm(self.intercept, self.coef, self.scale(x))
+        return torch.softmax(logits, dim=0)
+
+
+def _row_chunks(data: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(..., F)`` features -> ``((F, R, P) channels-first view, rows per chunk)``: chunks of
+    ``step`` rows hold about ``CHUNK_VALUES`` values (a view of the featurisers' channels-first
+    buffers; rows of a stack of planes are copied where their layout allows no view)."""
+    lead, n_feat = data.shape[:-1], data.shape[-1]
+    cf = np.moveaxis(data, -1, 0)
+    cf = cf[:, :, None] if len(lead) == 1 else cf.reshape(n_feat, -1, lead[-1])
+    return cf, max(1, CHUNK_VALUES // (n_feat * cf.shape[2]))
+
+
+def _chunk(cf: np.ndarray, r0: int, step: int):
+    """Rows ``[r0, r0 + step)`` of a ``(F, R, P)`` array as a contiguous ``(F, m)`` float32 tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(cf[:, r0:r0 + step], dtype=np.float32).reshape(cf.shape[0], -1))
+
+
+def _pixel_proba(clf: PixelClassifier, data: np.ndarray, scaled: Optional[np.ndarray] = None) -> np.ndarray:
     """``(..., F)`` features -> ``(K, ...)`` float32 probabilities (channels first), unsmoothed.
 
     Pixels are taken in chunks of about ``CHUNK_VALUES`` feature values, copied channels-first
-    (small enough to stay in the CPU cache for all that follows): the scaling, the logits as
-    one ``(K, F) @ (F, m)`` product and the softmax in torch, then the trees on the same
-    chunk; chunks run on parallel threads.
+    (small enough to stay in the CPU cache for all that follows): the scaling (unless
+    ``scaled``, :func:`scaled_features` of ``data``, is given), the logits as one
+    ``(K, F) @ (F, m)`` product and the softmax in torch, then the trees on the same chunk;
+    chunks run on parallel threads.
     """
-    import torch
-
-    lead, n_feat, k = data.shape[:-1], data.shape[-1], clf.n_classes
-    cf = np.moveaxis(data, -1, 0)  # (F, ...): contiguous for the featurisers' channels-first buffers
-    if len(lead) == 1:
-        cf = cf[:, :, None]
-    elif len(lead) > 2:  # a stack of planes: chunks of rows of all planes (a view where the layout allows)
-        cf = cf.reshape(n_feat, -1, lead[-1])
-    per_row = int(np.prod(cf.shape[2:]))
-    step = max(1, CHUNK_VALUES // (n_feat * max(1, per_row)))
-    out = np.empty((k, cf.shape[1], per_row), np.float32)
-    coef, intercept = torch.from_numpy(clf.coef.astype(np.float32)), torch.from_numpy(clf.intercept.astype(np.float32))
-    inv_scale = torch.from_numpy((1.0 / clf.scale).astype(np.float32))[:, None]
-    centre = torch.from_numpy(clf.mean.astype(np.float32))[:, None]
-    if clf.scaling == "standard":  # fold the scaling into the weights
-        coef, intercept = coef * inv_scale.T, intercept - (coef * inv_scale.T) @ centre[:, 0]
+    cf, step = _row_chunks(data)
+    scaled_cf = None if scaled is None else _row_chunks(np.moveaxis(scaled, 0, -1))[0]
+    k = clf.n_classes
+    out = np.empty((k, *cf.shape[1:]), np.float32)
+    linear = _Linear(clf)
 
     def chunk(r0: int) -> None:
-        r1 = min(r0 + step, cf.shape[1])
-        x = np.ascontiguousarray(cf[:, r0:r1], dtype=np.float32).reshape(n_feat, -1)  # (F, m)
-        xt = torch.from_numpy(x)
-        if clf.scaling == "log":
-            z = (xt - centre).mul_(inv_scale)
-            xt = torch.log1p(z.abs()).copysign_(z)
-        proba = torch.softmax(torch.addmm(intercept[:, None], coef, xt), dim=0).numpy()  # (K, m)
+        x = _chunk(cf, r0, step) if scaled is None or clf.forest is not None else None
+        z = None if scaled_cf is None else _chunk(scaled_cf, r0, step)
+        proba = linear.proba(x, z).numpy()  # (K, m)
         if clf.forest is not None:
-            trees = clf.forest.predict_proba(x.T, n_feat)  # (m, K), x.T read in place
+            trees = clf.forest.predict_proba(x.numpy().T, clf.n_features)  # (m, K), read in place
             proba *= 1 - FOREST_WEIGHT
             proba += FOREST_WEIGHT * trees.T
-        out[:, r0:r1] = proba.reshape(k, r1 - r0, per_row)
+        rows = out[:, r0:r0 + step]
+        rows[...] = proba.reshape(rows.shape)
 
     map_threads(chunk, range(0, cf.shape[1], step))
-    return out.reshape(k, *lead)
+    return out.reshape(k, *data.shape[:-1])
 
 
 def _data(features: FeaturesLike) -> np.ndarray:

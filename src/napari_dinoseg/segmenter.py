@@ -167,8 +167,8 @@ class Segmenter:
         clf = self._fitted()
         norm = self.normalise(image)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
-        for window, core, _, stack in self._window_features(norm, self.features, within(progress, 0, 0.95), cache):
-            out[window][core] = predict(clf, stack)[core]
+        for window, core, key, stack in self._window_features(norm, self.features, within(progress, 0, 0.95), cache):
+            out[window][core] = predict(clf, stack, self.scaled_features(stack, key, cache))[core]
         if self.crf is not None:
             from .crf import crf_refine
 
@@ -204,6 +204,18 @@ class Segmenter:
         warnings = [] if self.statistics is None else self.statistics.check(norm, self.features.normalise)
         proba = self.predict_proba(image) if proba is None else proba
         return warnings + collapse_warning(proba, clf.classes)
+
+    def scaled_features(self, stack, key: Optional[str], cache) -> Optional[np.ndarray]:
+        """The classifier's :func:`~napari_dinoseg.classify.scaled_features` of a cached stack,
+        kept in ``cache`` while the classifier's scaling stays the same (refits on the same
+        training images keep it); ``None`` without a cache: :func:`predict` scales as it goes."""
+        clf = self._fitted()
+        if cache is None or key is None or stack.data.ndim != 3:
+            return None
+        from .classify import scaled_features
+
+        scaling = (clf.scaling, clf.mean.tobytes(), clf.scale.tobytes())
+        return cache.derived(("scaled", key, scaling), lambda: scaled_features(clf, stack))
 
     # ---- persistence ---------------------------------------------------------------
 

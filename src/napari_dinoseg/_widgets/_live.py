@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..classify import PixelClassifier, predict
-from ..features.featurise import FeatureStack, cached_featurise
+from ..features.featurise import FeatureStack, keyed_featurise
 from ..progress import ProgressCallback, report, within
 from ..segmenter import Segmenter, Slices, check_finite, in_plane, plane_windows
 
@@ -28,8 +28,9 @@ BAND_PIXELS = 1 << 18
 #: Share of a live prediction's progress given to features (nothing to do when they are cached).
 FEATURE_SHARE = 0.3
 
-#: ``features(window) -> FeatureStack`` of one tile window of the plane.
-TileFeatures = Callable[[Slices], FeatureStack]
+#: ``features(window) -> (FeatureStack, scaled)`` of one tile window of the plane, ``scaled`` its
+#: :meth:`Segmenter.scaled_features` (or ``None``).
+TileFeatures = Callable[[Slices], tuple[FeatureStack, Optional[np.ndarray]]]
 
 
 def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slices]], features: TileFeatures,
@@ -47,7 +48,8 @@ def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slic
     windows
         ``(window, core)`` tiles of the plane from :func:`napari_dinoseg.segmenter.plane_windows`.
     features
-        The feature stack of one window, ``(h_window, w_window, F)``.
+        The feature stack of one window, ``(h_window, w_window, F)``, and its scaled features
+        ``(F, h_window, w_window)`` or ``None``.
     region
         ``(rows, cols)`` slices with explicit ``start < stop`` inside the plane.
 
@@ -62,8 +64,9 @@ def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slic
         if owned is None:
             continue
         grown = tuple(slice(max(w.start, o.start - margin), min(w.stop, o.stop + margin)) for w, o in zip(window, owned))
-        stack = features(window)
-        proba = predict(classifier, stack.data[_relative(grown, window)])
+        stack, scaled = features(window)
+        part = _relative(grown, window)
+        proba = predict(classifier, stack.data[part], None if scaled is None else scaled[(slice(None), *part)])
         out[_relative(owned, region)] = proba[_relative(owned, grown)]
     return out
 
@@ -101,7 +104,7 @@ def predict_view_first(segmenter: Segmenter, plane: np.ndarray, progress: Option
     norm = segmenter.normalise(plane)
     shape = norm.shape[:2]
     windows = plane_windows(shape, config, segmenter.training, segmenter.tile)
-    features = _tile_features(norm, config, within(progress, 0, FEATURE_SHARE), cache)
+    features = _tile_features(segmenter, norm, within(progress, 0, FEATURE_SHARE), cache)
     whole = (slice(0, shape[0]), slice(0, shape[1]))
     view = None if view is None or view == whole else view
     first = [] if view is None else bands(view, BAND_PIXELS)
@@ -160,16 +163,17 @@ def visible_region(corners: np.ndarray, shape: tuple[int, int]) -> Optional[Slic
     return region if all(s.stop > s.start for s in region) else None
 
 
-def _tile_features(norm: np.ndarray, config, progress, cache) -> TileFeatures:
-    """``features(window)`` through ``cache``, the last stack kept at hand (bands walk the tiles in order)."""
+def _tile_features(segmenter: Segmenter, norm: np.ndarray, progress, cache) -> TileFeatures:
+    """``features(window)`` through ``cache``, the last window's kept at hand (bands walk the tiles in order)."""
     last: dict = {}
 
-    def features(window: Slices) -> FeatureStack:
-        key = tuple((s.start, s.stop) for s in window)
-        if key not in last:
+    def features(window: Slices) -> tuple[FeatureStack, Optional[np.ndarray]]:
+        where = tuple((s.start, s.stop) for s in window)
+        if where not in last:
             last.clear()
-            last[key] = cached_featurise(norm[window], config, progress, cache, normalised=True)
-        return last[key]
+            key, stack = keyed_featurise(norm[window], segmenter.features, progress, cache, normalised=True)
+            last[where] = stack, segmenter.scaled_features(stack, key, cache)
+        return last[where]
 
     return features
 

@@ -246,6 +246,9 @@ class _Recording:
     def put(self, key: str, stack: FeatureStack) -> None:
         self.cache.put(key, stack)
 
+    def derived(self, key: tuple, compute):
+        return self.cache.derived(key, compute)
+
 
 def _describe(source: Source, planes: list) -> str:
     """``"image (labels 'image labels', 2 slices)"``: what one source gave to training."""

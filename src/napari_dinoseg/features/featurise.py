@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Hashable, Optional
 
 import numpy as np
 
@@ -357,34 +357,35 @@ def keyed_featurise(image: np.ndarray, config: FeatureConfig, progress: Optional
 
 
 class FeatureCache:
-    """Least-recently-used cache of feature stacks, bounded in bytes.
+    """Least-recently-used cache of feature stacks and of results derived from them, bounded in bytes.
 
     Parameters
     ----------
     max_bytes
-        Stacks are evicted, oldest use first, while the total exceeds this (the most
-        recent stack is always kept).
+        Entries are evicted, oldest use first, while the total exceeds this (the most recent
+        one is always kept).
     """
 
-    #: Small results derived from stacks (:meth:`derived`) kept, least recently used dropped first.
+    #: Derived results (:meth:`derived`) kept at most, least recently used dropped first.
     MAX_DERIVED = 64
 
     def __init__(self, max_bytes: int = 4 * 2**30) -> None:
         self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[str, FeatureStack] = OrderedDict()
-        self._derived: OrderedDict[tuple, object] = OrderedDict()
+        # stacks under str keys, derived results under tuple keys, in order of last use
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        """The number of stacks held."""
+        return sum(isinstance(k, str) for k in self._items)
 
     def __contains__(self, key: str) -> bool:
         return key in self._items
 
     @property
     def nbytes(self) -> int:
-        return sum(s.nbytes for s in self._items.values())
+        return sum(_nbytes(v) for v in self._items.values())
 
     def get(self, key: str) -> Optional[FeatureStack]:
         stack = self._items.get(key)
@@ -396,25 +397,37 @@ class FeatureCache:
         return stack
 
     def put(self, key: str, stack: FeatureStack) -> None:
-        self._items[key] = stack
+        self._store(key, stack)
+
+    def derived(self, key: tuple, compute: Callable[[], object]) -> object:
+        """``compute()``, once per ``key``, for results that depend only on cached stacks (the
+        feature scaling of a set of training images, an image's scaled features): ``key`` holds
+        their keys (:func:`keyed_featurise`) and whatever else the result depends on. Arrays
+        among the results count in ``max_bytes``."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = compute()
+        self._store(key, value)
+        return value
+
+    def _store(self, key: Hashable, value: object) -> None:
+        self._items[key] = value
         self._items.move_to_end(key)
+        derived = [k for k in self._items if isinstance(k, tuple)]
+        for old in derived[: max(0, len(derived) - self.MAX_DERIVED)]:
+            del self._items[old]
         while len(self._items) > 1 and self.nbytes > self.max_bytes:
             self._items.popitem(last=False)
 
-    def derived(self, key: tuple, compute: Callable[[], object]) -> object:
-        """``compute()``, once per ``key``: for small results that depend only on cached stacks
-        (the feature scaling of a set of training images, say), ``key`` holding their keys
-        (:func:`keyed_featurise`) and whatever else the result depends on."""
-        if key in self._derived:
-            self._derived.move_to_end(key)
-            return self._derived[key]
-        value = self._derived[key] = compute()
-        while len(self._derived) > self.MAX_DERIVED:
-            self._derived.popitem(last=False)
-        return value
-
     def clear(self) -> None:
-        """Drop every stack and derived result, and reset the hit / miss counters."""
+        """Drop every entry and reset the hit / miss counters."""
         self._items.clear()
-        self._derived.clear()
         self.hits = self.misses = 0
+
+
+def _nbytes(value: object) -> int:
+    """Bytes held by a cached value: a FeatureStack, an array, or a tuple of them (0 for anything else)."""
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    return int(getattr(value, "nbytes", 0))
