@@ -746,13 +746,13 @@ def test_live_update_turned_off_stops_updates(dock, qtbot, two_textures, record_
     widget._live.value = False  # before the delay is over: the update is dropped
     assert not widget._live_timer.isActive() and widget._status.value == "live update off"
     stroke(strokes, 1, [(10, 40), (10, 60)])  # off: strokes start nothing
-    qtbot.wait(4 * train_widget.LIVE_DELAY_MS)
+    qtbot.wait(max(500, 4 * train_widget.LIVE_DELAY_MS))
     assert len(jobs.started) == 1 and widget.worker is None
 
     other = viewer.add_labels(np.zeros_like(scribbles), name="unrelated")  # not the brush labels
     widget._live.value = True
     stroke(other, 1, [(10, 10), (10, 50)])
-    qtbot.wait(4 * train_widget.LIVE_DELAY_MS)
+    qtbot.wait(max(500, 4 * train_widget.LIVE_DELAY_MS))
     assert len(jobs.started) == 1
 
 

@@ -53,7 +53,7 @@ NO_CLASSIFIER = "none yet: paint strokes of two or more classes, or load a class
 #: A live update starts this long after the last stroke ends: strokes in quick succession
 #: (clicks of the fill bucket, a dotted line) make one update. napari emits ``paint`` when a
 #: stroke ends, not while it is drawn, so the delay need not cover a stroke.
-LIVE_DELAY_MS = 150
+LIVE_DELAY_MS = 60
 TOOLTIPS = {
     "_image": "the image to predict (and to train on, with its own labels layer)",
     "_labels_layer": "the Labels layer holding this image's brush strokes (0 = unlabelled, 1..K = classes)",
