@@ -153,3 +153,97 @@ def test_local_std_matches_scipy_and_is_zero_on_flat_regions(rng):
         got = channel(stack, f"local_std_s{s:g}")
         np.testing.assert_allclose(got, ref, atol=2e-3)
     assert channel(stack, "local_std_s1")[:, :20].max() < 2e-3
+
+
+def scipy_bank(x, cfg):
+    """Every channel of the bank, by name, computed in float64 with scipy.ndimage from its
+    definition (``"reflect"`` is scipy's name for the symmetric mirror the bank uses)."""
+    import torch
+
+    from napari_dinoseg.features.classical import _line_kernels
+
+    x = x.astype(np.float64)
+    bank, blurs = {"intensity": x}, {}
+    for s in cfg.sigmas:
+        g = blurs[s] = ndimage.gaussian_filter(x, s, mode="reflect", truncate=4.0)
+        hxx = ndimage.correlate1d(g, [1, -2, 1], axis=1, mode="reflect")
+        hyy = ndimage.correlate1d(g, [1, -2, 1], axis=0, mode="reflect")
+        hxy = ndimage.correlate(g, np.array([[1, 0, -1], [0, 0, 0], [-1, 0, 1]]) / 4, mode="reflect")
+        trace, root = hxx + hyy, np.sqrt(((hxx - hyy) / 2) ** 2 + hxy**2)
+        eig1, eig2 = trace / 2 + root, trace / 2 - root
+        sobel = np.hypot(ndimage.sobel(g, axis=1, mode="reflect"), ndimage.sobel(g, axis=0, mode="reflect")) / 8
+        variance = ndimage.gaussian_filter(x * x, s, mode="reflect", truncate=4.0) - g * g
+        channels = dict(gaussian=g, sobel=sobel, hessian_modulus=np.sqrt(hxx**2 + hyy**2 + 2 * hxy**2),
+                        hessian_trace=trace, hessian_det=hxx * hyy - hxy**2, hessian_eig1=eig1, hessian_eig2=eig2,
+                        hessian_eigdiff_sq=s**4 * (eig1 - eig2) ** 2, hessian_eigsq_diff=s**2 * (eig1**2 - eig2**2),
+                        local_std=np.sqrt(np.maximum(variance, 0)))
+        bank.update({f"{name}_s{s:g}": v for name, v in channels.items()})
+    for i, a in enumerate(cfg.sigmas):
+        bank.update({f"dog_s{b:g}-s{a:g}": blurs[b] - blurs[a] for b in cfg.sigmas[i + 1:]})
+    if cfg.membrane:
+        lines = _line_kernels(cfg.membrane_size, torch.device("cpu")).double().numpy()
+        responses = np.stack([ndimage.correlate(x, line, mode="reflect") for line in lines])
+        bank.update(membrane_max=responses.max(0), membrane_min=responses.min(0),
+                    membrane_mean=responses.mean(0), membrane_std=responses.std(0))
+    return bank
+
+
+@pytest.mark.parametrize("shape, cfg", [
+    ((45, 70), FeatureConfig(sigmas=(1.0, 2.5, 6.0), membrane_size=9)),
+    ((33, 200), FeatureConfig(sigmas=(0.7, 3.0))),
+    ((12, 20), FeatureConfig(sigmas=(1.0, 2.0, 4.0))),  # smaller than the support: mirrored several times
+    ((96, 80), FeatureConfig()),
+])
+def test_every_channel_matches_a_float64_scipy_reference(rng, shape, cfg):
+    """Each channel, found by its name, against its definition: catches a filter written to
+    the wrong channel, a shifted tap, a strip or block boundary computed twice or skipped."""
+    img = rng.integers(0, 256, shape).astype(np.uint8)
+    stack = featurise(img, cfg)
+    reference = scipy_bank(as_unit(img), cfg)
+    assert list(reference) == [n for n in classical_channel_names(cfg) if n in reference]
+    assert set(reference) == set(stack.channel_names)
+    for name, ref in reference.items():
+        # at sigma >= 8 the Hessian is a second difference of a blur that changes by ~1e-4 per
+        # pixel: float32 keeps about 1 % of it
+        loose = name.startswith("hessian") and float(name.rsplit("_s", 1)[1]) >= 8
+        tol = (3e-2 if loose else 1e-3) * np.abs(ref).max() + 1e-6
+        np.testing.assert_allclose(channel(stack, name), ref, rtol=0, atol=tol, err_msg=name)
+
+
+def test_strips_and_threads_leave_the_bank_unchanged(rng, monkeypatch):
+    import torch
+
+    from napari_dinoseg.features import classical
+
+    img = rng.integers(0, 256, (70, 90)).astype(np.uint8)
+    cpu = FeatureConfig(device="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = featurise(img, cpu).data  # in the calling thread, one strip (as on a GPU)
+        torch.set_num_threads(3)
+        monkeypatch.setattr(classical, "STRIP_ELEMENTS", 8 * 90)  # 70 rows: 8 + ... + 8 + 6
+        monkeypatch.setattr(classical, "MEMBRANE_STRIP_ELEMENTS", 3 * 90)  # 3 + ... + 3 + 1
+        many = featurise(img, cpu).data  # on three threads, many strips
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(many, one, rtol=0, atol=1e-6)
+
+
+def test_torch_threads_are_restored_after_a_run_and_after_a_cancel(rng):
+    import torch
+
+    img = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    cpu = FeatureConfig(device="cpu")
+    threads = torch.get_num_threads()
+    featurise(img, cpu)
+    assert torch.get_num_threads() == threads
+
+    def cancel(done, total, message):
+        if done == 3:
+            assert torch.get_num_threads() == 1  # the bank runs its own threads meanwhile
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        featurise(img, cpu, progress=cancel)
+    assert torch.get_num_threads() == threads

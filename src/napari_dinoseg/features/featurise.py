@@ -147,26 +147,6 @@ def vit_channel_groups(n_channels: int) -> list[list[int]]:
     return [[c, c, c] for c in range(n_channels)]
 
 
-#: Classical working space per image channel, in planes of the mirrored channel
-#: (``(H + 2 r) x (W + 2 r)`` floats, ``r`` the support radius): the channel, its square and the
-#: blurs' intermediates. Fitted to the peaks measured by ``benchmarks/memory.py``.
-CLASSICAL_PADDED_PLANES = 7
-#: Working space of the membrane projections, in image planes: the line responses at every
-#: orientation and the convolution's own copy of them (``2 * MEMBRANE_ANGLES + 1``; measured 33).
-MEMBRANE_PLANES = 33
-
-
-def classical_working_bytes(config: FeatureConfig, shape: tuple[int, int]) -> int:
-    """Bytes the classical filter bank holds besides its output at its peak (one image
-    channel is filtered at a time, so this does not grow with the channel count)."""
-    from .classical import support_radius
-
-    h, w = shape
-    r = support_radius(config)
-    planes = CLASSICAL_PADDED_PLANES * (h + 2 * r) * (w + 2 * r) + (MEMBRANE_PLANES * h * w if config.membrane else 0)
-    return 4 * planes
-
-
 def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1, device=None) -> int:
     """Peak host memory, in bytes, of :func:`featurise` on an ``(H, W)`` image of ``n_channels``.
 
@@ -192,13 +172,14 @@ def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: i
     h, w = shape
     plane = 4 * int(h) * int(w)
     image = n_channels * plane
-    classical_out = 0
+    classical_out = classical_work = 0
     if config.uses_classical:
-        from .classical import classical_channel_names
+        from .classical import classical_channel_names, working_bytes
 
+        classical_work = working_bytes(config, shape)
         classical_out = n_channels * len(classical_channel_names(config)) * plane
     if config.kind == "classical":
-        return image + classical_out + classical_working_bytes(config, shape)
+        return image + classical_out + classical_work
     from .registry import model_spec
     from .vit import vit_working_bytes
 
@@ -208,7 +189,7 @@ def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: i
     vit_work = vit_working_bytes(config, shape, device)
     if config.kind == "vit":
         return image + out + vit_work
-    classical_phase = classical_out + classical_working_bytes(config, shape)  # the stack not yet written
+    classical_phase = classical_out + classical_work  # the stack not yet written
     return image + max(classical_phase, out + classical_out, out + vit_work)
 
 
