@@ -102,12 +102,13 @@ def test_format_3_bundles_load_with_the_legacy_rule_and_predict_as_before(tmp_pa
         for key in ("training_config", "crf_config", "statistics"):
             del meta[key]
         meta["format_version"] = 3
-        for key in ("normalise", "percentiles", "intensity_range"):
+        for key in ("normalise", "percentiles", "intensity_range", "precision"):
             del meta["feature_config"][key]
         zout.writestr("bundle.json", json.dumps(meta))
         zout.writestr("arrays.npz", zin.read("arrays.npz"))
     loaded = Segmenter.load(old)
     assert loaded.features.normalise == "legacy" and loaded.statistics is None and loaded.crf is None
+    assert loaded.features.precision == "float32"  # ViT features were float32 before the option
     before = predict(seg.classifier, featurise(image, loaded.features))  # the lower-level API, as format 3 did
     np.testing.assert_array_equal(loaded.predict_proba(image), before)
     assert loaded.check(image) == []  # no statistics: only the collapse check

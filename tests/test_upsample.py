@@ -42,6 +42,70 @@ def test_gather_indices_equal_the_explicit_inverse(t):
     torch.testing.assert_close(view[rows][:, cols], t.invert(view), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("resize", ["nearest", "stretch"])
+@pytest.mark.parametrize("t", [Transform(), Transform("hv", (4, -7)), Transform("v", (-7, 7)), Transform("h", (0, 4))], ids=repr)
+def test_gather_equals_plain_indexing(t, resize):
+    """The run-by-run gather writes, then adds, exactly ``grid[ry][:, cx]`` (plain indexing)."""
+    from napari_dinoseg.features.upsample import _gather_rows
+
+    grid = torch.randn(7, 6, 5)  # (gh, gw, C): a 98 x 84 image at patch = stride = 14
+    rows, cols = t.source_rows_cols(101, 90)
+    ry, cx = token_index(101, 7, 14, 14, resize)[rows], token_index(90, 6, 14, 14, resize)[cols]
+    reference = grid[ry][:, cx]
+    out = torch.full((101, 90, 5), float("nan"))
+    _gather_rows(grid, ry, cx, out, accumulate=False)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    _gather_rows(grid, ry, cx, out, accumulate=True)
+    torch.testing.assert_close(out, reference + reference, rtol=0, atol=0)
+    strided = grid.permute(1, 0, 2).contiguous().permute(1, 0, 2)  # as the attention maps come: not contiguous
+    _gather_rows(strided, ry, cx, out, accumulate=False)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+
+
+def reference_upsample(run, image, transforms, patch, stride):
+    """The upsampler as written in the design: for every view, resize its token grid to the image
+    (nearest receptive-field centre), undo the transform, and average. Plain, slow indexing."""
+    total = 0
+    for t in transforms:
+        tokens, attention = run(t.apply(image)[None])
+        grid = torch.cat([tokens[0], attention[0].permute(1, 2, 0)], -1)  # (gh, gw, D + heads)
+        iy = token_index(image.shape[1], grid.shape[0], patch, stride)
+        ix = token_index(image.shape[2], grid.shape[1], patch, stride)
+        total = total + t.invert(grid[iy][:, ix].permute(2, 0, 1)).permute(1, 2, 0)
+    return total / len(transforms)
+
+
+@pytest.mark.parametrize("stride, flips, classes", [
+    (14, False, (17, 13)),  # the CPU preset: rows and columns grouped into classes, summed per class
+    (7, True, (61, 50)),  # with flips, too many classes: summed per pixel, into the output
+])
+@pytest.mark.parametrize("into_out", [False, True])
+def test_upsampler_equals_the_reference_for_a_patch_model(stride, flips, classes, into_out):
+    """A model with real 14 px patches (each pixel between several tokens) and the CPU preset's
+    shifts: the per-class sums spread to the pixels equal resize-then-invert of every view, bit
+    for bit (the same additions in the same order), written into given outputs or new ones."""
+    from napari_dinoseg.features.upsample import pixel_classes
+
+    weight = torch.randn(5, 3, 14, 14)
+
+    def patch_model(views):  # one view at a time: batched kernels may round differently
+        tokens = [torch.nn.functional.conv2d(v[None], weight, stride=stride) for v in views]  # (1, 5, gh, gw)
+        attention = [t[:, :2].softmax(1) for t in tokens]
+        return torch.cat(tokens).permute(0, 2, 3, 1), torch.cat(attention)  # (B, gh, gw, 5), (B, 2, gh, gw)
+
+    image = torch.randn(3, 61, 50)
+    transforms = make_transforms((4, 7), flips)
+    grid = tuple(1 + (n - 14) // stride for n in image.shape[1:])
+    (rows, _), (cols, _) = pixel_classes(transforms, image.shape[1:], grid, 14, stride)
+    assert (rows.shape[1], cols.shape[1]) == classes
+    out = (torch.full((61, 50, 5), float("nan")), torch.full((61, 50, 2), float("nan"))) if into_out else None
+    feats, attn = upsample_views(patch_model, image, transforms, patch=14, stride=stride, chunk=5, out=out)
+    expected = reference_upsample(patch_model, image, transforms, 14, stride)
+    torch.testing.assert_close(torch.cat([feats, attn], -1), expected, rtol=0, atol=0)
+    if into_out:
+        assert feats is out[0] and attn is out[1]
+
+
 def test_token_index_nearest_receptive_field_centre_and_stretch():
     # patch 14, stride 7 on 42 px: tokens at 0, 7, 14, 21, 28 with centres 6.5, 13.5, ...
     idx = token_index(42, 5, 14, 7, "nearest")

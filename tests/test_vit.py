@@ -1,5 +1,7 @@
 """ViT features on CPU with random weights: mechanics only, never quality."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def vit_cfg(**kw):
-    base = dict(kind="vit", weights="random", stride=14, shifts=(), flips=False, device="cpu")
+    # float32 whatever the CPU ("auto" is bfloat16 on CPUs with native bfloat16): the tolerances below are float32's
+    base = dict(kind="vit", weights="random", stride=14, shifts=(), flips=False, device="cpu", precision="float32")
     base.update(kw)
     return FeatureConfig(**base)
 
@@ -175,24 +178,110 @@ def test_shift_averaging_places_a_boundary_closer_than_a_single_view():
     assert shifted < single - 1.0
 
 
-def test_tiled_equals_untiled_away_from_tile_borders(tmp_path):
-    """A ViT whose tokens see only their own patch (no position embedding, attention output
-    zeroed) makes any difference between tiled and whole-image features a stitching error."""
+@pytest.fixture(scope="module")
+def local_weights(tmp_path_factory):
+    """A DINOv2-S/14 checkpoint whose tokens see only their own patch (no position embedding,
+    attention output zeroed): any difference between tiled and whole-image features is then a
+    stitching error."""
     model = load_model("dinov2_vits14", "random")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["pos_embed"].zero_()
     for k in state:
         if ".attn.proj." in k:
             state[k].zero_()
-    path = tmp_path / "local.pth"
+    path = tmp_path_factory.mktemp("weights") / "local.pth"
     torch.save(state, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("stride, shifts, tile", [
+    (7, (2,), 112),  # many small tiles
+    (14, (7,), 224),  # the CPU preset's margin (stride 14, shifts up to 7) at the chooser's smallest tile
+])
+def test_tiled_equals_untiled_away_from_the_image_border(local_weights, stride, shifts, tile):
+    """Equal up to float rounding (1e-4: matrix products over a different number of tokens round
+    differently, by about 1e-6 here; a token misplaced by the stitching moves features by O(1))."""
     img = np.random.default_rng(5).random((300, 260)).astype(np.float32)
-    cfg = dict(kind="vit", weights=str(path), stride=7, shifts=(2,), flips=False, device="cpu")
+    cfg = dict(kind="vit", weights=local_weights, stride=stride, shifts=shifts, flips=False, device="cpu",
+               precision="float32")
     whole = featurise(img, FeatureConfig(tile=1036, **cfg))
-    tiled = featurise(img, FeatureConfig(tile=112, **cfg))  # 112 px tiles: many of them
-    border = 14 + 2 + 7  # where rolls wrap around the image
+    assert len(vit_module.choose_tiles(FeatureConfig(tile=tile, **cfg), img.shape)) > 1
+    tiled = featurise(img, FeatureConfig(tile=tile, **cfg))
+    border = vit_module.tile_margin(whole.config)  # where rolls wrap around the image: a patch, a shift, a stride
     inner = (slice(border, -border), slice(border, -border))
     np.testing.assert_allclose(tiled.data[inner], whole.data[inner], rtol=1e-4, atol=1e-4)
+
+
+def test_tile_chooser_keeps_the_whole_image_up_to_the_native_size_then_cost_grows_linearly():
+    cfg = FeatureConfig(kind="vit", weights="random", device="cpu").resolved("cpu")  # DINOv2-S, stride 14, 17 views
+    for n in (512, 518, 600):
+        assert len(vit_module.choose_tiles(cfg, (n, n))) == 1  # tiles would save < 10 %: the context wins
+    windows = vit_module.choose_tiles(cfg, (1024, 1024))
+    sides = {w[1] - w[0] for pair in windows for w in pair}
+    assert len(windows) == 9 and min(sides) >= 322 and max(sides) < 392 + cfg.stride, sides
+    flops = {n: vit_module.total_flops(cfg, (n, n)) for n in (512, 1024, 2048, 4096)}
+    whole = vit_module.total_flops(dataclasses.replace(cfg, tile=1024), (1024, 1024))
+    assert flops[1024] < 0.6 * whole  # the whole 1024^2 image: 8.7x a 512^2 one
+    assert flops[1024] / flops[512] < 4.8 and flops[2048] / flops[1024] < 4.5 and flops[4096] / flops[2048] < 4.1
+    assert len(vit_module.choose_tiles(dataclasses.replace(cfg, tile=1036), (1024, 1024))) == 1  # as asked
+    gpu = FeatureConfig(kind="vit", weights="random").resolved("cuda")
+    assert all(w[1] - w[0] >= 16 * 14 for pair in vit_module.choose_tiles(gpu, (2072, 2072)) for w in pair)
+
+
+def test_precision_is_a_stored_choice():
+    cfg = vit_cfg(precision="bfloat16")
+    assert cfg.to_dict()["precision"] == "bfloat16" and FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    assert FeatureConfig().precision == "auto"
+    legacy = {k: v for k, v in FeatureConfig().to_dict().items() if k != "precision"}  # bundles from before
+    assert FeatureConfig.from_dict(legacy).precision == "auto"
+    with pytest.raises(ValueError, match="precision='float16' is not valid"):
+        vit_cfg(precision="float16")
+
+
+def test_auto_precision_is_bfloat16_only_where_native(monkeypatch):
+    cpu, cuda, auto = torch.device("cpu"), torch.device("cuda"), vit_cfg(precision="auto")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False}, raising=False)
+    assert not vit_module.native_bf16_cpu() and vit_module.compute_dtype(auto, cpu) == torch.float32
+    assert vit_module.compute_dtype(vit_cfg(precision="bfloat16"), cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "amx_bf16": True}, raising=False)
+    assert vit_module.compute_dtype(auto, cpu) == torch.bfloat16
+    assert vit_module.compute_dtype(vit_cfg(precision="float32"), cpu) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert vit_module.compute_dtype(auto, cuda) == torch.float16
+    assert vit_module.compute_dtype(auto, torch.device("mps")) == torch.float32
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    assert not vit_module.native_bf16_cpu()  # older torch cannot tell: float32
+
+
+@pytest.fixture(scope="module")
+def active_weights(tmp_path_factory):
+    """Random DINOv2-S/14 weights with LayerScale 1: timm's 1e-5 all but silences every block of a
+    random model, which would hide the blocks' rounding from any comparison of precisions."""
+    state = {k: v.clone() for k, v in load_model("dinov2_vits14", "random").state_dict().items()}
+    for k in state:
+        if k.endswith((".ls1.gamma", ".ls2.gamma")):
+            state[k].fill_(1.0)
+    path = tmp_path_factory.mktemp("weights") / "active.pth"
+    torch.save(state, path)
+    return str(path)
+
+
+def test_bfloat16_features_correlate_with_float32(active_weights):
+    """bfloat16 keeps 8 significant bits (a relative rounding of 2^-9) and the products accumulate
+    in float32, so 12 active blocks move features by tenths of a per cent (0.3 % of their norm in
+    ``benchmarks/results/vit_precision_cpu.md``): a channel's correlation with float32 is about
+    1 - error^2 / 2, measured here 0.99984 at the least and 0.999995 in the median. 0.998 / 0.9995 allow errors about 3x larger (other CPUs' kernels sum
+    in other orders); a float16 overflow, a lost channel or misplaced tokens fall far below."""
+    yy, xx = np.mgrid[:84, :98]
+    img = (np.sin(xx / 6.0) * np.cos(yy / 9.0) + (xx > 50)).astype(np.float32)  # texture and an edge
+    a, b = (featurise(img, vit_cfg(weights=active_weights, stride=7, shifts=(2,), precision=p))
+            for p in ("float32", "bfloat16"))
+    assert not np.array_equal(a.data, b.data), "bfloat16 autocast took effect"
+    x, y = a.data.reshape(-1, 384), b.data.reshape(-1, 384)
+    x, y = x - x.mean(0), y - y.mean(0)
+    corr = (x * y).sum(0) / np.sqrt((x * x).sum(0) * (y * y).sum(0))
+    assert corr.min() > 0.998 and np.median(corr) > 0.9995, (corr.min(), np.median(corr))
+    np.testing.assert_allclose(b.attention, a.attention, atol=0.05 * a.attention.max())
 
 
 def test_image_smaller_than_a_patch_is_refused():
@@ -217,7 +306,7 @@ def test_progress_counts_views_and_cancels():
 def slow_cpu(monkeypatch):
     """A CPU whose matmul throughput reads 1 MFLOP/s: every view is estimated to take longer
     than ``BATCH_SECONDS``, so each forward pass is one view."""
-    monkeypatch.setitem(vit_module._THROUGHPUT, "cpu", 1e6)
+    monkeypatch.setitem(vit_module._THROUGHPUT, ("cpu", "float32"), 1e6)
 
 
 @pytest.fixture
@@ -286,7 +375,7 @@ def test_views_per_batch_bounded_by_estimated_time(monkeypatch):
 
     def batch(shape, seconds_per_view):
         throughput = per_view / (seconds_per_view * vit_module.EFFICIENCY)
-        monkeypatch.setitem(vit_module._THROUGHPUT, "cpu", throughput)
+        monkeypatch.setitem(vit_module._THROUGHPUT, ("cpu", "float32"), throughput)
         return vit_module.views_per_batch(cfg, shape, cpu)
 
     assert batch((518, 518), 0.3 * vit_module.BATCH_SECONDS) == 3

@@ -375,6 +375,7 @@ def _feature_config(meta: dict, version: int) -> FeatureConfig:
         feature_dict = dict(_object(meta, "feature_config"))
         if version < 4:  # trained with the rule of the time
             feature_dict.setdefault("normalise", "legacy")
+        feature_dict.setdefault("precision", "float32")  # before the option, ViT features were float32
         return FeatureConfig.from_dict(feature_dict)  # an unknown model: the error lists the names
     except _CONFIG_ERRORS as err:
         raise _refuse(f"its feature config is not valid here: {_text(err)}") from None

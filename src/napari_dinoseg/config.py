@@ -19,6 +19,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 ClassifierKind = Literal["logistic+trees", "logistic"]
 ScalingKind = Literal["log", "standard"]
 Normalisation = Literal["percentile", "fixed", "legacy"]
+Precision = Literal["auto", "float32", "bfloat16"]
 
 FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -110,7 +111,15 @@ class FeatureConfig(_JSONConfig):
         a checkpoint path, or ``"random"``.
     tile
         ViT input tile size in pixels: larger images are featurised in overlapping tiles;
-        ``None`` picks the cheapest of 518, 1036, 2072 px tiles and the whole image.
+        ``None`` picks the whole image or the tile size of fewest FLOPs, 16 patches (224 px
+        for DINOv2) at the least (see :func:`napari_dinoseg.features.vit.choose_tiles`).
+    precision
+        Number format of the ViT's matrix products (by autocast; the upsampler averages in
+        float32): ``"auto"`` is bfloat16 on CUDA GPUs (float16 where they lack it) and on CPUs
+        with native bfloat16 instructions (AVX512-BF16, AMX, Arm BF16), float32 elsewhere;
+        ``"float32"``; ``"bfloat16"`` (emulated, and several times slower, on other CPUs).
+        DINOv2-S features in bfloat16 (random weights) correlate with float32 ones at 0.9998 or
+        more in every channel (``benchmarks/bench_vit.py --precision``).
     sigmas
         Gaussian scales of the classical filter bank, in pixels, strictly increasing.
     membrane
@@ -140,6 +149,7 @@ class FeatureConfig(_JSONConfig):
     resize: Resize = "nearest"
     weights: Optional[str] = None
     tile: Optional[int] = None
+    precision: Precision = "auto"
     sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     membrane: bool = True
     membrane_size: int = 19
@@ -154,6 +164,7 @@ class FeatureConfig(_JSONConfig):
         self._check_intensities()
         _choice("device", self.device, DEVICES)
         _choice("resize", self.resize, get_args(Resize))
+        _choice("precision", self.precision, get_args(Precision))
         if self.uses_vit:
             self._check_vit()
         sigmas = tuple(float(s) for s in self.sigmas)

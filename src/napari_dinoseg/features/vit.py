@@ -17,7 +17,7 @@ from ..progress import ProgressCallback, report
 from .backbones import StridedViT, load_model
 from .registry import model_spec
 from .tiling import tiles
-from .upsample import ROWS, make_transforms, upsample_views
+from .upsample import make_transforms, pixel_classes, upsample_views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,11 +75,12 @@ def vit_features(
     feats = _output_array(out, (h, w, len(groups) * spec.embed_dim))
     attention = np.zeros((h, w, spec.num_heads), dtype=np.float32)
     vit = StridedViT(load_model(config.model, config.weights, device))
+    dtype = compute_dtype(config, device)
 
     reported = [0]  # the last progress value: repeated between blocks, where a cancel is honoured
 
     def run(views: torch.Tensor):
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             return vit(views, config.stride,
                        lambda: report(progress, reported[0], total, f"{config.model}: views"))
 
@@ -129,16 +130,41 @@ def tile_margin(config: FeatureConfig) -> int:
     return model_spec(config.model).patch_size + max(config.shifts, default=0) + config.stride
 
 
+#: Smallest tile side the chooser considers, in patches: the 224 px crops (16 patches of 14 px)
+#: DINOv2 and DINO were trained on, so that a tile sees at least what the model learnt from.
+MIN_TILE_PATCHES = 16
+#: Largest tile side of the chooser's fine range, in px: DINOv2's native input (37 patches).
+NATIVE_TILE = 518
+#: Larger tile sides the chooser also considers (wide models, where tile overlap costs more).
+LARGE_TILES = (1036, 2072)
+#: Fraction of the whole image's FLOPs tiles must save to be chosen: below it, the whole image's
+#: context is worth more than the work saved.
+MIN_TILE_SAVING = 0.1
+
+
 def choose_tiles(config: FeatureConfig, shape: tuple[int, int]):
-    """Tiles of ``config.tile`` px when set; otherwise the cheapest (in FLOPs) of 518, 1036 and
-    2072 px tiles and the whole image: tiles pay off where attention dominates (small strides,
-    large images), the whole image where tile overlap would cost more."""
+    """Tiles of ``config.tile`` px when set; otherwise the tiling of fewest FLOPs per view among
+    the :func:`tile_candidates`, or the whole image where that saves less than
+    :data:`MIN_TILE_SAVING`. Tiles pay off where attention (quadratic in the tokens of a tile)
+    outweighs the overlap of their margins (linear), so that above one tile cost grows linearly
+    with the pixel count (DINOv2-S at stride 14: 390-420 px tiles at 1024^2 to 4096^2)."""
     margin = tile_margin(config)
     if config.tile is not None:
         return tiles(shape, config.tile, margin, align=config.stride)
-    candidates = [t for t in (518, 1036, 2072) if t < max(shape)] + [max(shape)]
-    best = min(candidates, key=lambda t: _windows_flops(config, tiles(shape, t, margin, align=config.stride)))
-    return tiles(shape, best, margin, align=config.stride)
+    whole, *options = [tiles(shape, t, margin, align=config.stride) for t in tile_candidates(config, shape)]
+    best = min(options, key=lambda windows: _windows_flops(config, windows), default=whole)
+    saves = _windows_flops(config, best) < (1 - MIN_TILE_SAVING) * _windows_flops(config, whole)
+    return best if saves else whole
+
+
+def tile_candidates(config: FeatureConfig, shape: tuple[int, int]) -> list[int]:
+    """Tile sides in px the chooser weighs for an ``(H, W)`` image, largest first: the whole image,
+    then those of :data:`LARGE_TILES` and of the token lattice (``patch + k * stride``, at least a
+    patch apart, from :data:`MIN_TILE_PATCHES` patches to :data:`NATIVE_TILE`) below its longer side."""
+    patch, stride = model_spec(config.model).patch_size, config.stride
+    first = patch + stride * -(-(MIN_TILE_PATCHES - 1) * patch // stride)
+    fine = range(first, NATIVE_TILE + 1, stride * -(-patch // stride))
+    return [max(shape)] + sorted((t for t in (*fine, *LARGE_TILES) if t < max(shape)), reverse=True)
 
 
 def _windows_flops(config: FeatureConfig, windows) -> float:
@@ -146,11 +172,32 @@ def _windows_flops(config: FeatureConfig, windows) -> float:
     return sum(view_flops(config, (r1 - r0, c1 - c0)) for (r0, r1, _, _), (c0, c1, _, _) in windows)
 
 
-def _autocast(device: torch.device):
+def compute_dtype(config: FeatureConfig, device: torch.device) -> torch.dtype:
+    """The dtype the ViT's matrix products run in (by autocast) for ``config.precision`` on ``device``.
+
+    ``"auto"``: bfloat16 on a CUDA GPU that has it (else float16), bfloat16 on a CPU with native
+    bfloat16 instructions (:func:`native_bf16_cpu`), float32 elsewhere (MPS, other CPUs).
+    """
+    if config.precision != "auto":
+        return getattr(torch, config.precision)
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and native_bf16_cpu():
+        return torch.bfloat16
+    return torch.float32
+
+
+#: CPU capabilities (names of ``torch.cpu.get_capabilities()``) that run bfloat16 products natively.
+BF16_CAPABILITIES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bfloat16 instructions (x86 AVX512-BF16 or AMX, Arm BF16). Without
+    them torch emulates bfloat16 products, several times slower than float32 (a DINOv2-S forward
+    pass 5.6x slower on an AVX2-only AMD EPYC). ``False`` where
+    torch cannot tell (``torch.cpu.get_capabilities`` is new in torch 2.8)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    return capabilities is not None and any(capabilities().get(name) is True for name in BF16_CAPABILITIES)
 
 
 def n_tokens(shape: tuple[int, int], patch: int, stride: int) -> int:
@@ -176,15 +223,15 @@ def total_flops(config: FeatureConfig, shape: tuple[int, int], n_channels: int =
     return views * _windows_flops(config, choose_tiles(config, shape))
 
 
-_THROUGHPUT: dict[str, float] = {}
+_THROUGHPUT: dict[tuple[str, str], float] = {}
 
 
-def throughput(device: torch.device) -> float:
-    """Measured matmul FLOP/s of ``device`` (once per session, ~0.1 s), for time estimates."""
-    key = str(device)
+def throughput(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """Measured matmul FLOP/s of ``device`` in ``dtype`` (once per session, ~0.1 s), for time estimates."""
+    key = (str(device), str(dtype).removeprefix("torch."))
     if key not in _THROUGHPUT:
-        a = torch.randn(1024, 384, device=device)
-        b = torch.randn(384, 1536, device=device)
+        a = torch.randn(1024, 384, device=device, dtype=dtype)
+        b = torch.randn(384, 1536, device=device, dtype=dtype)
         a @ b
         best = float("inf")
         for _ in range(5):  # best of 5: the first calls and a busy machine read slow
@@ -202,19 +249,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: Measured ratio of real featurisation time to FLOPs / matmul throughput on CPU (attention,
-#: norms and the upsampler's gathers run below matmul speed).
-EFFICIENCY = 0.5
+#: Measured ratio of FLOPs / featurisation time to the matmul throughput on CPU (attention,
+#: norms and the upsampler's gathers run below matmul speed): DINOv2-S CPU preset, 512^2 and
+#: 1024^2 on 2 cores, 0.097 TFLOP/s against matmuls' 0.13-0.15 (``benchmarks/bench_vit.py``).
+EFFICIENCY = 0.65
 
 
 def estimate_seconds(config: FeatureConfig, shape: tuple[int, int], device: torch.device, n_channels: int = 1) -> float:
     """Rough time to featurise an ``(H, W)`` image: FLOPs over measured matmul throughput."""
-    return total_flops(config, shape, n_channels) / (throughput(device) * EFFICIENCY)
+    return total_flops(config, shape, n_channels) / (throughput(device, compute_dtype(config, device)) * EFFICIENCY)
 
 
 def view_seconds(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> float:
     """Rough time of one forward pass over an ``(H, W)`` input on ``device``."""
-    return view_flops(config, shape) / (throughput(device) * EFFICIENCY)
+    return view_flops(config, shape) / (throughput(device, compute_dtype(config, device)) * EFFICIENCY)
 
 
 def activation_bytes(config: FeatureConfig, shape: tuple[int, int]) -> int:
@@ -245,8 +293,8 @@ def vit_working_bytes(config: FeatureConfig, shape: tuple[int, int], device: tor
     """Host bytes :func:`vit_features` holds besides its outputs at its peak.
 
     For the largest tile window ``(h, w)``: the window's normalised copy; on the CPU also its
-    transformed views, the model's weights (``12 depth D^2`` floats), the larger of a batch's
-    activations (:func:`activation_bytes`) and the upsampler's block of gathered rows, and the
+    transformed views, the model's weights (``12 depth D^2`` floats), a batch's activations
+    (:func:`activation_bytes`), the upsampler's sums (:func:`class_sums_bytes`) and the
     attention buffer (features of a whole-image window go straight to the output); with
     several windows, or off the CPU, the window's features and attention (a host copy).
     """
@@ -256,12 +304,23 @@ def vit_working_bytes(config: FeatureConfig, shape: tuple[int, int], device: tor
     plane = 4 * h * w
     buffers = (spec.embed_dim + spec.num_heads) * plane
     if device.type != "cpu":
-        return 3 * plane + buffers
+        return 3 * plane + buffers  # the sums live on the device
     if len(windows) == 1:
         buffers = spec.num_heads * plane
     batch = views_per_batch(config, (h, w), device)
     views = 3 * plane * (3 + 2 * batch)  # normalised window and its temporary; the views and their stack
     model = 4 * 12 * spec.depth * spec.embed_dim**2
     forward = batch * activation_bytes(config, (h, w))
-    gather = 4 * ROWS * w * spec.embed_dim
-    return model + views + max(forward, gather) + buffers
+    return model + views + forward + buffers + class_sums_bytes(config, (h, w))
+
+
+def class_sums_bytes(config: FeatureConfig, shape: tuple[int, int]) -> int:
+    """Bytes of the upsampler's per-class sums for an ``(H, W)`` window (0 where it sums per pixel,
+    into the output; see :func:`napari_dinoseg.features.upsample.pixel_classes`)."""
+    spec = model_spec(config.model)
+    grid = tuple(1 + (n - spec.patch_size) // config.stride for n in shape)
+    transforms = make_transforms(config.shifts, config.flips)
+    (rows, _), (cols, _) = pixel_classes(transforms, shape, grid, spec.patch_size, config.stride, config.resize)
+    if (rows.shape[1], cols.shape[1]) == tuple(shape):
+        return 0
+    return 4 * rows.shape[1] * cols.shape[1] * (spec.embed_dim + spec.num_heads)
