@@ -217,3 +217,46 @@ def test_a_refit_on_the_same_images_reuses_their_scaling_and_statistics(two_text
     Segmenter().fit(255 - image, more, cache=cache)  # other pixels: fitted again
     Segmenter().fit([image, 255 - image], [more, more], cache=cache)  # a new set of known images
     assert calls == ["scaling", "stats"] * 3 + ["scaling"]
+
+
+def test_a_tiled_fit_keeps_one_tiles_features_at_a_time_and_trains_as_on_whole_stacks(phases, monkeypatch):
+    """A plane larger than the tile is featurised tile by tile; each tile's stack is let go
+    before the next one is computed (only the painted pixels and the scaling's grid are kept),
+    and the classifier equals one trained on all the tiles' stacks at once."""
+    import gc
+    import importlib
+    import weakref
+    from napari_dinoseg.classify import train
+    from napari_dinoseg.segmenter import in_plane, plane_windows
+
+    image, _, scribbles = phases
+    featurise_module = importlib.import_module("napari_dinoseg.features.featurise")
+    image, scribbles = np.tile(image, (2, 2)), np.tile(scribbles, (2, 2))  # 320 x 320: 4 tiles of 160 px
+    alive, stacks = [], []
+    keyed = featurise_module.keyed_featurise
+
+    def watched(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in stacks))  # earlier tiles' features still held
+        key, stack = keyed(*args, **kwargs)
+        owner = stack.data
+        while isinstance(owner.base, np.ndarray):  # the buffer every view of the features keeps alive
+            owner = owner.base
+        stacks.append(weakref.ref(owner))
+        return key, stack
+
+    monkeypatch.setattr(featurise_module, "keyed_featurise", watched)
+    seg = Segmenter(SMALL, TrainConfig(n_trees=5))
+    seg.tile = 160
+    seg.fit(image, scribbles)
+    assert len(stacks) == 4 and alive == [0, 0, 0, 0]
+    monkeypatch.setattr(featurise_module, "keyed_featurise", keyed)
+    norm = seg.normalise(image)
+    windows = plane_windows(norm.shape[:2], seg.features, seg.training, 160)
+    cores = [featurise(norm[window], seg.features, normalised=True) for window, _ in windows]
+    cores = [dataclasses.replace(s, data=s.data[core], attention=None) for s, (_, core) in zip(cores, windows)]
+    whole = train(cores, [scribbles[in_plane(w, c)] for w, c in windows], seg.training)
+    np.testing.assert_array_equal(seg.classifier.coef, whole.coef)
+    np.testing.assert_array_equal(seg.classifier.mean, whole.mean)
+    assert seg.classifier.guide == whole.guide != ()
+    np.testing.assert_array_equal(seg.classifier.forest.threshold, whole.forest.threshold)

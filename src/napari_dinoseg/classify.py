@@ -151,13 +151,78 @@ def train(
     """
     config = config_or_default(config, TrainConfig)
     feats, labs = _as_pairs(features, labels)
-    x, y = _training_set(feats, labs, config)
-    mean, scale = fit_scaling(feats, config.scaling) if scaling is None else scaling
+    step = grid_step([f.shape[:-1] for f in feats])
+    parts = [_part(f, lab, step) for f, lab in zip(feats, labs)]
+    first = features[0] if isinstance(features, (list, tuple)) else features
+    return train_parts(parts, config, channel_names=getattr(first, "channel_names", None),
+                       feature_config=getattr(first, "config", None), scaling=scaling)
+
+
+@dataclass(frozen=True)
+class TrainingPart:
+    """What training reads of one feature stack and its brush labels (no more: a caller that
+    featurises an image tile by tile keeps these and lets the stacks go).
+
+    Attributes
+    ----------
+    x : (N, F) float32
+        Features of the painted pixels.
+    y : (N,) int64
+        Their label values.
+    grid : (M, F) float32
+        Features of a regular grid over all pixels (every ``step``-th row and column; see
+        :func:`grid_step`): the sample the feature scaling and the PCA are fitted on.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    grid: np.ndarray
+
+
+def training_part(features: FeaturesLike, labels: np.ndarray, step: int) -> TrainingPart:
+    """The :class:`TrainingPart` of one feature stack ``(..., F)`` and its labels ``(...)``,
+    the grid taking every ``step``-th pixel along each axis (``step`` from :func:`grid_step`
+    over all the parts of one training set)."""
+    (data,), (lab,) = _as_pairs(features, labels)
+    return _part(data, lab, step)
+
+
+def grid_step(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Step of the regular grid that samples about ``SCALING_SAMPLE`` pixels of arrays of the
+    given (spatial) shapes, all together."""
+    total = sum(int(np.prod(shape)) for shape in shapes)
+    return max(1, int(np.ceil((total / SCALING_SAMPLE) ** (1 / max(1, len(shapes[0]))))))
+
+
+def _part(data: np.ndarray, labels: np.ndarray, step: int) -> TrainingPart:
+    mask = labels > 0
+    grid = data[(slice(None, None, step),) * (data.ndim - 1)].reshape(-1, data.shape[-1]).astype(np.float32)
+    return TrainingPart(x=data[mask].astype(np.float32, copy=False), y=labels[mask].astype(np.int64), grid=grid)
+
+
+def train_parts(
+    parts: Sequence[TrainingPart],
+    config: Optional[TrainConfig] = None,
+    *,
+    channel_names: Optional[Sequence[str]] = None,
+    feature_config=None,
+    scaling: Optional[tuple[np.ndarray, np.ndarray]] = None,
+) -> PixelClassifier:
+    """:func:`train` on :class:`TrainingPart` s (one per stack or tile of a training set).
+
+    ``channel_names`` and ``feature_config`` (those of the stacks) pick the guided filter's
+    guide channels and the channels a PCA reduces; without them there is no guide and a PCA
+    reduces every channel. Equal to :func:`train` on the stacks themselves.
+    """
+    config = config_or_default(config, TrainConfig)
+    x, y = _training_set(parts, config)
+    grid = np.concatenate([p.grid for p in parts])
+    mean, scale = _fit_scaling(grid, config.scaling) if scaling is None else scaling
     if np.shape(mean) != (x.shape[1],) or np.shape(scale) != (x.shape[1],):
         raise ValueError(f"the scaling has shapes {np.shape(mean)} and {np.shape(scale)}, "
                          f"not ({x.shape[1]},) for {x.shape[1]} feature channels")
     xs = _scaled(x, mean, scale, config.scaling)
-    reduce = _fit_pca(features, _grid_sample(feats), mean, scale, config) if config.pca_dim else None
+    reduce = _fit_pca(channel_names, grid, mean, scale, config) if config.pca_dim else None
     if reduce is not None:
         xs = reduce.transform(xs)
 
@@ -190,7 +255,7 @@ def train(
         scaling=config.scaling,
         smooth=float(config.smooth),
         guided_radius=int(config.guided_radius),
-        guide=guide_channels(features) if config.guided_radius else (),
+        guide=_guide(channel_names, feature_config) if config.guided_radius else (),
         forest=forest,
     )
 
@@ -238,7 +303,10 @@ def guide_channels(features: Union[FeaturesLike, Sequence[FeaturesLike]]) -> tup
     (``gaussian_s<smallest sigma>``) of every image channel; ``()`` for features without names
     (plain arrays) or without classical channels (ViT features)."""
     first = features[0] if isinstance(features, (list, tuple)) else features
-    names, config = getattr(first, "channel_names", None), getattr(first, "config", None)
+    return _guide(getattr(first, "channel_names", None), getattr(first, "config", None))
+
+
+def _guide(names: Optional[Sequence[str]], config) -> tuple[int, ...]:
     if not names or config is None or not config.sigmas:
         return ()
     from .features.classical import finest_gaussian_name
@@ -434,18 +502,13 @@ def check_labels(labels) -> np.ndarray:
     return lab
 
 
-def _training_set(feats, labs, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def _training_set(parts: Sequence[TrainingPart], config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Painted pixels' features and labels, at most ``max_pixels_per_class`` per class."""
     rng = np.random.default_rng(config.seed)
-    xs, ys = [], []
-    for f, lab in zip(feats, labs):
-        mask = lab > 0
-        if mask.any():
-            xs.append(f[mask].astype(np.float32, copy=False))
-            ys.append(lab[mask].astype(np.int64))
-    if not xs:
+    painted = [p for p in parts if len(p.y)]
+    if not painted:
         raise ValueError("no labelled pixels: paint at least one stroke for each of two classes")
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    x, y = np.concatenate([p.x for p in painted]), np.concatenate([p.y for p in painted])
     classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError(
@@ -462,28 +525,21 @@ def _training_set(feats, labs, config: TrainConfig) -> tuple[np.ndarray, np.ndar
     return x[keep], y[keep]
 
 
-def _grid_sample(feats) -> np.ndarray:
-    """``(M, F)`` float32 features of a regular grid of all pixels, ``M ~ SCALING_SAMPLE``.
-
-    Strided views keep this cheap whatever the memory layout of the features.
-    """
-    total = sum(int(np.prod(f.shape[:-1])) for f in feats)
-    step = max(1, int(np.ceil((total / SCALING_SAMPLE) ** (1 / max(1, feats[0].ndim - 1)))))
-    n_feat = feats[0].shape[-1]
-    return np.concatenate(
-        [f[(slice(None, None, step),) * (f.ndim - 1)].reshape(-1, n_feat).astype(np.float32) for f in feats]
-    )
-
-
-def fit_scaling(features: Union[FeaturesLike, Sequence[FeaturesLike]], kind: str) -> tuple[np.ndarray, np.ndarray]:
+def fit_scaling(features: Union[FeaturesLike, Sequence[FeaturesLike], Sequence["TrainingPart"]],
+                kind: str) -> tuple[np.ndarray, np.ndarray]:
     """The feature scaling of training images: per-channel centre and spread (float64, ``(F,)``
-    each) of about ``SCALING_SAMPLE`` pixels on a regular grid over all of them.
+    each) of about ``SCALING_SAMPLE`` pixels on a regular grid over all of them (the grids of
+    :class:`TrainingPart` s).
 
     ``kind``: ``"standard"``: mean and standard deviation; ``"log"``: median and median absolute
     deviation (the standard deviation where that is ~0, e.g. channels mostly constant).
     """
-    feats = [_data(f) for f in features] if isinstance(features, (list, tuple)) else [_data(features)]
-    return _fit_scaling(_grid_sample(feats), kind)
+    items = list(features) if isinstance(features, (list, tuple)) else [features]
+    if all(isinstance(f, TrainingPart) for f in items):
+        return _fit_scaling(np.concatenate([p.grid for p in items]), kind)
+    feats = [_data(f) for f in items]
+    step = grid_step([f.shape[:-1] for f in feats])
+    return _fit_scaling(np.concatenate([_part(f, np.zeros(f.shape[:-1], np.uint8), step).grid for f in feats]), kind)
 
 
 def _fit_scaling(sample: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -533,11 +589,9 @@ class _ChannelPCA:
         return full, intercept - coef[:, n_kept:] @ (self.components @ self.centre)
 
 
-def _fit_pca(features, sample, mean, scale, config: TrainConfig) -> _ChannelPCA:
+def _fit_pca(names: Optional[Sequence[str]], sample, mean, scale, config: TrainConfig) -> _ChannelPCA:
     from sklearn.decomposition import PCA
 
-    first = features if hasattr(features, "channel_names") or isinstance(features, np.ndarray) else features[0]
-    names = getattr(first, "channel_names", None)
     n_feat = sample.shape[1]
     reduced = np.array([i for i, n in enumerate(names) if "vit_" in n]) if names else np.arange(n_feat)
     if len(reduced) == 0:

@@ -11,13 +11,12 @@ through :meth:`Segmenter.predict_proba`, so one image gets the same output from 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .classify import PixelClassifier, check_labels, fit_scaling, predict, train
+from .classify import PixelClassifier, check_labels, fit_scaling, grid_step, predict, train_parts, training_part
 from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
 from .progress import ProgressCallback, report, within
 from .shift import TrainingStatistics, collapse_warning, image_statistics
@@ -121,20 +120,26 @@ class Segmenter:
         normalised = [self._normalise(img, config, check_channels=False) for img in images]
         variants = [(norm, lab) for norm, lab in zip(normalised, labels)]
         variants += [(tone_curve(norm, g), lab) for g in self.training.augment for norm, lab in zip(normalised, labels)]
-        stacks, crops, keys = [], [], []
+        # one tile's features at a time: only what training reads of each is kept
+        shapes = [tuple(c.stop - c.start for c in core) for norm, _ in variants
+                  for _, core in plane_windows(norm.shape[:2], config, self.training, self.tile)]
+        step = grid_step(shapes)
+        parts, keys, names = [], [], None
         for i, (norm, lab) in enumerate(variants):
             sub = within(progress, 0.9 * i / len(variants), 0.9 * (i + 1) / len(variants))
             for window, core, key, stack in self._window_features(norm, config, sub, cache):
-                stacks.append(dataclasses.replace(stack, data=stack.data[core], attention=None))
-                crops.append(np.asarray(lab)[in_plane(window, core)])
+                crop = np.asarray(lab)[in_plane(window, core)]
+                parts.append(training_part(stack.data[core], crop, step))
                 keys.append((key, tuple((c.start, c.stop) for c in core)))
+                names = stack.channel_names
+                del stack  # before the next tile's features are computed
         report(progress, 900, 1000, "training")
         # what does not depend on the strokes is computed once per set of training images
         kind = self.training.scaling
-        scaling = _memo(cache, ("scaling", kind, tuple(keys)), lambda: fit_scaling(stacks, kind))
-        classifier = train(stacks, crops, self.training, scaling=scaling)
+        scaling = _memo(cache, ("scaling", kind, tuple(keys)), lambda: fit_scaling(parts, kind))
+        classifier = train_parts(parts, self.training, channel_names=names, feature_config=config, scaling=scaling)
         self.features, self.classifier, self.n_channels = config, classifier, normalised[0].shape[-1]
-        self.channel_names = stacks[0].channel_names
+        self.channel_names = names
         quantiles = [_memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
                            lambda norm=norm: image_statistics(norm)) for norm in normalised]
         self.statistics = TrainingStatistics.of(quantiles, [np.asarray(lab) for lab in labels], classifier.classes)
