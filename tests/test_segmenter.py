@@ -260,3 +260,37 @@ def test_a_tiled_fit_keeps_one_tiles_features_at_a_time_and_trains_as_on_whole_s
     np.testing.assert_array_equal(seg.classifier.mean, whole.mean)
     assert seg.classifier.guide == whole.guide != ()
     np.testing.assert_array_equal(seg.classifier.forest.threshold, whole.forest.threshold)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_logit_space_prediction_equals_pixel_space_and_never_builds_the_vit_map(phases, monkeypatch):
+    """A logistic classifier on standard-scaled hybrid features is linear in the ViT channels:
+    without a cache, predict_proba computes their logits on the token grids (featurise_projected,
+    tile by tile) and gives the probabilities of the full features within 1e-4; with a cache
+    (the widget's refits) it keeps the full features. Trees or the signed log: no logit space."""
+    import importlib
+
+    from napari_dinoseg.classify import logit_space
+    from napari_dinoseg.features.featurise import FeatureCache
+
+    featurise_module = importlib.import_module("napari_dinoseg.features.featurise")
+    image, truth, scribbles = phases
+    hybrid = FeatureConfig(kind="hybrid", weights="random", stride=14, shifts=(7,), flips=False, device="cpu",
+                           sigmas=(1.0, 2.0, 4.0), membrane=False, precision="float32")
+    linear = TrainConfig(classifier="logistic", scaling="standard")
+    seg = Segmenter(hybrid, linear).fit(image, scribbles)
+    reduced, (weights, bias) = seg.logit_space()
+    n_vit = sum("vit_" in name for name in seg.channel_names)
+    assert weights.shape == (3, n_vit) and reduced.n_features == seg.classifier.n_features - n_vit + 3
+    full = seg.predict_proba(image, cache=FeatureCache())  # pixel space
+    built = []
+    keyed = featurise_module.keyed_featurise
+    monkeypatch.setattr(featurise_module, "keyed_featurise", lambda *a, **k: built.append(1) or keyed(*a, **k))
+    for tile in (1024, 96):  # one window, then 2 x 2 tiles with margins
+        seg.tile = tile
+        np.testing.assert_allclose(seg.predict_proba(image), full, rtol=0, atol=1e-4)
+    assert built == []  # the full features were never computed
+    for training in (TrainConfig(), TrainConfig(classifier="logistic"), TrainConfig(scaling="standard")):
+        other = Segmenter(hybrid, training).fit(image, scribbles)
+        assert other.logit_space() is None
+    assert logit_space(Segmenter(SMALL, linear).fit(image, scribbles).classifier, ("a", "b")) is None

@@ -381,3 +381,37 @@ def test_views_per_batch_bounded_by_estimated_time(monkeypatch):
     assert batch((518, 518), 0.3 * vit_module.BATCH_SECONDS) == 3
     assert batch((518, 518), 5 * vit_module.BATCH_SECONDS) == 1
     assert batch((56, 70), 1e-9) == vit_module.MAX_VIEWS_PER_BATCH  # fast: as many as allowed
+
+
+@pytest.mark.parametrize("kind, channels, tile", [
+    ("vit", 1, None),  # one window: the projection added into the output
+    ("hybrid", 2, 112),  # two channel groups, whose projections add up, in several tiles
+])
+def test_projected_features_equal_the_projection_of_the_features(kind, channels, tile):
+    """The ViT channels projected on every view's token grid, then upsampled, equal the
+    projection of the upsampled channels (the average over views is linear); classical
+    channels are the very same."""
+    from napari_dinoseg.features.featurise import featurise_projected
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:126, :140]
+    img = np.stack([np.sin(xx / (4.0 + c)) * np.cos(yy / 7.0) + (xx > 60) for c in range(channels)], -1)
+    img = (img + 0.1 * rng.standard_normal(img.shape)).astype(np.float32).squeeze()
+    cfg = vit_cfg(kind=kind, stride=14, shifts=(7,), tile=tile, sigmas=(1.0, 2.0), membrane=False)
+    assert (len(vit_module.choose_tiles(cfg.resolved("cpu"), (126, 140))) > 1) == (tile is not None)
+    full = featurise(img, cfg)
+    vit = [i for i, name in enumerate(full.channel_names) if "vit_" in name]
+    weights = rng.standard_normal((3, len(vit))).astype(np.float32) / np.sqrt(len(vit))
+    bias = np.array([0.5, -1.0, 2.0], np.float32)
+    projected = featurise_projected(img, cfg, (weights, bias))
+    n_classical = full.n_features - len(vit)
+    assert projected.data.shape == (126, 140, n_classical + 3)
+    assert projected.channel_names == full.channel_names[:n_classical] + ("projected_0", "projected_1", "projected_2")
+    np.testing.assert_array_equal(projected.data[..., :n_classical], full.data[..., :n_classical])
+    expected = full.data[..., vit] @ weights.T + bias
+    np.testing.assert_allclose(projected.data[..., n_classical:], expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(projected.attention, full.attention, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"weights \(P, (384|768)\)"):
+        featurise_projected(img, cfg, (weights[:, :10], bias))
+    with pytest.raises(ValueError, match="needs ViT features"):
+        featurise_projected(img, FeatureConfig(), (weights, bias))

@@ -298,6 +298,53 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
     return out
 
 
+def logit_space(clf: PixelClassifier, channel_names: Sequence[str]):
+    """The classifier split for features whose ViT channels are never built at pixel level.
+
+    A logistic classifier on standard-scaled features (``classifier="logistic"``,
+    ``scaling="standard"``) is linear in the ViT channels (``vit_*`` names), so their part of
+    each class's logit is a projection of them: ``weights = coef[:, vit] / scale[vit]`` and
+    ``bias = -weights @ mean[vit]``. The ViT featuriser computes it on each view's token grid
+    (:func:`napari_dinoseg.features.featurise.featurise_projected`); the other channels are
+    kept as they are.
+
+    Parameters
+    ----------
+    clf
+        A fitted classifier.
+    channel_names : (F,) str
+        The names of its feature channels.
+
+    Returns
+    -------
+    ``(reduced, (weights (K, L), bias (K,)))``, where ``reduced`` is a :class:`PixelClassifier`
+    on the kept channels followed by the ``K`` projected logits (weight 1 each), whose
+    :func:`predict` on ``featurise_projected`` features equals ``predict(clf, ...)`` on the full
+    features up to float rounding; or ``None`` where the classifier is not linear in the ViT
+    channels (trees, the signed-log scaling) or there are none.
+    """
+    vit = np.array([i for i, name in enumerate(channel_names) if "vit_" in name], dtype=np.int64)
+    if clf.forest is not None or clf.scaling != "standard" or len(vit) == 0 or len(channel_names) != clf.n_features:
+        return None
+    kept = np.setdiff1d(np.arange(clf.n_features), vit)
+    weights = (clf.coef[:, vit].astype(np.float64) / clf.scale[vit]).astype(np.float32)
+    bias = -(weights.astype(np.float64) @ clf.mean[vit]).astype(np.float32)
+    k = clf.n_classes
+    position = {int(c): i for i, c in enumerate(kept)}
+    reduced = PixelClassifier(
+        coef=np.hstack([clf.coef[:, kept], np.eye(k, dtype=np.float32)]),
+        intercept=clf.intercept,
+        classes=clf.classes,
+        mean=np.concatenate([clf.mean[kept], np.zeros(k, np.float32)]),
+        scale=np.concatenate([clf.scale[kept], np.ones(k, np.float32)]),
+        scaling="standard",
+        smooth=clf.smooth,
+        guided_radius=clf.guided_radius,
+        guide=tuple(position[i] for i in clf.guide),
+    )
+    return reduced, (weights, bias)
+
+
 def guide_channels(features: Union[FeaturesLike, Sequence[FeaturesLike]]) -> tuple[int, ...]:
     """Indices of the channels that make the guided filter's guide: the finest Gaussian blur
     (``gaussian_s<smallest sigma>``) of every image channel; ``()`` for features without names

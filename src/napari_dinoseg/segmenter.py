@@ -172,8 +172,21 @@ class Segmenter:
         clf = self._fitted()
         norm = self.normalise(image)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
-        for window, core, key, stack in self._window_features(norm, self.features, within(progress, 0, 0.95), cache):
-            out[window][core] = predict(clf, stack, self.scaled_features(stack, key, cache))[core]
+        split = self.logit_space() if cache is None else None
+        if split is not None:  # the ViT map never built: its logits computed on the token grids
+            from .features.featurise import featurise_projected
+
+            reduced, projection = split
+            windows = plane_windows(norm.shape[:2], self.features, self.training, self.tile)
+            for n, (window, core) in enumerate(windows):
+                sub = within(progress, 0.95 * n / len(windows), 0.95 * (n + 1) / len(windows))
+                stack = featurise_projected(norm[window], self.features, projection, sub, normalised=True)
+                out[window][core] = predict(reduced, stack)[core]
+                del stack
+        else:
+            for window, core, key, stack in self._window_features(norm, self.features, within(progress, 0, 0.95),
+                                                                  cache):
+                out[window][core] = predict(clf, stack, self.scaled_features(stack, key, cache))[core]
         if self.crf is not None:
             from .crf import crf_refine
 
@@ -209,6 +222,21 @@ class Segmenter:
         warnings = [] if self.statistics is None else self.statistics.check(norm, self.features.normalise)
         proba = self.predict_proba(image) if proba is None else proba
         return warnings + collapse_warning(proba, clf.classes)
+
+    def logit_space(self):
+        """:func:`~napari_dinoseg.classify.logit_space` of the classifier: ``(reduced classifier,
+        ViT projection)`` where it is linear in the ViT channels, else ``None``.
+
+        :meth:`predict_proba` without a feature cache then never builds the ``(H, W, D)`` ViT
+        map: the classifier's logits on the ViT channels are computed on each view's token grid
+        and upsampled (``K`` channels instead of ``D``). With a cache the full features are
+        kept, for the refits of an interactive session.
+        """
+        from .classify import logit_space
+
+        if not self.features.uses_vit or not self.channel_names:
+            return None
+        return logit_space(self._fitted(), self.channel_names)
 
     def scaled_features(self, stack, key: Optional[str], cache) -> Optional[np.ndarray]:
         """The classifier's :func:`~napari_dinoseg.classify.scaled_features` of a cached stack,

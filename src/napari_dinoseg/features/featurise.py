@@ -110,6 +110,61 @@ def featurise(
     return featuriser(img, config, device, progress)
 
 
+def featurise_projected(
+    image: np.ndarray,
+    config: FeatureConfig,
+    projection: tuple[np.ndarray, np.ndarray],
+    progress: Optional[ProgressCallback] = None,
+    normalised: bool = False,
+) -> FeatureStack:
+    """:func:`featurise` with the ViT channels replaced by a linear projection of them, which the
+    ViT featuriser computes on each view's token grid: the ``(H, W, G * D)`` ViT map is never built.
+
+    Parameters
+    ----------
+    image, config, progress, normalised
+        As for :func:`featurise`; ``config.kind`` is ``"vit"`` or ``"hybrid"``.
+    projection : ``(weights (P, G * D), bias (P,))``
+        The projection of the ViT channels (e.g. a classifier's logits on them,
+        :func:`napari_dinoseg.classify.vit_logits`).
+
+    Returns
+    -------
+    FeatureStack
+        ``.data`` is ``(H, W, F_c + P)`` float32: the classical channels (hybrid) as :func:`featurise`
+        makes them, then ``P`` channels named ``projected_<i>`` equal, up to float rounding, to
+        ``featurise(...).data[..., vit] @ weights.T + bias``.
+    """
+    from .classical import classical_channel_names
+    from .vit import vit_features
+
+    config = config_or_default(config, FeatureConfig)
+    if not config.uses_vit:
+        raise ValueError("a projection of the ViT channels needs ViT features: kind 'vit' or 'hybrid'")
+    shape = np.shape(image)
+    check_image_shape(shape)
+    n_channels = 1 if len(shape) == 2 else shape[-1]
+    device = resolve_device(config.device)
+    config = config.resolved(device.type)
+    n_projected = len(projection[0])
+    check_memory(config, shape[:2], n_channels, device, projected=n_projected)
+    if normalised:
+        img = np.asarray(image, dtype=np.float32)
+        img = img[..., None] if img.ndim == 2 else img
+    else:
+        img = as_float_image(image, config)
+    names: tuple[str, ...] = ()
+    n_classical = n_channels * len(classical_channel_names(config)) if config.uses_classical else 0
+    data = np.empty((*img.shape[:2], n_classical + n_projected), dtype=np.float32)
+    vit_progress = progress
+    if config.uses_classical:
+        names = _classical(img, config, device, within(progress, 0.0, 0.1), out=data[..., :n_classical]).channel_names
+        vit_progress = within(progress, 0.1, 1.0)
+    _, attention = vit_features(img, config, device, vit_progress, out=data[..., n_classical:], projection=projection)
+    names += tuple(f"projected_{i}" for i in range(n_projected))
+    return FeatureStack(data=data, config=config, channel_names=names, attention=attention)
+
+
 def feature_margin(config: FeatureConfig) -> int:
     """Pixels of context a (resolved) config's features read around a pixel: the width to
     keep around a tile so that its core does not see the tile's border."""
@@ -147,7 +202,8 @@ def vit_channel_groups(n_channels: int) -> list[list[int]]:
     return [[c, c, c] for c in range(n_channels)]
 
 
-def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1, device=None) -> int:
+def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1, device=None,
+                    projected: Optional[int] = None) -> int:
     """Peak host memory, in bytes, of :func:`featurise` on an ``(H, W)`` image of ``n_channels``.
 
     The normalised image, the outputs (features and, for ViT kinds, the attention) and the
@@ -168,6 +224,8 @@ def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: i
     device
         Torch device the ViT runs on (default: ``config.device`` resolved); only host memory
         is counted, so a GPU's activations are not.
+    projected
+        For :func:`featurise_projected`: the number of channels the ViT channels are projected to.
     """
     h, w = shape
     plane = 4 * int(h) * int(w)
@@ -185,7 +243,8 @@ def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: i
 
     device = resolve_device(config.device) if device is None else device
     config = config.resolved(device.type)
-    out = n_features(config, n_channels) * plane + model_spec(config.model).num_heads * plane
+    channels = n_features(config, n_channels) if projected is None else classical_out // plane + projected
+    out = (channels + model_spec(config.model).num_heads) * plane
     vit_work = vit_working_bytes(config, shape, device)
     if config.kind == "vit":
         return image + out + vit_work
@@ -194,14 +253,14 @@ def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: i
 
 
 def check_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1, device=None,
-                 available: Optional[int] = None) -> int:
+                 available: Optional[int] = None, projected: Optional[int] = None) -> int:
     """Refuse, before allocating, features that would not fit in memory.
 
     Returns :func:`estimate_memory` in bytes; raises ``ValueError`` naming the estimate and
     the fix when it exceeds ``MEMORY_FRACTION`` of ``available`` bytes (default: the
     system's available memory).
     """
-    estimate = estimate_memory(config, shape, n_channels, device)
+    estimate = estimate_memory(config, shape, n_channels, device, projected)
     if available is None:
         import psutil
 

@@ -38,6 +38,7 @@ def vit_features(
     device: torch.device,
     progress: Optional[ProgressCallback] = None,
     out: Optional[np.ndarray] = None,
+    projection: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Upsampled ViT features and CLS attention of a normalised image.
 
@@ -56,6 +57,11 @@ def vit_features(
     out : (H, W, G * D) float32 array, optional
         Written with the features and returned (e.g. a slice of a larger stack, saving a copy);
         any strides whose last one is the item size.
+    projection : ``(weights (P, G * D), bias (P,))`` float arrays, optional
+        Return ``features @ weights.T + bias`` (``(H, W, P)``) instead of the features, computed
+        on every view's token grid before the upsampler averages the views: the average is
+        linear, so this equals projecting the ``(H, W, G * D)`` features (up to float rounding),
+        which are never built. ``out`` must then have ``P`` channels.
 
     Returns
     -------
@@ -72,17 +78,29 @@ def vit_features(
     groups = vit_channel_groups(img.shape[-1])
     total = len(groups) * len(windows) * len(transforms)
     report(progress, 0, total, f"{config.model}: {len(transforms)} views x {len(windows)} tile(s)")
-    feats = _output_array(out, (h, w, len(groups) * spec.embed_dim))
+    weights = bias = None
+    if projection is not None:
+        weights, bias = (torch.as_tensor(np.asarray(a, np.float32), device=device) for a in projection)
+        if weights.ndim != 2 or weights.shape[1] != len(groups) * spec.embed_dim or bias.shape != weights.shape[:1]:
+            raise ValueError(f"the projection must be weights (P, {len(groups) * spec.embed_dim}) and bias (P,), "
+                             f"got {tuple(weights.shape)} and {tuple(bias.shape)}")
+    width = len(groups) * spec.embed_dim if weights is None else len(weights)
+    feats = _output_array(out, (h, w, width))
+    if weights is not None:
+        feats[...] = bias.cpu().numpy()
     attention = np.zeros((h, w, spec.num_heads), dtype=np.float32)
     vit = StridedViT(load_model(config.model, config.weights, device))
     dtype = compute_dtype(config, device)
 
     reported = [0]  # the last progress value: repeated between blocks, where a cancel is honoured
 
-    def run(views: torch.Tensor):
+    def run(views: torch.Tensor, group: slice):
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return vit(views, config.stride,
-                       lambda: report(progress, reported[0], total, f"{config.model}: views"))
+            tokens, attn = vit(views, config.stride,
+                               lambda: report(progress, reported[0], total, f"{config.model}: views"))
+        if weights is None:
+            return tokens, attn
+        return tokens.float() @ weights[:, group].T, attn  # (B, gh, gw, P): the views' projected tokens
 
     done = 0
     for g, channels in enumerate(groups):
@@ -95,12 +113,14 @@ def vit_features(
                 report(progress, base + views_done, total, f"{config.model}: views")
 
             # a single window on the CPU is written straight into the output arrays
-            whole = len(windows) == 1 and device.type == "cpu"
+            whole = len(windows) == 1 and device.type == "cpu" and weights is None
             dest = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
-            f, a = upsample_views(run, tile, transforms, spec.patch_size, config.stride, config.resize,
-                                  views_per_batch(config, tile.shape[1:], device), step, dest)
+            f, a = upsample_views(lambda views: run(views, block), tile, transforms, spec.patch_size, config.stride,
+                                  config.resize, views_per_batch(config, tile.shape[1:], device), step, dest)
             core = (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
-            if not whole:
+            if weights is not None:  # the groups' projections add up
+                feats[cr0:cr1, cc0:cc1] += f[core].cpu().numpy()
+            elif not whole:
                 feats[cr0:cr1, cc0:cc1, block] = f[core].cpu().numpy()
             attention[cr0:cr1, cc0:cc1] += a[core].div_(len(groups)).cpu().numpy()
             done += len(transforms)
