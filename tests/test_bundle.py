@@ -155,3 +155,78 @@ def test_saving_with_the_wrong_config_is_refused(tmp_path, trained):
     _, _, clf, _ = trained
     with pytest.raises(ValueError, match="does not produce"):
         save_bundle(tmp_path / "x.dinoseg", clf, FeatureConfig())
+
+
+@pytest.fixture
+def linear_in_vit(two_textures):
+    """Hybrid-like features (classical + 'vit_' channels) and the default classifier on them:
+    ViT channels read linearly, the trees on the classical channels and 4 ViT components."""
+    from napari_dinoseg.features.featurise import FeatureStack
+
+    image, _, scribbles = two_textures
+    cfg = FeatureConfig(sigmas=(1, 2))
+    classical = featurise(image, cfg)
+    vit = classical.data[..., :6] @ np.random.default_rng(1).normal(size=(6, 12)).astype(np.float32)
+    stack = FeatureStack(np.concatenate([classical.data, vit], -1), cfg,
+                         classical.channel_names + tuple(f"vit_{i}" for i in range(12)))
+    return stack, train(stack, scribbles, TrainConfig(vit_components=4))
+
+
+def test_the_trees_components_and_linear_channels_travel_with_the_bundle(tmp_path, linear_in_vit, monkeypatch):
+    import napari_dinoseg.bundle as bundle
+
+    stack, clf = linear_in_vit
+    n = stack.n_features - 12  # classical channels
+    assert clf.linear == tuple(range(n, n + 12)) and clf.tree_channels == tuple(range(n))
+    assert clf.tree_components.shape == (4, 12) and clf.n_tree_features == n + 4
+    # the classical config cannot make the 'vit_' stand-ins: check them against a count that fits
+    monkeypatch.setattr(bundle, "_check", lambda *a: None)
+    import importlib
+
+    featurise_module = importlib.import_module("napari_dinoseg.features.featurise")
+    monkeypatch.setattr(featurise_module, "n_features", lambda config, channels=1: n + 12)
+    path = save_bundle(tmp_path / "clf.dinoseg", clf, stack.config, channel_names=stack.channel_names)
+    back, _ = load_bundle(path)
+    assert (back.linear, back.tree_channels) == (clf.linear, clf.tree_channels)
+    np.testing.assert_array_equal(back.tree_components, clf.tree_components)
+    np.testing.assert_array_equal(predict(back, stack), predict(clf, stack))
+    with zipfile.ZipFile(path) as zf:
+        meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
+    assert meta["format_version"] == 5 and meta["training_config"]["vit_components"] == 4
+    arrays = dict(np.load(io.BytesIO(raw)))
+    forged = [({"tree_channels": [0, n]}, arrays, "trees read linear channels"),
+              ({"linear": [n, n]}, arrays, "linear channels"),
+              ({"tree_channels": [99]}, arrays, "tree channels"),
+              ({}, {k: v for k, v in arrays.items() if k != "tree_components"}, "tree components disagree"),
+              ({}, {**arrays, "tree_components": arrays["tree_components"][:, :5]}, "tree_components array"),
+              ({}, {**arrays, "tree_components": np.full((4, 12), np.nan, np.float32)}, "tree_components array")]
+    for update, data, match in forged:
+        buffer = io.BytesIO()
+        np.savez(buffer, **data)
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("bundle.json", json.dumps({**meta, **update}))
+            zf.writestr("arrays.npz", buffer.getvalue())
+        with pytest.raises(ValueError, match=f"is corrupt.*{match}"):
+            load_bundle(path)
+
+
+def test_format_4_bundles_load_with_trees_on_every_channel(tmp_path, trained):
+    """Before format 5, no channel was read linearly and the trees read them all: vit_components=0."""
+    from napari_dinoseg import Segmenter
+
+    image, feats, clf, cfg = trained
+    seg = Segmenter(cfg)
+    seg.classifier, seg.n_channels, seg.channel_names = clf, 1, feats.channel_names
+    path = seg.save(tmp_path / "clf.dinoseg")
+    with zipfile.ZipFile(path) as zf:
+        meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
+    meta["format_version"] = 4
+    for key in ("linear", "tree_channels"):
+        meta.pop(key)
+    meta["training_config"].pop("vit_components")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("bundle.json", json.dumps(meta))
+        zf.writestr("arrays.npz", raw)
+    back = Segmenter.load(path)
+    assert back.training.vit_components == 0 and back.classifier.linear == () and back.classifier.tree_channels is None
+    np.testing.assert_array_equal(back.predict_proba(image), seg.predict_proba(image))

@@ -51,8 +51,12 @@ FORMAT = "napari-dinoseg-bundle"
 #: 4: the whole :class:`~napari_dinoseg.Segmenter`: training and CRF configs, training statistics,
 #: and the feature config's intensity normalisation (older bundles load with ``"legacy"``, the
 #: rule they were trained with).
-FORMAT_VERSION = 4
+#: 5: the classifier's linear (ViT) channels, the trees' own channels and their ViT components
+#: (older bundles: none; their trees read every channel, ``vit_components=0``).
+FORMAT_VERSION = 5
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
+#: Arrays only some classifiers have.
+OPTIONAL_ARRAYS = ("tree_components",)
 FOREST_PREFIX = "forest_"
 PathLike = Union[str, os.PathLike]
 
@@ -144,7 +148,8 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         )
     if training is None:
         training = TrainConfig(classifier="logistic" if clf.forest is None else "logistic+trees",
-                               scaling=clf.scaling, smooth=clf.smooth, guided_radius=clf.guided_radius)
+                               scaling=clf.scaling, smooth=clf.smooth, guided_radius=clf.guided_radius,
+                               vit_components=0 if clf.tree_components is None else len(clf.tree_components))
     meta = {
         "format": FORMAT,
         "training_config": training.to_dict(),
@@ -159,13 +164,16 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         "smooth": clf.smooth,
         "guided_radius": clf.guided_radius,
         "guide": list(clf.guide),
+        "linear": list(clf.linear),
+        "tree_channels": None if clf.tree_channels is None else list(clf.tree_channels),
         "classifier": "logistic" if clf.forest is None else "logistic+trees",
         "channel_names": list(channel_names) if channel_names else None,
         "versions": _versions(),
     }
     arrays = io.BytesIO()
     forest = {} if clf.forest is None else {FOREST_PREFIX + k: v for k, v in clf.forest.arrays().items()}
-    np.savez(arrays, **{name: getattr(clf, name) for name in ARRAYS}, **forest)
+    optional = {name: getattr(clf, name) for name in OPTIONAL_ARRAYS if getattr(clf, name) is not None}
+    np.savez(arrays, **{name: getattr(clf, name) for name in ARRAYS}, **optional, **forest)
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("bundle.json", json.dumps(meta, indent=2))
@@ -394,7 +402,7 @@ def _read_arrays(raw: bytes) -> tuple[dict, dict]:
                 raise _refuse(f"its arrays.npz inflates to {format_bytes(total)}, more than the "
                               f"{format_bytes(MAX_BUNDLE_BYTES)} a bundle may (MAX_BUNDLE_BYTES)")
             wanted = {name[:-4]: info for name, info in members.items() if name.endswith(".npy")
-                      and (name[:-4] in ARRAYS or name.startswith(FOREST_PREFIX))}
+                      and (name[:-4] in ARRAYS + OPTIONAL_ARRAYS or name.startswith(FOREST_PREFIX))}
             missing = [name for name in ARRAYS if name not in wanted]
             if missing:
                 raise _refuse(f"its arrays.npz lacks the array(s) {missing}")
@@ -437,15 +445,16 @@ def _contents(meta: dict, version: int, config: FeatureConfig, arrays: dict, for
     if not (isinstance(guide, list) and all(type(i) is int and 0 <= i < n_feat for i in guide)):
         raise ValueError(f"guide channels {reprlib.repr(guide)} are not indices of its {n_feat} features")
     _check_values(arrays, n_feat)
+    layout = _tree_layout(meta, arrays, n_feat, training)
     classes = meta.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(type(c) is int for c in classes)
                                     and classes == arrays["classes"].tolist()):
         raise ValueError(f"its classes {reprlib.repr(classes)} are not the integers of its arrays")
     clf = PixelClassifier(**arrays, scaling=training.scaling, smooth=float(training.smooth),
-                          guided_radius=training.guided_radius, guide=tuple(guide))
+                          guided_radius=training.guided_radius, guide=tuple(guide), **layout)
     _check(clf, config, n_channels)
     if training.classifier == "logistic+trees":
-        clf = dataclasses.replace(clf, forest=forest_from_arrays(forest_arrays, clf.n_features, clf.n_classes))
+        clf = dataclasses.replace(clf, forest=forest_from_arrays(forest_arrays, clf.n_tree_features, clf.n_classes))
     statistics = None
     if meta.get("statistics") is not None:
         statistics = TrainingStatistics.from_dict(_object(meta, "statistics"), n_channels, clf.n_classes)
@@ -459,13 +468,45 @@ def _contents(meta: dict, version: int, config: FeatureConfig, arrays: dict, for
                           None if names is None else tuple(names))
 
 
+def _tree_layout(meta: dict, arrays: dict, n_feat: int, training: TrainConfig) -> dict:
+    """The classifier's ``linear``, ``tree_channels`` and ``tree_components``, checked against
+    each other and ``n_feat`` features (format 5; none before)."""
+    linear, tree_channels = meta.get("linear", []), meta.get("tree_channels")
+    components = arrays.pop("tree_components", None)
+
+    def indices(value, what: str) -> tuple[int, ...]:
+        if not (isinstance(value, list) and all(type(i) is int and 0 <= i < n_feat for i in value)
+                and len(set(value)) == len(value)):
+            raise ValueError(f"its {what} {reprlib.repr(value)} are not distinct indices of its {n_feat} features")
+        return tuple(value)
+
+    layout = {"linear": indices(linear, "linear channels"),
+              "tree_channels": None if tree_channels is None else indices(tree_channels, "tree channels"),
+              "tree_components": None}
+    if set(layout["tree_channels"] or ()) & set(layout["linear"]):
+        raise ValueError("its trees read linear channels as they are")
+    if components is not None:
+        if components.dtype.kind != "f" or components.ndim != 2 or components.shape[1] != len(layout["linear"]) \
+                or not np.isfinite(components).all():
+            raise ValueError(f"its tree_components array ({components.dtype} {components.shape}) is not finite "
+                             f"components of its {len(layout['linear'])} linear channels")
+        layout["tree_components"] = components.astype(np.float32)
+    expected = training.vit_components if training.classifier == "logistic+trees" and layout["linear"] else 0
+    if (components is None) != (expected == 0):
+        raise ValueError("its tree components disagree with its training config")
+    return layout
+
+
 def _training_config(meta: dict, version: int) -> TrainConfig:
     """The training config, agreeing with the classifier's own fields (the only source before format 4)."""
     own = (meta.get("classifier", "logistic"), meta.get("scaling", "standard"), meta.get("smooth", 0.0),
            meta.get("guided_radius", 0))
     if version < 4:
         return TrainConfig(classifier=own[0], scaling=own[1], smooth=own[2], guided_radius=own[3])
-    training = TrainConfig.from_dict(_object(meta, "training_config"))
+    saved = dict(_object(meta, "training_config"))
+    if version < 5:  # trained before the ViT channels were read linearly
+        saved.setdefault("vit_components", 0)
+    training = TrainConfig.from_dict(saved)
     if (training.classifier, training.scaling, training.smooth, training.guided_radius) != own:
         raise ValueError("its training config disagrees with its classifier")
     return training

@@ -76,6 +76,15 @@ class PixelClassifier:
     forest
         Trees whose class fractions are averaged with the regression's probabilities
         (weight ``FOREST_WEIGHT``); ``None``: logistic regression alone.
+    linear
+        Channels scaled by ``(x - mean) / scale`` whatever ``scaling`` says, and read by the
+        trees only through ``tree_components``: the ViT channels of a default classifier, so
+        that it is linear in them (:func:`logit_space`).
+    tree_channels
+        Channels the trees read as they are (``None``: all of them).
+    tree_components : (P, len(linear)) float32 or None
+        The trees also read ``P`` principal components of the scaled ``linear`` channels,
+        after ``tree_channels``.
     """
 
     coef: np.ndarray
@@ -88,6 +97,15 @@ class PixelClassifier:
     guided_radius: int = 0
     guide: tuple[int, ...] = ()
     forest: Optional[Forest] = None
+    linear: tuple[int, ...] = ()
+    tree_channels: Optional[tuple[int, ...]] = None
+    tree_components: Optional[np.ndarray] = None
+
+    @property
+    def n_tree_features(self) -> int:
+        """Inputs of each tree: ``tree_channels`` (all channels when ``None``), then the components."""
+        kept = self.n_features if self.tree_channels is None else len(self.tree_channels)
+        return kept + (0 if self.tree_components is None else len(self.tree_components))
 
     @property
     def margin(self) -> int:
@@ -217,12 +235,19 @@ def train_parts(
     config = config_or_default(config, TrainConfig)
     x, y = _training_set(parts, config)
     grid = np.concatenate([p.grid for p in parts])
-    mean, scale = _fit_scaling(grid, config.scaling) if scaling is None else scaling
+    linear = linear_channels(channel_names, config)
+    mean, scale = _fit_scaling(grid, config.scaling, linear) if scaling is None else scaling
     if np.shape(mean) != (x.shape[1],) or np.shape(scale) != (x.shape[1],):
         raise ValueError(f"the scaling has shapes {np.shape(mean)} and {np.shape(scale)}, "
                          f"not ({x.shape[1]},) for {x.shape[1]} feature channels")
-    xs = _scaled(x, mean, scale, config.scaling)
-    reduce = _fit_pca(channel_names, grid, mean, scale, config) if config.pca_dim else None
+    xs = _scaled(x, mean, scale, config.scaling, linear)
+    tree_x, tree_channels, components = x, None, None
+    if config.classifier == "logistic+trees" and linear:
+        tree_channels = tuple(int(i) for i in np.setdiff1d(np.arange(x.shape[1]), linear))
+        components = _components(_scaled(grid[:, list(linear)], mean[list(linear)], scale[list(linear)], "standard"),
+                                 config.vit_components, config.seed)
+        tree_x = np.hstack([x[:, list(tree_channels)], xs[:, list(linear)] @ components.T])
+    reduce = _fit_pca(channel_names, grid, mean, scale, config, linear) if config.pca_dim else None
     if reduce is not None:
         xs = reduce.transform(xs)
 
@@ -242,7 +267,7 @@ def train_parts(
         coef, intercept = reduce.fold(coef, intercept)
     forest = None
     if config.classifier == "logistic+trees":
-        forest = fit_forest(x, y, config.n_trees, config.class_weight, config.seed)
+        forest = fit_forest(tree_x, y, config.n_trees, config.class_weight, config.seed)
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax([0, z]) == sigmoid(z)
         coef = np.vstack([np.zeros_like(coef), coef])
         intercept = np.concatenate([[0.0], intercept])
@@ -257,7 +282,27 @@ def train_parts(
         guided_radius=int(config.guided_radius),
         guide=_guide(channel_names, feature_config) if config.guided_radius else (),
         forest=forest,
+        linear=linear,
+        tree_channels=tree_channels,
+        tree_components=components,
     )
+
+
+def linear_channels(channel_names: Optional[Sequence[str]], config: TrainConfig) -> tuple[int, ...]:
+    """The channels a classifier trained with ``config`` reads linearly (see :class:`PixelClassifier`):
+    the ViT channels (``vit_*`` names) when ``config.vit_components`` is set and the trees are on,
+    else none."""
+    if not channel_names or not config.vit_components or config.classifier != "logistic+trees":
+        return ()
+    return tuple(i for i, name in enumerate(channel_names) if "vit_" in name)
+
+
+def _components(scaled: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``(n, L)`` float32 leading principal axes of ``(M, L)`` scaled features."""
+    from sklearn.decomposition import PCA
+
+    n = min(n, scaled.shape[1], len(scaled))
+    return PCA(n_components=n, svd_solver="randomized", random_state=seed).fit(scaled).components_.astype(np.float32)
 
 
 def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.ndarray] = None) -> np.ndarray:
@@ -301,10 +346,11 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
 def logit_space(clf: PixelClassifier, channel_names: Sequence[str]):
     """The classifier split for features whose ViT channels are never built at pixel level.
 
-    A logistic classifier on standard-scaled features (``classifier="logistic"``,
-    ``scaling="standard"``) is linear in the ViT channels (``vit_*`` names), so their part of
-    each class's logit is a projection of them: ``weights = coef[:, vit] / scale[vit]`` and
-    ``bias = -weights @ mean[vit]``. The ViT featuriser computes it on each view's token grid
+    A classifier that reads the ViT channels (``vit_*`` names) only linearly -- scaled by mean
+    and standard deviation (``scaling="standard"``, or among ``clf.linear``), seen by the trees
+    only through ``tree_components`` -- needs of them only a projection: each class's logit
+    ``coef[:, vit] / scale[vit]`` and each tree component ``components / scale[vit]``, with
+    their offsets. The ViT featuriser computes it on each view's token grid
     (:func:`napari_dinoseg.features.featurise.featurise_projected`); the other channels are
     kept as they are.
 
@@ -317,32 +363,53 @@ def logit_space(clf: PixelClassifier, channel_names: Sequence[str]):
 
     Returns
     -------
-    ``(reduced, (weights (K, L), bias (K,)))``, where ``reduced`` is a :class:`PixelClassifier`
-    on the kept channels followed by the ``K`` projected logits (weight 1 each), whose
-    :func:`predict` on ``featurise_projected`` features equals ``predict(clf, ...)`` on the full
-    features up to float rounding; or ``None`` where the classifier is not linear in the ViT
-    channels (trees, the signed-log scaling) or there are none.
+    ``(reduced, (weights (K + P, L), bias (K + P,)))``: ``reduced`` is a :class:`PixelClassifier`
+    on the kept channels followed by the ``K`` projected logits (weight 1 each) and the ``P``
+    tree components, whose :func:`predict` on ``featurise_projected`` features equals
+    ``predict(clf, ...)`` on the full features up to float rounding. ``None`` where the
+    classifier is not linear in the ViT channels (every classifier from before this layout
+    with trees or the signed log) or there are none.
     """
     vit = np.array([i for i, name in enumerate(channel_names) if "vit_" in name], dtype=np.int64)
-    if clf.forest is not None or clf.scaling != "standard" or len(vit) == 0 or len(channel_names) != clf.n_features:
+    if len(vit) == 0 or len(channel_names) != clf.n_features:
+        return None
+    linear = set(range(clf.n_features)) if clf.scaling == "standard" else set(clf.linear)
+    if not set(vit.tolist()) <= linear:
+        return None
+    if clf.forest is not None and (clf.tree_channels is None or set(clf.tree_channels) & set(vit.tolist())):
+        return None
+    if clf.tree_components is not None and tuple(clf.linear) != tuple(vit.tolist()):
         return None
     kept = np.setdiff1d(np.arange(clf.n_features), vit)
-    weights = (clf.coef[:, vit].astype(np.float64) / clf.scale[vit]).astype(np.float32)
-    bias = -(weights.astype(np.float64) @ clf.mean[vit]).astype(np.float32)
-    k = clf.n_classes
     position = {int(c): i for i, c in enumerate(kept)}
+    inv = 1.0 / clf.scale[vit].astype(np.float64)
+    rows = [clf.coef[:, vit] * inv]  # the logits' weights on the raw ViT channels
+    if clf.tree_components is not None:
+        rows.append(clf.tree_components * inv)
+    weights = np.vstack(rows)
+    bias = -(weights @ clf.mean[vit].astype(np.float64))
+    k, n_kept, n_new = clf.n_classes, len(kept), len(weights)
+    coef = np.zeros((k, n_kept + n_new), np.float32)
+    coef[:, :n_kept], coef[:, n_kept:n_kept + k] = clf.coef[:, kept], np.eye(k)
+    new = tuple(range(n_kept, n_kept + n_new))
+    tree_channels = None
+    if clf.forest is not None:
+        tree_channels = tuple(position[i] for i in clf.tree_channels) + new[k:]
     reduced = PixelClassifier(
-        coef=np.hstack([clf.coef[:, kept], np.eye(k, dtype=np.float32)]),
+        coef=coef,
         intercept=clf.intercept,
         classes=clf.classes,
-        mean=np.concatenate([clf.mean[kept], np.zeros(k, np.float32)]),
-        scale=np.concatenate([clf.scale[kept], np.ones(k, np.float32)]),
-        scaling="standard",
+        mean=np.concatenate([clf.mean[kept], np.zeros(n_new, np.float32)]),
+        scale=np.concatenate([clf.scale[kept], np.ones(n_new, np.float32)]),
+        scaling=clf.scaling,
         smooth=clf.smooth,
         guided_radius=clf.guided_radius,
         guide=tuple(position[i] for i in clf.guide),
+        forest=clf.forest,
+        linear=tuple(position[i] for i in clf.linear if i in position) + new,
+        tree_channels=tree_channels,
     )
-    return reduced, (weights, bias)
+    return reduced, (weights.astype(np.float32), bias.astype(np.float32))
 
 
 def guide_channels(features: Union[FeaturesLike, Sequence[FeaturesLike]]) -> tuple[int, ...]:
@@ -395,7 +462,8 @@ def scaled_features(clf: PixelClassifier, features: FeaturesLike) -> np.ndarray:
 
 
 class _Linear:
-    """The classifier's scaling and logistic regression as torch operations on ``(F, m)`` chunks."""
+    """The classifier's scaling, logistic regression and tree inputs as torch operations on
+    ``(F, m)`` chunks."""
 
     def __init__(self, clf: PixelClassifier) -> None:
         import torch
@@ -408,13 +476,28 @@ class _Linear:
         # standard scaling folded into the weights: logits straight from the features
         self.folded_coef = self.coef * self.inv_scale.T
         self.folded_intercept = self.intercept - self.folded_coef @ self.centre
+        linear = np.zeros(clf.n_features, bool)
+        linear[list(clf.linear)] = True
+        self.logged = None if self.kind != "log" else _rows(~linear)
+        self.linear = _rows(linear)
+        self.trees = None if clf.tree_channels is None else _rows(np.isin(np.arange(clf.n_features), clf.tree_channels))
+        self.components = None if clf.tree_components is None else torch.from_numpy(clf.tree_components)
+
+    @property
+    def needs_scaled_trees(self) -> bool:
+        return self.components is not None
 
     def scale(self, x):
         """``(F, m)`` float32 tensor -> scaled ``(F, m)`` (see :class:`PixelClassifier`)."""
         import torch
 
         z = (x - self.centre).mul_(self.inv_scale)
-        return torch.log1p(z.abs()).copysign_(z) if self.kind == "log" else z
+        if self.logged == slice(None):
+            return torch.log1p(z.abs()).copysign_(z)
+        if self.logged is not None:
+            part = z[self.logged]
+            z[self.logged] = torch.log1p(part.abs()).copysign_(part)
+        return z
 
     def proba(self, x, scaled=None):
         """``(F, m)`` float32 features (or their ``scaled`` version) -> ``(K, m)`` softmax probabilities."""
@@ -427,6 +510,30 @@ class _Linear:
         else:
             logits = torch.addmm(self.intercept, self.coef, self.scale(x))
         return torch.softmax(logits, dim=0)
+
+    def tree_input(self, x, scaled=None):
+        """``(F, m)`` features (and their ``scaled`` version, needed with tree components) -> the
+        ``(T, m)`` inputs of the trees: ``x`` itself, or its tree channels and components."""
+        import torch
+
+        if self.trees is None and self.components is None:
+            return x
+        parts = [x if self.trees is None else x[self.trees]]
+        if self.components is not None:
+            parts.append(self.components @ scaled[self.linear])
+        return torch.cat(parts)
+
+
+def _rows(mask: np.ndarray):
+    """Rows selected by a boolean ``mask``: a slice where they are contiguous, else an index tensor."""
+    import torch
+
+    index = np.flatnonzero(mask)
+    if len(index) == len(mask):
+        return slice(None)
+    if len(index) and index[-1] - index[0] + 1 == len(index):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return torch.from_numpy(index)
 
 
 def _row_chunks(data: np.ndarray) -> tuple[np.ndarray, int]:
@@ -464,9 +571,12 @@ def _pixel_proba(clf: PixelClassifier, data: np.ndarray, scaled: Optional[np.nda
     def chunk(r0: int) -> None:
         x = _chunk(cf, r0, step) if scaled is None or clf.forest is not None else None
         z = None if scaled_cf is None else _chunk(scaled_cf, r0, step)
+        if z is None and clf.forest is not None and linear.needs_scaled_trees:
+            z = linear.scale(x)
         proba = linear.proba(x, z).numpy()  # (K, m)
         if clf.forest is not None:
-            trees = clf.forest.predict_proba(x.numpy().T, clf.n_features)  # (m, K), read in place
+            inputs = linear.tree_input(x, z).numpy().T
+            trees = clf.forest.predict_proba(inputs, clf.n_tree_features)  # (m, K), read in place
             proba *= 1 - FOREST_WEIGHT
             proba += FOREST_WEIGHT * trees.T
         rows = out[:, r0:r0 + step]
@@ -573,24 +683,31 @@ def _training_set(parts: Sequence[TrainingPart], config: TrainConfig) -> tuple[n
 
 
 def fit_scaling(features: Union[FeaturesLike, Sequence[FeaturesLike], Sequence["TrainingPart"]],
-                kind: str) -> tuple[np.ndarray, np.ndarray]:
+                kind: str, linear: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
     """The feature scaling of training images: per-channel centre and spread (float64, ``(F,)``
     each) of about ``SCALING_SAMPLE`` pixels on a regular grid over all of them (the grids of
     :class:`TrainingPart` s).
 
     ``kind``: ``"standard"``: mean and standard deviation; ``"log"``: median and median absolute
-    deviation (the standard deviation where that is ~0, e.g. channels mostly constant).
+    deviation (the standard deviation where that is ~0, e.g. channels mostly constant); the
+    ``linear`` channels (:func:`linear_channels`) always by mean and standard deviation.
     """
     items = list(features) if isinstance(features, (list, tuple)) else [features]
     if all(isinstance(f, TrainingPart) for f in items):
-        return _fit_scaling(np.concatenate([p.grid for p in items]), kind)
+        return _fit_scaling(np.concatenate([p.grid for p in items]), kind, linear)
     feats = [_data(f) for f in items]
     step = grid_step([f.shape[:-1] for f in feats])
-    return _fit_scaling(np.concatenate([_part(f, np.zeros(f.shape[:-1], np.uint8), step).grid for f in feats]), kind)
+    grids = [_part(f, np.zeros(f.shape[:-1], np.uint8), step).grid for f in feats]
+    return _fit_scaling(np.concatenate(grids), kind, linear)
 
 
-def _fit_scaling(sample: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`fit_scaling` of a ``(M, F)`` sample."""
+def _fit_scaling(sample: np.ndarray, kind: str, linear: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_scaling` of a ``(M, F)`` sample; the ``linear`` channels' by mean and standard deviation."""
+    if kind != "standard" and len(linear):
+        centre, spread = _fit_scaling(sample, kind)
+        rest = _fit_scaling(sample[:, list(linear)], "standard")
+        centre[list(linear)], spread[list(linear)] = rest
+        return centre, spread
     if kind == "standard":
         centre = sample.mean(axis=0, dtype=np.float64)
         spread = sample.std(axis=0, dtype=np.float64)
@@ -603,15 +720,18 @@ def _fit_scaling(sample: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]
     return centre, spread
 
 
-def _scaled(x: np.ndarray, centre: np.ndarray, spread: np.ndarray, kind: str) -> np.ndarray:
-    """``(N, F)`` features -> ``(N, F)`` float32 scaled features (see :class:`PixelClassifier`)."""
+def _scaled(x: np.ndarray, centre: np.ndarray, spread: np.ndarray, kind: str,
+            linear: Sequence[int] = ()) -> np.ndarray:
+    """``(N, F)`` features -> ``(N, F)`` float32 scaled features (see :class:`PixelClassifier`;
+    the ``linear`` channels are not logged)."""
     z = np.subtract(x, centre.astype(np.float32), dtype=np.float32)
     z *= (1.0 / spread).astype(np.float32)
     if kind != "log":
         return z
-    out = np.abs(z)  # in place from here: this runs over every pixel at prediction
-    np.log1p(out, out=out)
-    return np.copysign(out, z, out=out)
+    logged = np.setdiff1d(np.arange(z.shape[1]), linear) if len(linear) else slice(None)
+    part = z[:, logged]
+    z[:, logged] = np.copysign(np.log1p(np.abs(part)), part)
+    return z
 
 
 class _ChannelPCA:
@@ -636,7 +756,8 @@ class _ChannelPCA:
         return full, intercept - coef[:, n_kept:] @ (self.components @ self.centre)
 
 
-def _fit_pca(names: Optional[Sequence[str]], sample, mean, scale, config: TrainConfig) -> _ChannelPCA:
+def _fit_pca(names: Optional[Sequence[str]], sample, mean, scale, config: TrainConfig,
+             linear: Sequence[int] = ()) -> _ChannelPCA:
     from sklearn.decomposition import PCA
 
     n_feat = sample.shape[1]
@@ -644,6 +765,7 @@ def _fit_pca(names: Optional[Sequence[str]], sample, mean, scale, config: TrainC
     if len(reduced) == 0:
         raise ValueError("pca_dim is set but the features have no ViT channels; use kind='vit' or 'hybrid'")
     k = min(config.pca_dim, len(reduced), len(sample))
-    scaled = _scaled(sample[:, reduced], mean[reduced], scale[reduced], config.scaling)
+    kind = "standard" if set(reduced.tolist()) <= set(linear) else config.scaling
+    scaled = _scaled(sample[:, reduced], mean[reduced], scale[reduced], kind)
     pca = PCA(n_components=k, svd_solver="randomized", random_state=config.seed).fit(scaled)
     return _ChannelPCA(n_feat, reduced, pca.components_, pca.mean_)

@@ -303,6 +303,13 @@ class TrainConfig(_JSONConfig):
     pca_dim
         Reduce the ViT channels to this many principal components, fitted at train time on
         the training images and folded into the classifier; ``None``: no PCA.
+    vit_components
+        With ``"logistic+trees"`` on ViT or hybrid features: the ViT channels are scaled by mean
+        and standard deviation (whatever ``scaling`` says) and the trees read this many of
+        their principal components instead of every channel, so the classifier is linear in
+        them and predicts from logits computed on the ViT's token grids, never building the
+        ``(H, W, D)`` map (:func:`napari_dinoseg.classify.logit_space`); 0: the trees read every
+        ViT channel, scaled like the others (bundles from before format 5).
     seed
         Seed of every subsample, so training is reproducible.
     """
@@ -319,9 +326,12 @@ class TrainConfig(_JSONConfig):
     smooth: float = 0.0
     n_trees: int = 10
     augment: tuple[float, ...] = ()
+    vit_components: int = 8
 
     def __post_init__(self) -> None:
         _choice("classifier", self.classifier, get_args(ClassifierKind))
+        if not _is_int(self.vit_components) or not 0 <= self.vit_components <= 1024:
+            raise ValueError(f"vit_components must be an integer in 0..1024, got {self.vit_components!r}")
         try:
             gammas = tuple(float(g) for g in self.augment)
         except (TypeError, ValueError):

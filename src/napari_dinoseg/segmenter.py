@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .classify import PixelClassifier, check_labels, fit_scaling, grid_step, predict, train_parts, training_part
+from .classify import (PixelClassifier, check_labels, fit_scaling, grid_step, linear_channels, predict, train_parts,
+                       training_part)
 from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
 from .progress import ProgressCallback, report, within
 from .shift import TrainingStatistics, collapse_warning, image_statistics
@@ -135,8 +136,8 @@ class Segmenter:
                 del stack  # before the next tile's features are computed
         report(progress, 900, 1000, "training")
         # what does not depend on the strokes is computed once per set of training images
-        kind = self.training.scaling
-        scaling = _memo(cache, ("scaling", kind, tuple(keys)), lambda: fit_scaling(parts, kind))
+        kind, linear = self.training.scaling, linear_channels(names, self.training)
+        scaling = _memo(cache, ("scaling", kind, linear, tuple(keys)), lambda: fit_scaling(parts, kind, linear))
         classifier = train_parts(parts, self.training, channel_names=names, feature_config=config, scaling=scaling)
         self.features, self.classifier, self.n_channels = config, classifier, normalised[0].shape[-1]
         self.channel_names = names
