@@ -313,3 +313,31 @@ def test_classifiers_that_read_vit_channels_non_linearly_have_no_logit_space(pha
     assert Segmenter(SMALL).fit(image, scribbles).logit_space() is None  # no ViT channels
     clf = Segmenter(SMALL, TrainConfig(classifier="logistic", scaling="standard")).fit(image, scribbles).classifier
     assert logit_space(clf, ("a", "b")) is None  # names that do not fit
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_fit_without_cache_reads_vit_channels_only_where_training_does(phases, monkeypatch):
+    """Without a cache (the CLI, scripts), a ViT fit gathers the ViT channels at the painted pixels
+    and the scaling's grid only (featurise_pixels, tile by tile): no full feature stack is built,
+    and the classifier is the one a fit on full stacks gives, up to float rounding."""
+    import importlib
+
+    from napari_dinoseg.features.featurise import FeatureCache
+
+    featurise_module = importlib.import_module("napari_dinoseg.features.featurise")
+    image, truth, scribbles = phases
+    hybrid = FeatureConfig(kind="hybrid", weights="random", stride=14, shifts=(7,), flips=False, device="cpu",
+                           sigmas=(1.0, 2.0, 4.0), membrane=False, precision="float32")
+    full = Segmenter(hybrid).fit(image, scribbles, cache=FeatureCache())
+    built = []
+    keyed = featurise_module.keyed_featurise
+    monkeypatch.setattr(featurise_module, "keyed_featurise", lambda *a, **k: built.append(1) or keyed(*a, **k))
+    for tile in (1024, 96):
+        sparse = Segmenter(hybrid)
+        sparse.tile = tile
+        sparse.fit(image, scribbles)
+        assert built == [] and sparse.channel_names == full.channel_names
+        np.testing.assert_allclose(sparse.classifier.mean, full.classifier.mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(sparse.classifier.coef, full.classifier.coef, rtol=1e-3, atol=1e-4)
+        agree = np.mean(sparse.segment(image) == full.segment(image))
+        assert agree > 0.99, agree

@@ -175,3 +175,27 @@ def test_presets():
 def test_vit_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FeatureConfig(kind="vit", **kwargs)
+
+
+@pytest.mark.parametrize("flips", [False, True])
+def test_gathering_at_pixels_equals_the_upsampled_features_there(flips):
+    """gather_views at N pixels gives the rows of upsample_views' output at those pixels (the
+    same tokens averaged in the same order), without the (H, W, D) output."""
+    from napari_dinoseg.features.upsample import gather_views
+
+    weight = torch.randn(5, 3, 14, 14)
+
+    def patch_model(views):
+        tokens = torch.nn.functional.conv2d(views, weight, stride=7)
+        return tokens.permute(0, 2, 3, 1), tokens[:, :2].softmax(1)
+
+    image = torch.randn(3, 61, 50)
+    transforms = make_transforms((4, 7), flips)
+    feats, attn = upsample_views(patch_model, image, transforms, patch=14, stride=7, chunk=5)
+    rows, cols = torch.randint(0, 61, (300,)), torch.randint(0, 50, (300,))
+    steps = []
+    f, a = gather_views(patch_model, image, transforms, 14, 7, chunk=5, step=lambda d, t: steps.append(d),
+                        pixels=(rows, cols))
+    assert f.shape == (300, 5) and a.shape == (300, 2) and steps[-1] == len(transforms)
+    torch.testing.assert_close(f, feats[rows, cols], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a, attn[rows, cols], rtol=1e-6, atol=1e-6)

@@ -415,3 +415,24 @@ def test_projected_features_equal_the_projection_of_the_features(kind, channels,
         featurise_projected(img, cfg, (weights[:, :10], bias))
     with pytest.raises(ValueError, match="needs ViT features"):
         featurise_projected(img, FeatureConfig(), (weights, bias))
+
+
+@pytest.mark.parametrize("kind, channels, tile", [("vit", 1, None), ("hybrid", 2, 112)])
+def test_features_at_pixels_equal_the_full_features_there(kind, channels, tile):
+    """featurise_pixels (training's path without a cache) gathers the ViT channels at the asked
+    pixels only, tile by tile (tiles without any are skipped), and equals the full features there."""
+    from napari_dinoseg.features.featurise import featurise_pixels
+
+    rng = np.random.default_rng(4)
+    img = rng.random((126, 140, channels)).astype(np.float32).squeeze()
+    cfg = vit_cfg(kind=kind, stride=14, shifts=(7,), tile=tile, sigmas=(1.0, 2.0), membrane=False)
+    full = featurise(img, cfg)
+    rows, cols = rng.integers(0, 126, 200), rng.integers(0, 140, 200)
+    rows[:50], cols[:50] = rng.integers(0, 40, 50), rng.integers(0, 40, 50)  # crowd one corner
+    data, names = featurise_pixels(img, cfg, (rows, cols))
+    assert names == full.channel_names and data.shape == (200, full.n_features)
+    np.testing.assert_allclose(data, full.data[rows, cols], rtol=1e-5, atol=1e-5)
+    corner, _ = featurise_pixels(img, cfg, (rows[:50], cols[:50]))  # other tiles: no forward pass
+    np.testing.assert_allclose(corner, full.data[rows[:50], cols[:50]], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="inside the 126x140 image"):
+        featurise_pixels(img, cfg, (np.array([126]), np.array([0])))

@@ -128,6 +128,10 @@ class Segmenter:
         parts, keys, names = [], [], None
         for i, (norm, lab) in enumerate(variants):
             sub = within(progress, 0.9 * i / len(variants), 0.9 * (i + 1) / len(variants))
+            if cache is None and config.uses_vit:  # the ViT channels only where training reads them
+                for window, core, part, names in self._window_parts(norm, lab, config, step, sub):
+                    parts.append(part)
+                continue
             for window, core, key, stack in self._window_features(norm, config, sub, cache):
                 crop = np.asarray(lab)[in_plane(window, core)]
                 parts.append(training_part(stack.data[core], crop, step))
@@ -188,6 +192,7 @@ class Segmenter:
             for window, core, key, stack in self._window_features(norm, self.features, within(progress, 0, 0.95),
                                                                   cache):
                 out[window][core] = predict(clf, stack, self.scaled_features(stack, key, cache))[core]
+                del stack  # before the next tile's features are computed
         if self.crf is not None:
             from .crf import crf_refine
 
@@ -297,6 +302,23 @@ class Segmenter:
                              f"{self.n_channels}; give it images of the kind it was trained on")
         return as_float_image(arr, config)
 
+    def _window_parts(self, norm: np.ndarray, labels: np.ndarray, config: FeatureConfig, step: int, progress):
+        """Yield ``(window, core, TrainingPart, channel names)`` for every tile of a normalised plane,
+        its features computed at the painted pixels and the grid sample only
+        (:func:`~napari_dinoseg.features.featurise.featurise_pixels`): the same part as
+        :func:`~napari_dinoseg.classify.training_part` of the tile's whole stack, up to float rounding."""
+        from .classify import TrainingPart
+        from .features.featurise import featurise_pixels
+
+        windows = plane_windows(norm.shape[:2], config, self.training, self.tile)
+        for n, (window, core) in enumerate(windows):
+            sub = within(progress, n / len(windows), (n + 1) / len(windows))
+            crop = np.asarray(labels)[in_plane(window, core)]
+            rows, cols, n_painted = _grid_and_painted(crop, core, step)
+            data, names = featurise_pixels(norm[window], config, (rows, cols), sub, normalised=True)
+            part = TrainingPart(x=data[:n_painted], y=crop[crop > 0].astype(np.int64), grid=data[n_painted:])
+            yield window, core, part, names
+
     def _window_features(self, norm: np.ndarray, config: FeatureConfig, progress, cache):
         """Yield ``(window, core, key, FeatureStack)`` for every tile of a normalised plane: ``window``
         slices the plane, ``core`` slices the window's features down to the part the tile owns,
@@ -307,6 +329,17 @@ class Segmenter:
         for n, (window, core) in enumerate(windows):
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
             yield (window, core, *keyed_featurise(norm[window], config, sub, cache, normalised=True))
+
+
+def _grid_and_painted(crop: np.ndarray, core: Slices, step: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Window coordinates of a core's painted pixels (row-major, as ``data[labels > 0]``), then of
+    its grid sample (every ``step``-th row and column); and the number of painted ones."""
+    painted = np.nonzero(crop)
+    grid = np.meshgrid(np.arange(core[0].start, core[0].stop, step), np.arange(core[1].start, core[1].stop, step),
+                       indexing="ij")
+    rows = np.concatenate([painted[0] + core[0].start, grid[0].ravel()])
+    cols = np.concatenate([painted[1] + core[1].start, grid[1].ravel()])
+    return rows, cols, len(painted[0])
 
 
 def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: TrainConfig,

@@ -165,6 +165,62 @@ def featurise_projected(
     return FeatureStack(data=data, config=config, channel_names=names, attention=attention)
 
 
+def featurise_pixels(
+    image: np.ndarray,
+    config: FeatureConfig,
+    pixels: tuple[np.ndarray, np.ndarray],
+    progress: Optional[ProgressCallback] = None,
+    normalised: bool = False,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """:func:`featurise` at ``N`` pixels only, for training: the ViT channels are gathered from
+    the views' token grids at those pixels (the ``(H, W, D)`` map is never built); classical
+    channels are computed whole and indexed.
+
+    Parameters
+    ----------
+    image, config, progress, normalised
+        As for :func:`featurise` (any kind).
+    pixels : ``(rows (N,), cols (N,))`` int arrays
+
+    Returns
+    -------
+    ``(features (N, F) float32, channel names)``, equal to ``featurise(...).data[rows, cols]``
+    up to float rounding.
+    """
+    from .vit import vit_features
+
+    config = config_or_default(config, FeatureConfig)
+    shape = np.shape(image)
+    check_image_shape(shape)
+    n_channels = 1 if len(shape) == 2 else shape[-1]
+    device = resolve_device(config.device)
+    config = config.resolved(device.type)
+    rows, cols = (np.asarray(p, np.int64).ravel() for p in pixels)
+    h, w = shape[:2]
+    if len(rows) != len(cols) or (len(rows) and (rows.min() < 0 or rows.max() >= h or cols.min() < 0
+                                                 or cols.max() >= w)):
+        raise ValueError(f"pixels must be rows and columns of equal length inside the {h}x{w} image")
+    if not config.uses_vit:
+        stack = featurise(image, config, progress, normalised)
+        return np.ascontiguousarray(stack.data[rows, cols]), stack.channel_names
+    check_memory(config, shape[:2], n_channels, device, projected=0)
+    if normalised:
+        img = np.asarray(image, dtype=np.float32)
+        img = img[..., None] if img.ndim == 2 else img
+    else:
+        img = as_float_image(image, config)
+    parts, names, vit_progress = [], (), progress
+    if config.uses_classical:
+        classical = _classical(img, config, device, within(progress, 0.0, 0.1))
+        parts.append(classical.data[rows, cols])
+        names, vit_progress = classical.channel_names, within(progress, 0.1, 1.0)
+        del classical
+    data, _ = vit_features(img, config, device, vit_progress, pixels=(rows, cols))
+    parts.append(data)
+    names += vit_channel_names(n_channels, data.shape[1])
+    return np.concatenate(parts, axis=1).astype(np.float32, copy=False), names
+
+
 def feature_margin(config: FeatureConfig) -> int:
     """Pixels of context a (resolved) config's features read around a pixel: the width to
     keep around a tile so that its core does not see the tile's border."""
@@ -339,11 +395,16 @@ def _vit(img: np.ndarray, config: FeatureConfig, device, progress: Optional[Prog
     from .vit import vit_features
 
     data, attention = vit_features(img, config, device, progress, out=out)
-    groups = vit_channel_groups(img.shape[-1])
-    dim = data.shape[-1] // len(groups)
+    names = vit_channel_names(img.shape[-1], data.shape[-1])
+    return FeatureStack(data=data, config=config, channel_names=names, attention=attention)
+
+
+def vit_channel_names(n_channels: int, n_features: int) -> tuple[str, ...]:
+    """Names of the ``n_features`` ViT channels of an image of ``n_channels``: ``vit_<i>``, prefixed
+    ``c<first channel>:`` per channel group when there are several."""
+    groups = vit_channel_groups(n_channels)
     prefix = [""] if len(groups) == 1 else [f"c{g[0]}:" for g in groups]
-    names = [f"{p}vit_{i}" for p in prefix for i in range(dim)]
-    return FeatureStack(data=data, config=config, channel_names=tuple(names), attention=attention)
+    return tuple(f"{p}vit_{i}" for p in prefix for i in range(n_features // len(groups)))
 
 
 def _hybrid(img: np.ndarray, config: FeatureConfig, device, progress: Optional[ProgressCallback]) -> FeatureStack:

@@ -165,6 +165,50 @@ def upsample_views(
     return out
 
 
+def gather_views(
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    image: torch.Tensor,
+    transforms: Sequence[Transform],
+    patch: int,
+    stride: int,
+    resize: Resize = "nearest",
+    chunk: int = 1,
+    step: Optional[Callable[[int, int], None]] = None,
+    pixels: tuple[torch.Tensor, torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`upsample_views` at ``N`` pixels only: the average over the views of the token each
+    of them takes, with no ``(H, W, D)`` output (training reads the painted pixels and a sample).
+
+    Parameters
+    ----------
+    run, image, transforms, patch, stride, resize, chunk, step
+        As for :func:`upsample_views`.
+    pixels : ``(rows (N,), cols (N,))`` int64 tensors
+        The pixels, in the image's coordinates.
+
+    Returns
+    -------
+    features : (N, D) float32 tensor, attention : (N, heads) float32 tensor.
+    """
+    _, height, width = image.shape
+    rows, cols = (p.to(image.device) for p in pixels)
+    sums = None
+    for start in range(0, len(transforms), max(1, chunk)):
+        batch = transforms[start:start + max(1, chunk)]
+        tokens, attention = run(torch.stack([t.apply(image) for t in batch]))
+        iy = token_index(height, tokens.shape[1], patch, stride, resize).to(image.device)
+        ix = token_index(width, tokens.shape[2], patch, stride, resize).to(image.device)
+        attention = attention.permute(0, 2, 3, 1)  # (B, gh, gw, heads)
+        for b, t in enumerate(batch):
+            source_rows, source_cols = t.source_rows_cols(height, width, device=image.device)
+            ty, tx = iy[source_rows[rows]], ix[source_cols[cols]]
+            taken = (tokens[b][ty, tx].float(), attention[b][ty, tx].float())
+            sums = taken if sums is None else tuple(s.add_(x) for s, x in zip(sums, taken))
+        if step is not None:
+            step(min(start + len(batch), len(transforms)), len(transforms))
+    return tuple(s.div_(len(transforms)) for s in sums)
+
+
 #: The upsampler averages per pixel class (see :func:`pixel_classes`) where there are at most
 #: 1 / CLASS_SAVING as many classes as pixels, else per pixel.
 CLASS_SAVING = 4

@@ -17,7 +17,7 @@ from ..progress import ProgressCallback, report
 from .backbones import StridedViT, load_model
 from .registry import model_spec
 from .tiling import tiles
-from .upsample import make_transforms, pixel_classes, upsample_views
+from .upsample import gather_views, make_transforms, pixel_classes, upsample_views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +39,7 @@ def vit_features(
     progress: Optional[ProgressCallback] = None,
     out: Optional[np.ndarray] = None,
     projection: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    pixels: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Upsampled ViT features and CLS attention of a normalised image.
 
@@ -62,6 +63,10 @@ def vit_features(
         on every view's token grid before the upsampler averages the views: the average is
         linear, so this equals projecting the ``(H, W, G * D)`` features (up to float rounding),
         which are never built. ``out`` must then have ``P`` channels.
+    pixels : ``(rows (N,), cols (N,))`` int arrays, optional
+        Only these pixels' features (:func:`~napari_dinoseg.features.upsample.gather_views`):
+        the outputs are then ``(N, G * D)`` and ``(N, heads)``, equal to the full outputs at
+        those pixels, and no ``(H, W, D)`` map is built; ``out`` is not allowed.
 
     Returns
     -------
@@ -85,10 +90,17 @@ def vit_features(
             raise ValueError(f"the projection must be weights (P, {len(groups) * spec.embed_dim}) and bias (P,), "
                              f"got {tuple(weights.shape)} and {tuple(bias.shape)}")
     width = len(groups) * spec.embed_dim if weights is None else len(weights)
-    feats = _output_array(out, (h, w, width))
+    if pixels is not None:
+        if out is not None:
+            raise ValueError("out cannot be given with pixels")
+        py, px = (np.asarray(p, np.int64).ravel() for p in pixels)
+        if len(py) != len(px) or (len(py) and (py.min() < 0 or py.max() >= h or px.min() < 0 or px.max() >= w)):
+            raise ValueError(f"pixels must be rows and columns of equal length inside the {h}x{w} image")
+    plane = (h, w) if pixels is None else (len(py),)
+    feats = _output_array(out, (*plane, width))
     if weights is not None:
         feats[...] = bias.cpu().numpy()
-    attention = np.zeros((h, w, spec.num_heads), dtype=np.float32)
+    attention = np.zeros((*plane, spec.num_heads), dtype=np.float32)
     vit = StridedViT(load_model(config.model, config.weights, device))
     dtype = compute_dtype(config, device)
 
@@ -112,18 +124,31 @@ def vit_features(
                 reported[0] = base + views_done
                 report(progress, base + views_done, total, f"{config.model}: views")
 
+            geometry = (tile, transforms, spec.patch_size, config.stride, config.resize,
+                        views_per_batch(config, tile.shape[1:], device), step)
             # a single window on the CPU is written straight into the output arrays
-            whole = len(windows) == 1 and device.type == "cpu" and weights is None
-            dest = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
-            f, a = upsample_views(lambda views: run(views, block), tile, transforms, spec.patch_size, config.stride,
-                                  config.resize, views_per_batch(config, tile.shape[1:], device), step, dest)
-            core = (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
+            whole = len(windows) == 1 and device.type == "cpu" and weights is None and pixels is None
+            if pixels is not None:
+                inside = np.flatnonzero((py >= cr0) & (py < cr1) & (px >= cc0) & (px < cc1))
+                done += len(transforms)
+                if len(inside) == 0:  # no pixel of this tile is asked for: no forward pass
+                    step(len(transforms), len(transforms))
+                    continue
+                local = (torch.from_numpy(py[inside] - r0), torch.from_numpy(px[inside] - c0))
+                f, a = gather_views(lambda views: run(views, block), *geometry, pixels=local)
+                target = (inside,)
+            else:
+                dest = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
+                f, a = upsample_views(lambda views: run(views, block), *geometry, dest)
+                core = (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
+                f, a = f[core], a[core]
+                target = (slice(cr0, cr1), slice(cc0, cc1))
+                done += len(transforms)
             if weights is not None:  # the groups' projections add up
-                feats[cr0:cr1, cc0:cc1] += f[core].cpu().numpy()
+                feats[target] += f.cpu().numpy()
             elif not whole:
-                feats[cr0:cr1, cc0:cc1, block] = f[core].cpu().numpy()
-            attention[cr0:cr1, cc0:cc1] += a[core].div_(len(groups)).cpu().numpy()
-            done += len(transforms)
+                feats[(*target, block)] = f.cpu().numpy()
+            attention[target] += a.div_(len(groups)).cpu().numpy()
     return feats, attention
 
 
