@@ -102,3 +102,29 @@ def test_the_feature_controls_say_at_once_that_dinov2_cannot_run(nowhere, monkey
     assert controls.plan.value == "preset: decided for the device when you click"
     controls.kind.value = "classical"
     assert controls.plan.value == ""
+
+
+def test_random_weights_are_the_same_in_every_process(monkeypatch):
+    """weights="random" is seeded: a bundle trained on random features and applied in a batch
+    worker or the CLI sees the same features (unseeded, each process drew other weights and the
+    folder got another segmentation without a word). The caller's random stream is untouched."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from napari_dinoseg.features import backbones
+
+    monkeypatch.setattr(backbones, "_LOADED", {})
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = backbones.load_model("dinov2_vits14", "random").pos_embed.clone()
+    assert torch.equal(torch.rand(1), expected_next)  # the global generator was not advanced
+    backbones._LOADED.clear()
+    torch.rand(1000)  # another state of the global generator
+    assert torch.equal(backbones.load_model("dinov2_vits14", "random").pos_embed, first)
+    code = ("from napari_dinoseg.features.backbones import load_model;"
+            "print(float(load_model('dinov2_vits14', 'random').pos_embed.sum()))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(other.stdout.split()[-1]) == pytest.approx(float(first.sum()), rel=1e-6)

@@ -26,6 +26,10 @@ _LOADED: dict[tuple, torch.nn.Module] = {}
 _MAX_LOADED = 2
 
 
+#: Seed of the ``weights="random"`` initialisation.
+RANDOM_WEIGHTS_SEED = 0
+
+
 def load_model(name: str, weights: Optional[str] = None, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
     """Build a backbone by friendly name and load its weights (cached: two models at most).
 
@@ -53,7 +57,11 @@ def load_model(name: str, weights: Optional[str] = None, device: Union[str, torc
     import timm
 
     source = find_weights(name, weights)  # fails within about a second when there are none
-    model = timm.create_model(spec.timm_name, pretrained=False, dynamic_img_size=True, num_classes=0)
+    with torch.random.fork_rng(devices=[]):
+        # "random" weights are the same in every process (seeded), so a bundle trained on them
+        # predicts elsewhere (batch workers, the CLI) from the features it was trained on
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = timm.create_model(spec.timm_name, pretrained=False, dynamic_img_size=True, num_classes=0)
     if source == "download":
         model = _from_hub(name, spec)
     elif source != "random":
