@@ -85,6 +85,15 @@ def featurise(
     FeatureStack
         ``.data`` is ``(H, W, F)`` float32 with ``F = n_features(config, C)``.
     """
+    img, config, device = _prepared(image, config, normalised)
+    featuriser = FEATURISERS[config.kind]
+    return featuriser(img, config, device, progress)
+
+
+def _prepared(image: np.ndarray, config: Optional[FeatureConfig], normalised: bool, projected: Optional[int] = None):
+    """``(image (H, W, C) float32 normalised, resolved config, device)``, after the checks every
+    featuriser shares: the image's shape, a ViT patch's size, the memory (``projected``: see
+    :func:`estimate_memory`)."""
     config = config_or_default(config, FeatureConfig)
     shape = np.shape(image)
     check_image_shape(shape)
@@ -100,14 +109,13 @@ def featurise(
                 f"image of {shape[0]}x{shape[1]} px is smaller than one {patch}x{patch} patch of {config.model}; "
                 "use classical features, or upsample the image"
             )
-    check_memory(config, shape[:2], n_channels, device)
+    check_memory(config, shape[:2], n_channels, device, projected=projected)
     if normalised:
         img = np.asarray(image, dtype=np.float32)
         img = img[..., None] if img.ndim == 2 else img
     else:
         img = as_float_image(image, config)
-    featuriser = FEATURISERS[config.kind]
-    return featuriser(img, config, device, progress)
+    return img, config, device
 
 
 def featurise_projected(
@@ -138,22 +146,12 @@ def featurise_projected(
     from .classical import classical_channel_names
     from .vit import vit_features
 
-    config = config_or_default(config, FeatureConfig)
-    if not config.uses_vit:
+    if not config_or_default(config, FeatureConfig).uses_vit:
         raise ValueError("a projection of the ViT channels needs ViT features: kind 'vit' or 'hybrid'")
-    shape = np.shape(image)
-    check_image_shape(shape)
-    n_channels = 1 if len(shape) == 2 else shape[-1]
-    device = resolve_device(config.device)
-    config = config.resolved(device.type)
     n_projected = len(projection[0])
-    check_memory(config, shape[:2], n_channels, device, projected=n_projected)
-    if normalised:
-        img = np.asarray(image, dtype=np.float32)
-        img = img[..., None] if img.ndim == 2 else img
-    else:
-        img = as_float_image(image, config)
+    img, config, device = _prepared(image, config, normalised, projected=n_projected)
     names: tuple[str, ...] = ()
+    n_channels = img.shape[-1]
     n_classical = n_channels * len(classical_channel_names(config)) if config.uses_classical else 0
     data = np.empty((*img.shape[:2], n_classical + n_projected), dtype=np.float32)
     vit_progress = progress
@@ -189,26 +187,16 @@ def featurise_pixels(
     """
     from .vit import vit_features
 
-    config = config_or_default(config, FeatureConfig)
-    shape = np.shape(image)
-    check_image_shape(shape)
-    n_channels = 1 if len(shape) == 2 else shape[-1]
-    device = resolve_device(config.device)
-    config = config.resolved(device.type)
     rows, cols = (np.asarray(p, np.int64).ravel() for p in pixels)
-    h, w = shape[:2]
+    h, w = np.shape(image)[:2]
     if len(rows) != len(cols) or (len(rows) and (rows.min() < 0 or rows.max() >= h or cols.min() < 0
                                                  or cols.max() >= w)):
         raise ValueError(f"pixels must be rows and columns of equal length inside the {h}x{w} image")
-    if not config.uses_vit:
+    if not config_or_default(config, FeatureConfig).uses_vit:
         stack = featurise(image, config, progress, normalised)
         return np.ascontiguousarray(stack.data[rows, cols]), stack.channel_names
-    check_memory(config, shape[:2], n_channels, device, projected=0)
-    if normalised:
-        img = np.asarray(image, dtype=np.float32)
-        img = img[..., None] if img.ndim == 2 else img
-    else:
-        img = as_float_image(image, config)
+    img, config, device = _prepared(image, config, normalised, projected=0)
+    n_channels = img.shape[-1]
     parts, names, vit_progress = [], (), progress
     if config.uses_classical:
         classical = _classical(img, config, device, within(progress, 0.0, 0.1))
