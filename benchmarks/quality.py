@@ -579,6 +579,9 @@ def registry(weights: Optional[str] = None) -> dict[str, Optional[Method]]:
         "logistic, standard, C=1, no smoothing": dinoseg(
             train_cfg=TrainConfig(classifier="logistic", scaling="standard", C=1.0, guided_radius=0)),
         "dinoseg+crf": dinoseg(crf=CRFConfig()),
+        # the lattice the classifier reads (TrainConfig.predict_step; the shipped default is 2)
+        "predict every pixel": dinoseg(train_cfg=TrainConfig(predict_step=1)),
+        "predict every 3rd pixel": dinoseg(train_cfg=TrainConfig(predict_step=3)),
     }
     for kind in ("vit", "hybrid"):
         out[f"dinoseg {kind}"] = (

@@ -1,5 +1,6 @@
 """Classifier bundles: round trip, no code execution, clear errors."""
 
+import dataclasses
 import io
 import json
 import pickle
@@ -192,7 +193,7 @@ def test_the_trees_components_and_linear_channels_travel_with_the_bundle(tmp_pat
     np.testing.assert_array_equal(predict(back, stack), predict(clf, stack))
     with zipfile.ZipFile(path) as zf:
         meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
-    assert meta["format_version"] == 5 and meta["training_config"]["vit_components"] == 4
+    assert meta["format_version"] == 6 and meta["training_config"]["vit_components"] == 4
     arrays = dict(np.load(io.BytesIO(raw)))
     forged = [({"tree_channels": [0, n]}, arrays, "trees read linear channels"),
               ({"linear": [n, n]}, arrays, "linear channels"),
@@ -224,9 +225,24 @@ def test_format_4_bundles_load_with_trees_on_every_channel(tmp_path, trained):
     for key in ("linear", "tree_channels"):
         meta.pop(key)
     meta["training_config"].pop("vit_components")
+    meta["training_config"].pop("predict_step")
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("bundle.json", json.dumps(meta))
         zf.writestr("arrays.npz", raw)
     back = Segmenter.load(path)
     assert back.training.vit_components == 0 and back.classifier.linear == () and back.classifier.tree_channels is None
+    assert back.training.predict_step == back.classifier.predict_step == 1  # before format 6: every pixel
+    seg.classifier = dataclasses.replace(clf, predict_step=1)
     np.testing.assert_array_equal(back.predict_proba(image), seg.predict_proba(image))
+
+
+def test_the_prediction_lattice_travels_with_the_bundle(tmp_path, two_textures):
+    """Format 6 stores ``predict_step``: a loaded bundle predicts what the trained classifier does."""
+    from napari_dinoseg import Segmenter
+
+    image, _, scribbles = two_textures
+    for step in (1, 3):
+        seg = Segmenter(FeatureConfig(sigmas=(1, 2, 4)), TrainConfig(predict_step=step)).fit(image, scribbles)
+        back = Segmenter.load(seg.save(tmp_path / f"step{step}.dinoseg"))
+        assert back.training.predict_step == back.classifier.predict_step == step
+        np.testing.assert_array_equal(back.predict_proba(image), seg.predict_proba(image))

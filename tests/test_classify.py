@@ -111,12 +111,17 @@ def test_default_smoothing_is_the_guided_filter_on_the_finest_gaussian(two_textu
 
     image, _, scribbles = two_textures
     feats = featurise(image, FeatureConfig(sigmas=(2, 4)))
-    clf = train(feats, scribbles)
+    clf = train(feats, scribbles, TrainConfig(predict_step=1))
     assert clf.guided_radius == 4 and clf.guide == (feats.channel_names.index("gaussian_s2"),)
     assert clf.margin == 8  # the filter averages window fits over a window: twice the radius
     raw = predict(train(feats, scribbles, TrainConfig(guided_radius=0)), feats)
     guide = feats.data[..., clf.guide[0]]
     np.testing.assert_allclose(predict(clf, feats), guided_filter(guide, raw, 4), atol=1e-5)
+    fast = train(feats, scribbles)  # the default: the classifier reads every other pixel
+    assert fast.predict_step == 2 and fast.margin == 9  # plus the interpolation between lattice points
+    np.testing.assert_allclose(predict(fast, feats), guided_filter(guide, raw[::2, ::2], 4, step=2), atol=1e-5)
+    agree = (fast.to_labels(predict(fast, feats)) == clf.to_labels(predict(clf, feats))).mean()
+    assert agree > 0.97, agree
     stack = np.stack([feats.data[::-1], feats.data])  # (Z, H, W, F): planes filtered alone
     np.testing.assert_allclose(predict(clf, stack)[1], predict(clf, feats), atol=1e-5)
     flat = feats.data.reshape(-1, feats.n_features)  # no plane: nothing to filter
@@ -224,14 +229,21 @@ def test_pca_of_vit_channels_is_fitted_at_train_time_and_folded_into_the_classif
         TrainConfig(pca_dim=0)
 
 
-def reference_predict(clf, data):
+def reference_predict(clf, data, origin=(0, 0)):
     """The pixel-space prediction written out: scaled features, logits, softmax, the trees'
-    class fractions through scikit-learn, the guided filter over every class with scipy."""
+    class fractions through scikit-learn, the guided filter over every class with scipy; with
+    ``clf.predict_step`` s > 1 all of it on the plane's lattice (pixels whose plane coordinates,
+    ``origin`` + index, are multiples of s), the filter's coefficients interpolated to every
+    pixel with ``np.interp``."""
     from scipy.ndimage import uniform_filter
 
     from napari_dinoseg.classify import FOREST_WEIGHT
     from napari_dinoseg.smoothing import GUIDED_EPS
 
+    s = clf.predict_step
+    full = data[..., list(clf.guide)].mean(-1).astype(np.float64)
+    off = [-o % s for o in origin]
+    data = data[off[0]::s, off[1]::s]
     x = data.reshape(-1, data.shape[-1]).astype(np.float64)
     z = (x - clf.mean) / clf.scale
     if clf.scaling == "log":
@@ -244,27 +256,34 @@ def reference_predict(clf, data):
         fractions = np.mean([t.predict(np.ascontiguousarray(x, np.float32)).reshape(len(x), -1) for t in trees], 0)
         p = (1 - FOREST_WEIGHT) * p + FOREST_WEIGHT * fractions
     p = p.reshape(*data.shape[:-1], -1)
-    r = clf.guided_radius
+    r = max(1, round(clf.guided_radius / s))
 
     def box(a):
         return uniform_filter(a, (2 * r + 1, 2 * r + 1) + (1,) * (a.ndim - 2), mode="reflect")
 
-    g = data[..., list(clf.guide)].mean(-1).astype(np.float64)
-    g -= g.mean()
+    def up(a):  # lattice -> every pixel, linear along rows then columns
+        for axis in (0, 1):
+            known = off[axis] + s * np.arange(a.shape[axis])
+            a = np.apply_along_axis(lambda v: np.interp(np.arange(full.shape[axis]), known, v), axis, a)
+        return a
+
+    full -= full.mean()
+    g = full[off[0]::s, off[1]::s]
     mg, mp = box(g), box(p)
     a = (box(g[..., None] * p) - mg[..., None] * mp) / (np.maximum(box(g * g) - mg * mg, 0)[..., None] + GUIDED_EPS)
     b = mp - a * mg[..., None]
-    out = np.clip(box(a) * g[..., None] + box(b), 0, 1)
+    out = np.clip(up(box(a)) * full[..., None] + up(box(b)), 0, 1)
     return out / out.sum(-1, keepdims=True)
 
 
-@pytest.mark.parametrize("classes", [2, 3])
-def test_default_prediction_equals_the_pixel_space_formula(rng, monkeypatch, classes):
+@pytest.mark.parametrize("classes, step", [(2, 1), (3, 1), (2, 2), (3, 2), (3, 3)])
+def test_default_prediction_equals_the_pixel_space_formula(rng, monkeypatch, classes, step):
     """Chunked, threaded, channels-first prediction (logistic + trees + guided filter, K - 1
-    classes filtered) gives the formula's probabilities, on a window view of the features too."""
+    classes filtered, on a lattice of ``step``) gives the formula's probabilities, on a window
+    view of the features too, whose lattice is the whole plane's."""
     from napari_dinoseg import classify
 
-    monkeypatch.setattr(classify, "CHUNK_VALUES", 1 << 16)  # many chunks of rows, on several threads
+    monkeypatch.setattr(classify, "CHUNK_VALUES", 1 << 13)  # many chunks of rows, on several threads
     image = (rng.random((150, 170)) * 255).astype(np.uint8)
     image[:, 60:] //= 2
     image[40:90, 100:] = 250
@@ -273,15 +292,22 @@ def test_default_prediction_equals_the_pixel_space_formula(rng, monkeypatch, cla
     if classes == 3:
         labels[50:80:6, 110:160] = 3
     feats = featurise(image, FeatureConfig(sigmas=(1, 2, 4)))
-    clf = train(feats, labels)
+    clf = train(feats, labels, TrainConfig(predict_step=step))
     assert clf.forest is not None and clf.guided_radius > 0 and clf.n_classes == classes
-    assert feats.data[..., 0].size * feats.n_features > 10 * classify.CHUNK_VALUES
-    np.testing.assert_allclose(predict(clf, feats), reference_predict(clf, feats.data), atol=2e-5)
+    assert clf.predict_step == step and clf.margin == 2 * step * max(1, round(4 / step)) + step - 1
+    assert feats.data[..., 0].size * feats.n_features > 10 * step ** 2 * classify.CHUNK_VALUES
+    whole = predict(clf, feats)
+    np.testing.assert_allclose(whole, reference_predict(clf, feats.data), atol=5e-5)
     window = feats.data[13:141, 21:160]  # strided in rows and columns
-    np.testing.assert_allclose(predict(clf, window), reference_predict(clf, window), atol=2e-5)
+    part = predict(clf, window, origin=(13, 21))
+    np.testing.assert_allclose(part, reference_predict(clf, window, (13, 21)), atol=5e-5)
+    m = clf.margin  # away from the window's border, the window predicts what the plane does
+    np.testing.assert_allclose(part[m:-m, m:-m], whole[13 + m:141 - m, 21 + m:160 - m], atol=1e-4)
+    if step > 1:  # another lattice: another prediction
+        assert np.abs(predict(clf, window) - part).max() > 1e-3
     scaled = classify.scaled_features(clf, feats)  # kept by a caller that predicts the image again
     assert scaled.shape == (feats.n_features, 150, 170) and scaled.dtype == np.float32
-    np.testing.assert_allclose(predict(clf, feats, scaled=scaled), predict(clf, feats), atol=1e-6)
-    np.testing.assert_allclose(predict(clf, window, scaled=scaled[:, 13:141, 21:160]), predict(clf, window), atol=1e-6)
+    np.testing.assert_allclose(predict(clf, feats, scaled=scaled), whole, atol=1e-6)
+    np.testing.assert_allclose(predict(clf, window, scaled=scaled[:, 13:141, 21:160], origin=(13, 21)), part, atol=1e-6)
     with pytest.raises(ValueError, match="do not match"):
         predict(clf, window, scaled=scaled)

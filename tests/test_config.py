@@ -38,7 +38,8 @@ def test_from_dict_rejects_unknown_fields():
                                     {"max_pixels_per_class": 0}, {"classifier": "svm"},
                                     {"scaling": "robust"}, {"smooth": -1}, {"smooth": float("nan")}, {"smooth": 40},
                                     {"guided_radius": -1}, {"guided_radius": 33}, {"guided_radius": 2.0},
-                                    {"guided_radius": True}])
+                                    {"guided_radius": True}, {"predict_step": 0}, {"predict_step": 9},
+                                    {"predict_step": 2.0}, {"predict_step": True}])
 def test_train_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)

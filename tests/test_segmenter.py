@@ -94,7 +94,7 @@ def test_check_flags_an_inverted_copy_and_a_collapsed_prediction(phases):
 def test_format_3_bundles_load_with_the_legacy_rule_and_predict_as_before(tmp_path, phases):
     image, _, scribbles = phases
     legacy = dataclasses.replace(SMALL, normalise="legacy")
-    seg = Segmenter(legacy).fit(image, scribbles)
+    seg = Segmenter(legacy, TrainConfig(predict_step=1)).fit(image, scribbles)  # format 3 predicted every pixel
     path = seg.save(tmp_path / "new.dinoseg")
     old = tmp_path / "old.dinoseg"  # the same bundle as format 3 wrote it
     with zipfile.ZipFile(path) as zin, zipfile.ZipFile(old, "w") as zout:
@@ -109,6 +109,7 @@ def test_format_3_bundles_load_with_the_legacy_rule_and_predict_as_before(tmp_pa
     loaded = Segmenter.load(old)
     assert loaded.features.normalise == "legacy" and loaded.statistics is None and loaded.crf is None
     assert loaded.features.precision == "float32"  # ViT features were float32 before the option
+    assert loaded.training.predict_step == 1 and loaded.classifier.predict_step == 1
     before = predict(seg.classifier, featurise(image, loaded.features))  # the lower-level API, as format 3 did
     np.testing.assert_array_equal(loaded.predict_proba(image), before)
     assert loaded.check(image) == []  # no statistics: only the collapse check

@@ -53,7 +53,8 @@ FORMAT = "napari-dinoseg-bundle"
 #: rule they were trained with).
 #: 5: the classifier's linear (ViT) channels, the trees' own channels and their ViT components
 #: (older bundles: none; their trees read every channel, ``vit_components=0``).
-FORMAT_VERSION = 5
+#: 6: the lattice step of the classifier's prediction (``predict_step``; older bundles: 1, every pixel).
+FORMAT_VERSION = 6
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 #: Arrays only some classifiers have.
 OPTIONAL_ARRAYS = ("tree_components",)
@@ -149,7 +150,8 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
     if training is None:
         training = TrainConfig(classifier="logistic" if clf.forest is None else "logistic+trees",
                                scaling=clf.scaling, smooth=clf.smooth, guided_radius=clf.guided_radius,
-                               vit_components=0 if clf.tree_components is None else len(clf.tree_components))
+                               vit_components=0 if clf.tree_components is None else len(clf.tree_components),
+                               predict_step=clf.predict_step)
     meta = {
         "format": FORMAT,
         "training_config": training.to_dict(),
@@ -451,7 +453,8 @@ def _contents(meta: dict, version: int, config: FeatureConfig, arrays: dict, for
                                     and classes == arrays["classes"].tolist()):
         raise ValueError(f"its classes {reprlib.repr(classes)} are not the integers of its arrays")
     clf = PixelClassifier(**arrays, scaling=training.scaling, smooth=float(training.smooth),
-                          guided_radius=training.guided_radius, guide=tuple(guide), **layout)
+                          guided_radius=training.guided_radius, guide=tuple(guide),
+                          predict_step=training.predict_step, **layout)
     _check(clf, config, n_channels)
     if training.classifier == "logistic+trees":
         clf = dataclasses.replace(clf, forest=forest_from_arrays(forest_arrays, clf.n_tree_features, clf.n_classes))
@@ -502,10 +505,12 @@ def _training_config(meta: dict, version: int) -> TrainConfig:
     own = (meta.get("classifier", "logistic"), meta.get("scaling", "standard"), meta.get("smooth", 0.0),
            meta.get("guided_radius", 0))
     if version < 4:
-        return TrainConfig(classifier=own[0], scaling=own[1], smooth=own[2], guided_radius=own[3])
+        return TrainConfig(classifier=own[0], scaling=own[1], smooth=own[2], guided_radius=own[3], predict_step=1)
     saved = dict(_object(meta, "training_config"))
     if version < 5:  # trained before the ViT channels were read linearly
         saved.setdefault("vit_components", 0)
+    if version < 6:  # predicted every pixel
+        saved.setdefault("predict_step", 1)
     training = TrainConfig.from_dict(saved)
     if (training.classifier, training.scaling, training.smooth, training.guided_radius) != own:
         raise ValueError("its training config disagrees with its classifier")

@@ -85,6 +85,9 @@ class PixelClassifier:
     tree_components : (P, len(linear)) float32 or None
         The trees also read ``P`` principal components of the scaled ``linear`` channels,
         after ``tree_channels``.
+    predict_step
+        With the guided filter: the classifier reads every ``predict_step``-th pixel of each row
+        and column and the guided filter interpolates (:func:`predict`); 1: every pixel.
     """
 
     coef: np.ndarray
@@ -100,6 +103,7 @@ class PixelClassifier:
     linear: tuple[int, ...] = ()
     tree_channels: Optional[tuple[int, ...]] = None
     tree_components: Optional[np.ndarray] = None
+    predict_step: int = 1
 
     @property
     def n_tree_features(self) -> int:
@@ -110,7 +114,7 @@ class PixelClassifier:
     @property
     def margin(self) -> int:
         """Pixels of context the probability smoothing reads around each pixel."""
-        return reach(self.guided_radius if self.guide else 0, self.smooth)
+        return reach(self.guided_radius if self.guide else 0, self.smooth, self.predict_step)
 
     @property
     def n_features(self) -> int:
@@ -285,6 +289,7 @@ def train_parts(
         linear=linear,
         tree_channels=tree_channels,
         tree_components=components,
+        predict_step=int(config.predict_step),
     )
 
 
@@ -305,7 +310,8 @@ def _components(scaled: np.ndarray, n: int, seed: int) -> np.ndarray:
     return PCA(n_components=n, svd_solver="randomized", random_state=seed).fit(scaled).components_.astype(np.float32)
 
 
-def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.ndarray] = None) -> np.ndarray:
+def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.ndarray] = None,
+            origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Per-class probabilities for every pixel.
 
     Parameters
@@ -317,13 +323,21 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
     scaled : (F, ...) float32 array, optional
         :func:`scaled_features` of these features for this classifier (kept by a caller that
         predicts them again), used instead of scaling them here.
+    origin
+        Plane coordinates (row, column) of the features' first pixel, when they are a window
+        of a larger plane: the lattice of pixels the classifier evaluates (``clf.predict_step``)
+        is the whole plane's, so a window predicts what the whole plane predicts there (away
+        from the window's border, ``clf.margin``).
 
     Returns
     -------
     (..., K) float32 array of probabilities summing to 1 over the last axis; column
     ``k`` belongs to label value ``clf.classes[k]``. With at least two leading axes, the last
     two (the image plane) are smoothed: by the guided filter (``clf.guided_radius``, guided by
-    the channels ``clf.guide``), then by the Gaussian (``clf.smooth``).
+    the channels ``clf.guide``), then by the Gaussian (``clf.smooth``). With the guided filter
+    and ``clf.predict_step > 1``, the classifier reads every ``predict_step``-th pixel of each
+    row and column (plane coordinates multiple of it) and the guided filter brings its
+    probabilities to every pixel, edges following the guide (:func:`~napari_dinoseg.smoothing.guided_filter`).
     """
     data = _data(features)
     if data.shape[-1] != clf.n_features:
@@ -334,10 +348,16 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
     lead = data.shape[:-1]
     if scaled is not None and scaled.shape != (data.shape[-1], *data.shape[:-1]):
         raise ValueError(f"scaled features of shape {scaled.shape} do not match features of shape {data.shape}")
+    guided = len(lead) >= 2 and clf.guided_radius > 0 and bool(clf.guide)
+    step = clf.predict_step if guided else 1
+    offset = tuple(int(-o % step) for o in origin)
+    if step > 1:  # the lattice of pixels the classifier reads
+        data = data[..., offset[0]::step, offset[1]::step, :]
+        scaled = None if scaled is None else scaled[..., offset[0]::step, offset[1]::step]
     out = np.moveaxis(_pixel_proba(clf, data, scaled), 0, -1)  # (..., K) view of a channels-first buffer
-    if len(lead) >= 2 and clf.guided_radius > 0 and clf.guide:
-        guide = data[..., list(clf.guide)].mean(axis=-1, dtype=np.float32)
-        out = guided_filter(guide, out, clf.guided_radius)
+    if guided:
+        guide = _data(features)[..., list(clf.guide)].mean(axis=-1, dtype=np.float32)
+        out = guided_filter(guide, out, clf.guided_radius, step=step, offset=offset)
     if len(lead) >= 2 and clf.smooth > 0:
         out = gaussian_smooth(out, clf.smooth)
     return out
@@ -408,6 +428,7 @@ def logit_space(clf: PixelClassifier, channel_names: Sequence[str]):
         forest=clf.forest,
         linear=tuple(position[i] for i in clf.linear if i in position) + new,
         tree_channels=tree_channels,
+        predict_step=clf.predict_step,
     )
     return reduced, (weights.astype(np.float32), bias.astype(np.float32))
 

@@ -291,6 +291,11 @@ class TrainConfig(_JSONConfig):
         Window radius (px) of the guided filter that smooths the predicted probabilities over
         the image plane without blurring across intensity edges, guided by the finest Gaussian
         channel of the classical features (no effect on ViT-only features); 0 = off.
+    predict_step
+        With the guided filter: the classifier reads every ``predict_step``-th pixel of each
+        row and column (``predict_step²`` times fewer) and the guided filter brings its
+        probabilities to every pixel, edges following the full-resolution guide (a "fast guided
+        filter"); 1: every pixel (no effect without the guided filter).
     smooth
         Standard deviation (px) of a further Gaussian smoothing of the probabilities (blurs
         across edges too); 0 = off.
@@ -323,6 +328,7 @@ class TrainConfig(_JSONConfig):
     pca_dim: Optional[int] = None
     scaling: ScalingKind = "log"
     guided_radius: int = 4
+    predict_step: int = 2
     smooth: float = 0.0
     n_trees: int = 10
     augment: tuple[float, ...] = ()
@@ -355,6 +361,8 @@ class TrainConfig(_JSONConfig):
         if not isinstance(self.guided_radius, int) or isinstance(self.guided_radius, bool) \
                 or not 0 <= self.guided_radius <= 32:
             raise ValueError(f"guided_radius must be an integer number of pixels in [0, 32], got {self.guided_radius!r}")
+        if not _is_int(self.predict_step) or not 1 <= self.predict_step <= 8:
+            raise ValueError(f"predict_step must be an integer number of pixels in [1, 8], got {self.predict_step!r}")
         if self.pca_dim is not None and (not _is_int(self.pca_dim) or not 1 <= self.pca_dim <= 4096):
             raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
 

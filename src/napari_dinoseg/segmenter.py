@@ -186,12 +186,12 @@ class Segmenter:
             for n, (window, core) in enumerate(windows):
                 sub = within(progress, 0.95 * n / len(windows), 0.95 * (n + 1) / len(windows))
                 stack = featurise_projected(norm[window], self.features, projection, sub, normalised=True)
-                out[window][core] = predict(reduced, stack)[core]
+                out[window][core] = predict(reduced, stack, origin=_start(window))[core]
                 del stack
         else:
             for window, core, key, stack in self._window_features(norm, self.features, within(progress, 0, 0.95),
                                                                   cache):
-                out[window][core] = predict(clf, stack, self.scaled_features(stack, key, cache))[core]
+                out[window][core] = predict(clf, stack, self.scaled_features(stack, key, cache), _start(window))[core]
                 del stack  # before the next tile's features are computed
         if self.crf is not None:
             from .crf import crf_refine
@@ -358,12 +358,17 @@ def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: Train
     if max(h, w) <= tile:
         whole = (slice(0, h), slice(0, w))
         return [(whole, whole)]
-    margin = feature_margin(config) + reach(training.guided_radius, training.smooth)
+    margin = feature_margin(config) + reach(training.guided_radius, training.smooth, training.predict_step)
     align = config.stride if config.uses_vit else 1
     out = []
     for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(shape, tile + 2 * margin, margin, align):
         out.append(((slice(r0, r1), slice(c0, c1)), (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))))
     return out
+
+
+def _start(window: Slices) -> tuple[int, int]:
+    """Plane coordinates of a window's first pixel."""
+    return window[0].start or 0, window[1].start or 0
 
 
 def tone_curve(normalised: np.ndarray, gamma: float) -> np.ndarray:

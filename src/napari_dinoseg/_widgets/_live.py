@@ -66,7 +66,8 @@ def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slic
         grown = tuple(slice(max(w.start, o.start - margin), min(w.stop, o.stop + margin)) for w, o in zip(window, owned))
         stack, scaled = features(window)
         part = _relative(grown, window)
-        proba = predict(classifier, stack.data[part], None if scaled is None else scaled[(slice(None), *part)])
+        proba = predict(classifier, stack.data[part], None if scaled is None else scaled[(slice(None), *part)],
+                        origin=(grown[0].start, grown[1].start))
         out[_relative(owned, region)] = proba[_relative(owned, grown)]
     return out
 
