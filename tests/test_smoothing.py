@@ -41,6 +41,51 @@ def test_guided_filter_matches_its_definition(rng):
     assert got.dtype == np.float32 and np.all(np.isfinite(got))
 
 
+def fast_reference(guide, proba, r, eps, step, offset):
+    """He and Sun's fast guided filter written out: window fits on the lattice (mirrored box means),
+    averaged, interpolated linearly along each axis (``np.interp``: constant beyond the ends), applied
+    to the full-resolution guide."""
+    from scipy.ndimage import uniform_filter
+
+    def box(x):
+        return uniform_filter(x, 2 * r + 1, mode="reflect")
+
+    g = guide[offset[0]::step, offset[1]::step]
+    out = []
+    for c in range(proba.shape[-1]):
+        p = proba[..., c].astype(np.float64)
+        a = (box(g * p) - box(g) * box(p)) / (box(g * g) - box(g) ** 2 + eps)
+        b = box(p) - a * box(g)
+        full = []
+        for coef in (box(a), box(b)):
+            rows_at = offset[0] + step * np.arange(coef.shape[0])
+            cols_at = offset[1] + step * np.arange(coef.shape[1])
+            cols = np.stack([np.interp(np.arange(guide.shape[1]), cols_at, row) for row in coef])
+            full.append(np.stack([np.interp(np.arange(guide.shape[0]), rows_at, col) for col in cols.T], axis=1))
+        out.append(full[0] * guide + full[1])
+    return np.stack(out, axis=-1)
+
+
+@pytest.mark.parametrize("shape, step, offset, radius", [((40, 48), 2, (0, 0), 4), ((41, 37), 2, (1, 0), 4),
+                                                          ((45, 50), 3, (2, 1), 4), ((33, 30), 3, (0, 2), 2)])
+def test_fast_guided_filter_matches_its_definition(rng, shape, step, offset, radius):
+    """With probabilities known every ``step`` px from ``offset``, the filter is the fast guided
+    filter: fits on the lattice with a window of ``round(radius / step)`` points, interpolated."""
+    from napari_dinoseg.smoothing import coarse_radius
+
+    guide = rng.random(shape)
+    lattice_shape = (len(range(offset[0], shape[0], step)), len(range(offset[1], shape[1], step)))
+    logits = rng.normal(0, 0.3, (*lattice_shape, 3))
+    proba = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    got = guided_filter(guide, proba.astype(np.float32), radius, step=step, offset=offset)
+    expected = fast_reference(guide, proba, coarse_radius(radius, step), GUIDED_EPS, step, offset)
+    assert got.shape == (*shape, 3) and got.dtype == np.float32
+    assert np.all((expected > 0) & (expected < 1))  # no clipping: the formula holds everywhere
+    np.testing.assert_allclose(got, expected, atol=3e-5)
+    with pytest.raises(ValueError, match="lattice"):
+        guided_filter(guide, proba[1:], radius, step=step, offset=offset)
+
+
 def test_guided_filter_removes_rims_on_edges_but_keeps_small_objects():
     """A third class painted on the intensity ramp between two phases (a "rim", confidently
     wrong) goes; a small object of the same class with its own intensity stays; the edge
@@ -87,6 +132,9 @@ def test_flat_guide_makes_the_guided_filter_a_box_average(rng):
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("radius, sigma, expected", [(0, 0, 0), (4, 0, 8), (0, 1.5, 6), (2, 1.0, 8)])
-def test_reach(radius, sigma, expected):
-    assert reach(radius, sigma) == expected
+@pytest.mark.parametrize("radius, sigma, step, expected", [(0, 0, 1, 0), (4, 0, 1, 8), (0, 1.5, 1, 6), (2, 1.0, 1, 8),
+                                                           (4, 0, 2, 9), (4, 0, 3, 8), (0, 1.5, 2, 6), (1, 0, 3, 8)])
+def test_reach(radius, sigma, step, expected):
+    """Window fits averaged over a window (2 windows of coarse radius, in lattice points) plus the
+    interpolation between lattice points, plus the Gaussian."""
+    assert reach(radius, sigma, step) == expected

@@ -32,7 +32,7 @@ import numpy as np
 
 from .config import TrainConfig, config_or_default
 from .forest import Forest, fit_forest
-from .parallel import map_threads
+from .parallel import cpu_threads, map_threads
 from .smoothing import gaussian_smooth, guided_filter, reach
 
 if TYPE_CHECKING:
@@ -733,12 +733,30 @@ def _fit_scaling(sample: np.ndarray, kind: str, linear: Sequence[int] = ()) -> t
         centre = sample.mean(axis=0, dtype=np.float64)
         spread = sample.std(axis=0, dtype=np.float64)
     else:
-        centre = np.median(sample, axis=0).astype(np.float64)
-        spread = np.median(np.abs(sample - centre), axis=0).astype(np.float64)
+        columns = _transposed(sample)  # (F, M): each channel's values contiguous
+        centre = _row_medians(columns)
+        np.abs(columns - centre[:, None].astype(np.float32), out=columns)
+        spread = _row_medians(columns)
         flat = spread < 1e-6
         spread[flat] = sample[:, flat].std(axis=0, dtype=np.float64)
     spread[spread < 1e-6] = 1.0  # constant channels carry no information; avoid dividing by ~0
     return centre, spread
+
+
+def _transposed(x: np.ndarray, block: int = 512) -> np.ndarray:
+    """``(M, F)`` -> C-contiguous float32 ``(F, M)``, copied a block of rows at a time (cache-sized)."""
+    out = np.empty(x.shape[::-1], np.float32)
+    for start in range(0, len(x), block):
+        out[:, start:start + block] = x[start:start + block].T
+    return out
+
+
+def _row_medians(rows: np.ndarray) -> np.ndarray:
+    """``(F, M)`` C-contiguous -> ``(F,)`` float64 medians of the rows, blocks of rows on parallel
+    threads (numpy's partition releases the GIL)."""
+    blocks = np.array_split(np.arange(len(rows)), min(len(rows), cpu_threads()) or 1)
+    parts = map_threads(lambda b: np.median(rows[b[0]:b[-1] + 1], axis=1), [b for b in blocks if len(b)])
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
 def _scaled(x: np.ndarray, centre: np.ndarray, spread: np.ndarray, kind: str,

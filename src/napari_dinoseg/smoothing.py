@@ -79,7 +79,7 @@ def guided_filter(guide: np.ndarray, proba: np.ndarray, radius: int, eps: float 
     r = coarse_radius(radius, step)
     # every output is linear in p, and the K probabilities sum to 1, so the filtered ones do
     # too: filter K - 1 of them, the last is 1 - their sum
-    p = np.moveaxis(proba[..., : k - 1], -1, 0).astype(np.float32)  # (K-1, ..., h, w)
+    p = np.moveaxis(proba[..., : k - 1], -1, 0).astype(np.float32, order="C")  # (K-1, ..., h, w)
     mean_g, mean_gg = _box(np.stack([lattice, lattice * lattice]), r)
     var_g = mean_gg - mean_g * mean_g
     mean_p, mean_gp = np.split(_box(np.concatenate([p, lattice * p]), r), 2)
@@ -98,33 +98,44 @@ def guided_filter(guide: np.ndarray, proba: np.ndarray, radius: int, eps: float 
 
 
 def _upsampled(planes: np.ndarray, shape: tuple[int, int], step: int, offset: tuple[int, int]) -> np.ndarray:
-    """``(P, ..., h, w)`` values on the lattice ``offset + step * index`` -> ``(P, ..., H, W)``,
-    bilinear between lattice points (constant beyond the outermost ones)."""
-    rows = _lerp_axis(planes, shape[0], step, offset[0], axis=-2)
-    return _lerp_axis(rows, shape[1], step, offset[1], axis=-1)
+    """``(P, ..., h, w)`` values on the lattice ``offset + step * index`` -> ``(P, ..., H, W)``
+    C-contiguous, bilinear between lattice points (constant beyond the outermost ones)."""
+    import torch
+
+    values = torch.from_numpy(np.ascontiguousarray(planes, np.float32))
+    rows = _lerp_axis(values, shape[0], step, offset[0], values.ndim - 2)
+    return _lerp_axis(rows, shape[1], step, offset[1], values.ndim - 1).numpy()
 
 
-def _lerp_axis(values: np.ndarray, n: int, step: int, offset: int, axis: int) -> np.ndarray:
-    """Linear interpolation along ``axis`` from lattice points ``offset + step * i`` to ``range(n)``:
-    one strided slice per phase, no gather."""
-    v = np.moveaxis(values, axis, 0)
-    m = v.shape[0]
-    out = np.empty((n, *v.shape[1:]), np.float32)
-    out[:offset] = v[0]  # before the first lattice point
+def _lerp_axis(values, n: int, step: int, offset: int, dim: int):
+    """Linear interpolation of a torch tensor along ``dim`` from lattice points ``offset + step * i``
+    to ``range(n)``: one strided slice of the (contiguous) output per phase, no gather."""
+    import torch
+
+    m = values.shape[dim]
+    shape = list(values.shape)
+    shape[dim] = n
+    out = torch.empty(shape, dtype=torch.float32)
+
+    def fill(target, row: int) -> None:  # every pixel of ``target`` takes lattice point ``row``
+        target.copy_(values.narrow(dim, row, 1).expand_as(target))
+
+    fill(out.narrow(dim, 0, min(offset, n)), 0)  # before the first lattice point
+    every_step = (slice(None),) * dim + (slice(None, None, step),)
     for phase in range(step):
-        rows = out[offset + phase::step]  # pixels offset + step * i + phase, i = 0 .. len(rows) - 1
-        count = len(rows)
-        if count == 0:
-            continue
-        w = np.float32(phase / step)
-        lower = v[:count]
-        upper = v[np.minimum(np.arange(1, count + 1), m - 1)] if count >= m else v[1:count + 1]
-        if phase == 0 or m == 1:
-            rows[...] = lower
-        else:
-            np.multiply(lower, 1 - w, out=rows)
-            rows += w * upper
-    return np.moveaxis(out, 0, axis)
+        if offset + phase >= n:
+            break
+        pixels = out.narrow(dim, offset + phase, n - offset - phase)[every_step]  # offset + step * i + phase
+        count = pixels.shape[dim]
+        inner = count if phase == 0 else min(count, m - 1)  # pixels with a lattice point on each side
+        if phase == 0:
+            pixels.copy_(values.narrow(dim, 0, count))
+        elif inner > 0:
+            pixels.narrow(dim, 0, inner).copy_(
+                torch.lerp(values.narrow(dim, 0, inner), values.narrow(dim, 1, inner), phase / step))
+        if count > inner:  # beyond the last lattice point
+            fill(pixels.narrow(dim, inner, count - inner), m - 1)
+    return out
 
 
 def _box(planes: np.ndarray, radius: int) -> np.ndarray:
