@@ -125,8 +125,19 @@ class PixelClassifier:
         return self.coef.shape[0]
 
     def to_labels(self, proba: np.ndarray) -> np.ndarray:
-        """``(..., K)`` probabilities -> ``(...)`` label values (``classes[argmax]``)."""
-        return self.classes[np.argmax(proba, axis=-1)]
+        """``(..., K)`` probabilities -> ``(...)`` label values (``classes[argmax]``, the first
+        class among equals; NaN counts as the largest, as in ``np.argmax``)."""
+        proba = np.asarray(proba)
+        if proba.ndim < 2 or proba.strides[-1] == proba.itemsize:  # channels last in memory
+            return self.classes[np.argmax(proba, axis=-1)]
+        # a view of channels-first planes (what predict returns): compare whole planes
+        best, index = proba[..., 0].copy(), np.zeros(proba.shape[:-1], np.intp)
+        for k in range(1, proba.shape[-1]):
+            np.copyto(index, k, where=proba[..., k] > best)
+            np.maximum(best, proba[..., k], out=best)  # NaN where any class is NaN
+        if np.isnan(best).any():  # NaN's place decides, as in np.argmax
+            index = np.argmax(proba, axis=-1)
+        return self.classes[index]
 
 
 def train(
