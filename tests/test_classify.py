@@ -64,6 +64,40 @@ def test_scaling_is_fitted_once_and_kept(two_textures, scaling):
     assert not np.allclose(predict(clf, shifted), predict(clf, feats))
 
 
+@pytest.mark.parametrize("n_pixels, n_channels", [(1001, 7), (2000, 1), (999, 65)])
+def test_log_scaling_is_the_median_and_median_absolute_deviation(rng, n_pixels, n_channels):
+    """Exactly numpy's median and MAD of every channel (odd and even counts, any channel count),
+    the standard deviation for a channel whose MAD is 0."""
+    from napari_dinoseg.classify import TrainingPart, fit_scaling
+
+    grid = rng.standard_t(2, (n_pixels, n_channels)).astype(np.float32)
+    grid[: n_pixels // 2 + 1, 0] = 3.0  # mostly constant: MAD 0
+    centre, spread = fit_scaling([TrainingPart(x=grid[:2], y=np.array([1, 2]), grid=grid)], "log")
+    median = np.median(grid, axis=0)
+    mad = np.median(np.abs(grid - median), axis=0)
+    mad[0] = grid[:, 0].std(dtype=np.float64)
+    np.testing.assert_array_equal(centre, median.astype(np.float64))
+    np.testing.assert_allclose(spread, mad, rtol=1e-6)
+
+
+def test_to_labels_is_the_first_largest_class_in_any_layout(rng):
+    """Channels-first planes (what predict returns) and channels-last arrays give np.argmax's
+    classes, ties to the first class and NaN counted as the largest."""
+    from napari_dinoseg.classify import PixelClassifier
+
+    clf = train(rng.random((40, 3)).astype(np.float32), np.repeat([2, 5, 9], [14, 13, 13]),
+                TrainConfig(classifier="logistic"))
+    planes = rng.random((3, 20, 30)).astype(np.float32)
+    planes[:, 0, :5] = 0.5  # ties
+    planes[1, 1, 1] = planes[2, 1, 2] = planes[0, 1, 3] = np.nan
+    for proba in (np.moveaxis(planes, 0, -1), np.ascontiguousarray(np.moveaxis(planes, 0, -1))):
+        expected = clf.classes[np.argmax(proba, axis=-1)]
+        np.testing.assert_array_equal(PixelClassifier.to_labels(clf, proba), expected)
+    finite = np.moveaxis(np.nan_to_num(planes, nan=0.0), 0, -1)
+    np.testing.assert_array_equal(clf.to_labels(finite), clf.classes[np.argmax(finite, axis=-1)])
+    assert set(np.unique(clf.to_labels(finite))) <= {2, 5, 9}
+
+
 def test_log_scaling_prediction_matches_its_formula(two_textures):
     image, _, scribbles = two_textures
     feats = featurise(image, FeatureConfig(sigmas=(1, 2)))

@@ -25,6 +25,7 @@ plain Gaussian.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
@@ -268,21 +269,26 @@ def train_parts(
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     # newton-cg converges in ~10 iterations here, ~10x faster than lbfgs's ~100
     model = LogisticRegression(
         C=config.C, class_weight=config.class_weight, max_iter=config.max_iter, solver="newton-cg"
     )
-    with warnings.catch_warnings():
-        # the solver may stop at max_iter on hard data; the fit is still usable for interaction
-        warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        model.fit(xs, y)
+    forest = None
+    with ThreadPoolExecutor(1) as pool:  # the trees grow on one core while the regression fits
+        trees = (pool.submit(fit_forest, tree_x, y, config.n_trees, config.class_weight, config.seed)
+                 if config.classifier == "logistic+trees" else None)
+        # the regression on the other core: BLAS threads would only contend with the trees
+        with warnings.catch_warnings(), threadpool_limits(1 if trees is not None else None):
+            # the solver may stop at max_iter on hard data; the fit is still usable for interaction
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)
+            model.fit(xs, y)
+        if trees is not None:
+            forest = trees.result()
     coef, intercept = model.coef_, model.intercept_
     if reduce is not None:
         coef, intercept = reduce.fold(coef, intercept)
-    forest = None
-    if config.classifier == "logistic+trees":
-        forest = fit_forest(tree_x, y, config.n_trees, config.class_weight, config.seed)
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; softmax([0, z]) == sigmoid(z)
         coef = np.vstack([np.zeros_like(coef), coef])
         intercept = np.concatenate([[0.0], intercept])

@@ -104,7 +104,7 @@ def fit_forest(x: np.ndarray, y: np.ndarray, n_trees: int, class_weight: Optiona
     from sklearn.ensemble import ExtraTreesClassifier
 
     model = ExtraTreesClassifier(n_estimators=n_trees, min_samples_leaf=2, class_weight=class_weight,
-                                 random_state=seed, n_jobs=cpu_threads()).fit(x, y)
+                                 random_state=seed).fit(x, y)  # one thread: joblib's polling costs more here
     parts = [e.tree_.__getstate__() for e in model.estimators_]
     nodes = np.concatenate([p["nodes"] for p in parts])
     values = np.concatenate([p["values"][:, 0, :] for p in parts])
