@@ -272,11 +272,10 @@ def test_logit_space_prediction_equals_pixel_space_and_never_builds_the_vit_map(
     default, whose trees read 8 principal components of them -- predicts without a cache from
     logits (and components) computed on the token grids (featurise_projected, tile by tile), and
     gives the probabilities of the full features: within 1e-4 for the regression; with trees, a
-    float rounding can send a pixel down another branch, so within 1e-4 almost everywhere. With
-    a cache (the widget's refits) the full features are kept."""
+    float rounding can send a pixel down another branch, so within 1e-4 almost everywhere."""
     import importlib
 
-    from napari_dinoseg.features.featurise import FeatureCache
+    from napari_dinoseg.classify import predict
 
     featurise_module = importlib.import_module("napari_dinoseg.features.featurise")
     image, truth, scribbles = phases
@@ -287,7 +286,7 @@ def test_logit_space_prediction_equals_pixel_space_and_never_builds_the_vit_map(
     n_vit = sum("vit_" in name for name in seg.channel_names)
     n_new = 3 + (8 if seg.classifier.forest is not None else 0)  # the logits, then the trees' components
     assert weights.shape == (n_new, n_vit) and reduced.n_features == seg.classifier.n_features - n_vit + n_new
-    full = seg.predict_proba(image, cache=FeatureCache())  # pixel space
+    full = predict(seg.classifier, featurise(seg.normalise(image), seg.features, normalised=True))  # pixel space
     built = []
     keyed = featurise_module.keyed_featurise
     monkeypatch.setattr(featurise_module, "keyed_featurise", lambda *a, **k: built.append(1) or keyed(*a, **k))
@@ -342,3 +341,34 @@ def test_a_fit_without_cache_reads_vit_channels_only_where_training_does(phases,
         np.testing.assert_allclose(sparse.classifier.coef, full.classifier.coef, rtol=1e-3, atol=1e-4)
         agree = np.mean(sparse.segment(image) == full.segment(image))
         assert agree > 0.99, agree
+
+
+def test_a_cache_keeps_the_token_grids_not_the_vit_map(phases, monkeypatch):
+    """With a feature cache (the widget's), ViT and hybrid fits and predictions read the views' token
+    grids from it: refits on new strokes and predictions run no forward pass, the cache holds no
+    ``(H, W, D)`` ViT map (a fraction of its bytes), and the results equal those without a cache."""
+    from napari_dinoseg.features.backbones import StridedViT
+    from napari_dinoseg.features.featurise import FeatureCache, n_features
+
+    image, truth, scribbles = phases
+    hybrid = FeatureConfig(kind="hybrid", weights="random", stride=14, shifts=(7,), flips=False, device="cpu",
+                           sigmas=(1.0, 2.0, 4.0), membrane=False, precision="float32")
+    passes = []
+    forward = StridedViT.forward
+    monkeypatch.setattr(StridedViT, "forward", lambda self, x, *a, **k: passes.append(len(x)) or forward(self, x, *a, **k))
+    cache = FeatureCache()
+    seg = Segmenter(hybrid).fit(image, scribbles, cache=cache)
+    first = len(passes)
+    assert sum(passes[:first]) == 9  # the nine views, once
+    proba = seg.predict_proba(image, cache=cache)
+    fewer = np.where(np.arange(scribbles.shape[1]) < scribbles.shape[1] // 2, scribbles, 0)
+    refit = Segmenter(hybrid).fit(image, fewer, cache=cache)
+    again = refit.predict_proba(image, cache=cache)
+    assert len(passes) == first  # no forward pass after the first featurisation
+    vit_map = image.shape[0] * image.shape[1] * 384 * 4
+    assert cache.nbytes < vit_map / 4, (cache.nbytes, vit_map)
+    classical = n_features(dataclasses.replace(seg.features, kind="classical"))
+    assert all(v.n_features == classical for k, v in cache._items.items() if isinstance(k, str))
+    np.testing.assert_allclose(proba, Segmenter(hybrid).fit(image, scribbles).predict_proba(image), atol=1e-6)
+    np.testing.assert_allclose(again, Segmenter(hybrid).fit(image, fewer).predict_proba(image), atol=1e-6)
+    assert min(iou(seg.to_labels(proba), truth, c) for c in (1, 2, 3)) > 0.5

@@ -128,9 +128,10 @@ class Segmenter:
         parts, keys, names = [], [], None
         for i, (norm, lab) in enumerate(variants):
             sub = within(progress, 0.9 * i / len(variants), 0.9 * (i + 1) / len(variants))
-            if cache is None and config.uses_vit:  # the ViT channels only where training reads them
-                for window, core, part, names in self._window_parts(norm, lab, config, step, sub):
+            if config.uses_vit:  # the ViT channels only where training reads them (a cache keeps tokens)
+                for window, core, key, part, names in self._window_parts(norm, lab, config, step, sub, cache):
                     parts.append(part)
+                    keys.append((key, tuple((c.start, c.stop) for c in core)))
                 continue
             for window, core, key, stack in self._window_features(norm, config, sub, cache):
                 crop = np.asarray(lab)[in_plane(window, core)]
@@ -177,15 +178,16 @@ class Segmenter:
         clf = self._fitted()
         norm = self.normalise(image)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
-        split = self.logit_space() if cache is None else None
-        if split is not None:  # the ViT map never built: its logits computed on the token grids
+        split = self.logit_space()
+        if split is not None:  # the ViT map never built: its logits computed on the token grids (kept in a cache)
             from .features.featurise import featurise_projected
 
             reduced, projection = split
             windows = plane_windows(norm.shape[:2], self.features, self.training, self.tile)
             for n, (window, core) in enumerate(windows):
                 sub = within(progress, 0.95 * n / len(windows), 0.95 * (n + 1) / len(windows))
-                stack = featurise_projected(norm[window], self.features, projection, sub, normalised=True)
+                stack = featurise_projected(norm[window], self.features, projection, sub, normalised=True,
+                                            cache=cache)
                 out[window][core] = predict(reduced, stack, origin=_start(window))[core]
                 del stack
         else:
@@ -233,10 +235,10 @@ class Segmenter:
         """:func:`~napari_dinoseg.classify.logit_space` of the classifier: ``(reduced classifier,
         ViT projection)`` where it is linear in the ViT channels, else ``None``.
 
-        :meth:`predict_proba` without a feature cache then never builds the ``(H, W, D)`` ViT
-        map: the classifier's logits on the ViT channels are computed on each view's token grid
-        and upsampled (``K`` channels instead of ``D``). With a cache the full features are
-        kept, for the refits of an interactive session.
+        :meth:`predict_proba` then never builds the ``(H, W, D)`` ViT map: the classifier's
+        logits on the ViT channels are computed on each view's token grid and upsampled (``K``
+        channels instead of ``D``). A feature cache keeps the token grids (and the classical
+        channels), so the refits of an interactive session run no forward pass either.
         """
         from .classify import logit_space
 
@@ -302,22 +304,24 @@ class Segmenter:
                              f"{self.n_channels}; give it images of the kind it was trained on")
         return as_float_image(arr, config)
 
-    def _window_parts(self, norm: np.ndarray, labels: np.ndarray, config: FeatureConfig, step: int, progress):
-        """Yield ``(window, core, TrainingPart, channel names)`` for every tile of a normalised plane,
-        its features computed at the painted pixels and the grid sample only
-        (:func:`~napari_dinoseg.features.featurise.featurise_pixels`): the same part as
-        :func:`~napari_dinoseg.classify.training_part` of the tile's whole stack, up to float rounding."""
+    def _window_parts(self, norm: np.ndarray, labels: np.ndarray, config: FeatureConfig, step: int, progress,
+                      cache=None):
+        """Yield ``(window, core, key, TrainingPart, channel names)`` for every tile of a normalised
+        plane, its features computed at the painted pixels and the grid sample only
+        (:func:`~napari_dinoseg.features.featurise.featurise_pixels`, through ``cache``): the same part
+        as :func:`~napari_dinoseg.classify.training_part` of the tile's whole stack, up to float
+        rounding. ``key``: the tile's cache key (``None`` without a cache)."""
         from .classify import TrainingPart
-        from .features.featurise import featurise_pixels
+        from .features.featurise import cache_key, featurise_pixels
 
         windows = plane_windows(norm.shape[:2], config, self.training, self.tile)
         for n, (window, core) in enumerate(windows):
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
             crop = np.asarray(labels)[in_plane(window, core)]
             rows, cols, n_painted = _grid_and_painted(crop, core, step)
-            data, names = featurise_pixels(norm[window], config, (rows, cols), sub, normalised=True)
+            data, names = featurise_pixels(norm[window], config, (rows, cols), sub, normalised=True, cache=cache)
             part = TrainingPart(x=data[:n_painted], y=crop[crop > 0].astype(np.int64), grid=data[n_painted:])
-            yield window, core, part, names
+            yield window, core, None if cache is None else cache_key(norm[window], config), part, names
 
     def _window_features(self, norm: np.ndarray, config: FeatureConfig, progress, cache):
         """Yield ``(window, core, key, FeatureStack)`` for every tile of a normalised plane: ``window``

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..classify import PixelClassifier, predict
-from ..features.featurise import FeatureStack, keyed_featurise
+from ..features.featurise import FeatureStack, featurise_projected, keyed_featurise
 from ..progress import ProgressCallback, report, within
 from ..segmenter import Segmenter, Slices, check_finite, in_plane, plane_windows
 
@@ -105,7 +105,11 @@ def predict_view_first(segmenter: Segmenter, plane: np.ndarray, progress: Option
     norm = segmenter.normalise(plane)
     shape = norm.shape[:2]
     windows = plane_windows(shape, config, segmenter.training, segmenter.tile)
-    features = _tile_features(segmenter, norm, within(progress, 0, FEATURE_SHARE), cache)
+    split = segmenter.logit_space()  # ViT channels: their logits from the cached token grids
+    if split is not None:
+        clf = split[0]
+    features = _tile_features(segmenter, norm, within(progress, 0, FEATURE_SHARE), cache,
+                              None if split is None else split[1])
     whole = (slice(0, shape[0]), slice(0, shape[1]))
     view = None if view is None or view == whole else view
     first = [] if view is None else bands(view, BAND_PIXELS)
@@ -164,16 +168,23 @@ def visible_region(corners: np.ndarray, shape: tuple[int, int]) -> Optional[Slic
     return region if all(s.stop > s.start for s in region) else None
 
 
-def _tile_features(segmenter: Segmenter, norm: np.ndarray, progress, cache) -> TileFeatures:
-    """``features(window)`` through ``cache``, the last window's kept at hand (bands walk the tiles in order)."""
+def _tile_features(segmenter: Segmenter, norm: np.ndarray, progress, cache, projection=None) -> TileFeatures:
+    """``features(window)`` through ``cache``, the last window's kept at hand (bands walk the tiles in
+    order); with a ``projection`` of the ViT channels (:meth:`Segmenter.logit_space`), the window's
+    :func:`~napari_dinoseg.features.featurise.featurise_projected` features."""
     last: dict = {}
 
     def features(window: Slices) -> tuple[FeatureStack, Optional[np.ndarray]]:
         where = tuple((s.start, s.stop) for s in window)
         if where not in last:
             last.clear()
-            key, stack = keyed_featurise(norm[window], segmenter.features, progress, cache, normalised=True)
-            last[where] = stack, segmenter.scaled_features(stack, key, cache)
+            if projection is not None:
+                stack = featurise_projected(norm[window], segmenter.features, projection, progress, normalised=True,
+                                            cache=cache)
+                last[where] = stack, None
+            else:
+                key, stack = keyed_featurise(norm[window], segmenter.features, progress, cache, normalised=True)
+                last[where] = stack, segmenter.scaled_features(stack, key, cache)
         return last[where]
 
     return features

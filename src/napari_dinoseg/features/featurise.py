@@ -6,6 +6,7 @@ the memory check made before anything large is allocated.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ def featurise_projected(
     projection: tuple[np.ndarray, np.ndarray],
     progress: Optional[ProgressCallback] = None,
     normalised: bool = False,
+    cache: Optional["FeatureCache"] = None,
 ) -> FeatureStack:
     """:func:`featurise` with the ViT channels replaced by a linear projection of them, which the
     ViT featuriser computes on each view's token grid: the ``(H, W, G * D)`` ViT map is never built.
@@ -135,6 +137,9 @@ def featurise_projected(
     projection : ``(weights (P, G * D), bias (P,))``
         The projection of the ViT channels (e.g. a classifier's logits on them,
         :func:`napari_dinoseg.classify.vit_logits`).
+    cache
+        Keeps what does not depend on the projection (:func:`token_level`): the classical
+        channels and the ViT's token grids, not the ``(H, W, G * D)`` map.
 
     Returns
     -------
@@ -155,12 +160,49 @@ def featurise_projected(
     n_classical = n_channels * len(classical_channel_names(config)) if config.uses_classical else 0
     data = np.empty((*img.shape[:2], n_classical + n_projected), dtype=np.float32)
     vit_progress = progress
+    key = None if cache is None else cache_key(image, config)
     if config.uses_classical:
-        names = _classical(img, config, device, within(progress, 0.0, 0.1), out=data[..., :n_classical]).channel_names
+        names = _cached_classical(image, img, config, device, within(progress, 0.0, 0.1), cache,
+                                  out=data[..., :n_classical]).channel_names
         vit_progress = within(progress, 0.1, 1.0)
-    _, attention = vit_features(img, config, device, vit_progress, out=data[..., n_classical:], projection=projection)
+    _, attention = vit_features(img, config, device, vit_progress, out=data[..., n_classical:], projection=projection,
+                                store=_token_store(cache, key))
+    _charge(cache, key)
     names += tuple(f"projected_{i}" for i in range(n_projected))
     return FeatureStack(data=data, config=config, channel_names=names, attention=attention)
+
+
+def _token_store(cache: Optional["FeatureCache"], key: Optional[str]):
+    """The cache's :class:`~napari_dinoseg.features.vit.TokenStore` for the ViT or hybrid features of
+    cache key ``key`` (made empty on first use); ``None`` without a cache."""
+    if cache is None:
+        return None
+    from .vit import TokenStore
+
+    return cache.derived(("tokens", key), TokenStore)
+
+
+def _charge(cache: Optional["FeatureCache"], key: Optional[str]) -> None:
+    """Count a token store's bytes, grown by a featurisation, in the cache's budget."""
+    if cache is not None:
+        cache.recount(("tokens", key))
+
+
+def _cached_classical(image: np.ndarray, img: np.ndarray, config: FeatureConfig, device, progress,
+                      cache: Optional["FeatureCache"], out: Optional[np.ndarray] = None) -> FeatureStack:
+    """The classical channels of a hybrid config (:func:`_classical`), through ``cache`` (keyed by
+    ``image`` and the config with ``kind="classical"``), copied into ``out`` when given."""
+    if cache is None:
+        return _classical(img, config, device, progress, out=out)
+    classical_config = dataclasses.replace(config, kind="classical")
+    key = cache_key(image, classical_config)
+    stack = cache.get(key)
+    if stack is None:
+        stack = _classical(img, classical_config, device, progress)
+        cache.put(key, stack)
+    if out is not None:
+        _copy_channels_last(np.moveaxis(stack.data, -1, 0), out)
+    return stack
 
 
 def featurise_pixels(
@@ -169,6 +211,7 @@ def featurise_pixels(
     pixels: tuple[np.ndarray, np.ndarray],
     progress: Optional[ProgressCallback] = None,
     normalised: bool = False,
+    cache: Optional["FeatureCache"] = None,
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """:func:`featurise` at ``N`` pixels only, for training: the ViT channels are gathered from
     the views' token grids at those pixels (the ``(H, W, D)`` map is never built); classical
@@ -179,6 +222,9 @@ def featurise_pixels(
     image, config, progress, normalised
         As for :func:`featurise` (any kind).
     pixels : ``(rows (N,), cols (N,))`` int arrays
+    cache
+        As for :func:`featurise_projected`: the classical channels and the ViT's token grids are
+        kept, and a second call (other pixels, a projection) runs no forward pass.
 
     Returns
     -------
@@ -193,17 +239,19 @@ def featurise_pixels(
                                                  or cols.max() >= w)):
         raise ValueError(f"pixels must be rows and columns of equal length inside the {h}x{w} image")
     if not config_or_default(config, FeatureConfig).uses_vit:
-        stack = featurise(image, config, progress, normalised)
+        stack = cached_featurise(image, config, progress, cache, normalised)
         return np.ascontiguousarray(stack.data[rows, cols]), stack.channel_names
     img, config, device = _prepared(image, config, normalised, projected=0)
     n_channels = img.shape[-1]
     parts, names, vit_progress = [], (), progress
+    key = None if cache is None else cache_key(image, config)
     if config.uses_classical:
-        classical = _classical(img, config, device, within(progress, 0.0, 0.1))
+        classical = _cached_classical(image, img, config, device, within(progress, 0.0, 0.1), cache)
         parts.append(classical.data[rows, cols])
         names, vit_progress = classical.channel_names, within(progress, 0.1, 1.0)
         del classical
-    data, _ = vit_features(img, config, device, vit_progress, pixels=(rows, cols))
+    data, _ = vit_features(img, config, device, vit_progress, pixels=(rows, cols), store=_token_store(cache, key))
+    _charge(cache, key)
     parts.append(data)
     names += vit_channel_names(n_channels, data.shape[1])
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False), names
@@ -499,6 +547,12 @@ class FeatureCache:
         value = compute()
         self._store(key, value)
         return value
+
+    def recount(self, key: tuple) -> None:
+        """Count again the bytes of derived result ``key`` (a store that has grown), evicting the
+        least recently used entries over the budget; nothing when it is not held."""
+        if key in self._items:
+            self._store(key, self._items[key])
 
     def _store(self, key: Hashable, value: object) -> None:
         self._items[key] = value

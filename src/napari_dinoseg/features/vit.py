@@ -32,6 +32,38 @@ BATCH_SECONDS = 1.0
 ACTIVATION_FLOATS = 16
 
 
+class TokenStore:
+    """The ViT's outputs for one image and config, forward pass by forward pass: what the
+    upsampler, the sparse gather or the projection read again without running the model.
+
+    Keyed by ``(channel group, tile, first view, views)``; tokens and attention kept on the CPU in
+    the dtype the model gave them. A view's token grid is ``(H / s)²`` tokens for stride ``s``, so
+    the store of the CPU preset (stride 14, 17 views) is about 9 times smaller than the
+    ``(H, W, D)`` float32 map it stands for.
+    """
+
+    def __init__(self) -> None:
+        self._passes: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        """Forward passes held."""
+        return len(self._passes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for pair in self._passes.values() for t in pair)
+
+    def run(self, key: tuple, forward, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward()``'s ``(tokens, attention)`` for ``key``, computed once."""
+        if key in self._passes:
+            self.hits += 1
+            return tuple(t.to(device) for t in self._passes[key])
+        tokens, attention = forward()
+        self._passes[key] = (tokens.to("cpu"), attention.to("cpu"))
+        return tokens, attention
+
+
 def vit_features(
     img: np.ndarray,
     config: FeatureConfig,
@@ -40,6 +72,7 @@ def vit_features(
     out: Optional[np.ndarray] = None,
     projection: Optional[tuple[np.ndarray, np.ndarray]] = None,
     pixels: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    store: Optional[TokenStore] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Upsampled ViT features and CLS attention of a normalised image.
 
@@ -67,6 +100,9 @@ def vit_features(
         Only these pixels' features (:func:`~napari_dinoseg.features.upsample.gather_views`):
         the outputs are then ``(N, G * D)`` and ``(N, heads)``, equal to the full outputs at
         those pixels, and no ``(H, W, D)`` map is built; ``out`` is not allowed.
+    store
+        Forward passes are taken from / kept in it (one store per image and config): a second
+        call, with or without ``projection`` or ``pixels``, runs no forward pass.
 
     Returns
     -------
@@ -101,15 +137,24 @@ def vit_features(
     if weights is not None:
         feats[...] = bias.cpu().numpy()
     attention = np.zeros((*plane, spec.num_heads), dtype=np.float32)
-    vit = StridedViT(load_model(config.model, config.weights, device))
+    model = []  # loaded on the first forward pass (none when the store holds them all)
     dtype = compute_dtype(config, device)
 
     reported = [0]  # the last progress value: repeated between blocks, where a cancel is honoured
 
-    def run(views: torch.Tensor, group: slice):
+    def forward(views: torch.Tensor):
+        if not model:
+            model.append(StridedViT(load_model(config.model, config.weights, device)))
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            tokens, attn = vit(views, config.stride,
-                               lambda: report(progress, reported[0], total, f"{config.model}: views"))
+            return model[0](views, config.stride, lambda: report(progress, reported[0], total, f"{config.model}: views"))
+
+    def run(views: torch.Tensor, group: slice, place: list):
+        if store is None:
+            tokens, attn = forward(views)
+        else:  # place: (group, tile, views run so far in this tile)
+            key = (*place[:2], place[2], len(views))
+            tokens, attn = store.run(key, lambda: forward(views), device)
+        place[2] += len(views)
         if weights is None:
             return tokens, attn
         return tokens.float() @ weights[:, group].T, attn  # (B, gh, gw, P): the views' projected tokens
@@ -119,6 +164,7 @@ def vit_features(
         block = slice(g * spec.embed_dim, (g + 1) * spec.embed_dim)
         for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in windows:
             tile = _normalised_tile(img[r0:r1, c0:c1], channels, device)
+            place = [g, (r0, r1, c0, c1), 0]
 
             def step(views_done: int, _total: int, base=done) -> None:
                 reported[0] = base + views_done
@@ -135,11 +181,11 @@ def vit_features(
                     step(len(transforms), len(transforms))
                     continue
                 local = (torch.from_numpy(py[inside] - r0), torch.from_numpy(px[inside] - c0))
-                f, a = gather_views(lambda views: run(views, block), *geometry, pixels=local)
+                f, a = gather_views(lambda views: run(views, block, place), *geometry, pixels=local)
                 target = (inside,)
             else:
                 dest = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
-                f, a = upsample_views(lambda views: run(views, block), *geometry, dest)
+                f, a = upsample_views(lambda views: run(views, block, place), *geometry, dest)
                 core = (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
                 f, a = f[core], a[core]
                 target = (slice(cr0, cr1), slice(cc0, cc1))
