@@ -347,6 +347,7 @@ def test_a_cache_keeps_the_token_grids_not_the_vit_map(phases, monkeypatch):
     """With a feature cache (the widget's), ViT and hybrid fits and predictions read the views' token
     grids from it: refits on new strokes and predictions run no forward pass, the cache holds no
     ``(H, W, D)`` ViT map (a fraction of its bytes), and the results equal those without a cache."""
+    from napari_dinoseg.classify import SCALING_SAMPLE
     from napari_dinoseg.features.backbones import StridedViT
     from napari_dinoseg.features.featurise import FeatureCache, n_features
 
@@ -366,7 +367,10 @@ def test_a_cache_keeps_the_token_grids_not_the_vit_map(phases, monkeypatch):
     again = refit.predict_proba(image, cache=cache)
     assert len(passes) == first  # no forward pass after the first featurisation
     vit_map = image.shape[0] * image.shape[1] * 384 * 4
-    assert cache.nbytes < vit_map / 4, (cache.nbytes, vit_map)
+    stores = [v for k, v in cache._items.items() if isinstance(k, tuple) and k[0] == "tokens"]
+    assert len(stores) == 1 and stores[0].nbytes < vit_map / 4, (stores, vit_map)
+    grids = [v[0] for k, v in cache._items.items() if isinstance(k, tuple) and k[0] == "grid"]
+    assert grids and all(len(g) <= SCALING_SAMPLE for g in grids)  # the scaling's sample, whatever the image size
     classical = n_features(dataclasses.replace(seg.features, kind="classical"))
     assert all(v.n_features == classical for k, v in cache._items.items() if isinstance(k, str))
     np.testing.assert_allclose(proba, Segmenter(hybrid).fit(image, scribbles).predict_proba(image), atol=1e-6)

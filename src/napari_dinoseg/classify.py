@@ -241,12 +241,15 @@ def train_parts(
     channel_names: Optional[Sequence[str]] = None,
     feature_config=None,
     scaling: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    components: Optional[np.ndarray] = None,
 ) -> PixelClassifier:
     """:func:`train` on :class:`TrainingPart` s (one per stack or tile of a training set).
 
     ``channel_names`` and ``feature_config`` (those of the stacks) pick the guided filter's
     guide channels and the channels a PCA reduces; without them there is no guide and a PCA
-    reduces every channel. Equal to :func:`train` on the stacks themselves.
+    reduces every channel. Equal to :func:`train` on the stacks themselves. ``scaling`` and
+    ``components`` (:func:`fit_scaling`, :func:`tree_components`): those of these parts, kept by a
+    caller that refits on the same images.
     """
     config = config_or_default(config, TrainConfig)
     x, y = _training_set(parts, config)
@@ -257,11 +260,12 @@ def train_parts(
         raise ValueError(f"the scaling has shapes {np.shape(mean)} and {np.shape(scale)}, "
                          f"not ({x.shape[1]},) for {x.shape[1]} feature channels")
     xs = _scaled(x, mean, scale, config.scaling, linear)
-    tree_x, tree_channels, components = x, None, None
+    tree_x, tree_channels, kept_components, components = x, None, components, None
     if config.classifier == "logistic+trees" and linear:
         tree_channels = tuple(int(i) for i in np.setdiff1d(np.arange(x.shape[1]), linear))
-        components = _components(_scaled(grid[:, list(linear)], mean[list(linear)], scale[list(linear)], "standard"),
-                                 config.vit_components, config.seed)
+        components = kept_components
+        if components is None:
+            components = tree_components(grid, (mean, scale), linear, config)
         tree_x = np.hstack([x[:, list(tree_channels)], xs[:, list(linear)] @ components.T])
     reduce = _fit_pca(channel_names, grid, mean, scale, config, linear) if config.pca_dim else None
     if reduce is not None:
@@ -317,6 +321,15 @@ def linear_channels(channel_names: Optional[Sequence[str]], config: TrainConfig)
     if not channel_names or not config.vit_components or config.classifier != "logistic+trees":
         return ()
     return tuple(i for i, name in enumerate(channel_names) if "vit_" in name)
+
+
+def tree_components(grid: np.ndarray, scaling: tuple[np.ndarray, np.ndarray], linear: Sequence[int],
+                    config: TrainConfig) -> np.ndarray:
+    """``(n, L)`` float32 principal axes of the standard-scaled ``linear`` channels of the grid sample
+    ``(M, F)``: what the trees read of the ViT channels (``n = config.vit_components``)."""
+    mean, scale = scaling
+    cols = list(linear)
+    return _components(_scaled(grid[:, cols], mean[cols], scale[cols], "standard"), config.vit_components, config.seed)
 
 
 def _components(scaled: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .classify import (PixelClassifier, check_labels, fit_scaling, grid_step, linear_channels, predict, train_parts,
-                       training_part)
+                       training_part, tree_components)
 from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
 from .progress import ProgressCallback, report, within
 from .shift import TrainingStatistics, collapse_warning, image_statistics
@@ -143,7 +143,13 @@ class Segmenter:
         # what does not depend on the strokes is computed once per set of training images
         kind, linear = self.training.scaling, linear_channels(names, self.training)
         scaling = _memo(cache, ("scaling", kind, linear, tuple(keys)), lambda: fit_scaling(parts, kind, linear))
-        classifier = train_parts(parts, self.training, channel_names=names, feature_config=config, scaling=scaling)
+        components = None
+        if linear:  # the trees' view of the ViT channels: a PCA of the grid sample, as the scaling
+            grid = lambda: np.concatenate([p.grid for p in parts])  # noqa: E731
+            components = _memo(cache, ("components", kind, linear, self.training.vit_components, self.training.seed,
+                                       tuple(keys)), lambda: tree_components(grid(), scaling, linear, self.training))
+        classifier = train_parts(parts, self.training, channel_names=names, feature_config=config, scaling=scaling,
+                                 components=components)
         self.features, self.classifier, self.n_channels = config, classifier, normalised[0].shape[-1]
         self.channel_names = names
         quantiles = [_memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
@@ -319,9 +325,18 @@ class Segmenter:
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
             crop = np.asarray(labels)[in_plane(window, core)]
             rows, cols, n_painted = _grid_and_painted(crop, core, step)
-            data, names = featurise_pixels(norm[window], config, (rows, cols), sub, normalised=True, cache=cache)
-            part = TrainingPart(x=data[:n_painted], y=crop[crop > 0].astype(np.int64), grid=data[n_painted:])
-            yield window, core, None if cache is None else cache_key(norm[window], config), part, names
+            if cache is None:  # one pass of the model for both
+                data, names = featurise_pixels(norm[window], config, (rows, cols), sub, normalised=True)
+                x, grid, key = data[:n_painted], data[n_painted:], None
+            else:  # the grid sample does not change with the strokes: gathered once
+                key = cache_key(norm[window], config)
+                where = ("grid", key, step, tuple((c.start, c.stop) for c in core))
+                grid, names = cache.derived(where, lambda: featurise_pixels(
+                    norm[window], config, (rows[n_painted:], cols[n_painted:]), sub, normalised=True, cache=cache))
+                x, _ = featurise_pixels(norm[window], config, (rows[:n_painted], cols[:n_painted]), sub,
+                                        normalised=True, cache=cache)
+            part = TrainingPart(x=x, y=crop[crop > 0].astype(np.int64), grid=grid)
+            yield window, core, key, part, names
 
     def _window_features(self, norm: np.ndarray, config: FeatureConfig, progress, cache):
         """Yield ``(window, core, key, FeatureStack)`` for every tile of a normalised plane: ``window``
