@@ -447,9 +447,9 @@ def test_non_finite_probabilities_fail_the_image_and_write_nothing(tmp_path, bun
 
     real, calls = segmenter.predict, []
 
-    def nan_after_the_first_image(clf, stack, scaled=None):  # one window per 192-px image
+    def nan_after_the_first_image(clf, stack, scaled=None, origin=(0, 0)):  # one window per 192-px image
         calls.append(1)
-        proba = real(clf, stack, scaled)
+        proba = real(clf, stack, scaled, origin)
         return proba if len(calls) == 1 else np.full_like(proba, np.nan)
 
     monkeypatch.setattr(segmenter, "predict", nan_after_the_first_image)

@@ -380,7 +380,9 @@ def test_views_per_batch_bounded_by_estimated_time(monkeypatch):
 
     assert batch((518, 518), 0.3 * vit_module.BATCH_SECONDS) == 3
     assert batch((518, 518), 5 * vit_module.BATCH_SECONDS) == 1
-    assert batch((56, 70), 1e-9) == vit_module.MAX_VIEWS_PER_BATCH  # fast: as many as allowed
+    assert batch((56, 70), 1e-9) == 17  # fast: every view of the config (1 + 8 per shift) in one pass
+    cfg = vit_cfg(shifts=(1, 2, 3, 4), flips=True)  # 132 views
+    assert batch((56, 70), 1e-9) == vit_module.MAX_VIEWS_PER_BATCH  # as many as allowed
 
 
 @pytest.mark.parametrize("kind, channels, tile", [

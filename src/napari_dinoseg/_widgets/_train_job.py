@@ -247,7 +247,15 @@ class _Recording:
         self.cache.put(key, stack)
 
     def derived(self, key: tuple, compute):
-        return self.cache.derived(key, compute)
+        value = self.cache.derived(key, compute)
+        if key[0] == "tokens":  # a window's ViT features: its forward passes (none yet: to compute)
+            self.used.add(key)
+            if not len(value):
+                self.computed.add(key)
+        return value
+
+    def recount(self, key: tuple) -> None:
+        self.cache.recount(key)
 
 
 def _describe(source: Source, planes: list) -> str:

@@ -195,11 +195,8 @@ def _cached_classical(image: np.ndarray, img: np.ndarray, config: FeatureConfig,
     if cache is None:
         return _classical(img, config, device, progress, out=out)
     classical_config = dataclasses.replace(config, kind="classical")
-    key = cache_key(image, classical_config)
-    stack = cache.get(key)
-    if stack is None:
-        stack = _classical(img, classical_config, device, progress)
-        cache.put(key, stack)
+    stack = cache.derived(("classical", cache_key(image, classical_config)),
+                          lambda: _classical(img, classical_config, device, progress))
     if out is not None:
         _copy_channels_last(np.moveaxis(stack.data, -1, 0), out)
     return stack

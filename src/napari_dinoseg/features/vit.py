@@ -363,12 +363,13 @@ def activation_bytes(config: FeatureConfig, shape: tuple[int, int]) -> int:
 
 
 def views_per_batch(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> int:
-    """Views per forward pass over an ``(H, W)`` input, 1 to :data:`MAX_VIEWS_PER_BATCH`: as many
-    as fit in :data:`BATCH_MEMORY_FRACTION` of free memory and in :data:`BATCH_SECONDS` of
-    estimated time (so that progress, and a cancel, comes at least that often)."""
+    """Views per forward pass over an ``(H, W)`` input, 1 to :data:`MAX_VIEWS_PER_BATCH` and no more
+    than the config's views: as many as fit in :data:`BATCH_MEMORY_FRACTION` of free memory and in
+    :data:`BATCH_SECONDS` of estimated time (so that progress, and a cancel, comes at least that often)."""
     by_memory = BATCH_MEMORY_FRACTION * free_memory(device) // activation_bytes(config, shape)
     by_time = BATCH_SECONDS // view_seconds(config, shape, device)
-    return int(max(1, min(MAX_VIEWS_PER_BATCH, by_memory, by_time)))
+    n_views = len(make_transforms(config.shifts or (), bool(config.flips)))
+    return int(max(1, min(MAX_VIEWS_PER_BATCH, n_views, by_memory, by_time)))
 
 
 def free_memory(device: torch.device) -> int:
