@@ -315,9 +315,9 @@ def events(monkeypatch):
     log = []
     forward = StridedViT.forward
 
-    def counted(self, x, stride, between_blocks=None):
+    def counted(self, x, stride, between_blocks=None, **options):
         log.append(("forward", x.shape[0]))
-        result = forward(self, x, stride, between_blocks)
+        result = forward(self, x, stride, between_blocks, **options)
         log.append(("finished", x.shape[0]))
         return result
 

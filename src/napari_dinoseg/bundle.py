@@ -54,7 +54,10 @@ FORMAT = "napari-dinoseg-bundle"
 #: 5: the classifier's linear (ViT) channels, the trees' own channels and their ViT components
 #: (older bundles: none; their trees read every channel, ``vit_components=0``).
 #: 6: the lattice step of the classifier's prediction (``predict_step``; older bundles: 1, every pixel).
-FORMAT_VERSION = 6
+#: 7: ``resize="stretch"`` is torch's ``nearest-exact`` (older bundles' ``"stretch"`` loads as
+#: ``"stretch-floor"``, the rule they were trained with); the ViT facet, layer and positional
+#: embedding rule (older bundles: the last block's tokens, timm's resampling).
+FORMAT_VERSION = 7
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 #: Arrays only some classifiers have.
 OPTIONAL_ARRAYS = ("tree_components",)
@@ -386,6 +389,8 @@ def _feature_config(meta: dict, version: int) -> FeatureConfig:
         if version < 4:  # trained with the rule of the time
             feature_dict.setdefault("normalise", "legacy")
         feature_dict.setdefault("precision", "float32")  # before the option, ViT features were float32
+        if version < 7 and feature_dict.get("resize") == "stretch":  # then torch's legacy nearest
+            feature_dict["resize"] = "stretch-floor"
         return FeatureConfig.from_dict(feature_dict)  # an unknown model: the error lists the names
     except _CONFIG_ERRORS as err:
         raise _refuse(f"its feature config is not valid here: {_text(err)}") from None

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional, get_args
 
 FeatureKind = Literal["classical", "vit", "hybrid"]
-Resize = Literal["nearest", "stretch"]
+Resize = Literal["nearest", "stretch", "stretch-floor"]
+Facet = Literal["token", "key", "query", "value"]
+PosEmbed = Literal["timm", "scale"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 ClassifierKind = Literal["logistic+trees", "logistic"]
 ScalingKind = Literal["log", "standard"]
@@ -104,8 +106,23 @@ class FeatureConfig(_JSONConfig):
     flips
         Add the flip group {id, h, v, hv} to the upsampler's views; ``None``: preset.
     resize
-        Token grid to pixels: ``"nearest"`` receptive-field centre, or ``"stretch"``
-        (plain nearest resize, as the paper).
+        Token grid to pixels: ``"nearest"`` receptive-field centre; ``"stretch"``, a plain
+        nearest resize of the token grid to the image, as torch's ``nearest-exact`` (the HR-Dv2
+        reference's choice); ``"stretch-floor"``, torch's legacy ``nearest``
+        (``floor(pixel * tokens / pixels)``: what ``"stretch"`` meant in bundles before format 7).
+    facet
+        Which descriptor of block ``layer`` the ViT gives (Amir et al.): ``"token"`` (the block's
+        output; after the final norm for the last block), or its attention's ``"key"``,
+        ``"query"`` or ``"value"`` (heads concatenated, ``D`` channels; keys are the paper's
+        best descriptors for correspondences and co-segmentation).
+    layer
+        The block the facet is taken from: ``-1`` the last, ``0`` the first (negative counts from
+        the end). Blocks after it are not run. The CLS attention is that block's.
+    pos_embed
+        How absolute positional embeddings are resampled to the token grid of a stride: ``"timm"``
+        (timm's bicubic resize to the grid's size) or ``"scale"`` (bicubic with scale factor
+        ``(grid + 0.1) / side``, ``align_corners=False``, as DINO and dino-vit-features, whose
+        features it reproduces). Models with rotary embeddings have none to resample.
     weights
         ``None`` (released weights from the weights folder or the Hugging Face cache),
         a checkpoint path, or ``"random"``.
@@ -147,6 +164,9 @@ class FeatureConfig(_JSONConfig):
     shifts: Optional[tuple[int, ...]] = None
     flips: Optional[bool] = None
     resize: Resize = "nearest"
+    facet: Facet = "token"
+    layer: int = -1
+    pos_embed: PosEmbed = "timm"
     weights: Optional[str] = None
     tile: Optional[int] = None
     precision: Precision = "auto"
@@ -164,6 +184,8 @@ class FeatureConfig(_JSONConfig):
         self._check_intensities()
         _choice("device", self.device, DEVICES)
         _choice("resize", self.resize, get_args(Resize))
+        _choice("facet", self.facet, get_args(Facet))
+        _choice("pos_embed", self.pos_embed, get_args(PosEmbed))
         _choice("precision", self.precision, get_args(Precision))
         if self.uses_vit:
             self._check_vit()
@@ -228,6 +250,10 @@ class FeatureConfig(_JSONConfig):
             object.__setattr__(self, "shifts", shifts)
         if self.flips is not None and not isinstance(self.flips, bool):
             raise ValueError(f"flips must be True, False or None, got {self.flips!r}")
+        depth = model_spec(self.model).depth
+        if not _is_int(self.layer) or not -depth <= self.layer < depth:
+            raise ValueError(f"layer must be an integer block index in {-depth}..{depth - 1} for {self.model} "
+                             f"({depth} blocks), got {self.layer!r}")
         if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 4 * patch):
             raise ValueError(f"tile must be an integer of at least {4 * patch} px for {self.model}, got {self.tile!r}")
 

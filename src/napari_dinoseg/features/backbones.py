@@ -168,9 +168,9 @@ class StridedViT(torch.nn.Module):
             raise ValueError(f"the input of {height}x{width} px is smaller than one {p}x{p} patch")
         return 1 + (height - p) // stride, 1 + (width - p) // stride
 
-    def forward(self, x: torch.Tensor, stride: int,
-                between_blocks: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and CLS attention of a batch of normalised images.
+    def forward(self, x: torch.Tensor, stride: int, between_blocks: Optional[Callable[[], None]] = None,
+                facet: str = "token", layer: int = -1, pos_embed: str = "timm") -> tuple[torch.Tensor, torch.Tensor]:
+        """Descriptors and CLS attention of a batch of normalised images.
 
         Parameters
         ----------
@@ -178,36 +178,68 @@ class StridedViT(torch.nn.Module):
         stride : patch-embedding stride, 1 <= stride <= patch size.
         between_blocks : called after every transformer block; may raise to stop (a cancel
             then takes effect within one block, not one whole forward pass).
+        facet : ``"token"`` (the block's output; after the final norm for the last block), or the
+            block's attention ``"key"``, ``"query"`` or ``"value"`` (after the q / k norms where
+            the model has them, before rotary embeddings; heads concatenated).
+        layer : the block (``-1``: the last); later blocks are not run.
+        pos_embed : ``"timm"`` or ``"scale"`` (see :func:`scaled_pos_embed`).
 
         Returns
         -------
-        tokens : (B, gh, gw, D) patch tokens after the final norm.
-        attention : (B, heads, gh, gw) CLS attention of the last block over the patch
-            tokens, renormalised to sum to 1 per head.
+        tokens : (B, gh, gw, D) descriptors of the patch tokens.
+        attention : (B, heads, gh, gw) CLS attention of block ``layer`` over the patch tokens,
+            renormalised to sum to 1 per head.
         """
         m = self.model
+        index = range(len(m.blocks))[layer]  # IndexError for a block the model does not have
         proj = m.patch_embed.proj
         t = F.conv2d(x, proj.weight, proj.bias, stride=stride)  # (B, D, gh, gw)
         gh, gw = t.shape[-2:]
         t = m.patch_embed.norm(t.permute(0, 2, 3, 1))  # NHWC, as timm's dynamic path expects
         if self.uses_rope:
+            if pos_embed != "timm":
+                raise ValueError(f"pos_embed={pos_embed!r} resamples absolute positional embeddings, and this "
+                                 "model has rotary ones; use pos_embed='timm'")
             t, rope = m._pos_embed(t)
         else:
-            t, rope = m._pos_embed(t), None
+            t, rope = (m._pos_embed(t) if pos_embed == "timm" else self._scaled_pos_embed(t)), None
         t = m.norm_pre(m.patch_drop(t) if rope is None else t)
-        for block in m.blocks[:-1]:
+        for block in m.blocks[:index]:
             t = block(t) if rope is None else block(t, rope=rope)
             if between_blocks is not None:
                 between_blocks()
-        last = m.blocks[-1]
-        attention = self._cls_attention(last, t, rope)
-        t = last(t) if rope is None else last(t, rope=rope)
-        t = m.norm(t)
-        tokens = t[:, self.num_prefix:].reshape(t.shape[0], gh, gw, -1)
-        return tokens, attention.reshape(t.shape[0], self.num_heads, gh, gw)
+        block = m.blocks[index]
+        q, k, v = self._qkv(block, t)
+        attention = self._cls_attention(block, q[:, :, :1], k, rope)
+        if facet == "token":
+            t = block(t) if rope is None else block(t, rope=rope)
+            out = m.norm(t) if index == len(m.blocks) - 1 else t
+        else:
+            chosen = {"query": q, "key": k, "value": v}[facet]  # (B, heads, N, head_dim)
+            out = chosen.transpose(1, 2).flatten(2)
+        tokens = out[:, self.num_prefix:].reshape(out.shape[0], gh, gw, -1)
+        return tokens, attention.reshape(out.shape[0], self.num_heads, gh, gw)
 
-    def _cls_attention(self, block, t: torch.Tensor, rope) -> torch.Tensor:
-        """(B, heads, N_patches) softmax attention of the CLS token (query 0) in ``block``."""
+    def _scaled_pos_embed(self, t: torch.Tensor) -> torch.Tensor:
+        """timm's ``_pos_embed`` of ``t`` (B, gh, gw, D) with the embeddings resampled by
+        :func:`scaled_pos_embed`: prefix tokens prepended, embeddings added."""
+        m = self.model
+        b, gh, gw, d = t.shape
+        prefix = 0 if getattr(m, "no_embed_class", False) else self.num_prefix
+        pos = m.pos_embed
+        pos = torch.cat([pos[:, :prefix], scaled_pos_embed(pos[:, prefix:], (gh, gw))], dim=1)
+        t = t.reshape(b, gh * gw, d)
+        tokens = [tok.expand(b, -1, -1) for tok in (getattr(m, "cls_token", None), getattr(m, "reg_token", None))
+                  if tok is not None]
+        if getattr(m, "no_embed_class", False):
+            t = torch.cat([*tokens, t + pos], dim=1)
+        else:
+            t = torch.cat([*tokens, t], dim=1) + pos
+        return m.pos_drop(t)
+
+    def _qkv(self, block, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``block``'s queries, keys and values of tokens ``t`` (B, N, D): each (B, heads, N, head_dim),
+        q and k after the model's q / k norms."""
         attn = block.attn
         h = block.norm1(t)
         b, n, _ = h.shape
@@ -216,8 +248,13 @@ class StridedViT(torch.nn.Module):
             qkv = F.linear(h, attn.qkv.weight, bias)
         else:
             qkv = attn.qkv(h)
-        qkv = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        return attn.q_norm(q), attn.k_norm(k), v
+
+    def _cls_attention(self, block, q: torch.Tensor, k: torch.Tensor, rope) -> torch.Tensor:
+        """(B, heads, N_patches) softmax attention of the CLS query ``q`` (B, heads, 1, hd) over the
+        keys ``k`` (B, heads, N, hd) in ``block``."""
+        attn = block.attn
         if rope is not None:
             from timm.layers import apply_rot_embed_cat
 
@@ -227,3 +264,24 @@ class StridedViT(torch.nn.Module):
         logits = (q.float() @ k.float().transpose(-2, -1))[:, :, 0] * attn.scale  # (B, heads, N)
         weights = logits.softmax(dim=-1)[:, :, self.num_prefix:]
         return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def scaled_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch positional embeddings ``(1, n * n, D)`` of a square ``n x n`` grid resampled to
+    ``grid = (gh, gw)`` as DINO and dino-vit-features do: bicubic, scale factors
+    ``((gh + 0.1) / n, (gw + 0.1) / n)`` (the 0.1 keeps float rounding from losing a row),
+    ``align_corners=False``, sampling positions from the scale factor (not the sizes).
+
+    Returns ``(1, gh * gw, D)``.
+    """
+    n = int(round(pos.shape[1] ** 0.5))
+    if n * n != pos.shape[1]:
+        raise ValueError(f"positional embeddings of {pos.shape[1]} patches are not a square grid")
+    if (n, n) == tuple(grid):
+        return pos
+    square = pos.reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    out = F.interpolate(square.float(), scale_factor=((grid[0] + 0.1) / n, (grid[1] + 0.1) / n), mode="bicubic",
+                        align_corners=False, recompute_scale_factor=False)
+    if tuple(out.shape[-2:]) != tuple(grid):
+        raise ValueError(f"resampling positional embeddings gave a {tuple(out.shape[-2:])} grid, not {tuple(grid)}")
+    return out.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)

@@ -80,18 +80,22 @@ def token_index(n_pixels: int, n_tokens: int, patch: int, stride: int, resize: R
     """For each pixel along one axis, the token it takes: ``(n_pixels,)`` int64.
 
     ``"nearest"``: the token whose receptive-field centre ``i * stride + (patch - 1) / 2`` is
-    nearest. ``"stretch"``: a plain nearest-neighbour resize of the token grid to the image
-    (the reference implementation's choice; misaligned by up to half a patch at the borders).
+    nearest. ``"stretch"``: a plain nearest-neighbour resize of the token grid to the image,
+    ``floor((pixel + 1/2) * n_tokens / n_pixels)`` (torch's ``nearest-exact``, the HR-Dv2
+    reference's choice; misaligned by up to half a patch at the borders). ``"stretch-floor"``:
+    ``floor(pixel * n_tokens / n_pixels)`` (torch's legacy ``nearest``).
     """
     pixels = torch.arange(n_pixels, dtype=torch.float64)
     if resize == "stretch":
+        idx = torch.floor((pixels + 0.5) * n_tokens / n_pixels)
+    elif resize == "stretch-floor":
         idx = torch.floor(pixels * n_tokens / n_pixels)
     elif resize == "nearest":
         # ties (pixels halfway between two centres) go to the later token: floor(x + 1/2), not
         # round-half-to-even, whose choice would depend on the token's parity and so on the tiling
         idx = torch.floor((pixels - (patch - 1) / 2) / stride + 0.5)
     else:
-        raise ValueError(f"resize={resize!r} is not valid; choose 'nearest' or 'stretch'")
+        raise ValueError(f"resize={resize!r} is not valid; choose 'nearest', 'stretch' or 'stretch-floor'")
     return idx.clamp(0, n_tokens - 1).long()
 
 

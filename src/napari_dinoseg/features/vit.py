@@ -146,7 +146,8 @@ def vit_features(
         if not model:
             model.append(StridedViT(load_model(config.model, config.weights, device)))
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return model[0](views, config.stride, lambda: report(progress, reported[0], total, f"{config.model}: views"))
+            return model[0](views, config.stride, lambda: report(progress, reported[0], total, f"{config.model}: views"),
+                            facet=config.facet, layer=config.layer, pos_embed=config.pos_embed)
 
     def run(views: torch.Tensor, group: slice, place: list):
         if store is None:
@@ -299,11 +300,14 @@ def view_flops(config: FeatureConfig, shape: tuple[int, int]) -> float:
     """FLOPs of one forward pass over an ``(H, W)`` input (multiply-add = 2 FLOPs).
 
     Per block: ``24 N D^2`` for the qkv, projection and 4x MLP matmuls plus ``4 N^2 D``
-    for attention (scores and weighted sum), with ``N`` tokens of width ``D``.
+    for attention (scores and weighted sum), with ``N`` tokens of width ``D``; the blocks up to
+    ``config.layer`` (a key / query / value facet stops at that block's qkv, ``6 N D^2``).
     """
     spec = model_spec(config.model)
     n, d = n_tokens(shape, spec.patch_size, config.stride), spec.embed_dim
-    return spec.depth * (24 * n * d * d + 4 * n * n * d)
+    blocks = range(spec.depth)[config.layer] + 1
+    full = blocks if config.facet == "token" else blocks - 1
+    return full * (24 * n * d * d + 4 * n * n * d) + (blocks - full) * 6 * n * d * d
 
 
 def total_flops(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1) -> float:
