@@ -303,6 +303,11 @@ def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
     assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9  # the classical half carries it
     click_and_wait(qtbot, widget)
     assert widget.last_result.reused == 1 and widget.last_result.featurised == 0
+    widget.features.facet.value, widget.features.layer.value = "key", 6  # the keys of block 6: new features
+    click_and_wait(qtbot, widget)
+    features = widget.last_result.segmenter.features
+    assert (features.facet, features.layer) == ("key", 6) and widget.last_result.featurised == 1
+    assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9
 
 
 def test_missing_weights_is_a_clear_error(dock, qtbot, notes, two_textures, tmp_path, monkeypatch):

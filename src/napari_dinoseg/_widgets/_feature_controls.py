@@ -40,6 +40,8 @@ class FeatureControls:
         self.stride = SpinBox(value=0, min=0, max=16, label="stride (0 = preset)")
         self.views = ComboBox(choices=list(VIEW_CHOICES), value=VIEWS_PRESET, label="upsampler views")
         self.shifts = LineEdit(value="1, 2", label="shifts (px)")
+        self.facet = ComboBox(choices=["token", "key", "query", "value"], value="token", label="ViT descriptor")
+        self.layer = SpinBox(value=-1, min=-40, max=39, label="block (-1 = last)")
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
         self.weights = LineEdit(value="", label="weights")
         self.weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
@@ -53,6 +55,10 @@ class FeatureControls:
             self.stride: "pixels between ViT patches: smaller is finer and slower (0: the device's preset)",
             self.views: "shifted / flipped copies averaged to bring ViT features to pixel resolution",
             self.shifts: "the shifts (px) of the shifted views",
+            self.facet: "which descriptor of the block: its output tokens, or its attention's keys (best for "
+                        "matching parts and objects), queries or values",
+            self.layer: "the transformer block the descriptor comes from: -1 the last; earlier blocks are more "
+                        "local and faster (later blocks are not run)",
             self.device: "where the ViT runs: auto picks a GPU when there is one",
             self.weights: "a checkpoint file (.pth / .safetensors); empty: the released file in the weights folder "
                           "or the Hugging Face cache",
@@ -62,7 +68,8 @@ class FeatureControls:
         }
         for widget, tip in tips.items():
             widget.tooltip = tip
-        self.vit_widgets = [self.model, self.stride, self.views, self.shifts, self.device, self.weights, self.plan]
+        self.vit_widgets = [self.model, self.stride, self.views, self.shifts, self.facet, self.layer, self.device,
+                            self.weights, self.plan]
         self.widgets = [self.kind, *self.vit_widgets, self.sigmas, self.membrane]
         for w in (self.kind, self.views, self.model):
             w.changed.connect(self.update_visibility)
@@ -84,6 +91,7 @@ class FeatureControls:
             shifts = numbers(self.shifts.value, "shifts", "1, 2", int) if use_shifts else ()
         return FeatureConfig(
             kind=kind, model=self.model.value, stride=int(self.stride.value) or None, shifts=shifts, flips=flips,
+            facet=self.facet.value, layer=int(self.layer.value),
             weights=str(self.weights.value).strip() or None, device=self.device.value,
             sigmas=sigmas, membrane=bool(self.membrane.value),
         )
