@@ -150,7 +150,7 @@ def speed(args, device) -> None:
     dtype = compute_dtype(preset, device)
     machine = {"device": str(device), "name": torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"CPU, {os.cpu_count()} cores ({platform.machine()}, {platform.processor() or 'unknown'})",
-               "torch": torch.__version__, "compute_dtype": str(dtype), "matmul_tflops": throughput(device, dtype) / 1e12,
+               "torch": torch.__version__, "compute_dtype": str(dtype), "block_tflops": throughput(device, dtype) / 1e12,
                "baseline_src": None if args.baseline_src is None else str(args.baseline_src)}
     out = args.out or HERE / "results" / f"vit_{device.type}.json"
     table = [header(args.baseline_src is not None), *(fmt(r, args.baseline_src is not None) for r in rows)]
