@@ -20,6 +20,7 @@ CORE_MODULES = [
     "napari_dinoseg.bundle",
     "napari_dinoseg.batch",
     "napari_dinoseg.unsupervised",
+    "napari_dinoseg.similarity",
     "napari_dinoseg.features.registry",
     "napari_dinoseg.features.backbones",
     "napari_dinoseg.features.upsample",
