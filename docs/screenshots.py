@@ -54,6 +54,7 @@ def main() -> None:
     viewer.screenshot(str(OUT / "dinov2_mode_random_weights.png"), canvas_only=False)
     viewer.close()
     unsupervised()
+    similarity()
     two_images()
     fresh_from_the_menu()
 
@@ -105,6 +106,34 @@ def unsupervised() -> None:
     print(f"wrote screenshots to {OUT}")
 
 
+def similarity() -> None:
+    """The "find similar (click)" widget, opened from the Plugins menu, on a synthetic image: a
+    fine-grained texture planted in discs on a smooth background of the same mean intensity (the
+    test image of tests/test_similarity.py, larger); two clicks in one disc, CLASSICAL features."""
+    import importlib.util
+
+    import napari
+
+    spec = importlib.util.spec_from_file_location("conftest", OUT.parents[1] / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    centres = [(50, 50), (60, 190), (150, 110), (200, 40), (215, 215), (130, 250)]
+    image, _ = conftest.planted_texture(0, 288, centres, 22)
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.add_image(image, name="planted texture")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: find similar (click)")
+    widget.features.kind.value = "classical"
+    widget.add_points_layer()
+    viewer.layers["clicks"].add([[50, 50], [58, 44]])
+    click_and_wait(widget)
+    viewer.reset_view()
+    get_qapp().processEvents()
+    viewer.screenshot(str(OUT / "similarity_widget.png"), canvas_only=False)
+    viewer.close()
+
+
 def two_images() -> None:
     """Train on two superalloy SEM images of different brightness (simulated strokes from their
     ground truth, as in benchmarks/quality.py), predict a third; needs ../shared/evaldata."""
@@ -148,4 +177,6 @@ def two_images() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    globals()[sys.argv[1]]() if len(sys.argv) > 1 else main()

@@ -58,3 +58,31 @@ def phases(rng):
 def iou(pred: np.ndarray, truth: np.ndarray, cls: int) -> float:
     a, b = pred == cls, truth == cls
     return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def planted_texture(seed: int, size: int, centres, radius: int):
+    """(image uint8 (size, size), discs bool (size, size)): a fine-grained noise texture in discs
+    of ``radius`` at ``centres`` on a smooth noise background of the same mean intensity (0.5)
+    and standard deviation (0.1): only texture tells them apart."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    discs = np.zeros((size, size), bool)
+    for cy, cx in centres:
+        discs |= (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+    background = ndimage.gaussian_filter(rng.normal(size=(size, size)), 2)
+    background = 0.5 + 0.1 * background / background.std()
+    texture = 0.5 + 0.1 * rng.normal(size=(size, size))
+    image = np.where(discs, texture, background)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8), discs
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for the ``positive`` pixels (ties count half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.ravel(score))
+    pos = np.ravel(positive).astype(bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))

@@ -20,6 +20,7 @@ CORE_MODULES = [
     "napari_dinoseg.bundle",
     "napari_dinoseg.batch",
     "napari_dinoseg.unsupervised",
+    "napari_dinoseg.similarity",
     "napari_dinoseg.features.registry",
     "napari_dinoseg.features.backbones",
     "napari_dinoseg.features.upsample",
@@ -53,7 +54,8 @@ def test_manifest_is_valid_and_registered():
 
     pm = PluginManifest.from_distribution("napari-dinoseg")
     assert pm.name == "napari-dinoseg"
-    assert {w.display_name for w in pm.contributions.widgets} == {"dinoseg: train", "dinoseg: unsupervised", "dinoseg: apply to folder"}
+    assert {w.display_name for w in pm.contributions.widgets} == {
+        "dinoseg: train", "dinoseg: unsupervised", "dinoseg: apply to folder", "dinoseg: find similar (click)"}
     assert [s.key for s in pm.contributions.sample_data] == ["ihc"]
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "save_bundle",
     "predict",
     "segment_unsupervised",
+    "similar_mask",
+    "similarity_map",
     "train",
 ]
 
@@ -40,6 +42,8 @@ _LAZY = {
     "load_bundle": "napari_dinoseg.bundle",
     "train": "napari_dinoseg.classify",
     "predict": "napari_dinoseg.classify",
+    "similarity_map": "napari_dinoseg.similarity",
+    "similar_mask": "napari_dinoseg.similarity",
 }
 
 
