@@ -103,6 +103,18 @@ class FeatureControls:
         self.kind.value = kind
         self.update_visibility()
 
+    def prefer_classical_without_weights(self, note: Label, adds: str, tooltip: str = "") -> None:
+        """Keep the ViT kind when its weights can be had (found here, or downloadable); otherwise
+        switch to classical features and show ``note``: why, and what DINOv2 ``adds``."""
+        problem = self.weights_problem()  # short; the whole message is the plan's tooltip
+        note.visible = bool(problem)
+        if problem:
+            self.kind.value = "classical"
+            note.value = f"Classical features ({problem.replace('cannot run: ', '')}). {adds}"
+            note.tooltip = f"{tooltip}. {self.plan.tooltip}" if tooltip else self.plan.tooltip
+            if tooltip:
+                self.kind.tooltip = note.tooltip
+
     def update_visibility(self, *_args) -> None:
         """Show the controls that matter for the chosen feature kind."""
         vit = self.kind.value != "classical"

@@ -24,6 +24,7 @@ from ..image import drop_alpha
 from ..progress import report, within
 from ..similarity import similar_mask, similarity_query
 from ._feature_controls import FeatureControls, check_weights
+from ._layers import set_layer, spatial_shape
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -131,18 +132,9 @@ class SimilarityWidget(WorkerWidget):
                      self._threshold])
         self._add_points.changed.connect(self.add_points_layer)
         self._threshold.changed.connect(self.update_mask)
-        self._default_features()
+        self.features.prefer_classical_without_weights(
+            self._weights_note, "DINOv2 would find objects alike in meaning, not only in texture.")
         self.features.update_visibility()
-
-    def _default_features(self) -> None:
-        """DINOv2 when its weights can be had; classical features otherwise, with a note saying why."""
-        problem = self.features.weights_problem()
-        self._weights_note.visible = bool(problem)
-        if problem:
-            self.features.kind.value = "classical"
-            self._weights_note.value = (f"Classical features ({problem.replace('cannot run: ', '')}). DINOv2 would "
-                                        "find objects alike in meaning, not only in texture.")
-            self._weights_note.tooltip = self.features.plan.tooltip
 
     def add_points_layer(self, *_args) -> Optional[Points]:
         """Select the ``clicks`` Points layer, made empty (over the image, same geometry) when missing; add mode."""
@@ -150,10 +142,10 @@ class SimilarityWidget(WorkerWidget):
         if image is None:
             self._fail("open an image first")
             return None
-        ndim = len(_spatial_shape(image))
+        ndim = len(spatial_shape(image))
         layer = self._viewer.layers[POINTS_LAYER] if POINTS_LAYER in self._viewer.layers else None
         if not isinstance(layer, Points) or layer.ndim != ndim:
-            size = max(3.0, min(_spatial_shape(image)[-2:]) / 60)
+            size = max(3.0, min(spatial_shape(image)[-2:]) / 60)
             layer = self._viewer.add_points(np.empty((0, ndim)), ndim=ndim, name=POINTS_LAYER, size=size,
                                             face_color="cyan", border_color="black",
                                             scale=image.scale[-ndim:], translate=image.translate[-ndim:])
@@ -182,7 +174,7 @@ class SimilarityWidget(WorkerWidget):
         layer: Optional[Points] = self._points.value
         if layer is None:
             raise ValueError("no points layer: click 'Add points layer', then click on the object to find")
-        shape = _spatial_shape(image)
+        shape = spatial_shape(image)
         if layer.ndim != len(shape):
             raise ValueError(f"points layer {layer.name!r} has {layer.ndim} dimensions but image {image.name!r} has "
                              f"{len(shape)}: add the points with 'Add points layer'")
@@ -208,7 +200,7 @@ class SimilarityWidget(WorkerWidget):
         image: Image = self._image.value
         ndim = result.maps.ndim
         self._geometry = {"scale": image.scale[-ndim:], "translate": image.translate[-ndim:]}
-        layer = self._set_layer(SIMILARITY_LAYER, Image, result.maps,
+        layer = set_layer(self._viewer, SIMILARITY_LAYER, Image, result.maps,
                                 {**self._geometry, "colormap": "magma", "opacity": 0.7, "blending": "translucent"})
         layer.contrast_limits = (0.0, 1.0)
         slices = int(np.prod(result.maps.shape[:-2], dtype=np.int64))
@@ -227,22 +219,6 @@ class SimilarityWidget(WorkerWidget):
             return None
         threshold = float(self._threshold.value)
         mask = similar_mask(self.result.maps, threshold)
-        layer = self._set_layer(MASK_LAYER, Labels, mask.astype(np.uint8), {**self._geometry, "opacity": 0.5})
+        layer = set_layer(self._viewer, MASK_LAYER, Labels, mask.astype(np.uint8), {**self._geometry, "opacity": 0.5})
         self._status.value = f"{self._summary}; {mask.mean():.1%} of the pixels at least {threshold:.2f} similar"
         return layer
-
-    def _set_layer(self, name: str, kind, data: np.ndarray, kwargs: dict):
-        """The layer ``name`` with ``data``: updated in place when it has the shape, else (re)made."""
-        layers = self._viewer.layers
-        if name in layers and isinstance(layers[name], kind) and layers[name].data.shape == data.shape:
-            layers[name].data = data
-            return layers[name]
-        if name in layers:
-            layers.remove(name)
-        return self._viewer.add_layer(kind(data, name=name, **kwargs))
-
-
-def _spatial_shape(image: Image) -> tuple[int, ...]:
-    """Shape of an image layer without its colour axis: ``(*lead, H, W)``."""
-    shape = tuple(image.data.shape)
-    return shape[:-1] if image.rgb else shape

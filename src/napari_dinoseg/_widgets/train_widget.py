@@ -33,6 +33,7 @@ from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
 from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls, check_weights
+from ._layers import spatial_shape
 from ._live import predict_view_first, visible_region
 from ._text import wrap
 from ._train_job import Source, TrainJob, TrainResult, run_train_job
@@ -177,8 +178,8 @@ class TrainWidget(WorkerWidget):
             show_error("dinoseg: select an image layer first")
             return None
         layer = self._viewer.add_labels(
-            np.zeros(_spatial_shape(image), dtype=np.uint8), name=f"{image.name} labels",
-            scale=image.scale[-len(_spatial_shape(image)):], translate=image.translate[-len(_spatial_shape(image)):],
+            np.zeros(spatial_shape(image), dtype=np.uint8), name=f"{image.name} labels",
+            scale=image.scale[-len(spatial_shape(image)):], translate=image.translate[-len(spatial_shape(image)):],
             metadata={IMAGE_KEY: image.name},
         )
         self._labels_layer.reset_choices()
@@ -243,7 +244,7 @@ class TrainWidget(WorkerWidget):
         dims = self._viewer.dims
         if image is None or dims.ndisplay != 2 or sorted(dims.displayed) != [dims.ndim - 2, dims.ndim - 1]:
             return None
-        return visible_region(image.corner_pixels, _spatial_shape(image)[-2:])
+        return visible_region(image.corner_pixels, spatial_shape(image)[-2:])
 
     @ensure_main_thread
     def _show_view(self, token: int, index: tuple, region: tuple, labels: np.ndarray) -> None:
@@ -286,7 +287,7 @@ class TrainWidget(WorkerWidget):
         cfg = self.feature_config()
         if cfg.uses_vit and not use_loaded:
             check_weights(cfg)
-        shape = _spatial_shape(image)
+        shape = spatial_shape(image)
         lead = shape[:-2]
         if not lead or (self._scope.value == SCOPE_STACK and not current_slice):
             predict_slices = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)]
@@ -331,7 +332,7 @@ class TrainWidget(WorkerWidget):
         if own is not None:
             current = self._source(image, own)
         else:  # predicted, not trained on
-            current = Source(name=image.name, image=image.data, labels=np.zeros(_spatial_shape(image), np.uint8),
+            current = Source(name=image.name, image=image.data, labels=np.zeros(spatial_shape(image), np.uint8),
                              rgb=bool(image.rgb))
         others = [self._source(img, lab) for img, lab in pairs if img is not image]
         return [current] + [src for src in others if src.painted_slices]
@@ -340,7 +341,7 @@ class TrainWidget(WorkerWidget):
         """Check one image / labels pair and copy it for the worker."""
         if image.multiscale:
             raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level as a plain image")
-        shape = _spatial_shape(image)
+        shape = spatial_shape(image)
         if not image.rgb and len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
             raise ValueError(
                 f"image layer {image.name!r} of shape {image.data.shape} looks like (H, W, C) channels shown "
@@ -393,7 +394,7 @@ class TrainWidget(WorkerWidget):
         pred.refresh()
         labels, _ = self._strokes()
         if result.uncertainties is not None:
-            self._write_uncertainty(result, _spatial_shape(self._image.value), labels)
+            self._write_uncertainty(result, spatial_shape(self._image.value), labels)
         if isinstance(labels, Labels):
             self._viewer.layers.selection.active = labels
 
@@ -412,7 +413,7 @@ class TrainWidget(WorkerWidget):
         colours; made (just under the strokes) when missing, remade when of another shape or dtype."""
         image: Image = self._image.value
         labels, colours = self._strokes()
-        shape = _spatial_shape(image)
+        shape = spatial_shape(image)
         pred = self._predictions
         if pred is None or pred not in self._viewer.layers or pred.data.shape != shape or pred.data.dtype != dtype:
             if pred is not None and pred in self._viewer.layers:
@@ -452,14 +453,8 @@ class TrainWidget(WorkerWidget):
 
     def _update_scope(self, *_args) -> None:
         image = self._image.value
-        self._scope.visible = image is not None and len(_spatial_shape(image)) > 2
+        self._scope.visible = image is not None and len(spatial_shape(image)) > 2
 
 
 def _digest(labels) -> str:
     return hashlib.blake2b(np.ascontiguousarray(labels).tobytes(), digest_size=16).hexdigest()
-
-
-def _spatial_shape(image: Image) -> tuple[int, ...]:
-    """Shape of an image layer without its colour axis: ``(*lead, H, W)``."""
-    shape = tuple(image.data.shape)
-    return shape[:-1] if image.rgb else shape

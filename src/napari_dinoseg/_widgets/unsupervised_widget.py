@@ -28,6 +28,7 @@ from ..image import drop_alpha
 from ..progress import report
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, check_weights, numbers
+from ._layers import set_layer
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -97,7 +98,9 @@ class UnsupervisedWidget(WorkerWidget):
         self._use.changed.connect(self.use_as_labels)
         self._image.changed.connect(self._update_scope)
         self.features.kind.changed.connect(self._update_controls)
-        self._default_features()
+        self.features.prefer_classical_without_weights(
+            self._weights_note, "DINOv2 would add semantic features, and CLS attention for the foreground and boxes.",
+            tooltip=DINOV2_ADDS)
         self.features.update_visibility()
         self._update_controls()
         self._update_scope()
@@ -112,19 +115,6 @@ class UnsupervisedWidget(WorkerWidget):
             check_weights(config.features)
         planes, self._index = self._planes()
         return run_cas_job, (planes, config, self.cache)
-
-    def _default_features(self) -> None:
-        """DINOv2 when its weights can be had (found here, or downloadable); classical features
-        otherwise, with a note (and tooltip) on what DINOv2 adds and where its weights go."""
-        problem = self.features.weights_problem()  # short; the whole message is the plan's tooltip
-        if problem:
-            self.features.kind.value = "classical"
-            self._weights_note.value = (f"Classical features ({problem.replace('cannot run: ', '')}). DINOv2 would "
-                                        "add semantic features, and CLS attention for the foreground and boxes.")
-            self.features.kind.tooltip = self._weights_note.tooltip = f"{DINOV2_ADDS}. {self.features.plan.tooltip}"
-            self._weights_note.visible = True
-        else:
-            self._weights_note.visible = False
 
     def _update_controls(self, *_args) -> None:
         """Granularity scales the merging distance, which only features with attention have."""
@@ -189,8 +179,8 @@ class UnsupervisedWidget(WorkerWidget):
             labels, foreground = full_l, full_f
         elif self._index == ():
             labels, foreground = labels.reshape(shape), foreground.reshape(shape)
-        self._set_layer(CAS_LAYER, Labels, labels, geometry)
-        self._set_layer(FOREGROUND_LAYER, Labels, foreground, {**geometry, "opacity": 0.4})
+        set_layer(self._viewer, CAS_LAYER, Labels, labels, geometry)
+        set_layer(self._viewer, FOREGROUND_LAYER, Labels, foreground, {**geometry, "opacity": 0.4})
         rects, colours = [], []
         slices = [()] * len(result.boxes) if self._index is None else (
             list(np.ndindex(*shape[:-2])) if self._index == () else [self._index])
@@ -204,14 +194,6 @@ class UnsupervisedWidget(WorkerWidget):
         if rects:
             self._viewer.add_shapes(rects, shape_type="rectangle", edge_color=colours, face_color="transparent",
                                     edge_width=2, name=BOXES_LAYER, **geometry)
-
-    def _set_layer(self, name, kind, data, kwargs) -> None:
-        if name in self._viewer.layers and self._viewer.layers[name].data.shape == data.shape:
-            self._viewer.layers[name].data = data
-        else:
-            if name in self._viewer.layers:
-                self._viewer.layers.remove(name)
-            self._viewer.add_layer(kind(data, name=name, **kwargs))
 
     def _show_plan(self, plan: str) -> None:
         self.features.plan.value = self._status.value = plan
