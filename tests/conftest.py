@@ -86,3 +86,17 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
     pos = np.ravel(positive).astype(bool)
     n1, n0 = int(pos.sum()), int((~pos).sum())
     return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """No weights and no model hub: an empty weights folder and Hugging Face cache, offline."""
+    folder, hub = tmp_path / "weights", tmp_path / "hf-hub"
+    folder.mkdir()
+    hub.mkdir()
+    monkeypatch.setenv("DINOSEG_WEIGHTS_DIR", str(folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    return folder

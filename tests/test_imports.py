@@ -55,7 +55,8 @@ def test_manifest_is_valid_and_registered():
     pm = PluginManifest.from_distribution("napari-dinoseg")
     assert pm.name == "napari-dinoseg"
     assert {w.display_name for w in pm.contributions.widgets} == {
-        "dinoseg: train", "dinoseg: unsupervised", "dinoseg: apply to folder", "dinoseg: find similar (click)"}
+        "dinoseg: train", "dinoseg: unsupervised", "dinoseg: apply to folder", "dinoseg: find similar (click)",
+        "dinoseg: match two images"}
     assert [s.key for s in pm.contributions.sample_data] == ["ihc"]
 
 

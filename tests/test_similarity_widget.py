@@ -23,22 +23,9 @@ from napari_dinoseg._widgets.similarity_widget import (  # noqa: E402
 from napari_dinoseg.similarity import similar_mask  # noqa: E402
 
 DISPLAY_NAME = "dinoseg: find similar (click)"
+pytestmark = pytest.mark.usefixtures("no_weights")
 CENTRES_A = [(30, 30), (30, 96), (96, 40), (100, 100)]
 CENTRES_B = [(20, 60), (70, 25), (90, 95)]
-
-
-@pytest.fixture(autouse=True)
-def no_weights(tmp_path, monkeypatch):
-    """No weights and no model hub: an empty weights folder and Hugging Face cache, offline."""
-    folder, hub = tmp_path / "weights", tmp_path / "hf-hub"
-    folder.mkdir()
-    hub.mkdir()
-    monkeypatch.setenv("DINOSEG_WEIGHTS_DIR", str(folder))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    constants = pytest.importorskip("huggingface_hub.constants")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
-    return folder
 
 
 @pytest.fixture

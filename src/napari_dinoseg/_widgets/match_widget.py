@@ -1,0 +1,146 @@
+"""The "dinoseg: match two images" dock widget: corresponding points between two images.
+
+Choose two image layers and click Match: a worker featurises both (through the feature cache the
+other widgets share) and finds salient best-buddy pairs of log-binned descriptors
+(:func:`napari_dinoseg.correspondence.correspondences_from_features`). The pairs become two Points
+layers, one over each image, pair ``i`` drawn in the same colour and numbered ``i`` in both; with
+"side by side" the viewer's grid mode shows each image with its points next to the other.
+For stacks the current slice of each is matched.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import warnings
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+from magicgui.widgets import CheckBox, Label, SpinBox, create_widget
+from napari.layers import Image, Points
+
+from ..config import FeatureConfig
+from ..features.featurise import FeatureCache, cached_featurise, resolve_device
+from ..image import drop_alpha
+from ..progress import report, within
+from ._feature_controls import FeatureControls, check_weights
+from ._layers import set_layer, spatial_shape
+from ._text import wrap
+from ._train_job import describe_plan, import_compute_libraries
+from ._worker_widget import WorkerWidget
+
+if TYPE_CHECKING:
+    import napari
+
+
+@dataclasses.dataclass
+class MatchResult:
+    """``pairs_a``, ``pairs_b``: ``(m, 2)`` int64 (row, col) of corresponding pixels, most salient first."""
+
+    pairs_a: np.ndarray
+    pairs_b: np.ndarray
+    n: int
+    messages: list = dataclasses.field(default_factory=list)
+
+
+def run_match_job(plane_a: np.ndarray, plane_b: np.ndarray, config: FeatureConfig, n: int,
+                  cache: Optional[FeatureCache], progress=None, announce=None) -> MatchResult:
+    """Featurise (or reuse) both planes, then match them; pure, runs in a worker."""
+    from ..correspondence import correspondences_from_features
+
+    channels = [1 if p.ndim == 2 else p.shape[-1] for p in (plane_a, plane_b)]
+    if channels[0] != channels[1]:
+        raise ValueError(f"the images have {channels[0]} and {channels[1]} channels: match images of one kind")
+    import_compute_libraries(config.uses_vit, announce)
+    device = resolve_device(config.device)
+    features = config.resolved(device.type)
+    if announce is not None:
+        announce(describe_plan(features, plane_a.shape[:2], channels[0], device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stacks = [cached_featurise(p, features, within(progress, lo, hi), cache)
+                  for p, (lo, hi) in zip((plane_a, plane_b), ((0.0, 0.45), (0.45, 0.9)))]
+        report(progress, 900, 1000, "best buddies")
+        pairs_a, pairs_b = correspondences_from_features(*stacks, n)
+    report(progress, 1000, 1000, "done")
+    return MatchResult(pairs_a, pairs_b, n, list(dict.fromkeys(str(w.message) for w in caught)))
+
+
+def pair_colours(m: int) -> np.ndarray:
+    """``(m, 4)`` RGBA: ``m`` well-separated hues (golden-ratio steps), bright and opaque."""
+    hues = (np.arange(m) * 0.618034) % 1.0
+    return np.array([(*colorsys.hsv_to_rgb(h, 0.85, 1.0), 1.0) for h in hues], np.float32).reshape(m, 4)
+
+
+class MatchWidget(WorkerWidget):
+    """Dock widget: corresponding points of two images as two Points layers with matching colours."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer, "Match", "Choose two images, then Match.")
+        self.result: Optional[MatchResult] = None
+        self._image_a = create_widget(annotation=Image, label="image A")
+        self._image_b = create_widget(annotation=Image, label="image B")
+        self._n = SpinBox(value=50, min=1, max=500, label="pairs (at most)")
+        self._side_by_side = CheckBox(value=True, text="side by side (grid view)")
+        self.features = FeatureControls(kind="vit")
+        self.features.facet.value = "key"  # the paper's best facet for correspondences
+        self._weights_note = wrap(Label(value=""))
+        self._image_a.tooltip = self._image_b.tooltip = "the two images to match (for stacks: the current slice)"
+        self._n.tooltip = "the most pairs to show: salient best buddies, spread over the image by clustering"
+        self._side_by_side.tooltip = "show each image with its points next to the other (napari's grid mode)"
+        feature_widgets = list(self.features.widgets)
+        feature_widgets.insert(feature_widgets.index(self.features.kind) + 1, self._weights_note)
+        self.extend([self._image_a, self._image_b, self._n, *feature_widgets, self._side_by_side, *self.run_controls])
+        self.features.prefer_classical_without_weights(
+            self._weights_note, "DINOv2 keys would match parts alike in meaning, and rank them by saliency.")
+        self.features.update_visibility()
+        if len(self._image_b.choices) > 1:  # two different images by default
+            self._image_b.value = self._image_b.choices[1]
+
+    def _prepare(self):
+        config = self.features.config()
+        if config.uses_vit:  # no weights: refuse now, not after a minute of retries
+            check_weights(config)
+        a, b = self._image_a.value, self._image_b.value
+        if a is None or b is None or a is b:
+            raise ValueError("choose two different image layers as image A and image B (open a second image first)")
+        return run_match_job, (self._plane(a), self._plane(b), config, int(self._n.value), self.cache)
+
+    def _plane(self, image: Image) -> np.ndarray:
+        """The image's current 2-D plane (alpha dropped)."""
+        if image.multiscale:
+            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
+        shape = spatial_shape(image)
+        lead = shape[:-2]
+        step = self._viewer.dims.current_step[self._viewer.dims.ndim - len(shape):][:len(lead)]
+        index = tuple(int(min(max(s, 0), n - 1)) for s, n in zip(step, lead))
+        plane = np.asarray(image.data[index])
+        return drop_alpha(plane) if image.rgb else plane
+
+    def _show_plan(self, plan: str) -> None:
+        self.features.plan.value = self._status.value = plan
+
+    def _on_result(self, result: MatchResult) -> None:
+        self.result = result
+        m = len(result.pairs_a)
+        colours = pair_colours(m)
+        layers = []
+        for image, pairs in ((self._image_a.value, result.pairs_a), (self._image_b.value, result.pairs_b)):
+            shape = spatial_shape(image)
+            lead = np.broadcast_to(np.asarray(self._viewer.dims.current_step[self._viewer.dims.ndim - len(shape):]
+                                              [:len(shape) - 2], float), (m, len(shape) - 2))
+            data = np.column_stack([lead, pairs.astype(float)]) if m else np.empty((0, len(shape)))
+            size = max(4.0, min(shape[-2:]) / 40)
+            kwargs = {"ndim": len(shape), "size": size, "face_color": colours if m else "white",
+                      "border_color": "black", "features": {"pair": np.arange(m)},
+                      "text": {"string": "{pair}", "color": "white", "size": 9, "anchor": "upper_left"},
+                      "scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
+            layers.append(set_layer(self._viewer, f"matches in {image.name}", Points, data, kwargs))
+        if self._side_by_side.value:
+            order = [self._image_a.value, layers[0], self._image_b.value, layers[1]]
+            for layer in order:  # on top, in this order: the grid puts each image with its points
+                self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
+            self._viewer.grid.stride, self._viewer.grid.enabled = 2, True
+        note = "" if m == result.n else f" (asked for {result.n}: only {m} salient best buddies)"
+        self._status.value = (f"{m} corresponding pairs{note}; pair i has the same colour and number in both"
+                              if m else "no corresponding pairs found: try other features or images")
