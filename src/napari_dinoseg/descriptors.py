@@ -12,16 +12,17 @@ if TYPE_CHECKING:
     from .features.featurise import FeatureStack
 
 
-def unit_descriptors(stacks: Sequence["FeatureStack"]) -> list[np.ndarray]:
+def unit_descriptors(stacks: Sequence["FeatureStack"], step: int = 4) -> list[np.ndarray]:
     """Each stack's features as unit-length (L2) descriptors, ``(H, W, F)`` float32 each.
 
     When any stack holds classical channels they are first standardised over all stacks
-    (:func:`standardise`): classical channels have arbitrary scales and mostly positive values,
-    so that without it every pixel's direction is nearly the same and cosine distances vanish.
+    (:func:`standardise`, statistics on every ``step``-th row and column): classical channels
+    have arbitrary scales and mostly positive values, so that without it every pixel's
+    direction is nearly the same and cosine distances vanish.
     """
     feats = [s.data for s in stacks]
     if any(s.config.uses_classical for s in stacks):
-        feats = standardise(feats)
+        feats = standardise(feats, step)
     return [unit_rows(f) for f in feats]
 
 
@@ -54,12 +55,13 @@ def subsample(flat: list[np.ndarray], total: int, seed: int, rows: Optional[list
 
 def saliency(attention: np.ndarray) -> np.ndarray:
     """Saliency map of CLS attention ``(H, W, heads)``: the mean over heads, min-max scaled to
-    [0, 1] within the image (all zeros when the attention is constant); ``(H, W)`` float32."""
+    [0, 1] within the image (all ones when the attention is constant: nothing stands out, so
+    nothing is background); ``(H, W)`` float32."""
     att = np.asarray(attention, dtype=np.float32)
     if att.ndim != 3:
         raise ValueError(f"attention must have shape (H, W, heads), got {att.shape}")
     mean = att.mean(-1)
     low, high = float(mean.min()), float(mean.max())
     if not high > low:
-        return np.zeros(mean.shape, np.float32)
+        return np.ones(mean.shape, np.float32)
     return ((mean - low) / (high - low)).astype(np.float32)
