@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CASConfig",
     "apply_bundle",
+    "correspondences",
     "CRFConfig",
     "Cancelled",
     "FeatureConfig",
@@ -20,6 +21,7 @@ __all__ = [
     "load_bundle",
     "save_bundle",
     "predict",
+    "segment_parts",
     "segment_unsupervised",
     "train",
 ]
@@ -30,6 +32,8 @@ _LAZY = {
     "CASConfig": "napari_dinoseg.config",
     "CRFConfig": "napari_dinoseg.config",
     "segment_unsupervised": "napari_dinoseg.unsupervised",
+    "segment_parts": "napari_dinoseg.parts",
+    "correspondences": "napari_dinoseg.correspondence",
     "TrainConfig": "napari_dinoseg.config",
     "FeatureStack": "napari_dinoseg.features.featurise",
     "featurise": "napari_dinoseg.features.featurise",
