@@ -99,11 +99,10 @@ def true_objects(truth: np.ndarray, classes: tuple[int, ...], min_area: int) -> 
 
 def before(stack, config):
     """The previous classical rule on ``stack``: ``(labels, number of boxes)``."""
-    from napari_dinoseg.unsupervised import (
-        _kmeans, _normalise, _standardise, merge_centroids, object_boxes, semantic_distance,
-    )
+    from napari_dinoseg.descriptors import standardise, unit_rows
+    from napari_dinoseg.unsupervised import _kmeans, merge_centroids, object_boxes, semantic_distance
 
-    feats = [_normalise(f) for f in _standardise([stack.data])]
+    feats = [unit_rows(f) for f in standardise([stack.data])]
     clusters, centroids = _kmeans(feats, config)
     sizes = np.bincount(clusters[0].ravel(), minlength=len(centroids))
     fg = np.flatnonzero((sizes > 0) & (np.arange(len(sizes)) != np.argmax(sizes)))

@@ -58,3 +58,33 @@ def crf_refine(image: np.ndarray, proba: np.ndarray, config: Optional[CRFConfig]
                              compat=config.bilateral_compat)
     q = np.array(crf.inference(config.iterations), dtype=np.float32)
     return q.reshape(k, h, w).transpose(1, 2, 0).copy()
+
+
+def refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, config: Optional[CRFConfig] = None,
+                  features: Optional[FeatureConfig] = None, confidence: float = 0.9) -> np.ndarray:
+    """Refine a label image with the dense CRF, from a soft one-hot of the labels.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array
+        As for :func:`crf_refine`.
+    labels : (H, W) int array
+        Labels ``0 .. n_labels - 1``.
+    n_labels
+        The number of labels (at least 2).
+    config, features
+        As for :func:`crf_refine`.
+    confidence
+        The probability given to each pixel's label, the rest shared by the others.
+
+    Returns
+    -------
+    (H, W) int32 refined labels in ``0 .. n_labels - 1``.
+    """
+    labels = np.asarray(labels)
+    if n_labels < 2 or labels.min() < 0 or labels.max() >= n_labels:
+        raise ValueError(f"labels must lie in 0..n_labels - 1 with n_labels >= 2, got labels in "
+                         f"{labels.min()}..{labels.max()} and n_labels={n_labels}")
+    proba = np.full((*labels.shape, n_labels), (1.0 - confidence) / (n_labels - 1), np.float32)
+    np.put_along_axis(proba, labels[..., None].astype(np.intp), confidence, axis=-1)
+    return crf_refine(image, proba, config, features).argmax(-1).astype(np.int32)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from .config import CASConfig, config_or_default
+from .descriptors import subsample, unit_descriptors, unit_rows
 from .progress import ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -203,12 +204,7 @@ def _attention_classes(stacks: list, attention: list, config: CASConfig,
                        progress: Optional[ProgressCallback]) -> tuple[np.ndarray, float, int]:
     """Steps 1-4 with attention: ``(labels (Z, H, W) int32 1..M, merging distance, k)``."""
     report(progress, 650, 1000, "k-means")
-    feats = [s.data for s in stacks]
-    if any(s.config.uses_classical for s in stacks):
-        # classical channels have arbitrary scales and mostly positive values: without
-        # standardising, every pixel's direction is nearly the same and cosine distances vanish
-        feats = _standardise(feats)
-    feats = [_normalise(f) for f in feats]
+    feats = unit_descriptors(stacks)
     clusters, centroids = _kmeans(feats, config)
     density = _density(clusters, [a.mean(-1) for a in attention], len(centroids))
     sizes = np.bincount(np.concatenate([c.ravel() for c in clusters]), minlength=len(centroids))
@@ -245,7 +241,7 @@ def classical_classes(stacks: Sequence["FeatureStack"], config: CASConfig) -> tu
     channels, finest = smooth_channels(stacks[0].channel_names)
     feats = _clip_standardise([s.data[..., channels] for s in stacks])
     flat = [f.reshape(-1, f.shape[-1]) for f in feats]
-    sample = _subsample(flat, config.sample, config.seed, rows=[_calm_pixels(f[..., finest]) for f in feats])
+    sample = subsample(flat, config.sample, config.seed, rows=[_calm_pixels(f[..., finest]) for f in feats])
     top = min(config.k, MAX_CLASSES, len(np.unique(sample.round(5), axis=0)))
     if top < 2:
         raise ValueError("the image is uniform: nothing to cluster")
@@ -353,44 +349,19 @@ def _clip_standardise(feats: list[np.ndarray]) -> list[np.ndarray]:
     return [((np.clip(f, low, high) - mean) / std).astype(np.float32) for f in feats]
 
 
-def _standardise(feats: list[np.ndarray]) -> list[np.ndarray]:
-    """Channels to zero mean and unit variance over all slices (a regular grid of pixels)."""
-    n = feats[0].shape[-1]
-    sample = np.concatenate([f[::4, ::4].reshape(-1, n) for f in feats]).astype(np.float64)
-    mean, std = sample.mean(0), sample.std(0)
-    std[std < 1e-6] = 1.0
-    return [((f - mean) / std).astype(np.float32) for f in feats]
-
-
-def _normalise(data: np.ndarray) -> np.ndarray:
-    flat = np.asarray(data, dtype=np.float32).reshape(-1, data.shape[-1])
-    norm = np.linalg.norm(flat, axis=1, keepdims=True)
-    return (flat / np.maximum(norm, 1e-12)).reshape(data.shape)
-
-
-def _subsample(flat: list[np.ndarray], total: int, seed: int, rows: Optional[list[np.ndarray]] = None) -> np.ndarray:
-    """About ``total`` seeded random rows, shared equally among the slices ``flat`` (each
-    ``(N, F)``), drawn from ``rows`` (index arrays, one per slice) when given."""
-    rng = np.random.default_rng(seed)
-    per = max(1, total // len(flat))
-    if rows is None:
-        return np.concatenate([f[rng.choice(len(f), min(per, len(f)), replace=False)] for f in flat])
-    return np.concatenate([f[rng.choice(r, min(per, len(r)), replace=False)] for f, r in zip(flat, rows)])
-
-
 def _kmeans(feats: list[np.ndarray], config: CASConfig) -> tuple[list[np.ndarray], np.ndarray]:
     """k-means on a seeded subsample of all slices' pixels; returns per-slice cluster maps
     (0..k-1) and the L2-normalised centroids ``(k, F)``."""
     from sklearn.cluster import KMeans
 
     flat = [f.reshape(-1, f.shape[-1]) for f in feats]
-    sample = _subsample(flat, config.sample, config.seed)
+    sample = subsample(flat, config.sample, config.seed)
     k = min(config.k, len(np.unique(sample.round(5), axis=0)))
     if k < 2:
         raise ValueError("the image is uniform: nothing to cluster")
     km = KMeans(n_clusters=k, n_init=1, random_state=config.seed).fit(sample)
     clusters = [km.predict(f).reshape(feats[i].shape[:-1]) for i, f in enumerate(flat)]
-    return clusters, _normalise(km.cluster_centers_)
+    return clusters, unit_rows(km.cluster_centers_)
 
 
 def _density(clusters: list[np.ndarray], attention: list[np.ndarray], k: int) -> np.ndarray:
@@ -414,7 +385,7 @@ def semantic_distance(centroids: np.ndarray, foreground: np.ndarray, granularity
     """Right edge of the modal bin of the foreground-background centroid cosine distances
     (20 bins), times ``granularity``. With no foreground or no background cluster, all
     pairwise distances are used instead."""
-    c = _normalise(np.asarray(centroids, dtype=np.float64))
+    c = unit_rows(np.asarray(centroids, dtype=np.float64))
     fg = np.zeros(len(c), bool)
     fg[foreground] = True
     dist = 1.0 - c @ c.T
@@ -479,9 +450,6 @@ def box_iou(a, b) -> float:
 
 def _crf_labels(image: np.ndarray, labels: np.ndarray, config: CASConfig) -> np.ndarray:
     """CRF on a soft one-hot of the labels (0.9 on the label); returns relabelled 1..M."""
-    from .crf import crf_refine
+    from .crf import refine_labels
 
-    m = int(labels.max())
-    proba = np.full((*labels.shape, m), 0.1 / max(m - 1, 1), np.float32)
-    np.put_along_axis(proba, (labels - 1)[..., None], 0.9, axis=-1)
-    return (crf_refine(image, proba, config.crf_config, config.features).argmax(-1) + 1).astype(np.int32)
+    return refine_labels(image, labels - 1, int(labels.max()), config.crf_config, config.features) + 1
