@@ -11,7 +11,7 @@ napari = pytest.importorskip("napari")
 from napari.layers import Points  # noqa: E402
 
 from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
-from napari_dinoseg._widgets.match_widget import MatchWidget, pair_colours  # noqa: E402
+from napari_dinoseg._widgets.match_widget import MatchWidget, pair_colours, viewer_grid  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_weights")
 SHIFT = (16, 24)  # a multiple of the 8 px cells of classical features
@@ -51,7 +51,7 @@ def test_match_an_image_with_a_shifted_copy(make_napari_viewer, qtbot):
     exact = np.all(b.data - a.data == SHIFT, axis=1)
     assert exact.mean() >= 0.8, (b.data - a.data)
     assert tuple(b.translate) == (0, 200)  # each layer over its image
-    assert viewer.grid.enabled and viewer.grid.stride == 2
+    assert viewer_grid(viewer).enabled and viewer_grid(viewer).stride == 2
     assert [layer.name for layer in viewer.layers][-4:] == ["A", "matches in A", "B", "matches in B"]
 
 

@@ -29,6 +29,8 @@ from .progress import ProgressCallback, report, within
 if TYPE_CHECKING:
     from .features.featurise import FeatureStack
 
+#: Features when none are given: the keys of block 9 of 12, the paper's choice for correspondences.
+DEFAULT_CONFIG = FeatureConfig(kind="vit", facet="key", layer=9)
 #: Cell size in pixels for features without a ViT stride (classical).
 DEFAULT_CELL = 8
 #: The default cell grows until each image has at most this many cells.
@@ -62,7 +64,8 @@ def correspondences(
         The two images; their sizes may differ, their channel counts may not.
     config
         Feature configuration passed to :func:`~napari_dinoseg.featurise` unchanged;
-        ``FeatureConfig(kind="vit")`` when omitted.
+        ``FeatureConfig(kind="vit", facet="key", layer=9)`` when omitted (the paper's keys of the
+        tenth of twelve blocks).
     n
         The most pairs returned.
     cell, min_saliency, levels, seed
@@ -84,7 +87,7 @@ def correspondences(
     if channels[0] != channels[1]:
         raise ValueError(f"the images have {channels[0]} and {channels[1]} channels: correspondences need "
                          "images of one kind (convert both to greyscale or to RGB)")
-    config = FeatureConfig(kind="vit") if config is None else config_or_default(config, FeatureConfig)
+    config = DEFAULT_CONFIG if config is None else config_or_default(config, FeatureConfig)
     features_a = featurise(image_a, config, within(progress, 0.0, 0.45))
     features_b = featurise(image_b, config, within(progress, 0.45, 0.9))
     report(progress, 900, 1000, "best buddies")

@@ -72,7 +72,8 @@ def segment_parts(
         ``FeatureStack``\\ s (made with one config), or a mix.
     config
         Feature configuration passed to :func:`~napari_dinoseg.featurise` unchanged for the
-        images; ``FeatureConfig(kind="vit")`` when omitted. Not used for feature stacks.
+        images; ``FeatureConfig(kind="vit", facet="key")`` (the last block's keys, the paper's
+        choice) when omitted. Not used for feature stacks.
     n_parts
         Number of parts (k-means clusters of the foreground).
     foreground
@@ -105,7 +106,7 @@ def segment_parts(
     items = _check_items(images)
     _check_parameters(n_parts, n_clusters, votes, sample)
     crf_config = _crf_config(crf, items)
-    config = FeatureConfig(kind="vit") if config is None else config_or_default(config, FeatureConfig)
+    config = FeatureConfig(kind="vit", facet="key") if config is None else config_or_default(config, FeatureConfig)
     stacks = []
     for i, item in enumerate(items):
         sub = within(progress, 0.7 * i / len(items), 0.7 * (i + 1) / len(items))

@@ -66,6 +66,12 @@ def run_match_job(plane_a: np.ndarray, plane_b: np.ndarray, config: FeatureConfi
     return MatchResult(pairs_a, pairs_b, n, list(dict.fromkeys(str(w.message) for w in caught)))
 
 
+def viewer_grid(viewer):
+    """The viewer's grid-mode settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
 def pair_colours(m: int) -> np.ndarray:
     """``(m, 4)`` RGBA: ``m`` well-separated hues (golden-ratio steps), bright and opaque."""
     hues = (np.arange(m) * 0.618034) % 1.0
@@ -83,7 +89,8 @@ class MatchWidget(WorkerWidget):
         self._n = SpinBox(value=50, min=1, max=500, label="pairs (at most)")
         self._side_by_side = CheckBox(value=True, text="side by side (grid view)")
         self.features = FeatureControls(kind="vit")
-        self.features.facet.value = "key"  # the paper's best facet for correspondences
+        self.features.facet.value = "key"  # the paper's choice for correspondences: block 9's keys
+        self.features.layer.value = 9
         self._weights_note = wrap(Label(value=""))
         self._image_a.tooltip = self._image_b.tooltip = "the two images to match (for stacks: the current slice)"
         self._n.tooltip = "the most pairs to show: salient best buddies, spread over the image by clustering"
@@ -140,7 +147,8 @@ class MatchWidget(WorkerWidget):
             order = [self._image_a.value, layers[0], self._image_b.value, layers[1]]
             for layer in order:  # on top, in this order: the grid puts each image with its points
                 self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
-            self._viewer.grid.stride, self._viewer.grid.enabled = 2, True
+            grid = viewer_grid(self._viewer)
+            grid.stride, grid.enabled = 2, True
         note = "" if m == result.n else f" (asked for {result.n}: only {m} salient best buddies)"
         self._status.value = (f"{m} corresponding pairs{note}; pair i has the same colour and number in both"
                               if m else "no corresponding pairs found: try other features or images")
