@@ -360,9 +360,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: Measured ratio of FLOPs / featurisation time to the matmul throughput on CPU (attention,
-#: norms and the upsampler's gathers run below matmul speed): DINOv2-S CPU preset, 512^2 and
-#: 1024^2 on 2 cores, 0.097 TFLOP/s against matmuls' 0.13-0.15 (``benchmarks/bench_vit.py``).
+#: Measured ratio of featurisation FLOP/s to the block probe's (:func:`throughput`; the upsampler's
+#: gathers and the tiles' overlaps run outside the blocks): DINOv2-S CPU preset at 512^2 and 1024^2
+#: on 2 cores with AMX, 0.57-0.61 in bfloat16 and 0.77-0.81 in float32 (``benchmarks/bench_vit.py``).
 EFFICIENCY = 0.65
 
 
