@@ -59,6 +59,7 @@ def segment_parts(
     votes: float = VOTES,
     min_saliency: float = MIN_SALIENCY,
     crf: Union[bool, CRFConfig] = False,
+    crf_images: Optional[Sequence[np.ndarray]] = None,
     sample: int = SAMPLE,
     seed: int = 0,
     progress: Optional[ProgressCallback] = None,
@@ -88,7 +89,9 @@ def segment_parts(
         exceeds this.
     crf
         ``True`` or a ``CRFConfig``: refine each image's labels with the dense CRF (needs the
-        images, not feature stacks).
+        images: ``images`` themselves, or ``crf_images`` when ``images`` holds feature stacks).
+    crf_images
+        The images of ``images``' feature stacks, one per item, for the CRF.
     sample
         Pixels, over all images, that each k-means is fitted on.
     seed
@@ -105,7 +108,7 @@ def segment_parts(
 
     items = _check_items(images)
     _check_parameters(n_parts, n_clusters, votes, sample)
-    crf_config = _crf_config(crf, items)
+    crf_config, crf_sources = _crf_config(crf, items, crf_images)
     config = FeatureConfig(kind="vit", facet="key") if config is None else config_or_default(config, FeatureConfig)
     stacks = []
     for i, item in enumerate(items):
@@ -128,7 +131,7 @@ def segment_parts(
 
         report(progress, 900, 1000, "dense CRF")
         labels = [refine_labels(im, lab, n_parts + 1, crf_config, s.config)
-                  for im, lab, s in zip(items, labels, stacks)]
+                  for im, lab, s in zip(crf_sources, labels, stacks)]
     report(progress, 1000, 1000, "done")
     dtype = np.uint8 if n_parts <= np.iinfo(np.uint8).max else np.uint16
     return [lab.astype(dtype) for lab in labels]
@@ -257,13 +260,19 @@ def _check_parameters(n_parts: int, n_clusters: Optional[int], votes: float, sam
         raise ValueError(f"sample must be a positive integer, got {sample!r}")
 
 
-def _crf_config(crf: Union[bool, CRFConfig], items: list) -> Optional[CRFConfig]:
-    """The CRF's config, ``None`` for no CRF; the CRF needs the images themselves."""
+def _crf_config(crf: Union[bool, CRFConfig], items: list,
+                crf_images: Optional[Sequence[np.ndarray]]) -> tuple[Optional[CRFConfig], list]:
+    """The CRF's config (``None`` for no CRF) and the images it refines; the CRF needs the images
+    themselves."""
     from .features.featurise import FeatureStack
 
     if crf is False or crf is None:
-        return None
+        return None, []
     config = CRFConfig() if crf is True else config_or_default(crf, CRFConfig, "crf")
+    if crf_images is not None:
+        if len(crf_images) != len(items):
+            raise ValueError(f"crf_images holds {len(crf_images)} images for {len(items)} items: give one per item")
+        return config, list(crf_images)
     if any(isinstance(item, FeatureStack) for item in items):
-        raise ValueError("crf needs the images: pass the images rather than their feature stacks")
-    return config
+        raise ValueError("crf needs the images: pass the images rather than their feature stacks, or crf_images=")
+    return config, items

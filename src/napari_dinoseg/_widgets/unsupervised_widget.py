@@ -22,13 +22,13 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
 
-from ..config import CASConfig
+from ..config import CASConfig, FeatureConfig
 from ..features.featurise import FeatureCache, cached_featurise, resolve_device
 from ..image import drop_alpha
-from ..progress import report
+from ..progress import report, within
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, check_weights, numbers
-from ._layers import set_layer
+from ._layers import set_layer, spatial_shape
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -36,7 +36,8 @@ from ._worker_widget import WorkerWidget
 if TYPE_CHECKING:
     import napari
 
-CAS_LAYER, FOREGROUND_LAYER, BOXES_LAYER = "CAS labels", "foreground", "boxes"
+CAS_LAYER, FOREGROUND_LAYER, BOXES_LAYER, PARTS_LAYER = "CAS labels", "foreground", "boxes", "parts"
+MODE_CAS, MODE_PARTS = "classes (CAS)", "parts (co-segmentation)"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack (co-segmentation)"
 #: What DINOv2 features add to CAS, for the note shown when its weights are missing.
 DINOV2_ADDS = ("DINOv2 would add semantic features (regions that look alike in meaning, not only in grey level) "
@@ -68,6 +69,38 @@ def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=N
     return result
 
 
+@dataclasses.dataclass
+class PartsResult:
+    """``labels``: one ``(H, W)`` part-label image per plane, 0 the background, ids shared."""
+
+    labels: list
+    n_parts: int
+    foreground: str
+    messages: list = dataclasses.field(default_factory=list)
+
+
+def run_parts_job(planes: list, features: FeatureConfig, n_parts: int, crf: bool, cache: FeatureCache,
+                  progress=None, announce=None) -> PartsResult:
+    """Featurise (or reuse) each plane, then co-segment them into parts (:func:`~napari_dinoseg.parts.segment_parts`):
+    the foreground by saliency votes with ViT features, every pixel with classical ones; runs in a worker."""
+    from ..parts import segment_parts
+
+    import_compute_libraries(features.uses_vit, announce)
+    device = resolve_device(features.device)
+    features = features.resolved(device.type)
+    first = planes[0]
+    if announce is not None:
+        announce(describe_plan(features, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device))
+    foreground = "saliency" if features.uses_vit else "all"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stacks = [cached_featurise(plane, features, within(progress, 0.7 * i / len(planes), 0.7 * (i + 1) / len(planes)),
+                                   cache) for i, plane in enumerate(planes)]
+        labels = segment_parts(stacks, n_parts=n_parts, foreground=foreground, crf=crf,
+                               crf_images=planes if crf else None, progress=within(progress, 0.7, 1.0))
+    return PartsResult(labels, n_parts, foreground, list(dict.fromkeys(str(w.message) for w in caught)))
+
+
 class UnsupervisedWidget(WorkerWidget):
     """Dock widget: CAS labels, foreground and object boxes from an image with no labels."""
 
@@ -77,6 +110,11 @@ class UnsupervisedWidget(WorkerWidget):
         self._image = create_widget(annotation=Image, label="image")
         self.features = FeatureControls(kind="vit")
         self._weights_note = wrap(Label(value=""))
+        self._mode = ComboBox(choices=[MODE_CAS, MODE_PARTS], value=MODE_CAS, label="mode")
+        self._mode.tooltip = ("classes: class-agnostic regions, foreground and object boxes (CAS). parts: the "
+                              "parts common to a set of images (the whole stack), ids shared across it")
+        self._n_parts = SpinBox(value=4, min=1, max=64, label="parts")
+        self._n_parts.tooltip = "how many parts to split the foreground into (ids 1..parts, 0 the background)"
         self._k = SpinBox(value=80, min=2, max=1000, label="k (clusters)")
         self._k.tooltip = ("DINOv2 / hybrid: k-means clusters before merging. Classical: the most classes "
                            "(at most 6; their number is chosen by silhouette)")
@@ -92,12 +130,14 @@ class UnsupervisedWidget(WorkerWidget):
         feature_widgets = list(self.features.widgets)
         feature_widgets.insert(feature_widgets.index(self.features.kind) + 1, self._weights_note)
         self.extend([
-            self._image, *feature_widgets, self._k, self._granularity, self._crf, self._scope, *self.run_controls,
+            self._image, self._mode, *feature_widgets, self._n_parts, self._k, self._granularity, self._crf, self._scope,
+            *self.run_controls,
             self._classes, self._as_label, self._target, self._use,
         ])
         self._use.changed.connect(self.use_as_labels)
         self._image.changed.connect(self._update_scope)
         self.features.kind.changed.connect(self._update_controls)
+        self._mode.changed.connect(self._update_controls)
         self.features.prefer_classical_without_weights(
             self._weights_note, "DINOv2 would add semantic features, and CLS attention for the foreground and boxes.",
             tooltip=DINOV2_ADDS)
@@ -114,11 +154,21 @@ class UnsupervisedWidget(WorkerWidget):
         if config.features.uses_vit:  # no weights: refuse now, not after a minute of retries
             check_weights(config.features)
         planes, self._index = self._planes()
+        if self._mode.value == MODE_PARTS:
+            return run_parts_job, (planes, config.features, int(self._n_parts.value), bool(self._crf.value), self.cache)
         return run_cas_job, (planes, config, self.cache)
 
     def _update_controls(self, *_args) -> None:
-        """Granularity scales the merging distance, which only features with attention have."""
-        self._granularity.visible = self.features.kind.value != "classical"
+        """Granularity scales the merging distance, which only features with attention have; the
+        CAS controls in classes mode, the number of parts in parts mode."""
+        parts = self._mode.value == MODE_PARTS
+        self._granularity.visible = self.features.kind.value != "classical" and not parts
+        self._k.visible = not parts
+        self._n_parts.visible = parts
+        for w in (self._classes, self._as_label, self._target, self._use):
+            w.visible = not parts
+        if parts:
+            self.features.facet.value = "key"  # the paper's descriptor for parts
 
     def _update_scope(self, *_args) -> None:
         """The slice / stack choice only for images with more than one plane."""
@@ -168,6 +218,26 @@ class UnsupervisedWidget(WorkerWidget):
         index = tuple(int(min(max(s, 0), n - 1)) for s, n in zip(step, lead))
         return [prep(np.asarray(image.data[index]))], index
 
+    def _write_parts(self, result: PartsResult) -> None:
+        """The ``parts`` Labels layer: the slice segmented, or every slice of the stack."""
+        image: Image = self._image.value
+        shape = spatial_shape(image)
+        geometry = {"scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
+        if self._index is None:
+            data = result.labels[0]
+        elif self._index == ():
+            data = np.stack(result.labels).reshape(shape)
+        else:
+            data = np.zeros(shape, result.labels[0].dtype)
+            data[self._index] = result.labels[0]
+        set_layer(self._viewer, PARTS_LAYER, Labels, data, geometry)
+        found = int(data.max())
+        how = ("foreground by saliency votes across the images" if result.foreground == "saliency"
+               else "every pixel is foreground (classical features have no attention to vote with)")
+        planes = len(result.labels)
+        self._status.value = (f"{found} of {result.n_parts} parts over {planes} plane(s), ids shared; {how}; "
+                              f"{(data > 0).mean():.0%} of the pixels in a part")
+
     def _write_layers(self, result: CASResult) -> None:
         image: Image = self._image.value
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
@@ -198,7 +268,10 @@ class UnsupervisedWidget(WorkerWidget):
     def _show_plan(self, plan: str) -> None:
         self.features.plan.value = self._status.value = plan
 
-    def _on_result(self, result: CASResult) -> None:
+    def _on_result(self, result) -> None:
+        if isinstance(result, PartsResult):
+            self._write_parts(result)
+            return
         self.result = result
         self._write_layers(result)
         n_boxes = sum(len(b) for b in result.boxes)
