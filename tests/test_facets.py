@@ -154,3 +154,28 @@ def test_bundles_before_format_7_keep_the_stretch_rule_they_were_trained_with(tm
         zf.writestr("arrays.npz", raw)
     old = Segmenter.load(path)
     assert old.features.resize == "stretch-floor" and old.features.facet == "token" and old.features.layer == -1
+
+
+@pytest.mark.parametrize("model", ["dino_vits16", "dinov2_vits14_reg", "dinov3_vits16"])
+def test_every_family_gives_every_facet(model):
+    """DINO v1, DINOv2 with registers and DINOv3 (rotary embeddings): each facet at two blocks has
+    the token grid's shape and differs from the others; DINOv3 refuses DINO's positional rule."""
+    vit = StridedViT(load_model(model, "random", "cpu"))
+    x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    grid = vit.grid(64, 80, 8)
+    out = {}
+    with torch.inference_mode():
+        for facet in ("token", "key", "query", "value"):
+            for layer in (-1, 3):
+                tokens, attention = vit(x, 8, facet=facet, layer=layer)
+                assert tokens.shape == (1, *grid, vit.embed_dim) and torch.isfinite(tokens).all()
+                assert attention.shape == (1, vit.num_heads, *grid)
+                out[facet, layer] = tokens
+    assert not torch.allclose(out["key", -1], out["value", -1], atol=1e-3)
+    assert not torch.allclose(out["key", -1], out["key", 3], atol=1e-3)
+    if vit.uses_rope:
+        with pytest.raises(ValueError, match="rotary"):
+            vit(x, 8, pos_embed="scale")
+    else:
+        with torch.inference_mode():
+            assert vit(x, 8, pos_embed="scale")[0].shape == (1, *grid, vit.embed_dim)
