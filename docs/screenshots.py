@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 from napari.qt import get_qapp
 from qtpy.QtCore import QEventLoop
 
@@ -131,6 +132,61 @@ def similarity() -> None:
     viewer.reset_view()
     get_qapp().processEvents()
     viewer.screenshot(str(OUT / "similarity_widget.png"), canvas_only=False)
+    viewer.close()
+
+
+def match() -> None:
+    """The "match two images" widget on a textured synthetic image and a shifted crop of it, with a
+    RANDOMLY INITIALISED DINOv2-S (keys of block 9): it shows the mechanics, not DINOv2's results."""
+    import napari
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    base = sum(ndimage.gaussian_filter(rng.normal(size=(300, 360)), s) * s for s in (1, 3, 8))
+    base = ((base - base.min()) / np.ptp(base) * 255).astype(np.uint8)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.add_image(base[28:, 42:], name="A")
+    viewer.add_image(base[:272, :318], name="B (A shifted by 28, 42 px)")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: match two images")
+    widget.features.use("vit", weights="random", views="one view", stride=14, device="cpu")
+    widget.features.facet.value, widget.features.layer.value = "key", 9
+    widget._n.value = 20
+    click_and_wait(widget)
+    viewer.reset_view()
+    get_qapp().processEvents()
+    viewer.screenshot(str(OUT / "match_widget_random_weights.png"), canvas_only=False)
+    print(widget._status.value)
+    viewer.close()
+
+
+def parts() -> None:
+    """The unsupervised widget's parts mode on a synthetic stack (objects of two textures at other
+    places in each slice), CLASSICAL features (no attention: every pixel is foreground)."""
+    import importlib.util
+
+    import napari
+
+    spec = importlib.util.spec_from_file_location("unsup", OUT.parents[1] / "tests" / "test_unsupervised_widget.py")
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    stack, _ = tests.two_part_objects()
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.add_image(stack, name="two-part objects")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: unsupervised")
+    widget.features.use("classical")
+    widget.features.sigmas.value = "1, 2, 4"  # fine filters: less of the objects spills into the background
+    widget._mode.value = "parts (co-segmentation)"
+    widget._scope.value = "whole stack (co-segmentation)"
+    widget._n_parts.value = 3
+    click_and_wait(widget)
+    viewer.grid.enabled = False
+    viewer.dims.set_current_step(0, 1)
+    viewer.reset_view()
+    get_qapp().processEvents()
+    viewer.screenshot(str(OUT / "parts_mode_classical.png"), canvas_only=False)
+    print(widget._status.value)
     viewer.close()
 
 

@@ -108,6 +108,8 @@ class FeatureControls:
         switch to classical features and show ``note``: why, and what DINOv2 ``adds``."""
         problem = self.weights_problem()  # short; the whole message is the plan's tooltip
         note.visible = bool(problem)
+        # the note explains the classical default: gone once the user picks a ViT kind
+        self.kind.changed.connect(lambda *_: setattr(note, "visible", bool(problem) and self.kind.value == "classical"))
         if problem:
             self.kind.value = "classical"
             note.value = f"Classical features ({problem.replace('cannot run: ', '')}). {adds}"
