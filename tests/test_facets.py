@@ -140,10 +140,13 @@ def test_the_scale_rule_changes_features_only_off_the_training_grid(vit):
 def test_bundles_before_format_7_keep_the_stretch_rule_they_were_trained_with(tmp_path, two_textures):
     image, _, scribbles = two_textures
     config = FeatureConfig(kind="vit", weights="random", stride=7, shifts=(), flips=False, device="cpu",
-                           precision="float32", resize="stretch")
+                           precision="float32", resize="stretch", facet="key", layer=6, pos_embed="scale")
     seg = Segmenter(config).fit(image, scribbles)
     path = seg.save(tmp_path / "model.dinoseg")
-    assert Segmenter.load(path).features.resize == "stretch"
+    back = Segmenter.load(path)  # format 7 keeps every ViT choice, and predicts as the trained one
+    assert (back.features.resize, back.features.facet, back.features.layer, back.features.pos_embed) == (
+        "stretch", "key", 6, "scale")
+    np.testing.assert_array_equal(back.segment(image), seg.segment(image))
     with zipfile.ZipFile(path) as zf:
         meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
     meta["format_version"] = 6
