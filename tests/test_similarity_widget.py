@@ -171,3 +171,28 @@ def test_random_weights_vit_mechanics(dock, qtbot):
     assert maps.shape == image.shape and maps.dtype == np.float32, widget._status.value
     assert np.all(np.isfinite(maps)) and -1 <= maps.min() and maps.max() <= 1
     assert maps[30, 30] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_points_clicked_on_one_image_find_the_texture_in_another(dock, qtbot):
+    """"clicked on" A, search B: the clicked slice of A is the reference and B is mapped."""
+    image_a, _ = planted_texture(0, 128, CENTRES_A, 14)
+    image_b, discs_b = planted_texture(1, 128, CENTRES_B, 14)
+    viewer, widget = dock(image_a)
+    layer_b = viewer.add_image(image_b, name="second")
+    clicks = widget.add_points_layer()
+    viewer.layers[POINTS_LAYER].add([[30, 30], [96, 40]])
+    widget._image.value = viewer.layers["second"]
+    widget._clicked_on.value = viewer.layers["img"]
+    compute(qtbot, widget)
+    sim = viewer.layers[SIMILARITY_LAYER].data
+    assert sim.shape == image_b.shape, widget._status.value
+    assert roc_auc(sim, discs_b) > 0.9
+    assert widget.result.featurised == 2 and widget.result.n_points == 2  # A's clicked slice, then B
+    assert clicks is not None and layer_b.name == "second"
+
+    rgb = viewer.add_image(np.stack([image_b] * 3, axis=-1), name="rgb", rgb=True)
+    widget._image.value = rgb  # a colour image searched with clicks on a greyscale one: refused
+    start = len(notification_manager.records)
+    widget._run.native.click()
+    assert widget.worker is None
+    assert any("differ in colour" in str(n.message) for n in notification_manager.records[start:])

@@ -11,6 +11,7 @@ points' slices being the reference.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -56,7 +57,7 @@ class SimilarityResult:
 
 
 def run_similarity_job(image, rgb: bool, points: np.ndarray, config: FeatureConfig, cache: Optional[FeatureCache],
-                       progress=None, announce=None) -> SimilarityResult:
+                       progress=None, announce=None, reference=None) -> SimilarityResult:
     """Featurise (or reuse) every slice, the points' slices first, and map each; pure, runs in a worker.
 
     Parameters
@@ -64,48 +65,64 @@ def run_similarity_job(image, rgb: bool, points: np.ndarray, config: FeatureConf
     image : (*lead, H, W) or (*lead, H, W, C) array
         The layer's data (``C`` when ``rgb``; RGBA drops its alpha); may be lazy (dask).
     points : (N, 3) int64
-        ``(slice, row, col)`` of each click, ``slice`` the flat index into ``lead`` (0 for 2-D images).
+        ``(slice, row, col)`` of each click, ``slice`` the flat index into ``lead`` (0 for 2-D
+        images) of the image clicked on.
+    reference : ``(data, rgb)``, optional
+        The image the points were clicked on, when it is another one: its clicked slices are
+        the reference, and every slice of ``image`` is mapped.
     """
     import_compute_libraries(config.uses_vit, announce)
     device = resolve_device(config.device)
     features = config.resolved(device.type)
-    lead = tuple(image.shape[:-3] if rgb else image.shape[:-2])
+    lead = _lead(image, rgb)
     n = int(np.prod(lead, dtype=np.int64))
-
-    def plane(i: int) -> np.ndarray:
-        data = np.asarray(image[np.unravel_index(i, lead)] if lead else image)
-        return drop_alpha(data) if rgb else data
-
+    clicked = (image, rgb) if reference is None else reference
     refs = [int(i) for i in np.unique(points[:, 0])]
-    order = refs + [i for i in range(n) if i not in set(refs)]
-    first = plane(refs[0])
+    # (data, rgb, slice) to featurise, in order: the clicked slices first
+    todo = [(*clicked, i) for i in refs]
+    todo += [(image, rgb, i) for i in range(n) if reference is not None or i not in set(refs)]
+    first = _plane(image, rgb, 0)
     if announce is not None:
         announce(describe_plan(features, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device))
     result = SimilarityResult(maps=np.empty((n, *first.shape[:2]), np.float32), n_points=len(points))
 
-    def featurised(k: int, i: int):
-        data = plane(i)
+    def featurised(k: int):
+        data = _plane(*todo[k])
         hit = cache is not None and cache_key(data, features) in cache
-        sub = within(progress, k / n, (k + 1) / n)
-        report(progress, int(1000 * k / n), 1000, f"slice {k + 1} of {n}: features" if n > 1 else "features")
+        sub = within(progress, k / len(todo), (k + 1) / len(todo))
+        report(progress, int(1000 * k / len(todo)), 1000,
+               f"slice {k + 1} of {len(todo)}: features" if len(todo) > 1 else "features")
         stack = cached_featurise(data, features, sub, cache)
         result.reused, result.featurised = result.reused + hit, result.featurised + (not hit)
         return stack
 
     with warnings.catch_warnings(record=True) as caught:  # NaN replaced, ...: shown by the GUI
         warnings.simplefilter("always")
-        stacks = [featurised(k, i) for k, i in enumerate(refs)]
+        stacks = [featurised(k) for k in range(len(refs))]
         where = np.column_stack([np.searchsorted(refs, points[:, 0]), points[:, 1:]])
         query = similarity_query(stacks, where)
-        for i, stack in zip(refs, stacks):
-            result.maps[i] = query.map(stack)
+        if reference is None:
+            for i, stack in zip(refs, stacks):
+                result.maps[i] = query.map(stack)
         del stacks
-        for k, i in enumerate(order[len(refs):], start=len(refs)):
-            result.maps[i] = query.map(featurised(k, i))
+        for k in range(len(refs), len(todo)):
+            result.maps[todo[k][2]] = query.map(featurised(k))
     report(progress, 1000, 1000, "done")
     result.maps = result.maps.reshape(*lead, *first.shape[:2])
     result.messages = list(dict.fromkeys(str(w.message) for w in caught))
     return result
+
+
+def _lead(data, rgb: bool) -> tuple[int, ...]:
+    """The leading (slice) axes of a layer's data."""
+    return tuple(data.shape[:-3] if rgb else data.shape[:-2])
+
+
+def _plane(data, rgb: bool, i: int) -> np.ndarray:
+    """Slice ``i`` (flat index into the leading axes) of a layer's data, alpha dropped."""
+    lead = _lead(data, rgb)
+    plane = np.asarray(data[np.unravel_index(i, lead)] if lead else data)
+    return drop_alpha(plane) if rgb else plane
 
 
 class SimilarityWidget(WorkerWidget):
@@ -118,17 +135,21 @@ class SimilarityWidget(WorkerWidget):
         self._summary = ""
         self._image = create_widget(annotation=Image, label="image")
         self._points = create_widget(annotation=Points, label="points")
+        self._clicked_on = create_widget(annotation=Image, label="clicked on", options={"nullable": True})
+        self._clicked_on.value = None
         self._add_points = PushButton(text="Add points layer")
         self.features = FeatureControls(kind="vit")
         self._weights_note = wrap(Label(value=""))
         self._threshold = FloatSlider(value=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.01, label="threshold")
         self._image.tooltip = "the image to search (every slice of a stack)"
         self._points.tooltip = "the clicks: points on a few examples of the object to find"
+        self._clicked_on.tooltip = ("the image the points were clicked on, when it is not the image searched: "
+                                    "find in one image what was clicked in another (empty: the image searched)")
         self._add_points.tooltip = f"add an empty Points layer {POINTS_LAYER!r} in add mode (or select it)"
         self._threshold.tooltip = f"pixels at least this similar go into the {MASK_LAYER!r} layer (no recomputation)"
         feature_widgets = list(self.features.widgets)
         feature_widgets.insert(feature_widgets.index(self.features.kind) + 1, self._weights_note)
-        self.extend([self._image, self._points, self._add_points, *feature_widgets, *self.run_controls,
+        self.extend([self._image, self._points, self._clicked_on, self._add_points, *feature_widgets, *self.run_controls,
                      self._threshold])
         self._add_points.changed.connect(self.add_points_layer)
         self._threshold.changed.connect(self.update_mask)
@@ -167,7 +188,16 @@ class SimilarityWidget(WorkerWidget):
             raise ValueError("no image layer: open an image first")
         if image.multiscale:
             raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
-        return run_similarity_job, (image.data, bool(image.rgb), self._clicks(image), config, self.cache)
+        clicked: Optional[Image] = self._clicked_on.value
+        if clicked is None or clicked is image:
+            return run_similarity_job, (image.data, bool(image.rgb), self._clicks(image), config, self.cache)
+        if clicked.multiscale:
+            raise ValueError(f"image layer {clicked.name!r} is multiscale; open its full-resolution level")
+        if (3 if clicked.rgb else 1) != (3 if image.rgb else 1):
+            raise ValueError(f"{clicked.name!r} and {image.name!r} differ in colour (RGB and greyscale): "
+                             "search images of the kind that was clicked")
+        return partial(run_similarity_job, reference=(clicked.data, bool(clicked.rgb))), (
+            image.data, bool(image.rgb), self._clicks(clicked), config, self.cache)
 
     def _clicks(self, image: Image) -> np.ndarray:
         """The points as ``(N, 3)`` int64 ``(flat slice index, row, col)`` of the image's pixels."""
