@@ -526,16 +526,21 @@ def test_missing_weights_fail_before_any_work_naming_the_weights_field(dock, qtb
         assert label.native.sizePolicy().horizontalPolicy() == QSizePolicy.Ignored and label.native.wordWrap()
 
 
-def test_progress_shows_in_napari_and_its_cancel_stops_the_job(dock, qtbot, two_textures):
+def test_progress_shows_in_napari_and_its_cancel_stops_the_job(dock, qtbot, two_textures, monkeypatch):
     from napari.utils import progress
 
+    from napari_dinoseg._widgets import _worker_widget
+
+    # the bar after 0.2 s instead of 1 s, on a 2112² image (about 2.5 s of work on a fast 2-core
+    # machine): the job is still running when the bar shows and when its cancel comes
+    monkeypatch.setattr(_worker_widget, "NAPARI_BAR_AFTER", 0.2)
     image, _, scribbles = two_textures
-    viewer, widget, _ = dock(np.tile(image, (4, 4)))
-    viewer.add_labels(np.tile(scribbles, (4, 4)), name="strokes")
+    viewer, widget, _ = dock(np.tile(image, (11, 11)))
+    viewer.add_labels(np.tile(scribbles, (11, 11)), name="strokes")
     widget._labels_layer.value = viewer.layers["strokes"]
     widget._run.native.click()
     assert widget._bar is None, "a job shorter than NAPARI_BAR_AFTER needs no second progress bar"
-    qtbot.waitUntil(lambda: widget._bar is not None, timeout=TIMEOUT_MS)  # featurising 768² takes seconds
+    qtbot.waitUntil(lambda: widget._bar is not None, timeout=TIMEOUT_MS)
     bar = widget._bar
     assert bar in progress._all_instances
     qtbot.waitUntil(lambda: bar.n > 0, timeout=TIMEOUT_MS)
