@@ -55,6 +55,30 @@ def test_view_first_equals_the_whole_plane_prediction(phases, tile, smooth, band
     assert cache.misses == (1 if tile == 1024 else 4)  # the fit's features (one window, or 2 x 2 tiles), reused
 
 
+@pytest.mark.parametrize("tile", [1024, 96])
+def test_view_first_with_vit_features_reads_the_token_cache(phases, tile, monkeypatch):
+    """Hybrid features (random weights): the live update predicts from the cached token grids
+    (logits projected per view, no (H, W, D) map), equal to the whole plane's prediction, and
+    runs no forward pass after the fit's."""
+    from napari_dinoseg.features.backbones import StridedViT
+
+    image, _, scribbles = phases
+    monkeypatch.setattr(Segmenter, "tile", tile)
+    hybrid = FeatureConfig(kind="hybrid", weights="random", stride=14, shifts=(7,), flips=False, device="cpu",
+                           sigmas=(1.0, 2.0, 4.0), membrane=False, precision="float32")
+    cache = FeatureCache()
+    seg = Segmenter(hybrid).fit(image, scribbles, cache=cache)
+    whole = seg.predict_proba(image, cache=cache)
+    passes = []
+    forward = StridedViT.forward
+    monkeypatch.setattr(StridedViT, "forward", lambda self, x, *a, **k: passes.append(1) or forward(self, x, *a, **k))
+    view = (slice(37, 131), slice(21, 99))
+    out = predict_view_first(seg, image, None, cache, view=view)
+    np.testing.assert_allclose(out, whole, atol=1e-5)
+    assert passes == []
+    assert all(getattr(v, "n_features", 0) < 384 for v in cache._items.values())  # no pixel-level ViT map
+
+
 def test_no_view_or_the_whole_plane_shows_nothing_early(phases):
     image, _, scribbles = phases
     seg = Segmenter(SMALL).fit(image, scribbles)
