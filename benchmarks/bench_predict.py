@@ -25,36 +25,24 @@ labels of both are compared pixel by pixel. Writes the JSON and a markdown table
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from checkouts import SYNTHETIC, compare, run_child, write
 
 HERE = Path(__file__).resolve().parent
 
 CHILD = r"""
 import json, sys, time
 import numpy as np
-from scipy import ndimage
 size, repeats, labels_out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 import napari_dinoseg
 from napari_dinoseg import Segmenter, featurise, predict, train
 from napari_dinoseg.features.featurise import FeatureCache
-
-rng = np.random.default_rng(0)
-phases = np.digitize(ndimage.gaussian_filter(rng.normal(size=(size, size)), 12), [-0.01, 0.01]) + 1
-image = (phases * 60 + rng.normal(0, 25, phases.shape)).clip(0, 255).astype(np.uint8)
-labels = np.zeros(phases.shape, np.uint8)
-for row in range(24, size, 48):  # horizontal 3-px strokes every 48 rows, kept inside each phase
-    stroke = np.zeros_like(labels, bool)
-    stroke[row:row + 3, 16:size - 16] = True
-    inner = ndimage.binary_erosion(phases == 1 + (row // 48) % 3, iterations=4)
-    labels[stroke & inner] = 1 + (row // 48) % 3
+""" + SYNTHETIC + r"""
 
 def timed(fn):
     fn()  # warm-up
@@ -90,12 +78,7 @@ print(json.dumps({"size": size, "painted_fraction": float((labels > 0).mean()), 
 
 def measure(src: Path, size: int, repeats: int) -> tuple[dict, np.ndarray]:
     """One checkout's figures at one size, in a fresh process; and its click's labels."""
-    with tempfile.TemporaryDirectory() as tmp:
-        labels = Path(tmp) / "labels.npy"
-        env = dict(os.environ, PYTHONPATH=str(src))
-        out = subprocess.run([sys.executable, "-c", CHILD, str(size), str(repeats), str(labels)],
-                             check=True, capture_output=True, text=True, env=env)
-        return json.loads(out.stdout.strip().splitlines()[-1]), np.load(labels)
+    return run_child(CHILD, src, size, repeats)
 
 
 def summary(values: list[float]) -> dict:
@@ -113,21 +96,13 @@ def main() -> None:
 
     import torch
 
-    versions = {"this checkout": HERE.parent / "src"}
-    if args.baseline_src is not None:
-        versions = {"baseline": args.baseline_src, **versions}
-    rows = []
-    for size in args.sizes:
-        labels = {}
-        for name, src in versions.items():
-            raw, labels[name] = measure(src, size, args.repeats)
-            rows.append({"size": size, "version": name, "src": str(src), "features": raw["features"],
-                         "painted_fraction": raw["painted_fraction"],
-                         **{k: summary(raw[k]) for k in ("train", "predict", "train_predict", "click")},
-                         "raw": {k: raw[k] for k in ("train", "predict", "train_predict", "click")}})
-        if len(labels) == 2:
-            a, b = labels.values()
-            rows[-1]["labels_agree_with_baseline"] = float((a == b).mean())
+    def row(size: int, name: str, src: Path, raw: dict) -> dict:
+        return {"size": size, "version": name, "src": str(src), "features": raw["features"],
+                "painted_fraction": raw["painted_fraction"],
+                **{k: summary(raw[k]) for k in ("train", "predict", "train_predict", "click")},
+                "raw": {k: raw[k] for k in ("train", "predict", "train_predict", "click")}}
+
+    rows = compare(args.sizes, args.baseline_src, lambda src, size: measure(src, size, args.repeats), row)
     load = os.getloadavg()
     lines = [f"Train / Predict with cached classical features, {rows[0]['features']} channels, three classes, "
              f"~{100 * rows[0]['painted_fraction']:.1f} % painted; {os.cpu_count()} CPU cores "
@@ -140,15 +115,8 @@ def main() -> None:
         agree = f"{100 * r['labels_agree_with_baseline']:.4f} %" if "labels_agree_with_baseline" in r else "–"
         lines.append(f"| {r['size']}² | {r['version']} | {cell['train']} | {cell['predict']} | "
                      f"**{cell['train_predict']}** | {cell['click']} | {agree} |")
-    table = "\n".join(lines)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "python": platform.python_version(), "torch": torch.__version__,
-               "torch_threads": torch.get_num_threads(), "load_average_after": load}
-    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    args.out.with_suffix(".md").write_text(table + "\n")
-    print(f"\nwrote {args.out}")
+    write(args.out, "\n".join(lines), rows, torch=torch.__version__, torch_threads=torch.get_num_threads(),
+          load_average_after=load)
 
 
 if __name__ == "__main__":
