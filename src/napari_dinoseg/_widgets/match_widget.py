@@ -24,7 +24,7 @@ from ..features.featurise import FeatureCache, cached_featurise, resolve_device
 from ..image import drop_alpha
 from ..progress import report, within
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import set_layer, spatial_shape
+from ._layers import current_index, set_layer, spatial_shape
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -84,6 +84,7 @@ class MatchWidget(WorkerWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, "Match", "Choose two images, then Match.")
         self.result: Optional[MatchResult] = None
+        self._matched: list = []  # (image layer, slice index) of A and B in the running job
         self._image_a = create_widget(annotation=Image, label="image A")
         self._image_b = create_widget(annotation=Image, label="image B")
         self._n = SpinBox(value=50, min=1, max=500, label="pairs (at most)")
@@ -111,18 +112,14 @@ class MatchWidget(WorkerWidget):
         a, b = self._image_a.value, self._image_b.value
         if a is None or b is None or a is b:
             raise ValueError("choose two different image layers as image A and image B (open a second image first)")
-        return run_match_job, (self._plane(a), self._plane(b), config, int(self._n.value), self.cache)
-
-    def _plane(self, image: Image) -> np.ndarray:
-        """The image's current 2-D plane (alpha dropped)."""
-        if image.multiscale:
-            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
-        shape = spatial_shape(image)
-        lead = shape[:-2]
-        step = self._viewer.dims.current_step[self._viewer.dims.ndim - len(shape):][:len(lead)]
-        index = tuple(int(min(max(s, 0), n - 1)) for s, n in zip(step, lead))
-        plane = np.asarray(image.data[index])
-        return drop_alpha(plane) if image.rgb else plane
+        for image in (a, b):
+            if image.multiscale:
+                raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
+        # the layers and slices matched: the points go there, whatever the viewer shows when they come
+        self._matched = [(image, current_index(self._viewer, spatial_shape(image))) for image in (a, b)]
+        planes = [np.asarray(image.data[index]) for image, index in self._matched]
+        planes = [drop_alpha(p) if image.rgb else p for p, image in zip(planes, (a, b))]
+        return run_match_job, (*planes, config, int(self._n.value), self.cache)
 
     def _show_plan(self, plan: str) -> None:
         self.features.plan.value = self._status.value = plan
@@ -132,10 +129,9 @@ class MatchWidget(WorkerWidget):
         m = len(result.pairs_a)
         colours = pair_colours(m)
         layers = []
-        for image, pairs in ((self._image_a.value, result.pairs_a), (self._image_b.value, result.pairs_b)):
+        for (image, index), pairs in zip(self._matched, (result.pairs_a, result.pairs_b)):
             shape = spatial_shape(image)
-            lead = np.broadcast_to(np.asarray(self._viewer.dims.current_step[self._viewer.dims.ndim - len(shape):]
-                                              [:len(shape) - 2], float), (m, len(shape) - 2))
+            lead = np.broadcast_to(np.asarray(index, float), (m, len(index)))
             data = np.column_stack([lead, pairs.astype(float)]) if m else np.empty((0, len(shape)))
             size = max(4.0, min(shape[-2:]) / 40)
             kwargs = {"ndim": len(shape), "size": size, "face_color": colours if m else "white",
@@ -144,7 +140,7 @@ class MatchWidget(WorkerWidget):
                       "scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
             layers.append(set_layer(self._viewer, f"matches in {image.name}", Points, data, kwargs))
         if self._side_by_side.value:
-            order = [self._image_a.value, layers[0], self._image_b.value, layers[1]]
+            order = [self._matched[0][0], layers[0], self._matched[1][0], layers[1]]
             for layer in order:  # on top, in this order: the grid puts each image with its points
                 self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
             grid = viewer_grid(self._viewer)

@@ -28,7 +28,7 @@ from ..image import drop_alpha
 from ..progress import report, within
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, check_weights, numbers
-from ._layers import set_layer, spatial_shape
+from ._layers import current_index, set_layer, spatial_shape
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -214,8 +214,7 @@ class UnsupervisedWidget(WorkerWidget):
             return [prep(np.asarray(image.data))], None
         if self._scope.value == SCOPE_STACK:
             return [prep(np.asarray(image.data[i])) for i in np.ndindex(*lead)], ()
-        step = self._viewer.dims.current_step[self._viewer.dims.ndim - len(shape):][:len(lead)]
-        index = tuple(int(min(max(s, 0), n - 1)) for s, n in zip(step, lead))
+        index = current_index(self._viewer, shape)
         return [prep(np.asarray(image.data[index]))], index
 
     def _write_parts(self, result: PartsResult) -> None:
