@@ -368,6 +368,8 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
     and ``clf.predict_step > 1``, the classifier reads every ``predict_step``-th pixel of each
     row and column (plane coordinates multiple of it) and the guided filter brings its
     probabilities to every pixel, edges following the guide (:func:`~napari_dinoseg.smoothing.guided_filter`).
+    Features off the lattice are then not read: a non-finite value there does not reach the
+    probabilities, which take their neighbours' (non-finite guide values still do).
     """
     data = _data(features)
     if data.shape[-1] != clf.n_features:
