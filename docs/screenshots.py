@@ -145,16 +145,14 @@ def match() -> None:
     base = sum(ndimage.gaussian_filter(rng.normal(size=(300, 360)), s) * s for s in (1, 3, 8))
     base = ((base - base.min()) / np.ptp(base) * 255).astype(np.uint8)
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(1280, 800)
     viewer.add_image(base[28:, 42:], name="A")
     viewer.add_image(base[:272, :318], name="B (A shifted by 28, 42 px)")
     _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: match two images")
     widget.features.use("vit", weights="random", views="one view", stride=14, device="cpu")
     widget.features.facet.value, widget.features.layer.value = "key", 9
     widget._n.value = 20
-    click_and_wait(widget)
-    viewer.reset_view()
-    get_qapp().processEvents()
+    click_and_wait(widget)  # the widget switches the grid on and fits it: no reset_view here
     viewer.screenshot(str(OUT / "match_widget_random_weights.png"), canvas_only=False)
     print(widget._status.value)
     viewer.close()

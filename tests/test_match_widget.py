@@ -55,6 +55,37 @@ def test_match_an_image_with_a_shifted_copy(make_napari_viewer, qtbot):
     assert [layer.name for layer in viewer.layers][-4:] == ["A", "matches in A", "B", "matches in B"]
 
 
+def visible_world(viewer) -> np.ndarray:
+    """``(2, 2)`` float: the world (row, col) of the top-left and bottom-right corners of what one
+    grid viewbox shows (in grid mode all viewboxes share one camera, so each shows this region)."""
+    rows_cols = np.asarray(viewer.canvas.viewbox_size(viewer.layers), float)  # (height, width) pixels
+    centre = np.asarray(viewer.scene.camera.center[-2:], float)
+    half = rows_cols / 2 / viewer.scene.camera.zoom
+    return np.array([centre - half, centre + half])
+
+
+def test_side_by_side_fits_both_images_in_their_viewboxes(make_napari_viewer, qtbot):
+    """Grid mode halves each viewbox: without refitting, half of each image was off screen."""
+    SHARED_CACHE.clear()
+    viewer = make_napari_viewer()
+    viewer.window.resize(1280, 800)
+    viewer.add_image(textured(2, (300, 360)), name="A")
+    viewer.add_image(textured(3, (272, 318)), name="B")
+    viewer.reset_view()  # fitted to the whole canvas before the grid exists, as a user would have it
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: match two images")
+    widget._n.value = 5
+    widget._run.native.click()
+    if widget.worker is not None:
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert viewer_grid(viewer).enabled and viewer.canvas.grid.actual_shape(viewer.layers) == (1, 2)
+    lo, hi = visible_world(viewer)
+    for name in ("A", "B"):
+        extent = viewer.layers[name].extent.world[:, -2:]  # pixel centres at 0 .. n - 1
+        assert np.all(lo <= extent[0] - 0.5) and np.all(extent[1] + 0.5 <= hi), (name, extent, lo, hi)
+    # and fitted, not merely zoomed far out: the image fills most of its viewbox along one axis
+    assert np.max(np.array([300, 360]) / (hi - lo)) > 0.8, (lo, hi)
+
+
 def test_one_image_layer_is_refused_clearly(make_napari_viewer, qtbot):
     from napari.utils.notifications import notification_manager
 

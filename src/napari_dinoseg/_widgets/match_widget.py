@@ -4,7 +4,8 @@ Choose two image layers and click Match: a worker featurises both (through the f
 other widgets share) and finds salient best-buddy pairs of log-binned descriptors
 (:func:`napari_dinoseg.correspondence.correspondences_from_features`). The pairs become two Points
 layers, one over each image, pair ``i`` drawn in the same colour and numbered ``i`` in both; with
-"side by side" the viewer's grid mode shows each image with its points next to the other.
+"side by side" the viewer's grid mode shows each image with its points next to the other, the view
+refitted so that both are whole.
 For stacks the current slice of each is matched.
 """
 
@@ -145,6 +146,8 @@ class MatchWidget(WorkerWidget):
                 self._viewer.layers.move(self._viewer.layers.index(layer), len(self._viewer.layers))
             grid = viewer_grid(self._viewer)
             grid.stride, grid.enabled = 2, True
+            # each viewbox is now a fraction of the canvas: refit (the fit reads the grid's viewbox size)
+            self._viewer.reset_view()
         note = "" if m == result.n else f" (asked for {result.n}: only {m} salient best buddies)"
         self._status.value = (f"{m} corresponding pairs{note}; pair i has the same colour and number in both"
                               if m else "no corresponding pairs found: try other features or images")
