@@ -213,7 +213,9 @@ def apply_bundle(
     overwrite
         Recompute outputs that already exist (otherwise finished ones are skipped).
     progress
-        ``progress(done, total, input name)`` after each input; may raise to stop.
+        ``progress(0, total, "")`` once everything is checked and work starts (not called when
+        nothing is left to do), then ``progress(done, total, input name)`` after each input;
+        may raise to stop.
 
     Returns
     -------
@@ -254,9 +256,13 @@ def apply_bundle(
         raise ValueError(f"{len(foreign)} output(s) in {str(out)!r} were made by another classifier or an older "
                          f"version (e.g. {foreign[0]}); choose another output folder, or overwrite them")
     jobs = [(str(p), str(bundle), str(out), probabilities, stems[p]) for p in todo]
-    results = (process_file(*job) for job in jobs) if scheduler is None else _on_dask(scheduler, jobs)
+    # connected here, so that a scheduler that does not answer is refused before work starts
+    client = None if scheduler is None else _client(scheduler)
+    results = (process_file(*job) for job in jobs) if client is None else _on_dask(client, jobs)
     finished = set()
     try:
+        if jobs and progress is not None:
+            progress(0, len(jobs), "")  # everything checked: work starts
         for n, (path, status, detail, warnings) in enumerate(results, 1):
             finished.add(path)
             if status == "done":
@@ -271,24 +277,30 @@ def apply_bundle(
                 progress(n, len(todo), Path(path).name)
     finally:
         results.close()
+        if client is not None and client is not scheduler:
+            client.close()
     summary.failed += [(job[0], "not run: the run stopped early (no space left)") for job in jobs
                        if summary.stopped and job[0] not in finished]
     return summary
 
 
-def _on_dask(scheduler, jobs: list):
-    """Yield ``process_file`` results as the cluster finishes them; cancel the rest when closed."""
-    from dask.distributed import Client, as_completed
+def _client(scheduler):
+    """The dask ``Client`` given, or one connected to the scheduler address given."""
+    from dask.distributed import Client
 
-    client = scheduler if isinstance(scheduler, Client) else connect(scheduler)
+    return scheduler if isinstance(scheduler, Client) else connect(scheduler)
+
+
+def _on_dask(client, jobs: list):
+    """Yield ``process_file`` results as the cluster finishes them; cancel the rest when closed."""
+    from dask.distributed import as_completed
+
     futures = client.map(process_file, *zip(*jobs), pure=False) if jobs else []
     try:
         for future in as_completed(futures):
             yield future.result()
     finally:
         client.cancel([f for f in futures if not f.done()])
-        if client is not scheduler:
-            client.close()
 
 
 def connect(address: str):

@@ -1,8 +1,12 @@
 """The ``dinoseg`` command line: ``dinoseg train`` (images + scribbles -> bundle) and
-``dinoseg apply`` (bundle + folder -> label images).
+``dinoseg apply`` (bundle + folder -> label images); ``dinoseg --version``.
 
-Exit status: 0 success; 1 some images failed (or, with ``--strict``, drew warnings);
-2 refused input (bad bundle, no inputs, bad options).
+Everything is checked before work starts (bundle, inputs, output folder, weights), so a refused
+run prints its error and nothing else: the progress bar appears only once images are segmented.
+
+Exit status: 0 success; 1 some images failed (or, with ``--strict``, drew warnings, this run's
+or those recorded with outputs a rerun skipped); 2 refused input (bad bundle, no inputs, bad
+options, no ViT weights).
 """
 
 from __future__ import annotations
@@ -12,14 +16,27 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+#: How a user of the CLI gives a checkpoint file: the last words of a missing-weights message.
+WEIGHTS_HINT = "or pass --weights PATH (the checkpoint file)"
+
 
 def main(argv: Optional[list] = None) -> int:
-    """``dinoseg train ...`` / ``dinoseg apply ...``; see ``dinoseg COMMAND --help``."""
+    """``dinoseg train ...`` / ``dinoseg apply ...`` / ``dinoseg --version``; see ``dinoseg COMMAND --help``.
+
+    Returns the exit status (see the module docstring); argparse's own exits (``--help``,
+    ``--version``, bad options) are returned too, not raised.
+    """
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="dinoseg", description="napari-dinoseg from the command line")
+    parser.add_argument("--version", action="version", version=f"dinoseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _apply_parser(sub.add_parser("apply", help="apply a saved classifier to a folder, a glob or files"))
     _train_parser(sub.add_parser("train", help="train a classifier on images and their brush labels"))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or bad options (2), already printed
+        return done.code if isinstance(done.code, int) else 2
     try:
         return train_command(args) if args.command == "train" else apply_command(args)
     except (ValueError, TypeError) as err:
@@ -73,18 +90,21 @@ def apply_command(args: argparse.Namespace) -> int:
     from .batch import apply_bundle
 
     inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
-    bar = tqdm(unit="image", desc="dinoseg")
+    bars: list = []  # made at the first report, once apply_bundle has checked everything and work starts
 
     def tick(done: int, total: int, name: str) -> None:
-        bar.total = total
-        bar.update(1)
-        bar.set_postfix_str(name)
+        if not bars:
+            bars.append(tqdm(total=total, unit="image", desc="dinoseg"))
+        bars[0].update(done - bars[0].n)
+        if name:
+            bars[0].set_postfix_str(name)
 
     try:
         summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
                                probabilities=args.probabilities, overwrite=args.overwrite, progress=tick)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(summary)
     if summary.failed:
         return 1
@@ -102,6 +122,7 @@ def train_command(args: argparse.Namespace) -> int:
                              intensity_range=tuple(args.intensity_range) if args.intensity_range else None)
     training = TrainConfig(classifier=args.classifier, pca_dim=args.pca,
                            guided_radius=0 if args.no_edge_smoothing else TrainConfig.guided_radius)
+    _check_weights(features)
     images, labels = [], []
     for image_path, label_path in zip(args.images, args.labels):
         planes = _read(image_path, None)
@@ -121,6 +142,22 @@ def train_command(args: argparse.Namespace) -> int:
     counts = ", ".join(f"label {c}: {int(sum((labels[i] == c).sum() for i in painted))} px" for c in seg.classes)
     print(f"trained {seg!r} on {len(painted)} image plane(s) ({counts}); wrote {path}")
     return 0
+
+
+def _check_weights(features) -> None:
+    """Refuse ViT / hybrid features without weights before any image is read (about a second at
+    most), saying where to put the file or to pass ``--weights PATH``."""
+    if not features.uses_vit:
+        return
+    from .features.registry import find_weights
+
+    try:
+        find_weights(features.model, features.weights, hint=WEIGHTS_HINT)
+    except ValueError as err:
+        if features.weights:  # the file given does not exist
+            raise ValueError(f"--weights {features.weights}: {err}; pass --weights PATH with the checkpoint "
+                             "file's path, or leave it out to use the weights folder") from None
+        raise
 
 
 def _read(path: str, channels: Optional[int]) -> list:
