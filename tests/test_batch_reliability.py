@@ -457,3 +457,48 @@ def test_non_finite_probabilities_fail_the_image_and_write_nothing(tmp_path, bun
     text = capsys.readouterr().out
     assert text.count("non-finite probabilities (NaN or inf)") == 2
     assert names(tmp_path / "out") == [f"img0{LABEL_SUFFIX}"]
+
+
+# ---- warnings are kept with the outputs: a rerun that skips them reports them again --------------
+
+
+def test_a_rerun_reports_the_warnings_recorded_with_the_outputs_it_skips(tmp_path, bundle, images, monkeypatch,
+                                                                         capsys):
+    message = "unlike the training images: its intensity differs by 31 % … (test)"
+    calls = []
+
+    def warn_on_the_first_image(self, image, proba=None):
+        calls.append(1)
+        return [message] if len(calls) == 1 else []
+
+    monkeypatch.setattr(Segmenter, "check", warn_on_the_first_image)
+    out = tmp_path / "out"
+    args = ["apply", str(bundle), str(images), "-o", str(out), "--strict"]
+    assert main(args) == 1
+    first = capsys.readouterr().out
+    assert f"warning: {images / 'img0.tif'}: {message}" in first
+    assert main(args) == 1, "--strict passes a rerun that skipped the doubtful output"
+    text = capsys.readouterr().out
+    assert text.startswith("done 0, skipped 3 (3 already there), failed 0; 1 with warnings")
+    assert f"warning: {images / 'img0.tif'}: {message} (recorded with its output by an earlier run)" in text
+    assert len(calls) == 3  # nothing recomputed
+    assert main(args[:-1]) == 0  # without --strict a warning is not a failure
+    summary = apply_bundle(bundle, images, out)
+    assert not summary.done and summary.warnings == [(str(images / "img0.tif"), message)]
+    # --overwrite recomputes, and the record follows the new result (no warning now)
+    assert apply_bundle(bundle, images, out, overwrite=True).warnings == []
+    assert apply_bundle(bundle, images, out).warnings == []
+
+
+def test_an_output_without_a_record_of_its_warnings_is_recomputed(tmp_path, bundle, images):
+    """Outputs of an older version say nothing of their warnings: a rerun cannot vouch for them."""
+    out = tmp_path / "out"
+    apply_bundle(bundle, images, out)
+    target = out / f"img1{LABEL_SUFFIX}"
+    meta = batch.output_metadata(target)
+    assert meta["warnings"] == []
+    del meta["warnings"], meta["shape"]
+    tifffile.imwrite(target, tifffile.imread(target), metadata=meta, photometric="minisblack")
+    summary = apply_bundle(bundle, images, out)
+    assert summary.done == [str(target)] and len(summary.skipped) == 2
+    assert batch.output_metadata(target)["warnings"] == []

@@ -9,9 +9,10 @@ Nothing is lost or passed over in silence:
 - inputs whose names would give one output name (``a.tif`` and ``a.png``) get distinct ones
   (``a_tif_labels.tif``, ``a_png_labels.tif``);
 - outputs are written atomically with the user's umask, and carry the classifier's and the
-  input's fingerprints: a rerun skips an image only when every output it asks for is there,
-  readable and made by this classifier from this input, and refuses to mix in outputs of
-  another classifier; temporary files of a killed run are removed;
+  input's fingerprints and the image's warnings: a rerun skips an image only when every output
+  it asks for is there, readable and made by this classifier from this input, reports the
+  warnings recorded with it again, and refuses to mix in outputs of another classifier;
+  temporary files of a killed run are removed;
 - a full disk stops the run early, saying how much space is left.
 """
 
@@ -50,7 +51,8 @@ class BatchSummary:
     failed : list of (input, reason)
         Inputs that gave no output, and why.
     warnings : list of (input, message)
-        Images unlike the training images (their outputs are written, but doubtful).
+        Images unlike the training images (their outputs are written, but doubtful); for
+        outputs already there, the warnings recorded with them by the run that wrote them.
     cleaned : list of str
         Temporary files of an interrupted earlier run, removed.
     stopped : str
@@ -73,7 +75,9 @@ class BatchSummary:
             lines.append(f"  stopped early: {self.stopped}")
         lines += [f"  skipped: {path}: {reason}" for path, reason in self.skipped if reason != ALREADY_THERE]
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed]
-        lines += [f"  warning: {path}: {message}" for path, message in self.warnings]
+        kept = {path for path, reason in self.skipped if reason == ALREADY_THERE}
+        lines += [f"  warning: {path}: {message}" + (" (recorded with its output by an earlier run)" if path in kept else "")
+                  for path, message in self.warnings]
         if self.cleaned:
             lines.append(f"  removed {len(self.cleaned)} temporary file(s) left by an interrupted run")
         return "\n".join(lines)
@@ -245,9 +249,10 @@ def apply_bundle(
         (summary.failed if reason == "no such file" else summary.skipped).append((path, reason))
     todo, foreign = [], []
     for path in files:
-        state = "redo" if overwrite else _finished(path, out, stems[path], probabilities, bundle_id)
+        state, recorded = ("redo", []) if overwrite else _finished(path, out, stems[path], probabilities, bundle_id)
         if state == "done":
             summary.skipped.append((str(path), ALREADY_THERE))
+            summary.warnings += [(str(path), message) for message in recorded]
         elif state == "foreign":
             foreign.append(stems[path] + LABEL_SUFFIX)
         else:
@@ -332,24 +337,31 @@ def _source(path: Path) -> dict:
     return {"source": path.name, "source_size": info.st_size, "source_mtime_ns": info.st_mtime_ns}
 
 
-def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: str) -> str:
-    """``"done"`` when every output the run asks for exists, is readable and was made by this
-    classifier from this input as it is now; ``"foreign"`` when one was made by another
-    classifier (or carries no fingerprint); ``"redo"`` otherwise."""
+def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: str) -> tuple[str, list]:
+    """``("done", warnings recorded with the labels)`` when every output the run asks for exists,
+    is readable, was made by this classifier from this input as it is now and records its
+    warnings; ``("foreign", [])`` when one was made by another classifier (or carries no
+    fingerprint); ``("redo", [])`` otherwise (an older version's output, without the record of
+    its warnings, included: a rerun could not vouch for it)."""
     wanted = [stem + LABEL_SUFFIX] + ([stem + PROBA_SUFFIX] if probabilities else [])
+    recorded = None
     for name in wanted:
         target = out / name
         if not target.is_file():
-            return "redo"
+            return "redo", []
         try:
             meta = output_metadata(target)
         except Exception:  # unreadable (truncated by another tool): ours to rewrite
-            return "redo"
+            return "redo", []
         if meta.get("dinoseg_bundle") != bundle_id:
-            return "foreign"
+            return "foreign", []
         if {k: meta.get(k) for k in ("source", "source_size", "source_mtime_ns")} != _source(path):
-            return "redo"  # the input changed since
-    return "done"
+            return "redo", []  # the input changed since
+        warnings = meta.get("warnings")
+        if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
+            return "redo", []
+        recorded = warnings if recorded is None else recorded  # the labels' (the first wanted)
+    return "done", recorded
 
 
 _SEGMENTERS: dict = {}
@@ -384,7 +396,8 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
             if probabilities:
                 probas.append(proba)
         warnings += list(image.notes)
-        meta = {"dinoseg_bundle": bundle_id, **_source(source), "classes": seg.classes.tolist()}
+        meta = {"dinoseg_bundle": bundle_id, **_source(source), "classes": seg.classes.tolist(),
+                "warnings": [str(w) for w in warnings]}  # reported again by a rerun that skips the image
         lead, axes = image.lead_shape, image.lead_axes
         stem = stem or source.stem
         if probabilities:  # the labels last: an image is finished when every output is there
@@ -402,7 +415,8 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
 
 
 def output_metadata(path: Path) -> dict:
-    """What an output TIFF says of itself: classifier fingerprint, input, classes, axes ({} if nothing)."""
+    """What an output TIFF says of itself: classifier fingerprint, input, classes, the image's
+    warnings, axes ({} if nothing)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
