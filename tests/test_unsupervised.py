@@ -6,8 +6,8 @@ import pytest
 from napari_dinoseg import CASConfig, FeatureConfig, segment_unsupervised
 from napari_dinoseg.features.featurise import FeatureStack
 from napari_dinoseg.unsupervised import (
-    MAX_CLASSES, background_class, box_iou, class_silhouette, merge_centroids, number_of_classes, object_boxes,
-    semantic_distance, smooth_channels,
+    MAX_CLASSES, background_class, box_iou, boxes_are_meaningful, class_silhouette, merge_centroids, number_of_classes,
+    object_boxes, semantic_distance, smooth_channels,
 )
 
 from conftest import iou
@@ -232,3 +232,82 @@ def test_bad_input():
         CASConfig(k=1)
     with pytest.raises(ValueError, match="uniform"):
         segment_unsupervised(np.zeros((32, 32), np.uint8), CASConfig(features=FeatureConfig(sigmas=(1,)), k=4))
+
+
+def scattered_discs(rng, cover=0.2, radius=12, shape=(256, 256)) -> np.ndarray:
+    """``shape`` bool: discs (radius 0.6..1.4 x ``radius``) at random places, 2 px apart at least,
+    until they cover ``cover`` of the image: separate, compact objects on a background."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    fg = np.zeros(shape, bool)
+    for _ in range(20000):
+        if fg.mean() >= cover:
+            break
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), radius * rng.uniform(0.6, 1.4)
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        if not fg[d2 < (r + 2) ** 2].any():
+            fg |= d2 < r**2
+    return fg
+
+
+def two_phase_noise(rng, sigma, cover=0.5, shape=(256, 256)) -> np.ndarray:
+    """``shape`` bool: smoothed white noise below its ``cover`` quantile, a continuous two-phase
+    microstructure at cover 0.5."""
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(rng.normal(size=shape), sigma)
+    return noise < np.quantile(noise, cover)
+
+
+@pytest.mark.parametrize("cover", [0.1, 0.2, 0.3])
+def test_boxes_are_shown_on_separate_discs(rng, cover):
+    shown, note = boxes_are_meaningful(scattered_discs(rng, cover))
+    assert shown and note.startswith("boxes shown"), note
+
+
+@pytest.mark.parametrize("sigma", [3, 6, 12])
+def test_boxes_are_hidden_on_a_continuous_two_phase_microstructure(rng, sigma):
+    shown, note = boxes_are_meaningful(two_phase_noise(rng, sigma))
+    assert not shown and note.startswith("boxes hidden:") and "not separate objects" in note, note
+
+
+def test_boxes_hidden_notes_say_which_rule(rng):
+    membranes = np.zeros((256, 256), bool)  # a thin network spanning the image: lines 2 px wide
+    membranes[::32] = membranes[1::32] = True
+    membranes[:, ::40] = membranes[:, 1::40] = True
+    shown, note = boxes_are_meaningful(membranes)
+    assert not shown and "one connected network touching opposite borders" in note, note
+    cells = ~membranes  # the cells between the membranes: packed, thin gaps
+    shown, note = boxes_are_meaningful(cells)
+    assert not shown and "packed with gaps narrower than themselves" in note, note
+    branching = two_phase_noise(rng, 3, cover=0.3)  # separate, but amoeboid regions
+    shown, note = boxes_are_meaningful(branching)
+    assert not shown and "irregular, branching shapes" in note, note
+    assert boxes_are_meaningful(np.ones((64, 64), bool))[0] is False
+    assert boxes_are_meaningful(np.zeros((64, 64), bool))[0] is True  # no boxes: nothing to hide
+
+
+def test_boxes_verdict_of_a_stack_is_the_majority_of_its_slices(rng):
+    discs = [scattered_discs(rng, 0.2) for _ in range(3)]
+    noise = [two_phase_noise(rng, 6) for _ in range(2)]
+    shown, note = boxes_are_meaningful(np.stack(discs + noise))
+    assert shown and "3 of 5 slices" in note, note
+    shown, note = boxes_are_meaningful(np.stack(discs[:1] + noise))
+    assert not shown and note.startswith("boxes hidden:") and note.endswith("(in 2 of 3 slices)"), note
+    with pytest.raises(ValueError, match="foreground must be"):
+        boxes_are_meaningful(np.zeros(5, bool))
+
+
+def test_segment_unsupervised_says_whether_its_boxes_are_meaningful(rng):
+    """Classical CAS: boxes kept on discs on a matrix, hidden (but still computed) on a two-phase structure."""
+    config = CASConfig(features=FeatureConfig(kind="classical"))
+    image, _, _ = discs_on_textured_matrix(rng)
+    with pytest.warns(UserWarning):
+        result = segment_unsupervised(image, config)
+    assert result.boxes_shown and len(result.boxes[0]) > 0, result.boxes_note
+    assert "slices" not in result.boxes_note  # one image: no slice count
+    smooth = two_phase_noise(rng, 6, shape=(192, 192))
+    image = np.where(smooth, 60, 190) + rng.normal(0, 8, smooth.shape)
+    with pytest.warns(UserWarning):
+        result = segment_unsupervised(np.clip(image, 0, 255).astype(np.uint8), config)
+    assert not result.boxes_shown and result.boxes_note.startswith("boxes hidden:"), result.boxes_note
+    assert len(result.boxes[0]) > 0  # computed all the same, for scripts that want them

@@ -35,6 +35,10 @@ Then, for both:
 6. Boxes: one per connected component (above ``min_area``) of every foreground class (without
    attention: of the foreground), plus a superbox around the largest foreground component; of
    any pair with IoU > 0.8 one is dropped.
+7. Whether the boxes describe objects (:func:`boxes_are_meaningful`): on a continuous
+   microstructure (a network spanning the image, grains or cells packed closer than their own
+   width, irregular branching regions) they are clutter; ``boxes_shown`` says so and
+   ``boxes_note`` says why. The boxes are computed either way.
 """
 
 from __future__ import annotations
@@ -67,6 +71,17 @@ CALM_QUANTILE = 0.5
 SILHOUETTE_SAMPLE = 2000
 #: Classical rule: one more class must raise the per-class silhouette by more than this.
 SILHOUETTE_GAIN = 0.05
+#: Boxes: hidden when the largest foreground region holds more than this share of the foreground
+#: and touches two opposite borders of the image (a network spanning the image).
+NETWORK_SHARE = 0.5
+#: Boxes: hidden when the gaps between foreground regions are narrower than this times the regions
+#: (mean distance of a background pixel to the foreground over the mean distance of a foreground
+#: pixel to the background). Measured with classical CAS: superalloy SEM 0.48-0.96 (18 images),
+#: ssTEM cells 0.83-1.08 (10 slices), random discs at 40 % cover 1.13-1.22, nuclei 3.4.
+PACKED_GAP = 1.1
+#: Boxes: hidden when the area-weighted mean solidity of the foreground regions is below this
+#: (nuclei 0.83, particles 0.95; thresholded smoothed noise at 30 % cover 0.50-0.71).
+IRREGULAR_SOLIDITY = 0.7
 NO_ATTENTION = ("no attention in these features (classical?): the class with the largest connected region is "
                 "taken as background")
 
@@ -93,6 +108,12 @@ class CASResult:
     messages : list of str
     silhouettes : dict of int to float
         Without attention: the per-class silhouette of each number of classes tried; empty otherwise.
+    boxes_shown : bool
+        Whether the boxes describe separate objects (:func:`boxes_are_meaningful`); on a continuous
+        microstructure they are clutter, and the widget does not draw them. ``boxes`` holds them
+        either way.
+    boxes_note : str
+        In plain words, why the boxes are shown or hidden.
     """
 
     labels: np.ndarray
@@ -104,6 +125,8 @@ class CASResult:
     n_clusters: int
     messages: list
     silhouettes: dict = field(default_factory=dict)
+    boxes_shown: bool = True
+    boxes_note: str = ""
 
 
 def segment_unsupervised(
@@ -168,12 +191,13 @@ def segment_unsupervised(
             object_boxes(fgm.astype(np.int32), fgm, [1], min_area)
         boxes.append(b)
         superbox.append(s)
+    shown, note = boxes_are_meaningful(foreground if stacked else foreground[0], min_area)
     report(progress, 1000, 1000, "done")
     if not stacked:
         labels, foreground = labels[0], foreground[0]
     return CASResult(labels=labels, foreground=foreground, boxes=boxes, superbox=superbox,
                      foreground_classes=fg_merged, threshold=threshold, n_clusters=n_clusters, messages=messages,
-                     silhouettes=silhouettes)
+                     silhouettes=silhouettes, boxes_shown=shown, boxes_note=note)
 
 
 def _feature_stacks(items: list, config: CASConfig, progress: Optional[ProgressCallback],
@@ -446,6 +470,86 @@ def box_iou(a, b) -> float:
     inter = max(0, r1 - r0) * max(0, c1 - c0)
     area = lambda x: (x[2] - x[0]) * (x[3] - x[1])  # noqa: E731
     return inter / float(area(a) + area(b) - inter)
+
+
+def boxes_are_meaningful(foreground: np.ndarray, min_area: int = 64) -> tuple[bool, str]:
+    """Whether object boxes describe the foreground: separate, compact objects on a background.
+
+    On a continuous microstructure the boxes are clutter (dozens of overlapping rectangles that
+    say nothing the foreground layer does not). A slice's boxes are hidden, for the first of
+    these that holds:
+
+    1. *network*: the largest foreground region (8-connected) holds more than
+       :data:`NETWORK_SHARE` of the foreground and touches two opposite borders of the image;
+    2. *packed*: the gaps between foreground regions are narrower than :data:`PACKED_GAP` times
+       the regions themselves (the mean distance of a background pixel to the foreground over
+       the mean distance of a foreground pixel to the background; for two phases sharing their
+       boundaries this is about the ratio of their mean widths): grains or cells separated by
+       thin boundaries, as in a superalloy or ssTEM of tissue;
+    3. *irregular*: the solidity (area / convex hull area) of the regions of ``min_area`` px or
+       more, averaged with their areas as weights, is below :data:`IRREGULAR_SOLIDITY`.
+
+    Parameters
+    ----------
+    foreground : (H, W) or (Z, H, W) bool
+        The foreground mask of one image, or of each slice of a stack.
+    min_area : int
+        Regions smaller than this (px) get no box and do not count for the solidity.
+
+    Returns
+    -------
+    shown : bool
+        For a stack, True when the boxes are meaningful in at least half of the slices.
+    note : str
+        In plain words why, e.g. ``"boxes hidden: the foreground is one connected network
+        touching opposite borders of the image, not separate objects"``; for a stack, the most
+        common reason and in how many slices it held.
+    """
+    foreground = np.asarray(foreground, bool)
+    if foreground.ndim == 2:
+        return _slice_boxes_verdict(foreground, min_area)
+    if foreground.ndim != 3:
+        raise ValueError(f"foreground must be (H, W) or (Z, H, W); got shape {foreground.shape}")
+    verdicts = [_slice_boxes_verdict(f, min_area) for f in foreground]
+    hidden = [note for shown, note in verdicts if not shown]
+    n = len(verdicts)
+    if 2 * len(hidden) <= n:
+        return True, f"boxes shown: separate objects in {n - len(hidden)} of {n} slices"
+    reason = max(dict.fromkeys(hidden), key=hidden.count)  # the most common; ties: the first slice's
+    return False, f"{reason} (in {len(hidden)} of {n} slices)"
+
+
+def _slice_boxes_verdict(foreground: np.ndarray, min_area: int) -> tuple[bool, str]:
+    """:func:`boxes_are_meaningful` for one ``(H, W)`` bool slice; the notes of hidden boxes carry no
+    numbers, so that a stack's slices can be counted by reason."""
+    from scipy.ndimage import distance_transform_edt
+    from skimage.measure import label as connected, regionprops
+
+    total = int(foreground.sum())
+    if total == 0:
+        return True, "boxes shown: no foreground, no boxes"
+    if total == foreground.size:
+        return False, "boxes hidden: the whole image is foreground, there are no separate objects"
+    regions = regionprops(connected(foreground, connectivity=2))
+    largest = max(regions, key=lambda r: r.area)
+    r0, c0, r1, c1 = largest.bbox
+    h, w = foreground.shape
+    if largest.area > NETWORK_SHARE * total and ((r0 == 0 and r1 == h) or (c0 == 0 and c1 == w)):
+        return False, ("boxes hidden: the foreground is one connected network touching opposite borders of the "
+                       "image, not separate objects")
+    gap = distance_transform_edt(~foreground)[~foreground].mean()
+    width = distance_transform_edt(foreground)[foreground].mean()
+    if gap < PACKED_GAP * width:
+        return False, ("boxes hidden: the foreground regions are packed with gaps narrower than themselves "
+                       "(grains or cells of a continuous microstructure), not separate objects on a background")
+    objects = [r for r in regions if r.area >= min_area]
+    if not objects:
+        return True, f"boxes shown: no foreground region of {min_area} px or more, no boxes"
+    solidity = float(np.average([r.solidity for r in objects], weights=[r.area for r in objects]))
+    if solidity < IRREGULAR_SOLIDITY:
+        return False, ("boxes hidden: the foreground regions are irregular, branching shapes, not compact "
+                       "objects")
+    return True, "boxes shown: the foreground is separate, compact objects"
 
 
 def _crf_labels(image: np.ndarray, labels: np.ndarray, config: CASConfig) -> np.ndarray:
