@@ -382,17 +382,66 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
         raise ValueError(f"scaled features of shape {scaled.shape} do not match features of shape {data.shape}")
     guided = len(lead) >= 2 and clf.guided_radius > 0 and bool(clf.guide)
     step = clf.predict_step if guided else 1
-    offset = tuple(int(-o % step) for o in origin)
     if step > 1:  # the lattice of pixels the classifier reads
-        data = data[..., offset[0]::step, offset[1]::step, :]
-        scaled = None if scaled is None else scaled[..., offset[0]::step, offset[1]::step]
+        read = (Ellipsis, *read_pixels(clf, lead[-2:], origin))
+        data = data[(*read, slice(None))]
+        scaled = None if scaled is None else scaled[read]
     out = np.moveaxis(_pixel_proba(clf, data, scaled), 0, -1)  # (..., K) view of a channels-first buffer
-    if guided:
-        guide = _data(features)[..., list(clf.guide)].mean(axis=-1, dtype=np.float32)
-        out = guided_filter(guide, out, clf.guided_radius, step=step, offset=offset)
-    if len(lead) >= 2 and clf.smooth > 0:
-        out = gaussian_smooth(out, clf.smooth)
-    return out
+    guide = _data(features)[..., list(clf.guide)].mean(axis=-1, dtype=np.float32) if guided else None
+    return _smoothed(clf, out, guide, origin, len(lead) >= 2)
+
+
+def read_pixels(clf: PixelClassifier, shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> tuple[slice, slice]:
+    """``(rows, cols)`` of the pixels of an ``(H, W)`` window at plane coordinates ``origin`` whose
+    features the classifier reads (:func:`predict`): with the guided filter and
+    ``clf.predict_step > 1``, every ``predict_step``-th row and column (plane coordinates multiple
+    of it); else every pixel."""
+    step = clf.predict_step if clf.guided_radius > 0 and clf.guide else 1
+    return tuple(slice(int(-o % step), n, step) for o, n in zip(origin, shape))
+
+
+def predict_read(clf: PixelClassifier, read: np.ndarray, guide: Optional[np.ndarray],
+                 origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """:func:`predict` of an ``(H, W)`` window for a caller that reads the features itself (a
+    compact cache decodes only these): the same probabilities, from the same values.
+
+    Parameters
+    ----------
+    clf
+        A fitted classifier.
+    read : (h, w, F) float32 array
+        The window's features at :func:`read_pixels` ``(clf, (H, W), origin)``.
+    guide : (H, W) float32 array or None
+        The mean of the window's feature channels ``clf.guide`` at every pixel; ``None`` when
+        ``clf`` has no guided filter (``read`` is then the whole window).
+    origin
+        As for :func:`predict`.
+
+    Returns
+    -------
+    (H, W, K) float32 probabilities.
+    """
+    data = _data(read)
+    if data.ndim != 3 or data.shape[-1] != clf.n_features:
+        raise ValueError(f"features read must be (h, w, {clf.n_features}), got {data.shape}")
+    guided = clf.guided_radius > 0 and bool(clf.guide)
+    if guided != (guide is not None):
+        raise ValueError("a guide image is needed exactly when the classifier has a guided filter")
+    out = np.moveaxis(_pixel_proba(clf, data), 0, -1)
+    return _smoothed(clf, out, guide, origin, True)
+
+
+def _smoothed(clf: PixelClassifier, proba: np.ndarray, guide: Optional[np.ndarray], origin: tuple[int, int],
+              plane: bool) -> np.ndarray:
+    """Probabilities at the pixels read -> every pixel: the guided filter (``guide`` not ``None``),
+    then the Gaussian (``plane``: the last two leading axes are an image plane)."""
+    if guide is not None:
+        step = clf.predict_step
+        offset = tuple(int(-o % step) for o in origin)
+        proba = guided_filter(guide, proba, clf.guided_radius, step=step, offset=offset)
+    if plane and clf.smooth > 0:
+        proba = gaussian_smooth(proba, clf.smooth)
+    return proba
 
 
 def logit_space(clf: PixelClassifier, channel_names: Sequence[str]):

@@ -133,9 +133,10 @@ class Segmenter:
                     parts.append(part)
                     keys.append((key, tuple((c.start, c.stop) for c in core)))
                 continue
-            for window, core, key, stack in self._window_features(norm, config, sub, cache):
+            storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache, config)
+            for window, core, key, stack in self._window_features(norm, config, sub, cache, storage):
                 crop = np.asarray(lab)[in_plane(window, core)]
-                parts.append(training_part(stack.data[core], crop, step))
+                parts.append(window_training_part(stack, core, crop, step))
                 keys.append((key, tuple((c.start, c.stop) for c in core)))
                 names = stack.channel_names
                 del stack  # before the next tile's features are computed
@@ -197,9 +198,12 @@ class Segmenter:
                 out[window][core] = predict(reduced, stack, origin=_start(window))[core]
                 del stack
         else:
+            storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache)
             for window, core, key, stack in self._window_features(norm, self.features, within(progress, 0, 0.95),
-                                                                  cache):
-                out[window][core] = predict(clf, stack, self.scaled_features(stack, key, cache), _start(window))[core]
+                                                                  cache, storage):
+                scaled = self.scaled_features(stack, key, cache) if storage == "float32" else None
+                whole = tuple(slice(0, n) for n in stack.shape)
+                out[window][core] = predict_part(clf, stack, whole, _start(window), scaled)[core]
                 del stack  # before the next tile's features are computed
         if self.crf is not None:
             from .crf import crf_refine
@@ -252,12 +256,33 @@ class Segmenter:
             return None
         return logit_space(self._fitted(), self.channel_names)
 
+    def feature_bytes(self, shape: tuple[int, int], n_channels: int, config: Optional[FeatureConfig] = None) -> int:
+        """Bytes of all the float32 feature windows (:func:`plane_windows`, margins included) of an
+        ``(H, W)`` plane of ``n_channels``, with ``config`` (default: the segmenter's, resolved)."""
+        from .features.featurise import n_features
+
+        config = self.features if config is None else config
+        windows = plane_windows(shape, config, self.training, self.tile)
+        pixels = sum((r.stop - r.start) * (c.stop - c.start) for (r, c), _ in windows)
+        return 4 * pixels * n_features(config, n_channels)
+
+    def feature_storage(self, shape: tuple[int, int], n_channels: int, cache,
+                        config: Optional[FeatureConfig] = None) -> str:
+        """How ``cache`` keeps the feature windows of an ``(H, W)`` plane of ``n_channels``:
+        :func:`~napari_dinoseg.features.featurise.plane_storage` of :meth:`feature_bytes` and the
+        cache's budget (``"float32"`` without a cache)."""
+        from .features.featurise import plane_storage
+
+        if cache is None:
+            return "float32"
+        return plane_storage(self.feature_bytes(shape, n_channels, config), cache.max_bytes)
+
     def scaled_features(self, stack, key: Optional[str], cache) -> Optional[np.ndarray]:
         """The classifier's :func:`~napari_dinoseg.classify.scaled_features` of a cached stack,
         kept in ``cache`` while the classifier's scaling stays the same (refits on the same
         training images keep it); ``None`` without a cache: :func:`predict` scales as it goes."""
         clf = self._fitted()
-        if cache is None or key is None or stack.data.ndim != 3:
+        if cache is None or key is None or getattr(stack, "data", np.empty(0)).ndim != 3:  # not a CompactStack
             return None
         from .classify import scaled_features
 
@@ -338,16 +363,53 @@ class Segmenter:
             part = TrainingPart(x=x, y=crop[crop > 0].astype(np.int64), grid=grid)
             yield window, core, key, part, names
 
-    def _window_features(self, norm: np.ndarray, config: FeatureConfig, progress, cache):
-        """Yield ``(window, core, key, FeatureStack)`` for every tile of a normalised plane: ``window``
+    def _window_features(self, norm: np.ndarray, config: FeatureConfig, progress, cache, storage: str = "float32"):
+        """Yield ``(window, core, key, stack)`` for every tile of a normalised plane: ``window``
         slices the plane, ``core`` slices the window's features down to the part the tile owns,
-        ``key`` is the stack's cache key (``None`` without a cache)."""
+        ``key`` is the stack's cache key (``None`` without a cache), ``stack`` a FeatureStack or,
+        with ``storage="float16"``, a CompactStack (:func:`window_training_part`, :func:`predict_part`
+        read either)."""
         from .features.featurise import keyed_featurise
 
         windows = plane_windows(norm.shape[:2], config, self.training, self.tile)
         for n, (window, core) in enumerate(windows):
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
-            yield (window, core, *keyed_featurise(norm[window], config, sub, cache, normalised=True))
+            yield (window, core, *keyed_featurise(norm[window], config, sub, cache, normalised=True, storage=storage))
+
+
+def window_training_part(stack, core: Slices, labels: np.ndarray, step: int):
+    """:func:`~napari_dinoseg.classify.training_part` of ``stack.data[core]`` and its ``labels``
+    ``(h, w)``; of a :class:`~napari_dinoseg.features.featurise.CompactStack`, only the painted
+    pixels and the grid sample are decoded."""
+    from .classify import TrainingPart
+    from .features.featurise import CompactStack
+
+    if not isinstance(stack, CompactStack):
+        return training_part(stack.data[core], labels, step)
+    painted = np.nonzero(labels)
+    x = stack.pixels(painted[0] + core[0].start, painted[1] + core[1].start)
+    grid = stack.region(*(slice(c.start, c.stop, step) for c in core)).reshape(-1, stack.n_features)
+    return TrainingPart(x=x, y=labels[painted].astype(np.int64), grid=grid)
+
+
+def predict_part(classifier: PixelClassifier, stack, part: Slices, origin: tuple[int, int],
+                 scaled: Optional[np.ndarray] = None) -> np.ndarray:
+    """``predict(classifier, stack.data[part], scaled[:, part], origin)``: ``(h, w, K)`` float32
+    probabilities of a rectangle ``part`` of a window's features at plane coordinates ``origin``.
+    A :class:`~napari_dinoseg.features.featurise.CompactStack` decodes only what the classifier
+    reads (:func:`~napari_dinoseg.classify.read_pixels` and the guide channels), into the same
+    probabilities as its decoded stack."""
+    from .classify import predict_read, read_pixels
+    from .features.featurise import CompactStack
+
+    if not isinstance(stack, CompactStack):
+        return predict(classifier, stack.data[part], None if scaled is None else scaled[(slice(None), *part)], origin)
+    read = read_pixels(classifier, tuple(p.stop - p.start for p in part), origin)
+    features = stack.region(*(slice(p.start + r.start, p.stop, r.step) for p, r in zip(part, read)))
+    guide = None
+    if classifier.guided_radius > 0 and classifier.guide:
+        guide = stack.region(*part, channels=list(classifier.guide)).mean(axis=-1, dtype=np.float32)
+    return predict_read(classifier, features, guide, origin)
 
 
 def _grid_and_painted(crop: np.ndarray, core: Slices, step: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -11,14 +11,14 @@ reads around it, so a rectangle gets the whole plane's probabilities there, up t
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ..classify import PixelClassifier, predict
-from ..features.featurise import FeatureStack, featurise_projected, keyed_featurise
+from ..classify import PixelClassifier
+from ..features.featurise import CompactStack, FeatureStack, featurise_projected, keyed_featurise
 from ..progress import ProgressCallback, report, within
-from ..segmenter import Segmenter, Slices, check_finite, in_plane, plane_windows
+from ..segmenter import Segmenter, Slices, check_finite, in_plane, plane_windows, predict_part
 
 #: Pixels predicted between two progress reports, i.e. between two chances to cancel: about
 #: 0.3 to 0.9 s with 65 classical features on a busy 2-core machine. Each band is predicted
@@ -28,9 +28,10 @@ BAND_PIXELS = 1 << 18
 #: Share of a live prediction's progress given to features (nothing to do when they are cached).
 FEATURE_SHARE = 0.3
 
-#: ``features(window) -> (FeatureStack, scaled)`` of one tile window of the plane, ``scaled`` its
+#: ``features(window) -> (stack, scaled)`` of one tile window of the plane: a FeatureStack (or a
+#: CompactStack, as a feature cache keeps the windows of a large plane) and its
 #: :meth:`Segmenter.scaled_features` (or ``None``).
-TileFeatures = Callable[[Slices], tuple[FeatureStack, Optional[np.ndarray]]]
+TileFeatures = Callable[[Slices], tuple[Union[FeatureStack, CompactStack], Optional[np.ndarray]]]
 
 
 def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slices]], features: TileFeatures,
@@ -48,8 +49,9 @@ def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slic
     windows
         ``(window, core)`` tiles of the plane from :func:`napari_dinoseg.segmenter.plane_windows`.
     features
-        The feature stack of one window, ``(h_window, w_window, F)``, and its scaled features
-        ``(F, h_window, w_window)`` or ``None``.
+        The feature stack of one window, ``(h_window, w_window, F)`` (or its
+        :class:`~napari_dinoseg.features.featurise.CompactStack`: only what the classifier reads is
+        decoded), and its scaled features ``(F, h_window, w_window)`` or ``None``.
     region
         ``(rows, cols)`` slices with explicit ``start < stop`` inside the plane.
 
@@ -65,9 +67,7 @@ def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slic
             continue
         grown = tuple(slice(max(w.start, o.start - margin), min(w.stop, o.stop + margin)) for w, o in zip(window, owned))
         stack, scaled = features(window)
-        part = _relative(grown, window)
-        proba = predict(classifier, stack.data[part], None if scaled is None else scaled[(slice(None), *part)],
-                        origin=(grown[0].start, grown[1].start))
+        proba = predict_part(classifier, stack, _relative(grown, window), (grown[0].start, grown[1].start), scaled)
         out[_relative(owned, region)] = proba[_relative(owned, grown)]
     return out
 
@@ -170,11 +170,12 @@ def visible_region(corners: np.ndarray, shape: tuple[int, int]) -> Optional[Slic
 
 def _tile_features(segmenter: Segmenter, norm: np.ndarray, progress, cache, projection=None) -> TileFeatures:
     """``features(window)`` through ``cache``, the last window's kept at hand (bands walk the tiles in
-    order); with a ``projection`` of the ViT channels (:meth:`Segmenter.logit_space`), the window's
+    order), kept as :meth:`Segmenter.feature_storage` says for the plane; with a ``projection`` of the ViT channels (:meth:`Segmenter.logit_space`), the window's
     :func:`~napari_dinoseg.features.featurise.featurise_projected` features."""
     last: dict = {}
+    storage = segmenter.feature_storage(norm.shape[:2], norm.shape[-1], cache)
 
-    def features(window: Slices) -> tuple[FeatureStack, Optional[np.ndarray]]:
+    def features(window: Slices) -> tuple[Union[FeatureStack, CompactStack], Optional[np.ndarray]]:
         where = tuple((s.start, s.stop) for s in window)
         if where not in last:
             last.clear()
@@ -183,8 +184,9 @@ def _tile_features(segmenter: Segmenter, norm: np.ndarray, progress, cache, proj
                                             cache=cache)
                 last[where] = stack, None
             else:
-                key, stack = keyed_featurise(norm[window], segmenter.features, progress, cache, normalised=True)
-                last[where] = stack, segmenter.scaled_features(stack, key, cache)
+                key, stack = keyed_featurise(norm[window], segmenter.features, progress, cache, normalised=True,
+                                             storage=storage)
+                last[where] = stack, segmenter.scaled_features(stack, key, cache) if storage == "float32" else None
         return last[where]
 
     return features

@@ -176,7 +176,8 @@ def run_train_job(
     if not planes and not job.use_loaded:
         raise ValueError("no labelled pixels: paint at least one stroke for each of two classes")
     import_compute_libraries(job.segmenter.features.uses_vit, announce)
-    plan = _plan(job)
+    kept = feature_note(job, cache)
+    plan = _plan(job) + (f"; {kept}" if kept else "")
     if announce is not None:
         announce(plan)
     cache = _Recording(cache)
@@ -190,6 +191,8 @@ def run_train_job(
             trained_on = list(dict.fromkeys(_describe(src, planes) for src, _ in planes))
         segs, uncs, messages = _predict(job, predict_plane, within(progress, fit_share, 1), cache)
     messages = [str(w.message) for w in caught] + messages
+    if kept.startswith("features cannot be kept"):  # the status line ends with it
+        messages.append(kept)
     report(progress, 1000, 1000, "done")
     return TrainResult(
         segmenter=job.segmenter,
@@ -211,6 +214,23 @@ def _plan(job: TrainJob) -> str:
     first = job.sources[0].plane(job.predict_slices[0])
     return describe_plan(seg.features.resolved(device.type), first.shape[:2], first.shape[2] if first.ndim == 3 else 1,
                          device)
+
+
+def feature_note(job: TrainJob, cache: FeatureCache) -> str:
+    """How ``cache`` keeps the features of the slice a job predicts, for the plan line: ``""`` when
+    as they are; that they are kept as float16; or that they cannot be kept (their size and the
+    cache's budget; see :func:`~napari_dinoseg.features.featurise.storage_note`). ViT and hybrid
+    features (kept as token grids) get ``""``."""
+    from ..features.featurise import storage_note
+
+    seg = job.segmenter
+    if seg.features.uses_vit or not job.predict_slices:
+        return ""
+    config = seg.features.resolved(resolve_device(seg.features.device).type)
+    first = job.sources[0].plane(job.predict_slices[0])
+    shape, n_channels = first.shape[:2], first.shape[2] if first.ndim == 3 else 1
+    nbytes = seg.feature_bytes(shape, n_channels, config)
+    return storage_note(seg.feature_storage(shape, n_channels, cache, config), nbytes, cache.max_bytes)
 
 
 def _predict(job: TrainJob, predict_plane: PlanePredictor, progress: Optional[ProgressCallback],
@@ -256,6 +276,10 @@ class _Recording:
 
     def recount(self, key: tuple) -> None:
         self.cache.recount(key)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.cache.max_bytes
 
 
 def _describe(source: Source, planes: list) -> str:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Hashable, Optional
+from typing import Callable, Hashable, Literal, Optional, Union
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from ..progress import ProgressCallback, report, within
 
 #: Fraction of the available memory a feature stack may take before featurise refuses.
 MEMORY_FRACTION = 0.5
+#: Fraction of the machine's memory a :class:`FeatureCache` holds by default (at least ``MIN_CACHE_BYTES``).
+CACHE_FRACTION = 0.25
+MIN_CACHE_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -472,22 +476,228 @@ def cached_featurise(image: np.ndarray, config: FeatureConfig, progress: Optiona
                      cache: Optional["FeatureCache"] = None, normalised: bool = False) -> FeatureStack:
     """:func:`featurise` through ``cache``: its stack when it holds one for this image and config,
     else computed and put there; plain :func:`featurise` when ``cache`` is ``None``."""
-    return keyed_featurise(image, config, progress, cache, normalised)[1]
+    return as_stack(keyed_featurise(image, config, progress, cache, normalised)[1])
 
 
 def keyed_featurise(image: np.ndarray, config: FeatureConfig, progress: Optional[ProgressCallback] = None,
-                    cache: Optional["FeatureCache"] = None,
-                    normalised: bool = False) -> tuple[Optional[str], FeatureStack]:
+                    cache: Optional["FeatureCache"] = None, normalised: bool = False,
+                    storage: "Storage" = "float32") -> tuple[Optional[str], Union[FeatureStack, "CompactStack"]]:
     """:func:`cached_featurise` and the stack's :func:`cache_key` (``None`` without a cache), the key
-    for results derived from the stack (:meth:`FeatureCache.derived`)."""
+    for results derived from the stack (:meth:`FeatureCache.derived`).
+
+    ``storage`` (:func:`plane_storage` of the plane the image is a window of) says how a stack
+    computed here is kept: ``"float32"`` as it is; ``"float16"`` as a :class:`CompactStack`, which
+    is returned (also on this first call, so that every call sees the same values; see
+    :func:`as_stack`); ``"none"``: not kept (the cache's other entries are not evicted for a
+    stack that would be evicted before its next use). A stack already held is returned as held.
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     if cache is None:
         return None, featurise(image, config, progress, normalised=normalised)
     key = cache_key(image, config)
     stack = cache.get(key)
     if stack is None:
         stack = featurise(image, config, progress, normalised=normalised)
-        cache.put(key, stack)
+        if storage == "float16":
+            stack = CompactStack.encode(stack)
+        if storage != "none":
+            cache.put(key, stack)
     return key, stack
+
+
+#: How a plane's feature windows are kept in a cache (:func:`plane_storage`).
+Storage = Literal["float32", "float16", "none"]
+STORAGES = ("float32", "float16", "none")
+
+
+def plane_storage(float32_bytes: int, budget: int) -> Storage:
+    """How the feature windows of one plane are kept in a cache of ``budget`` bytes.
+
+    Parameters
+    ----------
+    float32_bytes
+        Bytes of all the plane's feature windows as float32 (``sum(h * w) * F * 4``).
+    budget
+        The cache's ``max_bytes``.
+
+    Returns
+    -------
+    ``"float32"`` when the windows and their scaled features (as many bytes again,
+    :meth:`napari_dinoseg.Segmenter.scaled_features`) fit; else ``"float16"`` when the windows fit
+    as :class:`CompactStack` s (half the bytes, no scaled features kept); else ``"none"``: every
+    use recomputes them (a least-recently-used cache walked window by window would evict each
+    window before its next use, and everything else with it).
+    """
+    if 2 * float32_bytes <= budget:
+        return "float32"
+    if float32_bytes // 2 <= budget:
+        return "float16"
+    return "none"
+
+
+def storage_note(storage: Storage, float32_bytes: int, budget: int) -> str:
+    """A line for the user on how a plane's features are kept (``""`` when kept as they are).
+
+    Parameters
+    ----------
+    storage, float32_bytes, budget
+        As for :func:`plane_storage`.
+    """
+    gib = 2**30
+    if storage == "float16":
+        return (f"features kept as float16 ({float32_bytes / 2 / gib:.1f} GiB of the {budget / gib:.1f} GiB "
+                "feature cache): later clicks reuse them")
+    if storage == "none":
+        return (f"features cannot be kept: {float32_bytes / 2 / gib:.1f} GiB even as float16, over the "
+                f"{budget / gib:.1f} GiB feature cache ({CACHE_FRACTION:.0%} of this machine's memory); "
+                "every click and live update recomputes them: crop the image to the region you are painting "
+                "for interactive speed")
+    return ""
+
+
+def default_cache_bytes(total: Optional[int] = None) -> int:
+    """The default budget of a :class:`FeatureCache`: ``CACHE_FRACTION`` of ``total`` bytes (default:
+    this machine's physical memory), at least ``MIN_CACHE_BYTES``."""
+    if total is None:
+        import psutil
+
+        total = psutil.virtual_memory().total
+    return max(MIN_CACHE_BYTES, int(CACHE_FRACTION * total))
+
+
+@dataclass(frozen=True)
+class CompactStack:
+    """A :class:`FeatureStack` kept in half its bytes: each channel centred and scaled, stored as float16.
+
+    Channel ``f`` is kept as ``codes[f] = float16((x_f - centre[f]) / scale[f])``, centred on its
+    median so that a channel with a small spread around a large value (a wide Gaussian blur) or
+    with tiny values (a Hessian determinant at a large sigma) keeps float16's relative precision
+    (about ``2**-11``) of its deviations: raw float16 would lose them.
+
+    Attributes
+    ----------
+    codes : (F, H, W) float16
+    centre, scale : (F,) float32
+    config, channel_names, attention
+        As for :class:`FeatureStack` (the attention, if any, kept as it is).
+    """
+
+    codes: np.ndarray
+    centre: np.ndarray
+    scale: np.ndarray
+    config: FeatureConfig
+    channel_names: tuple[str, ...]
+    attention: Optional[np.ndarray] = None
+
+    #: Every ``SAMPLE_STEP``-th row and column gives a channel's centre.
+    SAMPLE_STEP = 8
+    #: The sample's largest deviation from the centre becomes a code of this (float16's largest
+    #: finite value is 65504: values 64 times as far from the centre still fit).
+    SAMPLE_RANGE = 2.0**10
+    #: Codes of a channel scaled by its true extremes span at most this.
+    CODE_RANGE = 2.0**14
+
+    @classmethod
+    def encode(cls, stack: FeatureStack) -> "CompactStack":
+        """The compact form of ``stack`` (``(H, W, F)`` float32), in one pass over it.
+
+        Each channel's centre and scale come from a sample (every ``SAMPLE_STEP``-th row and
+        column): the sample's extremes become codes of ``SAMPLE_RANGE``; a channel with values
+        beyond float16's range even so is encoded again with the scale of its true extremes.
+        """
+        import torch
+
+        chw = np.moveaxis(stack.data, -1, 0)  # the featurisers' channels-first buffer, when it is one
+        sample = chw[:, ::cls.SAMPLE_STEP, ::cls.SAMPLE_STEP].reshape(len(chw), -1).astype(np.float64)
+        sample[~np.isfinite(sample)] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN samples
+            centre = np.nan_to_num(np.nanmedian(sample, axis=1))
+            reach = np.nan_to_num(np.nanmax(np.abs(sample - centre[:, None]), axis=1))
+        scale = np.where(reach > 0, reach / cls.SAMPLE_RANGE, 1.0)
+        codes = np.empty(chw.shape, np.float16)
+        peak = cls._encode(chw, codes, centre, scale)
+        for f in np.flatnonzero(peak > np.finfo(np.float16).max):  # beyond the sample's range: the true extremes
+            low, high = float(torch.min(torch.from_numpy(chw[f]))), float(torch.max(torch.from_numpy(chw[f])))
+            scale[f] = max(abs(high - centre[f]), abs(low - centre[f])) / cls.CODE_RANGE
+            cls._encode(chw[f:f + 1], codes[f:f + 1], centre[f:f + 1], scale[f:f + 1])
+        return cls(codes=codes, centre=centre.astype(np.float32), scale=scale.astype(np.float32), config=stack.config,
+                   channel_names=stack.channel_names, attention=stack.attention)
+
+    @staticmethod
+    def _encode(chw: np.ndarray, codes: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """``codes = float16((chw - centre) / scale)`` per channel, a block of rows at a time; returns
+        each channel's largest ``|(chw - centre) / scale|`` (NaN where it has non-finite values)."""
+        import torch
+
+        x, out = torch.from_numpy(chw), torch.from_numpy(codes)
+        shift = torch.from_numpy(centre.astype(np.float32))[:, None, None]
+        inverse = torch.from_numpy((1 / scale).astype(np.float32))[:, None, None]
+        peak = torch.zeros(len(chw))
+        for r0 in range(0, chw.shape[1], COPY_ROWS):
+            block = (x[:, r0:r0 + COPY_ROWS] - shift).mul_(inverse)
+            low, high = torch.aminmax(block.reshape(len(chw), -1), dim=1)
+            peak = torch.maximum(peak, torch.maximum(-low, high))
+            out[:, r0:r0 + COPY_ROWS].copy_(block)
+        return peak.numpy().astype(np.float64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape[1:]
+
+    @property
+    def n_features(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.attention is None else self.attention.nbytes
+        return self.codes.nbytes + self.centre.nbytes + self.scale.nbytes + extra
+
+    def decode(self) -> FeatureStack:
+        """The float32 stack: ``.data`` ``(H, W, F)``, a view of a channels-first buffer (as the
+        featurisers make it), equal to the encoded stack within float16 rounding of each channel's
+        deviation from its centre."""
+        return FeatureStack(data=self.region(slice(None), slice(None)), config=self.config,
+                            channel_names=self.channel_names, attention=self.attention)
+
+    def region(self, rows: slice, cols: slice, channels: Optional[list[int]] = None) -> np.ndarray:
+        """``(h, w, F)`` float32 features (``F = len(channels)`` when given) of the pixels ``rows``
+        x ``cols`` (slices, steps allowed), as :meth:`decode` has them, without decoding the rest:
+        a view of a channels-first buffer."""
+        import torch
+
+        index = slice(None) if channels is None else list(channels)
+        codes = torch.from_numpy(self.codes)[index][:, rows, cols]
+        out = np.empty(tuple(codes.shape), np.float32)
+        self._decode(torch.from_numpy(out), codes, index)
+        return np.moveaxis(out, 0, -1)
+
+    def pixels(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``(N, F)`` float32 features of pixels ``(rows (N,), cols (N,))`` int arrays, as
+        :meth:`decode` has them, without decoding the rest."""
+        import torch
+
+        picked = torch.from_numpy(self.codes[:, rows, cols])
+        out = np.empty(tuple(picked.shape), np.float32)
+        self._decode(torch.from_numpy(out), picked, slice(None))
+        return out.T.copy()
+
+    def _decode(self, out, codes, channels) -> None:
+        """``out = float32(codes) * scale + centre``, channel by channel (the first axis): torch
+        tensors, ``channels`` the channels ``codes`` holds."""
+        import torch
+
+        shape = (-1,) + (1,) * (codes.dim() - 1)
+        out.copy_(codes)
+        out.mul_(torch.from_numpy(self.scale[channels]).reshape(shape))
+        out.add_(torch.from_numpy(self.centre[channels]).reshape(shape))
+
+
+def as_stack(held: Union[FeatureStack, CompactStack]) -> FeatureStack:
+    """A cached entry as a float32 :class:`FeatureStack` (a :class:`CompactStack` decoded)."""
+    return held.decode() if isinstance(held, CompactStack) else held
 
 
 class FeatureCache:
@@ -497,14 +707,18 @@ class FeatureCache:
     ----------
     max_bytes
         Entries are evicted, oldest use first, while the total exceeds this (the most recent
-        one is always kept).
+        one is always kept). Default: :func:`default_cache_bytes`, a quarter of this machine's
+        memory (6 GiB on a 24 GiB machine).
+
+    A stack is held as given: a :class:`FeatureStack`, or a :class:`CompactStack` (see
+    :func:`keyed_featurise`'s ``storage``).
     """
 
     #: Derived results (:meth:`derived`) kept at most, least recently used dropped first.
     MAX_DERIVED = 64
 
-    def __init__(self, max_bytes: int = 4 * 2**30) -> None:
-        self.max_bytes = int(max_bytes)
+    def __init__(self, max_bytes: Optional[int] = None) -> None:
+        self.max_bytes = default_cache_bytes() if max_bytes is None else int(max_bytes)
         # stacks under str keys, derived results under tuple keys, in order of last use
         self._items: OrderedDict[Hashable, object] = OrderedDict()
         self.hits = 0
