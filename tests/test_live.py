@@ -106,3 +106,47 @@ def test_with_a_crf_the_plane_is_predicted_in_one_go(phases):
 ])
 def test_visible_region_from_corner_pixels(corners, expected):
     assert visible_region(np.array(corners), (100, 120)) == expected
+
+
+@pytest.mark.parametrize("tile", [1024, 64])
+def test_view_first_reads_a_plane_kept_as_float16(phases, tile, monkeypatch):
+    """A plane over the cache's budget as float32 is kept as float16: the live update reads it
+    (featurising nothing after the fit) and predicts what ``predict_proba`` predicts from it."""
+    from napari_dinoseg.features.featurise import CompactStack
+
+    image, _, scribbles = phases
+    monkeypatch.setattr(Segmenter, "tile", tile)
+    budget = Segmenter(SMALL).feature_bytes(image.shape, 1, SMALL.resolved("cpu"))
+    cache = FeatureCache(max_bytes=budget)
+    seg = Segmenter(SMALL).fit(image, scribbles, cache=cache)
+    assert seg.feature_storage(image.shape, 1, cache) == "float16"
+    whole = seg.predict_proba(image, cache=cache)
+    misses = cache.misses
+    view = (slice(37, 131), slice(21, 99))
+    out = predict_view_first(seg, image, None, cache, view=view)
+    np.testing.assert_allclose(out, whole, atol=1e-5)
+    assert cache.misses == misses and any(isinstance(v, CompactStack) for v in cache._items.values())
+
+
+def test_the_dock_says_when_features_cannot_be_kept(make_napari_viewer, qtbot, phases, monkeypatch):
+    """Issue 23 item 6, in a real viewer: over the cache's budget even as float16, the plan line
+    and the status line say that the features cannot be kept, their size and the budget."""
+    from napari_dinoseg._widgets._feature_controls import SHARED_CACHE
+    from napari_dinoseg._widgets.train_widget import TrainWidget
+
+    image, _, scribbles = phases
+    SHARED_CACHE.clear()
+    monkeypatch.setattr(SHARED_CACHE, "max_bytes", 2**20)  # 1 MiB: 160^2 x 65 channels do not fit
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="img")
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="dinoseg: train")
+    labels = widget.new_labels_layer()
+    labels.data = scribbles.copy()
+    widget._run.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None and widget.last_result is not None, timeout=120_000)
+    plan = widget.features.plan.value
+    assert "features cannot be kept" in plan and "even as float16, over the 1 MiB feature cache" in plan
+    assert widget._status.value.endswith("for interactive speed") and "cannot be kept" in widget._status.value
+    assert widget.last_result.messages[-1] in plan
+    SHARED_CACHE.clear()

@@ -544,16 +544,20 @@ def storage_note(storage: Storage, float32_bytes: int, budget: int) -> str:
     storage, float32_bytes, budget
         As for :func:`plane_storage`.
     """
-    gib = 2**30
     if storage == "float16":
-        return (f"features kept as float16 ({float32_bytes / 2 / gib:.1f} GiB of the {budget / gib:.1f} GiB "
+        return (f"features kept as float16 ({_size(float32_bytes // 2)} of the {_size(budget)} "
                 "feature cache): later clicks reuse them")
     if storage == "none":
-        return (f"features cannot be kept: {float32_bytes / 2 / gib:.1f} GiB even as float16, over the "
-                f"{budget / gib:.1f} GiB feature cache ({CACHE_FRACTION:.0%} of this machine's memory); "
+        return (f"features cannot be kept: {_size(float32_bytes // 2)} even as float16, over the "
+                f"{_size(budget)} feature cache ({CACHE_FRACTION:.0%} of this machine's memory); "
                 "every click and live update recomputes them: crop the image to the region you are painting "
                 "for interactive speed")
     return ""
+
+
+def _size(nbytes: int) -> str:
+    """``"4.4 GiB"``, or ``"12 MiB"`` below a tenth of a GiB."""
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 0.1 * 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
 def default_cache_bytes(total: Optional[int] = None) -> int:
