@@ -502,3 +502,59 @@ def test_an_output_without_a_record_of_its_warnings_is_recomputed(tmp_path, bund
     summary = apply_bundle(bundle, images, out)
     assert summary.done == [str(target)] and len(summary.skipped) == 2
     assert batch.output_metadata(target)["warnings"] == []
+
+
+# ---- channels first or slices? an unnamed (3, H, W) TIFF is never decided in silence ----------------
+
+
+def _channels_first(path, planes):
+    """Three greyscale pages and no axis metadata, as many tools write a 3-slice stack or RGB."""
+    tifffile.imwrite(path, np.stack(planes), photometric="minisblack", metadata=None)
+    return path
+
+
+def test_cli_train_reads_an_unnamed_leading_3_as_channels_and_says_how_to_read_slices(tmp_path, two_textures,
+                                                                                     capsys):
+    image, _, scribbles = two_textures
+    img = _channels_first(tmp_path / "img.tif", [image, image[:, ::-1], image[::-1]])
+    labels = np.zeros((3, *image.shape), np.uint8)
+    labels[0] = scribbles
+    tifffile.imwrite(tmp_path / "lab3.tif", labels, photometric="minisblack", metadata=None)
+    tifffile.imwrite(tmp_path / "lab.tif", scribbles)
+    out = tmp_path / "m.dinoseg"
+    # with one label plane: trained on one 3-channel image, with a warning
+    assert main(["train", str(img), "--labels", str(tmp_path / "lab.tif"), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"dinoseg: warning: {img}: read as 3 channels" in err and "--axes ZYX" in err
+    assert Segmenter.load(out).n_channels == 3
+    # with three label planes (slices): refused, not trained on what the user did not mean
+    assert main(["train", str(img), "--labels", str(tmp_path / "lab3.tif"), "-o", str(tmp_path / "n.dinoseg")]) == 2
+    err = capsys.readouterr().err
+    assert "--axes ZYX" in err and "has 1 plane(s) but" in err and not (tmp_path / "n.dinoseg").exists()
+    # the axes given: three slices, no warning
+    assert main(["train", str(img), "--labels", str(tmp_path / "lab3.tif"), "-o", str(out), "--axes", "ZYX"]) == 0
+    assert "warning" not in capsys.readouterr().err and Segmenter.load(out).n_channels == 1
+    assert main(["train", str(img), "--labels", str(tmp_path / "lab.tif"), "-o", str(out), "--axes", "zyx"]) == 2
+    assert "upper-case letter" in capsys.readouterr().err
+
+
+def test_apply_decides_an_unnamed_leading_3_by_the_classifier_and_warns_when_it_cannot(tmp_path, bundle, two_textures,
+                                                                                      capsys):
+    image, truth, scribbles = two_textures
+    d = tmp_path / "in"
+    d.mkdir()
+    path = _channels_first(d / "x.tif", [image, np.roll(image, 16, axis=1), image])
+    out = tmp_path / "out"
+    args = ["apply", str(bundle), str(d), "-o", str(out), "--strict"]
+    assert main(args) == 1  # greyscale classifier: three planes, with a warning
+    text = capsys.readouterr().out
+    assert f"warning: {path}: read as 3 planes, for a greyscale classifier" in text and "--axes CYX" in text
+    labels = tifffile.imread(out / f"x{LABEL_SUFFIX}")
+    assert labels.shape == (3, *image.shape) and iou(labels[1], np.roll(truth, 16, axis=1), 2) > 0.9
+    assert main([*args, "--axes", "ZYX"]) == 0  # said so: no warning, and recomputed (read with other axes)
+    assert capsys.readouterr().out.startswith("done 1, skipped 0 (0 already there), failed 0\n")
+    assert main([*args, "--axes", "ZYX"]) == 0 and "1 already there" in capsys.readouterr().out
+    rgb = Segmenter(FAST, TrainConfig(classifier="logistic")).fit(np.stack([image] * 3, -1), scribbles)
+    summary = apply_bundle(rgb.save(tmp_path / "rgb.dinoseg"), d, tmp_path / "out_rgb")
+    assert len(summary.done) == 1 and summary.warnings == []  # a 3-channel classifier decides
+    assert tifffile.imread(summary.done[0]).shape == image.shape

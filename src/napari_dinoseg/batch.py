@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from .atomic import NoSpaceError, clean_stale, write_atomic
-from .reading import IMAGE_SUFFIXES, read_image
+from .reading import IMAGE_SUFFIXES, check_axes, read_image
 
 LABEL_SUFFIX = "_labels.tif"
 PROBA_SUFFIX = "_proba.tif"
@@ -196,6 +196,7 @@ def apply_bundle(
     probabilities: bool = False,
     overwrite: bool = False,
     progress: Optional[Callable[[int, int, str], None]] = None,
+    axes: Optional[str] = None,
 ) -> BatchSummary:
     """Segment every input image with a saved classifier and write a label image per input.
 
@@ -206,8 +207,10 @@ def apply_bundle(
         :func:`napari_dinoseg.save_bundle`.
     inputs
         A folder, a glob pattern, a file or a list of files (tif / png / jpg). A TIFF's axes
-        are read from its metadata: every plane of a stack or time series is segmented and
-        the output keeps the leading axes.
+        are read from its metadata (or ``axes``): every plane of a stack or time series is
+        segmented and the output keeps the leading axes. An unnamed axis of 3 or 4 before the
+        plane is read as channels for a classifier of that many channels, else as planes with
+        a warning (see :mod:`napari_dinoseg.reading`).
     out_dir
         Output folder: ``<stem>_labels.tif`` (uint8 / uint16 / uint32 labels, ``(*lead, H, W)``),
         and with ``probabilities`` ``<stem>_proba.tif`` (float32, ``(*lead, H, W, K)``).
@@ -216,6 +219,10 @@ def apply_bundle(
         mapped over the dask.distributed cluster.
     overwrite
         Recompute outputs that already exist (otherwise finished ones are skipped).
+    axes
+        The axes of the TIFF inputs with that many dimensions (``"ZYX"``, ``"CYX"``, ...),
+        replacing their files'; ``None``: each file's own. See
+        :func:`napari_dinoseg.reading.read_image`.
     progress
         ``progress(0, total, "")`` once everything is checked and work starts (not called when
         nothing is left to do), then ``progress(done, total, input name)`` after each input;
@@ -236,6 +243,7 @@ def apply_bundle(
     from .bundle import read_bundle
 
     read_bundle(bundle)  # fail early, here, on a bad bundle
+    axes = None if axes is None else check_axes(axes)
     bundle_id = fingerprint(bundle)
     files, unusable = find_inputs(inputs)
     if not files:
@@ -249,7 +257,8 @@ def apply_bundle(
         (summary.failed if reason == "no such file" else summary.skipped).append((path, reason))
     todo, foreign = [], []
     for path in files:
-        state, recorded = ("redo", []) if overwrite else _finished(path, out, stems[path], probabilities, bundle_id)
+        state, recorded = ("redo", []) if overwrite else _finished(path, out, stems[path], probabilities, bundle_id,
+                                                                   axes)
         if state == "done":
             summary.skipped.append((str(path), ALREADY_THERE))
             summary.warnings += [(str(path), message) for message in recorded]
@@ -260,7 +269,7 @@ def apply_bundle(
     if foreign:
         raise ValueError(f"{len(foreign)} output(s) in {str(out)!r} were made by another classifier or an older "
                          f"version (e.g. {foreign[0]}); choose another output folder, or overwrite them")
-    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p]) for p in todo]
+    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes) for p in todo]
     # connected here, so that a scheduler that does not answer is refused before work starts
     client = None if scheduler is None else _client(scheduler)
     results = (process_file(*job) for job in jobs) if client is None else _on_dask(client, jobs)
@@ -337,10 +346,11 @@ def _source(path: Path) -> dict:
     return {"source": path.name, "source_size": info.st_size, "source_mtime_ns": info.st_mtime_ns}
 
 
-def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: str) -> tuple[str, list]:
+def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: str,
+              axes: Optional[str] = None) -> tuple[str, list]:
     """``("done", warnings recorded with the labels)`` when every output the run asks for exists,
-    is readable, was made by this classifier from this input as it is now and records its
-    warnings; ``("foreign", [])`` when one was made by another classifier (or carries no
+    is readable, was made by this classifier from this input as it is now, read with the same
+    ``axes``, and records its warnings; ``("foreign", [])`` when one was made by another classifier (or carries no
     fingerprint); ``("redo", [])`` otherwise (an older version's output, without the record of
     its warnings, included: a rerun could not vouch for it)."""
     wanted = [stem + LABEL_SUFFIX] + ([stem + PROBA_SUFFIX] if probabilities else [])
@@ -357,6 +367,8 @@ def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: 
             return "foreign", []
         if {k: meta.get(k) for k in ("source", "source_size", "source_mtime_ns")} != _source(path):
             return "redo", []  # the input changed since
+        if meta.get("axes_given") != axes:
+            return "redo", []  # read with other axes
         warnings = meta.get("warnings")
         if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
             return "redo", []
@@ -369,12 +381,13 @@ NO_SPACE = "no space"
 
 
 def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
-                 stem: Optional[str] = None) -> tuple[str, str, str, list]:
+                 stem: Optional[str] = None, axes: Optional[str] = None) -> tuple[str, str, str, list]:
     """Segment one file: ``(input, "done", output, warnings)``, ``(input, "failed", reason, [])``,
     or ``(input, "no space", message, [])`` when the output disk is full.
 
     Runs anywhere (this process or a dask worker): it loads the bundle itself, once per
-    process and bundle content, and never raises for a bad input.
+    process and bundle content, and never raises for a bad input. ``axes``: as in
+    :func:`apply_bundle`.
     """
     from .segmenter import Segmenter
 
@@ -385,7 +398,7 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
             _SEGMENTERS[(bundle, bundle_id)] = Segmenter.load(bundle)
         seg = _SEGMENTERS[(bundle, bundle_id)]
         source = Path(path)
-        image = read_image(source, seg.n_channels)
+        image = read_image(source, seg.n_channels, axes=axes)
         labels, probas, warnings = [], [], []
         planes = image.planes
         for i, plane in enumerate(planes):
@@ -397,7 +410,8 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
                 probas.append(proba)
         warnings += list(image.notes)
         meta = {"dinoseg_bundle": bundle_id, **_source(source), "classes": seg.classes.tolist(),
-                "warnings": [str(w) for w in warnings]}  # reported again by a rerun that skips the image
+                "warnings": [str(w) for w in warnings],  # reported again by a rerun that skips the image
+                "axes_given": axes}
         lead, axes = image.lead_shape, image.lead_axes
         stem = stem or source.stem
         if probabilities:  # the labels last: an image is finished when every output is there

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+AXES_HELP = ("axes of the TIFFs with that many dimensions, one letter each, replacing the files' own: ZYX "
+             "(slices), CYX (channels first), TZCYX, ... (default: each file's metadata)")
 #: How a user of the CLI gives a checkpoint file: the last words of a missing-weights message.
 WEIGHTS_HINT = "or pass --weights PATH (the checkpoint file)"
 
@@ -59,6 +61,7 @@ def _apply_parser(apply: argparse.ArgumentParser) -> None:
     apply.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
     apply.add_argument("--strict", action="store_true",
                        help="exit with status 1 when an image draws a warning (unlike the training images)")
+    apply.add_argument("--axes", default=None, help=AXES_HELP)
 
 
 def _train_parser(train: argparse.ArgumentParser) -> None:
@@ -82,6 +85,7 @@ def _train_parser(train: argparse.ArgumentParser) -> None:
     train.add_argument("--no-edge-smoothing", action="store_true", help="no guided filter on the probabilities")
     train.add_argument("--pca", type=int, default=None, help="PCA dimension of the ViT channels")
     train.add_argument("--crf", action="store_true", help="refine predictions with a dense CRF")
+    train.add_argument("--axes", default=None, help=AXES_HELP + " (the images'; label files are read as planes)")
 
 
 def apply_command(args: argparse.Namespace) -> int:
@@ -101,7 +105,8 @@ def apply_command(args: argparse.Namespace) -> int:
 
     try:
         summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
-                               probabilities=args.probabilities, overwrite=args.overwrite, progress=tick)
+                               probabilities=args.probabilities, overwrite=args.overwrite, progress=tick,
+                               axes=args.axes)
     finally:
         for bar in bars:
             bar.close()
@@ -113,6 +118,7 @@ def apply_command(args: argparse.Namespace) -> int:
 
 def train_command(args: argparse.Namespace) -> int:
     from .config import CRFConfig, FeatureConfig, TrainConfig
+    from .reading import check_axes
     from .segmenter import Segmenter
 
     if len(args.images) != len(args.labels):
@@ -123,9 +129,10 @@ def train_command(args: argparse.Namespace) -> int:
     training = TrainConfig(classifier=args.classifier, pca_dim=args.pca,
                            guided_radius=0 if args.no_edge_smoothing else TrainConfig.guided_radius)
     _check_weights(features)
+    axes = None if args.axes is None else check_axes(args.axes)
     images, labels = [], []
     for image_path, label_path in zip(args.images, args.labels):
-        planes = _read(image_path, None)
+        planes = _read(image_path, None, axes)
         label_planes = _read(label_path, 1)
         if len(planes) != len(label_planes):
             raise ValueError(f"{image_path} has {len(planes)} plane(s) but {label_path} has {len(label_planes)}")
@@ -160,17 +167,23 @@ def _check_weights(features) -> None:
         raise
 
 
-def _read(path: str, channels: Optional[int]) -> list:
-    """The planes of an image or label file, with the file's name in any error."""
+def _read(path: str, channels: Optional[int], axes: Optional[str] = None) -> list:
+    """The planes of an image or label file (``channels=1``), with the file's name in any error;
+    an image file's notes (an axis read as channels, an alpha channel left out) are printed as
+    warnings. Label files are read as planes, without notes."""
     from .reading import read_image
 
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        planes = read_image(p, channels).planes
+        image = read_image(p, channels, axes=axes)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+    planes = image.planes
+    if channels != 1:
+        for note in image.notes:
+            print(f"dinoseg: warning: {path}: {note}", file=sys.stderr)
     if channels == 1:  # label files: whole numbers saved as floats (as some tools do) are label values
         planes = [_whole(plane, path) for plane in planes]
     return planes

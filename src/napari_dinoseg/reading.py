@@ -1,12 +1,19 @@
 """Image files -> planes, with their axes read from the file, not guessed from the shape.
 
-A TIFF's axes come from tifffile's series (OME-XML, ImageJ or tifffile's own metadata): ``C``
-and ``S`` are channels, ``Y`` ``X`` the plane, every other axis (``T``, ``Z``, ...) a leading
-axis whose planes are segmented one by one and kept in the output's shape. Where a TIFF says
-nothing (axes ``Q`` / ``I``), a last axis of at most ``MAX_CHANNELS`` is read as channels, the
-rule the widgets use for arrays. PNG / JPEG channels come from the PIL mode (grey, grey + alpha,
-RGB, RGBA, palette). Alpha is dropped; any other channel-count mismatch is refused, naming both
-counts.
+A TIFF's axes come from tifffile's series (OME-XML, ImageJ or tifffile's own metadata, the
+photometric tag): ``C`` and ``S`` are channels, ``Y`` ``X`` the plane, every other axis (``T``,
+``Z``, ...) a leading axis whose planes are segmented one by one and kept in the output's shape.
+The caller may give the axes of TIFFs with as many dimensions (``axes="ZYX"``); they replace
+the file's. Where a TIFF says nothing (axes ``Q`` / ``I``):
+
+- a last axis of at most ``MAX_CHANNELS`` is read as channels, the rule the widgets use for arrays;
+- an axis of 3 or 4 just before the plane (``(3, H, W)``: an RGB image saved channels first, or
+  three slices?) is never decided in silence. A classifier of that many channels decides (there
+  is no other reading it can segment); otherwise it is read as channels, or for a greyscale
+  classifier as planes, with a note that says so and how to give the axes.
+
+PNG / JPEG channels come from the PIL mode (grey, grey + alpha, RGB, RGBA, palette). Alpha is
+dropped; any other channel-count mismatch is refused, naming both counts.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 ALPHA_NOTE = "its alpha channel was left out"
 #: tifffile's letters for axes its metadata did not name.
 UNKNOWN_AXES = set("QI")
+#: Sizes of an unnamed axis before the plane that may be channels first (RGB, RGBA) or slices.
+CHANNELS_FIRST_SIZES = (3, 4)
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class ImageFile:
         return list(self.data.reshape(-1, *self.data.shape[-plane_ndim:]))
 
 
-def read_image(path, channels: Optional[int] = None) -> ImageFile:
+def read_image(path, channels: Optional[int] = None, axes: Optional[str] = None) -> ImageFile:
     """Read an image file and check its channel count.
 
     Parameters
@@ -67,27 +76,38 @@ def read_image(path, channels: Optional[int] = None) -> ImageFile:
         A TIFF (OME / ImageJ / tifffile metadata honoured), PNG or JPEG file.
     channels
         The channel count the caller needs (a bundle's); ``None``: whatever the file has.
+        Also decides an unnamed axis of 3 or 4 before the plane (see the module docstring).
+    axes
+        The axes of a TIFF, one letter per dimension (``"ZYX"``, ``"CYX"``, ``"TZCYX"``; see
+        :func:`check_axes`), replacing the file's; TIFFs with another number of dimensions
+        keep theirs, PNG / JPEG files are not concerned. ``None``: the file's.
 
     Raises
     ------
     ValueError
-        Not an image file, empty, unreadable, axes without a plane, or a channel count other
-        than ``channels`` (both counts named).
+        Not an image file, empty, unreadable, axes without a plane, a channel count other
+        than ``channels`` (both counts named), or bad ``axes``.
+    TypeError
+        ``axes`` not a string.
     """
+    axes = None if axes is None else check_axes(axes)
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
     if path.stat().st_size == 0:
         raise ValueError("empty file")
     try:
-        data, axes, alpha, notes = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_pil(path)
+        data, found, alpha, notes = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_pil(path)
     except PermissionError:
         raise ValueError("permission denied: this user cannot read the file") from None
     except (ValueError, OSError, KeyError, IndexError, TypeError, SyntaxError, EOFError) as err:
         raise ValueError(f"cannot read the image (corrupt or not what its name says): {err}") from None
     if data.size == 0 or data.ndim < 2:
         raise ValueError("no image data in the file (corrupt or truncated)")
-    image = _channels_last(data, axes, alpha)
+    given = axes is not None and len(axes) == data.ndim and path.suffix.lower() in TIFF_SUFFIXES
+    if given:
+        alpha = alpha and "S" in axes
+    image = _channels_last(data, axes if given else found, alpha, channels)
     image = _with_channels(image, channels) if channels is not None else image
     return dataclasses.replace(image, notes=notes + image.notes) if notes else image
 
@@ -123,15 +143,47 @@ def _read_pil(path: Path) -> tuple[np.ndarray, str, bool, tuple]:
     return data, "YX" if data.ndim == 2 else "YXS", alpha, ()
 
 
-def _channels_last(data: np.ndarray, axes: str, alpha: bool) -> ImageFile:
-    """Reorder to (*lead, Y, X[, C]) from the file's axes string."""
+def check_axes(axes: str) -> str:
+    """``axes`` if it can name an image's axes: upper-case letters as tifffile uses them (``T``
+    time, ``Z`` depth, ``C`` / ``S`` channels, ``Y`` ``X`` the plane, ``Q`` unnamed), ``Y``
+    and ``X`` once each, one channel axis at most, no letter twice but ``Q``.
+
+    Raises
+    ------
+    TypeError
+        Not a string.
+    ValueError
+        Naming what is wrong and giving examples.
+    """
+    if not isinstance(axes, str):
+        raise TypeError(f"axes must be a string of axis letters such as 'ZYX' or 'CYX', got {type(axes).__name__}")
+    examples = "e.g. 'ZYX' for slices, 'CYX' for channels first, 'TZCYX'"
+    if not axes or not (axes.isascii() and axes.isalpha() and axes.isupper()):
+        raise ValueError(f"axes {axes!r}: give one upper-case letter per dimension of the file ({examples})")
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError(f"axes {axes!r} have no Y and X (the image plane); {examples}")
+    twice = sorted({a for a in axes if axes.count(a) > 1 and a != "Q"})
+    if twice:
+        raise ValueError(f"axes {axes!r} name {', '.join(twice)} twice; one letter per axis ({examples})")
+    if "C" in axes and "S" in axes:
+        raise ValueError(f"axes {axes!r} have two channel axes (C and S); name one, {examples}")
+    return axes
+
+
+def _channels_last(data: np.ndarray, axes: str, alpha: bool, channels: Optional[int] = None) -> ImageFile:
+    """Reorder to (*lead, Y, X[, C]) from the file's axes string; ``channels`` (the caller's
+    count, or ``None``) decides an unnamed axis of 3 or 4 before the plane."""
     if len(axes) != data.ndim:
         raise ValueError(f"the file's axes {axes!r} do not match its shape {data.shape}")
     named = [a for a in axes if a in "CS" and data.shape[axes.index(a)] > 1]
+    notes: tuple = ()
     if not named and set(axes) & UNKNOWN_AXES and data.ndim >= 3 and data.shape[-1] <= MAX_CHANNELS:
         # unnamed axes: the widgets' rule, a short last axis is channels
         axes = "".join("Q" if a not in UNKNOWN_AXES else a for a in axes[:-3]) + "YXC"
         named = ["C"] if data.shape[-1] > 1 else []
+    elif not named and _channels_first(data.shape, axes):
+        axes, notes = _decide_channels_first(data.shape, axes, channels)
+        named = ["C"] if "C" in axes else []
     if len(named) > 1:
         raise ValueError(f"the file has two channel axes ({axes!r}, shape {data.shape}); save one channel axis")
     if "Y" not in axes or "X" not in axes:
@@ -145,8 +197,36 @@ def _channels_last(data: np.ndarray, axes: str, alpha: bool) -> ImageFile:
     data = np.transpose(data, order + squeezed).reshape([data.shape[i] for i in order])
     lead_axes = "".join(axes[i] for i in lead)
     if alpha and channel == "S":
-        return _drop_alpha(data, lead_axes)
-    return ImageFile(data, lead_axes, data.shape[-1] if channel else 1)
+        image = _drop_alpha(data, lead_axes)
+        return dataclasses.replace(image, notes=notes + image.notes)
+    return ImageFile(data, lead_axes, data.shape[-1] if channel else 1, notes)
+
+
+def _channels_first(shape: tuple, axes: str) -> bool:
+    """An unnamed axis of 3 or 4 just before the plane (``...QYX``): channels first or slices?"""
+    return (len(axes) >= 3 and axes[-2:] == "YX" and axes[-3] in UNKNOWN_AXES
+            and shape[-3] in CHANNELS_FIRST_SIZES)
+
+
+def _decide_channels_first(shape: tuple, axes: str, channels: Optional[int]) -> tuple[str, tuple]:
+    """The axes with the ambiguous axis named ``C`` (channels) or kept (planes), and the note
+    that says which and how to give the axes; no note when ``channels`` equals its size (a
+    classifier of that many channels can segment no other reading)."""
+    n = shape[-3]
+    lead = axes[:-3]
+    as_channels = lead + "CYX"
+    as_planes = ("T" if lead else "") + "Q" * max(len(lead) - 1, 0) + "ZYX"
+    unknown = (f"the file does not say whether its axis of {n} before the image plane holds {n} channels "
+               f"(an {'RGB' if n == 3 else 'RGBA'} image saved channels first) or {n} slices")
+    how = "or save the file with its axes (ImageJ hyperstack or OME-TIFF)"
+    if channels == n:
+        return as_channels, ()
+    if channels is None or channels > 1:
+        return as_channels, (f"read as {n} channels: {unknown}; if they are slices, give the axes (--axes "
+                             f"{as_planes} on the command line, axes={as_planes!r} in Python), {how}",)
+    return axes, (f"read as {n} planes, for a greyscale classifier: {unknown}; if they are channels, give the axes "
+                  f"(--axes {as_channels} on the command line, axes={as_channels!r} in Python) and use a classifier "
+                  f"trained on {n}-channel images, {how}",)
 
 
 def _drop_alpha(data: np.ndarray, lead_axes: str) -> ImageFile:

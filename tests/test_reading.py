@@ -1,0 +1,114 @@
+"""Reading image files with their axes: metadata first; a short unnamed axis before the plane
+(channels first, or a few slices?) is never decided in silence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_dinoseg.reading import check_axes, read_image
+
+H, W = 40, 48
+
+
+@pytest.fixture
+def chw(tmp_path, rng):
+    """A (3, H, W) uint16 TIFF written as three greyscale pages with no axis metadata."""
+    data = rng.integers(0, 4000, (3, H, W)).astype(np.uint16)
+    path = tmp_path / "chw.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", metadata=None)
+    return path, data
+
+
+def test_an_unnamed_leading_axis_of_3_is_read_as_channels_saying_so_and_how_to_override(chw):
+    path, data = chw
+    image = read_image(path)
+    assert image.channels == 3 and image.lead_axes == "" and image.data.shape == (H, W, 3)
+    np.testing.assert_array_equal(image.data, np.moveaxis(data, 0, -1))
+    [note] = image.notes
+    assert "read as 3 channels" in note and "does not say" in note and "--axes ZYX" in note
+
+
+def test_a_classifier_with_that_many_channels_decides_without_a_word(chw):
+    path, data = chw
+    image = read_image(path, channels=3)
+    assert image.channels == 3 and image.data.shape == (H, W, 3) and image.notes == ()
+
+
+def test_for_a_greyscale_classifier_the_axis_is_read_as_planes_saying_so(chw):
+    path, data = chw
+    image = read_image(path, channels=1)
+    assert image.channels == 1 and image.lead_axes in ("Q", "I") and len(image.planes) == 3
+    np.testing.assert_array_equal(image.planes[2], data[2])
+    [note] = image.notes
+    assert "read as 3 planes" in note and "--axes CYX" in note
+
+
+@pytest.mark.parametrize("axes, channels, lead", [("ZYX", None, "Z"), ("ZYX", 1, "Z"), ("CYX", None, ""),
+                                                  ("CYX", 3, "")])
+def test_the_axes_given_decide_and_silence_the_note(chw, axes, channels, lead):
+    path, _ = chw
+    image = read_image(path, channels, axes=axes)
+    assert image.lead_axes == lead and image.notes == ()
+    assert image.channels == (3 if axes == "CYX" else 1)
+
+
+def test_the_axes_given_apply_only_to_files_with_that_many_axes(tmp_path, rng):
+    plane = rng.integers(0, 255, (H, W)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "plane.tif", plane)
+    image = read_image(tmp_path / "plane.tif", axes="ZYX")
+    assert image.data.shape == (H, W) and image.lead_axes == "" and image.notes == ()
+
+
+@pytest.mark.parametrize("write, axes", [
+    (dict(imagej=True, metadata={"axes": "ZYX"}), "Z"),
+    (dict(metadata={"axes": "ZYX"}), "Z"),
+    (dict(ome=True, metadata={"axes": "TYX"}), "T"),
+    (dict(metadata={"axes": "CYX"}), ""),
+    (dict(imagej=True, metadata={"axes": "CYX"}), ""),
+])
+def test_metadata_decides_without_a_note(tmp_path, rng, write, axes):
+    data = rng.integers(0, 255, (3, H, W)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", data, **write)
+    for channels in (None, 1) if axes else (None, 3):
+        image = read_image(tmp_path / "x.tif", channels)
+        assert image.lead_axes == axes and image.notes == ()
+
+
+def test_four_unnamed_planes_are_rgba_or_four_slices_never_silently(tmp_path, rng):
+    data = rng.integers(0, 255, (4, H, W)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", data, photometric="minisblack", metadata=None)
+    image = read_image(tmp_path / "x.tif")
+    assert image.channels == 4 and "read as 4 channels" in image.notes[0]
+    planes = read_image(tmp_path / "x.tif", 1)
+    assert len(planes.planes) == 4 and "read as 4 planes" in planes.notes[0]
+
+
+def test_a_time_series_of_unnamed_channels_first_planes(tmp_path, rng):
+    data = rng.integers(0, 255, (5, 3, H, W)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", data, photometric="minisblack")
+    image = read_image(tmp_path / "x.tif")
+    assert image.data.shape == (5, H, W, 3) and image.channels == 3 and "read as 3 channels" in image.notes[0]
+    assert read_image(tmp_path / "x.tif", axes="TZYX").data.shape == (5, 3, H, W)
+
+
+def test_five_unnamed_planes_are_a_stack_as_before(tmp_path, rng):
+    tifffile.imwrite(tmp_path / "x.tif", rng.integers(0, 255, (5, H, W)).astype(np.uint8))
+    image = read_image(tmp_path / "x.tif")
+    assert image.lead_axes == "Q" and len(image.planes) == 5 and image.notes == ()
+
+
+@pytest.mark.parametrize("axes, match", [
+    ("zyx", "upper-case letter"), ("ZY", "no Y and X|Y and X"), ("CSYX", "two channel axes"),
+    ("ZZYX", "twice"), ("Z-YX", "upper-case letter"), ("", "upper-case letter"),
+])
+def test_bad_axes_are_refused_naming_them(axes, match):
+    with pytest.raises(ValueError, match=match):
+        check_axes(axes)
+    assert check_axes("TZCYX") == "TZCYX"
+
+
+def test_axes_of_the_wrong_type_are_a_type_error():
+    with pytest.raises(TypeError, match="axes must be a string"):
+        check_axes(3)
