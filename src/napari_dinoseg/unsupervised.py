@@ -76,9 +76,17 @@ SILHOUETTE_GAIN = 0.05
 NETWORK_SHARE = 0.5
 #: Boxes: hidden when the gaps between foreground regions are narrower than this times the regions
 #: (mean distance of a background pixel to the foreground over the mean distance of a foreground
-#: pixel to the background). Measured with classical CAS: superalloy SEM 0.48-0.96 (18 images),
-#: ssTEM cells 0.83-1.08 (10 slices), random discs at 40 % cover 1.13-1.22, nuclei 3.4.
+#: pixel to the background). Measured with classical CAS: NASA superalloy SEM 0.48-0.96 (18
+#: images), ssTEM cells 0.83-1.08 (10 slices); random discs at 40 % cover 1.13-1.22, nuclei 3.4.
 PACKED_GAP = 1.1
+#: Boxes: the same, for irregular regions (area-weighted mean solidity below
+#: :data:`CONVEX_SOLIDITY`): interlocking regions this close are a microstructure (the tldr
+#: superalloy SEM: 1.21, solidity 0.81), while convex ones (packed beads, discs) stay objects.
+#: Particles 2.4, nuclei 3.4; thresholded smoothed noise at 30 % cover 1.8.
+PACKED_GAP_IRREGULAR = 1.5
+#: Boxes: regions with an area-weighted mean solidity at least this are convex (discs 0.97,
+#: particles 0.95; superalloy 0.71-0.83, ssTEM cells 0.74-0.79, nuclei with clumps 0.83).
+CONVEX_SOLIDITY = 0.9
 #: Boxes: hidden when the area-weighted mean solidity of the foreground regions is below this
 #: (nuclei 0.83, particles 0.95; thresholded smoothed noise at 30 % cover 0.50-0.71).
 IRREGULAR_SOLIDITY = 0.7
@@ -484,8 +492,10 @@ def boxes_are_meaningful(foreground: np.ndarray, min_area: int = 64) -> tuple[bo
     2. *packed*: the gaps between foreground regions are narrower than :data:`PACKED_GAP` times
        the regions themselves (the mean distance of a background pixel to the foreground over
        the mean distance of a foreground pixel to the background; for two phases sharing their
-       boundaries this is about the ratio of their mean widths): grains or cells separated by
-       thin boundaries, as in a superalloy or ssTEM of tissue;
+       boundaries this is about the ratio of their mean widths), or than
+       :data:`PACKED_GAP_IRREGULAR` times when the regions are not convex (their area-weighted
+       mean solidity below :data:`CONVEX_SOLIDITY`): grains or cells separated by thin
+       boundaries, as in a superalloy or ssTEM of tissue;
     3. *irregular*: the solidity (area / convex hull area) of the regions of ``min_area`` px or
        more, averaged with their areas as weights, is below :data:`IRREGULAR_SOLIDITY`.
 
@@ -537,15 +547,16 @@ def _slice_boxes_verdict(foreground: np.ndarray, min_area: int) -> tuple[bool, s
     if largest.area > NETWORK_SHARE * total and ((r0 == 0 and r1 == h) or (c0 == 0 and c1 == w)):
         return False, ("boxes hidden: the foreground is one connected network touching opposite borders of the "
                        "image, not separate objects")
-    gap = distance_transform_edt(~foreground)[~foreground].mean()
-    width = distance_transform_edt(foreground)[foreground].mean()
-    if gap < PACKED_GAP * width:
-        return False, ("boxes hidden: the foreground regions are packed with gaps narrower than themselves "
-                       "(grains or cells of a continuous microstructure), not separate objects on a background")
     objects = [r for r in regions if r.area >= min_area]
     if not objects:
         return True, f"boxes shown: no foreground region of {min_area} px or more, no boxes"
     solidity = float(np.average([r.solidity for r in objects], weights=[r.area for r in objects]))
+    gap = distance_transform_edt(~foreground)[~foreground].mean()
+    width = distance_transform_edt(foreground)[foreground].mean()
+    if gap < (PACKED_GAP if solidity >= CONVEX_SOLIDITY else PACKED_GAP_IRREGULAR) * width:
+        return False, ("boxes hidden: the foreground regions are packed close together, the gaps between them "
+                       "hardly wider than the regions (grains or cells of a continuous microstructure), not "
+                       "separate objects on a background")
     if solidity < IRREGULAR_SOLIDITY:
         return False, ("boxes hidden: the foreground regions are irregular, branching shapes, not compact "
                        "objects")
