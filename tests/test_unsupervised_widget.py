@@ -226,3 +226,35 @@ def test_parts_mode_co_segments_the_stack_with_shared_ids(dock, qtbot):
             assert share > (0.95 if k else 0.6), (k, z, share)
     assert len({ids[k][0] for k in ids}) == 3
     assert CAS_LAYER not in viewer.layers
+
+
+def two_phase_microstructure(seed: int = 0, shape=(140, 168)) -> np.ndarray:
+    """uint8: smoothed noise split at its median into a dark and a bright phase, both continuous
+    (no separate objects), grey levels 60 / 190 plus noise."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.normal(size=shape), 5)
+    image = np.where(smooth < np.median(smooth), 60.0, 190.0) + rng.normal(0, 8, shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_boxes_hidden_on_a_continuous_microstructure_and_the_status_says_why(dock, qtbot, blobs):
+    def boxes_layers():
+        return [layer for layer in viewer.layers if isinstance(layer, napari.layers.Shapes)]
+
+    viewer, widget = dock(blobs)
+    widget.features.kind.value = "classical"
+    segment(qtbot, widget)
+    assert widget.result.boxes_shown and len(boxes_layers()) == 1, widget._status.value  # two squares: boxes
+    assert "2 boxes" in widget._status.value
+
+    SHARED_CACHE.clear()
+    viewer.layers["img"].data = two_phase_microstructure()  # the same image layer, now a microstructure
+    segment(qtbot, widget)
+    assert widget.result is not None and not widget.result.boxes_shown
+    assert len(widget.result.boxes[0]) > 0  # computed, not drawn
+    assert boxes_layers() == []  # the squares' old boxes are gone too
+    status = widget._status.value
+    assert "boxes hidden: " in status and "not separate objects" in status, status
+    assert " boxes;" not in status and not status.rstrip().endswith(" boxes"), status

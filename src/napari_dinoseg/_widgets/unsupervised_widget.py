@@ -260,7 +260,7 @@ class UnsupervisedWidget(WorkerWidget):
                 colours.append("yellow" if i == sup else "cyan")
         if BOXES_LAYER in self._viewer.layers:
             self._viewer.layers.remove(BOXES_LAYER)
-        if rects:
+        if rects and result.boxes_shown:  # on a continuous microstructure boxes are clutter: none, say why
             self._viewer.add_shapes(rects, shape_type="rectangle", edge_color=colours, face_color="transparent",
                                     edge_width=2, name=BOXES_LAYER, **geometry)
 
@@ -273,9 +273,9 @@ class UnsupervisedWidget(WorkerWidget):
             return
         self.result = result
         self._write_layers(result)
-        n_boxes = sum(len(b) for b in result.boxes)
+        boxes = f"{sum(len(b) for b in result.boxes)} boxes" if result.boxes_shown else result.boxes_note
         if result.silhouettes:  # classical: no clusters merged
             how = "(classical features, their number chosen by silhouette)"
         else:
             how = f"from {result.n_clusters} clusters (distance {result.threshold:.3f})"
-        self._status.value = f"{int(result.labels.max())} classes {how}; {n_boxes} boxes"
+        self._status.value = f"{int(result.labels.max())} classes {how}; {boxes}"
