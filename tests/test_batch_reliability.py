@@ -558,3 +558,17 @@ def test_apply_decides_an_unnamed_leading_3_by_the_classifier_and_warns_when_it_
     summary = apply_bundle(rgb.save(tmp_path / "rgb.dinoseg"), d, tmp_path / "out_rgb")
     assert len(summary.done) == 1 and summary.warnings == []  # a 3-channel classifier decides
     assert tifffile.imread(summary.done[0]).shape == image.shape
+
+
+def test_the_first_result_reopens_an_unnamed_stack_as_it_was_segmented(tmp_path, bundle, two_textures):
+    """The apply-to-folder widget opens the first input under its labels: read as the run read it."""
+    from napari_dinoseg._widgets.batch_widget import read_first_result
+
+    image = two_textures[0]
+    d = tmp_path / "in"
+    d.mkdir()
+    _channels_first(d / "x.tif", [image, image[::-1], image])
+    summary = apply_bundle(bundle, d, tmp_path / "out")
+    first = read_first_result(summary.done[0], d)
+    assert first.labels.shape == (3, *image.shape) and first.image.data.shape == (3, *image.shape)
+    assert batch.output_metadata(tmp_path / "out" / f"x{LABEL_SUFFIX}")["channels"] == 1

@@ -411,7 +411,7 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
         warnings += list(image.notes)
         meta = {"dinoseg_bundle": bundle_id, **_source(source), "classes": seg.classes.tolist(),
                 "warnings": [str(w) for w in warnings],  # reported again by a rerun that skips the image
-                "axes_given": axes}
+                "axes_given": axes, "channels": seg.n_channels}  # how to read the input as it was read here
         lead, axes = image.lead_shape, image.lead_axes
         stem = stem or source.stem
         if probabilities:  # the labels last: an image is finished when every output is there
@@ -430,7 +430,8 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool,
 
 def output_metadata(path: Path) -> dict:
     """What an output TIFF says of itself: classifier fingerprint, input, classes, the image's
-    warnings, axes ({} if nothing)."""
+    warnings, the axes given and the channel count the input was read with, the output's axes
+    ({} if nothing)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:

@@ -134,7 +134,7 @@ def read_first_result(output: Union[str, os.PathLike], input_dir: Union[str, os.
     source = Path(input_dir) / name
     if not source.is_file():
         raise ValueError(f"its input {str(source)!r} is no longer there")
-    image = read_image(source)
+    image = read_image(source, meta.get("channels"), axes=meta.get("axes_given"))  # as the run read it
     plane_shape = image.data.shape if image.channels == 1 else image.data.shape[:-1]
     if labels.shape != plane_shape:
         raise ValueError(f"{output.name} has shape {labels.shape} but {name} has {image.data.shape}; "
