@@ -57,7 +57,10 @@ FORMAT = "napari-dinoseg-bundle"
 #: 7: ``resize="stretch"`` is torch's ``nearest-exact`` (older bundles' ``"stretch"`` loads as
 #: ``"stretch-floor"``, the rule they were trained with); the ViT facet, layer and positional
 #: embedding rule (older bundles: the last block's tokens, timm's resampling).
-FORMAT_VERSION = 7
+#: 8: the training statistics hold the training pixels' feature distribution, that of the
+#: contrast-inverted training images and the classifier's confidence on them (the shift report's
+#: feature, inversion and confidence checks; older bundles load without them and check intensities only).
+FORMAT_VERSION = 8
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 #: Arrays only some classifiers have.
 OPTIONAL_ARRAYS = ("tree_components",)

@@ -12,6 +12,7 @@ through :meth:`Segmenter.predict_proba`, so one image gets the same output from 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -20,7 +21,8 @@ from .classify import (PixelClassifier, check_labels, fit_scaling, grid_step, li
                        training_part, tree_components)
 from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
 from .progress import ProgressCallback, report, within
-from .shift import TrainingStatistics, collapse_warning, image_statistics
+from .shift import (FEATURE_FIT_SAMPLE, FeatureDistribution, TrainingStatistics, collapse_warning, image_statistics,
+                    sample_step)
 
 #: Planes with a side longer than this (px) are featurised and predicted tile by tile.
 TILE = 1024
@@ -73,6 +75,8 @@ class Segmenter:
         self.statistics: Optional[TrainingStatistics] = None
         self.n_channels: Optional[int] = None
         self.channel_names: Optional[tuple[str, ...]] = None
+        # feature samples of the latest predictions, for check(image, proba): id(proba) -> (ref, sample)
+        self._samples: dict = {}
 
     def __repr__(self) -> str:
         state = (f"fitted, {self.classifier.n_classes} classes" if self.classifier is not None else "not fitted")
@@ -155,7 +159,10 @@ class Segmenter:
         self.channel_names = names
         quantiles = [_memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
                            lambda norm=norm: image_statistics(norm)) for norm in normalised]
-        self.statistics = TrainingStatistics.of(quantiles, [np.asarray(lab) for lab in labels], classifier.classes)
+        report(progress, 950, 1000, "training statistics")
+        distribution = self._feature_distribution(np.concatenate([p.grid for p in parts]), normalised, cache)
+        statistics = TrainingStatistics.of(quantiles, [np.asarray(lab) for lab in labels], classifier.classes)
+        self.statistics = TrainingStatistics(statistics.quantiles, statistics.class_fractions, distribution)
         report(progress, 1000, 1000, "trained")
         return self
 
@@ -186,6 +193,8 @@ class Segmenter:
         norm = self.normalise(image)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
         split = self.logit_space()
+        step = sample_step(norm.shape[:2])
+        rows = []  # the shift report's sample: features already computed, every step-th row and column
         if split is not None:  # the ViT map never built: its logits computed on the token grids (kept in a cache)
             from .features.featurise import featurise_projected
 
@@ -196,6 +205,7 @@ class Segmenter:
                 stack = featurise_projected(norm[window], self.features, projection, sub, normalised=True,
                                             cache=cache)
                 out[window][core] = predict(reduced, stack, origin=_start(window))[core]
+                rows.append(_lattice_rows(stack, window, core, step))
                 del stack
         else:
             storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache)
@@ -204,6 +214,7 @@ class Segmenter:
                 scaled = self.scaled_features(stack, key, cache) if storage == "float32" else None
                 whole = tuple(slice(0, n) for n in stack.shape)
                 out[window][core] = predict_part(clf, stack, whole, _start(window), scaled)[core]
+                rows.append(_lattice_rows(stack, window, core, step))
                 del stack  # before the next tile's features are computed
         if self.crf is not None:
             from .crf import crf_refine
@@ -211,6 +222,8 @@ class Segmenter:
             report(progress, 960, 1000, "dense CRF")
             out = crf_refine(norm, out, self.crf, normalised=True)
         check_finite(out)
+        if self.statistics is not None and self.statistics.features is not None:
+            self._keep_sample(out, self._sample(np.concatenate(rows), projected=split is not None))
         report(progress, 1000, 1000, "predicted")
         return out
 
@@ -237,9 +250,52 @@ class Segmenter:
         """
         clf = self._fitted()
         norm = self.normalise(image)
-        warnings = [] if self.statistics is None else self.statistics.check(norm, self.features.normalise)
         proba = self.predict_proba(image) if proba is None else proba
+        warnings = []
+        if self.statistics is not None:
+            sample = self._kept_sample(proba)
+            if sample is None and self.statistics.features is not None:  # probabilities from elsewhere
+                sample = self.feature_sample(image)
+            features, confidence = (None, None) if sample is None else sample
+            warnings = self.statistics.check(norm, self.features.normalise, features, confidence)
         return warnings + collapse_warning(proba, clf.classes)
+
+    def shift_space(self, rows: np.ndarray, projected: bool = False) -> np.ndarray:
+        """Feature rows as the shift report compares them: scaled as the classifier scales them.
+
+        Parameters
+        ----------
+        rows : (M, F) float array
+            Features of some pixels: the full stack's channels, or with ``projected`` those of
+            :func:`~napari_dinoseg.features.featurise.featurise_projected` with the classifier's
+            :meth:`logit_space` projection.
+
+        Returns
+        -------
+        (M, D) float32. For a classifier with a :meth:`logit_space`, the ViT channels enter as that
+        projection (the classifier's logits on them and the trees' components of them): the same
+        ``D`` columns whichever way the features were computed.
+        """
+        from .classify import _scaled
+
+        clf, rows = self._fitted(), np.asarray(rows, np.float32)
+        split = self.logit_space()
+        if split is not None:
+            reduced, (weights, bias) = split
+            if not projected:
+                vit = np.array(["vit_" in name for name in self.channel_names])
+                rows = np.hstack([rows[:, ~vit], rows[:, vit] @ weights.T + bias])
+            clf = reduced
+        return _scaled(rows, clf.mean, clf.scale, clf.scaling, clf.linear)
+
+    def feature_sample(self, image: ImageLike, cache=None) -> tuple[np.ndarray, float]:
+        """The shift report's sample of one plane, featurised here (:meth:`predict_proba` keeps it
+        for :meth:`check` without featurising again): ``(M, D)`` float32 :meth:`shift_space` rows
+        of about ``FEATURE_SAMPLE`` pixels on a regular grid, and the classifier's mean top
+        probability on them (unsmoothed)."""
+        norm = self.normalise(image)
+        rows = self._grid_rows(norm, self.features, sample_step(norm.shape[:2]), cache)
+        return self._sample(rows, projected=False)
 
     def logit_space(self):
         """:func:`~napari_dinoseg.classify.logit_space` of the classifier: ``(reduced classifier,
@@ -307,9 +363,73 @@ class Segmenter:
         seg = cls(contents.features, contents.training, contents.crf)
         seg.classifier, seg.statistics = contents.classifier, contents.statistics
         seg.n_channels, seg.channel_names = contents.n_channels, contents.channel_names
+        features = None if seg.statistics is None else seg.statistics.features
+        if features is not None and features.n_dims != seg.shift_space(np.zeros((1, seg.classifier.n_features))).shape[1]:
+            raise ValueError(f"{str(path)!r} is corrupt: its training statistics' feature distribution has "
+                             f"{features.n_dims} columns, not those of its classifier")
         return seg
 
     # ---- internals -----------------------------------------------------------------
+
+    def _feature_distribution(self, grid: np.ndarray, normalised: Sequence[np.ndarray],
+                              cache) -> FeatureDistribution:
+        """The training pixels' :class:`~napari_dinoseg.shift.FeatureDistribution` from the fit's
+        ``(M, F)`` grid sample, and from the contrast-inverted training images (``1 - x``,
+        featurised here on a grid; kept in ``cache`` per training image)."""
+        from .classify import _pixel_proba
+        from .features.featurise import cache_key
+
+        step = sample_step(normalised[0].shape[:2], FEATURE_FIT_SAMPLE / len(normalised))
+        inverted = [_memo(cache, ("inverted sample", cache_key(norm, self.features) if cache else None, step),
+                          lambda norm=norm: self._grid_rows(np.float32(1) - norm, self.features, step, None))
+                    for norm in normalised]
+        confidence = float(_pixel_proba(self.classifier, grid).max(axis=0).mean())
+        return FeatureDistribution.fit(self.shift_space(grid), self.shift_space(np.concatenate(inverted)),
+                                       confidence, self.training.seed)
+
+    def _grid_rows(self, norm: np.ndarray, config: FeatureConfig, step: int, cache) -> np.ndarray:
+        """``(M, F)`` float32 full features of a normalised plane's pixels on the regular grid of
+        ``step`` (plane coordinates multiples of it), tile by tile; with ViT features only those
+        pixels' (:func:`~napari_dinoseg.features.featurise.featurise_pixels`)."""
+        from .features.featurise import featurise_pixels
+
+        rows = []
+        if config.uses_vit:
+            for window, core in plane_windows(norm.shape[:2], config, self.training, self.tile):
+                r, c = (np.arange(_up(w.start + k.start, step), w.start + k.stop, step) - w.start
+                        for w, k in zip(window, core))
+                grid = np.meshgrid(r, c, indexing="ij")
+                data, _ = featurise_pixels(norm[window], config, (grid[0].ravel(), grid[1].ravel()),
+                                           normalised=True, cache=cache)
+                rows.append(data)
+        else:
+            for window, core, _, stack in self._window_features(norm, config, None, cache):
+                rows.append(_lattice_rows(stack, window, core, step))
+                del stack
+        return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def _sample(self, rows: np.ndarray, projected: bool) -> tuple[np.ndarray, float]:
+        """:meth:`shift_space` rows of a sample and the classifier's mean top probability on them."""
+        from .classify import _pixel_proba
+
+        split = self.logit_space() if projected else None
+        clf = self._fitted() if split is None else split[0]
+        rows = np.asarray(rows, np.float32)
+        confidence = float(_pixel_proba(clf, rows).max(axis=0).mean()) if len(rows) else 1.0
+        return self.shift_space(rows, projected), confidence
+
+    def _keep_sample(self, proba: np.ndarray, sample: tuple[np.ndarray, float]) -> None:
+        """Keep a prediction's sample for :meth:`check` while the prediction lives (8 at most)."""
+        for key in [k for k, (ref, _) in list(self._samples.items()) if ref() is None]:
+            self._samples.pop(key, None)
+        while len(self._samples) >= 8:
+            self._samples.pop(next(iter(self._samples)), None)
+        self._samples[id(proba)] = (weakref.ref(proba), sample)
+
+    def _kept_sample(self, proba: np.ndarray) -> Optional[tuple[np.ndarray, float]]:
+        """The sample :meth:`predict_proba` kept for this very array of probabilities, else ``None``."""
+        ref, sample = self._samples.get(id(proba), (None, None))
+        return sample if ref is not None and ref() is proba else None
 
     def _fitted(self) -> PixelClassifier:
         if self.classifier is None:
@@ -445,6 +565,21 @@ def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: Train
     for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(shape, tile + 2 * margin, margin, align):
         out.append(((slice(r0, r1), slice(c0, c1)), (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))))
     return out
+
+
+def _up(x: int, step: int) -> int:
+    """The smallest multiple of ``step`` not below ``x``."""
+    return -(-x // step) * step
+
+
+def _lattice_rows(stack, window: Slices, core: Slices, step: int) -> np.ndarray:
+    """``(M, F)`` float32 rows of a window's features (a FeatureStack or CompactStack) at the core's
+    pixels whose plane coordinates are multiples of ``step``: each tile's share of one plane-wide grid."""
+    from .features.featurise import CompactStack
+
+    part = tuple(slice(_up(w.start + k.start, step) - w.start, k.stop, step) for w, k in zip(window, core))
+    data = stack.region(*part) if isinstance(stack, CompactStack) else stack.data[part]
+    return np.asarray(data, np.float32).reshape(-1, data.shape[-1])
 
 
 def _start(window: Slices) -> tuple[int, int]:
