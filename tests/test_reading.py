@@ -54,11 +54,18 @@ def test_the_axes_given_decide_and_silence_the_note(chw, axes, channels, lead):
     assert image.channels == (3 if axes == "CYX" else 1)
 
 
-def test_the_axes_given_apply_only_to_files_with_that_many_axes(tmp_path, rng):
+def test_the_axes_given_apply_only_to_files_with_that_many_axes_and_the_plane_there(tmp_path, rng):
     plane = rng.integers(0, 255, (H, W)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "plane.tif", plane)
     image = read_image(tmp_path / "plane.tif", axes="ZYX")
     assert image.data.shape == (H, W) and image.lead_axes == "" and image.notes == ()
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([plane] * 3, -1), photometric="rgb")  # (H, W, 3): YXS
+    image = read_image(tmp_path / "rgb.tif", axes="ZYX")  # a folder of stacks and RGB images: RGB stays RGB
+    assert image.data.shape == (H, W, 3) and image.channels == 3
+    tifffile.imwrite(tmp_path / "planar.tif", np.stack([plane] * 3))  # tifffile's default: planar RGB, SYX
+    assert read_image(tmp_path / "planar.tif").channels == 3
+    image = read_image(tmp_path / "planar.tif", axes="ZYX")  # the photometric tag overridden
+    assert image.channels == 1 and image.lead_axes == "Z" and len(image.planes) == 3
 
 
 @pytest.mark.parametrize("write, axes", [

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-AXES_HELP = ("axes of the TIFFs with that many dimensions, one letter each, replacing the files' own: ZYX "
-             "(slices), CYX (channels first), TZCYX, ... (default: each file's metadata)")
+AXES_HELP = ("axes of the TIFFs with that many dimensions (and their image plane on the same axes), one letter "
+             "each, replacing the files' own: ZYX (slices), CYX (channels first), TZCYX, ... (default: each "
+             "file's metadata)")
 #: How a user of the CLI gives a checkpoint file: the last words of a missing-weights message.
 WEIGHTS_HINT = "or pass --weights PATH (the checkpoint file)"
 

@@ -3,8 +3,8 @@
 A TIFF's axes come from tifffile's series (OME-XML, ImageJ or tifffile's own metadata, the
 photometric tag): ``C`` and ``S`` are channels, ``Y`` ``X`` the plane, every other axis (``T``,
 ``Z``, ...) a leading axis whose planes are segmented one by one and kept in the output's shape.
-The caller may give the axes of TIFFs with as many dimensions (``axes="ZYX"``); they replace
-the file's. Where a TIFF says nothing (axes ``Q`` / ``I``):
+The caller may give the axes of TIFFs with as many dimensions and the plane on the same axes
+(``axes="ZYX"``); they replace the file's. Where a TIFF says nothing (axes ``Q`` / ``I``):
 
 - a last axis of at most ``MAX_CHANNELS`` is read as channels, the rule the widgets use for arrays;
 - an axis of 3 or 4 just before the plane (``(3, H, W)``: an RGB image saved channels first, or
@@ -79,8 +79,10 @@ def read_image(path, channels: Optional[int] = None, axes: Optional[str] = None)
         Also decides an unnamed axis of 3 or 4 before the plane (see the module docstring).
     axes
         The axes of a TIFF, one letter per dimension (``"ZYX"``, ``"CYX"``, ``"TZCYX"``; see
-        :func:`check_axes`), replacing the file's; TIFFs with another number of dimensions
-        keep theirs, PNG / JPEG files are not concerned. ``None``: the file's.
+        :func:`check_axes`), replacing the file's where its image plane is on the same axes
+        (``"ZYX"`` makes a ``(3, H, W)`` file three slices, and leaves an ``(H, W, 3)`` RGB
+        file RGB); TIFFs with another number of dimensions or their plane elsewhere keep
+        theirs, PNG / JPEG files are not concerned. ``None``: the file's.
 
     Raises
     ------
@@ -104,7 +106,8 @@ def read_image(path, channels: Optional[int] = None, axes: Optional[str] = None)
         raise ValueError(f"cannot read the image (corrupt or not what its name says): {err}") from None
     if data.size == 0 or data.ndim < 2:
         raise ValueError("no image data in the file (corrupt or truncated)")
-    given = axes is not None and len(axes) == data.ndim and path.suffix.lower() in TIFF_SUFFIXES
+    given = (axes is not None and path.suffix.lower() in TIFF_SUFFIXES and len(axes) == data.ndim
+             and (axes.index("Y"), axes.index("X")) == (found.find("Y"), found.find("X")))
     if given:
         alpha = alpha and "S" in axes
     image = _channels_last(data, axes if given else found, alpha, channels)
