@@ -4,9 +4,10 @@
 Everything is checked before work starts (bundle, inputs, output folder, weights), so a refused
 run prints its error and nothing else: the progress bar appears only once images are segmented.
 
-Exit status: 0 success; 1 some images failed (or, with ``--strict``, drew warnings, this run's
-or those recorded with outputs a rerun skipped); 2 refused input (bad bundle, no inputs, bad
-options, no ViT weights).
+Exit status: 0 success (``--version``, ``--help`` included); 1 some images failed or the disk
+filled (or, with ``--strict``, images drew warnings, this run's or those recorded with outputs a
+rerun skipped); 2 refused input (bad bundle, no inputs, bad options or axes, no ViT weights);
+130 interrupted.
 """
 
 from __future__ import annotations
