@@ -3,7 +3,11 @@
 Usage (a real napari viewer, so under a display; on a headless machine under Xvfb)::
 
     xvfb-run -a .venv/bin/python benchmarks/live_update.py [--sizes 512 1024] [--strokes 10]
-        [--clicks 5] [--out benchmarks/results/live_update.json]
+        [--clicks 5] [--no-breakdown] [--out benchmarks/results/live_update.json]
+
+    # 4096^2 (issue 23 item 6: the feature cache keeps the plane as float16)
+    xvfb-run -a .venv/bin/python benchmarks/live_update.py --sizes 4096 --strokes 5 --clicks 3 \
+        --no-breakdown --out benchmarks/results/live_update_4096.json
 
 For each size: a two-texture image (65 classical features), a viewer with the train widget
 docked, strokes of two classes and one Train / Predict click (the features are cached from then
@@ -21,7 +25,9 @@ event loop's latency). The next stroke comes when everything is idle. Then, with
 where an update's time goes at each size (best of 3): the refit with cached features and, in
 it, the parts that do not depend on the strokes (the feature scaling's fit and the training
 statistics); the prediction of the central quarter and, in it, the signed-log scaling of its
-features. Writes a markdown table next to the JSON.
+features (``--no-breakdown``: not run; it holds the whole plane's float32 features and their
+scaled copy, 11 GiB at 4096²). The plan line the dock showed (how the feature cache keeps the
+plane) and the process's peak resident memory are recorded. Writes a markdown table next to the JSON.
 """
 
 from __future__ import annotations
@@ -220,8 +226,9 @@ def bench_size(n: int, strokes: int, clicks: int, seed: int) -> list[dict]:
     rows = []
 
     first = clock.run(lambda: _click(widget))  # makes the predictions layer: timed to the widget's idle
-    clock.watch(widget._predictions)
-    rows.append({"size": n, "mode": "first click (featurises)", "view": "-", "slice": stats([first["slice"]])})
+    clock.watch(widget.predictions)
+    rows.append({"size": n, "mode": "first click (featurises)", "view": "-", "slice": stats([first["slice"]]),
+                 "plan": widget.features.plan.value})
 
     for mode, bar in (("Train / Predict click", True), ("the click without the activity-dock bar", False)):
         times = []
@@ -281,6 +288,17 @@ def _click(widget) -> float:
     return start
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def to_markdown(rows: list[dict], meta: dict) -> str:
     def cell(s) -> str:
         return "–" if s is None else f"{s['median']:.2f} / {s['p90']:.2f}"
@@ -289,6 +307,10 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         f"Live update latency, classical features (65 channels), {meta['machine']}; "
         f"load average {meta['load_before']} before, {meta['load_after']} after. "
         "Seconds, median / 90th percentile.",
+        f"Feature cache budget {meta['cache_budget_gib']:.1f} GiB; peak resident memory of the process "
+        f"{meta['peak_rss_gib']:.1f} GiB.",
+        "",
+    ] + [f"- {size}²: the dock's plan line: \"{plan}\"" for size, plan in meta["plans"].items()] + [
         "",
         "| image | what | view on screen | start (delay) | view pass | whole slice | n |",
         "|---|---|---|---|---|---|---|",
@@ -315,26 +337,35 @@ def main() -> None:
     parser.add_argument("--strokes", type=int, default=10)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the per-step breakdown (no viewer)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "live_update.json")
     args = parser.parse_args()
 
     import napari
+    import psutil
     import torch
 
     from napari_dinoseg._widgets.train_widget import LIVE_DELAY_MS
 
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = [row for n in args.sizes for row in bench_size(n, args.strokes, args.clicks, args.seed)]
-    parts = [breakdown(n, args.seed) for n in args.sizes]
+    parts = [] if args.no_breakdown else [breakdown(n, args.seed) for n in args.sizes]
+    import resource
+
+    from napari_dinoseg.features.featurise import FeatureCache
     meta = {
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__} "
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "cache_budget_gib": FeatureCache().max_bytes / 2**30,
+        "plans": {r["size"]: r["plan"] for r in rows if "plan" in r},
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()}), "
+                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__} "
                    f"({torch.get_num_threads()} threads), napari {napari.__version__}",
         "load_before": load_before, "load_after": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
         "live_delay_ms": LIVE_DELAY_MS, "strokes": args.strokes, "clicks": args.clicks,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows, "breakdown": parts}, indent=1))
-    table = to_markdown(rows, meta) + "\n" + breakdown_markdown(parts)
+    table = to_markdown(rows, meta) + ("\n" + breakdown_markdown(parts) if parts else "")
     args.out.with_suffix(".md").write_text(table)
     print(table)
 
