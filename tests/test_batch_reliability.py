@@ -572,3 +572,36 @@ def test_the_first_result_reopens_an_unnamed_stack_as_it_was_segmented(tmp_path,
     first = read_first_result(summary.done[0], d)
     assert first.labels.shape == (3, *image.shape) and first.image.data.shape == (3, *image.shape)
     assert batch.output_metadata(tmp_path / "out" / f"x{LABEL_SUFFIX}")["channels"] == 1
+
+
+# ---- a ViT classifier without its weights here is refused before work starts --------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_vit_classifier_without_weights_here_is_refused_up_front(tmp_path, images, phases, monkeypatch, capsys):
+    import json
+    import zipfile
+
+    from napari_dinoseg.features.registry import WEIGHTS_ENV
+
+    image, _, scribbles = (a[:120, :72] for a in phases)  # small: one ViT tile, three classes painted
+    hybrid = FeatureConfig(kind="hybrid", weights="random", stride=14, shifts=(), flips=False, device="cpu",
+                           sigmas=(1.0,), membrane=False)
+    trained = Segmenter(hybrid, TrainConfig(classifier="logistic")).fit(image, scribbles).save(tmp_path / "r.dinoseg")
+    with zipfile.ZipFile(trained) as z:  # the same classifier, as if trained on the released weights
+        members = {name: z.read(name) for name in z.namelist()}
+    meta = json.loads(members["bundle.json"])
+    meta["feature_config"]["weights"] = None
+    members["bundle.json"] = json.dumps(meta).encode()
+    bundle = tmp_path / "vit.dinoseg"
+    with zipfile.ZipFile(bundle, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["apply", str(bundle), str(images), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "the classifier's hybrid features need dinov2_vits14 weights" in err and str(tmp_path / "weights") in err
+    assert "image/s" not in err and not list((tmp_path / "out").glob("*.tif"))

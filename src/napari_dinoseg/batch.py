@@ -235,14 +235,16 @@ def apply_bundle(
     Raises
     ------
     ValueError
-        A bundle that cannot be used, no inputs, an output folder that cannot be written or
+        A bundle that cannot be used (run here: ViT features without weights), no inputs, an output folder that cannot be written or
         lies inside an input folder, inputs that would write one output name, outputs of
         another classifier in the output folder (without ``overwrite``), or a scheduler that
         does not answer.
     """
     from .bundle import read_bundle
 
-    read_bundle(bundle)  # fail early, here, on a bad bundle
+    contents = read_bundle(bundle)  # fail early, here, on a bad bundle
+    if scheduler is None:  # a cluster's workers have their own weights folders
+        check_weights(contents.features)
     axes = None if axes is None else check_axes(axes)
     bundle_id = fingerprint(bundle)
     files, unusable = find_inputs(inputs)
@@ -296,6 +298,21 @@ def apply_bundle(
     summary.failed += [(job[0], "not run: the run stopped early (no space left)") for job in jobs
                        if summary.stopped and job[0] not in finished]
     return summary
+
+
+def check_weights(features) -> None:
+    """Refuse, before work starts, a classifier whose ViT features cannot run here for want of
+    weights (about a second at most), saying where to put the file; nothing for classical ones."""
+    if not features.uses_vit:
+        return
+    from .features.registry import find_weights
+
+    try:
+        find_weights(features.model, features.weights, hint="or apply the classifier where its weights are")
+    except ValueError as err:
+        where = (f" (the file the classifier was trained with: put a copy at that path)" if features.weights else "")
+        raise ValueError(f"the classifier's {features.kind} features need {features.model} weights: {err}{where}") \
+            from None
 
 
 def _client(scheduler):
