@@ -97,6 +97,8 @@ def test_a_time_series_of_unnamed_channels_first_planes(tmp_path, rng):
     tifffile.imwrite(tmp_path / "x.tif", data, photometric="minisblack")
     image = read_image(tmp_path / "x.tif")
     assert image.data.shape == (5, H, W, 3) and image.channels == 3 and "read as 3 channels" in image.notes[0]
+    assert "--axes TZYX" in image.notes[0]
+    assert "--axes TCYX" in read_image(tmp_path / "x.tif", 1).notes[0]
     assert read_image(tmp_path / "x.tif", axes="TZYX").data.shape == (5, 3, H, W)
 
 

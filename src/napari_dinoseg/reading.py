@@ -217,15 +217,15 @@ def _decide_channels_first(shape: tuple, axes: str, channels: Optional[int]) -> 
     classifier of that many channels can segment no other reading)."""
     n = shape[-3]
     lead = axes[:-3]
-    as_channels = lead + "CYX"
-    as_planes = ("T" if lead else "") + "Q" * max(len(lead) - 1, 0) + "ZYX"
+    hint = ("T" if lead else "") + "Q" * max(len(lead) - 1, 0)  # the leading axes, in the axes to suggest
+    as_channels, as_planes = hint + "CYX", hint + "ZYX"
     unknown = (f"the file does not say whether its axis of {n} before the image plane holds {n} channels "
                f"(an {'RGB' if n == 3 else 'RGBA'} image saved channels first) or {n} slices")
     how = "or save the file with its axes (ImageJ hyperstack or OME-TIFF)"
     if channels == n:
-        return as_channels, ()
+        return lead + "CYX", ()
     if channels is None or channels > 1:
-        return as_channels, (f"read as {n} channels: {unknown}; if they are slices, give the axes (--axes "
+        return lead + "CYX", (f"read as {n} channels: {unknown}; if they are slices, give the axes (--axes "
                              f"{as_planes} on the command line, axes={as_planes!r} in Python), {how}",)
     return axes, (f"read as {n} planes, for a greyscale classifier: {unknown}; if they are channels, give the axes "
                   f"(--axes {as_channels} on the command line, axes={as_channels!r} in Python) and use a classifier "
