@@ -76,7 +76,7 @@ class BatchSummary:
         lines += [f"  skipped: {path}: {reason}" for path, reason in self.skipped if reason != ALREADY_THERE]
         lines += [f"  failed: {path}: {reason}" for path, reason in self.failed]
         kept = {path for path, reason in self.skipped if reason == ALREADY_THERE}
-        lines += [f"  warning: {path}: {message}" + (" (recorded with its output by an earlier run)" if path in kept else "")
+        lines += [f"  warning: {path}: {message}" + (" (recorded with its output by an earlier run)" * (path in kept))
                   for path, message in self.warnings]
         if self.cleaned:
             lines.append(f"  removed {len(self.cleaned)} temporary file(s) left by an interrupted run")
@@ -235,8 +235,9 @@ def apply_bundle(
     Raises
     ------
     ValueError
-        A bundle that cannot be used (run here: ViT features without weights), no inputs, an output folder that cannot be written or
-        lies inside an input folder, inputs that would write one output name, outputs of
+        A bundle that cannot be used (or, run here, whose ViT features have no weights here),
+        no inputs, bad ``axes``, an output folder that cannot be written or lies inside an
+        input folder, inputs that would write one output name, outputs of
         another classifier in the output folder (without ``overwrite``), or a scheduler that
         does not answer.
     """
@@ -310,7 +311,7 @@ def check_weights(features) -> None:
     try:
         find_weights(features.model, features.weights, hint="or apply the classifier where its weights are")
     except ValueError as err:
-        where = (f" (the file the classifier was trained with: put a copy at that path)" if features.weights else "")
+        where = " (the file the classifier was trained with: put a copy at that path)" if features.weights else ""
         raise ValueError(f"the classifier's {features.kind} features need {features.model} weights: {err}{where}") \
             from None
 
@@ -367,9 +368,9 @@ def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: 
               axes: Optional[str] = None) -> tuple[str, list]:
     """``("done", warnings recorded with the labels)`` when every output the run asks for exists,
     is readable, was made by this classifier from this input as it is now, read with the same
-    ``axes``, and records its warnings; ``("foreign", [])`` when one was made by another classifier (or carries no
-    fingerprint); ``("redo", [])`` otherwise (an older version's output, without the record of
-    its warnings, included: a rerun could not vouch for it)."""
+    ``axes``, and records its warnings; ``("foreign", [])`` when one was made by another
+    classifier (or carries no fingerprint); ``("redo", [])`` otherwise (an older version's
+    output, without the record of its warnings, included: a rerun could not vouch for it)."""
     wanted = [stem + LABEL_SUFFIX] + ([stem + PROBA_SUFFIX] if probabilities else [])
     recorded = None
     for name in wanted:
