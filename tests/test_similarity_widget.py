@@ -69,14 +69,14 @@ def test_click_compute_threshold_and_click_again(dock, qtbot):
     clicks.add([30, 30])
 
     compute(qtbot, widget)
-    sim = viewer.layers[SIMILARITY_LAYER]
+    sim = viewer.layers[f"img {SIMILARITY_LAYER}"]
     assert sim.data.shape == image.shape and sim.data.dtype == np.float32, widget._status.value
     assert sim.colormap.name == "magma" and tuple(sim.contrast_limits) == (0.0, 1.0)
     keep = np.ones_like(discs)
     keep[:48, :48] = False  # the clicked disc's quadrant
     assert roc_auc(sim.data[keep], discs[keep]) > 0.92
     assert sim.data[30, 30] == pytest.approx(1.0, abs=1e-5)
-    mask = viewer.layers[MASK_LAYER]
+    mask = viewer.layers[f"img {MASK_LAYER}"]
     np.testing.assert_array_equal(mask.data, similar_mask(sim.data, DEFAULT_THRESHOLD))
     assert viewer.layers[-1] is clicks  # the clicks stay on top, ready for more
     assert widget.result.featurised == 1 and SHARED_CACHE.misses == 1
@@ -84,14 +84,14 @@ def test_click_compute_threshold_and_click_again(dock, qtbot):
     before, calls = mask.data.copy(), (SHARED_CACHE.hits, SHARED_CACHE.misses)
     widget._threshold.value = 0.6  # the slider: the mask at once, no worker, no features
     assert widget.worker is None and (SHARED_CACHE.hits, SHARED_CACHE.misses) == calls
-    assert viewer.layers[MASK_LAYER].data.sum() < before.sum()
-    np.testing.assert_array_equal(viewer.layers[MASK_LAYER].data, sim.data >= 0.6)
+    assert viewer.layers[f"img {MASK_LAYER}"].data.sum() < before.sum()
+    np.testing.assert_array_equal(viewer.layers[f"img {MASK_LAYER}"].data, sim.data >= 0.6)
     assert "at least 0.60 similar" in widget._status.value
 
     clicks.add([[96, 40], [100, 100]])  # more clicks: the features come from the cache
     compute(qtbot, widget)
     assert widget.result.n_points == 3 and widget.result.featurised == 0 and widget.result.reused == 1
-    assert SHARED_CACHE.misses == 1 and viewer.layers[SIMILARITY_LAYER] is sim
+    assert SHARED_CACHE.misses == 1 and viewer.layers[f"img {SIMILARITY_LAYER}"] is sim
     assert not np.allclose(sim.data, before)
     assert "1 from the cache" in widget._status.value
 
@@ -105,12 +105,12 @@ def test_stack_gets_a_map_per_slice_from_points_on_one_slice(dock, qtbot):
     clicks = viewer.add_points(np.array([[1.0, 10.0, 30.0]]), name="mine")
     widget._points.value = clicks
     compute(qtbot, widget)
-    maps = viewer.layers[SIMILARITY_LAYER].data
+    maps = viewer.layers[f"img {SIMILARITY_LAYER}"].data
     assert maps.shape == (2, 128, 128) and widget.result.featurised == 2, widget._status.value
     assert maps[1, 20, 60] == pytest.approx(1.0, abs=1e-5)
     assert roc_auc(maps[0], discs_a) > 0.9 and roc_auc(maps[1], discs_b) > 0.9
-    assert tuple(viewer.layers[SIMILARITY_LAYER].scale) == (1, 0.5, 0.5)
-    assert viewer.layers[MASK_LAYER].data.shape == (2, 128, 128)
+    assert tuple(viewer.layers[f"img {SIMILARITY_LAYER}"].scale) == (1, 0.5, 0.5)
+    assert viewer.layers[f"img {MASK_LAYER}"].data.shape == (2, 128, 128)
     assert "2 slice(s) from 1 point(s)" in widget._status.value
 
 
@@ -131,7 +131,7 @@ def test_bad_clicks_are_refused_with_a_message(dock, qtbot, notes):
     widget._points.value = wrong
     compute(qtbot, widget)
     assert any("has 3 dimensions but image 'img' has 2" in n for n in notes())
-    assert SIMILARITY_LAYER not in viewer.layers and widget.result is None and SHARED_CACHE.misses == 0
+    assert f"img {SIMILARITY_LAYER}" not in viewer.layers and widget.result is None and SHARED_CACHE.misses == 0
     assert widget.update_mask() is None  # the slider before any Compute: nothing happens
 
 
@@ -167,7 +167,7 @@ def test_random_weights_vit_mechanics(dock, qtbot):
     widget.add_points_layer()
     viewer.layers[POINTS_LAYER].add([30, 30])
     compute(qtbot, widget)
-    maps = viewer.layers[SIMILARITY_LAYER].data
+    maps = viewer.layers[f"img {SIMILARITY_LAYER}"].data
     assert maps.shape == image.shape and maps.dtype == np.float32, widget._status.value
     assert np.all(np.isfinite(maps)) and -1 <= maps.min() and maps.max() <= 1
     assert maps[30, 30] == pytest.approx(1.0, abs=1e-5)
@@ -184,7 +184,10 @@ def test_points_clicked_on_one_image_find_the_texture_in_another(dock, qtbot):
     widget._image.value = viewer.layers["second"]
     widget._clicked_on.value = viewer.layers["img"]
     compute(qtbot, widget)
-    sim = viewer.layers[SIMILARITY_LAYER].data
+    assert f"img {SIMILARITY_LAYER}" not in viewer.layers  # the map is the searched image's
+    sim_layer = viewer.layers[f"second {SIMILARITY_LAYER}"]
+    assert viewer.layers.index(sim_layer) > viewer.layers.index(layer_b) and sim_layer.visible  # over it, shown
+    sim = sim_layer.data
     assert sim.shape == image_b.shape, widget._status.value
     assert roc_auc(sim, discs_b) > 0.9
     assert widget.result.featurised == 2 and widget.result.n_points == 2  # A's clicked slice, then B

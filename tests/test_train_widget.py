@@ -13,8 +13,9 @@ from napari.layers import Labels  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
+from napari_dinoseg._widgets._sections import controls  # noqa: E402
 from napari_dinoseg._widgets import train_widget  # noqa: E402
-from napari_dinoseg._widgets.train_widget import PREDICTIONS, UNCERTAINTY, TrainWidget  # noqa: E402
+from napari_dinoseg._widgets.train_widget import UNCERTAINTY, TrainWidget  # noqa: E402
 
 TIMEOUT_MS = 120_000
 
@@ -73,20 +74,20 @@ def test_paint_train_predict_and_reuse_cached_features(dock, qtbot, two_textures
     assert set(np.unique(labels.data)) == {0, 1, 2}
 
     click_and_wait(qtbot, widget)
-    pred = viewer.layers[PREDICTIONS]
+    pred = widget.predictions
     assert pred.data.shape == image.shape
     assert iou(pred.data, truth, 1) > 0.95 and iou(pred.data, truth, 2) > 0.95
     np.testing.assert_array_equal(pred.colormap.map(np.array([1, 2])), labels.colormap.map(np.array([1, 2])))
-    assert viewer.layers.index(pred) < viewer.layers.index(labels)  # strokes stay on top
+    assert viewer.layers.index(pred) == viewer.layers.index(labels) + 1  # directly above its image's strokes
     assert widget.last_result.featurised == 1 and widget.cache.misses == 1
-    assert "predicted 1 slice(s) with 2 classes" in widget._status.value
+    assert "predicted 1 slice(s) of 'img' with 2 classes" in widget._status.value
 
     brush(labels, [(1, [(150, 40), (180, 40)])])  # a correction, then a second click
     first = pred.data.copy()
     click_and_wait(qtbot, widget)
     assert widget.last_result.featurised == 0 and widget.last_result.reused == 1
     assert widget.cache.misses == 1  # fit and predict of both clicks: featurised once
-    assert viewer.layers[PREDICTIONS] is pred  # updated in place
+    assert widget.predictions is pred  # updated in place
     assert pred.data.shape == first.shape
 
 
@@ -97,7 +98,7 @@ def test_uncertainty_layer(dock, qtbot, two_textures):
     widget._labels_layer.value = viewer.layers["strokes"]
     widget._want_uncertainty.value = True
     click_and_wait(qtbot, widget)
-    unc = viewer.layers[UNCERTAINTY]
+    unc = viewer.layers[f"img {UNCERTAINTY}"]
     assert unc.data.shape == image.shape and unc.data.dtype == np.float32
     assert 0 <= unc.data.min() and unc.data.max() <= 1.0 and unc.data.max() > 0.5  # 1 = both classes as likely
     assert unc.data[:, 90:100].mean() > unc.data[:, 20:40].mean()  # unsure at the boundary
@@ -115,7 +116,7 @@ def test_classifier_menu_chooses_trees_or_the_regression_alone(dock, qtbot, two_
     widget._classifier.value = "logistic"
     click_and_wait(qtbot, widget)
     assert widget.classifier.forest is None and widget.last_result.reused == 1
-    assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9
+    assert iou(widget.predictions.data, truth, 2) > 0.9
 
 
 def test_edge_aware_smoothing_checkbox(dock, qtbot, two_textures):
@@ -126,11 +127,11 @@ def test_edge_aware_smoothing_checkbox(dock, qtbot, two_textures):
     assert widget._edge_smoothing.value
     click_and_wait(qtbot, widget)
     assert widget.classifier.guided_radius == 4 and len(widget.classifier.guide) == 1
-    smoothed = viewer.layers[PREDICTIONS].data.copy()
+    smoothed = widget.predictions.data.copy()
     widget._edge_smoothing.value = False
     click_and_wait(qtbot, widget)
     assert widget.classifier.guided_radius == 0 and widget.last_result.reused == 1
-    raw = viewer.layers[PREDICTIONS].data
+    raw = widget.predictions.data
     assert not np.array_equal(raw, smoothed)  # the filter changed some pixels
     assert iou(smoothed, truth, 2) > 0.95 and iou(raw, truth, 2) > 0.95
 
@@ -144,7 +145,7 @@ def test_cancel_leaves_the_layers_untouched(dock, qtbot, notes):
     assert worker is not None
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
-    assert PREDICTIONS not in [layer.name for layer in viewer.layers]
+    assert widget.predictions is None
     assert widget._status.value.startswith("cancelled")
     assert widget._run.enabled and not widget._cancel.enabled
     assert any("cancelled" in n for n in notes())
@@ -161,7 +162,7 @@ def test_rgb_and_rgba_images(dock, qtbot, two_textures, channels):
     viewer.add_labels(scribbles, name="strokes")
     widget._labels_layer.value = viewer.layers["strokes"]
     click_and_wait(qtbot, widget)
-    pred = viewer.layers[PREDICTIONS].data
+    pred = widget.predictions.data
     assert pred.shape == image.shape
     assert widget.classifier.n_features == 3 * 65  # alpha dropped
     assert iou(pred, truth, 2) > 0.9
@@ -176,7 +177,7 @@ def test_float_image_with_nan_and_inf_warns_and_predicts(dock, qtbot, two_textur
     viewer.add_labels(scribbles, name="strokes")
     widget._labels_layer.value = viewer.layers["strokes"]
     click_and_wait(qtbot, widget)
-    assert viewer.layers[PREDICTIONS].data.shape == image.shape
+    assert widget.predictions.data.shape == image.shape
     assert any("NaN/inf pixel(s) replaced" in n for n in notes())
 
 
@@ -191,14 +192,14 @@ def test_stack_trains_on_painted_slices_and_predicts_current_slice_or_all(dock, 
     widget._labels_layer.value = viewer.layers["strokes"]
     viewer.dims.set_current_step(0, 1)
     click_and_wait(qtbot, widget)
-    pred = viewer.layers[PREDICTIONS].data
+    pred = widget.predictions.data
     assert pred.shape == stack.shape
     assert np.all(pred[0] == 0) and np.all(pred[2] == 0)  # only the current slice
     assert iou(pred[1], truth[:, ::-1], 2) > 0.9
 
     widget._scope.value = "whole stack"
     click_and_wait(qtbot, widget)
-    pred = viewer.layers[PREDICTIONS].data
+    pred = widget.predictions.data
     assert all(iou(pred[z], t, 2) > 0.9 for z, t in enumerate([truth, truth[:, ::-1], truth]))
     # slices 0 and 1 were featurised by the first click; slice 2 equals slice 0: the same features
     assert widget.last_result.reused == 2 and widget.last_result.featurised == 0
@@ -214,7 +215,7 @@ def test_tiny_image_smaller_than_the_filters(dock, qtbot):
     viewer.add_labels(labels, name="strokes")
     widget._labels_layer.value = viewer.layers["strokes"]
     click_and_wait(qtbot, widget)
-    pred = viewer.layers[PREDICTIONS].data
+    pred = widget.predictions.data
     assert np.all(pred[:, :5] == 1) and np.all(pred[:, 7:] == 2)
 
 
@@ -292,7 +293,7 @@ def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
     # the resolved setting and a time estimate are announced before featurisation starts
     assert "dinov2_vits14 on cpu: stride 14, shifts (), flips False (1 views), about" in widget.features.plan.value
     assert widget.last_result.plan == widget.features.plan.value
-    pred = viewer.layers[PREDICTIONS].data
+    pred = widget.predictions.data
     assert pred.shape == image.shape and set(np.unique(pred)) <= {1, 2}
     assert widget.classifier.n_features == 384
 
@@ -300,14 +301,14 @@ def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
     widget._pca.value = 16  # PCA of the 384 ViT channels, fitted at train time
     click_and_wait(qtbot, widget)
     assert widget.classifier.n_features == 65 + 384 and widget.last_result.featurised == 1
-    assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9  # the classical half carries it
+    assert iou(widget.predictions.data, truth, 2) > 0.9  # the classical half carries it
     click_and_wait(qtbot, widget)
     assert widget.last_result.reused == 1 and widget.last_result.featurised == 0
     widget.features.facet.value, widget.features.layer.value = "key", 6  # the keys of block 6: new features
     click_and_wait(qtbot, widget)
     features = widget.last_result.segmenter.features
     assert (features.facet, features.layer) == ("key", 6) and widget.last_result.featurised == 1
-    assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9
+    assert iou(widget.predictions.data, truth, 2) > 0.9
 
 
 def test_missing_weights_is_a_clear_error(dock, qtbot, notes, two_textures, tmp_path, monkeypatch):
@@ -329,10 +330,10 @@ def test_crf_option_refines_the_prediction(dock, qtbot, two_textures):
     viewer.add_labels(scribbles, name="strokes")
     widget._labels_layer.value = viewer.layers["strokes"]
     click_and_wait(qtbot, widget)
-    plain = viewer.layers[PREDICTIONS].data.copy()
+    plain = widget.predictions.data.copy()
     widget._crf.value = True
     click_and_wait(qtbot, widget)
-    refined = viewer.layers[PREDICTIONS].data
+    refined = widget.predictions.data
     assert widget.last_result.featurised == 0  # the CRF works on cached features' predictions
     assert not np.array_equal(refined, plain)
     assert iou(refined, truth, 2) > 0.9
@@ -355,7 +356,7 @@ def test_save_then_load_predicts_a_new_image_with_nothing_painted(dock, qtbot, t
     widget2._bundle_file.value = saved
     assert widget2.load_classifier()
     click_and_wait(qtbot, widget2)
-    pred = viewer2.layers[PREDICTIONS].data
+    pred = widget2.predictions.data
     assert widget2.last_result.config.sigmas == (1.0, 2.0, 4.0)
     assert iou(pred, np.roll(truth, 40, axis=1), 2) > 0.9
 
@@ -384,7 +385,7 @@ def test_train_on_every_image_with_labels(dock, qtbot, phases):
     assert widget.classifier.classes.tolist() == [1, 2, 3]
     assert widget.last_result.trained_on == ["img (labels 'img labels')", "second (labels 'second labels')"]
     assert "trained on 2 image(s): img (labels 'img labels'); second (labels 'second labels')" in widget._status.value
-    pred = viewer.layers[PREDICTIONS].data
+    pred = widget.predictions.data
     assert iou(pred, truth, 3) > 0.8  # class 3 was painted on the second image only
     assert widget.segmenter.statistics.quantiles.shape[0] == 2
 
@@ -415,7 +416,7 @@ def test_widget_output_equals_dinoseg_apply_with_crf_and_tiles(dock, qtbot, phas
     widget.features.sigmas.value = "1, 2, 4"
     widget._crf.value = True
     click_and_wait(qtbot, widget)
-    approved = viewer.layers[PREDICTIONS].data.copy()
+    approved = widget.predictions.data.copy()
     widget._bundle_file.value = tmp_path / "approved"
     saved = widget.save_classifier()
     folder = tmp_path / "folder"
@@ -442,7 +443,7 @@ def test_every_image_mode_predicts_an_unpainted_image(dock, qtbot, phases):
     widget._train_on.value = "every image with labels"
     click_and_wait(qtbot, widget)
     assert len(widget.last_result.trained_on) == 2
-    pred = viewer.layers[PREDICTIONS]
+    pred = widget.predictions
     assert viewer.layers.index(pred) > viewer.layers.index(third)  # drawn over the predicted image
     assert min(iou(pred.data, truth[::-1], c) for c in (1, 2, 3)) > 0.8
 
@@ -454,7 +455,7 @@ def test_every_control_has_its_label_with_no_labels_layer(dock):
     viewer, widget, _ = dock(np.zeros((32, 32), np.uint8))
     assert not [lay for lay in viewer.layers if lay.__class__.__name__ == "Labels"]
     assert widget.labels is True  # the Container's own flag, not a shadowing attribute
-    shown = [w for w in widget if not isinstance(w, ButtonWidget) and w.label]
+    shown = [w for w in controls(widget) if not isinstance(w, ButtonWidget) and w.label]
     assert all(w._labeled_widget() is not None for w in shown)
     assert {"image", "brush labels", "train on", "features", "classifier"} <= {w.label for w in shown}
 
@@ -480,7 +481,7 @@ def test_a_loaded_classifier_is_used_until_this_images_labels_are_painted(dock, 
     assert widget2._state.value.startswith("loaded from model.dinoseg")
     click_and_wait(qtbot, widget2)
     assert widget2.last_result.trained_on == [] and "using the loaded classifier model.dinoseg" in widget2._status.value
-    assert iou(viewer2.layers[PREDICTIONS].data, np.roll(truth, 40, axis=1), 2) > 0.9
+    assert iou(widget2.predictions.data, np.roll(truth, 40, axis=1), 2) > 0.9
 
     brush(viewer2.layers["old strokes"], [(1, [(60, 20), (60, 60)])])  # the user paints: train from the strokes
     click_and_wait(qtbot, widget2)
@@ -523,7 +524,9 @@ def test_missing_weights_fail_before_any_work_naming_the_weights_field(dock, qtb
     from qtpy.QtWidgets import QSizePolicy
 
     for label in (widget._status, widget.features.plan, widget._state):  # whatever their text, never wider
-        assert label.native.sizePolicy().horizontalPolicy() == QSizePolicy.Ignored and label.native.wordWrap()
+        wraps = label.native.wordWrap() if hasattr(label.native, "wordWrap") else \
+            label.native.lineWrapMode() == label.native.LineWrapMode.WidgetWidth  # the message areas
+        assert label.native.sizePolicy().horizontalPolicy() == QSizePolicy.Ignored and wraps
 
 
 def test_progress_shows_in_napari_and_its_cancel_stops_the_job(dock, qtbot, two_textures, monkeypatch):
@@ -546,21 +549,21 @@ def test_progress_shows_in_napari_and_its_cancel_stops_the_job(dock, qtbot, two_
     qtbot.waitUntil(lambda: bar.n > 0, timeout=TIMEOUT_MS)
     bar.cancel()  # the activity dock's cancel button
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
-    assert widget._status.value.startswith("cancelled") and PREDICTIONS not in viewer.layers
+    assert widget._status.value.startswith("cancelled") and widget.predictions is None
     assert widget._bar is None and bar not in progress._all_instances
 
 
 def test_every_control_has_a_label_and_a_tooltip_in_every_mode(dock, two_textures):
     viewer, widget, _ = dock(two_textures[0])  # no Labels layer: the state a new user meets
-    from magicgui.widgets import CheckBox, Container, Label, PushButton
+    from magicgui.widgets import CheckBox, Label, PushButton, TextEdit
 
     assert widget.labels is True, "the container shows its controls' labels"
     for kind in ("classical", "vit", "hybrid"):
         widget.features.kind.value = kind
-        shown = [w for w in widget if not w.native.isHidden() and not isinstance(w, Container)]
+        shown = [w for w in controls(widget) if not w.native.isHidden()]
         for w in shown:
             text = w.text if isinstance(w, (CheckBox, PushButton)) else w.label
-            assert text or isinstance(w, Label), f"{type(w).__name__} {w.name!r} has no label in {kind} mode"
+            assert text or isinstance(w, (Label, TextEdit)), f"{type(w).__name__} {w.name!r} has no label in {kind} mode"
             assert w.tooltip, f"{text or w.value!r} has no tooltip in {kind} mode"
         labels = [w.label for w in shown if not isinstance(w, (CheckBox, PushButton))]
         assert "features" in labels and ("weights" in labels) == (kind != "classical")
@@ -635,12 +638,12 @@ def test_live_update_predicts_when_a_stroke_ends_without_a_click(dock, qtbot, tw
     stroke(labels, 1, TEXTURE_STROKES[0][1])  # one class: the update waits, quietly
     qtbot.waitUntil(lambda: len(jobs.started) == 1, timeout=TIMEOUT_MS)
     idle(qtbot, widget)
-    assert widget._status.value.startswith("waiting: only class 1 is painted") and PREDICTIONS not in viewer.layers
+    assert widget._status.value.startswith("waiting: only class 1 is painted") and widget.predictions is None
     for label, points in TEXTURE_STROKES[1:]:
         stroke(labels, label, points)
         idle(qtbot, widget)
     assert len(jobs.started) == 4 and len(jobs.results) == 2  # one update per stroke; two classes from the third
-    pred = viewer.layers[PREDICTIONS]
+    pred = widget.predictions
     assert iou(pred.data, truth, 1) > 0.95 and iou(pred.data, truth, 2) > 0.95
     np.testing.assert_array_equal(jobs.started[-1].sources[0].labels, labels.data)
     assert widget.last_result.featurised == 0 and widget.cache.misses == 1  # featurised by the first update only
@@ -680,7 +683,7 @@ def test_live_update_strokes_in_quick_succession_make_one_update(dock, qtbot, ph
     used = jobs.started[0].sources[0].labels
     assert np.all(used[stroke_pixels(SQUARE_A)] == 3) and np.all(used[stroke_pixels(SQUARE_B)] == 3)
     assert list(widget.classifier.classes) == [1, 2, 3]
-    assert iou(viewer.layers[PREDICTIONS].data, truth, 3) > 0.8
+    assert iou(widget.predictions.data, truth, 3) > 0.8
 
 
 def test_live_update_a_stroke_during_an_update_cancels_it(dock, qtbot, phases, record_jobs):
@@ -702,7 +705,7 @@ def test_live_update_a_stroke_during_an_update_cancels_it(dock, qtbot, phases, r
     assert jobs.results[0].segmenter is not jobs.started[0].segmenter
     used = jobs.started[1].sources[0].labels
     assert np.all(used[stroke_pixels(SQUARE_A)] == 3) and np.all(used[stroke_pixels(SQUARE_B)] == 3)
-    assert iou(viewer.layers[PREDICTIONS].data, truth, 3) > 0.8
+    assert iou(widget.predictions.data, truth, 3) > 0.8
 
 
 def test_live_update_predicts_the_view_first_as_the_whole_plane_has_it(dock, qtbot, phases, monkeypatch):
@@ -720,9 +723,9 @@ def test_live_update_predicts_the_view_first_as_the_whole_plane_has_it(dock, qtb
     seen = []
     show = TrainWidget._show_view
 
-    def record(this, token, index, region, labels):  # worker thread
+    def record(this, token, image, index, region, labels):  # worker thread
         seen.append((region, labels.copy()))
-        show(this, token, index, region, labels)
+        show(this, token, image, index, region, labels)
 
     monkeypatch.setattr(TrainWidget, "_show_view", record)
     widget._live.value = True
@@ -737,7 +740,7 @@ def test_live_update_predicts_the_view_first_as_the_whole_plane_has_it(dock, qtb
     sure = top[..., -1] - top[..., -2] > 1e-5  # not a tie that float rounding may break either way
     assert sure.mean() > 0.99
     np.testing.assert_array_equal(first[sure[region]], whole[region][sure[region]])
-    np.testing.assert_array_equal(viewer.layers[PREDICTIONS].data[sure], whole[sure])
+    np.testing.assert_array_equal(widget.predictions.data[sure], whole[sure])
     assert 3 in first and 1 in first  # the new class, on screen
 
 
@@ -782,7 +785,7 @@ def test_live_update_keeps_the_button_working(dock, qtbot, two_textures, record_
     jobs.release()
     idle(qtbot, widget)
     assert len(jobs.started) == 2 and len(jobs.results) == 1 and jobs.results[0].segmenter is jobs.started[1].segmenter
-    assert iou(viewer.layers[PREDICTIONS].data, truth, 2) > 0.9
+    assert iou(widget.predictions.data, truth, 2) > 0.9
     assert not any("cancelled" in n for n in notes())  # the superseded update is not announced
 
 

@@ -66,11 +66,11 @@ def test_segment_writes_three_layers_and_use_as_labels(dock, qtbot, blobs):
     viewer, widget = dock(blobs)
     segment(qtbot, widget)
     assert widget.result is not None, widget._status.value
-    cas, fg = viewer.layers[CAS_LAYER], viewer.layers[FOREGROUND_LAYER]
+    cas, fg = viewer.layers[f"img {CAS_LAYER}"], viewer.layers[f"img {FOREGROUND_LAYER}"]
     assert cas.data.shape == fg.data.shape == blobs.shape
     assert 1 <= cas.data.min() and cas.data.max() == widget.result.labels.max()
     assert set(np.unique(fg.data)) <= {0, 1} and fg.data.any()
-    boxes = viewer.layers[BOXES_LAYER]
+    boxes = viewer.layers[f"img {BOXES_LAYER}"]
     assert isinstance(boxes, napari.layers.Shapes) and len(boxes.data) == sum(len(b) for b in widget.result.boxes)
     assert "classes from 6 clusters" in widget._status.value
 
@@ -93,7 +93,7 @@ def test_stack_co_segmentation(dock, qtbot, blobs):
     viewer, widget = dock(np.stack([blobs, moved]))
     widget._scope.value = SCOPE_STACK
     segment(qtbot, widget)
-    cas = viewer.layers[CAS_LAYER].data
+    cas = viewer.layers[f"img {CAS_LAYER}"].data
     assert cas.shape == (2, *blobs.shape)
 
     def majority(a):
@@ -102,7 +102,7 @@ def test_stack_co_segmentation(dock, qtbot, blobs):
     # one clustering for both slices: the same material gets the same id in each
     assert majority(cas[0][85:120, 105:145]) == majority(cas[1][95:130, 90:130])
     assert majority(cas[0][5:15, 100:160]) == majority(cas[1][0:10, 100:140])
-    assert all(len(np.asarray(b)) == 4 and np.asarray(b).shape[1] == 3 for b in viewer.layers[BOXES_LAYER].data)
+    assert all(len(np.asarray(b)) == 4 and np.asarray(b).shape[1] == 3 for b in viewer.layers[f"img {BOXES_LAYER}"].data)
 
 
 def test_classical_features_find_the_squares_and_say_what_they_lack(dock, qtbot, notes, blobs):
@@ -110,10 +110,10 @@ def test_classical_features_find_the_squares_and_say_what_they_lack(dock, qtbot,
     widget.features.kind.value = "classical"
     assert widget._granularity.native.isHidden()  # DINOv2 merging only
     segment(qtbot, widget)
-    cas = viewer.layers[CAS_LAYER].data
+    cas = viewer.layers[f"img {CAS_LAYER}"].data
     assert cas.max() == 2 and cas[5:15, 5:15].max() == 1  # two classes; 1 is the background
-    assert (viewer.layers[FOREGROUND_LAYER].data == 1).sum() == pytest.approx(40 * 50 + 45 * 50, rel=0.05)
-    assert len(viewer.layers[BOXES_LAYER].data) == 2  # one box per square
+    assert (viewer.layers[f"img {FOREGROUND_LAYER}"].data == 1).sum() == pytest.approx(40 * 50 + 45 * 50, rel=0.05)
+    assert len(viewer.layers[f"img {BOXES_LAYER}"].data) == 2  # one box per square
     assert widget._status.value.startswith("2 classes (classical")
     assert any("largest connected region is taken as background" in n for n in notes())
 
@@ -170,7 +170,7 @@ def test_dinov2_without_weights_is_refused_before_any_work(dock, qtbot, notes, b
     assert widget._status.value.startswith("error: no weights for 'dinov2_vits14'")
     assert str(weights_dir) in widget._status.value
     assert any("no weights for 'dinov2_vits14'" in n for n in notes())
-    assert CAS_LAYER not in viewer.layers
+    assert f"img {CAS_LAYER}" not in viewer.layers
 
 
 def test_use_as_labels_before_segmenting_is_refused(dock, qtbot, blobs):
@@ -207,12 +207,12 @@ def test_parts_mode_co_segments_the_stack_with_shared_ids(dock, qtbot):
     viewer, widget = dock(stack)
     widget.features.use("classical")
     widget._mode.value = MODE_PARTS
-    assert not widget._n_parts.native.isHidden() and widget._k.native.isHidden() and widget._use.native.isHidden()
+    assert not widget._n_parts.native.isHidden() and widget._k.native.isHidden() and widget.as_labels.native.isHidden()
     assert widget.features.facet.value == "key"
     widget._scope.value = SCOPE_STACK
     widget._n_parts.value = 3
     segment(qtbot, widget)
-    parts = viewer.layers[PARTS_LAYER].data
+    parts = viewer.layers[f"img {PARTS_LAYER}"].data
     assert parts.shape == stack.shape, widget._status.value
     assert "3 of 3 parts over 3 plane(s)" in widget._status.value and "classical features" in widget._status.value
     ids = {}
@@ -225,7 +225,7 @@ def test_parts_mode_co_segments_the_stack_with_shared_ids(dock, qtbot):
             # them (the 16 px filters see the objects there): 0.67-0.75 measured
             assert share > (0.95 if k else 0.6), (k, z, share)
     assert len({ids[k][0] for k in ids}) == 3
-    assert CAS_LAYER not in viewer.layers
+    assert f"img {CAS_LAYER}" not in viewer.layers
 
 
 def two_phase_microstructure(seed: int = 0, shape=(140, 168)) -> np.ndarray:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, SpinBox
+from qtpy.QtCore import QTimer
 
 from ..config import DEVICES, FeatureConfig
 from ..features.featurise import FeatureCache
 from ..features.registry import MODELS
-from ._text import wrap
+from ._sections import Section
+from ._text import message_area
 
 #: How a widget's user gives a checkpoint file (the end of the missing-weights message).
-WEIGHTS_HINT = "or type the path of a checkpoint file in the 'weights' field (shown with DINOv2 features)"
+WEIGHTS_HINT = "or type the path of a checkpoint file in the 'weights' field (under 'feature details')"
+#: The plan line is checked again this long after the last keystroke in the weights field (ms).
+WEIGHTS_EDIT_MS = 400
 #: One feature cache for every dock widget of the session: the unsupervised widget reuses
 #: what the train widget computed, and the other way round.
 SHARED_CACHE = FeatureCache()
@@ -30,8 +34,9 @@ VIEW_CHOICES = {VIEWS_PRESET: None, "one view": ((), False), "shifts": (True, Fa
 class FeatureControls:
     """Feature kind, ViT backbone and upsampler settings, classical sigmas; builds a FeatureConfig.
 
-    Not a container of its own: a widget adds ``widgets`` to its layout, so the labels line
-    up with the widget's other controls.
+    Not a container of its own: a widget adds ``widgets`` to its layout (the kind and the plan in
+    view, the rest in the folding ``details`` section), so the labels line up with the widget's
+    other controls.
     """
 
     def __init__(self, kind: str = "classical") -> None:
@@ -45,8 +50,7 @@ class FeatureControls:
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
         self.weights = LineEdit(value="", label="weights")
         self.weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
-        self.plan = Label(value="")
-        wrap(self.plan)
+        self.plan = message_area("", lines=2)
         self.sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
         self.membrane = CheckBox(value=True, text="membrane projections")
         tips = {
@@ -70,9 +74,18 @@ class FeatureControls:
             widget.tooltip = tip
         self.vit_widgets = [self.model, self.stride, self.views, self.shifts, self.facet, self.layer, self.device,
                             self.weights, self.plan]
-        self.widgets = [self.kind, *self.vit_widgets, self.sigmas, self.membrane]
-        for w in (self.kind, self.views, self.model):
+        details = [w for w in self.vit_widgets if w is not self.plan] + [self.sigmas, self.membrane]
+        self.details = Section("feature details", details,
+                               tooltip="model, weights, upsampler views, stride, device, sigmas of the filters")
+        self.widgets = [self.kind, self.plan, self.details]
+        for w in (self.views, self.model):
             w.changed.connect(self.update_visibility)
+        self.kind.changed.connect(self._on_kind)
+        self._weights_timer = QTimer()  # the plan follows the weights field as it is typed
+        self._weights_timer.setSingleShot(True)
+        self._weights_timer.setInterval(WEIGHTS_EDIT_MS)
+        self._weights_timer.timeout.connect(self.update_visibility)
+        self.weights.changed.connect(lambda *_: self._weights_timer.start())
         self.weights.native.editingFinished.connect(self.update_visibility)
         # the owner calls update_visibility() once the widgets are in its layout: showing a
         # widget that has no parent yet would open it as a window of its own
@@ -116,6 +129,13 @@ class FeatureControls:
             note.tooltip = f"{tooltip}. {self.plan.tooltip}" if tooltip else self.plan.tooltip
             if tooltip:
                 self.kind.tooltip = note.tooltip
+
+    def _on_kind(self, *_args) -> None:
+        """A new kind: its controls; the details opened when a ViT cannot run, so the weights
+        field the plan line points to is in view."""
+        self.update_visibility()
+        if self.kind.value != "classical" and self.plan.value.startswith("cannot run"):
+            self.details.expand()
 
     def update_visibility(self, *_args) -> None:
         """Show the controls that matter for the chosen feature kind."""

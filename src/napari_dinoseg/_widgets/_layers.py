@@ -1,9 +1,28 @@
-"""Small helpers the dock widgets share for napari layers."""
+"""Small helpers the dock widgets share for napari layers.
+
+Every result layer (predictions, uncertainty, similarity, CAS labels, parts, ...) belongs to one
+image layer: it is named ``"<image> <role>"``, carries ``(role, image name)`` in its metadata
+under :data:`RESULT_KEY`, and each time it is written it is put directly above that image's
+brush-labels layer (or the image), shown, and, when another visible image layer would cover it,
+raised to the top with the rest of its image's layers, so that a result is never written where
+the user cannot see it.
+"""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
-from napari.layers import Image
+from napari.layers import Image, Labels, Layer
+
+#: Labels-layer metadata key naming the image layer the strokes were painted on.
+IMAGE_KEY = "dinoseg_image"
+#: Result-layer metadata key: ``(role, image layer name)``.
+RESULT_KEY = "dinoseg_result"
+#: Blending modes through which a layer below stays visible whatever the opacity.
+SEE_THROUGH = {"additive", "minimum"}
+#: A visible image layer above a result, over this opacity, hides it.
+COVERING_OPACITY = 0.5
 
 
 def spatial_shape(image: Image) -> tuple[int, ...]:
@@ -30,3 +49,109 @@ def set_layer(viewer, name: str, kind, data: np.ndarray, kwargs: dict):
     if name in layers:
         layers.remove(name)
     return viewer.add_layer(kind(data, name=name, **kwargs))
+
+
+# ---- result layers ---------------------------------------------------------------------
+
+
+def result_name(image_name: str, role: str) -> str:
+    """The name of ``image_name``'s result layer ``role``: ``"<image> <role>"``."""
+    return f"{image_name} {role}"
+
+
+def result_of(layer: Layer) -> Optional[tuple[str, str]]:
+    """``(role, image name)`` of a result layer, ``None`` for any other layer."""
+    value = layer.metadata.get(RESULT_KEY)
+    return tuple(value) if isinstance(value, (tuple, list)) and len(value) == 2 else None
+
+
+def find_result(viewer, image_name: str, role: str) -> Optional[Layer]:
+    """``image_name``'s result layer ``role``, or ``None``."""
+    return next((lay for lay in viewer.layers if result_of(lay) == (role, image_name)), None)
+
+
+def results(viewer, role: Optional[str] = None) -> list[Layer]:
+    """Every result layer (of ``role``, when given), bottom to top."""
+    return [lay for lay in viewer.layers if result_of(lay) is not None and role in (None, result_of(lay)[0])]
+
+
+def strokes_of(viewer, image: Image) -> Optional[Labels]:
+    """The image's own brush-labels layer: the one whose metadata names it, else the one named
+    ``"<image> labels"`` that names no other image; ``None`` when it has none."""
+    labels = [lay for lay in viewer.layers if isinstance(lay, Labels) and result_of(lay) is None]
+    own = [lab for lab in labels if lab.metadata.get(IMAGE_KEY) == image.name]
+    own = own or [lab for lab in labels if IMAGE_KEY not in lab.metadata and lab.name == f"{image.name} labels"]
+    return own[0] if own else None
+
+
+def add_result(viewer, image: Image, role: str, layer: Layer, above: Optional[Layer] = None) -> Layer:
+    """Add ``layer`` as ``image``'s result ``role`` (named and tagged so), replacing the old one,
+    and place it (:func:`place_result`)."""
+    old = find_result(viewer, image.name, role)
+    if old is not None:
+        viewer.layers.remove(old)
+    layer.name = result_name(image.name, role)
+    layer.metadata[RESULT_KEY] = (role, image.name)
+    viewer.add_layer(layer)
+    place_result(viewer, image, layer, above)
+    return layer
+
+
+def set_result(viewer, image: Image, role: str, kind, data, kwargs: dict, above: Optional[Layer] = None) -> Layer:
+    """``image``'s result layer ``role`` holding ``data``: updated in place when it is a ``kind``
+    of that shape, else (re)made with ``kwargs``; placed (:func:`place_result`) and returned."""
+    layer = find_result(viewer, image.name, role)
+    if layer is not None and isinstance(layer, kind) and layer.data.shape == np.shape(data):
+        layer.data = data
+        place_result(viewer, image, layer, above)
+        return layer
+    return add_result(viewer, image, role, kind(data, **kwargs), above)
+
+
+def remove_result(viewer, image_name: str, role: str) -> None:
+    """Remove ``image_name``'s result layer ``role``, if there is one."""
+    layer = find_result(viewer, image_name, role)
+    if layer is not None:
+        viewer.layers.remove(layer)
+
+
+def place_result(viewer, image: Image, layer: Layer, above: Optional[Layer] = None) -> None:
+    """Put ``layer`` directly above ``above`` (default: the image's brush labels, else the image)
+    and show it; when a visible image layer above it would still cover it, raise the image with
+    its brush labels and results to the top, in their order. Brush labels found under their own
+    image are first put directly above it, where they can be seen."""
+    layers = viewer.layers
+    strokes = strokes_of(viewer, image)
+    if strokes is not None and image in layers and layers.index(strokes) < layers.index(image):
+        layers.move(layers.index(strokes), layers.index(image) + 1)
+    if above is None or above not in layers:
+        above = strokes or image
+    if above in layers and layer in layers:
+        layers.move(layers.index(layer), layers.index(above) + 1)
+    layer.visible = True
+    if _covered(viewer, layer, image.name):
+        own = [i for i, lay in enumerate(layers) if lay is image or lay.metadata.get(IMAGE_KEY) == image.name
+               or (result_of(lay) or ("", ""))[1] == image.name or lay is above]
+        layers.move_multiple(own, len(layers))
+
+
+def _covered(viewer, layer: Layer, image_name: str) -> bool:
+    """Whether a visible, opaque enough image layer above ``layer`` overlaps it (results of the
+    same image excepted: they are its overlays)."""
+    layers = list(viewer.layers)
+    lo, hi = _bounds(layer)
+    for other in layers[layers.index(layer) + 1:]:
+        if not isinstance(other, Image) or not other.visible or other.opacity < COVERING_OPACITY \
+                or str(other.blending) in SEE_THROUGH or (result_of(other) or ("", ""))[1] == image_name:
+            continue
+        olo, ohi = _bounds(other)
+        n = min(len(lo), len(olo))
+        if np.all(np.maximum(lo[-n:], olo[-n:]) < np.minimum(hi[-n:], ohi[-n:])):
+            return True
+    return False
+
+
+def _bounds(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """World bounds of a layer's last two (displayed) axes."""
+    extent = np.asarray(layer.extent.world, float)
+    return extent[0, -2:], extent[1, -2:]

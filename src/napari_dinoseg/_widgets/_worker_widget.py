@@ -5,7 +5,8 @@ subclass prepares (``_prepare``) with progress and cancellation, mirrored in nap
 progress bar (activity dock), whose cancel button stops the job too; shows the time left,
 measured from the work done so far; turns refusals (``ValueError`` / ``TypeError``) and
 failures into notifications; hands the result to ``_on_result`` on the GUI thread; stays safe
-when the dock is closed mid-run. Long messages wrap in the widget and never widen the dock.
+when the dock is closed mid-run, or hidden. The dock scrolls (napari docks ``.native``, here the
+scroll area) and long messages go into a read-only text area that wraps and never clips.
 
 Background jobs (:meth:`WorkerWidget.run_in_background`, e.g. the train widget's live update)
 run one at a time like a click's, but quietly (status line only: no activity-dock bar, no
@@ -21,7 +22,9 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from magicgui.widgets import Container, ProgressBar, PushButton
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QDockWidget, QFrame
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -30,7 +33,7 @@ from superqt.utils import ensure_main_thread
 from ..progress import Cancelled
 from ._compat import block_triton_if_llvm_is_loaded
 from ._feature_controls import SHARED_CACHE
-from ._text import wrap
+from ._text import message_area
 from ._train_job import import_compute_libraries
 
 logger = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ class WorkerWidget(Container):
     """A dock widget whose action runs ``job(*args, progress, announce)`` in a worker."""
 
     def __init__(self, viewer, run_text: str, idle_text: str) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
+        self.root_native_widget.setFrameShape(QFrame.Shape.NoFrame)
         self._viewer = viewer
         self.cache = SHARED_CACHE
         self.worker: Optional[FunctionWorker] = None
@@ -69,9 +73,12 @@ class WorkerWidget(Container):
         self._run = PushButton(text=run_text)
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
-        self._status = Label(value=idle_text)
-        wrap(self._status)
+        self._status = message_area(idle_text, lines=3)
+        self._buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        self._buttons.margins = (0, 0, 0, 0)
         self._bar: Optional[cancelable_progress] = None  # napari's, in the activity dock
+        self._showing = False  # a progress update is being shown (its bar's events may re-enter)
+        self._stop_reason = ""  # why the running job was stopped, when not by Cancel
         self._started = 0.0
         self._background = False  # the running job is a background one
         self._waiting: Optional[tuple[Callable[[], tuple[Callable, tuple]], bool]] = None  # (prepare, background)
@@ -83,13 +90,21 @@ class WorkerWidget(Container):
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self.native.destroyed.connect(self._on_destroyed)
+        self._watcher = _DockWatcher(self)
+        self.native.installEventFilter(self._watcher)
         block_triton_if_llvm_is_loaded()
         _warm_up()
 
     @property
+    def native(self):
+        """The scroll area holding the controls: what napari docks, so that a dock taller than the
+        window scrolls instead of pushing the other docks off screen."""
+        return self.root_native_widget
+
+    @property
     def run_controls(self) -> list:
-        """Run, Cancel, progress bar and status line, for the subclass's layout."""
-        return [self._run, self._cancel, self._progress, self._status]
+        """Run and Cancel side by side, progress bar and status area, for the subclass's layout."""
+        return [self._buttons, self._progress, self._status]
 
     # ---- for subclasses ------------------------------------------------------------
 
@@ -159,7 +174,7 @@ class WorkerWidget(Container):
             job, *args, self._progress_callback, self._announce, _start_thread=False,
             _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
         )
-        self.worker, self._background = worker, background
+        self.worker, self._background, self._stop_reason = worker, background, ""
         self._run.enabled, self._cancel.enabled, self._progress.value = background, True, 0
         self._status.value = "starting…"
         self._bar = None  # napari's progress bar: made once the job has run NAPARI_BAR_AFTER seconds
@@ -177,8 +192,15 @@ class WorkerWidget(Container):
 
     @ensure_main_thread
     def _show_progress(self, done: int, total: int, message: str) -> None:
-        if self._closed:
-            return
+        if self._closed or self._showing:
+            return  # napari's bar, made or updated below, may run queued updates: they are dropped
+        self._showing = True
+        try:
+            self._update_progress(done, total, message)
+        finally:
+            self._showing = False
+
+    def _update_progress(self, done: int, total: int, message: str) -> None:
         left = self.seconds_left(done, total)
         self._progress.max, self._progress.value = total, done
         self._status.value = message + (f" (about {_duration(left)} left)" if left is not None else "")
@@ -223,7 +245,8 @@ class WorkerWidget(Container):
         self._progress.value = 0
         if isinstance(err, Cancelled):
             superseded = self._background and self._waiting is not None
-            self._status.value = "stopped for a newer update" if superseded else "cancelled; nothing was changed"
+            self._status.value = self._stop_reason or (
+                "stopped for a newer update" if superseded else "cancelled; nothing was changed")
             if not self._background:
                 show_info("dinoseg: cancelled")
         elif isinstance(err, (ValueError, TypeError)):
@@ -248,8 +271,16 @@ class WorkerWidget(Container):
     def _on_destroyed(self, *_args) -> None:
         """The dock was closed: stop the worker; its callbacks must not touch deleted widgets."""
         self._closed = True
+        self._waiting = None
         if self.worker is not None:
             self.worker.quit()
+
+    def _on_hidden(self) -> None:
+        """The dock was hidden (its hide button, the Window menu): stop the running job and forget
+        a waiting one, as Cancel does; the dock works again when shown."""
+        if self.worker is not None or self._waiting is not None:
+            self.cancel()
+            self._stop_reason = "stopped: the dock was hidden; nothing was changed"
 
     def _fail(self, message: str) -> None:
         self._status.value = f"error: {message}"
@@ -262,6 +293,38 @@ class WorkerWidget(Container):
             self._status.value = f"waiting: {message}"
         else:
             self._fail(message)
+
+
+class _DockWatcher(QObject):
+    """Tells a :class:`WorkerWidget` when napari closes its dock (the dock's ✕ takes the widget
+    out of the dock: ``setParent(None)``, no ``destroyed`` while Python holds it) or hides it
+    (the hide button, the Window menu; a dock merely tabbed behind another is not hidden)."""
+
+    def __init__(self, widget: "WorkerWidget") -> None:
+        super().__init__()
+        self._widget = widget
+        self._docked = False
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        kind = event.type()
+        if kind == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._docked = True
+            elif self._docked:  # taken out of its dock: closed
+                self._widget._on_destroyed()
+        elif kind == QEvent.Type.Hide and not event.spontaneous():
+            dock = _dock_of(obj)
+            if dock is not None and dock.isHidden():
+                self._widget._on_hidden()
+        return False
+
+
+def _dock_of(widget) -> Optional[QDockWidget]:
+    """The dock widget holding ``widget``, or ``None``."""
+    parent = widget.parent()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    return parent
 
 
 def _duration(seconds: float) -> str:

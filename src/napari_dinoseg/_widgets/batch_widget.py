@@ -216,16 +216,16 @@ class BatchWidget(WorkerWidget):
             show_warning(f"dinoseg: stopped early: {summary.stopped}")
         doubtful = sorted({Path(path).name for path, _ in summary.warnings})
         if doubtful:
-            show_warning(f"dinoseg: {len(doubtful)} image(s) look unlike the training images or collapsed to one "
-                         f"class: {', '.join(doubtful[:5])}{' …' if len(doubtful) > 5 else ''}; see the report")
+            # the names go to the report, where they wrap: a toast shows one clipped line
+            show_warning(f"dinoseg: {len(doubtful)} image(s) unlike the training images; see the report")
         if result.first is None and result.note and summary.done:  # there was one, but it could not be read
             show_warning(f"dinoseg: {result.note}")
 
     def _on_errored(self, err: BaseException) -> None:
         super()._on_errored(err)
         if isinstance(err, Cancelled) and not self._closed:
-            self._status.value = ("cancelled: the images finished before are in the output folder; "
-                                  "Apply goes on from there")
+            why = "stopped: the dock was hidden" if self._stop_reason else "cancelled"
+            self._status.value = f"{why}; the images finished before are in the output folder; Apply goes on from there"
 
     # ---- the first result ------------------------------------------------------------
 

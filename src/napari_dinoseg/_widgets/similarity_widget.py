@@ -2,10 +2,11 @@
 
 Click a few points on an object in a Points layer, click Compute: a worker featurises the image
 (through the feature cache the other widgets share, so more clicks reuse the features) and
-writes a ``similarity`` Image layer, the cosine similarity of every pixel to the clicked points
-(:func:`napari_dinoseg.similarity.similarity_map`). The threshold slider turns it into the
-``similar`` Labels layer at once, with no recomputation. For a stack every slice is mapped, the
-points' slices being the reference.
+writes an ``"<image> similarity"`` Image layer, the cosine similarity of every pixel to the
+clicked points (:func:`napari_dinoseg.similarity.similarity_map`). The threshold slider turns it
+into the ``"<image> similar"`` Labels layer at once, with no recomputation. Both belong to the
+searched image: each write puts them over it and shows them (``_layers.place_result``). For a
+stack every slice is mapped, the points' slices being the reference.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..image import drop_alpha
 from ..progress import report, within
 from ..similarity import similar_mask, similarity_query
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import set_layer, spatial_shape
+from ._layers import find_result, set_result, spatial_shape
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -131,6 +132,8 @@ class SimilarityWidget(WorkerWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, "Compute", "Click points on an object, then Compute.")
         self.result: Optional[SimilarityResult] = None
+        self._job_image: Optional[Image] = None  # the image the running job searches
+        self._result_image: Optional[Image] = None  # the image of the last result
         self._geometry: dict = {}
         self._summary = ""
         self._image = create_widget(annotation=Image, label="image")
@@ -188,6 +191,7 @@ class SimilarityWidget(WorkerWidget):
             raise ValueError("no image layer: open an image first")
         if image.multiscale:
             raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
+        self._job_image = image
         clicked: Optional[Image] = self._clicked_on.value
         if clicked is None or clicked is image:
             return run_similarity_job, (image.data, bool(image.rgb), self._clicks(image), config, self.cache)
@@ -226,12 +230,15 @@ class SimilarityWidget(WorkerWidget):
         self.features.plan.value = self._status.value = plan
 
     def _on_result(self, result: SimilarityResult) -> None:
-        self.result = result
-        image: Image = self._image.value
+        image: Optional[Image] = self._job_image
+        if image is None or image not in self._viewer.layers:
+            self._status.value = "the image was closed before its similarity map was ready; nothing was written"
+            return
+        self.result, self._result_image = result, image
         ndim = result.maps.ndim
         self._geometry = {"scale": image.scale[-ndim:], "translate": image.translate[-ndim:]}
-        layer = set_layer(self._viewer, SIMILARITY_LAYER, Image, result.maps,
-                                {**self._geometry, "colormap": "magma", "opacity": 0.7, "blending": "translucent"})
+        layer = set_result(self._viewer, image, SIMILARITY_LAYER, Image, result.maps,
+                           {**self._geometry, "colormap": "magma", "opacity": 0.7, "blending": "translucent"})
         layer.contrast_limits = (0.0, 1.0)
         slices = int(np.prod(result.maps.shape[:-2], dtype=np.int64))
         self._summary = (f"{slices} slice(s) from {result.n_points} point(s); features: {result.featurised} "
@@ -245,10 +252,13 @@ class SimilarityWidget(WorkerWidget):
     def update_mask(self, *_args) -> Optional[Labels]:
         """Threshold the last maps into the ``similar`` layer (made again if it was deleted); no
         features are computed. ``None`` before the first Compute."""
-        if self.result is None:
+        image = self._result_image
+        if self.result is None or image not in self._viewer.layers:
             return None
         threshold = float(self._threshold.value)
         mask = similar_mask(self.result.maps, threshold)
-        layer = set_layer(self._viewer, MASK_LAYER, Labels, mask.astype(np.uint8), {**self._geometry, "opacity": 0.5})
+        above = find_result(self._viewer, image.name, SIMILARITY_LAYER)
+        layer = set_result(self._viewer, image, MASK_LAYER, Labels, mask.astype(np.uint8),
+                           {**self._geometry, "opacity": 0.5}, above=above)
         self._status.value = f"{self._summary}; {mask.mean():.1%} of the pixels at least {threshold:.2f} similar"
         return layer

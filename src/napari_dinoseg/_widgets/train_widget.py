@@ -33,8 +33,9 @@ from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
 from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import spatial_shape
+from ._layers import IMAGE_KEY, add_result, find_result, place_result, result_of, spatial_shape, strokes_of
 from ._live import predict_view_first, visible_region
+from ._sections import Section
 from ._text import wrap
 from ._train_job import Source, TrainJob, TrainResult, run_train_job
 from ._worker_widget import WorkerWidget
@@ -42,12 +43,11 @@ from ._worker_widget import WorkerWidget
 if TYPE_CHECKING:
     import napari
 
+#: Roles of the result layers, named "<image> <role>" (see ``_layers``).
 PREDICTIONS = "predictions"
 UNCERTAINTY = "uncertainty (0 = sure, 1 = undecided)"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
 TRAIN_THIS, TRAIN_ALL = "this image", "every image with labels"
-#: Labels-layer metadata key naming the image layer the labels were painted on.
-IMAGE_KEY = "dinoseg_image"
 #: (label, TrainConfig.classifier) choices of the classifier menu.
 CLASSIFIERS = [("logistic regression + trees", "logistic+trees"), ("logistic regression (fastest)", "logistic")]
 NO_CLASSIFIER = "none yet: paint strokes of two or more classes, or load a classifier"
@@ -81,8 +81,6 @@ class TrainWidget(WorkerWidget):
         super().__init__(napari_viewer, "Train / Predict", "Paint strokes of two or more classes, then click Train / Predict.")
         self.segmenter: Optional[Segmenter] = None
         self.last_result: Optional[TrainResult] = None
-        self._predictions: Optional[Labels] = None
-        self._uncertainty: Optional[Image] = None
 
         self._image = create_widget(annotation=Image, label="image")
         self._labels_layer = create_widget(annotation=Labels, label="brush labels")
@@ -111,11 +109,16 @@ class TrainWidget(WorkerWidget):
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self._live_update)
         self._live_token = 0  # the newest live update: views shown by older ones are dropped
-        self.extend([
-            self._image, self._labels_layer, self._new_labels, self._train_on, *self.features.widgets, self._classifier,
-            self._edge_smoothing, self._pca, self._crf, self._scope,
-            self._want_uncertainty, self._live, *self.run_controls, self._state, self._bundle_file,
-            Container(widgets=[self._save, self._load], layout="horizontal", labels=False),
+        self._job_image: Optional[Image] = None  # the image the running job predicts
+        self.classifier_details = Section(
+            "classifier details", [self._classifier, self._edge_smoothing, self._pca, self._crf, self._want_uncertainty],
+            tooltip="the classifier, smoothing, PCA of ViT channels, CRF, uncertainty layer")
+        self.files = Section("classifier file (save / load)", [
+            self._bundle_file, Container(widgets=[self._save, self._load], layout="horizontal", labels=False)],
+            tooltip="save the classifier to a .dinoseg file, or load one")
+        self.extend([  # the everyday controls in view; details and files fold away
+            self._image, self._labels_layer, self._new_labels, self._train_on, *self.features.widgets,
+            self.classifier_details, self._scope, self._live, *self.run_controls, self._state, self.files,
         ])
         for widget, tip in TOOLTIPS.items():
             getattr(self, widget).tooltip = tip
@@ -139,31 +142,42 @@ class TrainWidget(WorkerWidget):
         return self.features.config()
 
     def save_classifier(self, *_args) -> Optional[str]:
-        """Save the last trained classifier and its feature config as a bundle."""
+        """Save the last trained classifier and its feature config as a bundle; the file field then
+        shows the path written (``.dinoseg`` added when missing)."""
         if self.segmenter is None:
             self._fail("nothing to save: train a classifier first")
             return None
-        path = Path(str(self._bundle_file.value))
+        try:
+            path = bundle_path(self._bundle_file.value)
+        except ValueError as err:
+            self._fail(str(err))
+            return None
         if path.suffix != ".dinoseg":
-            path = path.with_suffix(".dinoseg")
+            path = path.with_name(path.name + ".dinoseg")
         try:
             self.segmenter.save(path)
         except (ValueError, OSError) as err:
             self._fail(f"could not save the classifier: {err}")
             return None
+        self._bundle_file.value = path
         self._status.value = f"saved the classifier to {path}"
         show_info(f"dinoseg: saved {path.name}")
         return str(path)
 
     def load_classifier(self, *_args) -> bool:
-        """Load a bundle: Train / Predict then predicts with it while nothing is painted."""
+        """Load a bundle (the name given with or without ``.dinoseg``): Train / Predict then
+        predicts with it while nothing is painted."""
         try:
-            self.loaded = Segmenter.load(str(self._bundle_file.value))
+            path = bundle_path(self._bundle_file.value)
+            if not path.exists() and path.suffix != ".dinoseg" and path.with_name(path.name + ".dinoseg").exists():
+                path = path.with_name(path.name + ".dinoseg")
+            self.loaded = Segmenter.load(str(path))
         except ValueError as err:
             self._fail(str(err))
             return False
+        self._bundle_file.value = path
         seg = self.loaded
-        self._loaded_name = Path(str(self._bundle_file.value)).name
+        self._loaded_name = path.name
         self._strokes_at_load = {id(lay): _digest(lay.data) for lay in self._viewer.layers if isinstance(lay, Labels)}
         self._state.value = (f"loaded from {self._loaded_name} ({seg.classifier.n_classes} classes, "
                              f"{seg.features.kind} features): Train / Predict predicts with it until you paint on "
@@ -176,6 +190,9 @@ class TrainWidget(WorkerWidget):
         image = self._image.value
         if image is None:
             show_error("dinoseg: select an image layer first")
+            return None
+        if image.multiscale:  # refused before any painting, not at the first click
+            self._fail(multiscale_refusal(image.name))
             return None
         layer = self._viewer.add_labels(
             np.zeros(spatial_shape(image), dtype=np.uint8), name=f"{image.name} labels",
@@ -207,7 +224,7 @@ class TrainWidget(WorkerWidget):
 
     def _trains_on(self, layer) -> bool:
         """Whether strokes in ``layer`` train the classifier the widget would fit now."""
-        if layer is self._predictions or not isinstance(layer, Labels):
+        if result_of(layer) is not None or not isinstance(layer, Labels):
             return False
         if layer is self._labels_layer.value:
             return True
@@ -231,7 +248,7 @@ class TrainWidget(WorkerWidget):
         self._claimed = ""
         job = self._make_job(current_slice=True)
         self._live_token += 1
-        show = partial(self._show_view, self._live_token, job.predict_slices[0])
+        show = partial(self._show_view, self._live_token, self._job_image, job.predict_slices[0])
         view = self.visible_region()
         predict_plane = partial(predict_view_first, view=view, show=show)
         return partial(run_train_job, predict_plane=predict_plane), (job, self.cache)
@@ -247,11 +264,12 @@ class TrainWidget(WorkerWidget):
         return visible_region(image.corner_pixels, spatial_shape(image)[-2:])
 
     @ensure_main_thread
-    def _show_view(self, token: int, index: tuple, region: tuple, labels: np.ndarray) -> None:
+    def _show_view(self, token: int, image: Image, index: tuple, region: tuple, labels: np.ndarray) -> None:
         """Write a live update's first pass, the labels of the part on screen (GUI thread)."""
-        if self._closed or token != self._live_token or self.worker is None or self.worker.abort_requested:
-            return  # an update that a newer stroke replaced
-        pred = self._predictions_layer(labels.dtype)
+        if self._closed or token != self._live_token or self.worker is None or self.worker.abort_requested \
+                or image not in self._viewer.layers:
+            return  # an update that a newer stroke replaced, or an image closed meanwhile
+        pred = self._predictions_layer(image, labels.dtype)
         pred.data[tuple(index) + tuple(region)] = labels
         pred.refresh()
 
@@ -268,9 +286,17 @@ class TrainWidget(WorkerWidget):
         labels: Optional[Labels] = self._labels_layer.value
         if image is None:
             raise ValueError("no image layer: open an image first")
+        self._job_image = image
         if self._train_on.value == TRAIN_ALL:
             sources = self._all_sources(image)
         else:
+            owner = None if labels is None else labels.metadata.get(IMAGE_KEY, image.name)
+            if owner is not None and owner != image.name:  # another image's strokes: this image's own
+                own = strokes_of(self._viewer, image)
+                if own is None and self.loaded is None:
+                    raise ValueError(f"labels layer {labels.name!r} belongs to image {owner!r}, not {image.name!r}; "
+                                     "select that image, or click 'New labels layer for this image'")
+                labels = own
             if labels is None and self.loaded is not None:
                 labels = self.new_labels_layer()
             if labels is None:
@@ -314,15 +340,8 @@ class TrainWidget(WorkerWidget):
     def image_label_pairs(self) -> list[tuple[Image, Labels]]:
         """Every image layer with its own Labels layer: the one whose metadata names it (made by
         'New labels layer for this image'), else the one named '<image> labels'."""
-        layers = list(self._viewer.layers)
-        labels = [lay for lay in layers if isinstance(lay, Labels) and lay is not self._predictions]
-        pairs = []
-        for img in (lay for lay in layers if isinstance(lay, Image) and lay is not self._uncertainty):
-            own = [lab for lab in labels if lab.metadata.get(IMAGE_KEY) == img.name] or \
-                  [lab for lab in labels if IMAGE_KEY not in lab.metadata and lab.name == f"{img.name} labels"]
-            if own:
-                pairs.append((img, own[0]))
-        return pairs
+        images = [lay for lay in self._viewer.layers if isinstance(lay, Image) and result_of(lay) is None]
+        return [(img, own) for img in images if (own := strokes_of(self._viewer, img)) is not None]
 
     def _all_sources(self, image: Image) -> list[Source]:
         """The selected image (with its own labels, or none) first, then every other image with
@@ -340,7 +359,7 @@ class TrainWidget(WorkerWidget):
     def _source(self, image: Image, labels: Labels) -> Source:
         """Check one image / labels pair and copy it for the worker."""
         if image.multiscale:
-            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level as a plain image")
+            raise ValueError(multiscale_refusal(image.name))
         shape = spatial_shape(image)
         if not image.rgb and len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
             raise ValueError(
@@ -363,7 +382,11 @@ class TrainWidget(WorkerWidget):
     def _on_result(self, result: TrainResult) -> None:
         self.last_result = result
         self.segmenter = result.segmenter
-        self._write_layers(result)
+        image = self._job_image
+        if image is None or image not in self._viewer.layers:
+            self._status.value = "the image was closed before its prediction was ready; nothing was written"
+            return
+        self._write_layers(result, image)
         reused = f", {result.reused} reused from cache" if result.reused else ""
         if result.trained_on:
             source = f"trained on {len(result.trained_on)} image(s): {'; '.join(result.trained_on)}"
@@ -376,7 +399,7 @@ class TrainWidget(WorkerWidget):
         claimed = f"; labels layer {self._claimed!r} now belongs to this image" if self._claimed else ""
         doubt = f"; {len(result.messages)} warning(s): {result.messages[-1]}" if result.messages else ""
         self._status.value = (
-            f"predicted {len(result.predict_slices)} slice(s) with {result.classifier.n_classes} classes, "
+            f"predicted {len(result.predict_slices)} slice(s) of {image.name!r} with {result.classifier.n_classes} classes, "
             f"{source} ({result.featurised} featurised{reused}){claimed}{doubt}"
         )
 
@@ -387,61 +410,59 @@ class TrainWidget(WorkerWidget):
 
     # ---- writing layers ------------------------------------------------------------
 
-    def _write_layers(self, result: TrainResult) -> None:
-        pred = self._predictions_layer(result.segmentations[0].dtype)
+    @property
+    def predictions(self) -> Optional[Labels]:
+        """The selected image's predictions layer (``"<image> predictions"``), ``None`` before."""
+        image = self._image.value
+        return None if image is None else find_result(self._viewer, image.name, PREDICTIONS)
+
+    def _write_layers(self, result: TrainResult, image: Image) -> None:
+        pred = self._predictions_layer(image, result.segmentations[0].dtype)
         for index, seg in zip(result.predict_slices, result.segmentations):
             pred.data[index] = seg
         pred.refresh()
-        labels, _ = self._strokes()
         if result.uncertainties is not None:
-            self._write_uncertainty(result, spatial_shape(self._image.value), labels)
-        if isinstance(labels, Labels):
-            self._viewer.layers.selection.active = labels
+            self._write_uncertainty(result, image, pred)
+        strokes = strokes_of(self._viewer, image)
+        if strokes is not None:
+            self._viewer.layers.selection.active = strokes
 
-    def _strokes(self) -> tuple:
-        """``(anchor, colours)``: the layer the outputs go under (this image's strokes, else the
-        image) and the Labels layer whose colours the predictions take (``None``: none)."""
-        image: Image = self._image.value
+    def _colours(self, image: Image) -> Optional[Labels]:
+        """The Labels layer whose colours the predictions take: the selected brush labels, else
+        the image's own, else any image's (``None``: none)."""
         selected: Optional[Labels] = self._labels_layer.value
-        usable = selected is not None and selected in self._viewer.layers and selected is not self._predictions
-        colours = selected if usable else next((lab for _, lab in self.image_label_pairs()), None)
-        own = usable and selected.metadata.get(IMAGE_KEY, image.name) == image.name
-        return (selected if own else image), colours
+        if selected is not None and selected in self._viewer.layers and result_of(selected) is None:
+            return selected
+        own = strokes_of(self._viewer, image)
+        return own if own is not None else next((lab for _, lab in self.image_label_pairs()), None)
 
-    def _predictions_layer(self, dtype) -> Labels:
-        """The predictions layer of the selected image's shape and ``dtype``, in the strokes'
-        colours; made (just under the strokes) when missing, remade when of another shape or dtype."""
-        image: Image = self._image.value
-        labels, colours = self._strokes()
+    def _predictions_layer(self, image: Image, dtype) -> Labels:
+        """``image``'s predictions layer of its shape and ``dtype``, in the strokes' colours: made
+        when missing, remade when of another shape or dtype; placed directly above the image's
+        brush labels (or the image) and shown each time (``_layers.place_result``)."""
         shape = spatial_shape(image)
-        pred = self._predictions
-        if pred is None or pred not in self._viewer.layers or pred.data.shape != shape or pred.data.dtype != dtype:
-            if pred is not None and pred in self._viewer.layers:
-                self._viewer.layers.remove(pred)
-            pred = Labels(np.zeros(shape, dtype=dtype), name=PREDICTIONS, opacity=0.6,
-                          scale=image.scale[-len(shape):], translate=image.translate[-len(shape):])
-            self._viewer.layers.insert(self._below(labels), pred)
-            self._predictions = pred
+        pred = find_result(self._viewer, image.name, PREDICTIONS)
+        if pred is None or not isinstance(pred, Labels) or pred.data.shape != shape or pred.data.dtype != dtype:
+            pred = add_result(self._viewer, image, PREDICTIONS, Labels(
+                np.zeros(shape, dtype=dtype), opacity=0.6, scale=image.scale[-len(shape):],
+                translate=image.translate[-len(shape):]))
+        else:
+            place_result(self._viewer, image, pred)
+        colours = self._colours(image)
         if colours is not None and pred.colormap is not colours.colormap:  # setting it redraws the layer
             pred.colormap = colours.colormap
         return pred
 
-    def _below(self, layer) -> int:
-        """Insertion index for an output layer: just under the strokes (a Labels layer), or just
-        over the image when there are none."""
-        index = self._viewer.layers.index(layer)
-        return index if isinstance(layer, Labels) else index + 1
-
-    def _write_uncertainty(self, result: TrainResult, shape, labels) -> None:
-        layer = self._uncertainty
-        if layer is None or layer not in self._viewer.layers or layer.data.shape != shape:
-            if layer is not None and layer in self._viewer.layers:
-                self._viewer.layers.remove(layer)
-            layer = Image(np.zeros(shape, dtype=np.float32), name=UNCERTAINTY, colormap="viridis", opacity=0.7,
-                          blending="translucent", contrast_limits=(0.0, 1.0),
-                          scale=self._image.value.scale[-len(shape):], translate=self._image.value.translate[-len(shape):])
-            self._viewer.layers.insert(self._below(labels), layer)
-            self._uncertainty = layer
+    def _write_uncertainty(self, result: TrainResult, image: Image, pred: Labels) -> None:
+        shape = spatial_shape(image)
+        layer = find_result(self._viewer, image.name, UNCERTAINTY)
+        if layer is None or layer.data.shape != shape:
+            layer = add_result(self._viewer, image, UNCERTAINTY, Image(
+                np.zeros(shape, dtype=np.float32), colormap="viridis", opacity=0.7, blending="translucent",
+                contrast_limits=(0.0, 1.0), scale=image.scale[-len(shape):], translate=image.translate[-len(shape):]),
+                above=pred)
+        else:
+            place_result(self._viewer, image, layer, above=pred)
         top = 1.0 - 1.0 / result.classifier.n_classes  # 1 - max probability when every class is as likely
         for index, unc in zip(result.predict_slices, result.uncertainties):
             layer.data[index] = np.clip(unc / top, 0.0, 1.0)
@@ -453,7 +474,31 @@ class TrainWidget(WorkerWidget):
 
     def _update_scope(self, *_args) -> None:
         image = self._image.value
+        own = None if image is None else strokes_of(self._viewer, image)
+        if own is not None and self._labels_layer.value is not own:  # an image chosen: its own strokes too
+            self._labels_layer.value = own
         self._scope.visible = image is not None and len(spatial_shape(image)) > 2
+        if image is not None and image.multiscale:  # said when it is chosen, before any painting
+            self._status.value = multiscale_refusal(image.name)
+
+
+def multiscale_refusal(name: str) -> str:
+    """Why a multiscale (pyramid) image layer cannot be trained on or predicted yet, and what to do."""
+    return (f"image layer {name!r} is multiscale (a pyramid): dinoseg cannot paint or predict on it yet; open "
+            "its full-resolution level as a plain image layer (e.g. in the console: "
+            f"viewer.add_image(viewer.layers[{name!r}].data[0]))")
+
+
+def bundle_path(value) -> Path:
+    """The classifier file named in the file field; ``ValueError`` when it names none (empty, or a folder)."""
+    text = str(value or "").strip()
+    path = Path(text).expanduser()
+    if text in ("", ".") or not path.name:
+        raise ValueError("no classifier file: type a file name in 'classifier file' (e.g. cells.dinoseg), "
+                         "or choose one with its button")
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder: add a file name (e.g. {str(path / 'cells.dinoseg')!r})")
+    return path
 
 
 def _digest(labels) -> str:

@@ -2,9 +2,11 @@
 
 Reads the image (the current slice, or the whole stack for co-segmentation: the choice is
 shown for images with more than one plane), runs the CAS pipeline in a worker with the
-features cache shared with the train widget, and writes a
-``CAS labels`` Labels layer, a ``foreground`` Labels layer and a ``boxes`` Shapes layer
-(the superbox in yellow). "Use as labels" copies chosen CAS classes into a brush-labels
+features cache shared with the train widget, and writes the image's
+``"<image> CAS labels"`` Labels layer, ``"<image> foreground"`` Labels layer and
+``"<image> boxes"`` Shapes layer (the superbox in yellow), or in parts mode its
+``"<image> parts"`` layer; each write puts them over that image and shows them, and hides the
+other mode's layers of that image (``_layers.place_result``). "Use as labels" copies chosen CAS classes into a brush-labels
 layer as training labels for the train widget.
 
 Features default to DINOv2 when its weights can be had, else to classical features with a
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, create_widget
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 
 from ..config import CASConfig, FeatureConfig
 from ..features.featurise import FeatureCache, cached_featurise, resolve_device
@@ -28,7 +30,8 @@ from ..image import drop_alpha
 from ..progress import report, within
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, check_weights, numbers
-from ._layers import current_index, set_layer, spatial_shape
+from ._layers import add_result, current_index, find_result, remove_result, set_result, spatial_shape
+from ._sections import Section
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -107,6 +110,7 @@ class UnsupervisedWidget(WorkerWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, "Segment", "No labels needed: choose features and click Segment.")
         self.result: Optional[CASResult] = None
+        self._job_image: Optional[Image] = None  # the image the running job segments
         self._image = create_widget(annotation=Image, label="image")
         self.features = FeatureControls(kind="vit")
         self._weights_note = wrap(Label(value=""))
@@ -129,10 +133,13 @@ class UnsupervisedWidget(WorkerWidget):
         self._use = PushButton(text="Use as labels")
         feature_widgets = list(self.features.widgets)
         feature_widgets.insert(feature_widgets.index(self.features.kind) + 1, self._weights_note)
-        self.extend([
-            self._image, self._mode, *feature_widgets, self._n_parts, self._k, self._granularity, self._crf, self._scope,
-            *self.run_controls,
-            self._classes, self._as_label, self._target, self._use,
+        self.clustering = Section("clustering details", [self._k, self._granularity, self._crf],
+                                  tooltip="k-means clusters, merging granularity, dense CRF")
+        self.as_labels = Section("use as training labels", [self._classes, self._as_label, self._target, self._use],
+                                 tooltip="copy chosen CAS classes into a brush-labels layer for the train widget")
+        self.extend([  # the everyday controls in view; details fold away
+            self._image, self._mode, *feature_widgets, self._n_parts, self.clustering, self._scope,
+            *self.run_controls, self.as_labels,
         ])
         self._use.changed.connect(self.use_as_labels)
         self._image.changed.connect(self._update_scope)
@@ -154,6 +161,7 @@ class UnsupervisedWidget(WorkerWidget):
         if config.features.uses_vit:  # no weights: refuse now, not after a minute of retries
             check_weights(config.features)
         planes, self._index = self._planes()
+        self._job_image = self._image.value
         if self._mode.value == MODE_PARTS:
             return run_parts_job, (planes, config.features, int(self._n_parts.value), bool(self._crf.value), self.cache)
         return run_cas_job, (planes, config, self.cache)
@@ -165,8 +173,7 @@ class UnsupervisedWidget(WorkerWidget):
         self._granularity.visible = self.features.kind.value != "classical" and not parts
         self._k.visible = not parts
         self._n_parts.visible = parts
-        for w in (self._classes, self._as_label, self._target, self._use):
-            w.visible = not parts
+        self.as_labels.visible = not parts
         if parts:
             self.features.facet.value = "key"  # the paper's descriptor for parts
 
@@ -178,10 +185,12 @@ class UnsupervisedWidget(WorkerWidget):
 
     def use_as_labels(self, *_args) -> Optional[Labels]:
         """Copy the chosen CAS classes into the brush-labels layer (unlabelled pixels only)."""
-        if CAS_LAYER not in self._viewer.layers:
-            self._fail("run Segment first: there is no 'CAS labels' layer")
+        image: Optional[Image] = self._image.value
+        cas = None if image is None else find_result(self._viewer, image.name, CAS_LAYER)
+        if cas is None:
+            name = "this image" if image is None else repr(image.name)
+            self._fail(f"run Segment on {name} first: it has no '{CAS_LAYER}' layer")
             return None
-        cas = self._viewer.layers[CAS_LAYER]
         try:
             classes = numbers(self._classes.value, "CAS classes", "3, 7", int) or (int(cas.selected_label),)
         except ValueError as err:
@@ -217,9 +226,8 @@ class UnsupervisedWidget(WorkerWidget):
         index = current_index(self._viewer, shape)
         return [prep(np.asarray(image.data[index]))], index
 
-    def _write_parts(self, result: PartsResult) -> None:
-        """The ``parts`` Labels layer: the slice segmented, or every slice of the stack."""
-        image: Image = self._image.value
+    def _write_parts(self, result: PartsResult, image: Image) -> None:
+        """The image's ``parts`` Labels layer: the slice segmented, or every slice of the stack."""
         shape = spatial_shape(image)
         geometry = {"scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
         if self._index is None:
@@ -229,16 +237,24 @@ class UnsupervisedWidget(WorkerWidget):
         else:
             data = np.zeros(shape, result.labels[0].dtype)
             data[self._index] = result.labels[0]
-        set_layer(self._viewer, PARTS_LAYER, Labels, data, geometry)
+        set_result(self._viewer, image, PARTS_LAYER, Labels, data, geometry)
+        hidden = self._hide(image, (CAS_LAYER, FOREGROUND_LAYER, BOXES_LAYER))
         found = int(data.max())
         how = ("foreground by saliency votes across the images" if result.foreground == "saliency"
                else "every pixel is foreground (classical features have no attention to vote with)")
         planes = len(result.labels)
         self._status.value = (f"{found} of {result.n_parts} parts over {planes} plane(s), ids shared; {how}; "
-                              f"{(data > 0).mean():.0%} of the pixels in a part")
+                              f"{(data > 0).mean():.0%} of the pixels in a part{hidden}")
 
-    def _write_layers(self, result: CASResult) -> None:
-        image: Image = self._image.value
+    def _hide(self, image: Image, roles: tuple) -> str:
+        """Hide ``image``'s result layers of the other mode; the status note saying so ("" if none)."""
+        shown = [lay for lay in (find_result(self._viewer, image.name, r) for r in roles) if lay is not None and lay.visible]
+        for layer in shown:
+            layer.visible = False
+        return f"; hid {', '.join(repr(lay.name) for lay in shown)} (tick them in the layer list to compare)" if shown \
+            else ""
+
+    def _write_layers(self, result: CASResult, image: Image) -> None:
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
         geometry = {"scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
         labels, foreground = result.labels, result.foreground.astype(np.uint8)
@@ -248,8 +264,9 @@ class UnsupervisedWidget(WorkerWidget):
             labels, foreground = full_l, full_f
         elif self._index == ():
             labels, foreground = labels.reshape(shape), foreground.reshape(shape)
-        set_layer(self._viewer, CAS_LAYER, Labels, labels, geometry)
-        set_layer(self._viewer, FOREGROUND_LAYER, Labels, foreground, {**geometry, "opacity": 0.4})
+        cas = set_result(self._viewer, image, CAS_LAYER, Labels, labels, geometry)
+        fg = set_result(self._viewer, image, FOREGROUND_LAYER, Labels, foreground, {**geometry, "opacity": 0.4},
+                        above=cas)
         rects, colours = [], []
         slices = [()] * len(result.boxes) if self._index is None else (
             list(np.ndindex(*shape[:-2])) if self._index == () else [self._index])
@@ -258,24 +275,29 @@ class UnsupervisedWidget(WorkerWidget):
                 corners = [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]
                 rects.append(np.array([[*where, r, c] for r, c in corners], float))
                 colours.append("yellow" if i == sup else "cyan")
-        if BOXES_LAYER in self._viewer.layers:
-            self._viewer.layers.remove(BOXES_LAYER)
+        remove_result(self._viewer, image.name, BOXES_LAYER)
         if rects and result.boxes_shown:  # on a continuous microstructure boxes are clutter: none, say why
-            self._viewer.add_shapes(rects, shape_type="rectangle", edge_color=colours, face_color="transparent",
-                                    edge_width=2, name=BOXES_LAYER, **geometry)
+            add_result(self._viewer, image, BOXES_LAYER, Shapes(
+                rects, shape_type="rectangle", edge_color=colours, face_color="transparent", edge_width=2, **geometry),
+                above=fg)
 
     def _show_plan(self, plan: str) -> None:
         self.features.plan.value = self._status.value = plan
 
     def _on_result(self, result) -> None:
+        image: Optional[Image] = self._job_image
+        if image is None or image not in self._viewer.layers:
+            self._status.value = "the image was closed before its segmentation was ready; nothing was written"
+            return
         if isinstance(result, PartsResult):
-            self._write_parts(result)
+            self._write_parts(result, image)
             return
         self.result = result
-        self._write_layers(result)
+        self._write_layers(result, image)
+        hidden = self._hide(image, (PARTS_LAYER,))
         boxes = f"{sum(len(b) for b in result.boxes)} boxes" if result.boxes_shown else result.boxes_note
         if result.silhouettes:  # classical: no clusters merged
             how = "(classical features, their number chosen by silhouette)"
         else:
             how = f"from {result.n_clusters} clusters (distance {result.threshold:.3f})"
-        self._status.value = f"{int(result.labels.max())} classes {how}; {boxes}"
+        self._status.value = f"{int(result.labels.max())} classes {how}; {boxes}{hidden}"
