@@ -104,6 +104,19 @@ def check(seg, image: np.ndarray) -> tuple[list[str], float]:
     return signals(warnings), time.perf_counter() - t
 
 
+def measures(seg, image: np.ndarray) -> dict:
+    """What each signal measured on one image: the intensity quantiles' largest shift (fraction of
+    the training range), the feature mix's total variation distance to the training images' and to
+    the inverted ones', the mean top probability against the training pixels'."""
+    stats = seg.statistics
+    sample, confidence = seg.feature_sample(image)
+    distance, inverted = stats.features.distances(sample)
+    return {"intensity_shift": round(float(stats.shift(seg.normalise(image)).max()), 3),
+            "feature_distance": round(distance, 3),
+            "inverted_distance": None if inverted is None else round(inverted, 3),
+            "confidence_ratio": round(confidence / stats.features.confidence, 3)}
+
+
 def run_classifier(name: str, sets: dict) -> dict:
     """Every target of one classifier: ``{column: [{image, signals}]}``."""
     train_name, seg, train_img = train(name, sets)
@@ -111,7 +124,8 @@ def run_classifier(name: str, sets: dict) -> dict:
 
     def add(column: str, image_name: str, image: np.ndarray) -> None:
         found, seconds = check(seg, image)
-        columns.setdefault(column, []).append({"image": image_name, "signals": found, "seconds": round(seconds, 3)})
+        columns.setdefault(column, []).append({"image": image_name, "signals": found, "seconds": round(seconds, 3),
+                                               **measures(seg, image)})
 
     add("training image", train_name, train_img)
     add("training image inverted", train_name, invert(train_img))
@@ -234,6 +248,27 @@ def signal_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def margin_table(results: dict) -> str:
+    """How far each signal's threshold is from the images it must pass and those it must flag."""
+    from napari_dinoseg.shift import CONFIDENCE_RATIO, FEATURE_THRESHOLD
+
+    lines = [f"| classifier | feature distance: own set, max (median) | other sets, min | inverted copies: "
+             f"inverted distance < distance | confidence ratio: own set, min (flag < {CONFIDENCE_RATIO}) |",
+             "|---|---|---|---|---|"]
+    for name, res in results.items():
+        cols = res["columns"]
+        own = [e["feature_distance"] for e in cols.get("own set", [])]
+        others = [e["feature_distance"] for c in SETS if c != name for e in cols.get(c, [])]
+        inverted = [e for c in ("own set inverted", "training image inverted") for e in cols.get(c, [])]
+        closer = sum(e["inverted_distance"] is not None and e["inverted_distance"] < e["feature_distance"]
+                     for e in inverted)
+        conf = [e["confidence_ratio"] for e in cols.get("own set", [])]
+        lines.append(f"| {LABELS[name]} | " + (f"{max(own):.2f} ({np.median(own):.2f})" if own else "–")
+                     + f" | {min(others):.2f} | {closer}/{len(inverted)} | " + (f"{min(conf):.2f}" if conf else "–")
+                     + " |")
+    return "\n".join(lines) + f"\n\nFeature threshold: {FEATURE_THRESHOLD} (total variation distance)."
+
+
 def overhead_table(over: dict) -> str:
     lines = ["| classifier | image | predict + check, this version (s) | predict + check, intensity quantiles only (s) "
              "| overhead | fit: feature statistics (s) | fit in all (s) |", "|---|---|---|---|---|---|---|"]
@@ -271,6 +306,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"Thresholds: {thresholds}.",
         "Flagged / images (an image is flagged when `Segmenter.check` warns):", table(results),
         "Signals that fired:", signal_table(results),
+        "Margins (what the signals measured):", margin_table(results),
         *(["Cost on batch apply (mean per image, best of runs):", overhead_table(over)] if over else [])])
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

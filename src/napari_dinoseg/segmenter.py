@@ -375,17 +375,21 @@ class Segmenter:
                               cache) -> FeatureDistribution:
         """The training pixels' :class:`~napari_dinoseg.shift.FeatureDistribution` from the fit's
         ``(M, F)`` grid sample, and from the contrast-inverted training images (``1 - x``,
-        featurised here on a grid; kept in ``cache`` per training image)."""
+        featurised here on a grid; kept in ``cache`` per training image). With ViT or hybrid
+        features the inverted images are not featurised (no inversion check): their forward
+        passes would double the fit's cost."""
         from .classify import _pixel_proba
         from .features.featurise import cache_key
 
-        step = sample_step(normalised[0].shape[:2], FEATURE_FIT_SAMPLE / len(normalised))
-        inverted = [_memo(cache, ("inverted sample", cache_key(norm, self.features) if cache else None, step),
-                          lambda norm=norm: self._grid_rows(np.float32(1) - norm, self.features, step, None))
-                    for norm in normalised]
+        inverted = None
+        if not self.features.uses_vit:  # a ViT would need a second forward pass of every training image
+            step = sample_step(normalised[0].shape[:2], FEATURE_FIT_SAMPLE / len(normalised))
+            inverted = self.shift_space(np.concatenate([
+                _memo(cache, ("inverted sample", cache_key(norm, self.features) if cache else None, step),
+                      lambda norm=norm: self._grid_rows(np.float32(1) - norm, self.features, step, None))
+                for norm in normalised]))
         confidence = float(_pixel_proba(self.classifier, grid).max(axis=0).mean())
-        return FeatureDistribution.fit(self.shift_space(grid), self.shift_space(np.concatenate(inverted)),
-                                       confidence, self.training.seed)
+        return FeatureDistribution.fit(self.shift_space(grid), inverted, confidence, self.training.seed)
 
     def _grid_rows(self, norm: np.ndarray, config: FeatureConfig, step: int, cache) -> np.ndarray:
         """``(M, F)`` float32 full features of a normalised plane's pixels on the regular grid of

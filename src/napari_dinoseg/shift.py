@@ -51,7 +51,7 @@ FEATURE_CLUSTERS = 32
 #: Pixels of a new image (a regular grid) whose features the check reads.
 FEATURE_SAMPLE = 4096
 #: Training pixels (at most; a regular subsample of the fit's grid sample) the clusters are fitted on.
-FEATURE_FIT_SAMPLE = 16384
+FEATURE_FIT_SAMPLE = 8192
 #: An image whose mix of kinds of pixel differs from the training images' by more than this total
 #: variation distance is unlike them. On the evaluation sets (``benchmarks/bench_shift.py``)
 #: images of the training image's own set reach 0.05-0.29 (one EBC image 0.49), every other set
@@ -96,37 +96,48 @@ def sample_step(shape: tuple[int, int], n: int = FEATURE_SAMPLE) -> int:
     return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / n))))
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 30) -> np.ndarray:
-    """``(k, D)`` float64 centroids of ``(M, D)`` points: k-means++ seeding, then Lloyd iterations
-    (deterministic for a seed; fewer centroids when there are fewer distinct points)."""
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 20, n_init: int = 3) -> np.ndarray:
+    """``(k, D)`` float64 centroids of ``(M, D)`` points: the best (least squared distance) of
+    ``n_init`` runs of k-means++ seeding and Lloyd iterations; deterministic for a seed, and fewer
+    centroids when there are fewer distinct points."""
     x = np.asarray(x, np.float64)
-    rng = np.random.default_rng(seed)
     k = min(k, len(np.unique(x, axis=0)))
-    centres = [x[rng.integers(len(x))]]
-    nearest = ((x - centres[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        total = nearest.sum()
-        pick = rng.choice(len(x), p=nearest / total) if total > 0 else rng.integers(len(x))
-        centres.append(x[pick])
-        nearest = np.minimum(nearest, ((x - x[pick]) ** 2).sum(1))
-    centres = np.array(centres)
-    for _ in range(iterations):
-        assigned = _nearest(x, centres)
-        moved = centres.copy()
-        for c in range(len(centres)):
-            members = x[assigned == c]
-            if len(members):
-                moved[c] = members.mean(0)
-        if np.allclose(moved, centres):
-            break
-        centres = moved
-    return centres
+    squared = (x ** 2).sum(1)
+    best, best_cost = None, np.inf
+    for run in range(n_init):
+        rng = np.random.default_rng([seed, run])
+        centres = np.empty((k, x.shape[1]))
+        centres[0] = x[rng.integers(len(x))]
+        nearest = ((x - centres[0]) ** 2).sum(1)
+        for c in range(1, k):
+            total = nearest.sum()
+            centres[c] = x[rng.choice(len(x), p=nearest / total) if total > 0 else rng.integers(len(x))]
+            np.minimum(nearest, ((x - centres[c]) ** 2).sum(1), out=nearest)
+        for _ in range(iterations):
+            assigned, _ = _assign(x, squared, centres)
+            counts = np.bincount(assigned, minlength=k)
+            sums = np.stack([np.bincount(assigned, x[:, d], minlength=k) for d in range(x.shape[1])], 1)
+            moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
+            done = np.allclose(moved, centres)
+            centres = moved
+            if done:
+                break
+        _, cost = _assign(x, squared, centres)
+        if cost < best_cost:
+            best, best_cost = centres, cost
+    return best
+
+
+def _assign(x: np.ndarray, squared: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, float]:
+    """Nearest centre of each point and the sum of squared distances to them."""
+    d = squared[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
+    assigned = np.argmin(d, axis=1)
+    return assigned, float(np.maximum(d[np.arange(len(x)), assigned], 0).sum())
 
 
 def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """``(M,)`` index of the nearest of ``(k, D)`` centres for each of ``(M, D)`` points."""
-    d = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
-    return np.argmin(d, axis=1)
+    return np.argmin(-2 * x @ centres.T + (centres ** 2).sum(1)[None], axis=1)
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
@@ -180,11 +191,11 @@ class FeatureDistribution:
             raise ValueError(f"need (M, D) features of at least 2 pixels, got shape {x.shape}")
         x = x[:: max(1, len(x) // FEATURE_FIT_SAMPLE)]
         centre = x.mean(0)
-        _, s, vt = np.linalg.svd(x - centre, full_matrices=False)
-        p = min(FEATURE_COMPONENTS, len(s))
-        spread = s[:p] / np.sqrt(len(x))
+        variance, vectors = np.linalg.eigh(np.cov(x - centre, rowvar=False, bias=True).reshape(x.shape[1], -1))
+        order = np.argsort(variance)[::-1][:FEATURE_COMPONENTS]
+        spread = np.sqrt(np.maximum(variance[order], 0))
         keep = spread > 1e-6 * max(spread.max(), 1e-12)
-        axes = vt[:p][keep] / spread[keep][:, None]
+        axes = vectors[:, order].T[keep] / spread[keep][:, None]
         centroids = kmeans((x - centre) @ axes.T, FEATURE_CLUSTERS, seed)
         partial = cls(centre, axes, centroids, np.zeros(len(centroids)), None, float(confidence))
         fractions = partial.mix(x)
