@@ -42,14 +42,14 @@ def main() -> None:
 
     widget._want_uncertainty.value = True
     click_and_wait(widget)
-    viewer.layers["predictions"].visible = False
+    widget.predictions.visible = False
     viewer.screenshot(str(OUT / "uncertainty_ihc.png"), canvas_only=False)
 
     # DINOv2 mode. No weights can be downloaded on the machine that makes these pictures, so
     # this one runs with RANDOM weights: it shows the controls and the mechanics, not DINOv2's quality.
     widget._want_uncertainty.value = False
-    viewer.layers.remove(UNCERTAINTY)
-    viewer.layers["predictions"].visible = True
+    viewer.layers.remove(f"{widget._image.value.name} {UNCERTAINTY}")
+    widget.predictions.visible = True
     widget.features.use("vit", weights="random")
     click_and_wait(widget)
     viewer.screenshot(str(OUT / "dinov2_mode_random_weights.png"), canvas_only=False)
@@ -222,7 +222,7 @@ def two_images() -> None:
     widget._train_on.value = "every image with labels"
     click_and_wait(widget)
     for layer in viewer.layers:
-        layer.visible = layer.name in (third.name, "predictions")
+        layer.visible = layer.name in (third.name, f"{third.name} predictions")
     viewer.reset_view()
     get_qapp().processEvents()
     viewer.screenshot(str(OUT / "train_two_images_super.png"), canvas_only=False)

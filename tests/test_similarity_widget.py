@@ -16,7 +16,8 @@ napari = pytest.importorskip("napari")
 from napari.layers import Points  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 
-from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
+from napari_dinoseg._widgets._feature_controls import SHARED_CACHE
+from napari_dinoseg._widgets._sections import controls  # noqa: E402
 from napari_dinoseg._widgets.similarity_widget import (  # noqa: E402
     DEFAULT_THRESHOLD, MASK_LAYER, POINTS_LAYER, SIMILARITY_LAYER, SimilarityWidget,
 )
@@ -139,7 +140,7 @@ def test_every_control_has_a_tooltip(dock):
     from magicgui.widgets.bases import ButtonWidget
 
     _, widget = dock(np.zeros((64, 64), np.uint8))
-    for control in widget:
+    for control in controls(widget):
         if not control.native.isHidden():
             assert control.tooltip, control
             text = control.text if isinstance(control, ButtonWidget) else control.label

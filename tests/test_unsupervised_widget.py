@@ -176,7 +176,7 @@ def test_dinov2_without_weights_is_refused_before_any_work(dock, qtbot, notes, b
 def test_use_as_labels_before_segmenting_is_refused(dock, qtbot, blobs):
     viewer, widget = dock(blobs)
     assert widget.use_as_labels() is None
-    assert widget._status.value.startswith("error: run Segment first")
+    assert widget._status.value.startswith("error: run Segment on 'img' first")
 
 
 def two_part_objects(seed: int = 0):

@@ -81,7 +81,7 @@ class FeatureControls:
         for w in (self.views, self.model):
             w.changed.connect(self.update_visibility)
         self.kind.changed.connect(self._on_kind)
-        self._weights_timer = QTimer()  # the plan follows the weights field as it is typed
+        self._weights_timer = QTimer(self.weights.native)  # the plan follows the weights field as typed; dies with it
         self._weights_timer.setSingleShot(True)
         self._weights_timer.setInterval(WEIGHTS_EDIT_MS)
         self._weights_timer.timeout.connect(self.update_visibility)

@@ -64,7 +64,7 @@ def run_headless(out: Path, timeout: float = 600.0) -> dict:
         time.sleep(0.05)
     viewer.reset_view()
     app.processEvents()
-    prediction = np.asarray(viewer.layers["predictions"].data)
+    prediction = np.asarray(widget.predictions.data)
     tifffile.imwrite(out / "prediction.tif", prediction)
     viewer.screenshot(str(out / "screenshot.png"), canvas_only=False)
     classes, counts = np.unique(prediction, return_counts=True)
