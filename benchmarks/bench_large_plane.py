@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_large_plane.py [--sizes 4096 8192] [--clicks 3]
-        [--compare 4096] [--out benchmarks/results/large_plane.json]
+        [--compare 4096] [--baseline-src /tmp/baseline/src] [--baseline-sizes 4096]
+        [--out benchmarks/results/large_plane.json]
 
 For each size, in a fresh process (so that its peak resident memory is its own): the two-texture
 image of ``live_update.py`` (classical features, 65 channels) with four strokes, and a
@@ -15,7 +16,8 @@ line the dock shows), the cache's bytes, and the peak resident memory of the cli
 samples it every 10 ms). For the sizes in ``--compare``, the last click's labels are compared
 with the uncached path's (a fresh ``Segmenter`` fitted and predicting without a cache, after
 the peak is taken): the share of pixels with equal labels and the largest probability difference.
-Writes a markdown table next to the JSON. The real-viewer click and live-update timings at
+``--baseline-src``: the same clicks with an older checkout's ``src`` (its own default cache) at
+``--baseline-sizes``, in the same run. Writes a markdown table next to the JSON. The real-viewer click and live-update timings at
 4096² come from ``live_update.py --sizes 4096``.
 """
 
@@ -38,7 +40,7 @@ import psutil
 sys.path.insert(0, sys.argv[4])
 from live_update import random_stroke, two_textures
 from napari_dinoseg import Segmenter
-from napari_dinoseg.features.featurise import FeatureCache, storage_note
+from napari_dinoseg.features.featurise import FeatureCache
 
 size, clicks, compare = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 image, boundary = two_textures(size)
@@ -73,10 +75,15 @@ for k in range(clicks):
     rows.append({"click": k + 1, "fit": t1 - t0, "predict": t2 - t1, "total": t2 - t0,
                  "cache_gib": cache.nbytes / 2**30})
 running[0] = False
-storage = seg.feature_storage((size, size), 1, cache)
-note = storage_note(storage, seg.feature_bytes((size, size), 1), cache.max_bytes)
+if hasattr(seg, "feature_storage"):
+    from napari_dinoseg.features.featurise import storage_note
+    storage = seg.feature_storage((size, size), 1, cache)
+    float32 = seg.feature_bytes((size, size), 1)
+    note = storage_note(storage, float32, cache.max_bytes)
+else:  # an older checkout
+    storage, float32, note = "float32 (before)", float("nan"), ""
 out = {"size": size, "clicks": rows, "storage": storage, "note": note, "budget_gib": cache.max_bytes / 2**30,
-       "float32_gib": seg.feature_bytes((size, size), 1) / 2**30, "peak_rss_gib": peak[0] / 2**30}
+       "float32_gib": float32 / 2**30, "peak_rss_gib": peak[0] / 2**30}
 if compare:
     cached = seg.to_labels(proba)
     del cache
@@ -88,13 +95,18 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def run(size: int, clicks: int, compare: bool) -> dict:
+def run(size: int, clicks: int, compare: bool, src: Path = None) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src)) if src is not None else None
     done = subprocess.run([sys.executable, "-c", CHILD, str(size), str(clicks), "1" if compare else "0", str(HERE)],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
     if done.returncode or not lines:
         raise RuntimeError(f"{size}^2 failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT"):])
+
+
+def gib(value: float) -> str:
+    return "–" if value != value else f"{value:.1f}"  # NaN: not known (an older checkout)
 
 
 def to_markdown(results: list[dict], machine: str) -> str:
@@ -108,7 +120,7 @@ def to_markdown(results: list[dict], machine: str) -> str:
         ratio = ", ".join(f"{t / first:.2f}" for t in later)
         equal = f"{100 * r['labels_equal']:.4f} % (max Δp {r['max_proba_difference']:.3f})" if "labels_equal" in r \
             else "–"
-        lines.append(f"| {r['size']}² | {r['storage']} | {r['float32_gib']:.1f} | {r['budget_gib']:.1f} | "
+        lines.append(f"| {r['size']}²{' (before)' if r.get('before') else ''} | {r['storage']} | {gib(r['float32_gib'])} | {r['budget_gib']:.1f} | "
                      f"{first:.1f} (fit {r['clicks'][0]['fit']:.1f}) | {', '.join(f'{t:.1f}' for t in later)} | "
                      f"{ratio} | {r['clicks'][-1]['cache_gib']:.2f} | {r['peak_rss_gib']:.1f} | {equal} |")
     lines += [""] + [f"- {r['size']}²: the dock's note: \"{r['note']}\"" for r in results if r["note"]]
@@ -120,6 +132,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--clicks", type=int, default=3)
     parser.add_argument("--compare", type=int, nargs="*", default=[4096])
+    parser.add_argument("--baseline-src", type=Path, default=None, help="an older checkout's src folder")
+    parser.add_argument("--baseline-sizes", type=int, nargs="*", default=[4096])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "large_plane.json")
     args = parser.parse_args()
 
@@ -129,7 +143,11 @@ def main() -> None:
     from live_update import cpu_model
 
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    results = [run(n, args.clicks, n in args.compare) for n in args.sizes]
+    results = []
+    for n in args.sizes:
+        if args.baseline_src is not None and n in args.baseline_sizes:
+            results.append({**run(n, args.clicks, False, args.baseline_src), "before": True})
+        results.append(run(n, args.clicks, n in args.compare))
     machine = (f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()}), "
                f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}; load average "
                f"{load_before} before, {', '.join(f'{x:.1f}' for x in os.getloadavg())} after")

@@ -226,7 +226,7 @@ def bench_size(n: int, strokes: int, clicks: int, seed: int) -> list[dict]:
     rows = []
 
     first = clock.run(lambda: _click(widget))  # makes the predictions layer: timed to the widget's idle
-    clock.watch(widget.predictions)
+    clock.watch(widget.predictions if hasattr(widget, "predictions") else widget._predictions)  # renamed
     rows.append({"size": n, "mode": "first click (featurises)", "view": "-", "slice": stats([first["slice"]]),
                  "plan": widget.features.plan.value})
 

@@ -169,25 +169,32 @@ def visible_region(corners: np.ndarray, shape: tuple[int, int]) -> Optional[Slic
 
 
 def _tile_features(segmenter: Segmenter, norm: np.ndarray, progress, cache, projection=None) -> TileFeatures:
-    """``features(window)`` through ``cache``, the last window's kept at hand (bands walk the tiles in
-    order), kept as :meth:`Segmenter.feature_storage` says for the plane; with a ``projection`` of the ViT channels (:meth:`Segmenter.logit_space`), the window's
-    :func:`~napari_dinoseg.features.featurise.featurise_projected` features."""
-    last: dict = {}
+    """``features(window)`` through ``cache``, kept as :meth:`Segmenter.feature_storage` says for the
+    plane; with a ``projection`` of the ViT channels (:meth:`Segmenter.logit_space`), the window's
+    :func:`~napari_dinoseg.features.featurise.featurise_projected` features.
+
+    Bands walk the tiles in order, a band meeting every tile of its row: the windows a cache
+    keeps are held at hand once met (references to the cache's entries: no cache key hashed
+    again per band); windows it does not keep, and projected ones (computed for this update
+    only), only the last one (memory bounded by one window)."""
+    met: dict = {}
     storage = segmenter.feature_storage(norm.shape[:2], norm.shape[-1], cache)
+    keep_all = cache is not None and projection is None and storage != "none"
 
     def features(window: Slices) -> tuple[Union[FeatureStack, CompactStack], Optional[np.ndarray]]:
         where = tuple((s.start, s.stop) for s in window)
-        if where not in last:
-            last.clear()
+        if where not in met:
+            if not keep_all:
+                met.clear()
             if projection is not None:
                 stack = featurise_projected(norm[window], segmenter.features, projection, progress, normalised=True,
                                             cache=cache)
-                last[where] = stack, None
+                met[where] = stack, None
             else:
                 key, stack = keyed_featurise(norm[window], segmenter.features, progress, cache, normalised=True,
                                              storage=storage)
-                last[where] = stack, segmenter.scaled_features(stack, key, cache) if storage == "float32" else None
-        return last[where]
+                met[where] = stack, segmenter.scaled_features(stack, key, cache) if storage == "float32" else None
+        return met[where]
 
     return features
 
