@@ -96,20 +96,21 @@ def training_image(name: str, sets: dict) -> tuple[str, np.ndarray, np.ndarray]:
     return n, img, Q.simulate_scribbles(gt, 0.01 * img.size, seed=0)
 
 
-def check(seg, image: np.ndarray) -> tuple[list[str], float]:
-    """``(signals, seconds)`` of one image, predicted and checked as batch apply does."""
+def check(seg, image: np.ndarray) -> tuple[list[str], float, np.ndarray]:
+    """``(signals, seconds, probabilities)`` of one image, predicted and checked as batch apply does."""
     t = time.perf_counter()
     proba = seg.predict_proba(image)
     warnings = seg.check(image, proba)
-    return signals(warnings), time.perf_counter() - t
+    return signals(warnings), time.perf_counter() - t, proba
 
 
-def measures(seg, image: np.ndarray) -> dict:
-    """What each signal measured on one image: the intensity quantiles' largest shift (fraction of
-    the training range), the feature mix's total variation distance to the training images' and to
-    the inverted ones', the mean top probability against the training pixels'."""
+def measures(seg, image: np.ndarray, proba: np.ndarray) -> dict:
+    """What each signal measured on one image (its sample kept by ``predict_proba``): the intensity
+    quantiles' largest shift (fraction of the training range), the feature mix's total variation
+    distance to the training images' and to the inverted ones', the mean top probability against
+    the training pixels'."""
     stats = seg.statistics
-    sample, confidence = seg.feature_sample(image)
+    sample, confidence = seg._kept_sample(proba)
     distance, inverted = stats.features.distances(sample)
     return {"intensity_shift": round(float(stats.shift(seg.normalise(image)).max()), 3),
             "feature_distance": round(distance, 3),
@@ -123,9 +124,9 @@ def run_classifier(name: str, sets: dict) -> dict:
     columns: dict[str, list] = {}
 
     def add(column: str, image_name: str, image: np.ndarray) -> None:
-        found, seconds = check(seg, image)
+        found, seconds, proba = check(seg, image)
         columns.setdefault(column, []).append({"image": image_name, "signals": found, "seconds": round(seconds, 3),
-                                               **measures(seg, image)})
+                                               **measures(seg, image, proba)})
 
     add("training image", train_name, train_img)
     add("training image inverted", train_name, invert(train_img))
@@ -286,7 +287,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "shift.json")
     parser.add_argument("--classifiers", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--overhead", type=int, default=3, help="repeats of the overhead timing (0: skip)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md tables from --out's JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.out.read_text())
+        text = report(saved["meta"], saved["thresholds"], saved["results"], saved["overhead"])
+        print(text)
+        args.out.with_suffix(".md").write_text(text + "\n")
+        return 0
     if args.data is None or not args.data.exists():
         parser.error("no evaluation data: pass --data (see ../shared/evaldata/README.md)")
     from napari_dinoseg import shift
@@ -297,23 +305,39 @@ def main(argv: Optional[list[str]] = None) -> int:
         _log(f"classifier {name}")
         results[name] = run_classifier(name, sets)
     over = overhead(sets, args.overhead) if args.overhead else {}
-    meta = Q._versions()
+    meta = {**Q._versions(), "cpu": cpu_name()}
     thresholds = {k: getattr(shift, k) for k in ("SHIFT_THRESHOLD", "FEATURE_THRESHOLD", "INVERSION_MARGIN",
                                                  "CONFIDENCE_RATIO", "FEATURE_COMPONENTS", "FEATURE_CLUSTERS",
                                                  "FEATURE_SAMPLE", "COLLAPSE_FRACTION")}
-    report = "\n\n".join([
-        f"Machine: {meta['processor']}, {meta['cpus']} CPUs ({meta['machine']}); no GPU used. "
+    text = report(meta, thresholds, results, over)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "thresholds": thresholds, "results": results, "overhead": over},
+                                   indent=1))
+    args.out.with_suffix(".md").write_text(text + "\n")
+    return 0
+
+
+def report(meta: dict, thresholds: dict, results: dict, over: dict) -> str:
+    """All the tables, in markdown."""
+    return "\n\n".join([
+        f"Machine: {meta.get('cpu') or meta['processor']}, {meta['cpus']} CPUs ({meta['machine']}); no GPU. "
         f"Thresholds: {thresholds}.",
         "Flagged / images (an image is flagged when `Segmenter.check` warns):", table(results),
         "Signals that fired:", signal_table(results),
         "Margins (what the signals measured):", margin_table(results),
         *(["Cost on batch apply (mean per image, best of runs):", overhead_table(over)] if over else [])])
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "thresholds": thresholds, "results": results, "overhead": over},
-                                   indent=1))
-    args.out.with_suffix(".md").write_text(report + "\n")
-    return 0
+
+
+def cpu_name() -> str:
+    """The processor's model name as the operating system reports it (Linux), else ``""``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 if __name__ == "__main__":

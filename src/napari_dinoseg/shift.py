@@ -204,11 +204,12 @@ class FeatureDistribution:
 
     def mix(self, features: np.ndarray) -> np.ndarray:
         """``(Q,)`` fraction of ``(M, D)`` scaled features' pixels of each kind."""
-        x = np.asarray(features, np.float64)
+        x = np.asarray(features, np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_dims:
             raise ValueError(f"features of shape {x.shape} are not (M, {self.n_dims}) rows of this classifier's "
                              "feature space")
-        kinds = _nearest((x - self.centre) @ self.axes.T, self.centroids)
+        projected = (x - self.centre.astype(np.float32)) @ self.axes.T.astype(np.float32)
+        kinds = _nearest(projected, self.centroids.astype(np.float32))
         return np.bincount(kinds, minlength=len(self.centroids)) / max(1, len(x))
 
     def distances(self, features: np.ndarray) -> tuple[float, Optional[float]]:
