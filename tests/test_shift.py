@@ -239,3 +239,22 @@ def test_vit_and_hybrid_features_check_in_the_classifiers_logit_space():
     distance, inverted = seg.statistics.features.distances(kept)
     assert distance < FEATURE_THRESHOLD and inverted is None  # no second forward pass for the inverted images
     assert isinstance(seg.check(image, proba), list)
+
+
+def test_check_of_foreign_probabilities_reads_the_planes_features_from_a_cache(trained, monkeypatch):
+    """Probabilities put together elsewhere (the widget's view-first prediction) carry no sample:
+    the check featurises the plane, through the cache that already holds its features."""
+    import importlib
+
+    from napari_dinoseg.features.featurise import FeatureCache
+
+    featurise_module = importlib.import_module("napari_dinoseg.features.featurise")
+    image, seg = trained
+    other = 255 - precipitates(5)[0]
+    cache = FeatureCache()
+    proba = seg.predict_proba(other, cache=cache)
+    computed = []
+    featurise = featurise_module.featurise
+    monkeypatch.setattr(featurise_module, "featurise", lambda *a, **k: computed.append(1) or featurise(*a, **k))
+    warnings = seg.check(other, proba.copy(), cache=cache)
+    assert computed == [] and warnings[0].startswith("its contrast looks inverted")

@@ -235,14 +235,18 @@ class Segmenter:
         """``(..., K)`` probabilities -> ``(...)`` label values, in the smallest unsigned dtype holding them."""
         return self._fitted().to_labels(proba).astype(label_dtype(self.classes))
 
-    def check(self, image: ImageLike, proba: Optional[np.ndarray] = None) -> list[str]:
+    def check(self, image: ImageLike, proba: Optional[np.ndarray] = None, cache=None) -> list[str]:
         """Warnings about one plane: unlike the training images, or a collapsed prediction.
 
         Parameters
         ----------
         image : (H, W) or (H, W, C) array
         proba : (H, W, K) array, optional
-            Its probabilities, when already predicted (computed otherwise).
+            Its probabilities, when already predicted (computed otherwise). Those returned by
+            :meth:`predict_proba` carry the feature sample the check reads; for others (e.g. put
+            together from windows elsewhere) the sample is featurised here, through ``cache``.
+        cache : FeatureCache, optional
+            As for :meth:`fit`: a cache holding the plane's features makes that sample cheap.
 
         Returns
         -------
@@ -255,7 +259,7 @@ class Segmenter:
         if self.statistics is not None:
             sample = self._kept_sample(proba)
             if sample is None and self.statistics.features is not None:  # probabilities from elsewhere
-                sample = self.feature_sample(image)
+                sample = self.feature_sample(image, cache)
             features, confidence = (None, None) if sample is None else sample
             warnings = self.statistics.check(norm, self.features.normalise, features, confidence)
         return warnings + collapse_warning(proba, clf.classes)
@@ -407,7 +411,8 @@ class Segmenter:
                                            normalised=True, cache=cache)
                 rows.append(data)
         else:
-            for window, core, _, stack in self._window_features(norm, config, None, cache):
+            storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache, config)
+            for window, core, _, stack in self._window_features(norm, config, None, cache, storage):
                 rows.append(_lattice_rows(stack, window, core, step))
                 del stack
         return np.concatenate(rows).astype(np.float32, copy=False)
