@@ -230,6 +230,123 @@ def two_images() -> None:
     viewer.close()
 
 
+def _quality_module():
+    """benchmarks/quality.py (reading the evaluation sets, simulated strokes), or None without ../shared/evaldata."""
+    import importlib.util
+    import sys
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "evaldata"
+    if not data.exists():
+        print(f"skipped: no {data}")
+        return None, data
+    spec = importlib.util.spec_from_file_location("quality", OUT.parents[1] / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = quality
+    spec.loader.exec_module(quality)
+    return quality, data
+
+
+def _settle(viewer, seconds: float = 0.5) -> None:
+    for _ in range(int(seconds / 0.05)):
+        get_qapp().processEvents()
+        time.sleep(0.05)
+
+
+def each_image_its_prediction() -> None:
+    """Two superalloy SEM images opened one after the other (the second covers the first), each with
+    simulated strokes; one classifier trained on both; each image predicted in turn: each gets its
+    own '<image> predictions' layer directly above its strokes. Grid view shows both (the
+    train dock opened from the Plugins menu, a 1280x800 window); needs ../shared/evaldata."""
+    import napari
+
+    quality, data = _quality_module()
+    if quality is None:
+        return
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    names = ("super_spot1_0d_0", "super_spot1_180d_5")
+    layers = []
+    for i, name in enumerate(names):
+        image, gt = quality._read(data / "nasa_micronet", name)
+        layers.append(viewer.add_image(image, name=name))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: train")
+    for i, layer in enumerate(layers):
+        _, gt = quality._read(data / "nasa_micronet", layer.name)
+        widget._image.value = layer
+        widget.new_labels_layer().data[:] = quality.simulate_scribbles(gt, 0.01 * gt.size / 2, seed=i)
+    widget._train_on.value = "every image with labels"
+    for layer in (layers[1], layers[0]):  # the image opened second first, then the covered one
+        widget._image.value = layer
+        click_and_wait(widget)
+    order = [lay.name for lay in viewer.layers]
+    print("layer order, bottom to top:", order)
+    from napari_dinoseg._widgets.match_widget import viewer_grid
+
+    grid = viewer_grid(viewer)
+    grid.stride, grid.enabled = 3, True  # each image with its strokes and its predictions in one cell
+    viewer.reset_view()
+    _settle(viewer)
+    viewer.screenshot(str(OUT / "two_images_each_its_prediction.png"), canvas_only=False)
+    viewer.close()
+
+
+def three_docks() -> None:
+    """Train, apply to folder and unsupervised opened from the Plugins menu at once in a 1280x800
+    window, on the sample micrograph with its example strokes."""
+    import napari
+
+    from napari_dinoseg._sample_data import sample_ihc
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    for data, kwargs, kind in sample_ihc():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    docks = [viewer.window.add_plugin_dock_widget("napari-dinoseg", name)[0]
+             for name in ("dinoseg: train", "dinoseg: apply to folder", "dinoseg: unsupervised")]
+    viewer.reset_view()
+    _settle(viewer)
+    window = viewer.window._qt_window
+    print("window", window.width(), "x", window.height(), "docks", [d.height() for d in docks])
+    viewer.screenshot(str(OUT / "three_docks_1280x800.png"), canvas_only=False)
+    viewer.close()
+
+
+def shift_warning() -> None:
+    """Apply to folder: a classifier painted on one superalloy SEM image (simulated strokes) applied
+    to two more of its set, a contrast-inverted copy of its training image and a fluorescence nuclei
+    image; the report names the two unlike images. Needs ../shared/evaldata."""
+    import tempfile
+
+    import napari
+    import tifffile
+
+    from napari_dinoseg import FeatureConfig, Segmenter
+
+    quality, data = _quality_module()
+    if quality is None:
+        return
+    work = Path(tempfile.mkdtemp(prefix="dinoseg-shift-"))
+    folder = work / "folder"
+    folder.mkdir()
+    image, gt = quality._read(data / "nasa_micronet", "super_spot1_0d_0")
+    strokes = quality.simulate_scribbles(gt, 0.01 * gt.size / 2, seed=0)
+    bundle = Segmenter(FeatureConfig()).fit(image, strokes).save(work / "super.dinoseg")
+    for name in ("super_spot1_180d_5", "super_spot5_180d_2"):
+        tifffile.imwrite(folder / f"{name}.tif", tifffile.imread(data / "nasa_micronet" / "images" / f"{name}.tif"))
+    tifffile.imwrite(folder / "super_spot1_0d_0_inverted.tif", 255 - image)
+    nuclei = sorted((data / "stardist_dsb2018_nuclei" / "images").glob("*.tif"))[0]
+    tifffile.imwrite(folder / "nuclei.tif", tifffile.imread(nuclei))
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: apply to folder")
+    widget._bundle.value, widget._inputs.value, widget._out.value = bundle, folder, work / "out"
+    click_and_wait(widget)
+    _settle(viewer, 1.0)
+    print(widget._report.value)
+    viewer.screenshot(str(OUT / "apply_to_folder_shift_warning.png"), canvas_only=False)
+    viewer.close()
+
+
 if __name__ == "__main__":
     import sys
 

@@ -37,7 +37,8 @@ def open_dock(viewer, qtbot, name):
 def test_train_apply_and_unsupervised_docked_at_once_fit_1280_by_800(viewer, qtbot):
     viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
     docks = [open_dock(viewer, qtbot, name)[0] for name in THREE]
-    qtbot.wait(100)
+    # they share the height, each in proportion to its controls (napari alone leaves two at ~90 px)
+    qtbot.waitUntil(lambda: min(d.height() for d in docks) >= 180, timeout=5000)
     window = viewer.window._qt_window
     assert window.minimumSizeHint().height() <= 800 and window.height() <= 800
     for dock in docks:

@@ -164,7 +164,7 @@ class FeatureControls:
                 return f"cannot run: {err}"
             folder = str(weights_dir()).replace(str(Path.home()), "~", 1)
             return (f"cannot run: no {self.model.value} weights here, and offline. Put "
-                    f"{model_spec(self.model.value).files[0]} in {folder}, or type a checkpoint's path under 'weights'")
+                    f"{model_spec(self.model.value).files[0]} in {folder}, or type a checkpoint's path in 'feature details' › 'weights'")
         return ""
 
 

@@ -3,9 +3,9 @@
 Every result layer (predictions, uncertainty, similarity, CAS labels, parts, ...) belongs to one
 image layer: it is named ``"<image> <role>"``, carries ``(role, image name)`` in its metadata
 under :data:`RESULT_KEY`, and each time it is written it is put directly above that image's
-brush-labels layer (or the image), shown, and, when another visible image layer would cover it,
-raised to the top with the rest of its image's layers, so that a result is never written where
-the user cannot see it.
+brush-labels layer (or the image) and shown; when layers of another image are drawn over that
+image, the image comes to the top with its strokes and results. So a result is never written
+where the user cannot see it, nor drawn over another image.
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ def remove_result(viewer, image_name: str, role: str) -> None:
 
 def place_result(viewer, image: Image, layer: Layer, above: Optional[Layer] = None) -> None:
     """Put ``layer`` directly above ``above`` (default: the image's brush labels, else the image)
-    and show it; when a visible image layer above it would still cover it, raise the image with
-    its brush labels and results to the top, in their order. Brush labels found under their own
+    and show it. When a layer of another image (that image, its strokes or its results) is drawn
+    over this image, raise this image with its strokes and results to the top, in their order,
+    so that the canvas shows the image with its own result. Brush labels found under their own
     image are first put directly above it, where they can be seen."""
     layers = viewer.layers
     strokes = strokes_of(viewer, image)
@@ -129,24 +130,39 @@ def place_result(viewer, image: Image, layer: Layer, above: Optional[Layer] = No
     if above in layers and layer in layers:
         layers.move(layers.index(layer), layers.index(above) + 1)
     layer.visible = True
-    if _covered(viewer, layer, image.name):
-        own = [i for i, lay in enumerate(layers) if lay is image or lay.metadata.get(IMAGE_KEY) == image.name
-               or (result_of(lay) or ("", ""))[1] == image.name or lay is above]
+    if image in layers and _covered(viewer, image):
+        own = [i for i, lay in enumerate(layers) if _owner(viewer, lay) == image.name or lay is layer]
         layers.move_multiple(own, len(layers))
 
 
-def _covered(viewer, layer: Layer, image_name: str) -> bool:
-    """Whether a visible, opaque enough image layer above ``layer`` overlaps it (results of the
-    same image excepted: they are its overlays)."""
+def _owner(viewer, layer: Layer) -> Optional[str]:
+    """The name of the image a layer belongs to: an image layer its own, brush labels the image
+    they were painted on, a result its image; ``None`` for any other layer."""
+    if result_of(layer) is not None:
+        return result_of(layer)[1]
+    if isinstance(layer, Image):
+        return layer.name
+    if isinstance(layer, Labels):
+        owner = layer.metadata.get(IMAGE_KEY)
+        if owner is None and layer.name.endswith(" labels") and layer.name[:-len(" labels")] in viewer.layers:
+            owner = layer.name[:-len(" labels")]
+        return owner
+    return None
+
+
+def _covered(viewer, image: Image) -> bool:
+    """Whether a visible layer of another image is drawn over ``image`` where they overlap (an
+    image layer only when opaque enough to hide it)."""
     layers = list(viewer.layers)
-    lo, hi = _bounds(layer)
-    for other in layers[layers.index(layer) + 1:]:
-        if not isinstance(other, Image) or not other.visible or other.opacity < COVERING_OPACITY \
-                or str(other.blending) in SEE_THROUGH or (result_of(other) or ("", ""))[1] == image_name:
+    lo, hi = _bounds(image)
+    for other in layers[layers.index(image) + 1:]:
+        owner = _owner(viewer, other)
+        if owner is None or owner == image.name or not other.visible:
+            continue
+        if isinstance(other, Image) and (other.opacity < COVERING_OPACITY or str(other.blending) in SEE_THROUGH):
             continue
         olo, ohi = _bounds(other)
-        n = min(len(lo), len(olo))
-        if np.all(np.maximum(lo[-n:], olo[-n:]) < np.minimum(hi[-n:], ohi[-n:])):
+        if np.all(np.maximum(lo, olo) < np.minimum(hi, ohi)):
             return True
     return False
 

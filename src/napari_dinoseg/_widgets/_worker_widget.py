@@ -23,8 +23,8 @@ import time
 from typing import Any, Callable, Optional
 
 from magicgui.widgets import Container, ProgressBar, PushButton
-from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QDockWidget, QFrame
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 #: updated at most this often (s): under software OpenGL its redraws cost a short click up to
 #: 0.7 s (benchmarks/live_update.py), and a job of a second needs no second progress bar.
 NAPARI_BAR_AFTER, NAPARI_BAR_EVERY = 1.0, 0.25
+#: A newly docked widget shares its side of the window this long after napari has placed and
+#: shown it (ms).
+SHARE_AFTER_MS = 100
 
 
 def _warm_up() -> None:
@@ -66,6 +69,7 @@ class WorkerWidget(Container):
     def __init__(self, viewer, run_text: str, idle_text: str) -> None:
         super().__init__(labels=True, scrollable=True)
         self.root_native_widget.setFrameShape(QFrame.Shape.NoFrame)
+        self.native.widget().layout().addStretch(1)  # controls at the top of a tall dock; widgets go before it
         self._viewer = viewer
         self.cache = SHARED_CACHE
         self.worker: Optional[FunctionWorker] = None
@@ -310,6 +314,11 @@ class _DockWatcher(QObject):
         if kind == QEvent.Type.ParentChange:
             if obj.parent() is not None:
                 self._docked = True
+                timer = QTimer(obj)  # a child: never fires for a widget deleted meanwhile
+                timer.setSingleShot(True)
+                timer.timeout.connect(lambda: share_dock_space(_dock_of(obj)))
+                timer.timeout.connect(timer.deleteLater)
+                timer.start(SHARE_AFTER_MS)
             elif self._docked:  # taken out of its dock: closed
                 self._widget._on_destroyed()
         elif kind == QEvent.Type.Hide and not event.spontaneous():
@@ -317,6 +326,27 @@ class _DockWatcher(QObject):
             if dock is not None and dock.isHidden():
                 self._widget._on_hidden()
         return False
+
+
+def share_dock_space(dock: Optional[QDockWidget]) -> None:
+    """Share the height of ``dock``'s side of the window among the docks stacked there, in
+    proportion to what each needs to show all of its controls (napari gives a new dock the room
+    the others need, leaving them a title and a row or two); each then scrolls what it cannot show."""
+    window = None if dock is None else dock.parentWidget()
+    if not isinstance(window, QMainWindow) or dock.isFloating():
+        return
+    area = window.dockWidgetArea(dock)
+    docks = [d for d in window.findChildren(QDockWidget) if not d.isHidden() and not d.isFloating()
+             and window.dockWidgetArea(d) == area and not window.tabifiedDockWidgets(d)]
+    if len(docks) < 2:
+        return
+    needs = []
+    for d in docks:
+        inner = d.widget()
+        content = inner.widget() if isinstance(inner, QScrollArea) and inner.widget() is not None else inner
+        needs.append(max(1, content.sizeHint().height() + d.titleBarWidget().sizeHint().height()
+                         if d.titleBarWidget() is not None else content.sizeHint().height()))
+    window.resizeDocks(docks, needs, Qt.Orientation.Vertical)
 
 
 def _dock_of(widget) -> Optional[QDockWidget]:

@@ -28,6 +28,7 @@ from qtpy.QtGui import QTextOption
 from ..batch import BatchSummary, apply_bundle
 from ..progress import Cancelled
 from ..reading import ImageFile, read_image
+from ._sections import Section
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -189,8 +190,9 @@ class BatchWidget(WorkerWidget):
         for name in REMEMBERED:
             if name in _LAST:
                 getattr(self, name).value = _LAST[name]
-        self.extend([self._bundle, self._inputs, self._out, self._probabilities, self._overwrite,
-                     self._open_first, *self.run_controls, self._report])
+        self.option_section = Section("options", [self._probabilities, self._overwrite, self._open_first],
+                               tooltip="probabilities, overwriting, opening the first result")
+        self.extend([self._bundle, self._inputs, self._out, self.option_section, *self.run_controls, self._report])
 
     def _prepare(self):
         values = [str(w.value) for w in (self._bundle, self._inputs, self._out)]
