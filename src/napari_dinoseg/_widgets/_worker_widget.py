@@ -112,6 +112,14 @@ class WorkerWidget(Container):
 
     # ---- for subclasses ------------------------------------------------------------
 
+    def _fill_with_last(self) -> None:
+        """Let the last control (an expanding text area: a report) take the dock's spare height
+        instead of the stretch that keeps the controls at the top."""
+        layout = self.native.widget().layout()
+        last = layout.itemAt(layout.count() - 1)
+        if last is not None and last.spacerItem() is not None:
+            layout.removeItem(last)
+
     def _prepare(self) -> tuple[Callable, tuple]:
         """Read the inputs on the GUI thread: ``(job, args)``; raise ValueError to refuse."""
         raise NotImplementedError
@@ -211,7 +219,11 @@ class WorkerWidget(Container):
         now = time.perf_counter()
         if self._bar is None and not self._background and self.worker is not None \
                 and now - self._started >= NAPARI_BAR_AFTER:
-            self._bar = cancelable_progress(total=total, desc=f"dinoseg: {self._run.text}")
+            bar = cancelable_progress(total=total, desc=f"dinoseg: {self._run.text}")
+            if self.worker is None:  # its events ran the job's _on_finished meanwhile: nothing to show
+                bar.close()
+                return
+            self._bar = bar
         bar = self._bar  # its events may run queued callbacks, _on_finished among them
         if bar is not None and (now - self._bar_updated >= NAPARI_BAR_EVERY or done >= total):
             self._bar_updated = now

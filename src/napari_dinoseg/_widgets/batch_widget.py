@@ -24,6 +24,7 @@ from magicgui.widgets import CheckBox, FileEdit, TextEdit
 from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_warning
 from qtpy.QtGui import QTextOption
+from qtpy.QtWidgets import QSizePolicy
 
 from ..batch import BatchSummary, apply_bundle
 from ..progress import Cancelled
@@ -183,7 +184,10 @@ class BatchWidget(WorkerWidget):
         self._report.read_only = True
         report = self._report.native
         report.setWordWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)  # long paths wrap, never widen
-        report.setFixedHeight(REPORT_LINES_SHOWN * report.fontMetrics().lineSpacing() + 12)
+        report.setMinimumHeight(REPORT_LINES_SHOWN * report.fontMetrics().lineSpacing() + 12)
+        policy = report.sizePolicy()  # taller with the dock: the spare height is the report's
+        policy.setVerticalPolicy(QSizePolicy.Policy.Expanding)
+        report.setSizePolicy(policy)
         report.setPlaceholderText("after a run: done / skipped / failed, with reasons")
         for name, tip in TOOLTIPS.items():
             getattr(self, name).tooltip = tip
@@ -193,6 +197,7 @@ class BatchWidget(WorkerWidget):
         self.option_section = Section("options", [self._probabilities, self._overwrite, self._open_first],
                                tooltip="probabilities, overwriting, opening the first result")
         self.extend([self._bundle, self._inputs, self._out, self.option_section, *self.run_controls, self._report])
+        self._fill_with_last()  # the report takes the dock's spare height
 
     def _prepare(self):
         values = [str(w.value) for w in (self._bundle, self._inputs, self._out)]
