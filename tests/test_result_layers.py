@@ -14,10 +14,9 @@ napari = pytest.importorskip("napari")
 
 from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
 from napari_dinoseg._widgets._layers import results, strokes_of  # noqa: E402
-from napari_dinoseg._widgets.similarity_widget import SimilarityWidget  # noqa: E402
-from napari_dinoseg._widgets.train_widget import PREDICTIONS, TRAIN_ALL, TrainWidget  # noqa: E402
+from napari_dinoseg._widgets.train_widget import PREDICTIONS, TRAIN_ALL  # noqa: E402
 from napari_dinoseg._widgets.unsupervised_widget import (  # noqa: E402
-    CAS_LAYER, FOREGROUND_LAYER, MODE_PARTS, PARTS_LAYER, UnsupervisedWidget,
+    CAS_LAYER, FOREGROUND_LAYER, MODE_PARTS, PARTS_LAYER,
 )
 
 TIMEOUT_MS = 120_000
@@ -35,21 +34,31 @@ def coloured_fraction(viewer) -> float:
 
     QApplication.processEvents()
     shot = viewer.screenshot(canvas_only=True, flash=False).astype(int)[..., :3]
-    from skimage.io import imsave; imsave(f"/tmp/shot{len(viewer.layers)}.png", shot.astype(np.uint8))
     return float(np.mean(shot.max(axis=-1) - shot.min(axis=-1) > 40))
 
 
 @pytest.fixture
-def two_images(make_napari_viewer, phases):
+def docked(make_napari_viewer):
+    """``docked(image, name, dock) -> (viewer, widget, layer)``: a shown 1280x800 viewer holding
+    ``image`` as layer ``name``, with the dock opened from the Plugins menu."""
+
+    def make(image, name, dock):
+        SHARED_CACHE.clear()
+        viewer = make_napari_viewer(show=True)
+        viewer.window.resize(1280, 800)
+        layer = viewer.add_image(image, name=name)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", dock)
+        return viewer, widget, layer
+
+    return make
+
+
+@pytest.fixture
+def two_images(docked, phases):
     """A viewer with two opaque micrographs at the same place, the second opened on top, each
     painted in its own labels layer, and the train widget docked."""
-    SHARED_CACHE.clear()
     image, truth, scribbles = phases
-    viewer = make_napari_viewer(show=True)
-    viewer.window.resize(1280, 800)
-    first = viewer.add_image(image, name="first")
-    widget = TrainWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="dinoseg: train")
+    viewer, widget, first = docked(image, "first", "dinoseg: train")
     widget.new_labels_layer().data[:] = scribbles
     second = viewer.add_image(np.roll(image, 40, axis=1), name="second")
     widget._image.value = second
@@ -105,14 +114,9 @@ def test_a_loaded_classifier_on_a_newly_opened_image_shows_its_prediction(two_im
     assert iou(pred.data, truth[::-1], 1) > 0.8 and coloured_fraction(viewer) > 0.5
 
 
-def test_find_similar_on_another_image_shows_its_map_over_that_image(make_napari_viewer, qtbot, phases):
-    SHARED_CACHE.clear()
+def test_find_similar_on_another_image_shows_its_map_over_that_image(docked, qtbot, phases):
     image, truth, _ = phases
-    viewer = make_napari_viewer(show=True)
-    viewer.window.resize(1280, 800)
-    viewer.add_image(image, name="clicked")
-    widget = SimilarityWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="dinoseg: find similar")
+    viewer, widget, _ = docked(image, "clicked", "dinoseg: find similar (click)")
     widget.features.use("classical")
     points = widget.add_points_layer()
     points.add(np.argwhere(truth == 3)[::400][:4].astype(float))
@@ -126,14 +130,8 @@ def test_find_similar_on_another_image_shows_its_map_over_that_image(make_napari
     assert coloured_fraction(viewer) > 0.05
 
 
-def test_parts_mode_hides_the_previous_cas_layers_of_that_image(make_napari_viewer, qtbot, phases):
-    SHARED_CACHE.clear()
-    image, _, _ = phases
-    viewer = make_napari_viewer(show=True)
-    viewer.window.resize(1280, 800)
-    layer = viewer.add_image(image, name="img")
-    widget = UnsupervisedWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="dinoseg: unsupervised")
+def test_parts_mode_hides_the_previous_cas_layers_of_that_image(docked, qtbot, phases):
+    viewer, widget, layer = docked(phases[0], "img", "dinoseg: unsupervised")
     widget.features.use("classical")
     run(qtbot, widget)
     cas, fg = viewer.layers[f"img {CAS_LAYER}"], viewer.layers[f"img {FOREGROUND_LAYER}"]
