@@ -150,3 +150,26 @@ def test_the_dock_says_when_features_cannot_be_kept(make_napari_viewer, qtbot, p
     assert widget._status.value.endswith("for interactive speed") and "cannot be kept" in widget._status.value
     assert widget.last_result.messages[-1] in plan
     SHARED_CACHE.clear()
+
+
+def test_a_live_updates_check_reads_the_cached_features(phases, monkeypatch):
+    """The job's shift check of a live update's probabilities (which carry no feature sample)
+    takes its sample from the cache: no featurisation after the fit (before: the whole plane
+    featurised again after every stroke, 12-20 s at 4096^2)."""
+    import importlib
+
+    from napari_dinoseg._widgets._train_job import Source, TrainJob, run_train_job
+
+    featurise_module = importlib.import_module("napari_dinoseg.features.featurise")
+    image, _, scribbles = phases
+    cache = FeatureCache()
+    job = lambda: TrainJob(sources=[Source("img", image, scribbles, False)], predict_slices=[()],  # noqa: E731
+                           segmenter=Segmenter(SMALL))
+    run_train_job(job(), cache)
+    built = []
+    real = featurise_module.featurise
+    monkeypatch.setattr(featurise_module, "featurise", lambda *a, **k: built.append(1) or real(*a, **k))
+    view = (slice(37, 131), slice(21, 99))
+    result = run_train_job(job(), cache, predict_plane=lambda seg, plane, progress, c: predict_view_first(
+        seg, plane, progress, c, view=view))
+    assert built == [] and result.featurised == 0

@@ -243,7 +243,9 @@ def _predict(job: TrainJob, predict_plane: PlanePredictor, progress: Optional[Pr
         plane = source.plane(index)
         proba = predict_plane(seg, plane, within(progress, n * share, (n + 1) * share), cache)
         where = f"{source.name}{' slice ' + str(index) if index else ''}: "
-        messages += [where + message for message in seg.check(plane, proba)]
+        # through the cache: a live update's probabilities (predicted view first) carry no feature
+        # sample, so the check reads one from the cached windows instead of featurising the plane again
+        messages += [where + message for message in seg.check(plane, proba, cache)]
         segs.append(seg.to_labels(proba))
         if job.want_uncertainty:
             uncs.append(uncertainty(proba))
