@@ -100,7 +100,7 @@ def unsupervised() -> None:
     widget.features.kind.value = "classical"
     widget._k.value = 20
     click_and_wait(widget)
-    viewer.layers["foreground"].visible = False
+    viewer.layers["ihc micrograph foreground"].visible = False
     viewer.reset_view()
     viewer.screenshot(str(OUT / "unsupervised_classical_ihc.png"), canvas_only=False)
     viewer.close()

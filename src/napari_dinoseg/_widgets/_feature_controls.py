@@ -50,7 +50,7 @@ class FeatureControls:
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
         self.weights = LineEdit(value="", label="weights")
         self.weights.native.setPlaceholderText("released weights; or a file path; or 'random' (tests only)")
-        self.plan = message_area("", lines=2)
+        self.plan = message_area("", lines=1)
         self.sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
         self.membrane = CheckBox(value=True, text="membrane projections")
         tips = {

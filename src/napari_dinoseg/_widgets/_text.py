@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from magicgui.widgets import Label, TextEdit
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QFrame, QSizePolicy, QTextEdit
 
 
@@ -15,19 +15,44 @@ def wrap(label: Label) -> Label:
     return label
 
 
-def message_area(value: str = "", lines: int = 3, label: str = "") -> TextEdit:
+def message_area(value: str = "", lines: int = 2, max_lines: int = 8, label: str = "") -> TextEdit:
     """A read-only text area for long messages (status, plan): it wraps at the dock's width,
-    shows ``lines`` lines and scrolls beyond them, so a message is never cut; its text can be
-    selected and copied (paths, file names)."""
-    area = TextEdit(value=value, label=label)
+    grows with its text from ``lines`` to ``max_lines`` lines and scrolls beyond them, so a
+    message is never cut; its text can be selected and copied (paths, file names)."""
+    area = TextEdit(value="", label=label)
     area.read_only = True
     native = area.native
     native.setLineWrapMode(QTextEdit.LineWrapMode.WidgetWidth)
     native.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     native.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     native.setFrameShape(QFrame.Shape.NoFrame)
-    height = native.fontMetrics().lineSpacing() * lines + 2 * native.document().documentMargin() + 4
-    native.setFixedHeight(int(height))
     native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
     native.setMinimumWidth(0)
+    fit = _FitToText(native, lines, max_lines)
+    native.installEventFilter(fit)
+    native.textChanged.connect(fit.fit)
+    area.value = value
+    fit.fit()
     return area
+
+
+class _FitToText(QObject):
+    """Keeps a text area as tall as its wrapped text, between two numbers of lines."""
+
+    def __init__(self, area: QTextEdit, lines: int, max_lines: int) -> None:
+        super().__init__(area)
+        self._area, self._lines, self._max = area, lines, max_lines
+
+    def fit(self) -> None:
+        area = self._area
+        doc = area.document()
+        doc.setTextWidth(area.viewport().width())
+        line = area.fontMetrics().lineSpacing()
+        margin = 2 * doc.documentMargin() + 4
+        wanted = min(max(doc.size().height(), self._lines * line), self._max * line)
+        area.setFixedHeight(int(wanted + margin))
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Resize:
+            self.fit()
+        return False

@@ -77,7 +77,7 @@ class WorkerWidget(Container):
         self._run = PushButton(text=run_text)
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=1000, value=0, label="progress")
-        self._status = message_area(idle_text, lines=3)
+        self._status = message_area(idle_text, lines=2)
         self._buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
         self._buttons.margins = (0, 0, 0, 0)
         self._bar: Optional[cancelable_progress] = None  # napari's, in the activity dock
