@@ -103,29 +103,36 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 20, n_init: i
     x = np.asarray(x, np.float64)
     k = min(k, len(np.unique(x, axis=0)))
     squared = (x ** 2).sum(1)
-    best, best_cost = None, np.inf
-    for run in range(n_init):
-        rng = np.random.default_rng([seed, run])
-        centres = np.empty((k, x.shape[1]))
-        centres[0] = x[rng.integers(len(x))]
-        nearest = ((x - centres[0]) ** 2).sum(1)
-        for c in range(1, k):
-            total = nearest.sum()
-            centres[c] = x[rng.choice(len(x), p=nearest / total) if total > 0 else rng.integers(len(x))]
-            np.minimum(nearest, ((x - centres[c]) ** 2).sum(1), out=nearest)
-        for _ in range(iterations):
-            assigned, _ = _assign(x, squared, centres)
-            counts = np.bincount(assigned, minlength=k)
-            sums = np.stack([np.bincount(assigned, x[:, d], minlength=k) for d in range(x.shape[1])], 1)
-            moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
-            done = np.allclose(moved, centres)
-            centres = moved
-            if done:
-                break
-        _, cost = _assign(x, squared, centres)
-        if cost < best_cost:
-            best, best_cost = centres, cost
-    return best
+    runs = [_lloyd(x, squared, _seeds(x, k, np.random.default_rng([seed, run])), iterations)
+            for run in range(n_init)]
+    return min(runs, key=lambda centres: _assign(x, squared, centres)[1])
+
+
+def _seeds(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: ``(k, D)`` points of ``x``, each drawn with probability proportional to its
+    squared distance to the nearest one drawn before."""
+    centres = np.empty((k, x.shape[1]))
+    centres[0] = x[rng.integers(len(x))]
+    nearest = ((x - centres[0]) ** 2).sum(1)
+    for c in range(1, k):
+        total = nearest.sum()
+        centres[c] = x[rng.choice(len(x), p=nearest / total) if total > 0 else rng.integers(len(x))]
+        np.minimum(nearest, ((x - centres[c]) ** 2).sum(1), out=nearest)
+    return centres
+
+
+def _lloyd(x: np.ndarray, squared: np.ndarray, centres: np.ndarray, iterations: int) -> np.ndarray:
+    """Lloyd iterations from ``(k, D)`` centres until they stop moving (an empty cluster keeps its centre)."""
+    k = len(centres)
+    for _ in range(iterations):
+        assigned, _ = _assign(x, squared, centres)
+        counts = np.bincount(assigned, minlength=k)
+        sums = np.stack([np.bincount(assigned, x[:, d], minlength=k) for d in range(x.shape[1])], 1)
+        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
+        if np.allclose(moved, centres):
+            return moved
+        centres = moved
+    return centres
 
 
 def _assign(x: np.ndarray, squared: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, float]:
@@ -195,6 +202,8 @@ class FeatureDistribution:
         order = np.argsort(variance)[::-1][:FEATURE_COMPONENTS]
         spread = np.sqrt(np.maximum(variance[order], 0))
         keep = spread > 1e-6 * max(spread.max(), 1e-12)
+        if not keep.any():  # every training pixel alike: one axis, not whitened
+            keep[0], spread[0] = True, 1.0
         axes = vectors[:, order].T[keep] / spread[keep][:, None]
         centroids = kmeans((x - centre) @ axes.T, FEATURE_CLUSTERS, seed)
         partial = cls(centre, axes, centroids, np.zeros(len(centroids)), None, float(confidence))
