@@ -91,3 +91,22 @@ def test_a_dock_tabbed_behind_another_keeps_its_job(viewer, qtbot):
     assert not job.cancelled.is_set() and widget.worker is not None
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=5000)
+
+
+def test_a_hidden_train_dock_starts_no_live_update(viewer, qtbot, phases):
+    image, _, scribbles = phases
+    viewer.layers["img"].data = image
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: train")
+    dock.show()
+    qtbot.waitUntil(dock.isVisible, timeout=5000)
+    labels = widget.new_labels_layer()
+    widget._live.value = True
+    dock.title.hide_button.click()
+    assert widget.hidden
+    labels.data = scribbles  # strokes replaced while the dock is hidden
+    qtbot.wait(400)  # the live update's delay has passed
+    assert widget.worker is None and widget.predictions is None
+    dock.show()
+    assert not widget.hidden
+    labels.data = scribbles.copy()  # shown again: strokes update the prediction
+    qtbot.waitUntil(lambda: widget.predictions is not None and widget.worker is None, timeout=120_000)

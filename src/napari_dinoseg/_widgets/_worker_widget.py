@@ -106,6 +106,12 @@ class WorkerWidget(Container):
         return self.root_native_widget
 
     @property
+    def hidden(self) -> bool:
+        """Whether the dock holding the widget is hidden (not merely tabbed behind another)."""
+        dock = _dock_of(self.native)
+        return dock is not None and dock.isHidden()
+
+    @property
     def run_controls(self) -> list:
         """Run and Cancel side by side, progress bar and status area, for the subclass's layout."""
         return [self._buttons, self._progress, self._status]
@@ -149,7 +155,10 @@ class WorkerWidget(Container):
     def run_in_background(self, prepare: Callable[[], tuple[Callable, tuple]]) -> Optional[FunctionWorker]:
         """Run ``prepare``'s job as a background job: now when nothing runs; else when the running
         job has stopped (a background one is cancelled; a click's job finishes). Replaces a
-        waiting background job, never a waiting click. Returns the worker when it starts now."""
+        waiting background job, never a waiting click. Returns the worker when it starts now;
+        none starts while the dock is closed or hidden."""
+        if self._closed or self.hidden:
+            return None
         if self.worker is None:
             return self._start(prepare, background=True)
         if self._waiting is None or self._waiting[1]:
