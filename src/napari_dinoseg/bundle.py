@@ -76,7 +76,8 @@ PathLike = Union[str, os.PathLike]
 #: about twice this much memory.
 MAX_BUNDLE_BYTES = 1 << 30
 #: Most bytes ``bundle.json`` may inflate to (a real one: 4 KiB, plus about 0.4 KiB of training
-#: statistics per training image and channel); parsing takes up to about 25 times this much memory.
+#: statistics per training image and channel, plus the feature distribution: 16 KiB for a classical
+#: classifier, growing with the feature count); parsing takes up to about 25 times this much memory.
 MAX_JSON_BYTES = 4 << 20
 #: Deepest nesting of lists and objects in ``bundle.json`` (a real one nests 6 deep).
 MAX_JSON_DEPTH = 32
