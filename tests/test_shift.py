@@ -221,7 +221,7 @@ def test_training_statistics_without_a_sample_check_intensities_only(trained):
         "its contrast looks inverted")
 
 
-def test_vit_and_hybrid_features_check_in_the_classifiers_logit_space():
+def test_vit_and_hybrid_features_check_in_the_classifiers_logit_space(tmp_path):
     """Mechanics only (random weights: no claim about what DINOv2 features tell apart): the sample
     kept from the logit-space prediction (the ViT map never built) equals the one featurised in
     pixel space, in the same columns as the training distribution."""
@@ -238,7 +238,10 @@ def test_vit_and_hybrid_features_check_in_the_classifiers_logit_space():
     assert confidence == pytest.approx(fresh_confidence, abs=1e-3)
     distance, inverted = seg.statistics.features.distances(kept)
     assert distance < FEATURE_THRESHOLD and inverted is None  # no second forward pass for the inverted images
-    assert isinstance(seg.check(image, proba), list)
+    back = Segmenter.load(seg.save(tmp_path / "hybrid.dinoseg"))
+    assert back.statistics.features.n_dims == kept.shape[1]
+    np.testing.assert_allclose(back._kept_sample(back.predict_proba(image))[0], kept, atol=1e-4)
+    assert back.check(image, back.predict_proba(image)) == seg.check(image, proba)
 
 
 def test_check_of_foreign_probabilities_reads_the_planes_features_from_a_cache(trained, monkeypatch):
