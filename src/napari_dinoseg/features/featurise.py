@@ -548,8 +548,9 @@ def storage_note(storage: Storage, float32_bytes: int, budget: int) -> str:
         return (f"features kept as float16 ({_size(float32_bytes // 2)} of the {_size(budget)} "
                 "feature cache): later clicks reuse them")
     if storage == "none":
+        share = f" ({CACHE_FRACTION:.0%} of this machine's memory)" if budget == default_cache_bytes() else ""
         return (f"features cannot be kept: {_size(float32_bytes // 2)} even as float16, over the "
-                f"{_size(budget)} feature cache ({CACHE_FRACTION:.0%} of this machine's memory); "
+                f"{_size(budget)} feature cache{share}; "
                 "every click and live update recomputes them: crop the image to the region you are painting "
                 "for interactive speed")
     return ""
