@@ -124,7 +124,9 @@ def test_the_dinov2_plan_line_follows_the_weights_field_as_typed(viewer, qtbot, 
     widget.features.kind.value = "vit"
     assert widget.features.plan.value.startswith("cannot run")
     assert widget.features.details.expanded  # the weights field the plan points to is in view
-    widget.features.weights.native.setText("random")  # typed, no Enter, focus kept
+    field = widget.features.weights.native
+    qtbot.keyClicks(field, "random")  # typed, no Enter, focus kept
     qtbot.waitUntil(lambda: not widget.features.plan.value.startswith("cannot run"), timeout=3000)
-    widget.features.weights.native.setText(str(tmp_path / "missing.pth"))
+    field.clear()
+    qtbot.keyClicks(field, str(tmp_path / "missing.pth"))
     qtbot.waitUntil(lambda: widget.features.plan.value.startswith("cannot run"), timeout=3000)

@@ -94,7 +94,7 @@ def test_the_feature_controls_say_at_once_that_dinov2_cannot_run(nowhere, monkey
     controls.kind.value = "vit"
     assert controls.plan.value.startswith("cannot run: no dinov2_vits14 weights here, and offline. Put "
                                           "dinov2_vits14_pretrain.pth in ")
-    assert controls.plan.value.endswith("or type a checkpoint's path in 'feature details' › 'weights'")
+    assert controls.plan.value.endswith("or type its path under 'weights'")
     assert "type the path of a checkpoint file in the 'weights' field" in controls.plan.tooltip
     assert str(nowhere / "weights") in controls.plan.tooltip
     controls.weights.value = "random"

@@ -85,7 +85,7 @@ class FeatureControls:
         self._weights_timer.setSingleShot(True)
         self._weights_timer.setInterval(WEIGHTS_EDIT_MS)
         self._weights_timer.timeout.connect(self.update_visibility)
-        self.weights.changed.connect(lambda *_: self._weights_timer.start())
+        self.weights.native.textEdited.connect(lambda *_: self._weights_timer.start())  # typed, not set
         self.weights.native.editingFinished.connect(self.update_visibility)
         # the owner calls update_visibility() once the widgets are in its layout: showing a
         # widget that has no parent yet would open it as a window of its own
@@ -164,7 +164,7 @@ class FeatureControls:
                 return f"cannot run: {err}"
             folder = str(weights_dir()).replace(str(Path.home()), "~", 1)
             return (f"cannot run: no {self.model.value} weights here, and offline. Put "
-                    f"{model_spec(self.model.value).files[0]} in {folder}, or type a checkpoint's path in 'feature details' › 'weights'")
+                    f"{model_spec(self.model.value).files[0]} in {folder}, or type its path under 'weights'")
         return ""
 
 
