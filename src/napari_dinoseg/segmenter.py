@@ -160,7 +160,8 @@ class Segmenter:
         quantiles = [_memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
                            lambda norm=norm: image_statistics(norm)) for norm in normalised]
         report(progress, 950, 1000, "training statistics")
-        distribution = self._feature_distribution(np.concatenate([p.grid for p in parts]), normalised, cache)
+        distribution = self._feature_distribution(np.concatenate([p.grid for p in parts]), normalised, cache,
+                                                  ("feature distribution", kind, linear, tuple(keys)))
         statistics = TrainingStatistics.of(quantiles, [np.asarray(lab) for lab in labels], classifier.classes)
         self.statistics = TrainingStatistics(statistics.quantiles, statistics.class_fractions, distribution)
         report(progress, 1000, 1000, "trained")
@@ -376,13 +377,29 @@ class Segmenter:
     # ---- internals -----------------------------------------------------------------
 
     def _feature_distribution(self, grid: np.ndarray, normalised: Sequence[np.ndarray],
-                              cache) -> FeatureDistribution:
+                              cache, key: tuple) -> FeatureDistribution:
         """The training pixels' :class:`~napari_dinoseg.shift.FeatureDistribution` from the fit's
         ``(M, F)`` grid sample, and from the contrast-inverted training images (``1 - x``,
         featurised here on a grid; kept in ``cache`` per training image). With ViT or hybrid
         features the inverted images are not featurised (no inversion check): their forward
-        passes would double the fit's cost."""
+        passes would double the fit's cost. Without a logit-space split the distribution depends
+        on the training images and their scaling, not on the strokes: kept in ``cache`` under
+        ``key`` (what the scaling is kept under), so a refit after a stroke does not redo it;
+        only the confidence, which depends on the classifier, is computed again."""
+        import dataclasses
+
         from .classify import _pixel_proba
+
+        confidence = float(_pixel_proba(self.classifier, grid).max(axis=0).mean())
+        if self.logit_space() is not None:  # the ViT channels enter as the classifier's logits
+            return self._fit_distribution(grid, normalised, cache, confidence)
+        kept = _memo(cache, key + (self.training.seed,),
+                     lambda: self._fit_distribution(grid, normalised, cache, confidence))
+        return dataclasses.replace(kept, confidence=confidence)
+
+    def _fit_distribution(self, grid: np.ndarray, normalised: Sequence[np.ndarray], cache,
+                          confidence: float) -> FeatureDistribution:
+        """:meth:`_feature_distribution` computed (k-means of the scaled grid sample)."""
         from .features.featurise import cache_key
 
         inverted = None
@@ -392,7 +409,6 @@ class Segmenter:
                 _memo(cache, ("inverted sample", cache_key(norm, self.features) if cache else None, step),
                       lambda norm=norm: self._grid_rows(np.float32(1) - norm, self.features, step, None))
                 for norm in normalised]))
-        confidence = float(_pixel_proba(self.classifier, grid).max(axis=0).mean())
         return FeatureDistribution.fit(self.shift_space(grid), inverted, confidence, self.training.seed)
 
     def _grid_rows(self, norm: np.ndarray, config: FeatureConfig, step: int, cache) -> np.ndarray:
