@@ -140,7 +140,7 @@ def main() -> None:
     import psutil
     import torch
 
-    from live_update import cpu_model
+    from machine import cpu_name
 
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
@@ -148,7 +148,7 @@ def main() -> None:
         if args.baseline_src is not None and n in args.baseline_sizes:
             results.append({**run(n, args.clicks, False, args.baseline_src), "before": True})
         results.append(run(n, args.clicks, n in args.compare))
-    machine = (f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()}), "
+    machine = (f"{os.cpu_count()} CPU cores ({cpu_name()}, {platform.machine()}), "
                f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}; load average "
                f"{load_before} before, {', '.join(f'{x:.1f}' for x in os.getloadavg())} after")
     args.out.parent.mkdir(parents=True, exist_ok=True)

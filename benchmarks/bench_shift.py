@@ -36,6 +36,8 @@ from typing import Optional
 
 import numpy as np
 
+from machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -327,17 +329,6 @@ def report(meta: dict, thresholds: dict, results: dict, over: dict) -> str:
         "Signals that fired:", signal_table(results),
         "Margins (what the signals measured):", margin_table(results),
         *(["Cost on batch apply (mean per image, best of runs):", overhead_table(over)] if over else [])])
-
-
-def cpu_name() -> str:
-    """The processor's model name as the operating system reports it (Linux), else ``""``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_name
+
 HERE = Path(__file__).resolve().parent
 #: Width of the band kept free of strokes on either side of the class boundary (px).
 BOUNDARY_GAP = 12
@@ -288,17 +290,6 @@ def _click(widget) -> float:
     return start
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def to_markdown(rows: list[dict], meta: dict) -> str:
     def cell(s) -> str:
         return "–" if s is None else f"{s['median']:.2f} / {s['p90']:.2f}"
@@ -357,7 +348,7 @@ def main() -> None:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "cache_budget_gib": FeatureCache().max_bytes / 2**30,
         "plans": {r["size"]: r["plan"] for r in rows if "plan" in r},
-        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()}), "
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_name()}, {platform.machine()}), "
                    f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__} "
                    f"({torch.get_num_threads()} threads), napari {napari.__version__}",
         "load_before": load_before, "load_after": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
