@@ -39,6 +39,13 @@ def current_index(viewer, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(min(max(s, 0), n - 1)) for s, n in zip(step, lead))
 
 
+def multiscale_refusal(name: str) -> str:
+    """Why a multiscale (pyramid) image layer cannot be trained on or predicted yet, and what to do."""
+    return (f"image layer {name!r} is multiscale (a pyramid): dinoseg cannot paint or predict on it yet; open "
+            "its full-resolution level as a plain image layer (e.g. in the console: "
+            f"viewer.add_image(viewer.layers[{name!r}].data[0]))")
+
+
 def set_layer(viewer, name: str, kind, data: np.ndarray, kwargs: dict):
     """The layer ``name`` holding ``data``: updated in place when it is a ``kind`` of that shape,
     else (re)made with ``kwargs``; returned."""
@@ -78,9 +85,8 @@ def results(viewer, role: Optional[str] = None) -> list[Layer]:
 def strokes_of(viewer, image: Image) -> Optional[Labels]:
     """The image's own brush-labels layer: the one whose metadata names it, else the one named
     ``"<image> labels"`` that names no other image; ``None`` when it has none."""
-    labels = [lay for lay in viewer.layers if isinstance(lay, Labels) and result_of(lay) is None]
-    own = [lab for lab in labels if lab.metadata.get(IMAGE_KEY) == image.name]
-    own = own or [lab for lab in labels if IMAGE_KEY not in lab.metadata and lab.name == f"{image.name} labels"]
+    own = [lay for lay in viewer.layers if isinstance(lay, Labels) and _owner(viewer, lay) == image.name]
+    own.sort(key=lambda lab: IMAGE_KEY not in lab.metadata)  # tied by metadata first, then by name
     return own[0] if own else None
 
 

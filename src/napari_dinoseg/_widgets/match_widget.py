@@ -25,7 +25,7 @@ from ..features.featurise import FeatureCache, cached_featurise, resolve_device
 from ..image import drop_alpha
 from ..progress import report, within
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import current_index, set_layer, spatial_shape
+from ._layers import current_index, multiscale_refusal, set_layer, spatial_shape
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -115,7 +115,7 @@ class MatchWidget(WorkerWidget):
             raise ValueError("choose two different image layers as image A and image B (open a second image first)")
         for image in (a, b):
             if image.multiscale:
-                raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
+                raise ValueError(multiscale_refusal(image.name))
         # the layers and slices matched: the points go there, whatever the viewer shows when they come
         self._matched = [(image, current_index(self._viewer, spatial_shape(image))) for image in (a, b)]
         planes = [np.asarray(image.data[index]) for image, index in self._matched]

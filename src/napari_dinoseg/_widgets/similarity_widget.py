@@ -26,7 +26,7 @@ from ..image import drop_alpha
 from ..progress import report, within
 from ..similarity import similar_mask, similarity_query
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import find_result, set_result, spatial_shape
+from ._layers import find_result, multiscale_refusal, set_result, spatial_shape
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
@@ -190,13 +190,13 @@ class SimilarityWidget(WorkerWidget):
         if image is None:
             raise ValueError("no image layer: open an image first")
         if image.multiscale:
-            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
+            raise ValueError(multiscale_refusal(image.name))
         self._job_image = image
         clicked: Optional[Image] = self._clicked_on.value
         if clicked is None or clicked is image:
             return run_similarity_job, (image.data, bool(image.rgb), self._clicks(image), config, self.cache)
         if clicked.multiscale:
-            raise ValueError(f"image layer {clicked.name!r} is multiscale; open its full-resolution level")
+            raise ValueError(multiscale_refusal(clicked.name))
         if (3 if clicked.rgb else 1) != (3 if image.rgb else 1):
             raise ValueError(f"{clicked.name!r} and {image.name!r} differ in colour (RGB and greyscale): "
                              "search images of the kind that was clicked")

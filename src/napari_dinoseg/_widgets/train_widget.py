@@ -33,7 +33,8 @@ from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
 from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import IMAGE_KEY, add_result, find_result, place_result, result_of, spatial_shape, strokes_of
+from ._layers import (IMAGE_KEY, add_result, find_result, multiscale_refusal, place_result, result_of, spatial_shape,
+                      strokes_of)
 from ._live import predict_view_first, visible_region
 from ._sections import Section
 from ._text import wrap
@@ -480,13 +481,6 @@ class TrainWidget(WorkerWidget):
         self._scope.visible = image is not None and len(spatial_shape(image)) > 2
         if image is not None and image.multiscale:  # said when it is chosen, before any painting
             self._status.value = multiscale_refusal(image.name)
-
-
-def multiscale_refusal(name: str) -> str:
-    """Why a multiscale (pyramid) image layer cannot be trained on or predicted yet, and what to do."""
-    return (f"image layer {name!r} is multiscale (a pyramid): dinoseg cannot paint or predict on it yet; open "
-            "its full-resolution level as a plain image layer (e.g. in the console: "
-            f"viewer.add_image(viewer.layers[{name!r}].data[0]))")
 
 
 def bundle_path(value) -> Path:

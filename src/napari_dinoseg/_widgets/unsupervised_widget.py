@@ -30,7 +30,8 @@ from ..image import drop_alpha
 from ..progress import report, within
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, check_weights, numbers
-from ._layers import add_result, current_index, find_result, remove_result, set_result, spatial_shape
+from ._layers import (add_result, current_index, find_result, multiscale_refusal, remove_result, set_result,
+                      spatial_shape)
 from ._sections import Section
 from ._text import wrap
 from ._train_job import describe_plan, import_compute_libraries
@@ -215,7 +216,7 @@ class UnsupervisedWidget(WorkerWidget):
         if image is None:
             raise ValueError("no image layer: open an image first")
         if image.multiscale:
-            raise ValueError(f"image layer {image.name!r} is multiscale; open its full-resolution level")
+            raise ValueError(multiscale_refusal(image.name))
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
         lead = shape[:-2]
         prep = (lambda p: drop_alpha(p)) if image.rgb else (lambda p: p)
