@@ -18,6 +18,47 @@ def test_cache_key_tracks_content_shape_dtype_and_config():
     assert cache_key(np.asfortranarray(np.eye(16)), FeatureConfig()) == cache_key(np.eye(16), FeatureConfig())
 
 
+def test_views_of_a_frozen_plane_are_keyed_by_place_without_reading_them(monkeypatch):
+    """A normalised plane kept by the cache is read-only; its windows get keys from the plane's
+    key and their place: equal windows equal keys, other windows other keys, the same keys
+    for the plane made again from the same image."""
+    from napari_dinoseg.features import keys
+
+    plane = np.random.default_rng(0).random((64, 80, 1)).astype(np.float32)
+    config = FeatureConfig()
+    frozen = keys.frozen(plane.copy(), "K")
+    with pytest.raises(ValueError, match="read-only"):
+        frozen[0, 0, 0] = 1
+    window = (slice(8, 40), slice(16, 72))
+    key = cache_key(frozen[window], config)
+    assert key == cache_key(frozen[window], config) != cache_key(frozen[(slice(9, 41), slice(16, 72))], config)
+    assert key != cache_key(frozen[window], FeatureConfig(membrane=False))
+    assert cache_key(frozen, config) != cache_key(frozen[window], config)
+    again = keys.frozen(plane.copy(), "K")  # the plane made again from the same image
+    read = []
+    monkeypatch.setattr(keys, "memoryview", lambda a: read.append(a) or memoryview(a), raising=False)
+    assert cache_key(again[window], config) == key and read == []
+    assert cache_key(keys.frozen(plane.copy(), "other image")[window], config) != key
+    assert cache_key(plane[window], config) != key and len(read) == 1  # not frozen: its bytes are read
+
+
+def test_an_image_changed_in_place_is_normalised_and_featurised_again(two_textures):
+    """The cache keeps an image's normalised plane under the image's content key: editing the
+    image's pixels (the same array) gives a new plane, new windows and the uncached prediction."""
+    from napari_dinoseg import Segmenter
+
+    image, _, scribbles = two_textures
+    image = image.copy()
+    cache = FeatureCache()
+    seg = Segmenter().fit(image, scribbles, cache=cache)
+    norm = seg.normalise(image, cache)
+    assert seg.normalise(image, cache) is norm and not norm.flags.writeable
+    seg.predict_proba(image, cache=cache)
+    image[:, :96] = 255 - image[:, :96]
+    assert seg.normalise(image, cache) is not norm
+    np.testing.assert_allclose(seg.predict_proba(image, cache=cache), seg.predict_proba(image), atol=1e-6)
+
+
 def test_cache_is_lru_and_bounded_in_bytes():
     stacks = [featurise(np.full((16, 16), i, np.uint8), FeatureConfig(sigmas=(1,))) for i in range(3)]
     size = stacks[0].nbytes
@@ -104,8 +145,22 @@ def test_plane_storage_keeps_float32_then_float16_then_nothing():
     assert plane_storage(12 * gib, 6 * gib) == "float16"
     assert plane_storage(20 * gib, 6 * gib) == "none"  # 8192^2
     assert storage_note("float32", 3 * gib, 6 * gib) == ""
+    assert "float16 (2.5 GiB of the 6.0 GiB" in storage_note("float16", 5 * gib, 6 * gib)
     note = storage_note("none", 20 * gib, 6 * gib)
     assert "cannot be kept" in note and "10.0 GiB even as float16" in note and "6.0 GiB feature cache" in note
+
+
+def test_scaled_features_are_kept_beside_float16_windows_when_their_lattice_fits():
+    from napari_dinoseg.features.featurise import keeps_scaled, storage_note
+
+    gib = 2**30
+    assert keeps_scaled("float32", 3 * gib, 6 * gib)
+    assert keeps_scaled("float16", 5 * gib, 6 * gib, 1 / 4)  # 4096^2: 2.5 GiB + the predict_step 2 lattice
+    assert not keeps_scaled("float16", 5 * gib, 6 * gib, 1.0)  # every pixel read: 2.5 + 5 GiB
+    assert not keeps_scaled("float16", 12 * gib, 6 * gib, 1 / 4)
+    assert not keeps_scaled("none", 20 * gib, 6 * gib, 1 / 64)
+    note = storage_note("float16", 5 * gib, 6 * gib, 5 * gib // 4)
+    assert "with the classifier's scaled features" in note and "(3.8 GiB of the 6.0 GiB" in note
 
 
 def test_compact_stack_keeps_every_channel_to_float16_precision_of_its_deviations(two_textures):
@@ -197,6 +252,37 @@ def test_compact_prediction_equals_the_decoded_stacks(two_textures, monkeypatch)
     for part, origin in [((slice(0, 192), slice(0, 192)), (0, 0)), ((slice(3, 120), slice(10, 101)), (7, 13))]:
         expected = predict(seg.classifier, compact.decode().data[part], origin=origin)
         np.testing.assert_array_equal(predict_part(seg.classifier, compact, part, origin), expected)
+
+
+@pytest.mark.parametrize("tile", [1024, 61])
+def test_float16_windows_keep_their_scaled_lattice_and_predict_as_without(two_textures, monkeypatch, tile):
+    """Beside float16 windows the cache keeps the scaled features of the pixels the classifier
+    reads (the signed log, computed once per set of training images): a refit on other strokes
+    scales nothing again, and predicts what scaling the decoded windows anew predicts (windows at
+    odd origins with tile 61)."""
+    import napari_dinoseg.classify as classify
+    from napari_dinoseg import Segmenter
+    from napari_dinoseg.features.featurise import CompactStack
+
+    monkeypatch.setattr(Segmenter, "tile", tile)
+    image, _, scribbles = two_textures
+    budget = plane_budget(Segmenter(), image)
+    cache, without = FeatureCache(max_bytes=budget), FeatureCache(max_bytes=budget * 2 // 3)
+    seg = Segmenter().fit(image, scribbles, cache=cache)
+    assert seg.feature_storage(image.shape, 1, cache) == "float16" == seg.feature_storage(image.shape, 1, without)
+    assert seg.keeps_scaled(image.shape, 1, cache) and not seg.keeps_scaled(image.shape, 1, without)
+    seg.predict_proba(image, cache=cache)
+    lattices = [v for k, v in cache._items.items() if isinstance(k, tuple) and k[0] == "scaled"]
+    assert lattices and all(v.shape[1] <= 1 + image.shape[0] // 2 for v in lattices)
+    calls = []
+    scaled_features = classify.scaled_features
+    monkeypatch.setattr(classify, "scaled_features", lambda *a: calls.append(1) or scaled_features(*a))
+    seg.fit(image, scribbles[::-1].copy(), cache=cache)
+    kept = seg.predict_proba(image, cache=cache)
+    assert calls == []
+    other = Segmenter().fit(image, scribbles[::-1].copy(), cache=without)
+    assert all(isinstance(v, CompactStack) for k, v in without._items.items() if isinstance(k, str))
+    np.testing.assert_allclose(kept, other.predict_proba(image, cache=without), atol=1e-6)
 
 
 def test_a_plane_over_budget_even_as_float16_is_not_kept_and_evicts_nothing(two_textures, monkeypatch):

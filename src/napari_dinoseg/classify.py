@@ -401,7 +401,7 @@ def read_pixels(clf: PixelClassifier, shape: tuple[int, int], origin: tuple[int,
 
 
 def predict_read(clf: PixelClassifier, read: np.ndarray, guide: Optional[np.ndarray],
-                 origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+                 origin: tuple[int, int] = (0, 0), scaled: Optional[np.ndarray] = None) -> np.ndarray:
     """:func:`predict` of an ``(H, W)`` window for a caller that reads the features itself (a
     compact cache decodes only these): the same probabilities, from the same values.
 
@@ -416,6 +416,8 @@ def predict_read(clf: PixelClassifier, read: np.ndarray, guide: Optional[np.ndar
         ``clf`` has no guided filter (``read`` is then the whole window).
     origin
         As for :func:`predict`.
+    scaled : (F, h, w) float32 array, optional
+        :func:`scaled_features` of ``read``, when kept (not scaled again).
 
     Returns
     -------
@@ -427,7 +429,7 @@ def predict_read(clf: PixelClassifier, read: np.ndarray, guide: Optional[np.ndar
     guided = clf.guided_radius > 0 and bool(clf.guide)
     if guided != (guide is not None):
         raise ValueError("a guide image is needed exactly when the classifier has a guided filter")
-    out = np.moveaxis(_pixel_proba(clf, data), 0, -1)
+    out = np.moveaxis(_pixel_proba(clf, data, scaled), 0, -1)
     return _smoothed(clf, out, guide, origin, True)
 
 

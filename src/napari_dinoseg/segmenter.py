@@ -122,7 +122,7 @@ class Segmenter:
                 raise ValueError(f"labels of shape {np.shape(lab)} do not match image {i}'s shape "
                                  f"{np.shape(img)[:2]}; paint in a Labels layer with the image's shape")
         config = self.features.resolved(resolve_device(self.features.device).type)
-        normalised = [self._normalise(img, config, check_channels=False) for img in images]
+        normalised = [self._normalise(img, config, check_channels=False, cache=cache) for img in images]
         variants = [(norm, lab) for norm, lab in zip(normalised, labels)]
         variants += [(tone_curve(norm, g), lab) for g in self.training.augment for norm, lab in zip(normalised, labels)]
         # one tile's features at a time: only what training reads of each is kept
@@ -191,7 +191,7 @@ class Segmenter:
             returned as a result).
         """
         clf = self._fitted()
-        norm = self.normalise(image)
+        norm = self.normalise(image, cache)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
         split = self.logit_space()
         step = sample_step(norm.shape[:2])
@@ -205,16 +205,17 @@ class Segmenter:
                 sub = within(progress, 0.95 * n / len(windows), 0.95 * (n + 1) / len(windows))
                 stack = featurise_projected(norm[window], self.features, projection, sub, normalised=True,
                                             cache=cache)
-                out[window][core] = predict(reduced, stack, origin=_start(window))[core]
+                out[window][core] = predict(reduced, stack, origin=window_origin(window))[core]
                 rows.append(_lattice_rows(stack, window, core, step))
                 del stack
         else:
             storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache)
+            keep = self.keeps_scaled(norm.shape[:2], norm.shape[-1], cache)
             for window, core, key, stack in self._window_features(norm, self.features, within(progress, 0, 0.95),
                                                                   cache, storage):
-                scaled = self.scaled_features(stack, key, cache) if storage == "float32" else None
+                scaled = self.scaled_features(stack, key, cache, window_origin(window)) if keep else None
                 whole = tuple(slice(0, n) for n in stack.shape)
-                out[window][core] = predict_part(clf, stack, whole, _start(window), scaled)[core]
+                out[window][core] = predict_part(clf, stack, whole, window_origin(window), scaled)[core]
                 rows.append(_lattice_rows(stack, window, core, step))
                 del stack  # before the next tile's features are computed
         if self.crf is not None:
@@ -254,7 +255,7 @@ class Segmenter:
         list of str, empty when the image looks like the training data.
         """
         clf = self._fitted()
-        norm = self.normalise(image)
+        norm = self.normalise(image, cache)
         proba = self.predict_proba(image) if proba is None else proba
         warnings = []
         if self.statistics is not None:
@@ -298,7 +299,7 @@ class Segmenter:
         for :meth:`check` without featurising again): ``(M, D)`` float32 :meth:`shift_space` rows
         of about ``FEATURE_SAMPLE`` pixels on a regular grid, and the classifier's mean top
         probability on them (unsmoothed)."""
-        norm = self.normalise(image)
+        norm = self.normalise(image, cache)
         rows = self._grid_rows(norm, self.features, sample_step(norm.shape[:2]), cache)
         return self._sample(rows, projected=False)
 
@@ -332,23 +333,55 @@ class Segmenter:
         """How ``cache`` keeps the feature windows of an ``(H, W)`` plane of ``n_channels``:
         :func:`~napari_dinoseg.features.featurise.plane_storage` of :meth:`feature_bytes` and the
         cache's budget (``"float32"`` without a cache)."""
-        from .features.featurise import plane_storage
-
         if cache is None:
             return "float32"
+        from .features.featurise import plane_storage
+
         return plane_storage(self.feature_bytes(shape, n_channels, config), cache.max_bytes)
 
-    def scaled_features(self, stack, key: Optional[str], cache) -> Optional[np.ndarray]:
-        """The classifier's :func:`~napari_dinoseg.classify.scaled_features` of a cached stack,
-        kept in ``cache`` while the classifier's scaling stays the same (refits on the same
-        training images keep it); ``None`` without a cache: :func:`predict` scales as it goes."""
-        clf = self._fitted()
-        if cache is None or key is None or getattr(stack, "data", np.empty(0)).ndim != 3:  # not a CompactStack
-            return None
-        from .classify import scaled_features
+    def keeps_scaled(self, shape: tuple[int, int], n_channels: int, cache,
+                     config: Optional[FeatureConfig] = None) -> bool:
+        """Whether ``cache`` keeps the classifier's :meth:`scaled_features` of an ``(H, W)`` plane's
+        windows beside the windows (:func:`~napari_dinoseg.features.featurise.keeps_scaled`)."""
+        from .features.featurise import keeps_scaled
 
+        if cache is None:
+            return False
+        storage = self.feature_storage(shape, n_channels, cache, config)
+        return keeps_scaled(storage, self.feature_bytes(shape, n_channels, config), cache.max_bytes,
+                            self.read_fraction())
+
+    def read_fraction(self) -> float:
+        """The share of a plane's pixels whose features the classifier reads: ``1 / predict_step²``
+        with the guided filter (:func:`~napari_dinoseg.classify.read_pixels`), else 1."""
+        clf = self.classifier
+        guided, step = ((self.training.guided_radius > 0, self.training.predict_step) if clf is None
+                        else (clf.guided_radius > 0 and bool(clf.guide), clf.predict_step))
+        return 1.0 / step**2 if guided else 1.0
+
+    def scaled_features(self, stack, key: Optional[str], cache, origin: tuple[int, int] = (0, 0)) -> Optional[np.ndarray]:
+        """The classifier's :func:`~napari_dinoseg.classify.scaled_features` of a cached window,
+        kept in ``cache`` while the classifier's scaling stays the same (refits on the same
+        training images keep it); ``None`` without a cache: :func:`predict` scales as it goes.
+
+        Of a :class:`FeatureStack`: ``(F, h, w)``, every pixel. Of a
+        :class:`~napari_dinoseg.features.featurise.CompactStack` (a large plane's window at plane
+        coordinates ``origin``): ``(F, h', w')``, the pixels the classifier reads
+        (:func:`~napari_dinoseg.classify.read_pixels`), from its decoded values: what
+        :func:`predict_part` reads, scaled as it would scale them.
+        """
+        from .classify import read_pixels, scaled_features
+        from .features.featurise import CompactStack
+
+        clf = self._fitted()
+        if cache is None or key is None:
+            return None
         scaling = (clf.scaling, clf.mean.tobytes(), clf.scale.tobytes())
-        return cache.derived(("scaled", key, scaling), lambda: scaled_features(clf, stack))
+        if not isinstance(stack, CompactStack):
+            return cache.derived(("scaled", key, scaling), lambda: scaled_features(clf, stack))
+        read = read_pixels(clf, stack.shape, origin)
+        return cache.derived(("scaled", key, scaling, tuple((r.start, r.step) for r in read)),
+                             lambda: scaled_features(clf, stack.region(*read)))
 
     # ---- persistence ---------------------------------------------------------------
 
@@ -461,24 +494,34 @@ class Segmenter:
             raise ValueError("the Segmenter is not fitted: call fit(images, labels) or Segmenter.load(path)")
         return self.classifier
 
-    def normalise(self, image: ImageLike) -> np.ndarray:
-        """One plane -> ``(H, W, C)`` float32, as :meth:`predict_proba` normalises it (channels checked)."""
-        return self._normalise(image, self.features)
+    def normalise(self, image: ImageLike, cache=None) -> np.ndarray:
+        """One plane -> ``(H, W, C)`` float32, as :meth:`predict_proba` normalises it (channels checked).
 
-    def _normalise(self, image: ImageLike, config: FeatureConfig, check_channels: bool = True) -> np.ndarray:
-        """One plane -> ``(H, W, C)`` float32 normalised by ``config``'s rule, channel count checked."""
+        With a ``cache`` (a :class:`~napari_dinoseg.features.featurise.FeatureCache`), the
+        normalised plane is kept there, read-only, and its windows are keyed without reading
+        their pixels (:func:`napari_dinoseg.features.keys.frozen`): a click or live update on an
+        image seen before reads the image once (its key) instead of normalising it again."""
+        return self._normalise(image, self.features, cache=cache)
+
+    def _normalise(self, image: ImageLike, config: FeatureConfig, check_channels: bool = True,
+                   cache=None) -> np.ndarray:
+        """One plane -> ``(H, W, C)`` float32 normalised by ``config``'s rule, channel count checked
+        (through ``cache``: see :meth:`normalise`)."""
+        from .features.keys import cache_key, frozen
         from .image import as_float_image, check_image_shape, drop_alpha
 
         arr = np.asarray(image)
         check_image_shape(arr.shape)
-        if not check_channels or self.n_channels is None:
+        if check_channels and self.n_channels is not None:
+            if self.n_channels == 3 and arr.ndim == 3 and arr.shape[-1] == 4:
+                arr = drop_alpha(arr)
+            if _channels(arr) != self.n_channels:
+                raise ValueError(f"the image has {_channels(arr)} channel(s) but the classifier was trained on "
+                                 f"{self.n_channels}; give it images of the kind it was trained on")
+        if cache is None:
             return as_float_image(arr, config)
-        if self.n_channels == 3 and arr.ndim == 3 and arr.shape[-1] == 4:
-            arr = drop_alpha(arr)
-        if _channels(arr) != self.n_channels:
-            raise ValueError(f"the image has {_channels(arr)} channel(s) but the classifier was trained on "
-                             f"{self.n_channels}; give it images of the kind it was trained on")
-        return as_float_image(arr, config)
+        key = cache_key(arr, config)
+        return cache.derived(("normalised", key), lambda: frozen(as_float_image(arr, config), key))
 
     def _window_parts(self, norm: np.ndarray, labels: np.ndarray, config: FeatureConfig, step: int, progress,
                       cache=None):
@@ -543,18 +586,25 @@ def predict_part(classifier: PixelClassifier, stack, part: Slices, origin: tuple
     probabilities of a rectangle ``part`` of a window's features at plane coordinates ``origin``.
     A :class:`~napari_dinoseg.features.featurise.CompactStack` decodes only what the classifier
     reads (:func:`~napari_dinoseg.classify.read_pixels` and the guide channels), into the same
-    probabilities as its decoded stack."""
+    probabilities as its decoded stack; its ``scaled`` features (:meth:`Segmenter.scaled_features`)
+    are those of the pixels read in the whole window."""
     from .classify import predict_read, read_pixels
     from .features.featurise import CompactStack
 
     if not isinstance(stack, CompactStack):
         return predict(classifier, stack.data[part], None if scaled is None else scaled[(slice(None), *part)], origin)
     read = read_pixels(classifier, tuple(p.stop - p.start for p in part), origin)
-    features = stack.region(*(slice(p.start + r.start, p.stop, r.step) for p, r in zip(part, read)))
+    region = tuple(slice(p.start + r.start, p.stop, r.step) for p, r in zip(part, read))
+    features = stack.region(*region)
+    if scaled is not None:  # the window's lattice starts at its first pixel read
+        start = tuple(o - p.start for o, p in zip(origin, part))  # the window's, in plane coordinates
+        first = [r.start for r in read_pixels(classifier, stack.shape, start)]
+        scaled = scaled[(slice(None), *(slice((g.start - f) // g.step, (g.start - f) // g.step + n)
+                                        for g, f, n in zip(region, first, features.shape[:2])))]
     guide = None
     if classifier.guided_radius > 0 and classifier.guide:
         guide = stack.region(*part, channels=list(classifier.guide)).mean(axis=-1, dtype=np.float32)
-    return predict_read(classifier, features, guide, origin)
+    return predict_read(classifier, features, guide, origin, scaled)
 
 
 def _grid_and_painted(crop: np.ndarray, core: Slices, step: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -607,7 +657,7 @@ def _lattice_rows(stack, window: Slices, core: Slices, step: int) -> np.ndarray:
     return np.asarray(data, np.float32).reshape(-1, data.shape[-1])
 
 
-def _start(window: Slices) -> tuple[int, int]:
+def window_origin(window: Slices) -> tuple[int, int]:
     """Plane coordinates of a window's first pixel."""
     return window[0].start or 0, window[1].start or 0
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..classify import PixelClassifier
 from ..features.featurise import CompactStack, FeatureStack, featurise_projected, keyed_featurise
 from ..progress import ProgressCallback, report, within
-from ..segmenter import Segmenter, Slices, check_finite, in_plane, plane_windows, predict_part
+from ..segmenter import Segmenter, Slices, check_finite, in_plane, plane_windows, predict_part, window_origin
 
 #: Pixels predicted between two progress reports, i.e. between two chances to cancel: about
 #: 0.3 to 0.9 s with 65 classical features on a busy 2-core machine. Each band is predicted
@@ -51,7 +51,8 @@ def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slic
     features
         The feature stack of one window, ``(h_window, w_window, F)`` (or its
         :class:`~napari_dinoseg.features.featurise.CompactStack`: only what the classifier reads is
-        decoded), and its scaled features ``(F, h_window, w_window)`` or ``None``.
+        decoded), and its :meth:`Segmenter.scaled_features` (``(F, h_window, w_window)``, of a
+        CompactStack only the pixels the classifier reads) or ``None``.
     region
         ``(rows, cols)`` slices with explicit ``start < stop`` inside the plane.
 
@@ -102,7 +103,7 @@ def predict_view_first(segmenter: Segmenter, plane: np.ndarray, progress: Option
     clf, config = segmenter.classifier, segmenter.features
     if clf is None:
         raise ValueError("the Segmenter is not fitted: train it on painted strokes first")
-    norm = segmenter.normalise(plane)
+    norm = segmenter.normalise(plane, cache)
     shape = norm.shape[:2]
     windows = plane_windows(shape, config, segmenter.training, segmenter.tile)
     split = segmenter.logit_space()  # ViT channels: their logits from the cached token grids
@@ -180,6 +181,7 @@ def _tile_features(segmenter: Segmenter, norm: np.ndarray, progress, cache, proj
     met: dict = {}
     storage = segmenter.feature_storage(norm.shape[:2], norm.shape[-1], cache)
     keep_all = cache is not None and projection is None and storage != "none"
+    scale = keep_all and segmenter.keeps_scaled(norm.shape[:2], norm.shape[-1], cache)
 
     def features(window: Slices) -> tuple[Union[FeatureStack, CompactStack], Optional[np.ndarray]]:
         where = tuple((s.start, s.stop) for s in window)
@@ -193,7 +195,8 @@ def _tile_features(segmenter: Segmenter, norm: np.ndarray, progress, cache, proj
             else:
                 key, stack = keyed_featurise(norm[window], segmenter.features, progress, cache, normalised=True,
                                              storage=storage)
-                met[where] = stack, segmenter.scaled_features(stack, key, cache) if storage == "float32" else None
+                scaled = segmenter.scaled_features(stack, key, cache, window_origin(window)) if scale else None
+                met[where] = stack, scaled
         return met[where]
 
     return features

@@ -218,7 +218,8 @@ def _plan(job: TrainJob) -> str:
 
 def feature_note(job: TrainJob, cache: FeatureCache) -> str:
     """How ``cache`` keeps the features of the slice a job predicts, for the plan line: ``""`` when
-    as they are; that they are kept as float16; or that they cannot be kept (their size and the
+    as they are; that they are kept as float16 (with the classifier's scaled features, when they
+    fit too); or that they cannot be kept (their size and the
     cache's budget; see :func:`~napari_dinoseg.features.featurise.storage_note`). ViT and hybrid
     features (kept as token grids) get ``""``."""
     from ..features.featurise import storage_note
@@ -230,7 +231,10 @@ def feature_note(job: TrainJob, cache: FeatureCache) -> str:
     first = job.sources[0].plane(job.predict_slices[0])
     shape, n_channels = first.shape[:2], first.shape[2] if first.ndim == 3 else 1
     nbytes = seg.feature_bytes(shape, n_channels, config)
-    return storage_note(seg.feature_storage(shape, n_channels, cache, config), nbytes, cache.max_bytes)
+    storage = seg.feature_storage(shape, n_channels, cache, config)
+    scaled = int(nbytes * seg.read_fraction()) if storage == "float16" and seg.keeps_scaled(
+        shape, n_channels, cache, config) else 0
+    return storage_note(storage, nbytes, cache.max_bytes, scaled)
 
 
 def _predict(job: TrainJob, predict_plane: PlanePredictor, progress: Optional[ProgressCallback],

@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 #: updated at most this often (s): under software OpenGL its redraws cost a short click up to
 #: 0.7 s (benchmarks/live_update.py), and a job of a second needs no second progress bar.
 NAPARI_BAR_AFTER, NAPARI_BAR_EVERY = 1.0, 0.25
+#: The dock's own progress bar and status line get a job's reports at most this often (s), and
+#: whenever the message changes: a live update at 4096² reports ~70 times, and each report
+#: handed to the GUI thread costs the worker a few ms of waiting for the GIL and the GUI a redraw.
+DOCK_EVERY = 0.1
 #: A newly docked widget shares its side of the window this long after napari has placed and
 #: shown it (ms).
 SHARE_AFTER_MS = 100
@@ -84,6 +88,7 @@ class WorkerWidget(Container):
         self._showing = False  # a progress update is being shown (its bar's events may re-enter)
         self._stop_reason = ""  # why the running job was stopped, when not by Cancel
         self._started = 0.0
+        self._reported = (0.0, "")  # when the worker last forwarded a progress report, and its message
         self._background = False  # the running job is a background one
         self._waiting: Optional[tuple[Callable[[], tuple[Callable, tuple]], bool]] = None  # (prepare, background)
         self._shown: set[str] = set()  # warnings the last background job showed
@@ -200,16 +205,21 @@ class WorkerWidget(Container):
         self._status.value = "starting…"
         self._bar = None  # napari's progress bar: made once the job has run NAPARI_BAR_AFTER seconds
         self._started = self._bar_updated = time.perf_counter()
+        self._reported = (0.0, "")
         worker.start()
         return worker
 
     def _progress_callback(self, done: int, total: int, message: str) -> None:
-        """Called in the worker thread: raise to cancel, else forward to the GUI thread."""
+        """Called in the worker thread: raise to cancel, else forward to the GUI thread (a new
+        message, the end, or ``DOCK_EVERY`` s after the last forwarded report)."""
         bar = self._bar
         if self._closed or (self.worker is not None and self.worker.abort_requested) or \
                 (bar is not None and bar.is_canceled):
             raise Cancelled()
-        self._show_progress(done, total, message)
+        now, (last, shown) = time.perf_counter(), self._reported
+        if message != shown or done >= total or now - last >= DOCK_EVERY:
+            self._reported = (now, message)
+            self._show_progress(done, total, message)
 
     @ensure_main_thread
     def _show_progress(self, done: int, total: int, message: str) -> None:

@@ -1,13 +1,12 @@
 """``featurise(image, config) -> FeatureStack``: the one entry point to every featuriser.
 
-Also home of the feature cache (keyed by the image's content and the config) and of
+Also home of the feature cache (keyed by the image's content and the config, :mod:`.keys`) and of
 the memory check made before anything large is allocated.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from ..config import FeatureConfig, config_or_default
 from ..image import as_float_image, check_image_shape
 from ..progress import ProgressCallback, report, within
+from .keys import cache_key
 
 #: Fraction of the available memory a feature stack may take before featurise refuses.
 MEMORY_FRACTION = 0.5
@@ -462,16 +462,6 @@ def _hybrid(img: np.ndarray, config: FeatureConfig, device, progress: Optional[P
 FEATURISERS: dict[str, Callable[..., FeatureStack]] = {"classical": _classical, "vit": _vit, "hybrid": _hybrid}
 
 
-def cache_key(image: np.ndarray, config: FeatureConfig) -> str:
-    """A key that changes when the image's content, shape or dtype, or the config, changes."""
-    arr = np.ascontiguousarray(image)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{arr.shape}|{arr.dtype.str}|".encode())
-    digest.update(memoryview(arr).cast("B"))
-    digest.update(config.to_json().encode())
-    return digest.hexdigest()
-
-
 def cached_featurise(image: np.ndarray, config: FeatureConfig, progress: Optional[ProgressCallback] = None,
                      cache: Optional["FeatureCache"] = None, normalised: bool = False) -> FeatureStack:
     """:func:`featurise` through ``cache``: its stack when it holds one for this image and config,
@@ -536,17 +526,43 @@ def plane_storage(float32_bytes: int, budget: int) -> Storage:
     return "none"
 
 
-def storage_note(storage: Storage, float32_bytes: int, budget: int) -> str:
+def keeps_scaled(storage: Storage, float32_bytes: int, budget: int, read_fraction: float = 1.0) -> bool:
+    """Whether a cache of ``budget`` bytes also keeps the classifier's scaled features of a plane
+    (:meth:`napari_dinoseg.Segmenter.scaled_features`: the signed log, the most expensive step of
+    a prediction from cached features, then done once per set of training images).
+
+    Parameters
+    ----------
+    storage, float32_bytes, budget
+        As for :func:`plane_storage` (``storage`` its answer).
+    read_fraction
+        The share of the pixels the classifier reads (``1 / predict_step²`` with the guided
+        filter's lattice): for ``"float16"`` windows only those are kept, as float32.
+
+    Returns
+    -------
+    ``True`` for ``"float32"`` windows (:func:`plane_storage` counted their scaled features);
+    for ``"float16"`` ones when the scaled lattice fits beside them; ``False`` for ``"none"``.
+    """
+    if storage == "float32":
+        return True
+    return storage == "float16" and float32_bytes // 2 + int(read_fraction * float32_bytes) <= budget
+
+
+def storage_note(storage: Storage, float32_bytes: int, budget: int, scaled_bytes: int = 0) -> str:
     """A line for the user on how a plane's features are kept (``""`` when kept as they are).
 
     Parameters
     ----------
     storage, float32_bytes, budget
         As for :func:`plane_storage`.
+    scaled_bytes
+        Bytes of the scaled features kept beside ``"float16"`` windows (:func:`keeps_scaled`), or 0.
     """
     if storage == "float16":
-        return (f"features kept as float16 ({_size(float32_bytes // 2)} of the {_size(budget)} "
-                "feature cache): later clicks reuse them")
+        scaled = " with the classifier's scaled features at the pixels it reads" if scaled_bytes else ""
+        return (f"features kept as float16{scaled} ({_size(float32_bytes // 2 + scaled_bytes)} of the "
+                f"{_size(budget)} feature cache): later clicks reuse them")
     if storage == "none":
         share = f" ({CACHE_FRACTION:.0%} of this machine's memory)" if budget == default_cache_bytes() else ""
         return (f"features cannot be kept: {_size(float32_bytes // 2)} even as float16, over the "
