@@ -21,7 +21,7 @@ import tifffile
 from skimage.io import imsave
 
 from conftest import iou
-from napari_dinoseg import CASConfig, CRFConfig, FeatureConfig, Segmenter, TrainConfig, apply_bundle
+from napari_dinoseg import CASConfig, FeatureConfig, Segmenter, TrainConfig, apply_bundle
 from napari_dinoseg import batch
 from napari_dinoseg.batch import LABEL_SUFFIX, PROBA_SUFFIX
 from napari_dinoseg.cli import main

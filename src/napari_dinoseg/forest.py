@@ -14,7 +14,6 @@ from typing import Optional
 
 import numpy as np
 
-from .parallel import cpu_threads
 
 #: Array names of a :class:`Forest`, as stored in bundles.
 ARRAYS = ("left", "right", "feature", "threshold", "values", "offsets", "depths")

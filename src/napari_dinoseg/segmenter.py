@@ -109,7 +109,7 @@ class Segmenter:
         -------
         self, fitted. The feature config's device presets are resolved here.
         """
-        from .features.featurise import cache_key, resolve_device
+        from .features.featurise import resolve_device
 
         images, labels = _as_lists(images, labels)
         channels = {_channels(img) for img in images}
@@ -157,8 +157,7 @@ class Segmenter:
                                  components=components)
         self.features, self.classifier, self.n_channels = config, classifier, normalised[0].shape[-1]
         self.channel_names = names
-        quantiles = [_memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
-                           lambda norm=norm: image_statistics(norm)) for norm in normalised]
+        quantiles = [self._image_statistics(norm, config, cache) for norm in normalised]
         report(progress, 950, 1000, "training statistics")
         distribution = self._feature_distribution(np.concatenate([p.grid for p in parts]), normalised, cache,
                                                   ("feature distribution", kind, linear, tuple(keys)))
@@ -263,7 +262,8 @@ class Segmenter:
             if sample is None and self.statistics.features is not None:  # probabilities from elsewhere
                 sample = self.feature_sample(image, cache)
             features, confidence = (None, None) if sample is None else sample
-            warnings = self.statistics.check(norm, self.features.normalise, features, confidence)
+            warnings = self.statistics.check(norm, self.features.normalise, features, confidence,
+                                             self._image_statistics(norm, self.features, cache))
         return warnings + collapse_warning(proba, clf.classes)
 
     def shift_space(self, rows: np.ndarray, projected: bool = False) -> np.ndarray:
@@ -488,6 +488,15 @@ class Segmenter:
         """The sample :meth:`predict_proba` kept for this very array of probabilities, else ``None``."""
         ref, sample = self._samples.get(id(proba), (None, None))
         return sample if ref is not None and ref() is proba else None
+
+    @staticmethod
+    def _image_statistics(norm: np.ndarray, config: FeatureConfig, cache) -> np.ndarray:
+        """:func:`~napari_dinoseg.shift.image_statistics` of a normalised plane, through ``cache``
+        (the same for the training image at each refit and for each plane predicted again)."""
+        from .features.featurise import cache_key
+
+        return _memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
+                     lambda: image_statistics(norm))
 
     def _fitted(self) -> PixelClassifier:
         if self.classifier is None:

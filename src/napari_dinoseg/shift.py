@@ -350,17 +350,18 @@ class TrainingStatistics:
         features = None if data.get("features") is None else FeatureDistribution.from_dict(data["features"])
         return cls(quantiles=quantiles, class_fractions=fractions, features=features)
 
-    def shift(self, normalised: np.ndarray) -> np.ndarray:
+    def shift(self, normalised: np.ndarray, quantiles: Optional[np.ndarray] = None) -> np.ndarray:
         """``(C, len(SIGNALS))`` distance of an image's signals to the closest training image's,
-        as a fraction of the training images' range of that signal (1 %..99 % quantiles)."""
-        q = image_statistics(normalised)  # (C, S, L)
+        as a fraction of the training images' range of that signal (1 %..99 % quantiles);
+        ``quantiles``: :func:`image_statistics` of ``normalised`` when already computed."""
+        q = image_statistics(normalised) if quantiles is None else quantiles  # (C, S, L)
         train = self.quantiles  # (N, C, S, L)
         span = train[..., -1].max(axis=0) - train[..., 0].min(axis=0)  # (C, S)
         distance = np.abs(train - q[None]).mean(axis=-1).min(axis=0)  # (C, S)
         return distance / np.maximum(span, 1e-6)
 
     def check(self, normalised: np.ndarray, normalise: str = "percentile", features: Optional[np.ndarray] = None,
-              confidence: Optional[float] = None) -> list[str]:
+              confidence: Optional[float] = None, quantiles: Optional[np.ndarray] = None) -> list[str]:
         """Warnings (empty when the image looks like the training images).
 
         Parameters
@@ -374,12 +375,14 @@ class TrainingStatistics:
             feature and inversion checks (skipped without them, or without ``self.features``).
         confidence
             The classifier's mean top probability on those pixels, for the confidence check.
+        quantiles
+            :func:`image_statistics` of ``normalised``, when already computed (e.g. kept in a cache).
         """
         if normalised.shape[-1] != self.quantiles.shape[1]:
             return [f"the image has {normalised.shape[-1]} channel(s), the training images had "
                     f"{self.quantiles.shape[1]}"]
         out = []
-        shift = self.shift(normalised)
+        shift = self.shift(normalised, quantiles)
         worst = np.unravel_index(np.argmax(shift), shift.shape)
         if shift[worst] > SHIFT_THRESHOLD:
             channel = f" of channel {worst[0]}" if shift.shape[0] > 1 else ""
