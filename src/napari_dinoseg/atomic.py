@@ -1,11 +1,13 @@
 """Atomic file writes that lose nothing: a temporary file beside the target, then a rename.
 
-Temporary files are named ``.<target name>.dinoseg-<host>-<pid>-<random>.tmp``, so a later run
-can tell its own leftovers (a killed run's) from a running process's: :func:`clean_stale` removes
-those whose process on this host is gone, or, written elsewhere, untouched for ``STALE_AFTER``
-seconds, and nothing else. Finished files get the permissions of the user's umask (``0644``
-under ``022``), not the ``0600`` of a temporary file. A full disk raises :class:`NoSpaceError`
-saying so, with the space left.
+Temporary files are named ``.<target name>.dinoseg-<host>-<pid>-<random>.tmp`` (the target's
+name cut short where the whole would pass the file system's name limit), so a later run can tell
+its own leftovers (a killed run's) from a running process's: :func:`clean_stale` removes those
+whose process on this host is gone, or, written elsewhere, untouched for ``STALE_AFTER`` seconds,
+and nothing else. A temporary file is flushed to the disk (``fsync``) before it is renamed, so a
+file under its final name holds all its bytes even after a crash of the machine. Finished files
+get the permissions of the user's umask (``0644`` under ``022``), not the ``0600`` of a temporary
+file. A full disk raises :class:`NoSpaceError` saying so, with the space left.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 #: Temporary files of another host (or an older version) older than this (s) are leftovers.
 STALE_AFTER = 3600.0
@@ -33,13 +35,34 @@ class NoSpaceError(OSError):
 
 
 def temp_path(target: Path) -> Path:
-    """A fresh temporary name beside ``target`` that :func:`clean_stale` recognises."""
+    """A fresh temporary name beside ``target`` that :func:`clean_stale` recognises, within the
+    file system's name limit (the target's name is cut short where needed)."""
     host = socket.gethostname().replace("/", "_") or "host"
-    return target.parent / f".{target.name}.dinoseg-{host}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    tail = f".dinoseg-{host}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    room = name_max(target.parent) - len(os.fsencode("." + tail))
+    return target.parent / f".{shorten(target.name, max(room, 1))}{tail}"
 
 
-def write_atomic(target, write: Callable[[Path], None], size_hint: int = 0) -> Path:
-    """Call ``write(temporary path)``, then rename the file to ``target``.
+def name_max(folder) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes (255 if it does not say)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+    return limit if limit and limit > 0 else 255
+
+
+def shorten(name: str, room: int) -> str:
+    """The longest start of ``name`` whose file-system encoding takes at most ``room`` bytes
+    (whole characters only)."""
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return name
+
+
+def write_atomic(target, write: Callable[[Path], None], size_hint: int = 0,
+                 check: Optional[Callable[[Path], None]] = None) -> Path:
+    """Call ``write(temporary path)``, flush the file to the disk, then rename it to ``target``.
 
     Parameters
     ----------
@@ -49,6 +72,9 @@ def write_atomic(target, write: Callable[[Path], None], size_hint: int = 0) -> P
         Writes the whole file at the path it is given.
     size_hint
         Bytes the file will take about; refused up front when the disk has less free.
+    check
+        Called with ``target`` once the file is written, just before it replaces ``target``;
+        raises to keep ``target`` as it is (the temporary file is then removed).
 
     Raises
     ------
@@ -62,7 +88,11 @@ def write_atomic(target, write: Callable[[Path], None], size_hint: int = 0) -> P
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask())
+        _fsync(tmp)
+        if check is not None:
+            check(target)
         os.replace(tmp, target)
+        _fsync(target.parent, folder=True)
     except OSError as err:
         if err.errno in _NO_SPACE or "requested and" in str(err):  # tifffile / numpy short writes
             raise NoSpaceError(errno.ENOSPC, no_space_message(target.parent)) from None
@@ -71,6 +101,23 @@ def write_atomic(target, write: Callable[[Path], None], size_hint: int = 0) -> P
         if tmp.exists():
             tmp.unlink()
     return target
+
+
+def _fsync(path: Path, folder: bool = False) -> None:
+    """Flush a file (or a folder's entries: best effort, not every system can) to the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY if folder else os.O_RDWR)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
 
 
 def no_space_message(folder: Path) -> str:
@@ -124,7 +171,10 @@ def clean_stale(folder) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (``True`` where that cannot be told)."""
     if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there
         return True
     try:
         os.kill(pid, 0)

@@ -109,6 +109,8 @@ class BundleContents:
     statistics: Optional[TrainingStatistics]
     n_channels: int
     channel_names: Optional[tuple[str, ...]]
+    #: What was decided in reading it, for the user (a device this machine lacks replaced).
+    notes: tuple = ()
 
 
 def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_channels: Optional[int] = None,
@@ -219,7 +221,33 @@ def read_bundle(path: PathLike) -> BundleContents:
     except _Refusal as err:
         raise ValueError(f"{str(path)!r} {err}") from None
     _warn_on_drift(meta.get("versions") or {})
+    config, note = device_here(contents.features)
+    if note:
+        warnings.warn(f"{str(path)!r}: {note}", UserWarning, stacklevel=2)
+        contents = dataclasses.replace(contents, features=config, notes=contents.notes + (note,))
     return contents
+
+
+def device_here(config: FeatureConfig) -> tuple[FeatureConfig, str]:
+    """``(config, "")`` when its device exists on this machine; else ``config`` with ``device="auto"``
+    and a note saying so. A device is the machine's choice, not the classifier's: a bundle trained
+    on a GPU is applied where there is none, on the device ``"auto"`` finds (the same features; the
+    stride, shifts and flips stay those it was trained with)."""
+    from .features.featurise import resolve_device
+
+    if config.device in ("auto", "cpu"):
+        return config, ""
+    try:
+        resolve_device(config.device)
+        return config, ""
+    except ValueError:
+        here = resolve_device("auto").type
+    lacking = {"cuda": "CUDA GPU", "mps": "MPS (Apple GPU) device"}[config.device]
+    where = {"cpu": "the CPU", "cuda": "its CUDA GPU", "mps": "its MPS device"}[here]
+    return dataclasses.replace(config, device="auto"), (
+        f"the classifier was saved with device={config.device!r}, which this machine lacks (no {lacking}): its "
+        f"features are computed on {where} instead (device 'auto': the same features"
+        f"{', more slowly' * (here == 'cpu')})")
 
 
 def bundle_channels(path: PathLike) -> int:

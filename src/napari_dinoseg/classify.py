@@ -369,7 +369,15 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
     row and column (plane coordinates multiple of it) and the guided filter brings its
     probabilities to every pixel, edges following the guide (:func:`~napari_dinoseg.smoothing.guided_filter`).
     Features off the lattice are then not read: a non-finite value there does not reach the
-    probabilities, which take their neighbours' (non-finite guide values still do).
+    probabilities, which take their neighbours'.
+
+    Raises
+    ------
+    ValueError
+        For a wrong channel count; for NaN or inf in the features read (how many pixels, which
+        channels), or in the guide of the guided filter: never returned as probabilities. The
+        check reads the logits the classifier computes (a non-finite feature makes its pixel's
+        logits non-finite), not the features: it costs nothing measurable.
     """
     data = _data(features)
     if data.shape[-1] != clf.n_features:
@@ -386,7 +394,8 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
         read = (Ellipsis, *read_pixels(clf, lead[-2:], origin))
         data = data[(*read, slice(None))]
         scaled = None if scaled is None else scaled[read]
-    out = np.moveaxis(_pixel_proba(clf, data, scaled), 0, -1)  # (..., K) view of a channels-first buffer
+    names = getattr(features, "channel_names", None)
+    out = np.moveaxis(_pixel_proba(clf, data, scaled, names), 0, -1)  # (..., K) view of a channels-first buffer
     guide = _data(features)[..., list(clf.guide)].mean(axis=-1, dtype=np.float32) if guided else None
     return _smoothed(clf, out, guide, origin, len(lead) >= 2)
 
@@ -422,6 +431,11 @@ def predict_read(clf: PixelClassifier, read: np.ndarray, guide: Optional[np.ndar
     Returns
     -------
     (H, W, K) float32 probabilities.
+
+    Raises
+    ------
+    ValueError
+        As :func:`predict`: for NaN or inf in ``read`` or ``guide``.
     """
     data = _data(read)
     if data.ndim != 3 or data.shape[-1] != clf.n_features:
@@ -438,6 +452,11 @@ def _smoothed(clf: PixelClassifier, proba: np.ndarray, guide: Optional[np.ndarra
     """Probabilities at the pixels read -> every pixel: the guided filter (``guide`` not ``None``),
     then the Gaussian (``plane``: the last two leading axes are an image plane)."""
     if guide is not None:
+        finite = np.isfinite(guide)
+        if not finite.all():
+            raise ValueError(f"the guide of the edge smoothing (the mean of feature channels {list(clf.guide)}) is NaN "
+                             f"or inf at {int(finite.size - np.count_nonzero(finite))} pixel(s): the features hold "
+                             "NaN or inf (the image or its features are corrupt); nothing is predicted from them")
         step = clf.predict_step
         offset = tuple(int(-o % step) for o in origin)
         proba = guided_filter(guide, proba, clf.guided_radius, step=step, offset=offset)
@@ -603,17 +622,15 @@ class _Linear:
             z[self.logged] = torch.log1p(part.abs()).copysign_(part)
         return z
 
-    def proba(self, x, scaled=None):
-        """``(F, m)`` float32 features (or their ``scaled`` version) -> ``(K, m)`` softmax probabilities."""
+    def logits(self, x, scaled=None):
+        """``(F, m)`` float32 features (or their ``scaled`` version) -> ``(K, m)`` logits."""
         import torch
 
         if scaled is not None:
-            logits = torch.addmm(self.intercept, self.coef, scaled)
-        elif self.kind == "standard":
-            logits = torch.addmm(self.folded_intercept, self.folded_coef, x)
-        else:
-            logits = torch.addmm(self.intercept, self.coef, self.scale(x))
-        return torch.softmax(logits, dim=0)
+            return torch.addmm(self.intercept, self.coef, scaled)
+        if self.kind == "standard":
+            return torch.addmm(self.folded_intercept, self.folded_coef, x)
+        return torch.addmm(self.intercept, self.coef, self.scale(x))
 
     def tree_input(self, x, scaled=None):
         """``(F, m)`` features (and their ``scaled`` version, needed with tree components) -> the
@@ -657,27 +674,40 @@ def _chunk(cf: np.ndarray, r0: int, step: int):
     return torch.from_numpy(np.ascontiguousarray(cf[:, r0:r0 + step], dtype=np.float32).reshape(cf.shape[0], -1))
 
 
-def _pixel_proba(clf: PixelClassifier, data: np.ndarray, scaled: Optional[np.ndarray] = None) -> np.ndarray:
+def _pixel_proba(clf: PixelClassifier, data: np.ndarray, scaled: Optional[np.ndarray] = None,
+                 names: Optional[Sequence[str]] = None) -> np.ndarray:
     """``(..., F)`` features -> ``(K, ...)`` float32 probabilities (channels first), unsmoothed.
 
     Pixels are taken in chunks of about ``CHUNK_VALUES`` feature values, copied channels-first
     (small enough to stay in the CPU cache for all that follows): the scaling (unless
     ``scaled``, :func:`scaled_features` of ``data``, is given), the logits as one
     ``(K, F) @ (F, m)`` product and the softmax in torch, then the trees on the same chunk;
-    chunks run on parallel threads.
+    chunks run on parallel threads. A chunk's logits are checked (``(K, m)`` values, in the
+    CPU cache): NaN or inf there (from NaN or inf features, or features so large that the
+    logits overflow) raise a ValueError saying how many pixels and which channels (named by
+    ``names`` when given), once every chunk is done.
     """
+    import torch
+
     cf, step = _row_chunks(data)
     scaled_cf = None if scaled is None else _row_chunks(np.moveaxis(scaled, 0, -1))[0]
     k = clf.n_classes
     out = np.empty((k, *cf.shape[1:]), np.float32)
     linear = _Linear(clf)
+    bad: list = []  # (pixels, NaN channels, inf channels) of the chunks whose logits are not finite
 
     def chunk(r0: int) -> None:
         x = _chunk(cf, r0, step) if scaled is None or clf.forest is not None else None
         z = None if scaled_cf is None else _chunk(scaled_cf, r0, step)
         if z is None and clf.forest is not None and linear.needs_scaled_trees:
             z = linear.scale(x)
-        proba = linear.proba(x, z).numpy()  # (K, m)
+        logits = linear.logits(x, z)
+        if not bool(torch.isfinite(logits).all()):  # a non-finite feature makes its pixel's logits non-finite
+            pixels = ~torch.isfinite(logits).all(dim=0)
+            values = (x if x is not None else z)[:, pixels]
+            bad.append((int(pixels.sum()), torch.isnan(values).any(dim=1).numpy(),
+                        torch.isinf(values).any(dim=1).numpy()))
+        proba = torch.softmax(logits, dim=0).numpy()  # (K, m)
         if clf.forest is not None:
             inputs = linear.tree_input(x, z).numpy().T
             trees = clf.forest.predict_proba(inputs, clf.n_tree_features)  # (m, K), read in place
@@ -687,7 +717,31 @@ def _pixel_proba(clf: PixelClassifier, data: np.ndarray, scaled: Optional[np.nda
         rows[...] = proba.reshape(rows.shape)
 
     map_threads(chunk, range(0, cf.shape[1], step))
+    if bad:
+        raise ValueError(_non_finite_message(clf, bad, names))
     return out.reshape(k, *data.shape[:-1])
+
+
+def _non_finite_message(clf: PixelClassifier, bad: list, names: Optional[Sequence[str]]) -> str:
+    """What :func:`_pixel_proba` says of the chunks whose logits were not finite."""
+    pixels = sum(b[0] for b in bad)
+    parts = []
+    for kind, i in (("NaN", 1), ("inf", 2)):
+        channels = np.flatnonzero(np.any([b[i] for b in bad], axis=0))
+        if len(channels):
+            listed = [names[c] if names is not None and c < len(names) else str(c) for c in channels[:8]]
+            more = f" and {len(channels) - 8} more" if len(channels) > 8 else ""
+            parts.append(f"{kind} in channel{'s' if len(channels) > 1 else ''} {', '.join(listed)}{more}")
+    if not all(np.isfinite(a).all() for a in (clf.coef, clf.intercept, clf.mean, clf.scale)) \
+            or (clf.scale <= 0).any():
+        return (f"the classifier gave non-finite probabilities (NaN or inf) at {pixels} pixel(s): "
+                "its numbers are corrupt (NaN, inf or a zero scale); nothing is predicted from them")
+    if not parts:
+        return (f"the classifier gave non-finite probabilities (NaN or inf) at {pixels} pixel(s): its logits overflow "
+                "on features that are finite but too large for it; featurise the image with the classifier's own "
+                "FeatureConfig (its normalisation); nothing is predicted from them")
+    return (f"the features of {pixels} pixel(s) are not finite ({'; '.join(parts)}): the image or its features are "
+            "corrupt (NaN or inf pixels in the image?); nothing is predicted from them")
 
 
 def _data(features: FeaturesLike) -> np.ndarray:

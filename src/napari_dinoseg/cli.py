@@ -6,8 +6,8 @@ run prints its error and nothing else: the progress bar appears only once images
 
 Exit status: 0 success (``--version``, ``--help`` included); 1 some images failed or the disk
 filled (or, with ``--strict``, images drew warnings, this run's or those recorded with outputs a
-rerun skipped); 2 refused input (bad bundle, no inputs, bad options or axes, no ViT weights);
-130 interrupted.
+rerun skipped); 2 refused input (bad bundle, no inputs, bad options or axes, no ViT weights, an
+output folder in use by another run or holding another classifier's outputs); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def _apply_parser(apply: argparse.ArgumentParser) -> None:
     apply.add_argument("--scheduler", default=None, help="dask scheduler address, e.g. tcp://host:8786")
     apply.add_argument("--probabilities", action="store_true", help="also write <name>_proba.tif")
     apply.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
+    apply.add_argument("--verify", action="store_true",
+                       help="read the outputs already there whole and check their pixel data against the checksum "
+                            "recorded when they were written (default: their size only)")
     apply.add_argument("--strict", action="store_true",
                        help="exit with status 1 when an image draws a warning (unlike the training images)")
     apply.add_argument("--axes", default=None, help=AXES_HELP)
@@ -73,9 +76,12 @@ def _train_parser(train: argparse.ArgumentParser) -> None:
 
     train.add_argument("images", nargs="+", help="training image files (tif / png / jpg)")
     train.add_argument("--labels", nargs="+", required=True,
-                       help="brush-label files, one per image in the same order (0 = unlabelled, 1..K = classes)")
+                       help="brush-label files (PNG / TIFF), one per image in the same order, one page per image "
+                            "plane: greyscale or palette values (0 = unlabelled, 1..K = classes), or RGB colours "
+                            "(each colour a class, black unlabelled)")
     train.add_argument("-o", "--out", required=True, help="bundle file to write (.dinoseg)")
-    train.add_argument("--features", choices=FEATURE_KINDS, default="classical", help="feature kind (default classical)")
+    train.add_argument("--features", choices=FEATURE_KINDS, default="classical",
+                       help="feature kind (default classical)")
     train.add_argument("--model", default="dinov2_vits14", help="ViT backbone for vit / hybrid features")
     train.add_argument("--weights", default=None, help="ViT checkpoint file (default: the weights folder or HF cache)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -108,7 +114,7 @@ def apply_command(args: argparse.Namespace) -> int:
     try:
         summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
                                probabilities=args.probabilities, overwrite=args.overwrite, progress=tick,
-                               axes=args.axes)
+                               axes=args.axes, verify=args.verify)
     finally:
         for bar in bars:
             bar.close()
@@ -119,6 +125,8 @@ def apply_command(args: argparse.Namespace) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .config import CRFConfig, FeatureConfig, TrainConfig
     from .reading import check_axes
     from .segmenter import Segmenter
@@ -132,25 +140,59 @@ def train_command(args: argparse.Namespace) -> int:
                            guided_radius=0 if args.no_edge_smoothing else TrainConfig.guided_radius)
     _check_weights(features)
     axes = None if args.axes is None else check_axes(args.axes)
-    images, labels = [], []
-    for image_path, label_path in zip(args.images, args.labels):
-        planes = _read(image_path, None, axes)
-        label_planes = _read(label_path, 1)
-        if len(planes) != len(label_planes):
-            raise ValueError(f"{image_path} has {len(planes)} plane(s) but {label_path} has {len(label_planes)}")
-        images += planes
-        labels += label_planes
-    painted = [i for i, lab in enumerate(labels) if lab.any()]
-    if not painted:
-        raise ValueError("no labelled pixels in the label files: paint at least one stroke for each of two classes")
-    seg = Segmenter(features, training, CRFConfig() if args.crf else None)
-    seg.fit([images[i] for i in painted], [labels[i] for i in painted])
     path = Path(args.out)
     path = path if path.suffix == ".dinoseg" else path.with_suffix(".dinoseg")
+    if not path.absolute().parent.is_dir():  # refused before any file is read, as Segmenter.save would after
+        raise ValueError(f"cannot save the bundle: the folder {str(path.absolute().parent)!r} does not exist")
+    images, label_files, channels = [], [], {}
+    for image_path, label_path in zip(args.images, args.labels):
+        planes = _read(image_path, None, axes)
+        label_file = _read_labels(label_path, len(planes))
+        _check_pair(image_path, planes, label_path, label_file.planes)
+        channels.setdefault(1 if planes[0].ndim == 2 else planes[0].shape[-1], image_path)
+        if len(channels) > 1:
+            (a, first), (b, other) = channels.items()
+            raise ValueError(f"{first} has {_channels(a)} but {other} has {_channels(b)}; train on images of one "
+                             "kind (one classifier segments images of one channel count)")
+        images += planes
+        label_files.append((label_path, label_file))
+    labels = _label_values(label_files)
+    painted = [i for i, lab in enumerate(labels) if lab.any()]
+    if not painted:
+        raise ValueError(f"no labelled pixels in the label files ({', '.join(args.labels)}): paint at least one "
+                         "stroke for each of two classes (0 = unlabelled)")
+    counts: dict = {}
+    for i in painted:
+        values, n = np.unique(labels[i][labels[i] > 0], return_counts=True)
+        for v, c in zip(values.tolist(), n.tolist()):
+            counts[v] = counts.get(v, 0) + c
+    if len(counts) < 2:
+        raise ValueError(f"only label {next(iter(counts))} is painted in the label files ({', '.join(args.labels)}); "
+                         "paint strokes of at least two classes (e.g. foreground and background)")
+    seg = Segmenter(features, training, CRFConfig() if args.crf else None)
+    seg.fit([images[i] for i in painted], [labels[i] for i in painted])
     seg.save(path)
-    counts = ", ".join(f"label {c}: {int(sum((labels[i] == c).sum() for i in painted))} px" for c in seg.classes)
-    print(f"trained {seg!r} on {len(painted)} image plane(s) ({counts}); wrote {path}")
+    summary = ", ".join(f"label {c}: {counts[int(c)]} px" for c in seg.classes)
+    print(f"trained {seg!r} on {len(painted)} image plane(s) ({summary}); wrote {path}")
     return 0
+
+
+def _channels(n: int) -> str:
+    return "1 channel (greyscale)" if n == 1 else f"{n} channels"
+
+
+def _check_pair(image_path: str, planes: list, label_path: str, label_planes: list) -> None:
+    """Refuse a label file whose planes do not match its image's, naming both files."""
+    if len(planes) != len(label_planes):
+        raise ValueError(f"{image_path} has {len(planes)} plane(s) but its label file {label_path} has "
+                         f"{len(label_planes)}: a label file holds one plane (page) per image plane, in the same "
+                         "order")
+    for n, (plane, lab) in enumerate(zip(planes, label_planes)):
+        if plane.shape[:2] != lab.shape:
+            which = f" (plane {n + 1} of {len(planes)})" if len(planes) > 1 else ""
+            raise ValueError(f"{label_path} is {lab.shape[0]}x{lab.shape[1]} px (height x width) but its image "
+                             f"{image_path} is {plane.shape[0]}x{plane.shape[1]} px{which}; a label file has its "
+                             "image's height and width")
 
 
 def _check_weights(features) -> None:
@@ -170,9 +212,8 @@ def _check_weights(features) -> None:
 
 
 def _read(path: str, channels: Optional[int], axes: Optional[str] = None) -> list:
-    """The planes of an image or label file (``channels=1``), with the file's name in any error;
-    an image file's notes (an axis read as channels, an alpha channel left out) are printed as
-    warnings. Label files are read as planes, without notes."""
+    """The planes of an image file, with the file's name in any error; its notes (an axis read
+    as channels, an alpha channel left out) are printed as warnings."""
     from .reading import read_image
 
     p = Path(path)
@@ -182,24 +223,47 @@ def _read(path: str, channels: Optional[int], axes: Optional[str] = None) -> lis
         image = read_image(p, channels, axes=axes)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    planes = image.planes
-    if channels != 1:
-        for note in image.notes:
-            print(f"dinoseg: warning: {path}: {note}", file=sys.stderr)
-    if channels == 1:  # label files: whole numbers saved as floats (as some tools do) are label values
-        planes = [_whole(plane, path) for plane in planes]
-    return planes
+    for note in image.notes:
+        print(f"dinoseg: warning: {path}: {note}", file=sys.stderr)
+    return image.planes
 
 
-def _whole(labels, path: str):
+def _read_labels(path: str, planes: Optional[int] = None):
+    """A label file read as label values (:func:`~napari_dinoseg.reading.read_label_file`), with
+    the file's name in any error; its notes are printed."""
+    from .reading import read_label_file
+
+    try:
+        label_file = read_label_file(path, planes)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    for note in label_file.notes:
+        print(f"dinoseg: note: {path}: {note}", file=sys.stderr)
+    return label_file
+
+
+def _label_values(label_files: list) -> list:
+    """Every label plane of ``[(path, LabelFile), ...]``, colour files renumbered to one class per
+    colour across all of them (ascending ``(r, g, b)`` order; the mapping is printed). Refused
+    when colour files and files of label values are mixed: the classes would not match."""
     import numpy as np
 
-    if not np.issubdtype(labels.dtype, np.floating):
-        return labels
-    if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
-        raise ValueError(f"{path}: label files hold whole numbers (0 = unlabelled, 1..K = classes); this one holds "
-                         "fractions, NaN or inf: save the brush labels as an integer image")
-    return labels.astype(np.int64)
+    colour = [(p, f) for p, f in label_files if f.colours]
+    values = [p for p, f in label_files if f.colours is None and any(lab.any() for lab in f.planes)]
+    if not colour:
+        return [lab for _, f in label_files for lab in f.planes]
+    if values:
+        raise ValueError(f"{colour[0][0]} is a colour label file (each colour a class) but {values[0]} holds label "
+                         "values (greyscale or palette); save all label files one way, so that their classes match")
+    table = sorted({c for _, f in colour for c in f.colours})
+    print("label colours read as classes (black and transparent = unlabelled): "
+          + ", ".join(f"#{r:02x}{g:02x}{b:02x} ({r}, {g}, {b}) -> {k}" if max(r, g, b) < 256
+                      else f"({r}, {g}, {b}) -> {k}" for k, (r, g, b) in enumerate(table, 1)))
+    labels = []
+    for _, f in label_files:
+        lut = np.array([0] + [table.index(c) + 1 for c in (f.colours or ())], np.uint8)
+        labels += [lut[lab] for lab in f.planes]
+    return labels
 
 
 if __name__ == "__main__":

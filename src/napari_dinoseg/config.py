@@ -34,10 +34,46 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 #: Mean-field iterations of the dense CRF; more changes nothing (it converges in about 10).
 MAX_CRF_ITERATIONS = 100
+#: Smallest kernel width (px, or intensity levels of 0..255 for ``bilateral_srgb``) of the dense CRF.
+#: pydensecrf's lattice coordinates are pixel positions over the width: at zero it crashes the
+#: process (a segmentation fault), near 1e-5 it corrupts its heap on a 1024 px image; below about
+#: 0.5 every pixel is its own lattice point already (the most memory and time a CRF takes).
+MIN_CRF_WIDTH = 0.1
+#: Largest CRF kernel width or compatibility weight.
+MAX_CRF_PARAMETER = 1e4
+
+# Bounds of the classical filter bank: what it can run in the memory and time the estimates say
+# (a bundle carries these values; a larger one is refused when the bundle is read).
+#: Most Gaussian scales (each adds 10 channels, each pair a difference of Gaussians: 16 scales
+#: make 285 channels per image channel).
+MAX_SIGMAS = 16
+#: Smallest and largest Gaussian scale, px. A scale's kernel reaches ``4 sigma`` px: the image is
+#: mirrored by that much around every tile, and tiles of large planes grow by twice that.
+MIN_SIGMA, MAX_SIGMA = 0.1, 64.0
+#: Longest membrane line kernel, px (odd; Weka's default is 19). Its 16 orientations are built as
+#: ``(16, size, size)`` grids: 4001 px took 5.7 GiB on a 64 x 64 image.
+MAX_MEMBRANE_SIZE = 101
+#: Largest ViT tile, px (attention is quadratic in a tile's tokens); the chooser's largest is 2072.
+MAX_TILE = 4096
+#: Most shift distances of the ViT upsampler (each adds 8 views, 4 times as many with flips); each
+#: is at most the model's patch size (a shift by a whole patch and more repeats the token lattice).
+MAX_SHIFTS = 8
+#: Most gamma values of ``TrainConfig.augment`` (each keeps one more normalised copy of every
+#: training image in memory while fitting).
+MAX_AUGMENT = 8
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> Optional[int]:
+    """``value`` as an ``int`` if it is an integer (a numpy integer too, not a bool), else ``None``."""
+    import numbers
+
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_":
+        return int(value)
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -102,7 +138,8 @@ class FeatureConfig(_JSONConfig):
     stride
         Patch-embedding stride (1..patch size); ``None``: the device preset.
     shifts
-        Shift distances of the upsampler, in pixels (each adds 8 views); ``None``: preset.
+        Shift distances of the upsampler, in pixels (each adds 8 views; at most ``MAX_SHIFTS``
+        distinct ones, each at most the patch size); ``None``: preset.
     flips
         Add the flip group {id, h, v, hv} to the upsampler's views; ``None``: preset.
     resize
@@ -129,7 +166,9 @@ class FeatureConfig(_JSONConfig):
     tile
         ViT input tile size in pixels: larger images are featurised in overlapping tiles;
         ``None`` picks the whole image or the tile size of fewest FLOPs, 16 patches (224 px
-        for DINOv2) at the least (see :func:`napari_dinoseg.features.vit.choose_tiles`).
+        for DINOv2) at the least (see :func:`napari_dinoseg.features.vit.choose_tiles`); when
+        set, 4 patches..``MAX_TILE`` px and more than twice the tile margin (a patch, the
+        largest shift and the stride) plus the stride.
     precision
         Number format of the ViT's matrix products (by autocast; the upsampler averages in
         float32): ``"auto"`` is bfloat16 on CUDA GPUs (float16 where they lack it) and on CPUs
@@ -138,14 +177,18 @@ class FeatureConfig(_JSONConfig):
         DINOv2-S features in bfloat16 (random weights) correlate with float32 ones at 0.9998 or
         more in every channel (``benchmarks/bench_vit.py --precision``).
     sigmas
-        Gaussian scales of the classical filter bank, in pixels, strictly increasing.
+        Gaussian scales of the classical filter bank, in pixels, strictly increasing: 1 to
+        ``MAX_SIGMAS`` of them, each in ``MIN_SIGMA``..``MAX_SIGMA`` and distinct in 6 significant
+        digits (their channels are named by them).
     membrane
         Add membrane projections (a line kernel at 16 orientations summarised by
         max / min / mean / std).
     membrane_size
-        Length of the membrane line kernel in pixels (odd).
+        Length of the membrane line kernel in pixels (odd, 3..``MAX_MEMBRANE_SIZE``).
     device
-        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``. The machine's
+        choice, not the classifier's: a bundle saved with a device this machine lacks is applied
+        on the device ``"auto"`` finds (see :func:`napari_dinoseg.bundle.read_bundle`).
     normalise
         How intensities are brought to about [0, 1] before any featuriser (see
         :mod:`napari_dinoseg.image`): ``"percentile"`` per image and channel (brightness and
@@ -189,16 +232,17 @@ class FeatureConfig(_JSONConfig):
         _choice("precision", self.precision, get_args(Precision))
         if self.uses_vit:
             self._check_vit()
-        sigmas = tuple(float(s) for s in self.sigmas)
-        if not sigmas:
-            raise ValueError("sigmas must hold at least one scale, e.g. (1, 2, 4, 8, 16)")
-        if any(not math.isfinite(s) or s <= 0 for s in sigmas):
-            raise ValueError(f"sigmas must be positive and finite, got {self.sigmas!r}")
-        if any(b <= a for a, b in zip(sigmas, sigmas[1:])):
-            raise ValueError(f"sigmas must be strictly increasing, got {self.sigmas!r}")
-        object.__setattr__(self, "sigmas", sigmas)
-        if not isinstance(self.membrane_size, int) or self.membrane_size < 3 or self.membrane_size % 2 == 0:
-            raise ValueError(f"membrane_size must be an odd integer >= 3, got {self.membrane_size!r}")
+        self._check_sigmas()
+        if not isinstance(self.membrane, bool):
+            raise ValueError(f"membrane must be True or False, got {self.membrane!r}")
+        size = _integer(self.membrane_size)
+        if size is None or not 3 <= size <= MAX_MEMBRANE_SIZE or size % 2 == 0:
+            raise ValueError(f"membrane_size must be an odd integer in 3..{MAX_MEMBRANE_SIZE} (px), "
+                             f"got {self.membrane_size!r}")
+        object.__setattr__(self, "membrane_size", size)
+        if self.weights is not None and not (isinstance(self.weights, str) and self.weights
+                                             and "\0" not in self.weights):
+            raise ValueError(f"weights must be None, 'random' or a checkpoint's path, got {self.weights!r}")
 
     @property
     def uses_vit(self) -> bool:
@@ -226,6 +270,26 @@ class FeatureConfig(_JSONConfig):
             flips=fill["flips"] if self.flips is None else self.flips,
         )
 
+    def _check_sigmas(self) -> None:
+        try:
+            sigmas = tuple(float(s) for s in self.sigmas)
+        except (TypeError, ValueError):
+            raise ValueError(f"sigmas must be a tuple of numbers (px), e.g. (1, 2, 4, 8, 16), got {self.sigmas!r}") \
+                from None
+        if not sigmas:
+            raise ValueError("sigmas must hold at least one scale, e.g. (1, 2, 4, 8, 16)")
+        if len(sigmas) > MAX_SIGMAS:
+            raise ValueError(f"sigmas must hold at most {MAX_SIGMAS} scales, got {len(sigmas)}")
+        if any(not math.isfinite(s) or s <= 0 for s in sigmas):
+            raise ValueError(f"sigmas must be positive and finite, got {self.sigmas!r}")
+        if any(not MIN_SIGMA <= s <= MAX_SIGMA for s in sigmas):
+            raise ValueError(f"sigmas must lie in {MIN_SIGMA:g}..{MAX_SIGMA:g} px, got {self.sigmas!r}")
+        if any(b <= a for a, b in zip(sigmas, sigmas[1:])):
+            raise ValueError(f"sigmas must be strictly increasing, got {self.sigmas!r}")
+        if len({f"{s:g}" for s in sigmas}) != len(sigmas):  # the channels are named by them
+            raise ValueError(f"sigmas must differ in their first 6 significant digits, got {self.sigmas!r}")
+        object.__setattr__(self, "sigmas", sigmas)
+
     def _check_intensities(self) -> None:
         lo, hi = _pair("percentiles", self.percentiles)
         if not 0 <= lo < hi <= 100:
@@ -241,12 +305,21 @@ class FeatureConfig(_JSONConfig):
         from .features.registry import model_spec
 
         patch = model_spec(self.model).patch_size  # raises, listing the valid names
-        if self.stride is not None and not (isinstance(self.stride, int) and 1 <= self.stride <= patch):
-            raise ValueError(f"stride must be an integer in 1..{patch} (the patch size of {self.model}), got {self.stride!r}")
+        if self.stride is not None:
+            stride = _integer(self.stride)
+            if stride is None or not 1 <= stride <= patch:
+                raise ValueError(f"stride must be an integer in 1..{patch} (the patch size of {self.model}), "
+                                 f"got {self.stride!r}")
+            object.__setattr__(self, "stride", stride)
         if self.shifts is not None:
-            shifts = tuple(int(s) for s in self.shifts)
-            if any(s < 1 for s in shifts) or len(set(shifts)) != len(shifts):
-                raise ValueError(f"shifts must be distinct positive pixel distances, got {self.shifts!r}")
+            try:
+                shifts = tuple(_integer(s) for s in self.shifts)
+            except TypeError:
+                shifts = (None,)
+            if None in shifts or any(not 1 <= s <= patch for s in shifts) or len(set(shifts)) != len(shifts) \
+                    or len(shifts) > MAX_SHIFTS:
+                raise ValueError(f"shifts must be at most {MAX_SHIFTS} distinct pixel distances in 1..{patch} (the "
+                                 f"patch size of {self.model}), got {self.shifts!r}")
             object.__setattr__(self, "shifts", shifts)
         if self.flips is not None and not isinstance(self.flips, bool):
             raise ValueError(f"flips must be True, False or None, got {self.flips!r}")
@@ -254,8 +327,18 @@ class FeatureConfig(_JSONConfig):
         if not _is_int(self.layer) or not -depth <= self.layer < depth:
             raise ValueError(f"layer must be an integer block index in {-depth}..{depth - 1} for {self.model} "
                              f"({depth} blocks), got {self.layer!r}")
-        if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 4 * patch):
-            raise ValueError(f"tile must be an integer of at least {4 * patch} px for {self.model}, got {self.tile!r}")
+        if self.tile is not None:
+            tile = _integer(self.tile)
+            if tile is None or not 4 * patch <= tile <= MAX_TILE:
+                raise ValueError(f"tile must be an integer in {4 * patch}..{MAX_TILE} px for {self.model}, "
+                                 f"got {self.tile!r}")
+            if self.stride is not None and self.shifts is not None:  # tiles must leave a core inside their margins
+                margin = patch + max(self.shifts, default=0) + self.stride
+                if tile <= 2 * margin + self.stride:
+                    raise ValueError(f"tile must be more than {2 * margin + self.stride} px with stride {self.stride} "
+                                     f"and shifts {self.shifts} (twice the tile margin of {margin} px, plus the "
+                                     f"stride), got {self.tile!r}")
+            object.__setattr__(self, "tile", tile)
 
 
 def _pair(name: str, value: Any) -> tuple[float, float]:
@@ -329,7 +412,8 @@ class TrainConfig(_JSONConfig):
         Gamma values: :class:`~napari_dinoseg.Segmenter` also trains on every training image
         with its normalised intensities ``x`` mapped to ``sign(x) |x| ** gamma``, so that the
         classifier does not hinge on the painted image's exact tone curve (the images of a
-        folder differ by more than brightness and contrast); ``()``: off. Lower-level
+        folder differ by more than brightness and contrast); ``()``: off; at most ``MAX_AUGMENT``
+        values (each keeps a normalised copy of every training image while fitting). Lower-level
         :func:`~napari_dinoseg.train` does not augment.
     pca_dim
         Reduce the ViT channels to this many principal components, fitted at train time on
@@ -342,7 +426,7 @@ class TrainConfig(_JSONConfig):
         ``(H, W, D)`` map (:func:`napari_dinoseg.classify.logit_space`); 0: the trees read every
         ViT channel, scaled like the others (bundles from before format 5).
     seed
-        Seed of every subsample, so training is reproducible.
+        Seed of every subsample, so training is reproducible (0..2**32 - 1).
     """
 
     classifier: ClassifierKind = "logistic+trees"
@@ -368,9 +452,13 @@ class TrainConfig(_JSONConfig):
             gammas = tuple(float(g) for g in self.augment)
         except (TypeError, ValueError):
             raise ValueError(f"augment must be a tuple of gamma values, e.g. (0.7, 1.4), got {self.augment!r}") from None
-        if any(not (math.isfinite(g) and 0.1 <= g <= 10) or g == 1 for g in gammas) or len(set(gammas)) != len(gammas):
-            raise ValueError(f"augment must hold distinct gamma values in [0.1, 10] other than 1, got {self.augment!r}")
+        if any(not (math.isfinite(g) and 0.1 <= g <= 10) or g == 1 for g in gammas) or len(set(gammas)) != len(gammas) \
+                or len(gammas) > MAX_AUGMENT:
+            raise ValueError(f"augment must hold at most {MAX_AUGMENT} distinct gamma values in [0.1, 10] other than 1, "
+                             f"got {self.augment!r}")
         object.__setattr__(self, "augment", gammas)
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in 0..{2**32 - 1}, got {self.seed!r}")
         if self.class_weight not in ("balanced", None):
             raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
         if not (_is_number(self.C) and self.C > 0):
@@ -401,6 +489,8 @@ class CRFConfig(_JSONConfig):
     weight ``gaussian_compat``; a bilateral (appearance) kernel of spatial width
     ``bilateral_sxy`` px, intensity width ``bilateral_srgb`` (0..255 scale) and weight
     ``bilateral_compat``; ``iterations`` of mean-field inference. Defaults as the reference.
+    Widths lie in ``MIN_CRF_WIDTH``..``MAX_CRF_PARAMETER`` (pydensecrf crashes at zero width),
+    weights in 0..``MAX_CRF_PARAMETER``, iterations in 1..``MAX_CRF_ITERATIONS``.
     """
 
     gaussian_sxy: float = 3.0
@@ -411,10 +501,14 @@ class CRFConfig(_JSONConfig):
     iterations: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat"):
+        for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):  # widths: 0 crashes pydensecrf
             value = getattr(self, name)
-            if not (_is_number(value) and 0 <= value <= 1e4):
-                raise ValueError(f"{name} must be a number in [0, 10000], got {value!r}")
+            if not (_is_number(value) and MIN_CRF_WIDTH <= value <= MAX_CRF_PARAMETER):
+                raise ValueError(f"{name} must be a number in [{MIN_CRF_WIDTH:g}, {MAX_CRF_PARAMETER:g}], got {value!r}")
+        for name in ("gaussian_compat", "bilateral_compat"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value <= MAX_CRF_PARAMETER):
+                raise ValueError(f"{name} must be a number in [0, {MAX_CRF_PARAMETER:g}], got {value!r}")
         if not _is_int(self.iterations) or not 1 <= self.iterations <= MAX_CRF_ITERATIONS:
             raise ValueError(f"iterations must be an integer in [1, {MAX_CRF_ITERATIONS}], got {self.iterations!r}")
 

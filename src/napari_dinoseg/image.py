@@ -11,6 +11,12 @@ NaN and -inf are replaced by the channel's finite minimum and +inf by its maximu
   absolute values mean something.
 - ``"legacy"``: the rule of bundles before format 4: ``uint8`` divided by 255, every other
   dtype scaled by the channel's own minimum and maximum.
+
+Values beyond [0, 1] are kept up to ``MAX_NORMALISED`` (a million times the range) and clipped
+there, so any finite image, however extreme its values or narrow its range, normalises to finite
+values. Masked pixels of a ``numpy.ma`` array are left out of the statistics and given the
+channel's minimum (see :func:`as_float_image`). Durations and dates (``timedelta64``,
+``datetime64``) are refused: they are not intensities.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ def as_float_image(image: np.ndarray, config=None) -> np.ndarray:
     ----------
     image : (H, W) or (H, W, C) array
         Greyscale or multichannel (RGB, RGBA, fluorescence channels) image of any real
-        or boolean dtype; C at most ``MAX_CHANNELS``.
+        or boolean dtype; C at most ``MAX_CHANNELS``. A masked array (``numpy.ma``): its masked
+        pixels take no part in the intensity statistics (percentiles, minimum, maximum) and are
+        given the channel's minimum, as NaN pixels are (with a warning saying how many); their
+        features, and so their labels, are then those of a dark pixel: mask the output too.
     config : FeatureConfig, optional
         Its ``normalise`` / ``percentiles`` / ``intensity_range`` say how intensities are
         scaled (see the module docstring); ``FeatureConfig()``'s rule when omitted.
@@ -41,36 +50,147 @@ def as_float_image(image: np.ndarray, config=None) -> np.ndarray:
     Returns
     -------
     (H, W, C) float32 array, C >= 1: values in [0, 1] for the ``"legacy"`` rule, about [0, 1]
-    (finite, possibly beyond) for the others.
+    (finite, possibly beyond, at most ``MAX_NORMALISED`` away) for the others. Any finite image
+    gives finite values, however extreme its range (float64 values near 1e308, a range of 1e-300).
+    Computed a block of rows at a time: no more memory than the output and a few MiB.
 
     Raises
     ------
     TypeError
-        For non-numeric or complex dtypes.
+        For non-numeric, complex, date or duration (``datetime64`` / ``timedelta64``) dtypes.
     ValueError
-        For stacks, 1-D data, images with a side below ``MIN_SIDE`` or with no finite value,
-        and for a ``"fixed"`` rule without a range on a float image.
+        For stacks, 1-D data, images with a side below ``MIN_SIDE`` or a channel with no finite
+        (unmasked) value, and for a ``"fixed"`` rule without a range on a float image.
     """
     from .config import FeatureConfig, config_or_default
 
     config = config_or_default(config, FeatureConfig)
-    arr = np.asarray(image)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"image dtype {arr.dtype} is not numeric; pass a greyscale or multichannel array")
-    if np.iscomplexobj(arr):
-        raise TypeError("image is complex-valued; pass its magnitude (np.abs) or real part")
+    arr, mask = _data_and_mask(image)
+    check_dtype(arr.dtype)
     check_image_shape(arr.shape)
     if arr.ndim == 2:
         arr = arr[..., None]
+        mask = None if mask is None else mask[..., None]
     out = np.empty(arr.shape, dtype=np.float32)
     for c in range(arr.shape[-1]):
-        out[..., c] = _normalise_channel(arr[..., c], c, config)
+        _normalise_channel(arr[..., c], c, config, None if mask is None else mask[..., c], out[..., c])
     return out
+
+
+def check_dtype(dtype: np.dtype) -> None:
+    """Refuse, with a ``TypeError`` saying what to do, a dtype that does not hold intensities."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "m":
+        raise TypeError(f"image dtype {dtype} holds durations, not intensities; convert it to numbers first, "
+                        "e.g. image / np.timedelta64(1, 's') for seconds")
+    if dtype.kind == "M":
+        raise TypeError(f"image dtype {dtype} holds dates, not intensities; pass a greyscale or multichannel "
+                        "array of numbers")
+    if dtype == object or not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise TypeError(f"image dtype {dtype} is not numeric; pass a greyscale or multichannel array")
+    if dtype.kind == "c":
+        raise TypeError("image is complex-valued; pass its magnitude (np.abs) or real part")
+
+
+def _data_and_mask(image) -> tuple[np.ndarray, "np.ndarray | None"]:
+    """``(data, mask)`` of a masked array (``mask`` ``None`` when nothing is masked), ``(array, None)`` otherwise."""
+    if np.ma.isMaskedArray(image):
+        mask = np.ma.getmask(image)
+        data = np.ma.getdata(image)
+        if mask is np.ma.nomask or not mask.any():
+            return data, None
+        return data, np.broadcast_to(mask, data.shape)
+    return np.asarray(image), None
 
 
 def intensity_bounds(x: np.ndarray, config) -> tuple[float, float]:
     """The intensities ``(lo, hi)`` that ``config``'s rule maps to 0 and 1 for channel ``x``
     (finite values only; ``hi <= lo`` for a constant channel)."""
+    x = x.view(np.uint8) if x.dtype == bool else x
+    return _bounds(x, config, _statistics(x, None, config, 0))
+
+
+#: Largest magnitude of a normalised intensity: an outlier further beyond [0, 1] (a million times
+#: the percentile range away) is clipped to it, so that features of any finite image stay finite
+#: in float32 (the Hessian's squares of 1e20 would overflow).
+MAX_NORMALISED = 1e6
+#: Values of a channel read at a time (a block of rows): the float64 temporaries stay a few MiB.
+BLOCK_VALUES = 1 << 20
+
+
+class _Stats:
+    """A channel's statistics: the counts of its finite, non-finite and masked values, the
+    minimum and maximum of its finite unmasked ones, and the percentile sample."""
+
+    def __init__(self) -> None:
+        self.valid = self.nonfinite = self.masked = 0
+        self.lo = self.hi = None
+        self.sample = None
+
+
+def _blocks(x: np.ndarray) -> list[slice]:
+    rows = max(1, BLOCK_VALUES // max(1, x.shape[1]))
+    return [slice(r0, r0 + rows) for r0 in range(0, x.shape[0], rows)]
+
+
+def _valid(block: np.ndarray, mask: "np.ndarray | None") -> "np.ndarray | None":
+    """Where a block is finite and unmasked; ``None`` for all of it."""
+    valid = None if block.dtype.kind in "biu" else np.isfinite(block)
+    if mask is not None:
+        valid = ~mask if valid is None else valid & ~mask
+    return None if valid is None or valid.all() else valid
+
+
+def _filled(block: np.ndarray, valid: "np.ndarray | None", stats: _Stats) -> np.ndarray:
+    """A block as the work dtype (float64, or longdouble), its non-finite values replaced: +inf by
+    the channel's maximum, NaN and -inf by its minimum (masked values too, where they are kept)."""
+    work = block.astype(np.result_type(block.dtype, np.float64))
+    if valid is not None:
+        np.copyto(work, np.where(np.isposinf(work), stats.hi, stats.lo).astype(work.dtype), where=~valid)
+    return work
+
+
+def _statistics(x: np.ndarray, mask: "np.ndarray | None", config, channel: int) -> _Stats:
+    """A channel's :class:`_Stats`, a block of rows at a time (no copy of the channel). The sample
+    is that of earlier versions, ``x.ravel()[::step]`` with ``step = max(1, n // PERCENTILE_SAMPLE)``
+    after NaN / inf are replaced, over the ``n`` unmasked values."""
+    stats = _Stats()
+    blocks = _blocks(x)
+    for rows in blocks:
+        block = x[rows]
+        if mask is not None:
+            stats.masked += int(np.count_nonzero(mask[rows]))
+        valid = _valid(block, None if mask is None else mask[rows])
+        if valid is None:
+            n, lo, hi = block.size, block.min(), block.max()
+        else:
+            n = int(np.count_nonzero(valid))
+            if not n:
+                continue
+            lo, hi = np.min(block, where=valid, initial=np.inf), np.max(block, where=valid, initial=-np.inf)
+        stats.valid += n
+        stats.lo = lo if stats.lo is None else min(stats.lo, lo)
+        stats.hi = hi if stats.hi is None else max(stats.hi, hi)
+    stats.nonfinite = x.size - stats.valid - stats.masked
+    if not stats.valid:
+        what = "NaN, inf or masked" if mask is not None else "NaN or inf"
+        raise ValueError(f"channel {channel} of the image has no finite value (all {what})")
+    if config.normalise == "percentile":
+        unmasked = x.size - stats.masked
+        step, seen, parts = max(1, unmasked // PERCENTILE_SAMPLE), 0, []
+        for rows in blocks:
+            block = x[rows]
+            kept = None if mask is None else ~mask[rows]
+            values = block.ravel() if kept is None else block[kept]
+            values = values[(-seen) % step::step]
+            seen += block.size if kept is None else int(np.count_nonzero(kept))
+            parts.append(_filled(values, _valid(values, None), stats))
+        stats.sample = np.concatenate(parts)
+    return stats
+
+
+def _bounds(x: np.ndarray, config, stats: _Stats):
+    """``(lo, hi)`` of ``config``'s rule for a channel of ``stats`` (numbers of the work dtype)."""
     rule = config.normalise
     if rule == "fixed":
         if config.intensity_range is not None:
@@ -86,14 +206,31 @@ def intensity_bounds(x: np.ndarray, config) -> tuple[float, float]:
         return float(info.min), float(info.max)
     if rule == "legacy" and x.dtype == np.uint8:
         return 0.0, 255.0
-    finite = x if x.dtype.kind in "biu" else x[np.isfinite(x)]
-    lo, hi = float(finite.min()), float(finite.max())
+    lo, hi = _work(stats.lo), _work(stats.hi)
     if rule == "percentile":
-        sample = finite.ravel()[:: max(1, finite.size // PERCENTILE_SAMPLE)]
-        plo, phi = np.percentile(sample, config.percentiles)
+        plo, phi = _percentiles(stats.sample, config.percentiles)
         if phi > plo:  # otherwise (mostly constant): the full range
-            lo, hi = float(plo), float(phi)
+            lo, hi = plo, phi
     return lo, hi
+
+
+def _work(value):
+    """A value as a float of at least float64 precision (longdouble kept)."""
+    value = np.asarray(value)
+    return value.astype(np.result_type(value.dtype, np.float64))[()]
+
+
+def _percentiles(sample: np.ndarray, q) -> tuple:
+    """Percentiles of a sample, finite for any finite values (numpy's interpolation overflows
+    between values near +-1.8e308: they are taken of the sample scaled down then)."""
+    sample = sample.astype(np.result_type(sample.dtype, np.float64), copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        plo, phi = np.percentile(sample, q)
+    if np.isfinite(plo) and np.isfinite(phi):
+        return plo, phi
+    scale = np.max(np.abs(sample))
+    plo, phi = np.percentile(sample / scale, q)
+    return plo * scale, phi * scale
 
 
 def check_image_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -122,28 +259,38 @@ def drop_alpha(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _normalise_channel(x: np.ndarray, channel: int, config) -> np.ndarray:
-    x = x.astype(np.uint8) if x.dtype == bool else x
-    if x.dtype.kind == "f":
-        x = _finite(x, channel)
-    lo, hi = intensity_bounds(x, config)
-    if hi <= lo:
-        return np.zeros(x.shape, dtype=np.float32)
-    return ((x.astype(np.float64) - lo) * (1.0 / (hi - lo))).astype(np.float32)
-
-
-def _finite(x: np.ndarray, channel: int) -> np.ndarray:
-    """``x`` with NaN / -inf replaced by its finite minimum and +inf by its finite maximum (warns)."""
-    finite = np.isfinite(x)
-    n_bad = x.size - int(np.count_nonzero(finite))
-    if n_bad == x.size:
-        raise ValueError(f"channel {channel} of the image has no finite value (all NaN or inf)")
-    if not n_bad:
-        return x
-    lo, hi = np.min(x, where=finite, initial=np.inf), np.max(x, where=finite, initial=-np.inf)
-    warnings.warn(
-        f"channel {channel}: {n_bad} NaN/inf pixel(s) replaced by the finite minimum/maximum",
-        UserWarning,
-        stacklevel=5,
-    )
-    return np.where(finite, x, np.where(np.isposinf(x), hi, lo))
+def _normalise_channel(x: np.ndarray, channel: int, config, mask: "np.ndarray | None", out: np.ndarray) -> None:
+    """Write channel ``x`` (``(H, W)``) normalised by ``config``'s rule into ``out``, a block of rows
+    at a time: NaN, -inf and masked pixels take the finite minimum, +inf the maximum (with a
+    warning); values go to ``(x - lo) / (hi - lo)``, clipped to ``MAX_NORMALISED``."""
+    x = x.view(np.uint8) if x.dtype == bool else x  # as uint8, as in earlier versions
+    stats = _statistics(x, mask, config, channel)
+    what = [f"{stats.nonfinite} NaN/inf pixel(s) replaced by the finite minimum/maximum"] * bool(stats.nonfinite) \
+        + [f"{stats.masked} masked pixel(s) given the minimum of the others (and left out of the intensity "
+           "statistics)"] * bool(stats.masked)
+    if what:
+        warnings.warn(f"channel {channel}: {'; '.join(what)}", UserWarning, stacklevel=5)
+    lo, hi = _bounds(x, config, stats)
+    if not hi > lo:
+        out[...] = 0
+        return
+    with np.errstate(over="ignore", divide="ignore"):
+        span = hi - lo
+        halves = not np.isfinite(span)  # a range beyond the largest float: computed in halves
+        scale = None if halves else 1.0 / span
+    for rows in _blocks(x):
+        block = x[rows]
+        valid = _valid(block, None if mask is None else mask[rows])
+        work = _filled(block, valid, stats)
+        if halves:
+            work /= 2
+            work -= lo / 2
+            work /= hi / 2 - lo / 2
+        elif np.isfinite(scale):  # as earlier versions, bit for bit
+            work -= lo
+            work *= scale
+        else:  # 1 / span overflows: a range near the smallest floats
+            work -= lo
+            work /= span
+        np.clip(work, -MAX_NORMALISED, MAX_NORMALISED, out=work)
+        out[rows] = work

@@ -110,6 +110,7 @@ class Segmenter:
         self, fitted. The feature config's device presets are resolved here.
         """
         from .features.featurise import resolve_device
+        from .memory import check_fit_memory
 
         images, labels = _as_lists(images, labels)
         channels = {_channels(img) for img in images}
@@ -122,6 +123,7 @@ class Segmenter:
                 raise ValueError(f"labels of shape {np.shape(lab)} do not match image {i}'s shape "
                                  f"{np.shape(img)[:2]}; paint in a Labels layer with the image's shape")
         config = self.features.resolved(resolve_device(self.features.device).type)
+        check_fit_memory(self, images, labels, config)
         normalised = [self._normalise(img, config, check_channels=False, cache=cache) for img in images]
         variants = [(norm, lab) for norm, lab in zip(normalised, labels)]
         variants += [(tone_curve(norm, g), lab) for g in self.training.augment for norm, lab in zip(normalised, labels)]
@@ -187,9 +189,14 @@ class Segmenter:
         ------
         ValueError
             For a wrong channel count, or when the probabilities are not finite (never
-            returned as a result).
+            returned as a result); :class:`~napari_dinoseg.memory.NotEnoughMemory` (a ValueError),
+            before anything of the plane is allocated, when its estimated peak would not fit
+            (:func:`~napari_dinoseg.memory.check_plane_memory`).
         """
+        from .memory import check_plane_memory
+
         clf = self._fitted()
+        check_plane_memory(self, np.shape(image), what="predicting")
         norm = self.normalise(image, cache)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
         split = self.logit_space()
@@ -233,8 +240,16 @@ class Segmenter:
         return self.to_labels(self.predict_proba(image, progress, cache))
 
     def to_labels(self, proba: np.ndarray) -> np.ndarray:
-        """``(..., K)`` probabilities -> ``(...)`` label values, in the smallest unsigned dtype holding them."""
-        return self._fitted().to_labels(proba).astype(label_dtype(self.classes))
+        """``(..., K)`` probabilities -> ``(...)`` label values, in the smallest unsigned dtype holding them
+        (a block of rows at a time: no int64 copy of the plane)."""
+        clf, proba = self._fitted(), np.asarray(proba)
+        if proba.ndim < 3:
+            return clf.to_labels(proba).astype(label_dtype(self.classes))
+        out = np.empty(proba.shape[:-1], label_dtype(self.classes))
+        rows = max(1, (1 << 20) // max(1, proba[:1].size))
+        for r0 in range(0, len(out), rows):
+            out[r0:r0 + rows] = clf.to_labels(proba[r0:r0 + rows])
+        return out
 
     def check(self, image: ImageLike, proba: Optional[np.ndarray] = None, cache=None) -> list[str]:
         """Warnings about one plane: unlike the training images, or a collapsed prediction.
@@ -252,8 +267,21 @@ class Segmenter:
         Returns
         -------
         list of str, empty when the image looks like the training data.
+
+        Raises
+        ------
+        ValueError
+            For ``proba`` of another shape than ``(H, W, K)``: this plane's height and width,
+            the classifier's number of classes (probabilities of another image or classifier).
         """
         clf = self._fitted()
+        if proba is not None:
+            expected = (*np.shape(image)[:2], clf.n_classes)
+            if np.shape(proba) != expected:
+                raise ValueError(f"proba of shape {np.shape(proba)} do not belong to this image and classifier: "
+                                 f"expected {expected} (the image's height and width, then one column per class "
+                                 f"of the classifier's {clf.n_classes}); pass the probabilities predict_proba gave "
+                                 "for this image, or none to have them computed")
         norm = self.normalise(image, cache)
         proba = self.predict_proba(image) if proba is None else proba
         warnings = []
@@ -519,7 +547,7 @@ class Segmenter:
         from .features.keys import cache_key, frozen
         from .image import as_float_image, check_image_shape, drop_alpha
 
-        arr = np.asarray(image)
+        arr = image if np.ma.isMaskedArray(image) else np.asarray(image)  # masks: see as_float_image
         check_image_shape(arr.shape)
         if check_channels and self.n_channels is not None:
             if self.n_channels == 3 and arr.ndim == 3 and arr.shape[-1] == 4:
@@ -527,7 +555,7 @@ class Segmenter:
             if _channels(arr) != self.n_channels:
                 raise ValueError(f"the image has {_channels(arr)} channel(s) but the classifier was trained on "
                                  f"{self.n_channels}; give it images of the kind it was trained on")
-        if cache is None:
+        if cache is None or np.ma.isMaskedArray(arr):  # a content key does not see a mask
             return as_float_image(arr, config)
         key = cache_key(arr, config)
         return cache.derived(("normalised", key), lambda: frozen(as_float_image(arr, config), key))

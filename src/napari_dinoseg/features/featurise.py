@@ -327,7 +327,7 @@ def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: i
     if config.uses_classical:
         from .classical import classical_channel_names, working_bytes
 
-        classical_work = working_bytes(config, shape)
+        classical_work = working_bytes(config, shape) + membrane_kernel_bytes(config)
         classical_out = n_channels * len(classical_channel_names(config)) * plane
     if config.kind == "classical":
         return image + classical_out + classical_work
@@ -345,26 +345,49 @@ def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: i
     return image + max(classical_phase, out + classical_out, out + vit_work)
 
 
+def membrane_kernel_bytes(config: FeatureConfig) -> int:
+    """Bytes the membrane projections' line kernels take while they are built: ``(16, size, size)``
+    float32 grids of the orientations, about six at once (0 without membrane projections)."""
+    if not config.membrane:
+        return 0
+    from .classical import MEMBRANE_ANGLES
+
+    return 6 * 4 * MEMBRANE_ANGLES * config.membrane_size**2
+
+
+#: The side of the smallest image, px, whose features tell what a feature config costs whatever
+#: the image (:func:`check_memory`'s message).
+_SMALL = 64
+
+
 def check_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1, device=None,
                  available: Optional[int] = None, projected: Optional[int] = None) -> int:
     """Refuse, before allocating, features that would not fit in memory.
 
-    Returns :func:`estimate_memory` in bytes; raises ``ValueError`` naming the estimate and
-    the fix when it exceeds ``MEMORY_FRACTION`` of ``available`` bytes (default: the
-    system's available memory).
+    Returns :func:`estimate_memory` in bytes; raises :class:`~napari_dinoseg.memory.NotEnoughMemory`
+    (a ``ValueError``) naming the estimate and the fix when it exceeds ``MEMORY_FRACTION`` of
+    ``available`` bytes (default: :func:`napari_dinoseg.memory.available_memory`, which sees
+    container and ``ulimit`` limits too). Where even a 64 x 64 image's features would not fit, the
+    message says the feature config is the cause, not the image's size.
     """
+    from ..memory import NotEnoughMemory, available_memory, gib
+
     estimate = estimate_memory(config, shape, n_channels, device, projected)
     if available is None:
-        import psutil
-
-        available = psutil.virtual_memory().available
+        available = available_memory()
     if estimate > MEMORY_FRACTION * available:
         h, w = shape
-        raise ValueError(
-            f"{config.kind} features of a {h}x{w} image ({n_features(config, n_channels)} channels) need about "
-            f"{estimate / 2**30:.1f} GiB at their peak, more than {MEMORY_FRACTION:.0%} of the "
-            f"{available / 2**30:.1f} GiB available; crop or downsample the image, or use fewer sigmas / "
-            "no membrane projections"
+        small = estimate_memory(config, (_SMALL, _SMALL), n_channels, device, projected)
+        what = (f"{config.kind} features of a {h}x{w} image ({n_features(config, n_channels)} channels) need about "
+                f"{gib(estimate)} at their peak, more than {MEMORY_FRACTION:.0%} of the {gib(available)} this process "
+                "can still use")
+        if small > MEMORY_FRACTION * available:
+            raise NotEnoughMemory(
+                f"{what}; the feature config is the cause, not the image (a {_SMALL}x{_SMALL} image's would need "
+                f"{gib(small)}): use a smaller model, fewer views or a larger stride, or a machine with more memory")
+        raise NotEnoughMemory(
+            f"{what}; crop or downsample the image, use fewer sigmas / no membrane projections, or use a machine "
+            "with more memory"
         )
     return estimate
 
