@@ -19,6 +19,7 @@ import pytest
 from napari_dinoseg import CRFConfig, FeatureConfig, Segmenter, TrainConfig
 from napari_dinoseg.bundle import read_bundle
 from napari_dinoseg.cli import main
+from test_bundle_hostile import crf, features, training  # edits of a bundle's bundle.json
 from napari_dinoseg.config import (MAX_AUGMENT, MAX_MEMBRANE_SIZE, MAX_SHIFTS, MAX_SIGMA, MAX_SIGMAS, MAX_TILE,
                                    MIN_CRF_WIDTH)
 
@@ -45,18 +46,6 @@ def edited(source: str, target, edit) -> str:
         zf.writestr("bundle.json", json.dumps(meta))
         zf.writestr("arrays.npz", arrays)
     return str(target)
-
-
-def features(**change):
-    return lambda meta: meta["feature_config"].update(change)
-
-
-def training(**change):
-    return lambda meta: meta["training_config"].update(change)
-
-
-def crf(**change):
-    return lambda meta: meta["crf_config"].update(change)
 
 
 #: (id, edit, what the refusal says). Each value was accepted before and ran out of memory, crashed

@@ -219,7 +219,6 @@ def test_the_plane_estimate_is_at_or_above_the_measured_peak(bundle):
         result["pairs"] = out
     """, bundle, headroom=8 * GiB)
     for estimate, peak in result["pairs"]:
-        print("RATIO", estimate / peak)
         assert peak < estimate < 2 * peak, result
 
 
