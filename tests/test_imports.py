@@ -20,6 +20,7 @@ CORE_MODULES = [
     "napari_dinoseg.bundle",
     "napari_dinoseg.batch",
     "napari_dinoseg.cluster",
+    "napari_dinoseg.measure",
     "napari_dinoseg.unsupervised",
     "napari_dinoseg.similarity",
     "napari_dinoseg.descriptors",

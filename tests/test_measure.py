@@ -1,0 +1,120 @@
+"""measure / summarise: exactly scikit-image's regionprops and scipy's t interval, on real label images."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from skimage.measure import label as connected, regionprops_table
+
+from napari_dinoseg.measure import measure, summarise
+
+
+def two_phase(seed: int, size: int = 128) -> np.ndarray:
+    """Round precipitates (2) and a few bars (3) in a matrix (1); some touch the border, some touch each other."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.ones((size, size), np.uint8)
+    for _ in range(25):
+        cy, cx, r = rng.integers(0, size), rng.integers(0, size), rng.integers(3, 9)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 2
+    for _ in range(3):
+        r, c = rng.integers(0, size - 30), rng.integers(0, size - 4)
+        labels[r:r + 30, c:c + 3] = 3
+    return labels
+
+
+def test_objects_and_fractions_equal_regionprops_on_the_label_image():
+    labels = two_phase(0)
+    image = np.random.default_rng(1).random(labels.shape).astype(np.float32)
+    m = measure(labels, image=image, pixel_size=0.5)
+    values, counts = np.unique(labels, return_counts=True)
+    np.testing.assert_array_equal(m.fractions["label"], values)
+    np.testing.assert_allclose(m.fractions["fraction"], counts / labels.size)
+    np.testing.assert_allclose(m.fractions["area_um2"], counts * 0.25)
+    for value in (1, 2, 3):
+        ref = regionprops_table(connected(labels == value, connectivity=2), intensity_image=image,
+                                properties=("label", "area", "equivalent_diameter_area", "feret_diameter_max",
+                                            "perimeter", "eccentricity", "centroid", "intensity_mean", "bbox"))
+        mine = m.objects[m.objects["label"] == value]
+        assert len(mine) == len(ref["label"]) > 0
+        np.testing.assert_array_equal(mine["object"], ref["label"])
+        np.testing.assert_array_equal(mine["area_px"], ref["area"])
+        for ours, theirs in [("equivalent_diameter_px", "equivalent_diameter_area"),
+                             ("feret_max_px", "feret_diameter_max"), ("perimeter_px", "perimeter"),
+                             ("eccentricity", "eccentricity"), ("centroid_y", "centroid-0"),
+                             ("centroid_x", "centroid-1"), ("mean_intensity", "intensity_mean")]:
+            np.testing.assert_allclose(mine[ours], ref[theirs], rtol=1e-12, err_msg=ours)
+        touches = (ref["bbox-0"] == 0) | (ref["bbox-1"] == 0) | (ref["bbox-2"] == 128) | (ref["bbox-3"] == 128)
+        np.testing.assert_array_equal(mine["touches_border"], touches)
+        np.testing.assert_allclose(mine["equivalent_diameter_um"], ref["equivalent_diameter_area"] * 0.5)
+
+
+def test_objects_are_8_connected_and_min_size_drops_small_ones_only_from_the_objects():
+    labels = np.zeros((10, 10), np.uint8)
+    labels[2, 2] = labels[3, 3] = 1  # diagonal neighbours: one object
+    labels[7:9, 7:9] = 1
+    m = measure(labels)
+    assert list(m.objects["area_px"]) == [2, 4]
+    small = measure(labels, min_size=3)
+    assert list(small.objects["area_px"]) == [4]
+    assert small.fractions.equals(m.fractions)
+
+
+def test_volumes_are_26_connected_and_measured_as_volumes():
+    labels = np.zeros((6, 8, 8), np.uint16)
+    labels[1, 1, 1] = labels[2, 2, 2] = 5  # corner neighbours
+    labels[3:5, 4:7, 4:7] = 5
+    m = measure(labels, pixel_size=2.0)
+    assert list(m.objects["volume_px"]) == [2, 18]
+    np.testing.assert_allclose(m.objects["volume_um3"], [16.0, 144.0])
+    np.testing.assert_allclose(m.fractions.set_index("label").loc[5, "volume_um3"], 20 * 8.0)
+
+
+def test_probabilities_give_the_expected_fraction_and_each_objects_confidence():
+    labels = np.ones((20, 20), np.uint8)
+    labels[:, 10:] = 2
+    proba = np.zeros((20, 20, 2), np.float32)
+    proba[..., 0] = np.where(labels == 1, 0.9, 0.3)
+    proba[..., 1] = 1 - proba[..., 0]
+    m = measure(labels, proba=proba)
+    np.testing.assert_allclose(m.fractions["expected_fraction"], [0.6, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(m.objects["mean_confidence"], [0.9, 0.7], rtol=1e-6)
+
+
+def test_summary_interval_is_scipys_t_interval_of_the_per_image_fractions():
+    ms = [measure(two_phase(seed), pixel_size=0.1) for seed in range(5)]
+    summary = summarise(ms, [f"field {i}" for i in range(5)]).set_index("label")
+    for value in (1, 2, 3):
+        per_image = np.array([m.fractions.set_index("label").loc[value, "fraction"] for m in ms])
+        low, high = stats.t.interval(0.95, 4, loc=per_image.mean(), scale=stats.sem(per_image))
+        assert summary.loc[value, "mean_fraction"] == pytest.approx(per_image.mean())
+        assert summary.loc[value, "ci95_low"] == pytest.approx(low)
+        assert summary.loc[value, "ci95_high"] == pytest.approx(high)
+        assert summary.loc[value, "objects"] == sum((m.objects["label"] == value).sum() for m in ms)
+    assert summary.loc[2, "median_equivalent_diameter_um"] == pytest.approx(
+        summary.loc[2, "median_equivalent_diameter_px"] * 0.1)
+
+
+def test_a_value_missing_from_an_image_counts_as_zero_there():
+    a, b = np.ones((8, 8), np.uint8), np.ones((8, 8), np.uint8)
+    a[:4] = 2
+    summary = summarise([measure(a), measure(b)]).set_index("label")
+    assert summary.loc[2, "mean_fraction"] == pytest.approx(0.25)
+    assert summary.loc[2, "images"] == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"labels": np.zeros(5, np.uint8)}, "2-D image or a 3-D volume"),
+    ({"labels": np.zeros((4, 4), np.float32)}, "whole numbers"),
+    ({"labels": np.zeros((4, 4), np.uint8), "image": np.zeros((5, 4))}, "the image has shape"),
+    ({"labels": np.zeros((4, 4), np.uint8), "proba": np.zeros((4, 4))}, "probabilities must be"),
+    ({"labels": np.zeros((4, 4), np.uint8), "proba": np.full((4, 4, 2), np.nan)}, "NaN or inf"),
+    ({"labels": np.zeros((4, 4), np.uint8), "pixel_size": -1}, "positive number"),
+    ({"labels": np.zeros((4, 4), np.uint8), "pixel_size": "µm"}, "number of µm"),
+    ({"labels": np.zeros((4, 4), np.uint8), "min_size": -2}, "min_size"),
+])
+def test_bad_input_is_refused_with_a_clear_message(kwargs, message):
+    labels = kwargs.pop("labels")
+    with pytest.raises(ValueError, match=message):
+        measure(labels, **kwargs)
+    with pytest.raises(ValueError, match="no measurements"):
+        summarise([])
