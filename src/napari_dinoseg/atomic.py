@@ -34,10 +34,15 @@ class NoSpaceError(OSError):
     """The output folder's file system is full (or over quota)."""
 
 
+def host_name() -> str:
+    """This machine's name, as temporary files and the folder lock record it ("host" when unknown)."""
+    return socket.gethostname().replace("/", "_") or "host"
+
+
 def temp_path(target: Path) -> Path:
     """A fresh temporary name beside ``target`` that :func:`clean_stale` recognises, within the
     file system's name limit (the target's name is cut short where needed)."""
-    host = socket.gethostname().replace("/", "_") or "host"
+    host = host_name()
     tail = f".dinoseg-{host}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     room = name_max(target.parent) - len(os.fsencode("." + tail))
     return target.parent / f".{shorten(target.name, max(room, 1))}{tail}"
@@ -149,7 +154,7 @@ def clean_stale(folder) -> list[Path]:
     """
     folder = Path(folder)
     removed = []
-    host = socket.gethostname().replace("/", "_") or "host"
+    host = host_name()
     now = time.time()
     try:
         entries = list(os.scandir(folder))
@@ -162,7 +167,7 @@ def clean_stale(folder) -> list[Path]:
         try:
             age = now - entry.stat(follow_symlinks=False).st_mtime
             same_host = match is not None and match["host"] == host
-            if not _alive(int(match["pid"])) if same_host else age > STALE_AFTER:
+            if not process_alive(int(match["pid"])) if same_host else age > STALE_AFTER:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:
@@ -170,7 +175,7 @@ def clean_stale(folder) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` of this host runs (``True`` where that cannot be told)."""
     if pid == os.getpid():
         return True

@@ -17,14 +17,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .atomic import _alive
+from .atomic import host_name, process_alive
 
 LOCK_NAME = "dinoseg.lock"
 #: Seconds between two touches of the lock file by the run that holds it.
@@ -82,10 +81,6 @@ class Holder:
                        str(data["started"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
-
-
-def host_name() -> str:
-    return socket.gethostname() or "host"
 
 
 class FolderLock:
@@ -229,7 +224,7 @@ class FolderLock:
             previous = _wait_for_content(self.path)
             if previous is not None:
                 age = _age(self.path)
-                if (_alive(previous.pid) if previous.here else age < STALE_AFTER):
+                if (process_alive(previous.pid) if previous.here else age < STALE_AFTER):
                     raise self._busy(previous, None if previous.here else age) from None
             elif _age(self.path) < HEARTBEAT:  # being written by a run that just made it
                 raise self._busy(None) from None
