@@ -135,7 +135,47 @@ def summarise(measurements: Sequence[Measurements], names: Optional[Sequence[str
     measurements
         One :class:`Measurements` per image (field).
     names
-        The images' names (default ``image 0``, ``image 1``, …); only checked for their count.
+        The images' names (default ``image 0``, ``image 1``, …), one per measurement.
+    confidence
+        Of the interval (default 0.95).
+
+    Returns
+    -------
+    pandas.DataFrame: :func:`summary_table` of the measurements' tables joined.
+    """
+    measurements = list(measurements)
+    if not measurements:
+        raise ValueError("no measurements to summarise")
+    if names is not None and len(names) != len(measurements):
+        raise ValueError(f"{len(names)} names for {len(measurements)} measurements")
+    fractions, objects = joined(measurements, names)
+    return summary_table(fractions, objects, confidence)
+
+
+def joined(measurements: Sequence[Measurements], names: Optional[Sequence[str]] = None):
+    """The fractions and objects tables of several images, one below the other, each row with
+    its ``image`` name first: ``(fractions, objects)`` DataFrames."""
+    import pandas as pd
+
+    measurements = list(measurements)
+    names = [f"image {i}" for i in range(len(measurements))] if names is None else list(names)
+    tables = []
+    for attribute in ("fractions", "objects"):
+        parts = [getattr(m, attribute).assign(image=name) for m, name in zip(measurements, names)]
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        tables.append(table[["image", *[c for c in table.columns if c != "image"]]])
+    return tuple(tables)
+
+
+def summary_table(fractions, objects, confidence: float = 0.95):
+    """Per label value over the images of long tables (what :func:`joined` gives, or the CSV files).
+
+    Parameters
+    ----------
+    fractions : pandas.DataFrame
+        Columns ``image, label, fraction`` (one row per image and label value present in it).
+    objects : pandas.DataFrame
+        Columns ``image, label, equivalent_diameter_px`` (and ``equivalent_diameter_um``).
     confidence
         Of the interval (default 0.95).
 
@@ -144,45 +184,40 @@ def summarise(measurements: Sequence[Measurements], names: Optional[Sequence[str
     pandas.DataFrame with one row per label value seen in any image: ``label, images,
     mean_fraction, sd_fraction, ci95_low, ci95_high`` (a value absent from an image counts as
     fraction 0 there; the interval is ``scipy.stats.t.interval`` of the per-image fractions,
-    NaN with fewer than two images), ``objects`` (their total count) and
-    ``median_equivalent_diameter_px`` (``_um`` too when every image has a pixel size).
+    NaN with fewer than two images, the mean itself when every image gives the same fraction),
+    ``objects`` (their total count) and ``median_equivalent_diameter_px`` (``_um`` too when the
+    objects have that column and every image has a pixel size).
     """
     import pandas as pd
     from scipy import stats
 
-    measurements = list(measurements)
-    if not measurements:
-        raise ValueError("no measurements to summarise")
-    if names is not None and len(names) != len(measurements):
-        raise ValueError(f"{len(names)} names for {len(measurements)} measurements")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
-    values = sorted({int(v) for m in measurements for v in m.fractions["label"]})
-    with_units = all(m.pixel_size is not None for m in measurements)
+    images = list(dict.fromkeys(fractions["image"]))
+    if not images:
+        raise ValueError("no images to summarise")
+    wide = fractions.pivot_table(index="image", columns="label", values="fraction", aggfunc="sum")
+    wide = wide.reindex(images).fillna(0.0)
+    with_units = "equivalent_diameter_um" in objects.columns and not objects["equivalent_diameter_um"].isna().any()
     rows = []
-    for value in values:
-        per_image = np.array([_fraction(m, value) for m in measurements])
+    for value in sorted(int(v) for v in wide.columns):
+        per_image = wide[value].to_numpy(dtype=np.float64)
         n = len(per_image)
         mean, sd = float(per_image.mean()), float(per_image.std(ddof=1)) if n > 1 else float("nan")
         if n > 1 and sd > 0:
             low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sd / np.sqrt(n))
         else:
             low = high = mean if n > 1 else float("nan")
-        objects = pd.concat([m.objects[m.objects["label"] == value] for m in measurements])
+        mine = objects[objects["label"] == value] if len(objects) else objects
         row = {"label": value, "images": n, "mean_fraction": mean, "sd_fraction": sd,
-               "ci95_low": float(low), "ci95_high": float(high), "objects": int(len(objects)),
-               "median_equivalent_diameter_px": float(objects["equivalent_diameter_px"].median())
-               if len(objects) else float("nan")}
+               "ci95_low": float(low), "ci95_high": float(high), "objects": int(len(mine)),
+               "median_equivalent_diameter_px": float(mine["equivalent_diameter_px"].median())
+               if len(mine) else float("nan")}
         if with_units:
-            row["median_equivalent_diameter_um"] = float(objects["equivalent_diameter_um"].median()) \
-                if len(objects) else float("nan")
+            row["median_equivalent_diameter_um"] = float(mine["equivalent_diameter_um"].median()) \
+                if len(mine) else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _fraction(m: Measurements, value: int) -> float:
-    hit = m.fractions["fraction"][m.fractions["label"] == value]
-    return float(hit.iloc[0]) if len(hit) else 0.0
 
 
 def _object_row(value: int, region, shape: tuple, volume: bool, intensity, confidence) -> list:
