@@ -39,13 +39,17 @@ def test_objects_and_fractions_equal_regionprops_on_the_label_image():
         np.testing.assert_array_equal(mine["object"], ref["label"])
         np.testing.assert_array_equal(mine["area_px"], ref["area"])
         for ours, theirs in [("equivalent_diameter_px", "equivalent_diameter_area"),
-                             ("feret_max_px", "feret_diameter_max"), ("perimeter_px", "perimeter"),
+                             ("perimeter_px", "perimeter"),
                              ("eccentricity", "eccentricity"), ("centroid_y", "centroid-0"),
-                             ("centroid_x", "centroid-1"), ("mean_intensity", "intensity_mean")]:
+                             ("centroid_x", "centroid-1")]:
             np.testing.assert_allclose(mine[ours], ref[theirs], rtol=1e-12, err_msg=ours)
+        # regionprops sums a float32 image in float32; here in float64
+        np.testing.assert_allclose(mine["mean_intensity"], ref["intensity_mean"], rtol=1e-6)
         touches = (ref["bbox-0"] == 0) | (ref["bbox-1"] == 0) | (ref["bbox-2"] == 128) | (ref["bbox-3"] == 128)
         np.testing.assert_array_equal(mine["touches_border"], touches)
         np.testing.assert_allclose(mine["equivalent_diameter_um"], ref["equivalent_diameter_area"] * 0.5)
+        # Feret: the outline through pixel corners here, a contour through edge midpoints there
+        assert np.all(np.abs(mine["feret_max_px"] - ref["feret_diameter_max"]) <= 1.5)
 
 
 def test_objects_are_8_connected_and_min_size_drops_small_ones_only_from_the_objects():
@@ -118,3 +122,88 @@ def test_bad_input_is_refused_with_a_clear_message(kwargs, message):
         measure(labels, **kwargs)
     with pytest.raises(ValueError, match="no measurements"):
         summarise([])
+
+
+def exact_feret(mask: np.ndarray) -> tuple[float, float]:
+    """Largest and smallest calliper width of a mask's pixel squares, from the convex hull of every
+    pixel corner (scipy's qhull) and its edges' normals: the brute-force reference."""
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
+
+    y, x = np.nonzero(mask)
+    corners = np.concatenate([np.stack([y + dy, x + dx], axis=1) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)])
+    hull = corners[ConvexHull(corners).vertices]
+    edges = np.roll(hull, -1, axis=0) - hull
+    normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1) / np.linalg.norm(edges, axis=1)[:, None]
+    projected = hull @ normals.T
+    return float(pdist(hull).max()), float((projected.max(axis=0) - projected.min(axis=0)).min())
+
+
+def shapes(size: int = 96):
+    """Objects whose Feret diameters are hard: a pixel, lines, thin rotated bars, rings, blobs."""
+    from skimage.draw import ellipse, line, polygon
+
+    labels = np.zeros((size, size), np.uint8)
+    labels[3, 3] = 1
+    labels[line(8, 2, 8, 30)] = 1
+    labels[line(12, 2, 40, 25)] = 1
+    for k, angle in enumerate((0.3, 1.1, 2.0)):
+        rr, cc = ellipse(30 + 25 * k, 60, 10, 2.5, rotation=angle, shape=labels.shape)
+        labels[rr, cc] = 1
+    rr, cc = polygon([50, 60, 88, 70], [5, 40, 30, 8], shape=labels.shape)
+    labels[rr, cc] = 1
+    yy, xx = np.mgrid[:size, :size]
+    labels[((yy - 80) ** 2 + (xx - 80) ** 2 <= 100) & ((yy - 80) ** 2 + (xx - 80) ** 2 > 30)] = 1
+    return labels
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1])
+def test_feret_diameters_are_the_calliper_widths_of_the_pixel_squares(seed):
+    labels = shapes() if seed is None else two_phase(seed)
+    m = measure(labels, classes=[int(v) for v in np.unique(labels) if v])
+    assert len(m.objects) > 5
+    for row in m.objects.itertuples():
+        big, small = exact_feret(m.object_ids == row.id)
+        assert abs(row.feret_max_px - big) <= 1e-5 * big, (row.id, row.feret_max_px, big)
+        # refined to 0.05° steps around the best direction: within sin(0.025°) of the largest width
+        assert np.sin(np.radians(0.025)) * big >= row.feret_min_px - small >= -1e-5 * big, (row.id, row.feret_min_px, small)
+        assert row.feret_min_px <= row.feret_max_px
+    single = m.objects[m.objects["area_px"] == 1]
+    if len(single):
+        np.testing.assert_allclose(single[["feret_max_px", "feret_min_px"]].to_numpy()[0], [np.sqrt(2), 1.0], rtol=1e-6)
+
+
+def test_split_cuts_two_touching_disks_apart_and_says_so():
+    yy, xx = np.mgrid[:60, :90]
+    labels = np.zeros((60, 90), np.uint8)
+    labels[(yy - 30) ** 2 + (xx - 30) ** 2 <= 144] = 1
+    labels[(yy - 30) ** 2 + (xx - 52) ** 2 <= 144] = 1  # overlapping: one connected component
+    labels[(yy - 8) ** 2 + (xx - 80) ** 2 <= 16] = 1  # a disk alone
+    whole = measure(labels)
+    assert list(whole.objects["area_px"]) == [49, int((labels[:, :70] == 1).sum())]  # raster order
+    assert "pieces" not in whole.objects and not whole.split
+    cut = measure(labels, split=True)
+    assert cut.split and len(cut.objects) == 3
+    assert cut.objects["area_px"].sum() == (labels == 1).sum()  # every pixel still in one object
+    pair = cut.objects[cut.objects["pieces"] == 2]
+    assert len(pair) == 2 and abs(pair["area_px"].iloc[0] - pair["area_px"].iloc[1]) <= 30
+    np.testing.assert_allclose(sorted(pair["centroid_x"]), [30, 52], atol=1.5)
+    assert list(cut.objects[cut.objects["pieces"] == 1]["area_px"]) == [49]
+    # the cut objects are measured like any other: regionprops of the object image
+    ref = regionprops_table(cut.object_ids, properties=("label", "area", "perimeter", "eccentricity"))
+    np.testing.assert_array_equal(cut.objects["id"], ref["label"])
+    np.testing.assert_allclose(cut.objects["perimeter_px"], ref["perimeter"], rtol=1e-12)
+    np.testing.assert_allclose(cut.objects["eccentricity"], ref["eccentricity"], rtol=1e-9)
+
+
+def test_object_ids_image_numbers_the_objects_of_the_table_and_min_size_clears_the_dropped():
+    labels = two_phase(2)
+    m = measure(labels, min_size=30)
+    ids = m.object_ids
+    assert ids.shape == labels.shape and ids.dtype == np.int32
+    present = np.unique(ids[ids > 0])
+    np.testing.assert_array_equal(present, m.objects["id"])
+    counts = np.bincount(ids.ravel())[m.objects["id"]]
+    np.testing.assert_array_equal(counts, m.objects["area_px"])
+    for row in m.objects.head(5).itertuples():
+        assert np.all(labels[ids == row.id] == row.label)
