@@ -207,3 +207,16 @@ def test_object_ids_image_numbers_the_objects_of_the_table_and_min_size_clears_t
     np.testing.assert_array_equal(counts, m.objects["area_px"])
     for row in m.objects.head(5).itertuples():
         assert np.all(labels[ids == row.id] == row.label)
+
+
+def test_classes_absent_from_the_labels_get_a_row_of_zero_pixels_and_their_expected_fraction():
+    labels = np.ones((8, 8), np.uint8)
+    proba = np.zeros((8, 8, 3), np.float32)
+    proba[..., 0], proba[..., 1], proba[..., 2] = 0.6, 0.3, 0.1
+    m = measure(labels, proba=proba)
+    assert list(m.fractions["label"]) == [1, 2, 3]
+    assert list(m.fractions["pixels"]) == [64, 0, 0]
+    np.testing.assert_allclose(m.fractions["expected_fraction"], [0.6, 0.3, 0.1], rtol=1e-6)
+    assert list(m.objects["label"]) == [1]
+    empty = measure(np.zeros((8, 8), np.uint8), classes=[])
+    assert len(empty.objects) == 0 and list(empty.fractions["label"]) == [0]

@@ -39,8 +39,9 @@ class Measurements:
     Attributes
     ----------
     fractions : pandas.DataFrame
-        One row per label value measured: ``label, pixels, fraction`` (of all the image's
-        pixels), ``expected_fraction`` with probabilities, ``area_um2`` (``volume_um3`` in 3-D)
+        One row per label value present, and per class named by ``classes`` or the
+        probabilities even where absent (0 pixels): ``label, pixels, fraction`` (of all the
+        image's pixels), ``expected_fraction`` with probabilities, ``area_um2`` (``volume_um3`` in 3-D)
         with a pixel size.
     objects : pandas.DataFrame
         One row per object of each label value: :data:`COLUMNS_2D` (or :data:`COLUMNS_3D`),
@@ -114,19 +115,29 @@ def measure(labels: np.ndarray, *, image: Optional[np.ndarray] = None, proba: Op
     if not isinstance(min_size, (int, np.integer)) or isinstance(min_size, bool) or min_size < 0:
         raise ValueError(f"min_size must be a whole number of pixels >= 0, got {min_size!r}")
     values, counts = _counts(labels)
-    fractions = pd.DataFrame({"label": values.astype(np.int64), "pixels": counts.astype(np.int64),
-                              "fraction": counts / labels.size})
+    proba_classes = None
     if proba is not None:
         proba_classes = np.arange(1, proba.shape[-1] + 1) if classes is None else np.asarray(classes)
         if len(proba_classes) != proba.shape[-1]:
             raise ValueError(f"{len(proba_classes)} classes given for probabilities of {proba.shape[-1]} columns")
+    named = [] if classes is None and proba_classes is None else \
+        [int(c) for c in (proba_classes if classes is None else classes)]
+    absent = sorted(set(named) - set(values.tolist()))  # named classes with no pixel: a row of 0 each
+    if absent:
+        values = np.concatenate([values.astype(np.int64), absent])
+        counts = np.concatenate([counts, np.zeros(len(absent), counts.dtype)])
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
+    fractions = pd.DataFrame({"label": values.astype(np.int64), "pixels": counts.astype(np.int64),
+                              "fraction": counts / labels.size})
+    if proba is not None:
         expected = dict(zip(proba_classes.tolist(),
                             proba.reshape(-1, proba.shape[-1]).mean(axis=0, dtype=np.float64).tolist()))
         fractions["expected_fraction"] = [expected.get(int(v), 0.0) for v in values]
     volume = labels.ndim == 3
     if pixel_size is not None:
         fractions["volume_um3" if volume else "area_um2"] = counts * pixel_size ** labels.ndim
-    wanted = [int(v) for v in values if v != 0] if classes is None else [int(c) for c in classes]
+    wanted = [int(v) for v in values if v != 0 and v not in absent] if classes is None else [int(c) for c in classes]
     ids, value_of, pieces = objects_image(labels, wanted, split=split, split_distance=SPLIT_DISTANCE)
     n = len(value_of)
     intensity = None if image is None else (image if image.ndim == labels.ndim else image.mean(axis=-1))
