@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.qt import get_qapp
-from qtpy.QtCore import QEventLoop
+from qtpy.QtCore import QEventLoop, Qt
 
 from napari_dinoseg._widgets.demo import build_viewer
 from napari_dinoseg._widgets.train_widget import UNCERTAINTY
@@ -344,6 +344,43 @@ def shift_warning() -> None:
     _settle(viewer, 1.0)
     print(widget._report.value)
     viewer.screenshot(str(OUT / "apply_to_folder_shift_warning.png"), canvas_only=False)
+    viewer.close()
+
+
+def measure_widget() -> None:
+    """The measure dock, opened from the Plugins menu in a 1280x800 window, on a superalloy SEM
+    image and its ground-truth mask (NASA MicroNet; class names from its classes.json as the mask
+    layer's features), widened to 560 px: the summary table and the size histograms. No pixel size
+    is known for these images, so sizes are in px. Needs ../shared/evaldata."""
+    import json
+
+    import napari
+
+    quality, data = _quality_module()
+    if quality is None:
+        return
+    folder = data / "nasa_micronet"
+    name = "super_spot1_0d_0"
+    image, mask = quality._read(folder, name)
+    classes = json.loads((folder / "classes.json").read_text())["classes"]["super_*"]
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    viewer.add_image(image, name=name)
+    viewer.add_labels(mask.astype(np.uint8), name=f"{name} mask", opacity=0.5,
+                      features={"index": [int(k) for k in classes], "name": list(classes.values())})
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: measure")
+    widget._labels.value = viewer.layers[f"{name} mask"]
+    widget._image.value = viewer.layers[name]
+    click_and_wait(widget)
+    widget.tables.setCurrentIndex(0)  # the summary per class
+    widget.plots.setCurrentIndex(1)  # their sizes
+    window = viewer.window._qt_window
+    window.resizeDocks([dock], [560], Qt.Orientation.Horizontal)  # widened, as one does to read tables
+    _settle(viewer, 0.5)
+    viewer.reset_view()
+    _settle(viewer, 1.0)
+    print(widget._status.value)
+    viewer.screenshot(str(OUT / "measure_widget.png"), canvas_only=False)
     viewer.close()
 
 

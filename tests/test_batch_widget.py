@@ -186,3 +186,33 @@ def test_doubtful_images_are_named_in_the_report_and_a_notification(make_napari_
     assert "inverted.tif: unlike the training images" in widget._report.value
     notes = [str(n.message) for n in notification_manager.records[start:]]
     assert any("1 image(s) unlike the training images; see the report" in n for n in notes)  # names: in the report
+
+
+def test_measure_option_writes_the_folder_tables_and_says_where(make_napari_viewer, qtbot, tmp_path, two_textures):
+    import pandas as pd
+
+    image, truth, scribbles = two_textures
+    cfg = FeatureConfig(sigmas=(1, 2), membrane=False)
+    bundle = save_bundle(tmp_path / "clf.dinoseg", train(featurise(image, cfg), scribbles), cfg)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        tifffile.imwrite(src / f"img{i}.tif", np.roll(image, 10 * i, axis=1))
+    widget = BatchWidget(make_napari_viewer())
+    widget._bundle.value, widget._inputs.value, widget._out.value = bundle, src, tmp_path / "out"
+    widget._open_first.value = False
+    widget._measure.value, widget._pixel_size.value = True, "zero"
+    widget._run.native.click()  # a pixel size that is not a number: refused before the run
+    assert widget.worker is None and "pixel size" in widget._status.value and not (tmp_path / "out").exists()
+    widget._pixel_size.value, widget._min_size.value = "0.5", 3
+    run_and_wait(widget, qtbot)
+    folder = tmp_path / "out" / "measurements"
+    assert f"measurements in {folder}" in widget._status.value
+    fractions = pd.read_csv(folder / "fractions.csv")
+    assert sorted(set(fractions["image"])) == ["img0.tif", "img1.tif"]
+    assert (fractions["pixel_size_um"] == 0.5).all()
+    objects = pd.read_csv(folder / "objects.csv")
+    assert len(objects) and objects["area_px"].min() >= 3 and "area_um2" in objects
+    summary = pd.read_csv(folder / "summary.csv")
+    assert list(summary["images"].unique()) == [2]
+    assert "mean_fraction" in widget._report.value or "mean fraction" in widget._report.value

@@ -15,7 +15,7 @@ napari = pytest.importorskip("napari")
 from napari_dinoseg.progress import Cancelled  # noqa: E402
 
 DOCKS = ["dinoseg: train", "dinoseg: unsupervised", "dinoseg: apply to folder", "dinoseg: find similar (click)",
-         "dinoseg: match two images"]
+         "dinoseg: match two images", "dinoseg: measure"]
 
 
 class EndlessJob:

@@ -21,6 +21,9 @@ CORE_MODULES = [
     "napari_dinoseg.batch",
     "napari_dinoseg.cluster",
     "napari_dinoseg.measure",
+    "napari_dinoseg.regions",
+    "napari_dinoseg.measure_report",
+    "napari_dinoseg.measure_plots",
     "napari_dinoseg.unsupervised",
     "napari_dinoseg.similarity",
     "napari_dinoseg.descriptors",
@@ -61,7 +64,7 @@ def test_manifest_is_valid_and_registered():
     assert pm.name == "napari-dinoseg"
     assert {w.display_name for w in pm.contributions.widgets} == {
         "dinoseg: train", "dinoseg: unsupervised", "dinoseg: apply to folder", "dinoseg: find similar (click)",
-        "dinoseg: match two images"}
+        "dinoseg: match two images", "dinoseg: measure"}
     assert [s.key for s in pm.contributions.sample_data] == ["ihc"]
 
 

@@ -121,3 +121,104 @@ def test_bad_axes_are_refused_naming_them(axes, match):
 def test_axes_of_the_wrong_type_are_a_type_error():
     with pytest.raises(TypeError, match="axes must be a string"):
         check_axes(3)
+
+
+# ---- pixel sizes from the metadata --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit, size, expected", [
+    (None, 0.25, 0.25),  # OME's default unit: µm
+    ("µm", 0.25, 0.25),
+    ("nm", 125.0, 0.125),
+    ("mm", 0.002, 2.0),
+    ("Å", 50.0, 0.005),
+])
+def test_the_pixel_size_of_an_ome_tiff_in_its_unit(tmp_path, unit, size, expected):
+    from napari_dinoseg.reading import FROM_OME, pixel_size_of, read_pixel_size
+
+    path = tmp_path / "ome.tif"
+    meta = {"axes": "YX", "PhysicalSizeX": size, "PhysicalSizeY": size}
+    if unit is not None:
+        meta |= {"PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit}
+    tifffile.imwrite(path, np.zeros((H, W), np.uint8), ome=True, metadata=meta)
+    found = pixel_size_of(path)
+    assert found.um == read_pixel_size(path) == pytest.approx(expected, rel=1e-12)
+    assert found.source == FROM_OME and found.note == ""
+
+
+@pytest.mark.parametrize("unit, factor", [("um", 1.0), ("micron", 1.0), ("\\u00B5m", 1.0),  # ImageJ's escape for µm
+                                          ("nm", 1e-3), ("mm", 1e3)])
+def test_the_pixel_size_of_an_imagej_tiff_from_its_unit_and_resolution(tmp_path, unit, factor):
+    from napari_dinoseg.reading import FROM_IMAGEJ, pixel_size_of
+
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, np.zeros((3, H, W), np.uint16), imagej=True, resolution=(1 / 0.4, 1 / 0.4),
+                     metadata={"axes": "ZYX", "unit": unit})
+    found = pixel_size_of(path)
+    assert found.um == pytest.approx(0.4 * factor, rel=1e-9) and found.source == FROM_IMAGEJ and not found.note
+
+
+def test_an_imagej_tiff_without_a_unit_has_no_pixel_size(tmp_path):
+    from napari_dinoseg.reading import read_pixel_size
+
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, np.zeros((H, W), np.uint8), imagej=True, resolution=(4.0, 4.0))
+    assert read_pixel_size(path) is None
+
+
+@pytest.mark.parametrize("resolution, unit, expected", [
+    ((800.0, 800.0), "CENTIMETER", 12.5),       # 800 px/cm
+    ((25400.0, 25400.0), "INCH", 1.0),          # 25400 dpi
+    ((5000.0, 5000.0), "MILLIMETER", 0.2),
+    ((72.0, 72.0), "INCH", None),               # a screen default
+    ((96.0, 96.0), "INCH", None),
+    ((72 / 2.54, 72 / 2.54), "CENTIMETER", None),  # 72 dpi given per cm
+    ((1.0, 1.0), "CENTIMETER", None),           # one pixel per unit: a default
+    ((1000.0, 1000.0), "NONE", None),           # no unit
+    (None, None, None),                         # tifffile's own default (1, 1, none)
+])
+def test_the_pixel_size_from_the_tiff_resolution_tags(tmp_path, resolution, unit, expected):
+    from napari_dinoseg.reading import FROM_TIFF, pixel_size_of
+
+    path = tmp_path / "plain.tif"
+    extra = {} if resolution is None else {"resolution": resolution, "resolutionunit": unit}
+    tifffile.imwrite(path, np.zeros((H, W), np.uint8), **extra)
+    found = pixel_size_of(path)
+    if expected is None:
+        assert found is None
+    else:
+        assert found.um == pytest.approx(expected, rel=1e-9) and found.source == FROM_TIFF
+
+
+def test_pixels_that_are_not_square_give_their_width_with_a_note(tmp_path):
+    from napari_dinoseg.reading import pixel_size_of
+
+    path = tmp_path / "aniso.tif"
+    tifffile.imwrite(path, np.zeros((H, W), np.uint8), resolution=(10000.0, 5000.0), resolutionunit="CENTIMETER")
+    found = pixel_size_of(path)
+    assert found.um == pytest.approx(1.0) and "not square" in found.note and "1 µm wide, 2 µm high" in found.note
+
+
+@pytest.mark.parametrize("dpi, expected", [((50800, 50800), 0.5), ((72, 72), None), (None, None)])
+def test_the_pixel_size_of_a_png_from_its_phys_chunk(tmp_path, dpi, expected):
+    from PIL import Image
+
+    from napari_dinoseg.reading import FROM_PNG, pixel_size_of
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(path, **({} if dpi is None else {"dpi": dpi}))
+    found = pixel_size_of(path)
+    if expected is None:
+        assert found is None
+    else:
+        assert found.um == pytest.approx(expected, rel=1e-6) and found.source == FROM_PNG
+
+
+def test_a_jpeg_has_no_pixel_size(tmp_path):
+    from PIL import Image
+
+    from napari_dinoseg.reading import read_pixel_size
+
+    path = tmp_path / "a.jpg"
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(path, dpi=(50800, 50800))
+    assert read_pixel_size(path) is None

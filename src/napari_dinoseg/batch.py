@@ -22,6 +22,11 @@ Nothing is lost or passed over in silence:
   again (or fails, saying so), never recorded with the new file's identity;
 - inputs whose names are too long for an output name get a shortened one (and a note);
 - a full disk stops the run early, saying how much space is left.
+
+With ``measure`` (:class:`~napari_dinoseg.measure_report.MeasureOptions`), each image is measured
+where it is segmented (a record beside the outputs, ``measurements/images/<stem>.json``), and at
+the end of the run the tables and plots of every label output in the folder are written to
+``measurements/`` (:func:`napari_dinoseg.measure_report.measure_outputs`).
 """
 
 from __future__ import annotations
@@ -34,14 +39,17 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from .atomic import NoSpaceError, clean_stale, name_max, shorten, write_atomic
 from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, run_jobs  # noqa: F401
 from .folder_lock import FolderLock
-from .reading import IMAGE_SUFFIXES, check_axes, read_image
+from .reading import IMAGE_SUFFIXES, check_axes, pixel_size_of, read_image
+
+if TYPE_CHECKING:
+    from .measure_report import MeasureOptions, Report
 
 LABEL_SUFFIX = "_labels.tif"
 PROBA_SUFFIX = "_proba.tif"
@@ -71,6 +79,10 @@ class BatchSummary:
         What the run did that is neither a failure nor a warning: outputs found and recomputed
         (cut short, of an older version, of an input changed since), output names shortened,
         the folder's lock taken over from a killed run (the path is then the output folder).
+    measurements : Report or None
+        With ``measure``: the tables and plots written
+        (:class:`~napari_dinoseg.measure_report.Report`); ``None`` without, or when the run
+        stopped early.
     """
 
     done: list = field(default_factory=list)
@@ -80,6 +92,7 @@ class BatchSummary:
     cleaned: list = field(default_factory=list)
     stopped: str = ""
     notes: list = field(default_factory=list)
+    measurements: Optional["Report"] = None
 
     def __str__(self) -> str:
         doubtful = len({path for path, _ in self.warnings})
@@ -101,6 +114,8 @@ class BatchSummary:
         for message, paths in by_message.items():  # one line for many alike (an older version's outputs)
             lines += ([f"  note: {path}: {message}" for path in paths] if len(paths) <= 3 else
                       [f"  note: {len(paths)} inputs ({paths[0]}, {paths[1]}, ...): {message}"])
+        if self.measurements is not None:
+            lines.append(str(self.measurements))
         return "\n".join(lines)
 
 
@@ -255,6 +270,7 @@ def apply_bundle(
     progress: Optional[Callable[[int, int, str], None]] = None,
     axes: Optional[str] = None,
     verify: bool = False,
+    measure: Optional["MeasureOptions"] = None,
 ) -> BatchSummary:
     """Segment every input image with a saved classifier and write a label image per input.
 
@@ -291,6 +307,11 @@ def apply_bundle(
         ``progress(0, total, "")`` once everything is checked and work starts (not called when
         nothing is left to do), then ``progress(done, total, input name)`` after each input;
         may raise to stop.
+    measure
+        :class:`~napari_dinoseg.measure_report.MeasureOptions`: measure each image as it is
+        segmented, then write the tables and plots of every label output in the folder to
+        ``out_dir/measurements/`` (``BatchSummary.measurements``; outputs that cannot be
+        measured are in ``failed``). Not when the run stops early. ``None``: no measurements.
 
     Returns
     -------
@@ -306,6 +327,11 @@ def apply_bundle(
         classifier in the output folder (without ``overwrite``), or a scheduler that does not
         answer, has no workers, or whose workers cannot see the files.
     """
+    from .measure_report import MeasureOptions
+
+    if measure is not None and not isinstance(measure, MeasureOptions):
+        raise TypeError(f"measure must be a MeasureOptions (napari_dinoseg.measure_report) or None, got "
+                        f"{type(measure).__name__}")
     seg, bundle_id = load_classifier(bundle)  # read once: fails early on a bad bundle; every output is of this one
     if scheduler is None:  # a cluster's workers have their own weights folders
         check_weights(seg.features)
@@ -319,12 +345,12 @@ def apply_bundle(
     stems = output_stems(files, name_max(out))
     with FolderLock(out, bundle, bundle_id) as lock:  # one run per folder, from the look at its outputs to the end
         return _apply_locked(bundle, bundle_id, files, unusable, stems, out, scheduler, probabilities, overwrite,
-                             progress, axes, verify, lock.note)
+                             progress, axes, verify, lock.note, measure)
 
 
 def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: dict, out: Path, scheduler,
                   probabilities: bool, overwrite: bool, progress, axes: Optional[str], verify: bool,
-                  lock_note: str) -> BatchSummary:
+                  lock_note: str, measure=None) -> BatchSummary:
     """:func:`apply_bundle` once the output folder is this run's."""
     summary = BatchSummary(cleaned=[str(p) for p in clean_stale(out)])
     if lock_note:
@@ -354,7 +380,8 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
     if foreign:
         raise ValueError(f"{len(foreign)} output(s) in {str(out)!r} were made by another classifier or an older "
                          f"version (e.g. {foreign[0]}); choose another output folder, or overwrite them")
-    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite) for p in todo]
+    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite, measure)
+            for p in todo]
     # connected here, so that a scheduler that does not answer, has no workers, or whose workers
     # cannot see the files is refused before work starts (napari_dinoseg.cluster)
     client = None if scheduler is None else prepare(scheduler, jobs)
@@ -381,6 +408,18 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
         results.close()
         release(client, scheduler)
     summary.failed += [(job[0], stop) for job in jobs if stop and job[0] not in finished]
+    if measure is not None and not summary.stopped:  # the tables of every label output now in the folder
+        from .measure_report import measure_outputs
+
+        try:
+            summary.measurements = measure_outputs(out, measure, inputs={stems[p]: p for p in files})
+        except NoSpaceError as err:
+            summary.stopped = f"writing the measurements: {err.strerror or err}"
+        else:
+            summary.failed += summary.measurements.failed
+    if measure is not None and summary.measurements is None:
+        summary.notes.append((str(out), "no measurements written: the run stopped early; a rerun measures every "
+                                        "label output in the folder"))
     return summary
 
 
@@ -550,7 +589,7 @@ READ_ATTEMPTS = 3
 
 def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem: Optional[str] = None,
                  axes: Optional[str] = None, bundle_id: Optional[str] = None,
-                 overwrite: bool = False) -> tuple[str, str, str, list]:
+                 overwrite: bool = False, measure: Optional["MeasureOptions"] = None) -> tuple[str, str, str, list]:
     """Segment one file: ``(input, "done", output, warnings)``, ``(input, "failed", reason, [])``,
     or ``(input, "no space", message, [])`` when the output disk is full.
 
@@ -561,6 +600,12 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
     ``READ_ATTEMPTS``); its outputs record its identity as it was read. An output is not
     written over one of another classifier (unless ``overwrite``). ``axes``: as in
     :func:`apply_bundle`.
+
+    The label output records the pixel size (``pixel_size_um``, ``pixel_size_from``, and the
+    TIFF resolution tags in cm): ``measure.pixel_size`` when given, else the input's metadata's
+    (:func:`napari_dinoseg.reading.pixel_size_of`). With ``measure`` each plane is measured
+    (:func:`napari_dinoseg.measure_report.measure_plane`, with the image and the probabilities)
+    and the record ``measurements/images/<stem>.json`` is written once the labels are.
     """
     from functools import partial
 
@@ -570,7 +615,9 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
         for attempt in range(READ_ATTEMPTS):
             before = source.stat()
             try:
-                image, labels, probas, warnings = _segment(seg, source, axes, probabilities)
+                size_um, size_from, size_note = _pixel_size(source, measure)
+                image, labels, probas, warnings, measured = _segment(seg, source, axes, probabilities, measure,
+                                                                     size_um)
             except Exception:
                 if attempt + 1 < READ_ATTEMPTS and _identity(source.stat()) != _identity(before):
                     continue  # read while it was being written: read it again
@@ -582,7 +629,8 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
                                     "written; run again once it is"), []
         meta = {"dinoseg_bundle": bundle_id, **_source(source, before), "classes": seg.classes.tolist(),
                 "warnings": [str(w) for w in warnings],  # reported again by a rerun that skips the image
-                "axes_given": axes, "channels": seg.n_channels}  # how to read the input as it was read here
+                "axes_given": axes, "channels": seg.n_channels,  # how to read the input as it was read here
+                "pixel_size_um": size_um, "pixel_size_from": size_from}
         lead, axes = image.lead_shape, image.lead_axes
         stem = stem or source.stem
         check = partial(_refuse_foreign, bundle_id=bundle_id, overwrite=overwrite)
@@ -592,7 +640,16 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
         else:  # never leave another classifier's probabilities beside these labels
             _remove_if_foreign(Path(out_dir) / (stem + PROBA_SUFFIX), bundle_id)
         target = Path(out_dir) / (stem + LABEL_SUFFIX)
-        _write_tiff(target, np.stack(labels).reshape(*lead, *labels[0].shape), {**meta, "axes": axes + "YX"}, check)
+        checksum = _write_tiff(target, np.stack(labels).reshape(*lead, *labels[0].shape),
+                               {**meta, "axes": axes + "YX"}, check, pixel_size=size_um)
+        if measure is not None:
+            from .measure_report import image_record, write_record
+
+            record = image_record(measured, image=source.name, labels=target.name, data_sha256=checksum,
+                                  options=measure, pixel_size=size_um, pixel_size_from=size_from,
+                                  classifier=bundle_id, source=_source(source, before),
+                                  notes=[size_note] if size_note else [])
+            write_record(out_dir, stem, record)
         return path, "done", str(target), warnings
     except NoSpaceError as err:
         return path, NO_SPACE, err.strerror or str(err), []
@@ -600,13 +657,16 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
         return path, "failed", f"{type(err).__name__}: {err}", []
 
 
-def _segment(seg, source: Path, axes: Optional[str], probabilities: bool):
-    """``(image, label planes, probability planes, warnings)`` of one input file."""
+def _segment(seg, source: Path, axes: Optional[str], probabilities: bool, measure=None,
+             pixel_size: Optional[float] = None):
+    """``(image, label planes, probability planes, warnings, measured)`` of one input file;
+    ``measured``: each plane's ``(fractions, objects)`` tables with ``measure`` (and
+    ``pixel_size``), else empty."""
     from .memory import file_memory  # a file that would not fit is refused before it is decoded
 
     image = read_image(source, seg.n_channels, axes=axes,
                        memory=lambda shape, n: file_memory(seg, shape, n, probabilities))
-    labels, probas, warnings = [], [], []
+    labels, probas, warnings, measured = [], [], [], []
     planes = image.planes
     for i, plane in enumerate(planes):
         proba = seg.predict_proba(plane)
@@ -615,7 +675,21 @@ def _segment(seg, source: Path, axes: Optional[str], probabilities: bool):
         warnings += [where + message for message in seg.check(plane, proba)]
         if probabilities:
             probas.append(proba)
-    return image, labels, probas, warnings + list(image.notes)
+        if measure is not None:
+            from .measure_report import measure_plane
+
+            found = measure_plane(labels[-1], measure, image=plane, proba=proba, classes=seg.classes,
+                                  pixel_size=pixel_size)
+            measured.append((found.fractions, found.objects))  # the tables only, not the object images
+    return image, labels, probas, warnings + list(image.notes), measured
+
+
+def _pixel_size(source: Path, measure) -> tuple[Optional[float], str, str]:
+    """``(µm per pixel or None, where from, note)`` of an input: the one given, else its metadata's."""
+    if measure is not None and measure.pixel_size is not None:
+        return measure.pixel_size, "given", ""
+    found = pixel_size_of(source)
+    return (None, "none", "") if found is None else (found.um, f"input: {found.source}", found.note)
 
 
 def output_metadata(path: Path) -> dict:
@@ -669,19 +743,24 @@ def _checksum(array: np.ndarray) -> str:
     return hashlib.sha256(data.view(np.uint8).reshape(-1)).hexdigest()[:32]
 
 
-def _write_tiff(target: Path, array: np.ndarray, metadata: dict, check=None) -> None:
+def _write_tiff(target: Path, array: np.ndarray, metadata: dict, check=None,
+                pixel_size: Optional[float] = None) -> str:
     """Write an output atomically, recording in its metadata its pixel data's byte count and
-    checksum and the file's own size (what a rerun checks it by). ``check``: as in
-    :func:`~napari_dinoseg.atomic.write_atomic`."""
+    checksum and the file's own size (what a rerun checks it by); returns the checksum.
+    ``check``: as in :func:`~napari_dinoseg.atomic.write_atomic`. ``pixel_size`` (µm): written
+    in the resolution tags too (pixels per cm), for other readers."""
     import tifffile
 
     meta = {"file_bytes": "0" * 12, "data_bytes": int(array.nbytes), "data_sha256": _checksum(array), **metadata}
+    resolution = {} if pixel_size is None else {"resolution": (1e4 / pixel_size, 1e4 / pixel_size),
+                                                "resolutionunit": "CENTIMETER"}
 
     def write(tmp: Path) -> None:
-        tifffile.imwrite(tmp, array, metadata=meta, photometric="minisblack")
+        tifffile.imwrite(tmp, array, metadata=meta, photometric="minisblack", **resolution)
         _record_size(tmp)
 
     write_atomic(target, write, size_hint=array.nbytes, check=check)
+    return meta["data_sha256"]
 
 
 def _record_size(path: Path) -> None:

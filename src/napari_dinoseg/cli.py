@@ -1,13 +1,15 @@
-"""The ``dinoseg`` command line: ``dinoseg train`` (images + scribbles -> bundle) and
-``dinoseg apply`` (bundle + folder -> label images); ``dinoseg --version``.
+"""The ``dinoseg`` command line: ``dinoseg train`` (images + scribbles -> bundle), ``dinoseg apply``
+(bundle + folder -> label images, with ``--measure`` their tables and plots) and ``dinoseg
+measure`` (label images made anywhere -> tables and plots); ``dinoseg --version``.
 
 Everything is checked before work starts (bundle, inputs, output folder, weights), so a refused
 run prints its error and nothing else: the progress bar appears only once images are segmented.
 
 Exit status: 0 success (``--version``, ``--help`` included); 1 some images failed or the disk
 filled (or, with ``--strict``, images drew warnings, this run's or those recorded with outputs a
-rerun skipped); 2 refused input (bad bundle, no inputs, bad options or axes, no ViT weights, an
-output folder in use by another run or holding another classifier's outputs); 130 interrupted.
+rerun skipped, or label outputs could not be measured); 2 refused input (bad bundle, no inputs,
+bad options or axes, no ViT weights, an output folder in use by another run or holding another
+classifier's outputs, label files that cannot be read); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ WEIGHTS_HINT = "or pass --weights PATH (the checkpoint file)"
 
 
 def main(argv: Optional[list] = None) -> int:
-    """``dinoseg train ...`` / ``dinoseg apply ...`` / ``dinoseg --version``; see ``dinoseg COMMAND --help``.
+    """``dinoseg train | apply | measure ...`` / ``dinoseg --version``; see ``dinoseg COMMAND --help``.
 
     Returns the exit status (see the module docstring); argparse's own exits (``--help``,
     ``--version``, bad options) are returned too, not raised.
@@ -37,12 +39,14 @@ def main(argv: Optional[list] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _apply_parser(sub.add_parser("apply", help="apply a saved classifier to a folder, a glob or files"))
     _train_parser(sub.add_parser("train", help="train a classifier on images and their brush labels"))
+    _measure_parser(sub.add_parser("measure", help="measure label images: phase fractions, objects, sizes"))
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version (0) or bad options (2), already printed
         return done.code if isinstance(done.code, int) else 2
     try:
-        return train_command(args) if args.command == "train" else apply_command(args)
+        command = {"train": train_command, "apply": apply_command, "measure": measure_command}[args.command]
+        return command(args)
     except (ValueError, TypeError) as err:
         print(f"dinoseg: error: {err}", file=sys.stderr)
         return 2
@@ -67,6 +71,30 @@ def _apply_parser(apply: argparse.ArgumentParser) -> None:
     apply.add_argument("--strict", action="store_true",
                        help="exit with status 1 when an image draws a warning (unlike the training images)")
     apply.add_argument("--axes", default=None, help=AXES_HELP)
+    apply.add_argument("--measure", action="store_true",
+                       help="measure every label output in the folder: OUT/measurements/ fractions.csv, objects.csv, "
+                            "summary.csv, fractions.png, sizes.png")
+    _measure_options(apply, " (with --measure)")
+
+
+def _measure_options(parser: argparse.ArgumentParser, needs: str = "") -> None:
+    parser.add_argument("--min-size", type=int, default=None, metavar="PX",
+                        help=f"leave objects of fewer pixels out of objects.csv (default 0){needs}")
+    parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                        help=f"µm per pixel, replacing the images' metadata (default: their metadata's){needs}")
+    parser.add_argument("--split", action="store_true", help=f"separate touching round objects{needs}")
+
+
+def _measure_parser(measure: argparse.ArgumentParser) -> None:
+    measure.add_argument("labels", nargs="+",
+                         help="label images (TIFF / PNG: greyscale, palette or integer values; every plane of a "
+                              "stack a field), folders of them, or glob patterns")
+    measure.add_argument("-o", "--out", required=True,
+                         help="folder for fractions.csv, objects.csv, summary.csv, fractions.png, sizes.png")
+    measure.add_argument("--images", nargs="+", default=None,
+                         help="the images the labels were made from, one per label file in the same order (for the "
+                              "objects' mean intensity)")
+    _measure_options(measure)
 
 
 def _train_parser(train: argparse.ArgumentParser) -> None:
@@ -97,24 +125,21 @@ def _train_parser(train: argparse.ArgumentParser) -> None:
 
 
 def apply_command(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .batch import apply_bundle
 
     inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
-    bars: list = []  # made at the first report, once apply_bundle has checked everything and work starts
-
-    def tick(done: int, total: int, name: str) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="image", desc="dinoseg"))
-        bars[0].update(done - bars[0].n)
-        if name:
-            bars[0].set_postfix_str(name)
-
+    given = [flag for flag, value in (("--min-size", args.min_size), ("--pixel-size", args.pixel_size),
+                                      ("--split", args.split or None)) if value is not None]
+    if given and not args.measure:
+        raise ValueError(f"{', '.join(given)} without --measure: add --measure to measure the label outputs, "
+                         f"or leave {'it' if len(given) == 1 else 'them'} out")
+    measure = _options(args) if args.measure else None  # checked before anything is read
+    # the bar is made at the first report, once apply_bundle has checked everything and work starts
+    tick, bars = _bar("dinoseg", "image")
     try:
         summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
                                probabilities=args.probabilities, overwrite=args.overwrite, progress=tick,
-                               axes=args.axes, verify=args.verify)
+                               axes=args.axes, verify=args.verify, measure=measure)
     finally:
         for bar in bars:
             bar.close()
@@ -122,6 +147,46 @@ def apply_command(args: argparse.Namespace) -> int:
     if summary.failed:
         return 1
     return 1 if args.strict and summary.warnings else 0
+
+
+def _options(args: argparse.Namespace):
+    """The measurement options of the command line, checked (ValueError naming the option)."""
+    from .measure_report import MeasureOptions
+
+    return MeasureOptions(min_size=0 if args.min_size is None else args.min_size, split=args.split,
+                          pixel_size=args.pixel_size)
+
+
+def _bar(desc: str, unit: str):
+    """``(progress callback, bars)``: the callback makes a tqdm bar at its first report and
+    moves it; ``bars`` holds it (none before), for the caller to close."""
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def tick(done: int, total: int, name: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit=unit, desc=desc))
+        bars[0].update(done - bars[0].n)
+        if name:
+            bars[0].set_postfix_str(name)
+
+    return tick, bars
+
+
+def measure_command(args: argparse.Namespace) -> int:
+    from .measure_report import measure_files
+
+    options = _options(args)  # refused before any file is read
+    tick, bars = _bar("dinoseg measure", "file")
+    try:
+        report = measure_files(args.labels, args.out, images=args.images, pixel_size=options.pixel_size,
+                               min_size=options.min_size, split=options.split, progress=tick)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(report)
+    return 0
 
 
 def train_command(args: argparse.Namespace) -> int:

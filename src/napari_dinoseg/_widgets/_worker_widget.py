@@ -70,6 +70,10 @@ def _warm_up() -> None:
 class WorkerWidget(Container):
     """A dock widget whose action runs ``job(*args, progress, announce)`` in a worker."""
 
+    #: Import the compute libraries (torch, timm, scikit-learn) in the background when the dock
+    #: opens; ``False`` for docks that never use them.
+    WARM_UP = True
+
     def __init__(self, viewer, run_text: str, idle_text: str) -> None:
         super().__init__(labels=True, scrollable=True)
         self.root_native_widget.setFrameShape(QFrame.Shape.NoFrame)
@@ -102,7 +106,8 @@ class WorkerWidget(Container):
         self._watcher = _DockWatcher(self)
         self.native.installEventFilter(self._watcher)
         block_triton_if_llvm_is_loaded()
-        _warm_up()
+        if self.WARM_UP:
+            _warm_up()
 
     @property
     def native(self):

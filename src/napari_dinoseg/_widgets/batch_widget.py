@@ -5,7 +5,10 @@ Bundle file, input folder, output folder and options; runs :func:`run_batch_job`
 long the run took on the status line and the done / skipped / failed summary, once, in a
 scrollable report. With "open the first result" the worker also reads back the first image
 it segmented (its raw input, found from the ``source`` the labels file records, and its
-labels); the widget then shows that pair on top of the other layers, which it hides.
+labels); the widget then shows that pair on top of the other layers, which it hides. With
+"measure" each image is measured as it is segmented and ``OUT/measurements/`` gets the tables
+and plots of every label output in the folder (:mod:`napari_dinoseg.measure_report`); the
+report ends with the summary table and the status line says where the files are.
 
 The bundle, folders and options of the last run are remembered for the session: a widget
 opened again starts from them.
@@ -20,13 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
-from magicgui.widgets import CheckBox, FileEdit, TextEdit
+from magicgui.widgets import CheckBox, FileEdit, LineEdit, SpinBox, TextEdit
 from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_warning
 from qtpy.QtGui import QTextOption
 from qtpy.QtWidgets import QSizePolicy
 
 from ..batch import BatchSummary, apply_bundle
+from ..measure_report import MeasureOptions
 from ..progress import Cancelled
 from ..reading import ImageFile, read_image
 from ._sections import Section
@@ -42,7 +46,8 @@ REPORT_LINES_SHOWN = 8
 #: Colour maps of the channels of an image that is neither grey nor RGB (one layer each).
 CHANNEL_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 #: Widgets whose values a new widget takes over from the last run of this session.
-REMEMBERED = ("_bundle", "_inputs", "_out", "_probabilities", "_overwrite", "_open_first")
+REMEMBERED = ("_bundle", "_inputs", "_out", "_probabilities", "_overwrite", "_open_first", "_measure",
+              "_min_size", "_pixel_size")
 TOOLTIPS = {
     "_bundle": "the .dinoseg classifier file to apply (written by the train widget's Save classifier)",
     "_inputs": "the folder of images to segment (tif, png, jpg; sub-folders are not searched)",
@@ -50,6 +55,11 @@ TOOLTIPS = {
     "_probabilities": "also write <name>_proba.tif: the class probabilities, float32, classes last",
     "_overwrite": "recompute images whose outputs are already there (otherwise they are skipped)",
     "_open_first": "when done, open the first image segmented by this run with its labels, hiding other layers",
+    "_measure": "also measure every image: phase fractions with their 95 % interval over the images, objects and "
+                "their sizes; CSV tables and plots in <output folder>/measurements",
+    "_min_size": "objects of fewer pixels are left out of the objects table (not out of the fractions)",
+    "_pixel_size": "µm per pixel, for the µm columns; empty: each image's own metadata (OME, ImageJ, TIFF "
+                   "resolution), else pixels only",
     "_run": "segment every image of the input folder with the classifier",
     "_cancel": "stop after the image being segmented; finished outputs are kept, and Apply goes on from there",
     "_progress": "images segmented, of those to segment",
@@ -92,12 +102,13 @@ class BatchResult:
 
 
 def run_batch_job(bundle: str, inputs: str, out_dir: str, probabilities: bool, overwrite: bool, open_first: bool,
-                  progress=None, announce=None) -> BatchResult:
-    """Apply a bundle to a folder and, with ``open_first``, read back its first result (runs
-    in a worker; touches no layer)."""
+                  measure: Optional[MeasureOptions] = None, progress=None, announce=None) -> BatchResult:
+    """Apply a bundle to a folder (and measure its outputs with ``measure``) and, with
+    ``open_first``, read back its first result (runs in a worker; touches no layer)."""
     if announce is not None:
         announce(f"applying {Path(bundle).name} to {inputs}")
-    summary = apply_bundle(bundle, inputs, out_dir, probabilities=probabilities, overwrite=overwrite, progress=progress)
+    summary = apply_bundle(bundle, inputs, out_dir, probabilities=probabilities, overwrite=overwrite, progress=progress,
+                           measure=measure)
     if not open_first:
         return BatchResult(summary)
     if not summary.done:
@@ -180,6 +191,10 @@ class BatchWidget(WorkerWidget):
         self._probabilities = CheckBox(value=False, text="also write probabilities")
         self._overwrite = CheckBox(value=False, text="overwrite existing outputs")
         self._open_first = CheckBox(value=True, text="open the first result")
+        self._measure = CheckBox(value=False, text="measure (tables and plots in measurements/)")
+        self._min_size = SpinBox(value=0, min=0, max=10**9, label="min object size (px)")
+        self._pixel_size = LineEdit(value="", label="pixel size (µm)")
+        self._pixel_size.native.setPlaceholderText("from each image's metadata")
         self._report = TextEdit(value="", label="report")
         self._report.read_only = True
         report = self._report.native
@@ -194,8 +209,9 @@ class BatchWidget(WorkerWidget):
         for name in REMEMBERED:
             if name in _LAST:
                 getattr(self, name).value = _LAST[name]
-        self.option_section = Section("options", [self._probabilities, self._overwrite, self._open_first],
-                               tooltip="probabilities, overwriting, opening the first result")
+        self.option_section = Section("options", [self._probabilities, self._overwrite, self._open_first,
+                                                  self._measure, self._min_size, self._pixel_size],
+                                      tooltip="probabilities, overwriting, opening the first result, measuring")
         self.extend([self._bundle, self._inputs, self._out, self.option_section, *self.run_controls, self._report])
         self._fill_with_last()  # the report takes the dock's spare height
 
@@ -203,11 +219,25 @@ class BatchWidget(WorkerWidget):
         values = [str(w.value) for w in (self._bundle, self._inputs, self._out)]
         if any(v in ("", ".") for v in values):
             raise ValueError("choose the classifier file, the input folder and the output folder")
+        measure = self._measure_options()
         _LAST.update({name: getattr(self, name).value for name in REMEMBERED})
         self.summary, self._input_dir, self._run_started = None, values[1], time.perf_counter()
         self._set_report("")
         options = (bool(self._probabilities.value), bool(self._overwrite.value), bool(self._open_first.value))
-        return run_batch_job, (*values, *options)
+        return run_batch_job, (*values, *options, measure)
+
+    def _measure_options(self) -> Optional[MeasureOptions]:
+        """The measure options, or ``None`` unless "measure" is ticked; a pixel size that is not
+        a positive number is refused here, before the run."""
+        if not self._measure.value:
+            return None
+        text = self._pixel_size.value.strip()
+        try:
+            size = float(text) if text else None
+        except ValueError:
+            raise ValueError(f"pixel size: {text!r} is not a number of µm per pixel (leave it empty to read each "
+                             "image's metadata)") from None
+        return MeasureOptions(min_size=int(self._min_size.value), pixel_size=size)
 
     def _set_report(self, text: str) -> None:
         self._report.native.setPlainText(text)  # plain: a '<' in a file name is not markup
@@ -218,7 +248,8 @@ class BatchWidget(WorkerWidget):
         self._set_report(report_text(summary, self._input_dir))
         opened = self._open(result.first) if result.first is not None else result.note
         head = f"stopped early after {took} (see the report)" if summary.stopped else f"finished in {took}"
-        self._status.value = "; ".join(part for part in (head, opened) if part)
+        measured = f"measurements in {summary.measurements.folder}" if summary.measurements is not None else ""
+        self._status.value = "; ".join(part for part in (head, measured, opened) if part)
         if summary.stopped:
             show_warning(f"dinoseg: stopped early: {summary.stopped}")
         doubtful = sorted({Path(path).name for path, _ in summary.warnings})
