@@ -144,3 +144,20 @@ def test_parts_mode_hides_the_previous_cas_layers_of_that_image(docked, qtbot, p
     widget._mode.value = "classes (CAS)"
     run(qtbot, widget)
     assert cas.visible and not parts.visible
+
+
+def test_the_plane_in_view_is_each_layers_own_when_their_slices_are_spaced_differently(make_napari_viewer):
+    from napari_dinoseg._widgets._layers import current_index
+
+    viewer = make_napari_viewer()
+    fine = viewer.add_image(np.zeros((10, 8, 8), np.uint8), name="1 µm slices")
+    coarse = viewer.add_labels(np.zeros((5, 8, 8), np.uint8), name="2 µm slices", scale=(2, 1, 1))
+    rgb = viewer.add_image(np.zeros((10, 8, 8, 3), np.uint8), name="colour", rgb=True)
+    flat = viewer.add_image(np.zeros((8, 8), np.uint8), name="a plane")
+    viewer.dims.set_point(0, 6)  # world z = 6 µm
+    assert current_index(viewer, fine) == (6,)
+    assert current_index(viewer, coarse) == (3,)
+    assert current_index(viewer, rgb) == (6,)
+    assert current_index(viewer, flat) == ()
+    viewer.dims.set_point(0, 9)
+    assert current_index(viewer, coarse) == (4,)  # clipped to the layer's last slice

@@ -28,15 +28,20 @@ COVERING_OPACITY = 0.5
 def spatial_shape(image: Image) -> tuple[int, ...]:
     """Shape of an image layer without its colour axis: ``(*lead, H, W)``."""
     shape = tuple(image.data.shape)
-    return shape[:-1] if image.rgb else shape
+    return shape[:-1] if getattr(image, "rgb", False) else shape
 
 
-def current_index(viewer, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The viewer's current slice of a layer of spatial ``shape`` ``(*lead, H, W)``: one index per
-    leading axis, clipped to it (``()`` for a 2-D layer)."""
-    lead = shape[:-2]
-    step = viewer.dims.current_step[viewer.dims.ndim - len(shape):][:len(lead)]
-    return tuple(int(min(max(s, 0), n - 1)) for s, n in zip(step, lead))
+def current_index(viewer, layer) -> tuple[int, ...]:
+    """The plane of ``layer`` (Image or Labels, spatial shape ``(*lead, H, W)``) in view: one index
+    per leading axis, clipped to it (``()`` for a 2-D layer). The viewer's point is taken into
+    the layer's own data coordinates (its scale and translate), so a layer whose slices are 2 µm
+    apart beside one whose slices are 1 µm apart gets its own slice, not the step count."""
+    lead = spatial_shape(layer)[:-2]
+    if not lead:
+        return ()
+    point = np.asarray(viewer.dims.point[-layer.ndim:], dtype=float)
+    data = np.asarray(layer.world_to_data(point), dtype=float)
+    return tuple(int(min(max(round(float(d)), 0), n - 1)) for d, n in zip(data[:len(lead)], lead))
 
 
 def multiscale_refusal(name: str) -> str:

@@ -117,7 +117,7 @@ class MatchWidget(WorkerWidget):
             if image.multiscale:
                 raise ValueError(multiscale_refusal(image.name))
         # the layers and slices matched: the points go there, whatever the viewer shows when they come
-        self._matched = [(image, current_index(self._viewer, spatial_shape(image))) for image in (a, b)]
+        self._matched = [(image, current_index(self._viewer, image)) for image in (a, b)]
         planes = [np.asarray(image.data[index]) for image, index in self._matched]
         planes = [drop_alpha(p) if image.rgb else p for p, image in zip(planes, (a, b))]
         return run_match_job, (*planes, config, int(self._n.value), self.cache)

@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFrame, Q
 from ..measure import Measurements, joined, measure, summary_table
 from ..measure_plots import class_name, fractions_figure, sizes_figure
 from ..progress import report
-from ._layers import multiscale_refusal, result_of, results, set_layer, set_result, spatial_shape
+from ._layers import current_index, multiscale_refusal, result_of, results, set_layer, set_result, spatial_shape
 from ._sections import Section
 from ._text import wrap
 from ._worker_widget import WorkerWidget
@@ -444,7 +444,7 @@ class MeasureWidget(WorkerWidget):
         if volume and not np.allclose(layer.scale[-3:], layer.scale[-1], rtol=1e-6):
             raise ValueError(f"{layer.name!r} has voxels that are not cubes (scale {tuple(layer.scale[-3:])}): "
                              "measure the plane in view, or resample the volume first")
-        index = () if layer.ndim == 2 or volume else self._plane_index(layer)
+        index = () if layer.ndim == 2 or volume else current_index(self._viewer, layer)
         labels = layer.data[index] if index else layer.data
         if isinstance(labels, np.ndarray):
             labels = labels.copy()  # what was on screen at the click, even if painted on meanwhile
@@ -452,13 +452,6 @@ class MeasureWidget(WorkerWidget):
         self._job_layer, self._job_names = layer, class_names(layer)
         job = MeasureJob(labels, image, pixel_size, int(self._min_size.value), bool(self._split.value), index)
         return run_measure_job, (job,)
-
-    def _plane_index(self, layer: Labels) -> tuple:
-        """The index of the plane in view in the layer's leading axes (its own scale and translate)."""
-        point = np.asarray(self._viewer.dims.point[-layer.ndim:], float)
-        data = np.asarray(layer.world_to_data(point))
-        lead = layer.data.shape[:-2]
-        return tuple(int(min(max(round(float(d)), 0), n - 1)) for d, n in zip(data[:len(lead)], lead))
 
     def _image_plane(self, labels: Labels, index: tuple):
         """The image layer's pixels under the labels measured (``None`` without an image layer)."""

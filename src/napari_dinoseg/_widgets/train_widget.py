@@ -33,7 +33,7 @@ from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..image import MAX_CHANNELS
 from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import (IMAGE_KEY, add_result, find_result, multiscale_refusal, place_result, result_of, spatial_shape,
+from ._layers import (IMAGE_KEY, add_result, current_index, find_result, multiscale_refusal, place_result, result_of, spatial_shape,
                       strokes_of)
 from ._live import predict_view_first, visible_region
 from ._sections import Section
@@ -319,9 +319,7 @@ class TrainWidget(WorkerWidget):
         if not lead or (self._scope.value == SCOPE_STACK and not current_slice):
             predict_slices = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)]
         else:
-            step = self._viewer.dims.current_step
-            offset = self._viewer.dims.ndim - len(shape)
-            predict_slices = [tuple(int(min(max(step[offset + a], 0), lead[a] - 1)) for a in range(len(lead)))]
+            predict_slices = [current_index(self._viewer, image)]
         training = TrainConfig(classifier=self._classifier.value,
                                guided_radius=TrainConfig.guided_radius if self._edge_smoothing.value else 0,
                                pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None)

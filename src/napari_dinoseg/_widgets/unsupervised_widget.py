@@ -224,7 +224,7 @@ class UnsupervisedWidget(WorkerWidget):
             return [prep(np.asarray(image.data))], None
         if self._scope.value == SCOPE_STACK:
             return [prep(np.asarray(image.data[i])) for i in np.ndindex(*lead)], ()
-        index = current_index(self._viewer, shape)
+        index = current_index(self._viewer, image)
         return [prep(np.asarray(image.data[index]))], index
 
     def _write_parts(self, result: PartsResult, image: Image) -> None:
