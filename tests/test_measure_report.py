@@ -132,7 +132,8 @@ def test_the_csv_files_have_exactly_these_columns(tmp_path, bundle, inputs):
     assert list(objects.columns) == ["image", "plane", *object_columns(image=np.zeros((8, 8)),
                                                                        proba=np.full((8, 8, 2), 0.5), pixel_size=0.5)]
     assert list(summary.columns) == ["label", "images", "mean_fraction", "sd_fraction", "ci95_low", "ci95_high",
-                                     "objects", "median_equivalent_diameter_px", "median_equivalent_diameter_um"]
+                                     "objects", "objects_inside", "median_equivalent_diameter_px",
+                                     "median_equivalent_diameter_um"]
     assert apply(bundle, inputs, tmp_path / "bare", "--measure") == 0  # no pixel size, no probabilities written
     fractions, objects, summary = tables(tmp_path / "bare" / "measurements")
     assert list(fractions.columns) == ["image", "plane", "label", "pixels", "fraction", "expected_fraction",
