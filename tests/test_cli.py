@@ -98,3 +98,16 @@ def test_train_with_a_weights_file_that_does_not_exist_names_it(tmp_path, two_te
                  "-o", str(tmp_path / "m.dinoseg"), "--features", "vit", "--weights", str(tmp_path / "nope.pth")])
     err = capsys.readouterr().err
     assert code == 2 and "--weights" in err and str(tmp_path / "nope.pth") in err and "does not exist" in err
+
+
+def test_train_percentiles_go_into_the_bundle_and_bad_ones_are_refused(tmp_path, two_textures, capsys):
+    image, _, scribbles = two_textures
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", scribbles)
+    args = ["train", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif")]
+    assert main(args + ["-o", str(tmp_path / "a.dinoseg"), "--percentiles", "25", "75"]) == 0
+    assert Segmenter.load(tmp_path / "a.dinoseg").features.percentiles == (25.0, 75.0)
+    assert main(args + ["-o", str(tmp_path / "b.dinoseg")]) == 0
+    assert Segmenter.load(tmp_path / "b.dinoseg").features.percentiles == (5.0, 95.0)
+    assert main(args + ["-o", str(tmp_path / "c.dinoseg"), "--percentiles", "75", "25"]) == 2
+    assert "percentiles must be (low, high)" in capsys.readouterr().err and not (tmp_path / "c.dinoseg").exists()

@@ -270,6 +270,18 @@ def test_bad_sigmas_text(dock, qtbot, notes, two_textures):
     expect_refusal(qtbot, viewer, widget, notes, "give numbers separated by commas")
 
 
+def test_normalisation_percentiles_reach_the_config_and_bad_ones_are_refused(dock, qtbot, notes, two_textures):
+    viewer, widget, _ = dock(two_textures[0])
+    assert widget.features.config().percentiles == (5.0, 95.0)  # the shipped default, shown as such
+    widget.features.percentiles.value = "25, 75"
+    assert widget.features.config().percentiles == (25.0, 75.0)
+    brush(widget.new_labels_layer(), TEXTURE_STROKES)
+    widget.features.percentiles.value = "75"
+    expect_refusal(qtbot, viewer, widget, notes, "give two numbers")
+    widget.features.percentiles.value = "75, 25"
+    expect_refusal(qtbot, viewer, widget, notes, "percentiles must be (low, high)")
+
+
 def test_multichannel_shown_as_stack(dock, qtbot, notes):
     viewer, widget, _ = dock(np.zeros((64, 64, 5), np.float32))
     widget.new_labels_layer()

@@ -53,6 +53,8 @@ class FeatureControls:
         self.plan = message_area("", lines=1)
         self.sigmas = LineEdit(value="1, 2, 4, 8, 16", label="sigmas (px)")
         self.membrane = CheckBox(value=True, text="membrane projections")
+        low, high = FeatureConfig.percentiles
+        self.percentiles = LineEdit(value=f"{low:g}, {high:g}", label="normalise (percentiles)")
         tips = {
             self.kind: "classical filters (fast, no weights), DINOv2 features (semantic; needs weights), or both",
             self.model: "the ViT backbone; its released weights file must be on this machine",
@@ -69,14 +71,18 @@ class FeatureControls:
             self.plan: "what the ViT will do on this device, and about how long it takes",
             self.sigmas: "Gaussian scales (px) of the classical filters",
             self.membrane: "add Weka's membrane projections (thin bright or dark lines)",
+            self.percentiles: "each image's low and high intensity percentiles, mapped to 0 and 1 before the "
+                              "features; 25, 75 keeps phase fractions steadier across images of different "
+                              "brightness (see docs/measure.md)",
         }
         for widget, tip in tips.items():
             widget.tooltip = tip
         self.vit_widgets = [self.model, self.stride, self.views, self.shifts, self.facet, self.layer, self.device,
                             self.weights, self.plan]
-        details = [w for w in self.vit_widgets if w is not self.plan] + [self.sigmas, self.membrane]
+        details = [w for w in self.vit_widgets if w is not self.plan] + [self.sigmas, self.membrane, self.percentiles]
         self.details = Section("feature details", details,
-                               tooltip="model, weights, upsampler views, stride, device, sigmas of the filters")
+                               tooltip="model, weights, upsampler views, stride, device, sigmas of the filters, "
+                                       "intensity normalisation")
         self.widgets = [self.kind, self.plan, self.details]
         for w in (self.views, self.model):
             w.changed.connect(self.update_visibility)
@@ -94,9 +100,13 @@ class FeatureControls:
         """The FeatureConfig the controls describe; presets left unset are resolved for the
         device in the worker (raises ValueError if a control holds an invalid value)."""
         sigmas = numbers(self.sigmas.value, "sigmas", "1, 2, 4, 8, 16", float)
+        percentiles = numbers(self.percentiles.value, "normalise (percentiles)", "5, 95", float)
+        if len(percentiles) != 2:
+            raise ValueError(f"normalise (percentiles) {self.percentiles.value!r}: give two numbers, the low and the "
+                             "high percentile, e.g. 5, 95")
         kind = self.kind.value
         if kind == "classical":
-            return FeatureConfig(kind=kind, sigmas=sigmas, membrane=bool(self.membrane.value))
+            return FeatureConfig(kind=kind, sigmas=sigmas, membrane=bool(self.membrane.value), percentiles=percentiles)
         views = VIEW_CHOICES[self.views.value]
         shifts = flips = None
         if views is not None:
@@ -106,7 +116,7 @@ class FeatureControls:
             kind=kind, model=self.model.value, stride=int(self.stride.value) or None, shifts=shifts, flips=flips,
             facet=self.facet.value, layer=int(self.layer.value),
             weights=str(self.weights.value).strip() or None, device=self.device.value,
-            sigmas=sigmas, membrane=bool(self.membrane.value),
+            sigmas=sigmas, membrane=bool(self.membrane.value), percentiles=percentiles,
         )
 
     def use(self, kind: str, weights: str = "", views: str = VIEWS_PRESET, stride: int = 0, device: str = "auto") -> None:
