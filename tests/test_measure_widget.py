@@ -17,7 +17,7 @@ from napari.layers import Labels  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
-from napari_dinoseg._widgets import measure_widget  # noqa: E402
+from napari_dinoseg._widgets import _measure_job  # noqa: E402
 from napari_dinoseg._widgets._layers import add_result  # noqa: E402
 from napari_dinoseg._widgets.measure_widget import (MIN_VIEW_PX, SCOPE_VOLUME, ZOOM_SPAN, MeasureWidget,  # noqa: E402
                                                     pixel_size_of)
@@ -239,14 +239,14 @@ def test_pixel_size_from_the_layers_scale_and_unit_and_refusals(viewer, qtbot):
 
 def test_the_docks_close_button_mid_run_stops_cleanly(viewer, qtbot, monkeypatch):
     gate, threads = threading.Event(), []
-    real = measure_widget.measure
+    real = _measure_job.measure
 
     def slow_measure(*args, **kwargs):
         threads.append(threading.current_thread())
         assert gate.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(measure_widget, "measure", slow_measure)
+    monkeypatch.setattr(_measure_job, "measure", slow_measure)
     viewer.add_labels(known_objects(), name="mask")
     dock, widget = open_measure(viewer, qtbot)
     widget._labels.value = viewer.layers["mask"]

@@ -22,22 +22,21 @@ in place when measured again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, PushButton, SpinBox, create_widget
 from napari.layers import Image, Labels
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSize, QSortFilterProxyModel, Qt
-from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFrame, QHeaderView, QScrollArea, QSizePolicy,
-                            QSplitter, QTableView, QTabWidget)
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFileDialog, QSizePolicy, QSplitter, QTabWidget
 
-from ..measure import Measurements, joined, measure, summary_table
-from ..measure_plots import class_name, fractions_figure, sizes_figure
-from ..progress import report
+from ..measure import joined
+from ..measure_plots import fractions_figure, sizes_figure
+from ._measure_job import MeasureJob, MeasureResult, report_line, run_measure_job, summary_frame
 from ._layers import current_index, multiscale_refusal, result_of, results, set_layer, set_result, spatial_shape
 from ._sections import Section
+from ._tables import PANEL_HEIGHT, PLOT_HEIGHT, canvas, scrolling, table
 from ._text import wrap
 from ._worker_widget import WorkerWidget
 from .train_widget import PREDICTIONS
@@ -48,26 +47,9 @@ if TYPE_CHECKING:
 #: Suffix of the objects layer's name and role: ``"<labels layer> objects"``.
 OBJECTS = "objects"
 SCOPE_PLANE, SCOPE_VOLUME = "plane in view", "whole volume (3-D objects)"
-#: Rows a table shows at least (it scrolls); rows read to size its columns.
-TABLE_ROWS, CONTENTS_ROWS = 4, 100
-#: Least height (px) of the plots in the dock, and the sizes plot's height per label value's panel
-#: (it scrolls when taller than its room).
-PLOT_HEIGHT, PANEL_HEIGHT = 200, 120
 #: Clicking an object row zooms so that the canvas's shorter side spans this many times the
 #: object's largest diameter, and at least ``MIN_VIEW_PX`` of the layer's pixels.
 ZOOM_SPAN, MIN_VIEW_PX = 6.0, 48.0
-#: Headers of the table columns whose unit is not their suffix's.
-HEADERS = {
-    "id": "id (objects layer)", "label": "label (class)", "object": "object (of its class)",
-    "pixels": "pixels", "fraction": "area fraction", "expected_fraction": "expected fraction",
-    "area_px": "area (px²)", "volume_px": "volume (voxels)", "area_um2": "area (µm²)",
-    "volume_um3": "volume (µm³)",
-    "eccentricity": "eccentricity (0-1)", "touches_border": "touches border", "pieces": "pieces (of its component)",
-    "mean_intensity": "mean intensity (image values)", "mean_confidence": "mean confidence (0-1)",
-    "objects_inside": "inside", "median_equivalent_diameter_px": "median diam. (px)",
-    "median_equivalent_diameter_um": "median diam. (µm)",
-    "centroid_z": "centroid z (px)", "centroid_y": "centroid y (px)", "centroid_x": "centroid x (px)",
-}
 TOOLTIPS = {
     "_labels": "the Labels layer to measure: each label value a class (the train dock's predictions, or any)",
     "_image": "optional: the image whose mean intensity each object gets (the one the labels were made from)",
@@ -78,68 +60,6 @@ TOOLTIPS = {
     "_export": "write the fractions, objects and summary tables as CSV files",
     "_run": "measure in the background; the viewer stays usable",
 }
-
-
-@dataclass(frozen=True)
-class MeasureJob:
-    """What :func:`run_measure_job` measures, read from the layers on the GUI thread.
-
-    Attributes
-    ----------
-    labels : (H, W) or (D, H, W) integer array-like
-        The plane (or volume) to measure.
-    image : array-like of ``labels``' shape (or with a trailing channel axis), or None
-    pixel_size : float or None
-        µm per pixel.
-    min_size : int
-    split : bool
-    index : tuple of int
-        The plane's index in the layer's leading axes (``()`` for a 2-D layer or a volume).
-    """
-
-    labels: object
-    image: object
-    pixel_size: Optional[float]
-    min_size: int
-    split: bool
-    index: tuple = ()
-
-
-@dataclass
-class MeasureResult:
-    """What the worker hands to the widget: the measurements and their summary over the one image."""
-
-    measurements: Measurements
-    summary: object
-    index: tuple = ()
-    messages: list = field(default_factory=list)
-
-
-def run_measure_job(job: MeasureJob, progress=None, announce=None) -> MeasureResult:
-    """Measure the job's labels (runs in a worker; touches no layer)."""
-    where = f" of plane {', '.join(map(str, job.index))}" if job.index else ""
-    if announce is not None:
-        announce(f"measuring {'x'.join(map(str, np.shape(job.labels)))} labels{where}…")
-    report(progress, 0, 3, "reading the labels")
-    labels = np.asarray(job.labels)
-    image = None if job.image is None else np.asarray(job.image)
-    report(progress, 1, 3, "measuring the objects")
-    measured = measure(labels, image=image, pixel_size=job.pixel_size, min_size=job.min_size, split=job.split)
-    report(progress, 2, 3, "summarising")
-    fractions, objects = joined([measured])
-    summary = summary_table(fractions, objects)
-    report(progress, 3, 3, "done")
-    return MeasureResult(measured, summary, job.index)
-
-
-def column_header(name: str) -> str:
-    """A table column's header with its unit: ``"equivalent_diameter_um"`` -> ``"equivalent diameter (µm)"``."""
-    if name in HEADERS:
-        return HEADERS[name]
-    for suffix, unit in (("_um2", "µm²"), ("_um3", "µm³"), ("_um", "µm"), ("_px", "px")):
-        if name.endswith(suffix):
-            return f"{name[:-len(suffix)].replace('_', ' ')} ({unit})"
-    return name.replace("_", " ")
 
 
 def pixel_size_of(layer: Optional[Labels]) -> tuple[Optional[float], str]:
@@ -174,156 +94,6 @@ def class_names(layer: Optional[Labels]) -> dict[int, str]:
     return {int(v): str(n) for v, n in zip(values, features["name"]) if isinstance(n, str) and n}
 
 
-def summary_frame(result: MeasureResult, names: Optional[dict] = None):
-    """Per label value: its name (``"label <value>"`` without one), fraction (and the expected one,
-    with probabilities), objects, those inside the image (not cut by its border) and their median
-    equivalent diameter, in µm with a pixel size, else px (blank for the background, 0, whose
-    objects are not measured): the dock's summary table."""
-    import pandas as pd
-
-    m = result.measurements
-    objects = m.objects
-    size = f"equivalent_diameter_{'um' if m.pixel_size is not None else 'px'}"
-    rows = []
-    for row in m.fractions.itertuples(index=False):
-        value = int(row.label)
-        entry = {"class": class_name(value, names), "fraction": float(row.fraction)}
-        if "expected_fraction" in m.fractions.columns:
-            entry["expected_fraction"] = float(row.expected_fraction)
-        if value == 0:  # the background: no objects measured
-            entry.update({"objects": np.nan, "objects_inside": np.nan, f"median_{size}": np.nan})
-        else:
-            mine = objects[objects["label"] == value] if len(objects) else objects
-            inside = mine[~mine["touches_border"].astype(bool)] if len(mine) else mine
-            entry.update({"objects": len(mine), "objects_inside": len(inside),
-                          f"median_{size}": float(inside[size].median()) if len(inside) else np.nan})
-        rows.append(entry)
-    return pd.DataFrame(rows)
-
-
-def report_line(result: MeasureResult, layer_name: str) -> str:
-    """The status line after a measurement: what was measured, how many objects, in which unit."""
-    m = result.measurements
-    where = f" (plane {', '.join(map(str, result.index))} of the stack)" if result.index else ""
-    kind = "voxels" if len(m.shape) == 3 and not result.index else "px"
-    scale = f"{m.pixel_size:g} µm per pixel" if m.pixel_size is not None else f"sizes in {kind}: no pixel size"
-    classes = int((m.fractions["label"] != 0).sum())
-    return (f"measured {layer_name}{where}: {len(m.objects)} objects of {classes} label values, {scale}. "
-            "Click an object row to go to it.")
-
-
-class FrameModel(QAbstractTableModel):
-    """A read-only Qt table model over a pandas DataFrame: headers with units, numbers sorted as
-    numbers (``Qt.UserRole``), floats shown to 4 significant digits."""
-
-    def __init__(self, frame=None) -> None:
-        super().__init__()
-        import pandas as pd
-
-        self.frame = pd.DataFrame() if frame is None else frame
-        self._columns = [self.frame[c].to_numpy() for c in self.frame.columns]  # cells without pandas' indexing
-
-    def set_frame(self, frame) -> None:
-        self.beginResetModel()
-        self.frame = frame
-        self._columns = [frame[c].to_numpy() for c in frame.columns]
-        self.endResetModel()
-
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 (Qt's name)
-        return 0 if parent.isValid() else len(self.frame)
-
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802 (Qt's name)
-        return 0 if parent.isValid() else len(self.frame.columns)
-
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        value = self._columns[index.column()][index.row()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return _shown(value)
-        if role == Qt.ItemDataRole.UserRole:
-            return value.item() if isinstance(value, np.generic) else value
-        if role == Qt.ItemDataRole.TextAlignmentRole and isinstance(value, (int, float, np.number)) \
-                and not isinstance(value, (bool, np.bool_)):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 (Qt's name)
-        if orientation != Qt.Orientation.Horizontal:
-            return str(section + 1) if role == Qt.ItemDataRole.DisplayRole else None
-        name = str(self.frame.columns[section])
-        if role == Qt.ItemDataRole.DisplayRole:
-            return column_header(name)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return f"{name} (the column's name in the CSV files)"
-        return None
-
-
-def _shown(value) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        return "" if np.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-class _TableView(QTableView):
-    """A table that asks for no more height than its minimum: the plots below get the rest."""
-
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
-        return QSize(super().sizeHint().width(), self.minimumHeight())
-
-
-def _table(sortable: bool = True) -> tuple[QTableView, FrameModel, QSortFilterProxyModel]:
-    """A read-only table view over a :class:`FrameModel`, sorted by a header click when ``sortable``
-    (the view's rows then differ from the model's: map them through the proxy)."""
-    model = FrameModel()
-    proxy = QSortFilterProxyModel()
-    proxy.setSourceModel(model)
-    proxy.setSortRole(Qt.ItemDataRole.UserRole)
-    view = _TableView()
-    view.setModel(proxy)
-    if sortable:  # a sort arrow widens every column: not for a table of a few rows
-        view.setSortingEnabled(True)
-        view.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # the table's own order until a header is clicked
-    view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-    view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    view.setWordWrap(False)
-    view.verticalHeader().setVisible(False)  # rows are named by their columns (class, id)
-    view.verticalHeader().setDefaultSectionSize(view.fontMetrics().lineSpacing() + 6)
-    header = view.horizontalHeader()
-    header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)  # sized to the header and first rows on update
-    header.setResizeContentsPrecision(CONTENTS_ROWS)
-    view.setMinimumHeight((TABLE_ROWS + 1) * (view.fontMetrics().lineSpacing() + 6) + 8)
-    view.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
-    view.setMinimumWidth(0)
-    return view, model, proxy
-
-
-def _canvas():
-    """A matplotlib canvas for a dock: as wide as the dock, at least ``PLOT_HEIGHT`` tall."""
-    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-    from matplotlib.figure import Figure
-
-    # the figure's size in inches at 100 dpi is the canvas's size hint: a dock's width, the least height
-    canvas = FigureCanvasQTAgg(Figure(figsize=(3.6, PLOT_HEIGHT / 100), layout="constrained"))
-    canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
-    canvas.setMinimumSize(0, PLOT_HEIGHT)
-    return canvas
-
-
-def _scrolling(widget) -> QScrollArea:
-    """``widget`` in a scroll area that scrolls up and down (a plot taller than its room)."""
-    area = QScrollArea()
-    area.setWidget(widget)
-    area.setWidgetResizable(True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setMinimumHeight(PLOT_HEIGHT)
-    return area
-
-
 class MeasureWidget(WorkerWidget):
     """Dock widget: measure a Labels layer; tables, plots, an objects layer, CSV files."""
 
@@ -348,18 +118,18 @@ class MeasureWidget(WorkerWidget):
         self._split = CheckBox(value=False, text="split touching objects")
         self._scope = ComboBox(choices=[SCOPE_PLANE, SCOPE_VOLUME], value=SCOPE_PLANE, label="measure")
         self._export = PushButton(text="Export CSV…", enabled=False)
-        self.summary_view, self.summary_model, _ = _table(sortable=False)
-        self.fractions_view, self.fractions_model, self._fractions_proxy = _table()
-        self.objects_view, self.objects_model, self._objects_proxy = _table()
+        self.summary_view, self.summary_model, _ = table(sortable=False)
+        self.fractions_view, self.fractions_model, self._fractions_proxy = table()
+        self.objects_view, self.objects_model, self._objects_proxy = table()
         self.tables = QTabWidget()
         self.tables.addTab(self.summary_view, "summary")
         self.tables.addTab(self.fractions_view, "fractions")
         self.tables.addTab(self.objects_view, "objects")
         self.tables.setCornerWidget(self._export.native)
-        self.fractions_canvas, self.sizes_canvas = _canvas(), _canvas()
+        self.fractions_canvas, self.sizes_canvas = canvas(), canvas()
         self.plots = QTabWidget()
         self.plots.addTab(self.fractions_canvas, "fractions plot")
-        self.plots.addTab(_scrolling(self.sizes_canvas), "sizes plot")
+        self.plots.addTab(scrolling(self.sizes_canvas), "sizes plot")
         for name, tip in TOOLTIPS.items():
             getattr(self, name).tooltip = tip
         for menu in (self._labels, self._image):  # a long layer name is elided, never widens the dock
