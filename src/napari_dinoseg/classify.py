@@ -320,7 +320,9 @@ def linear_channels(channel_names: Optional[Sequence[str]], config: TrainConfig)
     else none."""
     if not channel_names or not config.vit_components or config.classifier != "logistic+trees":
         return ()
-    return tuple(i for i, name in enumerate(channel_names) if "vit_" in name)
+    from .features.channels import ChannelLayout
+
+    return ChannelLayout.of(channel_names).vit
 
 
 def tree_components(grid: np.ndarray, scaling: tuple[np.ndarray, np.ndarray], linear: Sequence[int],
@@ -492,7 +494,9 @@ def logit_space(clf: PixelClassifier, channel_names: Sequence[str]):
     classifier is not linear in the ViT channels (every classifier from before this layout
     with trees or the signed log) or there are none.
     """
-    vit = np.array([i for i, name in enumerate(channel_names) if "vit_" in name], dtype=np.int64)
+    from .features.channels import ChannelLayout
+
+    vit = np.array(ChannelLayout.of(channel_names).vit, dtype=np.int64)
     if len(vit) == 0 or len(channel_names) != clf.n_features:
         return None
     linear = set(range(clf.n_features)) if clf.scaling == "standard" else set(clf.linear)
@@ -546,10 +550,9 @@ def guide_channels(features: Union[FeaturesLike, Sequence[FeaturesLike]]) -> tup
 def _guide(names: Optional[Sequence[str]], config) -> tuple[int, ...]:
     if not names or config is None or not config.sigmas:
         return ()
-    from .features.classical import finest_gaussian_name
+    from .features.channels import ChannelLayout
 
-    finest = finest_gaussian_name(config)
-    return tuple(i for i, name in enumerate(names) if name.split(":")[-1] == finest)
+    return ChannelLayout.of(names).guide
 
 
 def uncertainty(proba: np.ndarray) -> np.ndarray:
@@ -936,8 +939,10 @@ def _fit_pca(names: Optional[Sequence[str]], sample, mean, scale, config: TrainC
              linear: Sequence[int] = ()) -> _ChannelPCA:
     from sklearn.decomposition import PCA
 
+    from .features.channels import ChannelLayout
+
     n_feat = sample.shape[1]
-    reduced = np.array([i for i, n in enumerate(names) if "vit_" in n]) if names else np.arange(n_feat)
+    reduced = np.array(ChannelLayout.of(names).vit) if names else np.arange(n_feat)
     if len(reduced) == 0:
         raise ValueError("pca_dim is set but the features have no ViT channels; use kind='vit' or 'hybrid'")
     k = min(config.pca_dim, len(reduced), len(sample))

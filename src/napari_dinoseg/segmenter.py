@@ -311,14 +311,16 @@ class Segmenter:
         ``D`` columns whichever way the features were computed.
         """
         from .classify import _scaled
+        from .features.channels import ChannelLayout
 
         clf, rows = self._fitted(), np.asarray(rows, np.float32)
         split = self.logit_space()
         if split is not None:
             reduced, (weights, bias) = split
             if not projected:
-                vit = np.array(["vit_" in name for name in self.channel_names])
-                rows = np.hstack([rows[:, ~vit], rows[:, vit] @ weights.T + bias])
+                layout = ChannelLayout.of(self.channel_names)
+                other, vit = list(layout.classical), list(layout.vit)
+                rows = np.hstack([rows[:, other], rows[:, vit] @ weights.T + bias])
             clf = reduced
         return _scaled(rows, clf.mean, clf.scale, clf.scaling, clf.linear)
 

@@ -233,13 +233,18 @@ def _check_points(points: np.ndarray, shapes: list[tuple[int, int]], several: bo
 
 
 def _is_vit(names: tuple[str, ...]) -> bool:
-    return any("vit_" in n for n in names)
+    from .features.channels import ChannelLayout
+
+    return len(ChannelLayout.of(names).vit) > 0
 
 
 def _descriptor_channels(names: Optional[tuple[str, ...]], n_features: int) -> np.ndarray:
     """The ViT channels when named so, else every channel."""
-    if names is not None and _is_vit(names):
-        return np.array([i for i, n in enumerate(names) if "vit_" in n], np.int64)
+    from .features.channels import ChannelLayout
+
+    vit = ChannelLayout.of(names).vit if names is not None else ()
+    if vit:
+        return np.array(vit, np.int64)
     return np.arange(n_features, dtype=np.int64)
 
 

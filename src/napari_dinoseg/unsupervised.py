@@ -322,14 +322,9 @@ def smooth_channels(names: Sequence[str]) -> tuple[list[int], list[int]]:
     finest : list of int
         Positions, within ``channels``, of those at the finest scale (edges are found there).
     """
-    sigma = {}
-    for i, name in enumerate(names):
-        base = name.split(":")[-1]
-        if base.startswith("gaussian_s"):
-            try:
-                sigma[i] = float(base[len("gaussian_s"):])
-            except ValueError:
-                continue
+    from .features.channels import ChannelLayout
+
+    sigma = ChannelLayout.of(names).gaussian_sigma
     if not sigma:
         return list(range(len(names))), list(range(len(names)))
     low = min(sigma.values())

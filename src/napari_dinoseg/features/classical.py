@@ -72,11 +72,6 @@ def classical_channel_names(cfg: FeatureConfig) -> list[str]:
     return names
 
 
-def finest_gaussian_name(cfg: FeatureConfig) -> str:
-    """Name of the Gaussian channel of the smallest sigma (the probability smoothing's guide)."""
-    return f"gaussian_s{min(cfg.sigmas):g}"
-
-
 def support_radius(cfg: FeatureConfig) -> int:
     """Pixels of context the filter bank reads around each pixel."""
     radius = _radius(max(cfg.sigmas)) + 1

@@ -17,6 +17,7 @@ import numpy as np
 from ..config import FeatureConfig, config_or_default
 from ..image import as_float_image, check_image_shape
 from ..progress import ProgressCallback, report, within
+from .channels import vit_channel_groups
 from .keys import cache_key
 
 #: Fraction of the available memory a feature stack may take before featurise refuses.
@@ -285,14 +286,6 @@ def n_features(config: FeatureConfig, n_channels: int = 1) -> int:
 
         total += len(vit_channel_groups(n_channels)) * model_spec(config.model).embed_dim
     return total
-
-
-def vit_channel_groups(n_channels: int) -> list[list[int]]:
-    """Image channels fed to the ViT together: RGB(A) as one colour image (alpha dropped),
-    anything else one greyscale channel at a time (replicated to three)."""
-    if n_channels in (3, 4):
-        return [[0, 1, 2]]
-    return [[c, c, c] for c in range(n_channels)]
 
 
 def estimate_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1, device=None,

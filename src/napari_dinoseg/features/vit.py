@@ -15,6 +15,7 @@ import torch
 from ..config import FeatureConfig
 from ..progress import ProgressCallback, report
 from .backbones import StridedViT, load_model
+from .channels import vit_channel_groups
 from .registry import model_spec
 from .tiling import tiles
 from .upsample import gather_views, make_transforms, pixel_classes, upsample_views
@@ -107,11 +108,9 @@ def vit_features(
     Returns
     -------
     features : (H, W, G * D) float32, one block of D channels per channel group
-        (see :func:`napari_dinoseg.features.featurise.vit_channel_groups`); ``out`` when given.
+        (see :func:`napari_dinoseg.features.channels.vit_channel_groups`); ``out`` when given.
     attention : (H, W, heads) float32, CLS attention averaged over the groups.
     """
-    from .featurise import vit_channel_groups
-
     spec = model_spec(config.model)
     transforms = make_transforms(config.shifts, config.flips)
     h, w = img.shape[:2]
@@ -312,8 +311,6 @@ def view_flops(config: FeatureConfig, shape: tuple[int, int]) -> float:
 
 def total_flops(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1) -> float:
     """FLOPs of featurising an ``(H, W)`` image with a resolved config (all tiles and views)."""
-    from .featurise import vit_channel_groups
-
     views = len(make_transforms(config.shifts, config.flips)) * len(vit_channel_groups(n_channels))
     return views * _windows_flops(config, choose_tiles(config, shape))
 

@@ -1,0 +1,109 @@
+"""What each feature channel is for: :class:`ChannelLayout`, read from the channel names.
+
+The featurisers name their channels (:func:`.classical.classical_channel_names` for the filter
+bank, :func:`.featurise.vit_channel_names` for the ViT, classical before ViT in a hybrid stack,
+``c<i>:`` before each name when an image has several channels fed apart). This module is the one
+place that reads those names back into roles, so code outside ``features/`` asks the layout
+("which channels are ViT?", "which Gaussian guides the smoothing?") instead of parsing names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+#: Between the image channel's prefix and the channel's own name: ``c1:gaussian_s2``.
+CHANNEL_SEPARATOR = ":"
+#: Start of every ViT channel's own name: ``vit_0`` ... ``vit_<D-1>``.
+VIT_PREFIX = "vit_"
+#: Start of every Gaussian-smoothed intensity channel's own name, followed by its sigma: ``gaussian_s2``.
+GAUSSIAN_PREFIX = "gaussian_s"
+
+
+def vit_channel_groups(n_channels: int) -> list[list[int]]:
+    """Image channels fed to the ViT together: RGB(A) as one colour image (alpha dropped),
+    anything else one greyscale channel at a time (replicated to three)."""
+    if n_channels in (3, 4):
+        return [[0, 1, 2]]
+    return [[c, c, c] for c in range(n_channels)]
+
+
+def _own_name(name: str) -> str:
+    """The channel's name without its image channel's prefix: ``c1:gaussian_s2`` -> ``gaussian_s2``."""
+    return name.split(CHANNEL_SEPARATOR)[-1]
+
+
+def _gaussian_sigma(name: str) -> Optional[float]:
+    """The sigma of a Gaussian channel's name, ``None`` for any other channel."""
+    own = _own_name(name)
+    if not own.startswith(GAUSSIAN_PREFIX):
+        return None
+    try:
+        return float(own[len(GAUSSIAN_PREFIX):])
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ChannelLayout:
+    """The roles of the ``F`` channels of a feature stack, made from their names by :meth:`of`.
+
+    This is the seam issue 26's ``Featuriser.layout()`` will return: a featuriser will build its
+    layout directly, and its consumers (training, the logit-space split, the shift report,
+    similarity, the unsupervised rule) already read roles from here, not from names.
+
+    Attributes
+    ----------
+    names : (F,) tuple of str
+        The channel names, in channel order.
+    vit : tuple of int
+        Indices of the ViT channels (``vit_<i>``, ``c<g>:vit_<i>``), ascending.
+    classical : tuple of int
+        Indices of the other channels (the classical filter bank's), ascending.
+    gaussian : tuple of int
+        Indices of the Gaussian-smoothed intensity channels (``gaussian_s<sigma>``), ascending.
+    sigmas : tuple of float
+        The sigma, in pixels, of each channel of ``gaussian`` (same order).
+    guide : tuple of int
+        Indices of the Gaussian channels of the smallest sigma, one per image channel: the guide
+        of the guided-filter smoothing of probabilities. ``()`` without Gaussian channels.
+    """
+
+    names: tuple[str, ...]
+    vit: tuple[int, ...]
+    classical: tuple[int, ...]
+    gaussian: tuple[int, ...]
+    sigmas: tuple[float, ...]
+    guide: tuple[int, ...]
+
+    @classmethod
+    def of(cls, names: Sequence[str]) -> ChannelLayout:
+        """The layout of channels named ``names`` (as a featuriser of this package names them).
+
+        Parameters
+        ----------
+        names : (F,) sequence of str
+            Channel names, e.g. a :class:`~napari_dinoseg.features.featurise.FeatureStack`'s
+            ``channel_names``.
+
+        Returns
+        -------
+        ChannelLayout
+        """
+        names = tuple(names)
+        vit = tuple(i for i, name in enumerate(names) if _own_name(name).startswith(VIT_PREFIX))
+        classical = tuple(sorted(set(range(len(names))) - set(vit)))
+        sigma = {i: s for i, s in ((i, _gaussian_sigma(name)) for i, name in enumerate(names)) if s is not None}
+        finest = min(sigma.values(), default=None)
+        return cls(names=names, vit=vit, classical=classical, gaussian=tuple(sigma), sigmas=tuple(sigma.values()),
+                   guide=tuple(i for i, s in sigma.items() if s == finest))
+
+    @property
+    def n_channels(self) -> int:
+        """``F``, the number of channels."""
+        return len(self.names)
+
+    @property
+    def gaussian_sigma(self) -> dict[int, float]:
+        """``{channel index: sigma}`` of the Gaussian channels, in channel order."""
+        return dict(zip(self.gaussian, self.sigmas))
