@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig, apply_bundle, cluster
+from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig, apply_bundle, batch, cluster
 from napari_dinoseg.batch import LABEL_SUFFIX
 
 FAST = FeatureConfig(sigmas=(1, 2), membrane=False)
@@ -364,12 +364,12 @@ def test_workers_that_cannot_see_the_files_are_named_before_work_starts(tmp_path
 def test_a_failure_on_a_worker_that_cannot_see_the_file_says_so(tmp_path, bundle, two_textures):
     (tmp_path / "out").mkdir()
     gone = tmp_path / "gone.tif"
-    path, status, reason, _ = cluster._on_worker(str(gone), str(bundle), str(tmp_path / "out"), False)
+    path, status, reason, _ = cluster._on_worker(batch.process_file, str(gone), str(bundle), str(tmp_path / "out"), False)
     assert (path, status) == (str(gone), "failed")
     assert reason.endswith(f"(the dask worker on host {socket.gethostname()} (working folder {os.getcwd()}) "
                            f"cannot see {gone})")
     (image,) = write_images(tmp_path / "in", two_textures[0], 1)
-    assert cluster._on_worker(str(image), str(bundle), str(tmp_path / "out"), False)[1] == "done"
+    assert cluster._on_worker(batch.process_file, str(image), str(bundle), str(tmp_path / "out"), False)[1] == "done"
 
 
 def test_workers_without_napari_dinoseg_are_named_before_work_starts(tmp_path, bundle, two_textures, processes):

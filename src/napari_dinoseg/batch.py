@@ -31,7 +31,6 @@ the end of the run the tables and plots of every label output in the folder are 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import stat
@@ -46,13 +45,13 @@ import numpy as np
 from .atomic import NoSpaceError, clean_stale, name_max, shorten, write_atomic
 from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, run_jobs  # noqa: F401
 from .folder_lock import FolderLock
-from .reading import IMAGE_SUFFIXES, check_axes, pixel_size_of, read_image
+from .inputs import SOURCE_KEYS, file_identity, find_inputs, source_record
+from .outputs import LABEL_SUFFIX, PROBA_SUFFIX, output_metadata  # re-exported
+from .reading import check_axes, pixel_size_of, read_image
 
 if TYPE_CHECKING:
     from .measure_report import MeasureOptions, Report
 
-LABEL_SUFFIX = "_labels.tif"
-PROBA_SUFFIX = "_proba.tif"
 ALREADY_THERE = "already there"
 
 
@@ -117,69 +116,6 @@ class BatchSummary:
         if self.measurements is not None:
             lines.append(str(self.measurements))
         return "\n".join(lines)
-
-
-def find_inputs(inputs: Union[str, os.PathLike, Sequence]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """A folder (its entries), a glob pattern, a file, or a list of files -> image files to process.
-
-    Returns
-    -------
-    files : list of Path
-        Regular image files, sorted for a folder or a glob, in the given order for a list,
-        each once.
-    unusable : list of (path, reason)
-        Entries that are not image files (sub-folders, broken links, link loops, other
-        suffixes), and repeats of a file already listed. Hidden names (``.*``) are left out.
-
-    Raises
-    ------
-    ValueError
-        When a single path or pattern names nothing at all.
-    """
-    if isinstance(inputs, (list, tuple)):
-        candidates = [Path(p) for p in inputs]
-    else:
-        text = str(inputs)
-        path = Path(text)
-        if path.is_dir():
-            candidates = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        elif os.path.lexists(text):
-            candidates = [path]
-        else:
-            candidates = sorted(Path(p) for p in glob.glob(text))
-            if not candidates:
-                raise ValueError(f"no input files: {text!r} is neither a folder, a file nor a glob pattern that matches")
-    files, unusable, seen = [], [], {}
-    for path in candidates:
-        reason = _unusable(path)
-        if reason is None:
-            key = os.path.realpath(path)
-            if key in seen:
-                reason = f"the same file as {seen[key]}, listed twice"
-            else:
-                seen[key] = str(path)
-        (files.append(path) if reason is None else unusable.append((str(path), reason)))
-    return files, unusable
-
-
-def _unusable(path: Path) -> Optional[str]:
-    """Why ``path`` is not an image file to process, or ``None``."""
-    if path.is_symlink():
-        try:
-            path.resolve(strict=True)
-        except FileNotFoundError:
-            return "a broken symbolic link (its target does not exist)"
-        except (RuntimeError, OSError):
-            return "a symbolic link loop"
-    if not os.path.lexists(path):
-        return "no such file"
-    if path.is_dir():
-        return "a folder, not an image file (sub-folders are not searched)"
-    if not path.is_file():
-        return "not a regular file (a device, pipe or socket)"
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})"
-    return None
 
 
 def output_stems(files: Sequence[Path], name_limit: int = 255) -> dict[Path, str]:
@@ -385,7 +321,7 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
     # connected here, so that a scheduler that does not answer, has no workers, or whose workers
     # cannot see the files is refused before work starts (napari_dinoseg.cluster)
     client = None if scheduler is None else prepare(scheduler, jobs)
-    results = (process_file(*job) for job in jobs) if client is None else run_jobs(client, jobs)
+    results = (process_file(*job) for job in jobs) if client is None else run_jobs(client, jobs, process_file)
     finished, stop = set(), ""  # stop: the reason given to the jobs not finished
     try:
         if jobs and progress is not None:
@@ -505,18 +441,6 @@ def _classifier(bundle: str, bundle_id: Optional[str]):
     return seg, found
 
 
-def _source(path: Path, info: Optional[os.stat_result] = None) -> dict:
-    """What identifies an input (``info``: its ``os.stat`` as read; now if not given)."""
-    info = path.stat() if info is None else info
-    return {"source": path.name, "source_size": info.st_size, "source_mtime_ns": info.st_mtime_ns}
-
-
-def _identity(info: os.stat_result) -> tuple:
-    """What changes when a file is rewritten or replaced (its ctime too: a rewrite that keeps the
-    size and the modification time)."""
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
-
-
 OLDER = ("was written by an older version of napari-dinoseg, which recorded no size to check it by: recomputed, "
          "as it may be incomplete")
 
@@ -546,7 +470,7 @@ def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: 
             return "redo", [], f"its output {name} could not be read ({type(err).__name__}): recomputed"
         if meta.get("dinoseg_bundle") != bundle_id:
             return "foreign", [], ""
-        if {k: meta.get(k) for k in ("source", "source_size", "source_mtime_ns")} != _source(path):
+        if {k: meta.get(k) for k in SOURCE_KEYS} != source_record(path):
             return "redo", [], "its input changed since its output was written: recomputed"
         if meta.get("axes_given") != axes:
             return "redo", [], "its output was read with other axes: recomputed"
@@ -619,15 +543,15 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
                 image, labels, probas, warnings, measured = _segment(seg, source, axes, probabilities, measure,
                                                                      size_um)
             except Exception:
-                if attempt + 1 < READ_ATTEMPTS and _identity(source.stat()) != _identity(before):
+                if attempt + 1 < READ_ATTEMPTS and file_identity(source.stat()) != file_identity(before):
                     continue  # read while it was being written: read it again
                 raise
-            if _identity(source.stat()) == _identity(before):
+            if file_identity(source.stat()) == file_identity(before):
                 break
         else:
             return path, "failed", (f"the input changed while it was segmented, {READ_ATTEMPTS} times: it is being "
                                     "written; run again once it is"), []
-        meta = {"dinoseg_bundle": bundle_id, **_source(source, before), "classes": seg.classes.tolist(),
+        meta = {"dinoseg_bundle": bundle_id, **source_record(source, before), "classes": seg.classes.tolist(),
                 "warnings": [str(w) for w in warnings],  # reported again by a rerun that skips the image
                 "axes_given": axes, "channels": seg.n_channels,  # how to read the input as it was read here
                 "pixel_size_um": size_um, "pixel_size_from": size_from}
@@ -647,7 +571,7 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
 
             record = image_record(measured, image=source.name, labels=target.name, data_sha256=checksum,
                                   options=measure, pixel_size=size_um, pixel_size_from=size_from,
-                                  classifier=bundle_id, source=_source(source, before),
+                                  classifier=bundle_id, source=source_record(source, before),
                                   notes=[size_note] if size_note else [])
             write_record(out_dir, stem, record)
         return path, "done", str(target), warnings
@@ -690,16 +614,6 @@ def _pixel_size(source: Path, measure) -> tuple[Optional[float], str, str]:
         return measure.pixel_size, "given", ""
     found = pixel_size_of(source)
     return (None, "none", "") if found is None else (found.um, f"input: {found.source}", found.note)
-
-
-def output_metadata(path: Path) -> dict:
-    """What an output TIFF says of itself: classifier fingerprint, input, classes, the image's
-    warnings, the axes given and the channel count the input was read with, the output's axes,
-    its size in bytes and its pixel data's byte count and checksum ({} if nothing)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        return tif.shaped_metadata[0] if tif.shaped_metadata else {}
 
 
 class ForeignOutputError(ValueError):

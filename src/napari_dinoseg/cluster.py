@@ -33,8 +33,9 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 #: Seconds to wait for a dask scheduler to answer (connection and handshake).
 CONNECT_TIMEOUT = 5.0
@@ -253,12 +254,10 @@ def _look(bundle: str, out: str, inputs: list) -> dict:
     return {"host": socket.gethostname(), "cwd": os.getcwd(), "missing": missing}
 
 
-def _on_worker(path: str, bundle: str, out_dir: str, *rest) -> tuple:
-    """:func:`napari_dinoseg.batch.process_file` on a worker; a failure there on a file the
-    worker cannot see says so."""
-    from .batch import process_file
-
-    result = process_file(path, bundle, out_dir, *rest)
+def _on_worker(run: Callable[..., tuple], path: str, bundle: str, out_dir: str, *rest) -> tuple:
+    """``run(path, bundle, out_dir, *rest)`` on a worker; a failure there on a file the worker
+    cannot see says so."""
+    result = run(path, bundle, out_dir, *rest)
     if result[1] != "failed":
         return result
     unseen = [p for p in (path, bundle) if not os.path.isfile(p)]
@@ -269,10 +268,24 @@ def _on_worker(path: str, bundle: str, out_dir: str, *rest) -> tuple:
     return (*result[:2], f"{result[2]} ({where} {', '.join(unseen)})", *result[3:])
 
 
-def run_jobs(client, jobs: Sequence[tuple], worker_timeout: Optional[float] = None) -> Iterator[tuple]:
-    """Yield :func:`napari_dinoseg.batch.process_file` results of ``jobs`` as the cluster
-    finishes them, naming each input and output as the job did (the paths are sent absolute);
-    cancel the rest when closed.
+def run_jobs(client, jobs: Sequence[tuple], run: Callable[..., tuple],
+             worker_timeout: Optional[float] = None) -> Iterator[tuple]:
+    """Yield the results of ``run(*job)`` for ``jobs`` as the cluster finishes them, naming each
+    input and output as the job did (the paths are sent absolute); cancel the rest when closed.
+
+    Parameters
+    ----------
+    client
+        A dask ``Client`` (from :func:`prepare`).
+    jobs : sequence of tuple
+        ``(input, bundle, output folder, *rest)``, the arguments of ``run``.
+    run
+        What a worker does with a job (:func:`napari_dinoseg.batch.process_file`): returns
+        ``(input, status, detail, warnings)``, ``detail`` the output's path when ``status`` is
+        ``"done"``. Sent to the workers, so a module-level function.
+    worker_timeout
+        Seconds without workers (or an answer from the scheduler) before the cluster is lost;
+        ``None``: ``WORKER_TIMEOUT``.
 
     Raises
     ------
@@ -287,7 +300,7 @@ def run_jobs(client, jobs: Sequence[tuple], worker_timeout: Optional[float] = No
     if not jobs:
         return
     sent = [(_absolute(job[0]), _absolute(job[1]), _absolute(job[2]), *job[3:]) for job in jobs]
-    futures = client.map(_on_worker, *zip(*sent), pure=False)
+    futures = client.map(partial(_on_worker, run), *zip(*sent), pure=False)
     job_of = {future.key: job for future, job in zip(futures, jobs)}
     watch = _Watch(client, WORKER_TIMEOUT if worker_timeout is None else worker_timeout)
     # results fetched in dask's event loop: a result on a worker that died is computed again

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, get_args
 
+from .models import model_spec
+
 FeatureKind = Literal["classical", "vit", "hybrid"]
 Resize = Literal["nearest", "stretch", "stretch-floor"]
 Facet = Literal["token", "key", "query", "value"]
@@ -134,7 +136,7 @@ class FeatureConfig(_JSONConfig):
         upsampled to pixel resolution; "DINOv2" in the widget) or ``"hybrid"`` (both,
         concatenated).
     model
-        ViT backbone, a name of :data:`napari_dinoseg.features.backbones.MODELS`.
+        ViT backbone, a name of :data:`napari_dinoseg.models.MODELS`.
     stride
         Patch-embedding stride (1..patch size); ``None``: the device preset.
     shifts
@@ -302,8 +304,6 @@ class FeatureConfig(_JSONConfig):
             object.__setattr__(self, "intensity_range", (lo, hi))
 
     def _check_vit(self) -> None:
-        from .features.registry import model_spec
-
         patch = model_spec(self.model).patch_size  # raises, listing the valid names
         if self.stride is not None:
             stride = _integer(self.stride)
@@ -360,8 +360,6 @@ def preset(model: str, device_type: str) -> dict:
     (the paper's shift-to-stride ratios), no flips: 17 views, ~12 s for a 512^2 image
     with ViT-S/14 on 2 cores (measured, see docs/benchmarks.md).
     """
-    from .features.registry import model_spec
-
     patch = model_spec(model).patch_size
     if device_type in ("cuda", "mps"):
         return {"stride": 4, "shifts": (1, 2), "flips": True}

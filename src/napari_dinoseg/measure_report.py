@@ -33,6 +33,8 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .atomic import clean_stale, write_atomic
+from .inputs import SOURCE_KEYS, find_inputs, source_record
+from .outputs import LABEL_SUFFIX, PROBA_SUFFIX, output_metadata
 
 #: The sub-folder of an ``apply`` output folder that holds the measurements, and that of the records.
 MEASUREMENTS, RECORDS = "measurements", "images"
@@ -297,8 +299,6 @@ def measure_outputs(out_dir: Union[str, os.PathLike], options: MeasureOptions, *
     """
     import pandas as pd
 
-    from .batch import LABEL_SUFFIX, output_metadata
-
     out = Path(out_dir)
     folder = out / MEASUREMENTS
     records = folder / RECORDS
@@ -371,10 +371,8 @@ def _measure_output(path: Path, meta: dict, options: MeasureOptions, source: Opt
     that is of the same pixel data, classifier and input."""
     import tifffile
 
-    from .batch import LABEL_SUFFIX, PROBA_SUFFIX, _source, output_metadata
     from .reading import pixel_size_of, read_image
 
-    identity = ("source", "source_size", "source_mtime_ns")
     labels = np.asarray(tifffile.imread(path))
     planes = labels.reshape(-1, *labels.shape[-2:])
     classes = meta.get("classes")
@@ -386,12 +384,13 @@ def _measure_output(path: Path, meta: dict, options: MeasureOptions, source: Opt
         except Exception:
             proba_meta = {}
         same = proba_meta.get("dinoseg_bundle") == meta.get("dinoseg_bundle") and \
-            all(proba_meta.get(k) == meta.get(k) for k in identity)
+            all(proba_meta.get(k) == meta.get(k) for k in SOURCE_KEYS)
         if same:
             proba = np.asarray(tifffile.imread(proba_path))
             if proba.shape == (*labels.shape, len(classes)):
                 probas = proba.reshape(-1, *proba.shape[-3:])
-    unchanged = source is not None and source.is_file() and {k: meta.get(k) for k in identity} == _source(source)
+    unchanged = source is not None and source.is_file() and \
+        {k: meta.get(k) for k in SOURCE_KEYS} == source_record(source)
     images = None
     if unchanged:
         image = read_image(source, meta.get("channels"), axes=meta.get("axes_given"))
@@ -413,7 +412,7 @@ def _measure_output(path: Path, meta: dict, options: MeasureOptions, source: Opt
                                          proba=None if probas is None else probas[i], classes=classes,
                                          pixel_size=size))
                 for i, plane in enumerate(planes)]
-    made_from = {k: meta.get(k) for k in identity}
+    made_from = {k: meta.get(k) for k in SOURCE_KEYS}
     record = image_record(measured, image=str(meta.get("source") or path.name), labels=path.name,
                           data_sha256=meta.get("data_sha256"), options=options, pixel_size=size,
                           pixel_size_from=size_from, classifier=meta.get("dinoseg_bundle"), source=made_from,
@@ -547,7 +546,6 @@ def measure_files(label_files, out_dir: Union[str, os.PathLike], *, images: Opti
 
 def _label_paths(label_files) -> list[Path]:
     """The label files of a folder, glob, file or list (folders expanded, ``*_proba.tif`` left out)."""
-    from .batch import PROBA_SUFFIX, find_inputs
     from .reading import LABEL_SUFFIXES
 
     given = [label_files] if isinstance(label_files, (str, os.PathLike)) else list(label_files)

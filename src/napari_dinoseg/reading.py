@@ -213,7 +213,7 @@ def _read_tiff(path: Path, fits: Callable) -> tuple[np.ndarray, str, bool, tuple
 def _read_pil(path: Path, fits: Callable) -> tuple[np.ndarray, str, bool, tuple]:
     """``(data, axes, alpha, notes)`` of a PNG / JPEG; ``fits`` as for :func:`_read_tiff`, called with
     the size and mode the header declares (PIL's own decompression-bomb limit gives way to it)."""
-    from PIL import Image, ImageMode
+    from PIL import ImageMode
 
     with _open_pil(path) as im:
         mode = im.mode

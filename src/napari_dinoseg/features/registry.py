@@ -1,66 +1,19 @@
-"""The registry of ViT backbones: friendly names, timm names, geometry, released weight files.
+"""The registry of ViT backbones: the model table (:mod:`napari_dinoseg.models`, re-exported here)
+and where each model's released weight files are looked for.
 
-Torch-free, so that configs can be validated without importing torch.
+Torch-free, so that the weights can be found without importing torch.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..models import MODELS, ModelSpec, model_spec  # noqa: F401  (re-exported: the registry's names)
+
 #: Environment variable naming a folder of weight files (see :func:`weights_dir`).
 WEIGHTS_ENV = "DINOSEG_WEIGHTS_DIR"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A backbone: timm name, patch size, width, heads, and the file names of its released weights."""
-
-    timm_name: str
-    patch_size: int
-    embed_dim: int
-    num_heads: int
-    depth: int
-    files: tuple[str, ...]
-
-
-#: size letter -> (embed_dim, num_heads, depth)
-_WIDTH = {"s": (384, 6, 12), "b": (768, 12, 12), "l": (1024, 16, 24), "g": (1536, 24, 40)}
-
-
-def _dinov2(size: str, long: str, reg: bool) -> ModelSpec:
-    reg_part = "_reg4" if reg else ""
-    return ModelSpec(
-        f"vit_{long}_patch14{reg_part}_dinov2.lvd142m", 14, *_WIDTH[size],
-        (f"dinov2_vit{size}14{reg_part}_pretrain.pth", f"vit_{long}_patch14{reg_part}_dinov2.lvd142m.safetensors"),
-    )
-
-
-#: Friendly name -> model. DINOv2 (official release file names), DINO v1, DINOv3.
-MODELS: dict[str, ModelSpec] = {
-    **{f"dinov2_vit{s}14": _dinov2(s, long, False) for s, long in
-       (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))},
-    **{f"dinov2_vit{s}14_reg": _dinov2(s, long, True) for s, long in
-       (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))},
-    "dino_vits8": ModelSpec("vit_small_patch8_224.dino", 8, *_WIDTH["s"], ("dino_deitsmall8_pretrain.pth",)),
-    "dino_vits16": ModelSpec("vit_small_patch16_224.dino", 16, *_WIDTH["s"], ("dino_deitsmall16_pretrain.pth",)),
-    "dino_vitb8": ModelSpec("vit_base_patch8_224.dino", 8, *_WIDTH["b"], ("dino_vitbase8_pretrain.pth",)),
-    "dino_vitb16": ModelSpec("vit_base_patch16_224.dino", 16, *_WIDTH["b"], ("dino_vitbase16_pretrain.pth",)),
-    "dinov3_vits16": ModelSpec("vit_small_patch16_dinov3.lvd1689m", 16, *_WIDTH["s"],
-                               ("dinov3_vits16_pretrain_lvd1689m.pth", "vit_small_patch16_dinov3.lvd1689m.safetensors")),
-    "dinov3_vitb16": ModelSpec("vit_base_patch16_dinov3.lvd1689m", 16, *_WIDTH["b"],
-                               ("dinov3_vitb16_pretrain_lvd1689m.pth", "vit_base_patch16_dinov3.lvd1689m.safetensors")),
-}
-
-
-def model_spec(name: str) -> ModelSpec:
-    """The registry entry of ``name``; a ``ValueError`` listing the valid names otherwise."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}") from None
 
 
 def weights_dir() -> Path:
