@@ -25,6 +25,8 @@ CORE_MODULES = [
     "napari_dinoseg.models",
     "napari_dinoseg.inputs",
     "napari_dinoseg.outputs",
+    "napari_dinoseg.label_files",
+    "napari_dinoseg.pixel_size",
     "napari_dinoseg.measure_report",
     "napari_dinoseg.measure_plots",
     "napari_dinoseg.unsupervised",

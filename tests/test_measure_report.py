@@ -21,7 +21,7 @@ from napari_dinoseg.batch import LABEL_SUFFIX, PROBA_SUFFIX
 from napari_dinoseg.cli import main
 from napari_dinoseg.measure import measure
 from napari_dinoseg.measure_report import REPORT_FILES, MeasureOptions, measure_files, record_path
-from napari_dinoseg.reading import read_pixel_size
+from napari_dinoseg.pixel_size import read_pixel_size
 
 FAST = FeatureConfig(sigmas=(1, 2), membrane=False)
 SIZE = 64

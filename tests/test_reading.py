@@ -134,7 +134,7 @@ def test_axes_of_the_wrong_type_are_a_type_error():
     ("Å", 50.0, 0.005),
 ])
 def test_the_pixel_size_of_an_ome_tiff_in_its_unit(tmp_path, unit, size, expected):
-    from napari_dinoseg.reading import FROM_OME, pixel_size_of, read_pixel_size
+    from napari_dinoseg.pixel_size import FROM_OME, pixel_size_of, read_pixel_size
 
     path = tmp_path / "ome.tif"
     meta = {"axes": "YX", "PhysicalSizeX": size, "PhysicalSizeY": size}
@@ -149,7 +149,7 @@ def test_the_pixel_size_of_an_ome_tiff_in_its_unit(tmp_path, unit, size, expecte
 @pytest.mark.parametrize("unit, factor", [("um", 1.0), ("micron", 1.0), ("\\u00B5m", 1.0),  # ImageJ's escape for µm
                                           ("nm", 1e-3), ("mm", 1e3)])
 def test_the_pixel_size_of_an_imagej_tiff_from_its_unit_and_resolution(tmp_path, unit, factor):
-    from napari_dinoseg.reading import FROM_IMAGEJ, pixel_size_of
+    from napari_dinoseg.pixel_size import FROM_IMAGEJ, pixel_size_of
 
     path = tmp_path / "ij.tif"
     tifffile.imwrite(path, np.zeros((3, H, W), np.uint16), imagej=True, resolution=(1 / 0.4, 1 / 0.4),
@@ -159,7 +159,7 @@ def test_the_pixel_size_of_an_imagej_tiff_from_its_unit_and_resolution(tmp_path,
 
 
 def test_an_imagej_tiff_without_a_unit_has_no_pixel_size(tmp_path):
-    from napari_dinoseg.reading import read_pixel_size
+    from napari_dinoseg.pixel_size import read_pixel_size
 
     path = tmp_path / "ij.tif"
     tifffile.imwrite(path, np.zeros((H, W), np.uint8), imagej=True, resolution=(4.0, 4.0))
@@ -178,7 +178,7 @@ def test_an_imagej_tiff_without_a_unit_has_no_pixel_size(tmp_path):
     (None, None, None),                         # tifffile's own default (1, 1, none)
 ])
 def test_the_pixel_size_from_the_tiff_resolution_tags(tmp_path, resolution, unit, expected):
-    from napari_dinoseg.reading import FROM_TIFF, pixel_size_of
+    from napari_dinoseg.pixel_size import FROM_TIFF, pixel_size_of
 
     path = tmp_path / "plain.tif"
     extra = {} if resolution is None else {"resolution": resolution, "resolutionunit": unit}
@@ -191,7 +191,7 @@ def test_the_pixel_size_from_the_tiff_resolution_tags(tmp_path, resolution, unit
 
 
 def test_pixels_that_are_not_square_give_their_width_with_a_note(tmp_path):
-    from napari_dinoseg.reading import pixel_size_of
+    from napari_dinoseg.pixel_size import pixel_size_of
 
     path = tmp_path / "aniso.tif"
     tifffile.imwrite(path, np.zeros((H, W), np.uint8), resolution=(10000.0, 5000.0), resolutionunit="CENTIMETER")
@@ -203,7 +203,7 @@ def test_pixels_that_are_not_square_give_their_width_with_a_note(tmp_path):
 def test_the_pixel_size_of_a_png_from_its_phys_chunk(tmp_path, dpi, expected):
     from PIL import Image
 
-    from napari_dinoseg.reading import FROM_PNG, pixel_size_of
+    from napari_dinoseg.pixel_size import FROM_PNG, pixel_size_of
 
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((H, W), np.uint8)).save(path, **({} if dpi is None else {"dpi": dpi}))
@@ -217,7 +217,7 @@ def test_the_pixel_size_of_a_png_from_its_phys_chunk(tmp_path, dpi, expected):
 def test_a_jpeg_has_no_pixel_size(tmp_path):
     from PIL import Image
 
-    from napari_dinoseg.reading import read_pixel_size
+    from napari_dinoseg.pixel_size import read_pixel_size
 
     path = tmp_path / "a.jpg"
     Image.fromarray(np.zeros((H, W), np.uint8)).save(path, dpi=(50800, 50800))

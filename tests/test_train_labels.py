@@ -17,7 +17,7 @@ from PIL import Image
 
 from napari_dinoseg import Segmenter
 from napari_dinoseg.cli import main
-from napari_dinoseg.reading import LabelFile, read_label_file
+from napari_dinoseg.label_files import LabelFile, read_label_file
 
 FAST = ["--features", "classical", "--classifier", "logistic"]
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

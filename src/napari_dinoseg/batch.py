@@ -47,7 +47,8 @@ from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, ru
 from .folder_lock import FolderLock
 from .inputs import SOURCE_KEYS, file_identity, find_inputs, source_record
 from .outputs import LABEL_SUFFIX, PROBA_SUFFIX, output_metadata  # re-exported
-from .reading import check_axes, pixel_size_of, read_image
+from .pixel_size import pixel_size_of
+from .reading import check_axes, read_image
 
 if TYPE_CHECKING:
     from .measure_report import MeasureOptions, Report
@@ -527,7 +528,7 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
 
     The label output records the pixel size (``pixel_size_um``, ``pixel_size_from``, and the
     TIFF resolution tags in cm): ``measure.pixel_size`` when given, else the input's metadata's
-    (:func:`napari_dinoseg.reading.pixel_size_of`). With ``measure`` each plane is measured
+    (:func:`napari_dinoseg.pixel_size.pixel_size_of`). With ``measure`` each plane is measured
     (:func:`napari_dinoseg.measure_report.measure_plane`, with the image and the probabilities)
     and the record ``measurements/images/<stem>.json`` is written once the labels are.
     """

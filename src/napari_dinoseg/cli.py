@@ -298,9 +298,9 @@ def _read(path: str, channels: Optional[int], axes: Optional[str] = None) -> lis
 
 
 def _read_labels(path: str, planes: Optional[int] = None):
-    """A label file read as label values (:func:`~napari_dinoseg.reading.read_label_file`), with
+    """A label file read as label values (:func:`~napari_dinoseg.label_files.read_label_file`), with
     the file's name in any error; its notes are printed."""
-    from .reading import read_label_file
+    from .label_files import read_label_file
 
     try:
         label_file = read_label_file(path, planes)

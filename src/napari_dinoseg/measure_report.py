@@ -371,7 +371,8 @@ def _measure_output(path: Path, meta: dict, options: MeasureOptions, source: Opt
     that is of the same pixel data, classifier and input."""
     import tifffile
 
-    from .reading import pixel_size_of, read_image
+    from .pixel_size import pixel_size_of
+    from .reading import read_image
 
     labels = np.asarray(tifffile.imread(path))
     planes = labels.reshape(-1, *labels.shape[-2:])
@@ -458,7 +459,7 @@ def measure_files(label_files, out_dir: Union[str, os.PathLike], *, images: Opti
     label_files
         A folder (its ``.tif`` / ``.tiff`` / ``.png`` files but ``*_proba.tif``), a glob
         pattern, a file, or a list of files and folders. Each is read as label values
-        (:func:`napari_dinoseg.reading.read_label_file`: greyscale, palette, integer TIFF; every
+        (:func:`napari_dinoseg.label_files.read_label_file`: greyscale, palette, integer TIFF; every
         page or plane of a stack a field, measured in 2-D); colour (RGB) label files are
         refused (their colours would be numbered file by file).
     out_dir
@@ -470,7 +471,7 @@ def measure_files(label_files, out_dir: Union[str, os.PathLike], *, images: Opti
     pixel_size
         µm per pixel of every file; ``None``: each label file's metadata (an output of
         ``dinoseg apply`` records the one its run used; OME, ImageJ, TIFF resolution, PNG
-        pHYs, see :func:`napari_dinoseg.reading.pixel_size_of`), else its image's, else none.
+        pHYs, see :func:`napari_dinoseg.pixel_size.pixel_size_of`), else its image's, else none.
     min_size, split
         As in :class:`MeasureOptions`.
     classes
@@ -493,7 +494,9 @@ def measure_files(label_files, out_dir: Union[str, os.PathLike], *, images: Opti
     """
     import pandas as pd
 
-    from .reading import pixel_size_of, read_image, read_label_file
+    from .label_files import read_label_file
+    from .pixel_size import pixel_size_of
+    from .reading import read_image
 
     options = MeasureOptions(min_size=min_size, split=split, pixel_size=pixel_size)
     files = _label_paths(label_files)
@@ -546,7 +549,7 @@ def measure_files(label_files, out_dir: Union[str, os.PathLike], *, images: Opti
 
 def _label_paths(label_files) -> list[Path]:
     """The label files of a folder, glob, file or list (folders expanded, ``*_proba.tif`` left out)."""
-    from .reading import LABEL_SUFFIXES
+    from .label_files import LABEL_SUFFIXES
 
     given = [label_files] if isinstance(label_files, (str, os.PathLike)) else list(label_files)
     if not given:
