@@ -294,6 +294,30 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
         summary.notes.append((str(out), lock_note))
     for path, reason in unusable:
         (summary.failed if reason == "no such file" else summary.skipped).append((path, reason))
+    todo = _to_do(summary, files, stems, out, probabilities, overwrite, bundle_id, axes, verify)
+    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite, measure)
+            for p in todo]
+    _run(summary, jobs, scheduler, progress)
+    if measure is not None and not summary.stopped:  # the tables of every label output now in the folder
+        from .measure_report import measure_outputs
+
+        try:
+            summary.measurements = measure_outputs(out, measure, inputs={stems[p]: p for p in files})
+        except NoSpaceError as err:
+            summary.stopped = f"writing the measurements: {err.strerror or err}"
+        else:
+            summary.failed += summary.measurements.failed
+    if measure is not None and summary.measurements is None:
+        summary.notes.append((str(out), "no measurements written: the run stopped early; a rerun measures every "
+                                        "label output in the folder"))
+    return summary
+
+
+def _to_do(summary: BatchSummary, files: list, stems: dict, out: Path, probabilities: bool, overwrite: bool,
+           bundle_id: str, axes: Optional[str], verify: bool) -> list:
+    """The inputs to segment: those whose outputs are not finished (or all, with ``overwrite``);
+    the others go to ``summary`` as skipped or failed, with notes. Raises ValueError when outputs
+    of another classifier are in the folder (without ``overwrite``)."""
     todo, foreign = [], []
     for path in files:
         if _shortened(path, stems[path]):
@@ -317,8 +341,12 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
     if foreign:
         raise ValueError(f"{len(foreign)} output(s) in {str(out)!r} were made by another classifier or an older "
                          f"version (e.g. {foreign[0]}); choose another output folder, or overwrite them")
-    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite, measure)
-            for p in todo]
+    return todo
+
+
+def _run(summary: BatchSummary, jobs: list, scheduler, progress) -> None:
+    """Run the jobs here or on the cluster, recording each result in ``summary``; a full disk or
+    a lost cluster stops the run, and the jobs not finished fail with the reason."""
     # connected here, so that a scheduler that does not answer, has no workers, or whose workers
     # cannot see the files is refused before work starts (napari_dinoseg.cluster)
     client = None if scheduler is None else prepare(scheduler, jobs)
@@ -338,26 +366,13 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
                 summary.stopped, stop = detail, "not run: the run stopped early (no space left)"
                 break
             if progress is not None:
-                progress(n, len(todo), Path(path).name)
+                progress(n, len(jobs), Path(path).name)
     except ClusterLost as lost:  # the scheduler, or every worker, gone mid-run
         summary.stopped, stop = str(lost), lost.unfinished
     finally:
         results.close()
         release(client, scheduler)
     summary.failed += [(job[0], stop) for job in jobs if stop and job[0] not in finished]
-    if measure is not None and not summary.stopped:  # the tables of every label output now in the folder
-        from .measure_report import measure_outputs
-
-        try:
-            summary.measurements = measure_outputs(out, measure, inputs={stems[p]: p for p in files})
-        except NoSpaceError as err:
-            summary.stopped = f"writing the measurements: {err.strerror or err}"
-        else:
-            summary.failed += summary.measurements.failed
-    if measure is not None and summary.measurements is None:
-        summary.notes.append((str(out), "no measurements written: the run stopped early; a rerun measures every "
-                                        "label output in the folder"))
-    return summary
 
 
 def check_weights(features) -> None:
