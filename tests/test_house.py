@@ -23,6 +23,10 @@ def test_module_is_in_no_import_cycle(house, module):
     assert all(f"napari_dinoseg.{module}" not in cycle for cycle in cycles), cycles
 
 
+def test_the_package_has_no_import_cycle(house):
+    assert house.measure_house()["import_cycles"] == []
+
+
 def imports_of(house, module: str) -> set:
     path = ROOT / "src" / "napari_dinoseg" / f"{module}.py"
     return house.imports(house.ast.parse(path.read_text()), f"napari_dinoseg.{module}", False)
@@ -41,3 +45,12 @@ def test_the_model_table_imports_nothing_of_the_package(house):
 def test_a_cycle_is_found_where_there_is_one(house):
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert house.cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_memory_headroom_imports_nothing_of_the_package(house):
+    assert imports_of(house, "memory_limits") == set()
+
+
+def test_plane_windows_reach_down_to_the_features_only(house):
+    imported = {name.split(".")[1] for name in imports_of(house, "planes")}
+    assert imported == {"config", "features", "smoothing"}, imported

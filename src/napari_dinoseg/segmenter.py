@@ -20,15 +20,12 @@ import numpy as np
 from .classify import (PixelClassifier, check_labels, fit_scaling, grid_step, linear_channels, predict, train_parts,
                        training_part, tree_components)
 from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
+from .planes import TILE, Slices, in_plane, label_dtype, plane_windows, window_origin
 from .progress import ProgressCallback, report, within
 from .shift import (FEATURE_FIT_SAMPLE, FeatureDistribution, TrainingStatistics, collapse_warning, image_statistics,
                     sample_step)
 
-#: Planes with a side longer than this (px) are featurised and predicted tile by tile.
-TILE = 1024
-
 ImageLike = np.ndarray
-Slices = tuple[slice, slice]
 
 
 class Segmenter:
@@ -657,30 +654,6 @@ def _grid_and_painted(crop: np.ndarray, core: Slices, step: int) -> tuple[np.nda
     return rows, cols, len(painted[0])
 
 
-def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: TrainConfig,
-                  tile: int = TILE) -> list[tuple[Slices, Slices]]:
-    """Tiles of a plane: ``(window, core)`` slice pairs, the core relative to the window.
-
-    A plane with no side above ``tile`` is one window. Larger planes get windows of ``tile``
-    px plus, on each side, the context the features and the probability smoothing read, so
-    that each core's result does not see its window's border.
-    """
-    from .features.featurise import feature_margin
-    from .features.tiling import tiles
-    from .smoothing import reach
-
-    h, w = shape
-    if max(h, w) <= tile:
-        whole = (slice(0, h), slice(0, w))
-        return [(whole, whole)]
-    margin = feature_margin(config) + reach(training.guided_radius, training.smooth, training.predict_step)
-    align = config.stride if config.uses_vit else 1
-    out = []
-    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(shape, tile + 2 * margin, margin, align):
-        out.append(((slice(r0, r1), slice(c0, c1)), (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))))
-    return out
-
-
 def _up(x: int, step: int) -> int:
     """The smallest multiple of ``step`` not below ``x``."""
     return -(-x // step) * step
@@ -696,11 +669,6 @@ def _lattice_rows(stack, window: Slices, core: Slices, step: int) -> np.ndarray:
     return np.asarray(data, np.float32).reshape(-1, data.shape[-1])
 
 
-def window_origin(window: Slices) -> tuple[int, int]:
-    """Plane coordinates of a window's first pixel."""
-    return window[0].start or 0, window[1].start or 0
-
-
 def tone_curve(normalised: np.ndarray, gamma: float) -> np.ndarray:
     """``sign(x) |x| ** gamma`` of a normalised float32 image (a monotone change of its tone curve)."""
     return (np.sign(normalised) * np.abs(normalised) ** np.float32(gamma)).astype(np.float32)
@@ -711,20 +679,6 @@ def check_finite(proba: np.ndarray) -> None:
     if not np.isfinite(proba).all():
         raise ValueError("the classifier gave non-finite probabilities (NaN or inf) on this image; "
                          "nothing is written from them: the classifier or the image is corrupt")
-
-
-def label_dtype(classes: np.ndarray) -> np.dtype:
-    """The smallest unsigned dtype (uint8, uint16, uint32) holding every label value in ``classes``."""
-    top = int(np.max(classes)) if len(classes) else 0
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ValueError(f"label value {top} does not fit in uint32; use label values below {2**32}")
-
-
-def in_plane(window: Slices, core: Slices) -> Slices:
-    """A core relative to its window -> the same region in plane coordinates."""
-    return tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, core))
 
 
 def _memo(cache, key: tuple, compute):

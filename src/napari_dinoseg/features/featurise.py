@@ -357,13 +357,14 @@ def check_memory(config: FeatureConfig, shape: tuple[int, int], n_channels: int 
                  available: Optional[int] = None, projected: Optional[int] = None) -> int:
     """Refuse, before allocating, features that would not fit in memory.
 
-    Returns :func:`estimate_memory` in bytes; raises :class:`~napari_dinoseg.memory.NotEnoughMemory`
-    (a ``ValueError``) naming the estimate and the fix when it exceeds ``MEMORY_FRACTION`` of
-    ``available`` bytes (default: :func:`napari_dinoseg.memory.available_memory`, which sees
-    container and ``ulimit`` limits too). Where even a 64 x 64 image's features would not fit, the
-    message says the feature config is the cause, not the image's size.
+    Returns :func:`estimate_memory` in bytes; raises
+    :class:`~napari_dinoseg.memory_limits.NotEnoughMemory` (a ``ValueError``) naming the estimate
+    and the fix when it exceeds ``MEMORY_FRACTION`` of ``available`` bytes (default:
+    :func:`napari_dinoseg.memory_limits.available_memory`, which sees container and ``ulimit``
+    limits too). Where even a 64 x 64 image's features would not fit, the message says the
+    feature config is the cause, not the image's size.
     """
-    from ..memory import NotEnoughMemory, available_memory, gib
+    from ..memory_limits import NotEnoughMemory, available_memory, gib
 
     estimate = estimate_memory(config, shape, n_channels, device, projected)
     if available is None:

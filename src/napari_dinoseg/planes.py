@@ -1,0 +1,62 @@
+"""A plane's windows and its labels' dtype: the low-level geometry the segmenter and the memory
+estimates share.
+
+:func:`plane_windows` cuts a plane into ``(window, core)`` tiles (windows of :data:`TILE` px
+plus the context margins the features and the probability smoothing read); :func:`in_plane` and
+:func:`window_origin` place a tile in the plane; :func:`label_dtype` is the dtype of the labels
+made from a set of classes. :mod:`napari_dinoseg.segmenter` re-exports these names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import FeatureConfig, TrainConfig
+
+#: Planes with a side longer than this (px) are featurised and predicted tile by tile.
+TILE = 1024
+
+Slices = tuple[slice, slice]
+
+
+def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: TrainConfig,
+                  tile: int = TILE) -> list[tuple[Slices, Slices]]:
+    """Tiles of a plane: ``(window, core)`` slice pairs, the core relative to the window.
+
+    A plane with no side above ``tile`` is one window. Larger planes get windows of ``tile``
+    px plus, on each side, the context the features and the probability smoothing read, so
+    that each core's result does not see its window's border.
+    """
+    from .features.featurise import feature_margin
+    from .features.tiling import tiles
+    from .smoothing import reach
+
+    h, w = shape
+    if max(h, w) <= tile:
+        whole = (slice(0, h), slice(0, w))
+        return [(whole, whole)]
+    margin = feature_margin(config) + reach(training.guided_radius, training.smooth, training.predict_step)
+    align = config.stride if config.uses_vit else 1
+    out = []
+    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(shape, tile + 2 * margin, margin, align):
+        out.append(((slice(r0, r1), slice(c0, c1)), (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))))
+    return out
+
+
+def in_plane(window: Slices, core: Slices) -> Slices:
+    """A core relative to its window -> the same region in plane coordinates."""
+    return tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, core))
+
+
+def window_origin(window: Slices) -> tuple[int, int]:
+    """Plane coordinates of a window's first pixel."""
+    return window[0].start or 0, window[1].start or 0
+
+
+def label_dtype(classes: np.ndarray) -> np.dtype:
+    """The smallest unsigned dtype (uint8, uint16, uint32) holding every label value in ``classes``."""
+    top = int(np.max(classes)) if len(classes) else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"label value {top} does not fit in uint32; use label values below {2**32}")
