@@ -39,7 +39,7 @@ def parsed_sigma(names):
 
 
 def parsed_guide(names, cfg):
-    """The guided filter's guide as classify._guide found it from the config's finest sigma."""
+    """The guided filter's guide as training._guide found it from the config's finest sigma."""
     finest = f"gaussian_s{min(cfg.sigmas):g}"
     return tuple(i for i, name in enumerate(names) if name.split(":")[-1] == finest)
 

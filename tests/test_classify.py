@@ -315,9 +315,9 @@ def test_default_prediction_equals_the_pixel_space_formula(rng, monkeypatch, cla
     """Chunked, threaded, channels-first prediction (logistic + trees + guided filter, K - 1
     classes filtered, on a lattice of ``step``) gives the formula's probabilities, on a window
     view of the features too, whose lattice is the whole plane's."""
-    from napari_dinoseg import classify
+    from napari_dinoseg import classify, predict_engine
 
-    monkeypatch.setattr(classify, "CHUNK_VALUES", 1 << 13)  # many chunks of rows, on several threads
+    monkeypatch.setattr(predict_engine, "CHUNK_VALUES", 1 << 13)  # many chunks of rows, on several threads
     image = (rng.random((150, 170)) * 255).astype(np.uint8)
     image[:, 60:] //= 2
     image[40:90, 100:] = 250
@@ -329,7 +329,7 @@ def test_default_prediction_equals_the_pixel_space_formula(rng, monkeypatch, cla
     clf = train(feats, labels, TrainConfig(predict_step=step))
     assert clf.forest is not None and clf.guided_radius > 0 and clf.n_classes == classes
     assert clf.predict_step == step and clf.margin == 2 * step * max(1, round(4 / step)) + step - 1
-    assert feats.data[..., 0].size * feats.n_features > 10 * step ** 2 * classify.CHUNK_VALUES
+    assert feats.data[..., 0].size * feats.n_features > 10 * step ** 2 * predict_engine.CHUNK_VALUES
     whole = predict(clf, feats)
     np.testing.assert_allclose(whole, reference_predict(clf, feats.data), atol=5e-5)
     window = feats.data[13:141, 21:160]  # strided in rows and columns

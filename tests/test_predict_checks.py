@@ -75,9 +75,9 @@ def test_nan_features_are_refused_saying_how_many_pixels_and_which_channels(feat
 
 def test_non_finite_features_are_refused_on_every_path(features, monkeypatch):
     """Chunked on threads, with kept scaled features, through predict_read: same refusal."""
-    from napari_dinoseg import classify
+    from napari_dinoseg import predict_engine
 
-    monkeypatch.setattr(classify, "CHUNK_VALUES", 1 << 12)  # many chunks, on several threads
+    monkeypatch.setattr(predict_engine, "CHUNK_VALUES", 1 << 12)  # many chunks, on several threads
     feats, scribbles = features
     clf = train(feats, scribbles, TrainConfig(guided_radius=0))
     data = feats.data.copy()
