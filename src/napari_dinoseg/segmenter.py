@@ -4,9 +4,12 @@
 rule, over the whole plane) -> features (tile by tile for planes larger than ``TILE`` px, with
 context margins, so memory stays bounded and every path cuts the same tiles) -> classifier ->
 probability smoothing -> optional dense CRF -> label values; and keeps statistics of the
-training images for :meth:`Segmenter.check`, the shift report. Every way of predicting (the
-train widget, :func:`napari_dinoseg.apply_bundle`, the CLI, the apply-to-folder widget) goes
-through :meth:`Segmenter.predict_proba`, so one image gets the same output from all of them.
+training images for :meth:`Segmenter.check`, the shift report. The train widget's clicks,
+:func:`napari_dinoseg.apply_bundle`, the CLI and the apply-to-folder widget predict through
+:meth:`Segmenter.predict_proba`, so one image gets the same output from all of them. The live
+update does not: ``_widgets/_live.py`` predicts the part in view first from this module's pieces
+(:func:`predict_part`, the windows of :func:`plane_windows`): the same windows, the same
+probabilities to 1e-5 (tested); issue 26 gives the Segmenter a window API it can call instead.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``featurise(image, config) -> FeatureStack``: the one entry point to every featuriser.
+"""``featurise(image, config) -> FeatureStack``: every featuriser's features of a whole plane,
+dispatched through ``FEATURISERS``. The variants (:func:`featurise_pixels` at chosen pixels,
+:func:`featurise_projected` with the ViT channels projected, :func:`cached_featurise` /
+:func:`keyed_featurise` through the cache) still write the classical / ViT split out themselves;
+issue 26's featuriser objects give each kind these methods instead.
 
 Also home of the feature cache (keyed by the image's content and the config, :mod:`.keys`) and of
 the memory check made before anything large is allocated.
@@ -141,10 +145,10 @@ def featurise_projected(
         As for :func:`featurise`; ``config.kind`` is ``"vit"`` or ``"hybrid"``.
     projection : ``(weights (P, G * D), bias (P,))``
         The projection of the ViT channels (e.g. a classifier's logits on them,
-        :func:`napari_dinoseg.classify.vit_logits`).
+        :func:`napari_dinoseg.logit_space.logit_space`).
     cache
-        Keeps what does not depend on the projection (:func:`token_level`): the classical
-        channels and the ViT's token grids, not the ``(H, W, G * D)`` map.
+        Keeps what does not depend on the projection: the classical channels and the ViT's
+        token grids (:class:`~napari_dinoseg.features.vit.TokenStore`), not the ``(H, W, G * D)`` map.
 
     Returns
     -------

@@ -19,11 +19,12 @@ the views are summed on that smaller grid of classes and spread to the pixels on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
-Resize = Literal["nearest", "stretch"]
+from ..config import Resize  # the one list of resize rules: config validates it, token_index applies it
+
 FLIPS: tuple[str, ...] = ("", "h", "v", "hv")
 
 
