@@ -30,16 +30,23 @@ def shown_text(widget) -> str:
     return widget._status.value + "\n" + widget._report.value
 
 
-def test_menu_dialog_applies_a_bundle_to_a_folder(make_napari_viewer, qtbot, tmp_path, two_textures):
-    from napari.utils import progress
-
-    image, truth, scribbles = two_textures
+def bundle_and_folder(tmp_path, two_textures, n: int):
+    """A classical classifier trained on the two-texture image, and a folder ``in`` of ``n`` shifted
+    copies of that image (``img0.tif`` …): ``(bundle path, folder)``."""
+    image, _, scribbles = two_textures
     cfg = FeatureConfig(sigmas=(1, 2), membrane=False)
     bundle = save_bundle(tmp_path / "clf.dinoseg", train(featurise(image, cfg), scribbles), cfg)
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(3):
+    for i in range(n):
         tifffile.imwrite(src / f"img{i}.tif", np.roll(image, 10 * i, axis=1))
+    return bundle, src
+
+
+def test_menu_dialog_applies_a_bundle_to_a_folder(make_napari_viewer, qtbot, tmp_path, two_textures):
+    from napari.utils import progress
+
+    bundle, src = bundle_and_folder(tmp_path, two_textures, 3)
     (src / "broken.tif").write_bytes(b"junk")
 
     viewer = make_napari_viewer()
@@ -191,13 +198,7 @@ def test_doubtful_images_are_named_in_the_report_and_a_notification(make_napari_
 def test_measure_option_writes_the_folder_tables_and_says_where(make_napari_viewer, qtbot, tmp_path, two_textures):
     import pandas as pd
 
-    image, truth, scribbles = two_textures
-    cfg = FeatureConfig(sigmas=(1, 2), membrane=False)
-    bundle = save_bundle(tmp_path / "clf.dinoseg", train(featurise(image, cfg), scribbles), cfg)
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(2):
-        tifffile.imwrite(src / f"img{i}.tif", np.roll(image, 10 * i, axis=1))
+    bundle, src = bundle_and_folder(tmp_path, two_textures, 2)
     widget = BatchWidget(make_napari_viewer())
     widget._bundle.value, widget._inputs.value, widget._out.value = bundle, src, tmp_path / "out"
     widget._open_first.value = False

@@ -125,6 +125,19 @@ def _fsync(path: Path, folder: bool = False) -> None:
         os.close(fd)
 
 
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` (and its parents) if needed and write a file in it; ValueError naming the
+    folder and why when that fails (read-only, a file where the folder should be, permissions)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"output folder {str(folder)!r} cannot be written: {err.strerror or err}") from None
+
+
 def no_space_message(folder: Path) -> str:
     free = shutil.disk_usage(folder).free
     return f"no space left in {str(folder)!r} ({format_bytes(free)} free); free some space and run again"

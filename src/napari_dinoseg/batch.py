@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import NoSpaceError, clean_stale, name_max, shorten, write_atomic
+from .atomic import NoSpaceError, check_writable, clean_stale, name_max, shorten, write_atomic
 from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, run_jobs  # noqa: F401
 from .folder_lock import FolderLock
 from .inputs import SOURCE_KEYS, file_identity, find_inputs, source_record
@@ -181,12 +180,7 @@ def check_output_folder(out_dir: Path, inputs: Iterable[Path]) -> None:
             f"{'' if os.path.realpath(folder) == os.path.realpath(parent) else ', through a link or a mount'}): "
             "outputs would be read as inputs by the next run; choose a folder outside it"
         )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"output folder {str(out_dir)!r} cannot be written: {err.strerror}") from None
+    check_writable(out_dir)
 
 
 def _folder_id(folder: Path) -> Optional[tuple[int, int]]:

@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import clean_stale, write_atomic
+from .atomic import check_writable, clean_stale, write_atomic
 from .inputs import SOURCE_KEYS, find_inputs, source_record
 from .outputs import LABEL_SUFFIX, PROBA_SUFFIX, output_metadata
 
@@ -573,18 +573,11 @@ def _label_paths(label_files) -> list[Path]:
 
 def _check_out(out: Path, files: Sequence[Path]) -> None:
     """Refuse an output folder that holds label files, or that cannot be written."""
-    import tempfile
-
     for path in files:
         if out.is_dir() and os.path.samefile(out, path.parent):
             raise ValueError(f"the output folder {str(out)!r} holds the label file {path.name}: its plots would be "
                              "read as label files by the next run; choose another folder (a sub-folder is fine)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"the output folder {str(out)!r} cannot be written: {err.strerror or err}") from None
+    check_writable(out)
 
 
 def _file_pixel_size(options: MeasureOptions, labels: Path, image: Optional[Path], pixel_size_of,
