@@ -369,7 +369,7 @@ def measure_widget() -> None:
     viewer.add_labels(mask.astype(np.uint8), name=f"{name} mask", opacity=0.5,
                       features={"index": [int(k) for k in classes], "name": list(classes.values())})
     dock, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: measure")
-    widget._labels.value = viewer.layers[f"{name} mask"]
+    widget._labels_layer.value = viewer.layers[f"{name} mask"]
     widget._image.value = viewer.layers[name]
     click_and_wait(widget)
     widget.tables.setCurrentIndex(0)  # the summary per class
@@ -381,6 +381,42 @@ def measure_widget() -> None:
     _settle(viewer, 1.0)
     print(widget._status.value)
     viewer.screenshot(str(OUT / "measure_widget.png"), canvas_only=False)
+    viewer.close()
+
+
+def predict_then_measure() -> None:
+    """A new user's path to numbers, in a 1280x800 window: a viewer holding one superalloy image
+    opens the measure dock from the Plugins menu (nothing to measure yet: it says so), opens a
+    second image, paints it in the train dock, predicts it, then measures the predictions with the
+    measure dock and the apply-to-folder dock open beside it; needs ../shared/evaldata."""
+    import napari
+
+    quality, data = _quality_module()
+    if quality is None:
+        return
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    first, _ = quality._read(data / "nasa_micronet", "super_spot1_0d_0")
+    viewer.add_image(first, name="super_spot1_0d_0")
+    _, measure = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: measure")
+    _settle(viewer)
+    viewer.screenshot(str(OUT / "measure_fresh_viewer.png"), canvas_only=False)
+    print("fresh measure dock:", measure._status.value)
+    second, gt = quality._read(data / "nasa_micronet", "super_spot3_180d_2")
+    image = viewer.add_image(second, name="super_spot3_180d_2")
+    _, train = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: train")
+    viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: apply to folder")
+    train._image.value = image
+    train.new_labels_layer().data[:] = quality.simulate_scribbles(gt, 0.01 * gt.size, seed=0)
+    click_and_wait(train)
+    _settle(viewer)
+    print("measure dock offers:", measure._labels_layer.value.name if measure._labels_layer.value is not None else None)
+    click_and_wait(measure)
+    viewer.reset_view()
+    _settle(viewer, 1.0)
+    print("layer order, bottom to top:", [layer.name for layer in viewer.layers])
+    print("measure dock:", measure._status.value)
+    viewer.screenshot(str(OUT / "predict_then_measure_1280x800.png"), canvas_only=False)
     viewer.close()
 
 

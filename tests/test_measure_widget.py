@@ -70,7 +70,7 @@ def test_tables_objects_layer_and_plots_equal_measure(viewer, qtbot):
     viewer.add_image(image, name="raw", scale=(0.5, 0.5))
     layer = viewer.add_labels(labels, name="mask", scale=(0.5, 0.5))
     _, widget = open_measure(viewer, qtbot)
-    widget._labels.value = layer
+    widget._labels_layer.value = layer
     assert widget._pixel_size.value == "0.5" and "scale" in widget._pixel_note.value
     widget._image.value = viewer.layers["raw"]
     measure_and_wait(widget, qtbot)
@@ -116,7 +116,7 @@ def test_clicking_an_object_row_centres_the_viewer_on_it_in_world_coordinates(vi
     labels = known_objects()
     layer = viewer.add_labels(labels, name="mask", scale=(2.0, 2.0), translate=(100.0, -50.0))
     _, widget = open_measure(viewer, qtbot)
-    widget._labels.value = layer
+    widget._labels_layer.value = layer
     widget._pixel_size.value = ""  # sizes in px: the centre is still in world coordinates
     measure_and_wait(widget, qtbot)
     table = widget.objects_model.frame
@@ -141,7 +141,7 @@ def test_clicking_an_object_row_centres_the_viewer_on_it_in_world_coordinates(vi
 def test_export_writes_csvs_that_pandas_reads_back_equal(viewer, qtbot, tmp_path):
     layer = viewer.add_labels(known_objects(), name="mask")
     _, widget = open_measure(viewer, qtbot)
-    widget._labels.value = layer
+    widget._labels_layer.value = layer
     widget._pixel_size.value = "0.25"
     measure_and_wait(widget, qtbot)
     written = widget.export_csv(tmp_path / "run.csv")
@@ -156,7 +156,7 @@ def test_export_writes_csvs_that_pandas_reads_back_equal(viewer, qtbot, tmp_path
 def test_a_second_measure_updates_the_layers_in_place(viewer, qtbot):
     layer = viewer.add_labels(known_objects(), name="mask")
     _, widget = open_measure(viewer, qtbot)
-    widget._labels.value = layer
+    widget._labels_layer.value = layer
     measure_and_wait(widget, qtbot)
     first = viewer.layers["mask objects"]
     count = len(viewer.layers)
@@ -175,22 +175,22 @@ def test_the_newest_predictions_layer_is_measured_and_gets_its_objects_result_la
     viewer.add_labels(np.zeros(labels.shape, np.uint8), name="img labels")  # brush strokes: not the default
     predictions = add_result(viewer, image, "predictions", Labels(labels))
     _, widget = open_measure(viewer, qtbot)
-    assert widget._labels.value is predictions
+    assert widget._labels_layer.value is predictions
     measure_and_wait(widget, qtbot)
     objects = viewer.layers["img predictions objects"]
     assert viewer.layers.index(objects) == viewer.layers.index(predictions) + 1
-    widget._labels.value = viewer.layers["img labels"]  # the user's choice stays while layers come and go
+    widget._labels_layer.value = viewer.layers["img labels"]  # the user's choice stays while layers come and go
     other = viewer.add_image(np.zeros(labels.shape, np.uint8), name="other")
-    assert widget._labels.value is viewer.layers["img labels"]
+    assert widget._labels_layer.value is viewer.layers["img labels"]
     later = add_result(viewer, other, "predictions", Labels(labels[::-1].copy()))
-    assert widget._labels.value is later  # until a new predictions layer comes: the one to measure
+    assert widget._labels_layer.value is later  # until a new predictions layer comes: the one to measure
 
 
 def test_a_stack_is_measured_in_the_plane_in_view_and_a_row_click_goes_to_that_plane(viewer, qtbot):
     planes = np.stack([np.ones((96, 128), np.uint8), known_objects(), known_objects()[::-1].copy()])
     layer = viewer.add_labels(planes, name="stack", scale=(3.0, 1.0, 1.0))
     _, widget = open_measure(viewer, qtbot)
-    widget._labels.value = layer
+    widget._labels_layer.value = layer
     assert "the plane in view is measured" in widget._pixel_note.value
     viewer.dims.set_point(0, 6.0)  # world z 6 = plane 2
     measure_and_wait(widget, qtbot)
@@ -225,7 +225,7 @@ def test_pixel_size_from_the_layers_scale_and_unit_and_refusals(viewer, qtbot):
     assert size is None and "second" in note and "not a length" in note
     layer = viewer.add_labels(known_objects(), name="mask")
     _, widget = open_measure(viewer, qtbot)
-    widget._labels.value = layer
+    widget._labels_layer.value = layer
     assert widget._pixel_size.value == ""
     widget._pixel_size.value = "abc"
     widget._run.native.click()
@@ -249,7 +249,7 @@ def test_the_docks_close_button_mid_run_stops_cleanly(viewer, qtbot, monkeypatch
     monkeypatch.setattr(_measure_job, "measure", slow_measure)
     viewer.add_labels(known_objects(), name="mask")
     dock, widget = open_measure(viewer, qtbot)
-    widget._labels.value = viewer.layers["mask"]
+    widget._labels_layer.value = viewer.layers["mask"]
     before = len(notification_manager.records)
     worker = widget.run()
     errors = []
@@ -262,3 +262,19 @@ def test_the_docks_close_button_mid_run_stops_cleanly(viewer, qtbot, monkeypatch
     assert [type(e) for e in errors] == [Cancelled]
     assert "mask objects" not in viewer.layers and widget.result is None
     assert not [n for n in notification_manager.records[before:] if "error" in str(n.severity).lower()]
+
+
+def test_a_fresh_dock_beside_an_image_alone_names_its_fields_and_shows_no_empty_results(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QLabel
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")  # no Labels layer yet: an empty layer menu
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: measure")
+    shown = {label.text() for label in widget.native.findChildren(QLabel) if not label.isHidden()}
+    assert {"labels", "pixel size (µm)"} <= shown
+    assert widget.results.isHidden()
+    viewer.add_labels(known_objects(), name="mask")
+    widget._labels_layer.value = viewer.layers["mask"]
+    widget._run.native.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert not widget.results.isHidden() and widget.objects_model.rowCount() > 0

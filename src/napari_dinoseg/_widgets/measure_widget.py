@@ -51,7 +51,7 @@ SCOPE_PLANE, SCOPE_VOLUME = "plane in view", "whole volume (3-D objects)"
 #: object's largest diameter, and at least ``MIN_VIEW_PX`` of the layer's pixels.
 ZOOM_SPAN, MIN_VIEW_PX = 6.0, 48.0
 TOOLTIPS = {
-    "_labels": "the Labels layer to measure: each label value a class (the train dock's predictions, or any)",
+    "_labels_layer": "the Labels layer to measure: each label value a class (the train dock's predictions, or any)",
     "_image": "optional: the image whose mean intensity each object gets (the one the labels were made from)",
     "_pixel_size": "µm per pixel (square pixels); empty: sizes in pixels. Filled in from the layer's scale",
     "_min_size": "objects of fewer pixels are left out of the objects table (not out of the fractions)",
@@ -108,7 +108,7 @@ class MeasureWidget(WorkerWidget):
         self._names: dict[int, str] = {}  # the class names of ``result``
         self._measured: Optional[Labels] = None  # the labels layer of ``result``
         self._seen: set = set()  # unique ids of the predictions layers already offered as the default
-        self._labels = create_widget(annotation=Labels, label="labels")
+        self._labels_layer = create_widget(annotation=Labels, label="labels")
         self._image = create_widget(annotation=Image, label="image", options={"nullable": True})
         self._image.value = None
         self._pixel_size = LineEdit(value="", label="pixel size (µm)")
@@ -132,13 +132,13 @@ class MeasureWidget(WorkerWidget):
         self.plots.addTab(scrolling(self.sizes_canvas), "sizes plot")
         for name, tip in TOOLTIPS.items():
             getattr(self, name).tooltip = tip
-        for menu in (self._labels, self._image):  # a long layer name is elided, never widens the dock
+        for menu in (self._labels_layer, self._image):  # a long layer name is elided, never widens the dock
             menu.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             menu.native.setMinimumContentsLength(8)
         self.objects_view.setToolTip("one row per object; click a row to centre the viewer on it")
         self.option_section = Section("options", [self._image, self._min_size, self._split, self._scope],
                                tooltip="intensity image, minimum object size, splitting touching objects")
-        self.extend([self._labels, self._pixel_size, self._pixel_note, self.option_section, *self.run_controls])
+        self.extend([self._labels_layer, self._pixel_size, self._pixel_note, self.option_section, *self.run_controls])
         self.results = QSplitter(Qt.Orientation.Vertical)  # the dock's spare height; the user moves the split
         self.results.addWidget(self.tables)
         self.results.addWidget(self.plots)
@@ -148,8 +148,10 @@ class MeasureWidget(WorkerWidget):
         self.results.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
         layout = self.native.widget().layout()
         layout.insertWidget(layout.count() - 1, self.results)  # full width, below the controls
-        self._fill_with_last()
-        self._labels.changed.connect(self._on_labels_changed)
+        # no empty tables and blank plots before the first measurement: until then the stretch
+        # below keeps the controls at the top; then the results take the dock's spare height
+        self.results.setVisible(False)
+        self._labels_layer.changed.connect(self._on_labels_changed)
         self._export.changed.connect(self.export_dialog)
         self.objects_view.selectionModel().currentRowChanged.connect(self._on_object_row)
         self.objects_view.clicked.connect(lambda index: self.show_object(self._objects_proxy.mapToSource(index).row()))
@@ -169,13 +171,13 @@ class MeasureWidget(WorkerWidget):
         new = [lay for lay in results(self._viewer, PREDICTIONS)
                if isinstance(lay, Labels) and lay.unique_id not in self._seen]
         self._seen.update(lay.unique_id for lay in new)
-        if new and new[-1] in self._labels.choices:
-            self._labels.value = new[-1]
+        if new and new[-1] in self._labels_layer.choices:
+            self._labels_layer.value = new[-1]
 
     def _on_labels_changed(self, *_args) -> None:
         """Fill the pixel size in from the new layer's scale and unit, with a note saying where it came
         from (and, for a stack, which plane is measured); the volume choice for a 3-D layer."""
-        layer: Optional[Labels] = self._labels.value
+        layer: Optional[Labels] = self._labels_layer.value
         size, note = pixel_size_of(layer)
         self._pixel_size.value = "" if size is None else f"{size:.6g}"
         if layer is not None and layer.ndim > 2:
@@ -204,7 +206,7 @@ class MeasureWidget(WorkerWidget):
         return value
 
     def _prepare(self):
-        layer: Optional[Labels] = self._labels.value
+        layer: Optional[Labels] = self._labels_layer.value
         if layer is None or layer not in self._viewer.layers:
             raise ValueError("no Labels layer to measure: predict with the train dock, or open a label image")
         if layer.multiscale:
@@ -243,6 +245,8 @@ class MeasureWidget(WorkerWidget):
     def _on_result(self, result: MeasureResult) -> None:
         layer = self._measured = self._job_layer
         self._names, self.result = self._job_names, result
+        self.results.setVisible(True)
+        self._fill_with_last()
         m = result.measurements
         for view, model, frame in ((self.fractions_view, self.fractions_model, m.fractions),
                                    (self.objects_view, self.objects_model, m.objects),
