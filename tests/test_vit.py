@@ -9,6 +9,7 @@ import torch
 from napari_dinoseg import Cancelled, FeatureConfig, featurise
 from napari_dinoseg.features import backbones
 from napari_dinoseg.features import vit as vit_module
+from napari_dinoseg.features import vit_plan
 from napari_dinoseg.features.backbones import StridedViT, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -306,7 +307,7 @@ def test_progress_counts_views_and_cancels():
 def slow_cpu(monkeypatch):
     """A CPU whose matmul throughput reads 1 MFLOP/s: every view is estimated to take longer
     than ``BATCH_SECONDS``, so each forward pass is one view."""
-    monkeypatch.setitem(vit_module._THROUGHPUT, ("cpu", "float32"), 1e6)
+    monkeypatch.setitem(vit_plan._THROUGHPUT, ("cpu", "float32"), 1e6)
 
 
 @pytest.fixture
@@ -375,7 +376,7 @@ def test_views_per_batch_bounded_by_estimated_time(monkeypatch):
 
     def batch(shape, seconds_per_view):
         throughput = per_view / (seconds_per_view * vit_module.EFFICIENCY)
-        monkeypatch.setitem(vit_module._THROUGHPUT, ("cpu", "float32"), throughput)
+        monkeypatch.setitem(vit_plan._THROUGHPUT, ("cpu", "float32"), throughput)
         return vit_module.views_per_batch(cfg, shape, cpu)
 
     assert batch((518, 518), 0.3 * vit_module.BATCH_SECONDS) == 3

@@ -27,168 +27,39 @@ With ``measure`` (:class:`~napari_dinoseg.measure_report.MeasureOptions`), each 
 where it is segmented (a record beside the outputs, ``measurements/images/<stem>.json``), and at
 the end of the run the tables and plots of every label output in the folder are written to
 ``measurements/`` (:func:`napari_dinoseg.measure_report.measure_outputs`).
+
+This module is the public face and runs the jobs (:func:`apply_bundle`, :func:`process_file`:
+a run looks ``process_file`` up here, where a worker preload or a test may replace it); its
+pieces, whose names it re-exports: :mod:`~napari_dinoseg.batch_summary` (what a run did),
+:mod:`~napari_dinoseg.batch_names` (output names, the output folder's checks),
+:mod:`~napari_dinoseg.batch_classifier` (the run's classifier, loaded once per process) and
+:mod:`~napari_dinoseg.batch_outputs` (output files written and checked by a rerun).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import NoSpaceError, check_writable, clean_stale, name_max, shorten, write_atomic
+from .atomic import NoSpaceError, clean_stale, name_max
+from .batch_classifier import _classifier, check_weights, load_classifier
+from .batch_classifier import _SEGMENTERS, fingerprint  # noqa: F401  (re-exported)
+from .batch_names import _shortened, check_output_folder, output_stems
+from .batch_outputs import _finished, _refuse_foreign, _remove_if_foreign, _write_tiff
+from .batch_outputs import OLDER, ForeignOutputError, _checksum, _damage  # noqa: F401  (re-exported)
+from .batch_summary import ALREADY_THERE, BatchSummary
 from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, run_jobs  # noqa: F401
 from .folder_lock import FolderLock
-from .inputs import SOURCE_KEYS, file_identity, find_inputs, source_record
-from .outputs import LABEL_SUFFIX, PROBA_SUFFIX, output_metadata  # re-exported
+from .inputs import file_identity, find_inputs, source_record
+from .outputs import LABEL_SUFFIX, PROBA_SUFFIX, output_metadata  # noqa: F401  (re-exported)
 from .pixel_size import pixel_size_of
 from .reading import check_axes, read_image
 
 if TYPE_CHECKING:
-    from .measure_report import MeasureOptions, Report
-
-ALREADY_THERE = "already there"
-
-
-@dataclass
-class BatchSummary:
-    """What :func:`apply_bundle` did.
-
-    Attributes
-    ----------
-    done : list of str
-        Label images written.
-    skipped : list of (input, reason)
-        Inputs not processed: outputs already there, or not image files (folders, broken links).
-    failed : list of (input, reason)
-        Inputs that gave no output, and why.
-    warnings : list of (input, message)
-        Images unlike the training images (their outputs are written, but doubtful); for
-        outputs already there, the warnings recorded with them by the run that wrote them.
-    cleaned : list of str
-        Temporary files of an interrupted earlier run, removed.
-    stopped : str
-        Why the run stopped before the end ("" when it did not).
-    notes : list of (path, message)
-        What the run did that is neither a failure nor a warning: outputs found and recomputed
-        (cut short, of an older version, of an input changed since), output names shortened,
-        the folder's lock taken over from a killed run (the path is then the output folder).
-    measurements : Report or None
-        With ``measure``: the tables and plots written
-        (:class:`~napari_dinoseg.measure_report.Report`); ``None`` without, or when the run
-        stopped early.
-    """
-
-    done: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    failed: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
-    cleaned: list = field(default_factory=list)
-    stopped: str = ""
-    notes: list = field(default_factory=list)
-    measurements: Optional["Report"] = None
-
-    def __str__(self) -> str:
-        doubtful = len({path for path, _ in self.warnings})
-        there = sum(reason == ALREADY_THERE for _, reason in self.skipped)
-        lines = [f"done {len(self.done)}, skipped {len(self.skipped)} ({there} already there), failed {len(self.failed)}"
-                 + (f"; {doubtful} with warnings" if doubtful else "")]
-        if self.stopped:
-            lines.append(f"  stopped early: {self.stopped}")
-        lines += [f"  skipped: {path}: {reason}" for path, reason in self.skipped if reason != ALREADY_THERE]
-        lines += [f"  failed: {path}: {reason}" for path, reason in self.failed]
-        kept = {path for path, reason in self.skipped if reason == ALREADY_THERE}
-        lines += [f"  warning: {path}: {message}" + (" (recorded with its output by an earlier run)" * (path in kept))
-                  for path, message in self.warnings]
-        if self.cleaned:
-            lines.append(f"  removed {len(self.cleaned)} temporary file(s) left by an interrupted run")
-        by_message: dict = {}
-        for path, message in self.notes:
-            by_message.setdefault(message, []).append(path)
-        for message, paths in by_message.items():  # one line for many alike (an older version's outputs)
-            lines += ([f"  note: {path}: {message}" for path in paths] if len(paths) <= 3 else
-                      [f"  note: {len(paths)} inputs ({paths[0]}, {paths[1]}, ...): {message}"])
-        if self.measurements is not None:
-            lines.append(str(self.measurements))
-        return "\n".join(lines)
-
-
-def output_stems(files: Sequence[Path], name_limit: int = 255) -> dict[Path, str]:
-    """The output name stem of every input: its stem, or its name with ``_`` for ``.`` where
-    two inputs share a stem (compared without case, as on macOS and Windows file systems); cut
-    short, with ``~`` and 8 hex digits of a hash of the whole stem, where ``<stem>_labels.tif``
-    would be longer than ``name_limit`` bytes (the output file system's name limit).
-
-    Raises
-    ------
-    ValueError
-        Two inputs with the same name in different folders, naming the pair.
-    """
-    by_stem: dict = {}
-    for path in files:
-        by_stem.setdefault(path.stem.casefold(), []).append(path)
-    stems, taken = {}, {}
-    room = name_limit - max(len(LABEL_SUFFIX), len(PROBA_SUFFIX))
-    for group in by_stem.values():
-        for path in group:
-            stem = _fit(path.stem if len(group) == 1 else path.name.replace(".", "_"), room)
-            other = taken.get(stem.casefold())
-            if other is not None:
-                raise ValueError(f"{str(other)!r} and {str(path)!r} have the same name: their outputs would "
-                                 "overwrite each other; rename one, or apply to their folders one at a time")
-            taken[stem.casefold()] = path
-            stems[path] = stem
-    return stems
-
-
-def _fit(stem: str, room: int) -> str:
-    """``stem``, or where longer than ``room`` bytes its start + ``~`` + 8 hex digits of its hash."""
-    if len(os.fsencode(stem)) <= room:
-        return stem
-    tag = "~" + hashlib.sha256(os.fsencode(stem)).hexdigest()[:8]
-    return shorten(stem, room - len(tag)) + tag
-
-
-def _shortened(path: Path, stem: str) -> bool:
-    return stem not in (path.stem, path.name.replace(".", "_"))
-
-
-def check_output_folder(out_dir: Path, inputs: Iterable[Path]) -> None:
-    """Refuse an output folder that is an input folder or lies inside one (compared as folders:
-    device and inode, so a symbolic link or a bind mount of the input folder is found), or one
-    that cannot be written."""
-    given = Path(os.path.abspath(out_dir))
-    chain = {given, *given.parents, Path(os.path.realpath(given)), *Path(os.path.realpath(given)).parents}
-    ours = {}
-    for folder in chain:  # the output folder and every folder above it, as given and as resolved
-        key = _folder_id(folder)
-        if key is not None:
-            ours.setdefault(key, folder)
-    for parent in {q for p in inputs for q in (Path(os.path.abspath(p)).parent, p.resolve().parent)}:
-        key = _folder_id(parent)
-        folder = ours.get(key) if key is not None else None
-        if folder is None:
-            continue
-        how = "is the input folder" if folder in (given, Path(os.path.realpath(given))) else "is inside the input folder"
-        raise ValueError(
-            f"output folder {str(out_dir)!r} {how} {str(parent)!r} (the same folder on disk"
-            f"{'' if os.path.realpath(folder) == os.path.realpath(parent) else ', through a link or a mount'}): "
-            "outputs would be read as inputs by the next run; choose a folder outside it"
-        )
-    check_writable(out_dir)
-
-
-def _folder_id(folder: Path) -> Optional[tuple[int, int]]:
-    try:
-        info = os.stat(folder)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino) if info.st_ino else None
+    from .measure_report import MeasureOptions
 
 
 def apply_bundle(
@@ -369,152 +240,6 @@ def _run(summary: BatchSummary, jobs: list, scheduler, progress) -> None:
     summary.failed += [(job[0], stop) for job in jobs if stop and job[0] not in finished]
 
 
-def check_weights(features) -> None:
-    """Refuse, before work starts, a classifier whose ViT features cannot run here for want of
-    weights (about a second at most), saying where to put the file; nothing for classical ones."""
-    if not features.uses_vit:
-        return
-    from .features.registry import find_weights
-
-    try:
-        find_weights(features.model, features.weights, hint="or apply the classifier where its weights are")
-    except ValueError as err:
-        where = " (the file the classifier was trained with: put a copy at that path)" if features.weights else ""
-        raise ValueError(f"the classifier's {features.kind} features need {features.model} weights: {err}{where}") \
-            from None
-
-
-def fingerprint(path: Union[str, os.PathLike]) -> str:
-    """16 hex digits of the SHA-256 of a file's bytes: which classifier made an output.
-
-    Raises ``ValueError`` for a folder, a device or a pipe (never blocking on one), ``OSError``
-    for a file that cannot be read."""
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{str(path)!r} is not a regular file")
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-#: Classifiers loaded in this process, by fingerprint (the few latest).
-_SEGMENTERS: dict = {}
-_KEEP = 4
-_CACHE_LOCK = threading.Lock()
-
-
-def load_classifier(bundle: Union[str, os.PathLike]):
-    """``(Segmenter, fingerprint)`` of a bundle file, the fingerprint of the very bytes loaded
-    (read before and after loading: a file replaced meanwhile is read again); kept for this
-    process, so that a run's images are all segmented by the classifier it read at the start.
-
-    Raises
-    ------
-    ValueError
-        A file that is not a usable bundle, or one that kept changing while it was read.
-    """
-    from .segmenter import Segmenter
-
-    for _ in range(3):
-        try:
-            before = fingerprint(bundle)
-        except (OSError, ValueError):
-            before = None  # Segmenter.load says why, below
-        with _CACHE_LOCK:
-            if before in _SEGMENTERS:
-                _SEGMENTERS[before] = _SEGMENTERS.pop(before)  # the latest used last
-                return _SEGMENTERS[before], before
-        seg = Segmenter.load(bundle)
-        if before is not None and fingerprint(bundle) == before:
-            with _CACHE_LOCK:
-                _SEGMENTERS[before] = seg
-                while len(_SEGMENTERS) > _KEEP:
-                    del _SEGMENTERS[next(iter(_SEGMENTERS))]
-            return seg, before
-    raise ValueError(f"the classifier file {str(bundle)!r} kept changing while it was read; run again once it is "
-                     "written")
-
-
-def _classifier(bundle: str, bundle_id: Optional[str]):
-    """The run's classifier: the one loaded with fingerprint ``bundle_id`` (from the bundle file
-    if this process has not loaded it yet: on a dask worker), never another."""
-    with _CACHE_LOCK:
-        seg = _SEGMENTERS.get(bundle_id)
-    if seg is not None:
-        return seg, bundle_id
-    seg, found = load_classifier(bundle)
-    if bundle_id is not None and found != bundle_id:
-        raise ValueError(f"the classifier file {bundle!r} was replaced during the run (fingerprint {found}, the run "
-                         f"started with {bundle_id}): not segmented with another classifier; run again")
-    return seg, found
-
-
-OLDER = ("was written by an older version of napari-dinoseg, which recorded no size to check it by: recomputed, "
-         "as it may be incomplete")
-
-
-def _finished(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: str,
-              axes: Optional[str] = None, verify: bool = False) -> tuple[str, list, str]:
-    """Whether ``path``'s outputs are finished: ``(state, warnings recorded with the labels, why
-    they are recomputed)``.
-
-    ``"done"`` when every output the run asks for exists, was made by this classifier from this
-    input as it is now, read with the same ``axes``, records its warnings, and is whole: its
-    size is the size recorded in it when it was written (and with ``verify`` its pixel data's
-    checksum the one recorded). ``"foreign"`` when one was made by another classifier (or
-    carries no fingerprint). ``"redo"`` otherwise, with the reason where an output was there
-    (unreadable, cut short, of an older version, of an input changed since, read with other
-    axes). Raises ``OSError`` when an output cannot be looked at (the caller fails that input).
-    """
-    wanted = [stem + LABEL_SUFFIX] + ([stem + PROBA_SUFFIX] if probabilities else [])
-    recorded = None
-    for name in wanted:
-        target = out / name
-        if not target.is_file():
-            return "redo", [], ""
-        try:
-            meta = output_metadata(target)
-        except Exception as err:  # unreadable (truncated by another tool): ours to rewrite
-            return "redo", [], f"its output {name} could not be read ({type(err).__name__}): recomputed"
-        if meta.get("dinoseg_bundle") != bundle_id:
-            return "foreign", [], ""
-        if {k: meta.get(k) for k in SOURCE_KEYS} != source_record(path):
-            return "redo", [], "its input changed since its output was written: recomputed"
-        if meta.get("axes_given") != axes:
-            return "redo", [], "its output was read with other axes: recomputed"
-        warnings = meta.get("warnings")
-        if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
-            return "redo", [], f"its output {OLDER}"
-        damage = _damage(target, meta, verify)
-        if damage:
-            return "redo", [], f"its output {damage}" if damage == OLDER else f"its output {name} {damage}"
-        recorded = warnings if recorded is None else recorded  # the labels' (the first wanted)
-    return "done", recorded, ""
-
-
-def _damage(target: Path, meta: dict, verify: bool) -> str:
-    """Why an output is not whole as written ("" when it is): its size against the size it
-    records, and with ``verify`` its pixel data against the checksum it records."""
-    written = meta.get("file_bytes")
-    if not (isinstance(written, str) and written.isdigit()):
-        return OLDER
-    size = target.stat().st_size
-    if size != int(written):
-        return (f"is {size} bytes, not the {int(written)} written ({'cut short' if size < int(written) else 'changed'})"
-                ": recomputed")
-    if verify:
-        import tifffile
-
-        try:
-            same = _checksum(tifffile.imread(target)) == meta.get("data_sha256")
-        except Exception as err:
-            return f"could not be read whole ({type(err).__name__}): recomputed"
-        if not same:
-            return "does not hold the pixel data written (its checksum differs): recomputed"
-    return ""
-
 
 NO_SPACE = "no space"
 #: Reads of an input that keeps changing before it fails.
@@ -624,82 +349,3 @@ def _pixel_size(source: Path, measure) -> tuple[Optional[float], str, str]:
         return measure.pixel_size, "given", ""
     found = pixel_size_of(source)
     return (None, "none", "") if found is None else (found.um, f"input: {found.source}", found.note)
-
-
-class ForeignOutputError(ValueError):
-    """An output of another classifier appeared where this run writes."""
-
-
-def _refuse_foreign(target: Path, bundle_id: str, overwrite: bool) -> None:
-    """Raise when ``target`` is now an output of another classifier (one written since the run
-    looked at the folder: a run that did not hold the folder's lock); unless ``overwrite``."""
-    if overwrite or not target.is_file():
-        return
-    try:
-        meta = output_metadata(target)
-    except Exception:  # unreadable: ours to rewrite
-        return
-    if meta.get("dinoseg_bundle") != bundle_id:
-        raise ForeignOutputError(f"{target.name} was written meanwhile by another classifier (fingerprint "
-                                 f"{meta.get('dinoseg_bundle')}), by a run that did not hold the folder's lock; "
-                                 "it was not replaced")
-
-
-def _remove_if_foreign(path: Path, bundle_id: str) -> None:
-    """Remove an output of this project made by another classifier (``overwrite``, or a leftover
-    beside labels this run writes); an unreadable one is left alone."""
-    if path.is_file():
-        try:
-            meta = output_metadata(path)
-        except Exception:
-            return
-        if "dinoseg_bundle" in meta and meta["dinoseg_bundle"] != bundle_id:
-            path.unlink()
-
-
-#: Placeholder of an output's size in its metadata, replaced once the file is written.
-_SIZE_FIELD = '"file_bytes": "{:012d}"'
-
-
-def _checksum(array: np.ndarray) -> str:
-    """32 hex digits of the SHA-256 of an array's values (little-endian, C order)."""
-    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return hashlib.sha256(data.view(np.uint8).reshape(-1)).hexdigest()[:32]
-
-
-def _write_tiff(target: Path, array: np.ndarray, metadata: dict, check=None,
-                pixel_size: Optional[float] = None) -> str:
-    """Write an output atomically, recording in its metadata its pixel data's byte count and
-    checksum and the file's own size (what a rerun checks it by); returns the checksum.
-    ``check``: as in :func:`~napari_dinoseg.atomic.write_atomic`. ``pixel_size`` (µm): written
-    in the resolution tags too (pixels per cm), for other readers."""
-    import tifffile
-
-    meta = {"file_bytes": "0" * 12, "data_bytes": int(array.nbytes), "data_sha256": _checksum(array), **metadata}
-    resolution = {} if pixel_size is None else {"resolution": (1e4 / pixel_size, 1e4 / pixel_size),
-                                                "resolutionunit": "CENTIMETER"}
-
-    def write(tmp: Path) -> None:
-        tifffile.imwrite(tmp, array, metadata=meta, photometric="minisblack", **resolution)
-        _record_size(tmp)
-
-    write_atomic(target, write, size_hint=array.nbytes, check=check)
-    return meta["data_sha256"]
-
-
-def _record_size(path: Path) -> None:
-    """Put the file's size in place of the placeholder in its description (same length)."""
-    import tifffile
-
-    size = path.stat().st_size
-    with tifffile.TiffFile(path) as tif:
-        tag = tif.pages[0].tags["ImageDescription"]
-        offset, count = tag.valueoffset, tag.count
-    placeholder, value = _SIZE_FIELD.format(0).encode(), _SIZE_FIELD.format(size).encode()
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        at = f.read(count).find(placeholder)
-        if at < 0:
-            raise RuntimeError(f"{path.name}: the size placeholder is not in its description")
-        f.seek(offset + at)
-        f.write(value)

@@ -154,25 +154,7 @@ def train_parts(
     if reduce is not None:
         xs = reduce.transform(xs)
 
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
-    # newton-cg converges in ~10 iterations here, ~10x faster than lbfgs's ~100
-    model = LogisticRegression(
-        C=config.C, class_weight=config.class_weight, max_iter=config.max_iter, solver="newton-cg"
-    )
-    forest = None
-    with ThreadPoolExecutor(1) as pool:  # the trees grow on one core while the regression fits
-        trees = (pool.submit(fit_forest, tree_x, y, config.n_trees, config.class_weight, config.seed)
-                 if config.classifier == "logistic+trees" else None)
-        # the regression on the other core: BLAS threads would only contend with the trees
-        with warnings.catch_warnings(), threadpool_limits(1 if trees is not None else None):
-            # the solver may stop at max_iter on hard data; the fit is still usable for interaction
-            warnings.filterwarnings("ignore", category=ConvergenceWarning)
-            model.fit(xs, y)
-        if trees is not None:
-            forest = trees.result()
+    model, forest = _fit_models(xs, tree_x, y, config)
     coef, intercept = model.coef_, model.intercept_
     if reduce is not None:
         coef, intercept = reduce.fold(coef, intercept)
@@ -195,6 +177,33 @@ def train_parts(
         tree_components=components,
         predict_step=int(config.predict_step),
     )
+
+
+def _fit_models(xs: np.ndarray, tree_x: np.ndarray, y: np.ndarray, config: TrainConfig):
+    """The class-balanced logistic regression on the scaled (and reduced) features ``xs (N, F')``
+    and, with ``classifier="logistic+trees"``, the extremely randomised trees on ``tree_x (N, T)``,
+    side by side on two cores (``y (N,)`` int64 the labels). Returns ``(fitted LogisticRegression,
+    forest or None)``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    # newton-cg converges in ~10 iterations here, ~10x faster than lbfgs's ~100
+    model = LogisticRegression(
+        C=config.C, class_weight=config.class_weight, max_iter=config.max_iter, solver="newton-cg"
+    )
+    forest = None
+    with ThreadPoolExecutor(1) as pool:  # the trees grow on one core while the regression fits
+        trees = (pool.submit(fit_forest, tree_x, y, config.n_trees, config.class_weight, config.seed)
+                 if config.classifier == "logistic+trees" else None)
+        # the regression on the other core: BLAS threads would only contend with the trees
+        with warnings.catch_warnings(), threadpool_limits(1 if trees is not None else None):
+            # the solver may stop at max_iter on hard data; the fit is still usable for interaction
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)
+            model.fit(xs, y)
+        if trees is not None:
+            forest = trees.result()
+    return model, forest
 
 
 def linear_channels(channel_names: Optional[Sequence[str]], config: TrainConfig) -> tuple[int, ...]:

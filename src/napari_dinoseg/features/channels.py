@@ -1,7 +1,7 @@
 """What each feature channel is for: :class:`ChannelLayout`, read from the channel names.
 
 The featurisers name their channels (:func:`.classical.classical_channel_names` for the filter
-bank, :func:`.featurise.vit_channel_names` for the ViT, classical before ViT in a hybrid stack,
+bank, :func:`vit_channel_names` for the ViT, classical before ViT in a hybrid stack,
 ``c<i>:`` before each name when an image has several channels fed apart). This module is the one
 place that reads those names back into roles, so code outside ``features/`` asks the layout
 ("which channels are ViT?", "which Gaussian guides the smoothing?") instead of parsing names.
@@ -48,9 +48,9 @@ def _gaussian_sigma(name: str) -> Optional[float]:
 class ChannelLayout:
     """The roles of the ``F`` channels of a feature stack, made from their names by :meth:`of`.
 
-    This is the seam issue 26's ``Featuriser.layout()`` will return: a featuriser will build its
-    layout directly, and its consumers (training, the logit-space split, the shift report,
-    similarity, the unsupervised rule) already read roles from here, not from names.
+    :meth:`napari_dinoseg.features.base.Featuriser.layout` returns one; its consumers (training,
+    the logit-space split, the shift report, similarity, the unsupervised rule) read roles from
+    here, not from names.
 
     Attributes
     ----------
@@ -67,6 +67,9 @@ class ChannelLayout:
     guide : tuple of int
         Indices of the Gaussian channels of the smallest sigma, one per image channel: the guide
         of the guided-filter smoothing of probabilities. ``()`` without Gaussian channels.
+    attention : bool
+        The features come with a CLS attention map (ViT kinds); names cannot tell, so
+        :meth:`of` leaves it ``False`` and a featuriser's ``layout()`` sets it.
     """
 
     names: tuple[str, ...]
@@ -75,6 +78,7 @@ class ChannelLayout:
     gaussian: tuple[int, ...]
     sigmas: tuple[float, ...]
     guide: tuple[int, ...]
+    attention: bool = False
 
     @classmethod
     def of(cls, names: Sequence[str]) -> ChannelLayout:
@@ -107,3 +111,20 @@ class ChannelLayout:
     def gaussian_sigma(self) -> dict[int, float]:
         """``{channel index: sigma}`` of the Gaussian channels, in channel order."""
         return dict(zip(self.gaussian, self.sigmas))
+
+
+def vit_channel_names(n_channels: int, n_features: int) -> tuple[str, ...]:
+    """Names of the ``n_features`` ViT channels of an image of ``n_channels``: ``vit_<i>``, prefixed
+    ``c<first channel>:`` per channel group when there are several."""
+    groups = vit_channel_groups(n_channels)
+    prefix = [""] if len(groups) == 1 else [f"c{g[0]}:" for g in groups]
+    return tuple(f"{p}{VIT_PREFIX}{i}" for p in prefix for i in range(n_features // len(groups)))
+
+
+def per_image_channel(names: Sequence[str], n_channels: int) -> tuple[str, ...]:
+    """A bank's channel names for an image of ``n_channels``: as they are for one, else each
+    prefixed ``c<i>:`` once per image channel (channel-major)."""
+    names = tuple(names)
+    if n_channels == 1:
+        return names
+    return tuple(f"c{c}{CHANNEL_SEPARATOR}{n}" for c in range(n_channels) for n in names)

@@ -1,12 +1,12 @@
-"""ViT features at pixel resolution: normalise, tile, run the upsampler, stitch.
+"""ViT features at pixel resolution: normalise, tile, run the upsampler, stitch
+(:func:`vit_features`, over one private runner).
 
-Also the cost model (time, host memory) behind the widget's time estimate, the memory check
-and the benchmark's FLOP figures.
+The plan and cost model (tiles, views per pass, number format, time and memory estimates) are
+:mod:`.vit_plan`'s, re-exported here; the token store is :mod:`.cache`'s.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import numpy as np
@@ -15,54 +15,18 @@ import torch
 from ..config import FeatureConfig
 from ..progress import ProgressCallback, report
 from .backbones import StridedViT, load_model
+from .cache import TokenStore
 from .channels import vit_channel_groups
 from .registry import model_spec
-from .tiling import tiles
-from .upsample import gather_views, make_transforms, pixel_classes, upsample_views
+from .upsample import gather_views, make_transforms, upsample_views
+from .vit_plan import (ACTIVATION_FLOATS, BATCH_MEMORY_FRACTION, BATCH_SECONDS, EFFICIENCY,  # noqa: F401
+                       LARGE_TILES, MAX_VIEWS_PER_BATCH, MIN_TILE_PATCHES, MIN_TILE_SAVING, NATIVE_TILE,
+                       activation_bytes, choose_tiles, class_sums_bytes, compute_dtype, estimate_seconds,
+                       free_memory, n_tokens, native_bf16_cpu, throughput, tile_candidates, tile_margin,
+                       total_flops, view_flops, view_seconds, views_per_batch, vit_working_bytes)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Fraction of free memory the views of one forward pass may take.
-BATCH_MEMORY_FRACTION = 0.3
-MAX_VIEWS_PER_BATCH = 32
-#: Estimated seconds one forward pass may take. Progress is reported, and a cancel honoured,
-#: after every pass, so this bounds how late a cancel takes effect (a single view that takes
-#: longer than this still runs as a batch of one).
-BATCH_SECONDS = 1.0
-#: Floats of activations one view holds per token and channel during a forward pass.
-ACTIVATION_FLOATS = 16
-
-
-class TokenStore:
-    """The ViT's outputs for one image and config, forward pass by forward pass: what the
-    upsampler, the sparse gather or the projection read again without running the model.
-
-    Keyed by ``(channel group, tile, first view, views)``; tokens and attention kept on the CPU in
-    the dtype the model gave them. A view's token grid is ``(H / s)²`` tokens for stride ``s``, so
-    the store of the CPU preset (stride 14, 17 views) is about 9 times smaller than the
-    ``(H, W, D)`` float32 map it stands for.
-    """
-
-    def __init__(self) -> None:
-        self._passes: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.hits = 0
-
-    def __len__(self) -> int:
-        """Forward passes held."""
-        return len(self._passes)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self._passes.values() for t in pair)
-
-    def run(self, key: tuple, forward, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``forward()``'s ``(tokens, attention)`` for ``key``, computed once."""
-        if key in self._passes:
-            self.hits += 1
-            return tuple(t.to(device) for t in self._passes[key])
-        tokens, attention = forward()
-        self._passes[key] = (tokens.to("cpu"), attention.to("cpu"))
-        return tokens, attention
 
 
 def vit_features(
@@ -111,91 +75,123 @@ def vit_features(
         (see :func:`napari_dinoseg.features.channels.vit_channel_groups`); ``out`` when given.
     attention : (H, W, heads) float32, CLS attention averaged over the groups.
     """
-    spec = model_spec(config.model)
-    transforms = make_transforms(config.shifts, config.flips)
-    h, w = img.shape[:2]
-    windows = choose_tiles(config, (h, w))
-    groups = vit_channel_groups(img.shape[-1])
-    total = len(groups) * len(windows) * len(transforms)
-    report(progress, 0, total, f"{config.model}: {len(transforms)} views x {len(windows)} tile(s)")
-    weights = bias = None
-    if projection is not None:
-        weights, bias = (torch.as_tensor(np.asarray(a, np.float32), device=device) for a in projection)
-        if weights.ndim != 2 or weights.shape[1] != len(groups) * spec.embed_dim or bias.shape != weights.shape[:1]:
-            raise ValueError(f"the projection must be weights (P, {len(groups) * spec.embed_dim}) and bias (P,), "
+    return _ViTRun(img, config, device, progress, store).outputs(out, projection, pixels)
+
+
+class _ViTRun:
+    """One call of :func:`vit_features`: the plan (tiles, views, channel groups), the model loaded
+    on the first forward pass not found in the store, progress counted over every view."""
+
+    def __init__(self, img: np.ndarray, config: FeatureConfig, device: torch.device,
+                 progress: Optional[ProgressCallback], store: Optional[TokenStore]) -> None:
+        self.img, self.config, self.device, self.progress, self.store = img, config, device, progress, store
+        self.spec = model_spec(config.model)
+        self.transforms = make_transforms(config.shifts, config.flips)
+        self.windows = choose_tiles(config, img.shape[:2])
+        self.groups = vit_channel_groups(img.shape[-1])
+        self.total = len(self.groups) * len(self.windows) * len(self.transforms)
+        self.dtype = compute_dtype(config, device)
+        self.model: Optional[StridedViT] = None  # loaded on the first forward pass (none when the store holds them all)
+        self.reported = 0  # the last progress value: repeated between blocks, where a cancel is honoured
+        self.weights = self.bias = None
+        report(progress, 0, self.total, f"{config.model}: {len(self.transforms)} views x {len(self.windows)} tile(s)")
+
+    def outputs(self, out, projection, pixels) -> tuple[np.ndarray, np.ndarray]:
+        """Check the arguments, make the output arrays, run every group and tile, return them."""
+        h, w = self.img.shape[:2]
+        if projection is not None:
+            self._set_projection(projection)
+        width = len(self.groups) * self.spec.embed_dim if self.weights is None else len(self.weights)
+        points = None
+        if pixels is not None:
+            if out is not None:
+                raise ValueError("out cannot be given with pixels")
+            points = tuple(np.asarray(p, np.int64).ravel() for p in pixels)
+            py, px = points
+            if len(py) != len(px) or (len(py) and (py.min() < 0 or py.max() >= h or px.min() < 0 or px.max() >= w)):
+                raise ValueError(f"pixels must be rows and columns of equal length inside the {h}x{w} image")
+        plane = (h, w) if points is None else (len(points[0]),)
+        feats = _output_array(out, (*plane, width))
+        if self.weights is not None:
+            feats[...] = self.bias.cpu().numpy()
+        attention = np.zeros((*plane, self.spec.num_heads), dtype=np.float32)
+        done = 0
+        for g, channels in enumerate(self.groups):
+            for window in self.windows:
+                self._window(g, channels, window, done, feats, attention, points)
+                done += len(self.transforms)
+        return feats, attention
+
+    def _set_projection(self, projection) -> None:
+        weights, bias = (torch.as_tensor(np.asarray(a, np.float32), device=self.device) for a in projection)
+        width = len(self.groups) * self.spec.embed_dim
+        if weights.ndim != 2 or weights.shape[1] != width or bias.shape != weights.shape[:1]:
+            raise ValueError(f"the projection must be weights (P, {width}) and bias (P,), "
                              f"got {tuple(weights.shape)} and {tuple(bias.shape)}")
-    width = len(groups) * spec.embed_dim if weights is None else len(weights)
-    if pixels is not None:
-        if out is not None:
-            raise ValueError("out cannot be given with pixels")
-        py, px = (np.asarray(p, np.int64).ravel() for p in pixels)
-        if len(py) != len(px) or (len(py) and (py.min() < 0 or py.max() >= h or px.min() < 0 or px.max() >= w)):
-            raise ValueError(f"pixels must be rows and columns of equal length inside the {h}x{w} image")
-    plane = (h, w) if pixels is None else (len(py),)
-    feats = _output_array(out, (*plane, width))
-    if weights is not None:
-        feats[...] = bias.cpu().numpy()
-    attention = np.zeros((*plane, spec.num_heads), dtype=np.float32)
-    model = []  # loaded on the first forward pass (none when the store holds them all)
-    dtype = compute_dtype(config, device)
+        self.weights, self.bias = weights, bias
 
-    reported = [0]  # the last progress value: repeated between blocks, where a cancel is honoured
+    def _forward(self, views: torch.Tensor):
+        """The model's ``(tokens, attention)`` of a batch of views."""
+        config = self.config
+        if self.model is None:
+            self.model = StridedViT(load_model(config.model, config.weights, self.device))
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype,
+                                                    enabled=self.dtype != torch.float32):
+            return self.model(views, config.stride,
+                              lambda: report(self.progress, self.reported, self.total, f"{config.model}: views"),
+                              facet=config.facet, layer=config.layer, pos_embed=config.pos_embed)
 
-    def forward(views: torch.Tensor):
-        if not model:
-            model.append(StridedViT(load_model(config.model, config.weights, device)))
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return model[0](views, config.stride, lambda: report(progress, reported[0], total, f"{config.model}: views"),
-                            facet=config.facet, layer=config.layer, pos_embed=config.pos_embed)
-
-    def run(views: torch.Tensor, group: slice, place: list):
-        if store is None:
-            tokens, attn = forward(views)
-        else:  # place: (group, tile, views run so far in this tile)
+    def _run(self, views: torch.Tensor, group: slice, place: list):
+        """A batch of views through the store (``place``: group, tile, views run so far in the
+        tile), projected when there is a projection: ``(B, gh, gw, D or P)`` tokens and attention."""
+        if self.store is None:
+            tokens, attn = self._forward(views)
+        else:
             key = (*place[:2], place[2], len(views))
-            tokens, attn = store.run(key, lambda: forward(views), device)
+            tokens, attn = self.store.run(key, lambda: self._forward(views), self.device)
         place[2] += len(views)
-        if weights is None:
+        if self.weights is None:
             return tokens, attn
-        return tokens.float() @ weights[:, group].T, attn  # (B, gh, gw, P): the views' projected tokens
+        return tokens.float() @ self.weights[:, group].T, attn  # the views' projected tokens
 
-    done = 0
-    for g, channels in enumerate(groups):
-        block = slice(g * spec.embed_dim, (g + 1) * spec.embed_dim)
-        for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in windows:
-            tile = _normalised_tile(img[r0:r1, c0:c1], channels, device)
-            place = [g, (r0, r1, c0, c1), 0]
+    def _window(self, g: int, channels: list[int], window, done: int, feats: np.ndarray, attention: np.ndarray,
+                points) -> None:
+        """One channel group's views of one tile window, upsampled (or gathered at ``points``)
+        and added to the outputs at the window's core."""
+        (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = window
+        block = slice(g * self.spec.embed_dim, (g + 1) * self.spec.embed_dim)
+        tile = _normalised_tile(self.img[r0:r1, c0:c1], channels, self.device)
+        place = [g, (r0, r1, c0, c1), 0]
 
-            def step(views_done: int, _total: int, base=done) -> None:
-                reported[0] = base + views_done
-                report(progress, base + views_done, total, f"{config.model}: views")
+        def step(views_done: int, _total: int) -> None:
+            self.reported = done + views_done
+            report(self.progress, done + views_done, self.total, f"{self.config.model}: views")
 
-            geometry = (tile, transforms, spec.patch_size, config.stride, config.resize,
-                        views_per_batch(config, tile.shape[1:], device), step)
-            # a single window on the CPU is written straight into the output arrays
-            whole = len(windows) == 1 and device.type == "cpu" and weights is None and pixels is None
-            if pixels is not None:
-                inside = np.flatnonzero((py >= cr0) & (py < cr1) & (px >= cc0) & (px < cc1))
-                done += len(transforms)
-                if len(inside) == 0:  # no pixel of this tile is asked for: no forward pass
-                    step(len(transforms), len(transforms))
-                    continue
-                local = (torch.from_numpy(py[inside] - r0), torch.from_numpy(px[inside] - c0))
-                f, a = gather_views(lambda views: run(views, block, place), *geometry, pixels=local)
-                target = (inside,)
-            else:
-                dest = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
-                f, a = upsample_views(lambda views: run(views, block, place), *geometry, dest)
-                core = (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
-                f, a = f[core], a[core]
-                target = (slice(cr0, cr1), slice(cc0, cc1))
-                done += len(transforms)
-            if weights is not None:  # the groups' projections add up
-                feats[target] += f.cpu().numpy()
-            elif not whole:
-                feats[(*target, block)] = f.cpu().numpy()
-            attention[target] += a.div_(len(groups)).cpu().numpy()
-    return feats, attention
+        geometry = (tile, self.transforms, self.spec.patch_size, self.config.stride, self.config.resize,
+                    views_per_batch(self.config, tile.shape[1:], self.device), step)
+        forward = lambda views: self._run(views, block, place)  # noqa: E731
+        # a single window on the CPU is written straight into the output arrays
+        whole = (len(self.windows) == 1 and self.device.type == "cpu" and self.weights is None and points is None)
+        if points is not None:
+            py, px = points
+            inside = np.flatnonzero((py >= cr0) & (py < cr1) & (px >= cc0) & (px < cc1))
+            if len(inside) == 0:  # no pixel of this tile is asked for: no forward pass
+                step(len(self.transforms), len(self.transforms))
+                return
+            local = (torch.from_numpy(py[inside] - r0), torch.from_numpy(px[inside] - c0))
+            f, a = gather_views(forward, *geometry, pixels=local)
+            target = (inside,)
+        else:
+            dest = (torch.from_numpy(feats[..., block]), torch.empty(attention.shape)) if whole else None
+            f, a = upsample_views(forward, *geometry, dest)
+            core = (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
+            f, a = f[core], a[core]
+            target = (slice(cr0, cr1), slice(cc0, cc1))
+        if self.weights is not None:  # the groups' projections add up
+            feats[target] += f.cpu().numpy()
+        elif not whole:
+            feats[(*target, block)] = f.cpu().numpy()
+        attention[target] += a.div_(len(self.groups)).cpu().numpy()
 
 
 def _output_array(out: Optional[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -214,222 +210,3 @@ def _normalised_tile(window: np.ndarray, channels: list[int], device: torch.devi
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
     tile = torch.from_numpy(np.ascontiguousarray(window[..., channels])).to(device).permute(2, 0, 1)
     return tile.sub(mean).div_(std)
-
-
-def tile_margin(config: FeatureConfig) -> int:
-    """Pixels hidden at each inner tile border: a patch, the largest shift and a stride."""
-    return model_spec(config.model).patch_size + max(config.shifts, default=0) + config.stride
-
-
-#: Smallest tile side the chooser considers, in patches: the 224 px crops (16 patches of 14 px)
-#: DINOv2 and DINO were trained on, so that a tile sees at least what the model learnt from.
-MIN_TILE_PATCHES = 16
-#: Largest tile side of the chooser's fine range, in px: DINOv2's native input (37 patches).
-NATIVE_TILE = 518
-#: Larger tile sides the chooser also considers (wide models, where tile overlap costs more).
-LARGE_TILES = (1036, 2072)
-#: Fraction of the whole image's FLOPs tiles must save to be chosen: below it, the whole image's
-#: context is worth more than the work saved.
-MIN_TILE_SAVING = 0.1
-
-
-def choose_tiles(config: FeatureConfig, shape: tuple[int, int]):
-    """Tiles of ``config.tile`` px when set; otherwise the tiling of fewest FLOPs per view among
-    the :func:`tile_candidates`, or the whole image where that saves less than
-    :data:`MIN_TILE_SAVING`. Tiles pay off where attention (quadratic in the tokens of a tile)
-    outweighs the overlap of their margins (linear), so that above one tile cost grows linearly
-    with the pixel count (DINOv2-S at stride 14: 390-420 px tiles at 1024^2 to 4096^2)."""
-    margin = tile_margin(config)
-    if config.tile is not None:
-        return tiles(shape, config.tile, margin, align=config.stride)
-    whole, *options = [tiles(shape, t, margin, align=config.stride) for t in tile_candidates(config, shape)]
-    best = min(options, key=lambda windows: _windows_flops(config, windows), default=whole)
-    saves = _windows_flops(config, best) < (1 - MIN_TILE_SAVING) * _windows_flops(config, whole)
-    return best if saves else whole
-
-
-def tile_candidates(config: FeatureConfig, shape: tuple[int, int]) -> list[int]:
-    """Tile sides in px the chooser weighs for an ``(H, W)`` image, largest first: the whole image,
-    then those of :data:`LARGE_TILES` and of the token lattice (``patch + k * stride``, at least a
-    patch apart, from :data:`MIN_TILE_PATCHES` patches to :data:`NATIVE_TILE`) below its longer side."""
-    patch, stride = model_spec(config.model).patch_size, config.stride
-    first = patch + stride * -(-(MIN_TILE_PATCHES - 1) * patch // stride)
-    fine = range(first, NATIVE_TILE + 1, stride * -(-patch // stride))
-    return [max(shape)] + sorted((t for t in (*fine, *LARGE_TILES) if t < max(shape)), reverse=True)
-
-
-def _windows_flops(config: FeatureConfig, windows) -> float:
-    """FLOPs of one view over every tile window."""
-    return sum(view_flops(config, (r1 - r0, c1 - c0)) for (r0, r1, _, _), (c0, c1, _, _) in windows)
-
-
-def compute_dtype(config: FeatureConfig, device: torch.device) -> torch.dtype:
-    """The dtype the ViT's matrix products run in (by autocast) for ``config.precision`` on ``device``.
-
-    ``"auto"``: bfloat16 on a CUDA GPU that has it (else float16), bfloat16 on a CPU with native
-    bfloat16 instructions (:func:`native_bf16_cpu`), float32 elsewhere (MPS, other CPUs).
-    """
-    if config.precision != "auto":
-        return getattr(torch, config.precision)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and native_bf16_cpu():
-        return torch.bfloat16
-    return torch.float32
-
-
-#: CPU capabilities (names of ``torch.cpu.get_capabilities()``) that run bfloat16 products natively.
-BF16_CAPABILITIES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU has bfloat16 instructions (x86 AVX512-BF16 or AMX, Arm BF16). Without
-    them torch emulates bfloat16 products, several times slower than float32 (a DINOv2-S forward
-    pass 5.6x slower on an AVX2-only AMD EPYC). ``False`` where
-    torch cannot tell (``torch.cpu.get_capabilities`` is new in torch 2.8)."""
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    return capabilities is not None and any(capabilities().get(name) is True for name in BF16_CAPABILITIES)
-
-
-def n_tokens(shape: tuple[int, int], patch: int, stride: int) -> int:
-    return (1 + (shape[0] - patch) // stride) * (1 + (shape[1] - patch) // stride)
-
-
-def view_flops(config: FeatureConfig, shape: tuple[int, int]) -> float:
-    """FLOPs of one forward pass over an ``(H, W)`` input (multiply-add = 2 FLOPs).
-
-    Per block: ``24 N D^2`` for the qkv, projection and 4x MLP matmuls plus ``4 N^2 D``
-    for attention (scores and weighted sum), with ``N`` tokens of width ``D``; the blocks up to
-    ``config.layer`` (a key / query / value facet stops at that block's qkv, ``6 N D^2``).
-    """
-    spec = model_spec(config.model)
-    n, d = n_tokens(shape, spec.patch_size, config.stride), spec.embed_dim
-    blocks = range(spec.depth)[config.layer] + 1
-    full = blocks if config.facet == "token" else blocks - 1
-    return full * (24 * n * d * d + 4 * n * n * d) + (blocks - full) * 6 * n * d * d
-
-
-def total_flops(config: FeatureConfig, shape: tuple[int, int], n_channels: int = 1) -> float:
-    """FLOPs of featurising an ``(H, W)`` image with a resolved config (all tiles and views)."""
-    views = len(make_transforms(config.shifts, config.flips)) * len(vit_channel_groups(n_channels))
-    return views * _windows_flops(config, choose_tiles(config, shape))
-
-
-_THROUGHPUT: dict[tuple[str, str], float] = {}
-
-
-def throughput(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """Measured FLOP/s of a ViT-S-sized transformer block (576 tokens, width 384: layer norms, qkv,
-    fused attention, MLP) on ``device`` under ``dtype`` autocast, once per session (~0.1 s), for
-    time estimates. A block, not a bare matmul: on CPUs with bfloat16 matrix units (AMX) matmuls
-    run 8x faster than float32 ones but a block only about 2.5x, the rest of it does not speed up."""
-    import torch.nn.functional as F
-
-    key = (str(device), str(dtype).removeprefix("torch."))
-    if key not in _THROUGHPUT:
-        n, d, heads = 576, 384, 6
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(2, n, d, generator=gen).to(device)
-        w_qkv, w_out, w_up, w_down = (0.02 * torch.randn(a, b, generator=gen).to(device)
-                                      for a, b in ((3 * d, d), (d, d), (4 * d, d), (d, 4 * d)))
-
-        def block() -> None:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                h = F.layer_norm(x, (d,))
-                q, k, v = F.linear(h, w_qkv).reshape(2, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-                y = x + F.linear(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, n, d), w_out)
-                y + F.linear(F.gelu(F.linear(F.layer_norm(y, (d,)), w_up)), w_down)
-
-        block()
-        best = float("inf")
-        for _ in range(5):  # best of 5: the first calls and a busy machine read slow
-            _sync(device)
-            start = time.perf_counter()
-            block()
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-        _THROUGHPUT[key] = 2 * (24 * n * d * d + 4 * n * n * d) / max(best, 1e-9)
-    return _THROUGHPUT[key]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-#: Measured ratio of featurisation FLOP/s to the block probe's (:func:`throughput`; the upsampler's
-#: gathers and the tiles' overlaps run outside the blocks): DINOv2-S CPU preset at 512^2 and 1024^2
-#: on 2 cores with AMX, 0.57-0.61 in bfloat16 and 0.77-0.81 in float32 (``benchmarks/bench_vit.py``).
-EFFICIENCY = 0.65
-
-
-def estimate_seconds(config: FeatureConfig, shape: tuple[int, int], device: torch.device, n_channels: int = 1) -> float:
-    """Rough time to featurise an ``(H, W)`` image: FLOPs over measured matmul throughput."""
-    return total_flops(config, shape, n_channels) / (throughput(device, compute_dtype(config, device)) * EFFICIENCY)
-
-
-def view_seconds(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> float:
-    """Rough time of one forward pass over an ``(H, W)`` input on ``device``."""
-    return view_flops(config, shape) / (throughput(device, compute_dtype(config, device)) * EFFICIENCY)
-
-
-def activation_bytes(config: FeatureConfig, shape: tuple[int, int]) -> int:
-    """Bytes of activations one view of an ``(H, W)`` input holds: ``ACTIVATION_FLOATS * N * D`` floats."""
-    spec = model_spec(config.model)
-    return ACTIVATION_FLOATS * n_tokens(shape, spec.patch_size, config.stride) * spec.embed_dim * 4
-
-
-def views_per_batch(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> int:
-    """Views per forward pass over an ``(H, W)`` input, 1 to :data:`MAX_VIEWS_PER_BATCH` and no more
-    than the config's views: as many as fit in :data:`BATCH_MEMORY_FRACTION` of free memory and in
-    :data:`BATCH_SECONDS` of estimated time (so that progress, and a cancel, comes at least that often)."""
-    by_memory = BATCH_MEMORY_FRACTION * free_memory(device) // activation_bytes(config, shape)
-    by_time = BATCH_SECONDS // view_seconds(config, shape, device)
-    n_views = len(make_transforms(config.shifts or (), bool(config.flips)))
-    return int(max(1, min(MAX_VIEWS_PER_BATCH, n_views, by_memory, by_time)))
-
-
-def free_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: the GPU's free memory, else the system's available memory."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def vit_working_bytes(config: FeatureConfig, shape: tuple[int, int], device: torch.device) -> int:
-    """Host bytes :func:`vit_features` holds besides its outputs at its peak.
-
-    For the largest tile window ``(h, w)``: the window's normalised copy; on the CPU also its
-    transformed views, the model's weights (``12 depth D^2`` floats), a batch's activations
-    (:func:`activation_bytes`), the upsampler's sums (:func:`class_sums_bytes`) and the
-    attention buffer (features of a whole-image window go straight to the output); with
-    several windows, or off the CPU, the window's features and attention (a host copy).
-    """
-    spec = model_spec(config.model)
-    windows = choose_tiles(config, shape)
-    h, w = max(((r1 - r0, c1 - c0) for (r0, r1, _, _), (c0, c1, _, _) in windows), key=lambda s: s[0] * s[1])
-    plane = 4 * h * w
-    buffers = (spec.embed_dim + spec.num_heads) * plane
-    if device.type != "cpu":
-        return 3 * plane + buffers  # the sums live on the device
-    if len(windows) == 1:
-        buffers = spec.num_heads * plane
-    batch = views_per_batch(config, (h, w), device)
-    views = 3 * plane * (3 + 2 * batch)  # normalised window and its temporary; the views and their stack
-    model = 4 * 12 * spec.depth * spec.embed_dim**2
-    forward = batch * activation_bytes(config, (h, w))
-    return model + views + forward + buffers + class_sums_bytes(config, (h, w))
-
-
-def class_sums_bytes(config: FeatureConfig, shape: tuple[int, int]) -> int:
-    """Bytes of the upsampler's per-class sums for an ``(H, W)`` window (0 where it sums per pixel,
-    into the output; see :func:`napari_dinoseg.features.upsample.pixel_classes`)."""
-    spec = model_spec(config.model)
-    grid = tuple(1 + (n - spec.patch_size) // config.stride for n in shape)
-    transforms = make_transforms(config.shifts, config.flips)
-    (rows, _), (cols, _) = pixel_classes(transforms, shape, grid, spec.patch_size, config.stride, config.resize)
-    if (rows.shape[1], cols.shape[1]) == tuple(shape):
-        return 0
-    return 4 * rows.shape[1] * cols.shape[1] * (spec.embed_dim + spec.num_heads)
