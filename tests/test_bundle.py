@@ -174,14 +174,14 @@ def linear_in_vit(two_textures):
 
 
 def test_the_trees_components_and_linear_channels_travel_with_the_bundle(tmp_path, linear_in_vit, monkeypatch):
-    import napari_dinoseg.bundle as bundle
+    import napari_dinoseg.bundle_checks as bundle_checks  # where read_bundle's feature-count check lives
 
     stack, clf = linear_in_vit
     n = stack.n_features - 12  # classical channels
     assert clf.linear == tuple(range(n, n + 12)) and clf.tree_channels == tuple(range(n))
     assert clf.tree_components.shape == (4, 12) and clf.n_tree_features == n + 4
     # the classical config cannot make the 'vit_' stand-ins: check them against a count that fits
-    monkeypatch.setattr(bundle, "_check", lambda *a: None)
+    monkeypatch.setattr(bundle_checks, "_check", lambda *a: None)
     import importlib
 
     featurise_module = importlib.import_module("napari_dinoseg.features.featurise")

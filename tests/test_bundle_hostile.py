@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from napari_dinoseg import CRFConfig, FeatureConfig, Segmenter, TrainConfig, load_bundle
-from napari_dinoseg import bundle as bundle_module
+from napari_dinoseg import bundle_archive  # the bounded reader, whose limits a test lowers
 from napari_dinoseg.bundle import MAX_BUNDLE_BYTES, MAX_JSON_BYTES, MAX_MEMBERS, bundle_channels, read_bundle
 from napari_dinoseg.cli import main
 
@@ -352,7 +352,7 @@ def test_zip_bombs_are_refused_from_the_directory_before_inflating(tmp_path, goo
     refused(big, r"bundle.json inflates to 5.0 MiB, more than the 4.0 MiB a bundle's may \(MAX_JSON_BYTES\)")
     refused(big, "bundle.json inflates to 5.0 MiB", reader=bundle_channels)
 
-    monkeypatch.setattr(bundle_module, "MAX_BUNDLE_BYTES", MiB)  # real bombs under a small cap
+    monkeypatch.setattr(bundle_archive, "MAX_BUNDLE_BYTES", MiB)  # real bombs under a small cap
     outer = tmp_path / "outer-bomb.dinoseg"
     with zipfile.ZipFile(outer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("bundle.json", json.dumps(meta))

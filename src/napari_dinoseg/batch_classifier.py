@@ -13,13 +13,11 @@ from typing import Optional, Union
 
 def check_weights(features) -> None:
     """Refuse, before work starts, a classifier whose ViT features cannot run here for want of
-    weights (about a second at most), saying where to put the file; nothing for classical ones."""
-    if not features.uses_vit:
-        return
-    from .features.registry import find_weights
+    weights (about a second at most), saying where to put the file; nothing for kinds without weights."""
+    from .features.registry import weights_for
 
     try:
-        find_weights(features.model, features.weights, hint="or apply the classifier where its weights are")
+        weights_for(features, hint="or apply the classifier where its weights are")
     except ValueError as err:
         where = " (the file the classifier was trained with: put a copy at that path)" if features.weights else ""
         raise ValueError(f"the classifier's {features.kind} features need {features.model} weights: {err}{where}") \

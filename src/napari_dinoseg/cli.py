@@ -266,13 +266,11 @@ def _check_pair(image_path: str, planes: list, label_path: str, label_planes: li
 
 def _check_weights(features) -> None:
     """Refuse ViT / hybrid features without weights before any image is read (about a second at
-    most), saying where to put the file or to pass ``--weights PATH``."""
-    if not features.uses_vit:
-        return
-    from .features.registry import find_weights
+    most), saying where to put the file or to pass ``--weights PATH``; nothing for kinds without weights."""
+    from .features.registry import weights_for
 
     try:
-        find_weights(features.model, features.weights, hint=WEIGHTS_HINT)
+        weights_for(features, hint=WEIGHTS_HINT)
     except ValueError as err:
         if features.weights:  # the file given does not exist
             raise ValueError(f"--weights {features.weights}: {err}; pass --weights PATH with the checkpoint "

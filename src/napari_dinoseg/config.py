@@ -3,46 +3,47 @@
 Each config is frozen, validated once in ``__post_init__`` and serialisable to JSON
 (``to_dict`` / ``from_dict``), so the object the widget builds is the one the core
 uses and a saved classifier stores.
+
+This module is the public face (every name below imports from here) and holds the feature
+config (:class:`FeatureConfig`, its bounds and upsampler presets) and :class:`CASConfig`; the
+rest lives in one module per job:
+
+- :mod:`napari_dinoseg.config_checks`: the checks of field values and the JSON round trip
+  every config shares, ``config_or_default``;
+- :mod:`napari_dinoseg.config_train`: :class:`TrainConfig`;
+- :mod:`napari_dinoseg.config_crf`: :class:`CRFConfig` and the bounds of its parameters.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, get_args
+from typing import Literal, Optional, get_args
 
+from .config_checks import _choice, _integer, _is_int, _is_number, _JSONConfig, _pair, config_or_default
+from .config_crf import MAX_CRF_ITERATIONS, MAX_CRF_PARAMETER, MIN_CRF_WIDTH, CRFConfig
+from .config_train import MAX_AUGMENT, ClassifierKind, ScalingKind, TrainConfig
+from .feature_kinds import BUILT_IN, KINDS
 from .models import model_spec
 
+__all__ = ["DEVICES", "FEATURE_KINDS", "MAX_AUGMENT", "MAX_CRF_ITERATIONS", "MAX_CRF_PARAMETER", "MAX_MEMBRANE_SIZE",
+           "MAX_SHIFTS", "MAX_SIGMA", "MAX_SIGMAS", "MAX_TILE", "MIN_CRF_WIDTH", "MIN_SIGMA", "CASConfig",
+           "ClassifierKind", "CRFConfig", "Device", "Facet", "FeatureConfig", "FeatureKind", "Normalisation",
+           "PosEmbed", "Precision", "Resize", "ScalingKind", "TrainConfig", "config_or_default", "preset"]
+
+#: The built-in feature kinds (a registered featuriser adds its own: :data:`napari_dinoseg.feature_kinds.KINDS`).
 FeatureKind = Literal["classical", "vit", "hybrid"]
 Resize = Literal["nearest", "stretch", "stretch-floor"]
 Facet = Literal["token", "key", "query", "value"]
 PosEmbed = Literal["timm", "scale"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
-ClassifierKind = Literal["logistic+trees", "logistic"]
-ScalingKind = Literal["log", "standard"]
 Normalisation = Literal["percentile", "fixed", "legacy"]
 Precision = Literal["auto", "float32", "bfloat16"]
 
-FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
+FEATURE_KINDS: tuple[str, ...] = BUILT_IN
 DEVICES: tuple[str, ...] = get_args(Device)
 
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, allowed))}")
-
-
-#: Mean-field iterations of the dense CRF; more changes nothing (it converges in about 10).
-MAX_CRF_ITERATIONS = 100
-#: Smallest kernel width (px, or intensity levels of 0..255 for ``bilateral_srgb``) of the dense CRF.
-#: pydensecrf's lattice coordinates are pixel positions over the width: at zero it crashes the
-#: process (a segmentation fault), near 1e-5 it corrupts its heap on a 1024 px image; below about
-#: 0.5 every pixel is its own lattice point already (the most memory and time a CRF takes).
-MIN_CRF_WIDTH = 0.1
-#: Largest CRF kernel width or compatibility weight.
-MAX_CRF_PARAMETER = 1e4
 
 # Bounds of the classical filter bank: what it can run in the memory and time the estimates say
 # (a bundle carries these values; a larger one is refused when the bundle is read).
@@ -60,69 +61,6 @@ MAX_TILE = 4096
 #: Most shift distances of the ViT upsampler (each adds 8 views, 4 times as many with flips); each
 #: is at most the model's patch size (a shift by a whole patch and more repeats the token lattice).
 MAX_SHIFTS = 8
-#: Most gamma values of ``TrainConfig.augment`` (each keeps one more normalised copy of every
-#: training image in memory while fitting).
-MAX_AUGMENT = 8
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _integer(value: Any) -> Optional[int]:
-    """``value`` as an ``int`` if it is an integer (a numpy integer too, not a bool), else ``None``."""
-    import numbers
-
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_":
-        return int(value)
-    return None
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float, not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def config_or_default(value: Any, kind: type, name: str = "config"):
-    """``kind()`` for ``None``, ``value`` for an instance of ``kind``; ``TypeError`` naming the
-    expected type otherwise (a dict too: build the config with ``kind(**d)`` or ``kind.from_dict(d)``)."""
-    if value is None:
-        return kind()
-    if not isinstance(value, kind):
-        hint = f"; build one with {kind.__name__}(**d) or {kind.__name__}.from_dict(d)" if isinstance(value, dict) else ""
-        raise TypeError(f"{name} must be a {kind.__name__} (or None for the defaults), got {type(value).__name__}{hint}")
-    return value
-
-
-class _JSONConfig:
-    """Mixin: round trip through plain JSON-compatible dicts, rejecting unknown keys."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        if not isinstance(data, dict):
-            raise TypeError(f"a {cls.__name__} is read from a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"unknown {cls.__name__} field(s) {sorted(unknown)}; known fields: {sorted(known)}"
-            )
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, _JSONConfig):
-        return value.to_dict()
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
@@ -224,7 +162,7 @@ class FeatureConfig(_JSONConfig):
     intensity_range: Optional[tuple[float, float]] = None
 
     def __post_init__(self) -> None:
-        _choice("kind", self.kind, FEATURE_KINDS)
+        _choice("kind", self.kind, tuple(KINDS))
         _choice("normalise", self.normalise, get_args(Normalisation))
         self._check_intensities()
         _choice("device", self.device, DEVICES)
@@ -248,11 +186,13 @@ class FeatureConfig(_JSONConfig):
 
     @property
     def uses_vit(self) -> bool:
-        return self.kind in ("vit", "hybrid")
+        """Whether this kind runs a ViT (:class:`~napari_dinoseg.feature_kinds.KindTraits`)."""
+        return KINDS[self.kind].vit
 
     @property
     def uses_classical(self) -> bool:
-        return self.kind in ("classical", "hybrid")
+        """Whether this kind computes the classical filter bank."""
+        return KINDS[self.kind].classical
 
     @property
     def is_resolved(self) -> bool:
@@ -341,17 +281,6 @@ class FeatureConfig(_JSONConfig):
             object.__setattr__(self, "tile", tile)
 
 
-def _pair(name: str, value: Any) -> tuple[float, float]:
-    """``value`` as two finite floats, or a ``ValueError`` naming ``name``."""
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of numbers (low, high), got {value!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return lo, hi
-
-
 def preset(model: str, device_type: str) -> dict:
     """Upsampler preset for a device type.
 
@@ -364,151 +293,6 @@ def preset(model: str, device_type: str) -> dict:
     if device_type in ("cuda", "mps"):
         return {"stride": 4, "shifts": (1, 2), "flips": True}
     return {"stride": patch, "shifts": (max(1, round(patch / 4)), patch // 2), "flips": False}
-
-
-@dataclass(frozen=True)
-class TrainConfig(_JSONConfig):
-    """How the pixel classifier is fitted.
-
-    Parameters
-    ----------
-    classifier
-        ``"logistic+trees"``: the probabilities of a multinomial logistic regression (L2
-        penalty) averaged with those of ``n_trees`` extremely randomised trees grown on the
-        same pixels (non-linear decisions: thin structures, narrow intensity bands);
-        ``"logistic"``: the regression alone (as in the paper; fastest prediction).
-    n_trees
-        Trees of a ``"logistic+trees"`` classifier.
-    C
-        Inverse regularisation strength. 0.1: brush strokes give many strongly correlated
-        pixels, and a stronger penalty generalises better to unpainted regions and images.
-    class_weight
-        ``"balanced"`` weighs classes inversely to their painted pixel counts; ``None``
-        weighs every pixel equally.
-    max_pixels_per_class
-        Painted pixels kept per class (a seeded random subsample beyond this), so
-        training stays interactive however much is painted.
-    max_iter
-        Iteration cap of the solver.
-    scaling
-        How features are scaled before the classifier, by statistics of the training images:
-        ``"log"``: ``sign(x - median) * log1p(|x - median| / MAD)``, robust to the heavy tails
-        of filter responses; ``"standard"``: ``(x - mean) / std``.
-    guided_radius
-        Window radius (px) of the guided filter that smooths the predicted probabilities over
-        the image plane without blurring across intensity edges, guided by the finest Gaussian
-        channel of the classical features (no effect on ViT-only features); 0 = off.
-    predict_step
-        With the guided filter: the classifier reads every ``predict_step``-th pixel of each
-        row and column (``predict_step²`` times fewer) and the guided filter brings its
-        probabilities to every pixel, edges following the full-resolution guide (a "fast guided
-        filter"); 1: every pixel (no effect without the guided filter).
-    smooth
-        Standard deviation (px) of a further Gaussian smoothing of the probabilities (blurs
-        across edges too); 0 = off.
-    augment
-        Gamma values: :class:`~napari_dinoseg.Segmenter` also trains on every training image
-        with its normalised intensities ``x`` mapped to ``sign(x) |x| ** gamma``, so that the
-        classifier does not hinge on the painted image's exact tone curve (the images of a
-        folder differ by more than brightness and contrast); ``()``: off; at most ``MAX_AUGMENT``
-        values (each keeps a normalised copy of every training image while fitting). Lower-level
-        :func:`~napari_dinoseg.train` does not augment.
-    pca_dim
-        Reduce the ViT channels to this many principal components, fitted at train time on
-        the training images and folded into the classifier; ``None``: no PCA.
-    vit_components
-        With ``"logistic+trees"`` on ViT or hybrid features: the ViT channels are scaled by mean
-        and standard deviation (whatever ``scaling`` says) and the trees read this many of
-        their principal components instead of every channel, so the classifier is linear in
-        them and predicts from logits computed on the ViT's token grids, never building the
-        ``(H, W, D)`` map (:func:`napari_dinoseg.classify.logit_space`); 0: the trees read every
-        ViT channel, scaled like the others (bundles from before format 5).
-    seed
-        Seed of every subsample, so training is reproducible (0..2**32 - 1).
-    """
-
-    classifier: ClassifierKind = "logistic+trees"
-    C: float = 0.1
-    class_weight: Literal["balanced"] | None = "balanced"
-    max_pixels_per_class: int = 20_000
-    max_iter: int = 100
-    seed: int = 0
-    pca_dim: Optional[int] = None
-    scaling: ScalingKind = "log"
-    guided_radius: int = 4
-    predict_step: int = 2
-    smooth: float = 0.0
-    n_trees: int = 10
-    augment: tuple[float, ...] = ()
-    vit_components: int = 8
-
-    def __post_init__(self) -> None:
-        _choice("classifier", self.classifier, get_args(ClassifierKind))
-        if not _is_int(self.vit_components) or not 0 <= self.vit_components <= 1024:
-            raise ValueError(f"vit_components must be an integer in 0..1024, got {self.vit_components!r}")
-        try:
-            gammas = tuple(float(g) for g in self.augment)
-        except (TypeError, ValueError):
-            raise ValueError(f"augment must be a tuple of gamma values, e.g. (0.7, 1.4), got {self.augment!r}") from None
-        if any(not (math.isfinite(g) and 0.1 <= g <= 10) or g == 1 for g in gammas) or len(set(gammas)) != len(gammas) \
-                or len(gammas) > MAX_AUGMENT:
-            raise ValueError(f"augment must hold at most {MAX_AUGMENT} distinct gamma values in [0.1, 10] other than 1, "
-                             f"got {self.augment!r}")
-        object.__setattr__(self, "augment", gammas)
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in 0..{2**32 - 1}, got {self.seed!r}")
-        if self.class_weight not in ("balanced", None):
-            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
-        if not (_is_number(self.C) and self.C > 0):
-            raise ValueError(f"C must be a positive number, got {self.C!r}")
-        if not _is_int(self.max_pixels_per_class) or not 1 <= self.max_pixels_per_class <= 10**9:
-            raise ValueError(f"max_pixels_per_class must be a positive integer, got {self.max_pixels_per_class!r}")
-        if not _is_int(self.max_iter) or not 1 <= self.max_iter <= 100_000:
-            raise ValueError(f"max_iter must be an integer in [1, 100000], got {self.max_iter!r}")
-        _choice("scaling", self.scaling, get_args(ScalingKind))
-        if not _is_int(self.n_trees) or not 1 <= self.n_trees <= 1000:
-            raise ValueError(f"n_trees must be an integer in [1, 1000], got {self.n_trees!r}")
-        if not (_is_number(self.smooth) and 0 <= self.smooth <= 16):
-            raise ValueError(f"smooth must be a number of pixels in [0, 16], got {self.smooth!r}")
-        if not isinstance(self.guided_radius, int) or isinstance(self.guided_radius, bool) \
-                or not 0 <= self.guided_radius <= 32:
-            raise ValueError(f"guided_radius must be an integer number of pixels in [0, 32], got {self.guided_radius!r}")
-        if not _is_int(self.predict_step) or not 1 <= self.predict_step <= 8:
-            raise ValueError(f"predict_step must be an integer number of pixels in [1, 8], got {self.predict_step!r}")
-        if self.pca_dim is not None and (not _is_int(self.pca_dim) or not 1 <= self.pca_dim <= 4096):
-            raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
-
-
-@dataclass(frozen=True)
-class CRFConfig(_JSONConfig):
-    """Fully connected CRF refinement (Krähenbühl and Koltun) of per-pixel probabilities.
-
-    Unary ``-log p``; a Gaussian (smoothness) kernel of spatial width ``gaussian_sxy`` px and
-    weight ``gaussian_compat``; a bilateral (appearance) kernel of spatial width
-    ``bilateral_sxy`` px, intensity width ``bilateral_srgb`` (0..255 scale) and weight
-    ``bilateral_compat``; ``iterations`` of mean-field inference. Defaults as the reference.
-    Widths lie in ``MIN_CRF_WIDTH``..``MAX_CRF_PARAMETER`` (pydensecrf crashes at zero width),
-    weights in 0..``MAX_CRF_PARAMETER``, iterations in 1..``MAX_CRF_ITERATIONS``.
-    """
-
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 10.0
-    bilateral_sxy: float = 80.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
-    iterations: int = 10
-
-    def __post_init__(self) -> None:
-        for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):  # widths: 0 crashes pydensecrf
-            value = getattr(self, name)
-            if not (_is_number(value) and MIN_CRF_WIDTH <= value <= MAX_CRF_PARAMETER):
-                raise ValueError(f"{name} must be a number in [{MIN_CRF_WIDTH:g}, {MAX_CRF_PARAMETER:g}], got {value!r}")
-        for name in ("gaussian_compat", "bilateral_compat"):
-            value = getattr(self, name)
-            if not (_is_number(value) and 0 <= value <= MAX_CRF_PARAMETER):
-                raise ValueError(f"{name} must be a number in [0, {MAX_CRF_PARAMETER:g}], got {value!r}")
-        if not _is_int(self.iterations) or not 1 <= self.iterations <= MAX_CRF_ITERATIONS:
-            raise ValueError(f"iterations must be an integer in [1, {MAX_CRF_ITERATIONS}], got {self.iterations!r}")
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,17 @@ def find_weights(name: str, weights: Optional[str] = None, hint: str = "or pass 
     )
 
 
+def weights_for(config, hint: str = "or pass the checkpoint file as weights") -> Optional[str]:
+    """:func:`find_weights` of a feature config whose kind runs a ViT (its ``model`` and
+    ``weights``), ``None`` for kinds without weights: what every caller that refuses early calls,
+    whatever the kind."""
+    from ..feature_kinds import KINDS
+
+    if not KINDS[config.kind].vit:
+        return None
+    return find_weights(config.model, config.weights or None, hint)
+
+
 def hub_cache(spec: ModelSpec) -> Optional[str]:
     """timm's weights for ``spec`` in the local Hugging Face cache, if there."""
     try:

@@ -72,9 +72,9 @@ class ViTFeaturiser(Featuriser):
                 f"flips {config.flips} ({views} views), about {seconds:.0f} s per slice")
 
     def check_weights(self, hint: str = "or pass the checkpoint file as weights") -> None:
-        from .registry import find_weights
+        from .registry import weights_for
 
-        find_weights(self.config.model, self.config.weights, hint)
+        weights_for(self.config, hint)
 
     def check_shape(self, shape: Sequence[int]) -> None:
         super().check_shape(shape)
