@@ -95,7 +95,8 @@ def plane_memory(segmenter, shape: tuple[int, int], n_channels: int, n_classes: 
     n_classes
         Classes of the probabilities (default: the segmenter's).
     features
-        The feature config (default: the segmenter's, resolved for the device it will run on).
+        The feature config or featuriser (default: the segmenter's
+        :attr:`~napari_dinoseg.Segmenter.featuriser`, resolved for the device it will run on).
 
     The peak is the largest of three phases: the tiles (the normalised plane, the plane's
     probabilities, and the larger of one tile's features at their peak and the tile's features
@@ -103,34 +104,29 @@ def plane_memory(segmenter, shape: tuple[int, int], n_channels: int, n_classes: 
     shift report (the probabilities, the labels, the normalised plane again and its gradient).
     """
     from .classify import MAX_LABEL
-    from .features.featurise import estimate_memory, n_features, resolve_device
+    from .features.featurisers import featuriser_for
     from .planes import label_dtype, plane_windows
 
     clf = segmenter.classifier
     k = int(n_classes if n_classes is not None else (clf.n_classes if clf is not None else 2))
     h, w = (int(n) for n in shape[:2])
     pixels = h * w
-    config = features if features is not None else segmenter.features
-    device = resolve_device(config.device)
-    config = config.resolved(device.type)
+    featuriser = segmenter.featuriser if features is None else featuriser_for(features)
     training = segmenter.training
     normalised = 4 * n_channels * pixels
     proba = 4 * k * pixels
     labels = label_dtype(clf.classes if clf is not None else np.array([min(k, MAX_LABEL)])).itemsize * pixels
 
-    windows = plane_windows((h, w), config, training, segmenter.tile)
+    windows = plane_windows((h, w), featuriser, training, segmenter.tile)
     tile_pixels, tile_shape = max(((r.stop - r.start) * (c.stop - c.start), (r.stop - r.start, c.stop - c.start))
                                   for (r, c), _ in windows)
     split = segmenter.logit_space() if clf is not None else None
     projected = None if split is None else len(split[1][0])
-    tile_features = estimate_memory(config, tile_shape, n_channels, device, projected=projected)
+    tile_features = featuriser.working_bytes(tile_shape, n_channels, projected=projected)
     if split is None:
-        stack = 4 * tile_pixels * n_features(config, n_channels)
-    else:
-        from .features.classical import classical_channel_names
-
-        classical = n_channels * len(classical_channel_names(config)) if config.uses_classical else 0
-        stack = 4 * tile_pixels * (classical + projected)
+        stack = 4 * tile_pixels * featuriser.n_features(n_channels)
+    else:  # the channels other than the ViT's, then the projected ones
+        stack = 4 * tile_pixels * (len(featuriser.layout(n_channels).classical) + projected)
     guided = clf.guided_radius > 0 and bool(clf.guide) if clf is not None else training.guided_radius > 0
     per_class = (PREDICT_CLASS_BYTES if guided else 8) + (SMOOTH_CLASS_BYTES if training.smooth > 0 else 0)
     predict = tile_pixels * (k * per_class + (PREDICT_PIXEL_BYTES if guided else 0))
@@ -250,9 +246,9 @@ def file_memory(segmenter, plane_shape: tuple, n_planes: int, probabilities: boo
     return plane_memory(segmenter, (h, w), channels).total + outputs
 
 
-def fit_memory(segmenter, images, labels, config) -> PlaneEstimate:
+def fit_memory(segmenter, images, labels, featuriser) -> PlaneEstimate:
     """Estimated peak bytes of :meth:`napari_dinoseg.Segmenter.fit` on ``images`` and their
-    ``labels`` (checked lists) with the resolved feature ``config``; the images and labels
+    ``labels`` (checked lists) with the job's ``featuriser``; the images and labels
     themselves not counted.
 
     The normalised copy of every training image (and of each of its ``augment`` variants) is held
@@ -261,10 +257,10 @@ def fit_memory(segmenter, images, labels, config) -> PlaneEstimate:
     pixels' features, gathered then concatenated, and the pixels kept of them (at most
     ``max_pixels_per_class`` per class) scaled, in float64 for the solver, and for the trees.
     """
-    from .features.featurise import estimate_memory, n_features, resolve_device
+    from .features.featurisers import featuriser_for
     from .planes import plane_windows
 
-    device = resolve_device(config.device)
+    featuriser = featuriser_for(featuriser)  # a feature config is built into one
     training = segmenter.training
     shapes = [tuple(int(n) for n in np.shape(img)[:2]) for img in images]
     channels = 1 if np.ndim(images[0]) == 2 else int(np.shape(images[0])[-1])
@@ -272,10 +268,11 @@ def fit_memory(segmenter, images, labels, config) -> PlaneEstimate:
     normalised = variants * sum(4 * channels * h * w for h, w in shapes)
     largest = max(4 * channels * h * w for h, w in shapes)
     windows = {(r.stop - r.start, c.stop - c.start) for shape in set(shapes)
-               for (r, c), _ in plane_windows(shape, config, training, segmenter.tile)}
-    tile_peak = max(estimate_memory(config, window, channels, device, projected=0 if config.uses_vit else None)
-                    for window in windows)
-    n_feat = n_features(config, channels)
+               for (r, c), _ in plane_windows(shape, featuriser, training, segmenter.tile)}
+    # a kind that gathers the painted pixels (featurise_pixels) builds no stack of a tile
+    projected = 0 if featuriser.gathers_pixels else None
+    tile_peak = max(featuriser.working_bytes(window, channels, projected=projected) for window in windows)
+    n_feat = featuriser.n_features(channels)
     painted = sum(int(np.count_nonzero(lab)) for lab in labels) * variants
     top = max((int(np.max(lab)) for lab in labels if np.size(lab)), default=1)
     kept = min(painted, max(2, top) * training.max_pixels_per_class)
@@ -293,12 +290,12 @@ def fit_memory(segmenter, images, labels, config) -> PlaneEstimate:
     return PlaneEstimate(int(PEAK_FACTOR * total + PEAK_OVERHEAD), parts, (h, w), channels, k)
 
 
-def check_fit_memory(segmenter, images, labels, config, available: Optional[int] = None) -> int:
+def check_fit_memory(segmenter, images, labels, featuriser, available: Optional[int] = None) -> int:
     """Refuse, before any image is normalised, a fit whose estimated peak (:func:`fit_memory`)
     would not fit in :data:`PLANE_MEMORY_FRACTION` of ``available`` bytes (default:
     :func:`available_memory`): :class:`NotEnoughMemory` saying the estimate, its parts, what is
     available and what to do. Returns the estimate."""
-    estimate = fit_memory(segmenter, images, labels, config)
+    estimate = fit_memory(segmenter, images, labels, featuriser)
     available = available_memory() if available is None else available
     if estimate.total > PLANE_MEMORY_FRACTION * available:
         n = len(images)

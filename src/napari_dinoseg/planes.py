@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import FeatureConfig, TrainConfig
+from .config import TrainConfig
 
 #: Planes with a side longer than this (px) are featurised and predicted tile by tile.
 TILE = 1024
@@ -19,15 +19,17 @@ TILE = 1024
 Slices = tuple[slice, slice]
 
 
-def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: TrainConfig,
+def plane_windows(shape: tuple[int, int], config, training: TrainConfig,
                   tile: int = TILE) -> list[tuple[Slices, Slices]]:
     """Tiles of a plane: ``(window, core)`` slice pairs, the core relative to the window.
 
     A plane with no side above ``tile`` is one window. Larger planes get windows of ``tile``
-    px plus, on each side, the context the features and the probability smoothing read, so
-    that each core's result does not see its window's border.
+    px plus, on each side, the context the features (the featuriser's ``margin``) and the
+    probability smoothing read, so that each core's result does not see its window's border;
+    windows start on the featuriser's ``alignment`` (a ViT's token lattice). ``config``: the
+    job's :class:`~napari_dinoseg.features.base.Featuriser`, or a feature config (built into one).
     """
-    from .features.featurise import feature_margin
+    from .features.featurisers import featuriser_for
     from .features.tiling import tiles
     from .smoothing import reach
 
@@ -35,10 +37,10 @@ def plane_windows(shape: tuple[int, int], config: FeatureConfig, training: Train
     if max(h, w) <= tile:
         whole = (slice(0, h), slice(0, w))
         return [(whole, whole)]
-    margin = feature_margin(config) + reach(training.guided_radius, training.smooth, training.predict_step)
-    align = config.stride if config.uses_vit else 1
+    featuriser = featuriser_for(config)
+    margin = featuriser.margin + reach(training.guided_radius, training.smooth, training.predict_step)
     out = []
-    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(shape, tile + 2 * margin, margin, align):
+    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles(shape, tile + 2 * margin, margin, featuriser.alignment):
         out.append(((slice(r0, r1), slice(c0, c1)), (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))))
     return out
 

@@ -1,0 +1,197 @@
+"""The shift report of a :class:`~napari_dinoseg.segmenter.Segmenter`: :class:`ShiftReport`,
+the methods that compare a plane with the training images (intensities, features in the
+classifier's scaling, a collapsed prediction) and keep what a prediction already computed for it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .config import FeatureConfig
+from .plane_parts import _lattice_rows, _memo, _up
+from .planes import plane_windows
+from .shift import FEATURE_FIT_SAMPLE, FeatureDistribution, collapse_warning, image_statistics, sample_step
+
+ImageLike = np.ndarray
+
+
+class ShiftReport:
+    """The Segmenter's shift report (a mixin of :class:`~napari_dinoseg.segmenter.Segmenter`, which
+    provides ``features``, ``training``, ``statistics``, ``featuriser``, ``channel_names``,
+    ``normalise``, ``predict_proba``, ``logit_space``, ``_fitted`` and ``_samples``)."""
+
+    def check(self, image: ImageLike, proba: Optional[np.ndarray] = None, cache=None) -> list[str]:
+        """Warnings about one plane: unlike the training images, or a collapsed prediction.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array
+        proba : (H, W, K) array, optional
+            Its probabilities, when already predicted (computed otherwise). Those returned by
+            :meth:`predict_proba` carry the feature sample the check reads; for others (e.g. put
+            together from windows elsewhere) the sample is featurised here, through ``cache``.
+        cache : FeatureCache, optional
+            As for :meth:`fit`: a cache holding the plane's features makes that sample cheap.
+
+        Returns
+        -------
+        list of str, empty when the image looks like the training data.
+
+        Raises
+        ------
+        ValueError
+            For ``proba`` of another shape than ``(H, W, K)``: this plane's height and width,
+            the classifier's number of classes (probabilities of another image or classifier).
+        """
+        clf = self._fitted()
+        if proba is not None:
+            expected = (*np.shape(image)[:2], clf.n_classes)
+            if np.shape(proba) != expected:
+                raise ValueError(f"proba of shape {np.shape(proba)} do not belong to this image and classifier: "
+                                 f"expected {expected} (the image's height and width, then one column per class "
+                                 f"of the classifier's {clf.n_classes}); pass the probabilities predict_proba gave "
+                                 "for this image, or none to have them computed")
+        norm = self.normalise(image, cache)
+        proba = self.predict_proba(image) if proba is None else proba
+        warnings = []
+        if self.statistics is not None:
+            sample = self._kept_sample(proba)
+            if sample is None and self.statistics.features is not None:  # probabilities from elsewhere
+                sample = self.feature_sample(image, cache)
+            features, confidence = (None, None) if sample is None else sample
+            warnings = self.statistics.check(norm, self.features.normalise, features, confidence,
+                                             self._image_statistics(norm, self.features, cache))
+        return warnings + collapse_warning(proba, clf.classes)
+
+    def shift_space(self, rows: np.ndarray, projected: bool = False) -> np.ndarray:
+        """Feature rows as the shift report compares them: scaled as the classifier scales them.
+
+        Parameters
+        ----------
+        rows : (M, F) float array
+            Features of some pixels: the full stack's channels, or with ``projected`` those of
+            :func:`~napari_dinoseg.features.featurise.featurise_projected` with the classifier's
+            :meth:`logit_space` projection.
+
+        Returns
+        -------
+        (M, D) float32. For a classifier with a :meth:`logit_space`, the ViT channels enter as that
+        projection (the classifier's logits on them and the trees' components of them): the same
+        ``D`` columns whichever way the features were computed.
+        """
+        from .classify import _scaled
+        from .features.channels import ChannelLayout
+
+        clf, rows = self._fitted(), np.asarray(rows, np.float32)
+        split = self.logit_space()
+        if split is not None:
+            reduced, (weights, bias) = split
+            if not projected:
+                layout = ChannelLayout.of(self.channel_names)
+                other, vit = list(layout.classical), list(layout.vit)
+                rows = np.hstack([rows[:, other], rows[:, vit] @ weights.T + bias])
+            clf = reduced
+        return _scaled(rows, clf.mean, clf.scale, clf.scaling, clf.linear)
+
+    def feature_sample(self, image: ImageLike, cache=None) -> tuple[np.ndarray, float]:
+        """The shift report's sample of one plane, featurised here (:meth:`predict_proba` keeps it
+        for :meth:`check` without featurising again): ``(M, D)`` float32 :meth:`shift_space` rows
+        of about ``FEATURE_SAMPLE`` pixels on a regular grid, and the classifier's mean top
+        probability on them (unsmoothed)."""
+        norm = self.normalise(image, cache)
+        rows = self._grid_rows(norm, self.featuriser, sample_step(norm.shape[:2]), cache)
+        return self._sample(rows, projected=False)
+
+
+    def _feature_distribution(self, grid: np.ndarray, normalised: Sequence[np.ndarray],
+                              cache, key: tuple) -> FeatureDistribution:
+        """The training pixels' :class:`~napari_dinoseg.shift.FeatureDistribution` from the fit's
+        ``(M, F)`` grid sample, and from the contrast-inverted training images (``1 - x``,
+        featurised here on a grid; kept in ``cache`` per training image). With ViT or hybrid
+        features the inverted images are not featurised (no inversion check): their forward
+        passes would double the fit's cost. Without a logit-space split the distribution depends
+        on the training images and their scaling, not on the strokes: kept in ``cache`` under
+        ``key`` (what the scaling is kept under), so a refit after a stroke does not redo it;
+        only the confidence, which depends on the classifier, is computed again."""
+        import dataclasses
+
+        from .classify import _pixel_proba
+
+        confidence = float(_pixel_proba(self.classifier, grid).max(axis=0).mean())
+        if self.logit_space() is not None:  # the ViT channels enter as the classifier's logits
+            return self._fit_distribution(grid, normalised, cache, confidence)
+        kept = _memo(cache, key + (self.training.seed,),
+                     lambda: self._fit_distribution(grid, normalised, cache, confidence))
+        return dataclasses.replace(kept, confidence=confidence)
+
+    def _fit_distribution(self, grid: np.ndarray, normalised: Sequence[np.ndarray], cache,
+                          confidence: float) -> FeatureDistribution:
+        """:meth:`_feature_distribution` computed (k-means of the scaled grid sample)."""
+        from .features.featurise import cache_key
+
+        inverted = None
+        if not self.featuriser.gathers_pixels:  # a kind that gathers pixels (a ViT) would featurise every
+            # training image again, whole
+            step = sample_step(normalised[0].shape[:2], FEATURE_FIT_SAMPLE / len(normalised))
+            inverted = self.shift_space(np.concatenate([
+                _memo(cache, ("inverted sample", cache_key(norm, self.features) if cache else None, step),
+                      lambda norm=norm: self._grid_rows(np.float32(1) - norm, self.featuriser, step, None))
+                for norm in normalised]))
+        return FeatureDistribution.fit(self.shift_space(grid), inverted, confidence, self.training.seed)
+
+    def _grid_rows(self, norm: np.ndarray, featuriser, step: int, cache) -> np.ndarray:
+        """``(M, F)`` float32 full features of a normalised plane's pixels on the regular grid of
+        ``step`` (plane coordinates multiples of it), tile by tile; of a featuriser that gathers
+        pixels, only those pixels' (:func:`~napari_dinoseg.features.featurise.featurise_pixels`)."""
+        from .features.featurise import featurise_pixels
+
+        rows = []
+        if featuriser.gathers_pixels:
+            for window, core in plane_windows(norm.shape[:2], featuriser, self.training, self.tile):
+                r, c = (np.arange(_up(w.start + k.start, step), w.start + k.stop, step) - w.start
+                        for w, k in zip(window, core))
+                grid = np.meshgrid(r, c, indexing="ij")
+                data, _ = featurise_pixels(norm[window], featuriser, (grid[0].ravel(), grid[1].ravel()),
+                                           normalised=True, cache=cache)
+                rows.append(data)
+        else:
+            storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache, featuriser)
+            for window, core, _, stack in self._window_features(norm, featuriser, None, cache, storage):
+                rows.append(_lattice_rows(stack, window, core, step))
+                del stack
+        return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def _sample(self, rows: np.ndarray, projected: bool) -> tuple[np.ndarray, float]:
+        """:meth:`shift_space` rows of a sample and the classifier's mean top probability on them."""
+        from .classify import _pixel_proba
+
+        split = self.logit_space() if projected else None
+        clf = self._fitted() if split is None else split[0]
+        rows = np.asarray(rows, np.float32)
+        confidence = float(_pixel_proba(clf, rows).max(axis=0).mean()) if len(rows) else 1.0
+        return self.shift_space(rows, projected), confidence
+
+    def _keep_sample(self, proba: np.ndarray, sample: tuple[np.ndarray, float]) -> None:
+        """Keep a prediction's sample for :meth:`check` while the prediction lives (8 at most)."""
+        for key in [k for k, (ref, _) in list(self._samples.items()) if ref() is None]:
+            self._samples.pop(key, None)
+        while len(self._samples) >= 8:
+            self._samples.pop(next(iter(self._samples)), None)
+        self._samples[id(proba)] = (weakref.ref(proba), sample)
+
+    def _kept_sample(self, proba: np.ndarray) -> Optional[tuple[np.ndarray, float]]:
+        """The sample :meth:`predict_proba` kept for this very array of probabilities, else ``None``."""
+        ref, sample = self._samples.get(id(proba), (None, None))
+        return sample if ref is not None and ref() is proba else None
+
+    @staticmethod
+    def _image_statistics(norm: np.ndarray, config: FeatureConfig, cache) -> np.ndarray:
+        """:func:`~napari_dinoseg.shift.image_statistics` of a normalised plane, through ``cache``
+        (the same for the training image at each refit and for each plane predicted again)."""
+        from .features.featurise import cache_key
+
+        return _memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
+                     lambda: image_statistics(norm))

@@ -1,0 +1,136 @@
+"""How a :class:`~napari_dinoseg.segmenter.Segmenter` walks a plane's tile windows: their
+features through a cache (kept as float32, float16 or not at all, :meth:`WindowFeatures.feature_storage`),
+the classifier's scaled features kept beside them, and each window's training part.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .plane_parts import _grid_and_painted
+from .planes import in_plane, plane_windows
+from .progress import within
+
+
+class WindowFeatures:
+    """The Segmenter's tile windows and their features (a mixin of
+    :class:`~napari_dinoseg.segmenter.Segmenter`, which provides ``featuriser``, ``training``,
+    ``tile`` and ``classifier``)."""
+
+    def feature_bytes(self, shape: tuple[int, int], n_channels: int, config=None) -> int:
+        """Bytes of all the float32 feature windows (:func:`plane_windows`, margins included) of an
+        ``(H, W)`` plane of ``n_channels``, with ``config`` (a featuriser or a feature config;
+        default: :attr:`featuriser`)."""
+        from .features.featurisers import featuriser_for
+
+        featuriser = self.featuriser if config is None else featuriser_for(config)
+        windows = plane_windows(shape, featuriser, self.training, self.tile)
+        pixels = sum((r.stop - r.start) * (c.stop - c.start) for (r, c), _ in windows)
+        return 4 * pixels * featuriser.n_features(n_channels)
+
+    def feature_storage(self, shape: tuple[int, int], n_channels: int, cache,
+                        config=None) -> str:
+        """How ``cache`` keeps the feature windows of an ``(H, W)`` plane of ``n_channels``:
+        :func:`~napari_dinoseg.features.featurise.plane_storage` of :meth:`feature_bytes` and the
+        cache's budget (``"float32"`` without a cache)."""
+        if cache is None:
+            return "float32"
+        from .features.featurise import plane_storage
+
+        return plane_storage(self.feature_bytes(shape, n_channels, config), cache.max_bytes)
+
+    def keeps_scaled(self, shape: tuple[int, int], n_channels: int, cache,
+                     config=None) -> bool:
+        """Whether ``cache`` keeps the classifier's :meth:`scaled_features` of an ``(H, W)`` plane's
+        windows beside the windows (:func:`~napari_dinoseg.features.featurise.keeps_scaled`)."""
+        from .features.featurise import keeps_scaled
+
+        if cache is None:
+            return False
+        storage = self.feature_storage(shape, n_channels, cache, config)
+        return keeps_scaled(storage, self.feature_bytes(shape, n_channels, config), cache.max_bytes,
+                            self.read_fraction())
+
+    def read_fraction(self) -> float:
+        """The share of a plane's pixels whose features the classifier reads: ``1 / predict_step²``
+        with the guided filter (:func:`~napari_dinoseg.classify.read_pixels`), else 1."""
+        clf = self.classifier
+        guided, step = ((self.training.guided_radius > 0, self.training.predict_step) if clf is None
+                        else (clf.guided_radius > 0 and bool(clf.guide), clf.predict_step))
+        return 1.0 / step**2 if guided else 1.0
+
+    def scaled_features(self, stack, key: Optional[str], cache, origin: tuple[int, int] = (0, 0)) -> Optional[np.ndarray]:
+        """The classifier's :func:`~napari_dinoseg.classify.scaled_features` of a cached window,
+        kept in ``cache`` while the classifier's scaling stays the same (refits on the same
+        training images keep it); ``None`` without a cache: :func:`predict` scales as it goes.
+
+        Of a :class:`FeatureStack`: ``(F, h, w)``, every pixel. Of a
+        :class:`~napari_dinoseg.features.featurise.CompactStack` (a large plane's window at plane
+        coordinates ``origin``): ``(F, h', w')``, the pixels the classifier reads
+        (:func:`~napari_dinoseg.classify.read_pixels`), from its decoded values: what
+        :func:`predict_part` reads, scaled as it would scale them.
+        """
+        from .classify import read_pixels, scaled_features
+        from .features.featurise import CompactStack
+
+        clf = self._fitted()
+        if cache is None or key is None:
+            return None
+        scaling = (clf.scaling, clf.mean.tobytes(), clf.scale.tobytes())
+        if not isinstance(stack, CompactStack):
+            return cache.derived(("scaled", key, scaling), lambda: scaled_features(clf, stack))
+        read = read_pixels(clf, stack.shape, origin)
+        return cache.derived(("scaled", key, scaling, tuple((r.start, r.step) for r in read)),
+                             lambda: scaled_features(clf, stack.region(*read)))
+
+    def regions(self, image, progress=None, cache=None):
+        """The window API: one plane ready to predict any rectangle of it, as :meth:`predict_proba`
+        predicts it there (without the CRF, which couples the whole plane): a
+        :class:`~napari_dinoseg.region_prediction.PlaneRegions` whose ``proba(region)`` is the
+        ``(h, w, K)`` float32 probabilities of ``(rows, cols)`` slices. The live update predicts
+        the part on screen first through it."""
+        from .region_prediction import PlaneRegions
+
+        return PlaneRegions(self, image, progress, cache)
+
+    def _window_parts(self, norm: np.ndarray, labels: np.ndarray, featuriser, step: int, progress, cache=None):
+        """Yield ``(window, core, key, TrainingPart, channel names)`` for every tile of a normalised
+        plane, its features computed at the painted pixels and the grid sample only
+        (:func:`~napari_dinoseg.features.featurise.featurise_pixels`, through ``cache``): the same part
+        as :func:`~napari_dinoseg.classify.training_part` of the tile's whole stack, up to float
+        rounding. ``key``: the tile's cache key (``None`` without a cache)."""
+        from .classify import TrainingPart
+        from .features.featurise import cache_key, featurise_pixels
+
+        windows = plane_windows(norm.shape[:2], featuriser, self.training, self.tile)
+        for n, (window, core) in enumerate(windows):
+            sub = within(progress, n / len(windows), (n + 1) / len(windows))
+            crop = np.asarray(labels)[in_plane(window, core)]
+            rows, cols, n_painted = _grid_and_painted(crop, core, step)
+            if cache is None:  # one pass of the model for both
+                data, names = featurise_pixels(norm[window], featuriser, (rows, cols), sub, normalised=True)
+                x, grid, key = data[:n_painted], data[n_painted:], None
+            else:  # the grid sample does not change with the strokes: gathered once
+                key = cache_key(norm[window], featuriser.config)
+                where = ("grid", key, step, tuple((c.start, c.stop) for c in core))
+                grid, names = cache.derived(where, lambda: featurise_pixels(
+                    norm[window], featuriser, (rows[n_painted:], cols[n_painted:]), sub, normalised=True, cache=cache))
+                x, _ = featurise_pixels(norm[window], featuriser, (rows[:n_painted], cols[:n_painted]), sub,
+                                        normalised=True, cache=cache)
+            part = TrainingPart(x=x, y=crop[crop > 0].astype(np.int64), grid=grid)
+            yield window, core, key, part, names
+
+    def _window_features(self, norm: np.ndarray, featuriser, progress, cache, storage: str = "float32"):
+        """Yield ``(window, core, key, stack)`` for every tile of a normalised plane: ``window``
+        slices the plane, ``core`` slices the window's features down to the part the tile owns,
+        ``key`` is the stack's cache key (``None`` without a cache), ``stack`` a FeatureStack or,
+        with ``storage="float16"``, a CompactStack (:func:`window_training_part`, :func:`predict_part`
+        read either)."""
+        from .features.featurise import keyed_featurise
+
+        windows = plane_windows(norm.shape[:2], featuriser, self.training, self.tile)
+        for n, (window, core) in enumerate(windows):
+            sub = within(progress, n / len(windows), (n + 1) / len(windows))
+            yield (window, core, *keyed_featurise(norm[window], featuriser, sub, cache, normalised=True, storage=storage))
