@@ -1,9 +1,6 @@
 """Feature stacks are built in place, and the memory check's estimate matches measured peaks."""
 
-import importlib.util
-import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +11,6 @@ from napari_dinoseg.features.featurise import check_memory, estimate_memory
 from napari_dinoseg.features.vit import vit_features
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
 CPU = torch.device("cpu")
 
 
@@ -75,20 +71,4 @@ def test_memory_check_names_the_estimate_and_the_fix():
     assert check_memory(FeatureConfig(), (64, 64), available=2**30) == estimate_memory(FeatureConfig(), (64, 64))
 
 
-@pytest.fixture(scope="module")
-def memory_benchmark():
-    spec = importlib.util.spec_from_file_location("memory_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_benchmark"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("memory_benchmark", None)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-@pytest.mark.parametrize("kind, size", [("classical", 512), ("hybrid", 256)])
-def test_estimate_within_a_quarter_of_the_measured_peak(memory_benchmark, kind, size):
-    """One featurisation in a fresh process (``benchmarks/memory.py``): resident-set growth."""
-    row = memory_benchmark.measure(memory_benchmark.config_for(kind, "one"), size)
-    assert row["peak"] > row["output"]
-    assert 0.75 < row["estimate"] / row["peak"] < 1.25, row
+# The estimate against a measured peak, per kind: tests/test_featuriser_contract.py.

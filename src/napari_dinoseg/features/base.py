@@ -185,8 +185,13 @@ class Featuriser:
 
     def window(self, core: tuple[slice, slice], shape: tuple[int, int]) -> tuple[slice, slice]:
         """The slices to read for the features of ``core`` (slices of a plane of ``shape``): grown
-        by :attr:`margin` on each side, clipped to the plane."""
-        return tuple(slice(max(0, c.start - self.margin), min(n, c.stop + self.margin)) for c, n in zip(core, shape))
+        by :attr:`margin` on each side, the start moved back to a multiple of :attr:`alignment`,
+        clipped to the plane."""
+        def grown(c: slice, n: int) -> slice:
+            start = max(0, c.start - self.margin)
+            return slice(start - start % self.alignment, min(n, c.stop + self.margin))
+
+        return tuple(grown(c, n) for c, n in zip(core, shape))
 
     # ---- computing ----------------------------------------------------------------
 
