@@ -443,16 +443,16 @@ def test_nothing_to_segment_is_an_error_not_an_empty_success(tmp_path, bundle, c
 
 
 def test_non_finite_probabilities_fail_the_image_and_write_nothing(tmp_path, bundle, images, monkeypatch, capsys):
-    import napari_dinoseg.segmenter as segmenter
+    import napari_dinoseg.plane_parts as plane_parts  # where the Segmenter's windows are predicted
 
-    real, calls = segmenter.predict, []
+    real, calls = plane_parts.predict, []
 
     def nan_after_the_first_image(clf, stack, scaled=None, origin=(0, 0)):  # one window per 192-px image
         calls.append(1)
         proba = real(clf, stack, scaled, origin)
         return proba if len(calls) == 1 else np.full_like(proba, np.nan)
 
-    monkeypatch.setattr(segmenter, "predict", nan_after_the_first_image)
+    monkeypatch.setattr(plane_parts, "predict", nan_after_the_first_image)
     assert main(["apply", str(bundle), str(images), "-o", str(tmp_path / "out")]) == 1
     text = capsys.readouterr().out
     assert text.count("non-finite probabilities (NaN or inf)") == 2

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig
+from napari_dinoseg.feature_kinds import BUILT_IN
 from napari_dinoseg.features.base import Featuriser
 from napari_dinoseg.features.channels import per_image_channel
 from napari_dinoseg.features.featurisers import FEATURISERS, featuriser_for, register, unregister
@@ -80,7 +81,7 @@ def check_contract(featuriser: Featuriser, image: np.ndarray) -> None:
         >= 4 * 128 * 128 * featuriser.n_features(n_channels)
 
 
-@pytest.mark.parametrize("kind", ["classical", "vit", "hybrid"])
+@pytest.mark.parametrize("kind", BUILT_IN)  # a kind added to the package is checked the day it is
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_built_in_kind_keeps_the_contract(kind, channels, local_weights):
     image = np.random.default_rng(channels).random((112, 126, channels)).astype(np.float32)

@@ -44,6 +44,12 @@ CORE_MODULES = [
     "napari_dinoseg.features.featurise",
     "napari_dinoseg._sample_data",
     "napari_dinoseg._widgets._train_job",
+    "napari_dinoseg._widgets._jobs",
+    "napari_dinoseg._widgets._live",
+    "napari_dinoseg.features.base",
+    "napari_dinoseg.features.featurisers",
+    "napari_dinoseg.segmenter",
+    "napari_dinoseg.region_prediction",
 ]
 
 

@@ -323,6 +323,56 @@ def test_dinov2_and_hybrid_modes_train_and_predict(dock, qtbot, two_textures):
     assert iou(widget.predictions.data, truth, 2) > 0.9
 
 
+def count_calls(monkeypatch):
+    """``{"resolve_device": [...], "resolved": [...]}``: one entry per call, from now on, of
+    :func:`napari_dinoseg.features.base.resolve_device` (wherever a module of the package holds
+    it) and of :meth:`FeatureConfig.resolved`, each the package's frames that made the call."""
+    import sys
+    import traceback
+
+    from napari_dinoseg.config import FeatureConfig
+    from napari_dinoseg.features import base
+
+    calls = {"resolve_device": [], "resolved": []}
+    real_device, real_resolved = base.resolve_device, FeatureConfig.resolved
+
+    def where() -> str:
+        frames = [f for f in traceback.extract_stack()[:-2] if "napari_dinoseg" in f.filename]
+        return "".join(traceback.format_list(frames))
+
+    def resolve_device(name):
+        calls["resolve_device"].append(where())
+        return real_device(name)
+
+    def resolved(self, device_type):
+        calls["resolved"].append(where())
+        return real_resolved(self, device_type)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("napari_dinoseg") and getattr(module, "resolve_device", None) is real_device:
+            monkeypatch.setattr(module, "resolve_device", resolve_device)
+    monkeypatch.setattr(FeatureConfig, "resolved", resolved)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["classical", "vit"])
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_click_resolves_the_device_and_the_config_once(dock, qtbot, two_textures, monkeypatch, kind):
+    """A Train / Predict click builds one featuriser, its Segmenter's: the device and the feature
+    config's presets are resolved once, for the plan line, the fit and the prediction."""
+    image, _, scribbles = two_textures
+    viewer, widget, _ = dock(image)
+    viewer.add_labels(scribbles, name="strokes")
+    widget._labels_layer.value = viewer.layers["strokes"]
+    if kind == "vit":
+        use_vit(widget)
+    calls = count_calls(monkeypatch)
+    click_and_wait(qtbot, widget)
+    assert widget.predictions is not None and widget.last_result.featurised == 1  # the click ran through
+    for what, stacks in calls.items():
+        assert len(stacks) == 1, f"{what} was called {len(stacks)} times in one click, from:\n" + "\n".join(stacks)
+
+
 def test_missing_weights_is_a_clear_error(dock, qtbot, notes, two_textures, tmp_path, monkeypatch):
     monkeypatch.setenv("DINOSEG_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -15,7 +15,7 @@ import numpy as np
 
 from .cas_foreground import background_class
 from .config import CASConfig
-from .descriptors import subsample, unit_rows
+from .descriptors import standardise, subsample, unit_rows
 
 if TYPE_CHECKING:
     from .features.featurise import FeatureStack
@@ -72,7 +72,7 @@ def classical_classes(stacks: Sequence["FeatureStack"], config: CASConfig) -> tu
     from sklearn.cluster import KMeans
 
     channels, finest = smooth_channels(stacks[0].channel_names)
-    feats = _clip_standardise([s.data[..., channels] for s in stacks])
+    feats = standardise([s.data[..., channels] for s in stacks], 4, clip=CLIP_PERCENTILES)
     flat = [f.reshape(-1, f.shape[-1]) for f in feats]
     sample = subsample(flat, config.sample, config.seed, rows=[_calm_pixels(f[..., finest]) for f in feats])
     top = min(config.k, MAX_CLASSES, len(np.unique(sample.round(5), axis=0)))
@@ -149,14 +149,3 @@ def _calm_pixels(feats: np.ndarray) -> np.ndarray:
     grad = grad.ravel()
     return np.flatnonzero(grad <= np.quantile(grad, CALM_QUANTILE))
 
-
-def _clip_standardise(feats: list[np.ndarray]) -> list[np.ndarray]:
-    """Channels clipped to ``CLIP_PERCENTILES`` and standardised, both over all slices (a
-    regular grid of pixels)."""
-    n = feats[0].shape[-1]
-    grid = np.concatenate([f[::4, ::4].reshape(-1, n) for f in feats]).astype(np.float64)
-    low, high = np.percentile(grid, CLIP_PERCENTILES, axis=0)
-    grid = np.clip(grid, low, high)
-    mean, std = grid.mean(0), grid.std(0)
-    std[std < 1e-6] = 1.0
-    return [((np.clip(f, low, high) - mean) / std).astype(np.float32) for f in feats]

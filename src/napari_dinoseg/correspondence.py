@@ -241,9 +241,11 @@ def _pooled(features: "FeatureStack", cell: int) -> "FeatureStack":
 def _cell_size(features_a: "FeatureStack", features_b: "FeatureStack", cell: Optional[int]) -> int:
     """The cell size in pixels (see :func:`correspondences_from_features`), checked against both images."""
     shapes = [features_a.shape, features_b.shape]
-    if cell is None:
-        config = features_a.config
-        cell = config.stride if config.uses_vit and config.stride else DEFAULT_CELL
+    if cell is None:  # a ViT's token cell (its stride, the tile alignment), else the default
+        from .features.featurisers import described
+
+        alignment = described(features_a.config).alignment or 1
+        cell = alignment if alignment > 1 else DEFAULT_CELL
         cell = max(cell, math.ceil(math.sqrt(max(h * w for h, w in shapes) / MAX_CELLS)))
     elif not isinstance(cell, (int, np.integer)) or isinstance(cell, bool) or cell < 1:
         raise ValueError(f"cell must be a positive integer (pixels), got {cell!r}")
@@ -263,8 +265,10 @@ def _check_same_features(features_a: "FeatureStack", features_b: "FeatureStack")
         raise ValueError(f"the features differ ({features_a.n_features} and {features_b.n_features} channels, "
                          "or other channel names): featurise both images with one config, from images with "
                          "the same number of channels")
+    from .features.channels import ChannelLayout
+
     ca, cb = features_a.config, features_b.config
-    if ca.uses_vit and (ca.model, ca.weights) != (cb.model, cb.weights):
+    if ChannelLayout.of(features_a.channel_names).vit and (ca.model, ca.weights) != (cb.model, cb.weights):
         raise ValueError(f"the features come from different ViTs ({ca.model}, weights {ca.weights!r} and "
                          f"{cb.model}, weights {cb.weights!r}): featurise both images with one config")
 

@@ -20,8 +20,10 @@ def unit_descriptors(stacks: Sequence["FeatureStack"], step: int = 4) -> list[np
     have arbitrary scales and mostly positive values, so that without it every pixel's
     direction is nearly the same and cosine distances vanish.
     """
+    from .features.channels import ChannelLayout
+
     feats = [s.data for s in stacks]
-    if any(s.config.uses_classical for s in stacks):
+    if any(ChannelLayout.of(s.channel_names).classical for s in stacks):
         feats = standardise(feats, step)
     return [unit_rows(f) for f in feats]
 
@@ -33,11 +35,18 @@ def unit_rows(data: np.ndarray) -> np.ndarray:
     return (flat / np.maximum(norm, 1e-12)).reshape(data.shape)
 
 
-def standardise(feats: list[np.ndarray], step: int = 4) -> list[np.ndarray]:
+def standardise(feats: list[np.ndarray], step: int = 4,
+                clip: Optional[tuple[float, float]] = None) -> list[np.ndarray]:
     """Channels of ``feats`` (each ``(H, W, F)``) to zero mean and unit variance over all of them,
-    the statistics taken on every ``step``-th row and column; float32."""
+    the statistics taken on every ``step``-th row and column (a channel constant there is only
+    centred); float32. ``clip``: ``(low, high)`` percentiles of that sample each channel is first
+    clipped to (the statistics then are the clipped sample's)."""
     n = feats[0].shape[-1]
     sample = np.concatenate([f[::step, ::step].reshape(-1, n) for f in feats]).astype(np.float64)
+    if clip is not None:
+        low, high = np.percentile(sample, clip, axis=0)
+        sample = np.clip(sample, low, high)
+        feats = [np.clip(f, low, high) for f in feats]
     mean, std = sample.mean(0), sample.std(0)
     std[std < 1e-6] = 1.0
     return [((f - mean) / std).astype(np.float32) for f in feats]

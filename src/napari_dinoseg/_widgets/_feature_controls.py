@@ -6,6 +6,7 @@ from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, SpinBox
 from qtpy.QtCore import QTimer
 
 from ..config import DEVICES, FeatureConfig
+from ..feature_kinds import KINDS
 from ..features.featurise import FeatureCache
 from ..features.registry import MODELS
 from ._sections import Section
@@ -19,7 +20,7 @@ WEIGHTS_EDIT_MS = 400
 #: what the train widget computed, and the other way round.
 SHARED_CACHE = FeatureCache()
 
-#: Feature kinds offered: (label shown, FeatureConfig.kind).
+#: Labels of the built-in feature kinds: (label shown, FeatureConfig.kind).
 FEATURE_CHOICES = [
     ("classical (Weka-style filters)", "classical"),
     ("DINOv2", "vit"),
@@ -40,7 +41,7 @@ class FeatureControls:
     """
 
     def __init__(self, kind: str = "classical") -> None:
-        self.kind = ComboBox(choices=FEATURE_CHOICES, value=kind, label="features")
+        self.kind = ComboBox(choices=feature_choices(), value=kind, label="features")
         self.model = ComboBox(choices=sorted(MODELS), value="dinov2_vits14", label="model")
         self.stride = SpinBox(value=0, min=0, max=16, label="stride (0 = preset)")
         self.views = ComboBox(choices=list(VIEW_CHOICES), value=VIEWS_PRESET, label="upsampler views")
@@ -105,7 +106,7 @@ class FeatureControls:
             raise ValueError(f"normalise (percentiles) {self.percentiles.value!r}: give two numbers, the low and the "
                              "high percentile, e.g. 5, 95")
         kind = self.kind.value
-        if kind == "classical":
+        if not KINDS[kind].vit:  # the ViT's settings (model, views, device, weights) do not apply
             return FeatureConfig(kind=kind, sigmas=sigmas, membrane=bool(self.membrane.value), percentiles=percentiles)
         views = VIEW_CHOICES[self.views.value]
         shifts = flips = None
@@ -132,7 +133,7 @@ class FeatureControls:
         problem = self.weights_problem()  # short; the whole message is the plan's tooltip
         note.visible = bool(problem)
         # the note explains the classical default: gone once the user picks a ViT kind
-        self.kind.changed.connect(lambda *_: setattr(note, "visible", bool(problem) and self.kind.value == "classical"))
+        self.kind.changed.connect(lambda *_: setattr(note, "visible", bool(problem) and not KINDS[self.kind.value].vit))
         if problem:
             self.kind.value = "classical"
             note.value = f"Classical features ({problem.replace('cannot run: ', '')}). {adds}"
@@ -141,29 +142,29 @@ class FeatureControls:
                 self.kind.tooltip = note.tooltip
 
     def _on_kind(self, *_args) -> None:
-        """A new kind: its controls; the details opened when a ViT cannot run, so the weights
-        field the plan line points to is in view."""
+        """A new kind: its controls; the details opened when a ViT cannot run (the plan line says
+        so only for kinds that run one), so the weights field the plan line points to is in view."""
         self.update_visibility()
-        if self.kind.value != "classical" and self.plan.value.startswith("cannot run"):
+        if self.plan.value.startswith("cannot run"):
             self.details.expand()
 
     def update_visibility(self, *_args) -> None:
-        """Show the controls that matter for the chosen feature kind."""
-        vit = self.kind.value != "classical"
+        """Show the controls that matter for the chosen feature kind (its traits: the ViT's
+        settings and plan line, the filter bank's sigmas and membrane projections)."""
+        traits = KINDS[self.kind.value]
+        vit = traits.vit
         for w in self.vit_widgets:
             w.visible = vit
-        self.sigmas.visible = self.membrane.visible = self.kind.value != "vit"
+        self.sigmas.visible = self.membrane.visible = traits.classical
         self.shifts.visible = vit and self.views.value in ("shifts", "shifts + flips")
         self.plan.value = "" if not vit else self.weights_problem() or "preset: decided for the device when you click"
 
     def weights_problem(self) -> str:
         """Why the chosen ViT cannot run here (no weights, offline), or "" (asked when the mode changes,
         so the user learns it before painting; takes about a second at most)."""
-        from ..features.registry import find_weights
-
         from pathlib import Path
 
-        from ..features.registry import model_spec, weights_dir
+        from ..features.registry import find_weights, model_spec, weights_dir
 
         self.plan.tooltip = "what the ViT will do on this device, and about how long it takes"
         try:
@@ -178,11 +179,19 @@ class FeatureControls:
         return ""
 
 
-def check_weights(config: FeatureConfig) -> None:
-    """Refuse, within about a second, DINOv2 / hybrid features when no weights can be had."""
-    from ..features.registry import find_weights
+def feature_choices() -> list[tuple[str, str]]:
+    """``(label shown, kind)`` of every feature kind this process knows (:data:`~napari_dinoseg.feature_kinds.KINDS`):
+    the built-in ones labelled (:data:`FEATURE_CHOICES`), a registered one by its name."""
+    labels = {kind: label for label, kind in FEATURE_CHOICES}
+    return [(labels.get(kind, kind), kind) for kind in KINDS]
 
-    find_weights(config.model, config.weights or None, hint=WEIGHTS_HINT)
+
+def check_weights(config: FeatureConfig) -> None:
+    """Refuse, within about a second, features whose weights cannot be had (DINOv2, hybrid);
+    nothing for kinds without weights (:func:`~napari_dinoseg.features.registry.weights_for`)."""
+    from ..features.registry import weights_for
+
+    weights_for(config, hint=WEIGHTS_HINT)
 
 
 def numbers(text: str, name: str, example: str, kind: type) -> tuple:

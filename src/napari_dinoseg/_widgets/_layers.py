@@ -6,6 +6,10 @@ under :data:`RESULT_KEY`, and each time it is written it is put directly above t
 brush-labels layer (or the image) and shown; when layers of another image are drawn over that
 image, the image comes to the top with its strokes and results. So a result is never written
 where the user cannot see it, nor drawn over another image.
+
+A result is written by updating the layer there in place, or replacing it by a new one when it
+cannot hold the new data (:func:`fits`): :func:`set_result` (all of its data) and
+:func:`result_layer` (a layer to write some slices into, the others kept).
 """
 
 from __future__ import annotations
@@ -51,15 +55,30 @@ def multiscale_refusal(name: str) -> str:
             f"viewer.add_image(viewer.layers[{name!r}].data[0]))")
 
 
+def geometry(layer: Layer, ndim: Optional[int] = None) -> dict:
+    """``{"scale": ..., "translate": ...}`` of ``layer``'s last ``ndim`` axes (default: its spatial
+    ones, :func:`spatial_shape`): the keyword arguments that put a new layer over it."""
+    n = len(spatial_shape(layer)) if ndim is None else ndim
+    return {"scale": layer.scale[-n:], "translate": layer.translate[-n:]}
+
+
+def fits(layer: Optional[Layer], kind, shape: tuple[int, ...], dtype=None) -> bool:
+    """Whether ``layer`` can be updated in place with data of ``shape`` (and ``dtype``, when
+    given): it is a ``kind`` whose data has them."""
+    return isinstance(layer, kind) and tuple(layer.data.shape) == tuple(shape) and \
+        (dtype is None or layer.data.dtype == dtype)
+
+
 def set_layer(viewer, name: str, kind, data: np.ndarray, kwargs: dict):
-    """The layer ``name`` holding ``data``: updated in place when it is a ``kind`` of that shape,
-    else (re)made with ``kwargs``; returned."""
+    """The layer ``name`` holding ``data``: updated in place when it :func:`fits`, else (re)made
+    with ``kwargs``; returned."""
     layers = viewer.layers
-    if name in layers and isinstance(layers[name], kind) and layers[name].data.shape == data.shape:
-        layers[name].data = data
-        return layers[name]
-    if name in layers:
-        layers.remove(name)
+    old = layers[name] if name in layers else None
+    if fits(old, kind, np.shape(data)):
+        old.data = data
+        return old
+    if old is not None:
+        layers.remove(old)
     return viewer.add_layer(kind(data, name=name, **kwargs))
 
 
@@ -109,14 +128,32 @@ def add_result(viewer, image: Image, role: str, layer: Layer, above: Optional[La
 
 
 def set_result(viewer, image: Image, role: str, kind, data, kwargs: dict, above: Optional[Layer] = None) -> Layer:
-    """``image``'s result layer ``role`` holding ``data``: updated in place when it is a ``kind``
-    of that shape, else (re)made with ``kwargs``; placed (:func:`place_result`) and returned."""
-    layer = find_result(viewer, image.name, role)
-    if layer is not None and isinstance(layer, kind) and layer.data.shape == np.shape(data):
+    """``image``'s result layer ``role`` holding ``data``: updated in place when it :func:`fits`
+    ``data``'s shape, else (re)made with ``kwargs``; placed (:func:`place_result`) and returned."""
+    layer, kept = _update_or_add(viewer, image, role, kind, np.shape(data), None, lambda: kind(data, **kwargs), above)
+    if kept:
         layer.data = data
+    return layer
+
+
+def result_layer(viewer, image: Image, role: str, kind, shape: tuple[int, ...], dtype, kwargs: dict,
+                 above: Optional[Layer] = None) -> Layer:
+    """``image``'s result layer ``role`` to write slices into: the one there, its data kept, when
+    it :func:`fits` ``shape`` and ``dtype``, else a new one of zeros made with ``kwargs``; placed
+    (:func:`place_result`) and returned."""
+    return _update_or_add(viewer, image, role, kind, shape, dtype, lambda: kind(np.zeros(shape, dtype), **kwargs),
+                          above)[0]
+
+
+def _update_or_add(viewer, image: Image, role: str, kind, shape: tuple[int, ...], dtype, make,
+                   above: Optional[Layer]) -> tuple[Layer, bool]:
+    """``(layer, kept)``: ``image``'s result layer ``role`` when it :func:`fits` (kept, placed),
+    else ``make()`` added in its place (:func:`add_result`)."""
+    layer = find_result(viewer, image.name, role)
+    if fits(layer, kind, shape, dtype):
         place_result(viewer, image, layer, above)
-        return layer
-    return add_result(viewer, image, role, kind(data, **kwargs), above)
+        return layer, True
+    return add_result(viewer, image, role, make(), above), False
 
 
 def remove_result(viewer, image_name: str, role: str) -> None:

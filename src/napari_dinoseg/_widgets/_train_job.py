@@ -2,12 +2,12 @@
 
 The widget copies what it needs from the layers into a :class:`TrainJob` on the GUI
 thread, runs :func:`run_train_job` in a worker thread, and writes the
-:class:`TrainResult` back to layers on the GUI thread.
+:class:`TrainResult` back to layers on the GUI thread. The job starts as every dock's job does
+(:mod:`._jobs`), with its Segmenter's featuriser.
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -16,51 +16,13 @@ import numpy as np
 
 from ..classify import PixelClassifier, uncertainty
 from ..config import FeatureConfig
-from ..features.featurise import FeatureCache, FeatureStack, resolve_device
+from ..features.featurise import FeatureCache, FeatureStack
 from ..image import drop_alpha
 from ..progress import ProgressCallback, report, within
 from ..segmenter import Segmenter
+from ._jobs import announce_plan, job_featuriser, plane_geometry
 
 Index = tuple[int, ...]
-
-_IMPORT_LOCK = threading.Lock()
-
-
-def import_compute_libraries(vit: bool = True, announce: Optional[Callable[[str], None]] = None) -> None:
-    """Import torch and scikit-learn, and timm (with torchvision) when ``vit``, one thread at a time.
-
-    Called by the widget's background warm-up and at the start of every job: loading these
-    C extensions from two threads at once can crash the process (seen with triton, which
-    torchvision pulls in). The two groups take the lock separately, so a classical job never
-    waits for the warm-up's timm import (about 3 s of the first click's 28 s on a busy
-    machine; ``python -X importtime``: scikit-learn 2.4 s, torch 2.9 s, timm's torchvision
-    and torch._dynamo 3.9 s more). ``announce`` hears what is being loaded, if anything.
-    """
-    import sys
-
-    wanted = ["sklearn.linear_model", "torch"] + (["timm"] if vit else [])
-    missing = [name for name in wanted if name not in sys.modules]
-    if missing and announce is not None:
-        announce(f"loading {', '.join(m.split('.')[0] for m in missing)} (first run of the session only)…")
-    with _IMPORT_LOCK:
-        import sklearn.linear_model  # noqa: F401
-        import torch  # noqa: F401
-    if vit:
-        with _IMPORT_LOCK:
-            import timm  # noqa: F401
-
-
-def describe_plan(config: FeatureConfig, shape: tuple[int, int], n_channels: int, device) -> str:
-    """One line on what featurisation will do: kind, resolved upsampler, time estimate."""
-    if not config.uses_vit:
-        return f"{config.kind} features on {device.type}"
-    from ..features.upsample import make_transforms
-    from ..features.vit import estimate_seconds
-
-    views = len(make_transforms(config.shifts, config.flips))
-    seconds = estimate_seconds(config, shape, device, n_channels)
-    return (f"{config.model} on {device.type}: stride {config.stride}, shifts {config.shifts}, "
-            f"flips {config.flips} ({views} views), about {seconds:.0f} s per slice")
 
 
 @dataclass
@@ -166,20 +128,21 @@ def run_train_job(
     """Fit the segmenter on every painted slice of every source (features from ``cache`` where it
     has them), then predict and check the first source's ``predict_slices``.
 
-    Device presets are resolved here, and ``announce`` gets a line describing the plan (with
-    a time estimate for ViT features) before featurisation starts. Progress is reported on a
-    0..1000 scale; a progress callback may raise :class:`napari_dinoseg.Cancelled` to stop
-    between steps. Warnings (NaN replaced, images unlike the training images, a collapsed
-    prediction) are collected in ``messages``. ``predict_plane`` predicts each slice.
+    The job's featuriser is its Segmenter's (:attr:`Segmenter.featuriser`: the device and the
+    presets resolved once, for the plan line, the fit and the predictions), and ``announce`` gets
+    a line describing the plan (with a time estimate for ViT features) before featurisation
+    starts. Progress is reported on a 0..1000 scale; a progress callback may raise
+    :class:`napari_dinoseg.Cancelled` to stop between steps. Warnings (NaN replaced, images
+    unlike the training images, a collapsed prediction) are collected in ``messages``.
+    ``predict_plane`` predicts each slice.
     """
     planes = job.training_planes
     if not planes and not job.use_loaded:
         raise ValueError("no labelled pixels: paint at least one stroke for each of two classes")
-    import_compute_libraries(job.segmenter.features.uses_vit, announce)
-    kept = feature_note(job, cache)
-    plan = _plan(job) + (f"; {kept}" if kept else "")
-    if announce is not None:
-        announce(plan)
+    featuriser = job_featuriser(job.segmenter, announce)
+    first = job.sources[0].plane(job.predict_slices[0])
+    kept = feature_note(job.segmenter, featuriser, first, cache)
+    plan = announce_plan(featuriser, first, announce, kept)
     cache = _Recording(cache)
     fit_share = 0.0 if job.use_loaded else len(planes) / (len(planes) + len(job.predict_slices))
     with warnings.catch_warnings(record=True) as caught:
@@ -207,33 +170,22 @@ def run_train_job(
     )
 
 
-def _plan(job: TrainJob) -> str:
-    """The plan line of a job: its feature kind, device and, for ViT features, a time estimate."""
-    seg = job.segmenter
-    device = resolve_device(seg.features.device)
-    first = job.sources[0].plane(job.predict_slices[0])
-    return describe_plan(seg.features.resolved(device.type), first.shape[:2], first.shape[2] if first.ndim == 3 else 1,
-                         device)
-
-
-def feature_note(job: TrainJob, cache: FeatureCache) -> str:
-    """How ``cache`` keeps the features of the slice a job predicts, for the plan line: ``""`` when
-    as they are; that they are kept as float16 (with the classifier's scaled features, when they
-    fit too); or that they cannot be kept (their size and the
-    cache's budget; see :func:`~napari_dinoseg.features.featurise.storage_note`). ViT and hybrid
-    features (kept as token grids) get ``""``."""
+def feature_note(segmenter: Segmenter, featuriser, first: np.ndarray, cache: FeatureCache) -> str:
+    """How ``cache`` keeps the features of ``first``, the ``(H, W)`` or ``(H, W, C)`` slice a job
+    predicts first, for the plan line: ``""`` when as they are; that they are kept as float16
+    (with the classifier's scaled features, when they fit too); or that they cannot be kept
+    (their size and the cache's budget; see :func:`~napari_dinoseg.features.featurise.storage_note`).
+    ``featuriser`` is the job's (:attr:`Segmenter.featuriser`); one that gathers pixels (ViT and
+    hybrid features, kept as token grids) gets ``""``."""
     from ..features.featurise import storage_note
 
-    seg = job.segmenter
-    if seg.features.uses_vit or not job.predict_slices:
+    if featuriser.gathers_pixels:
         return ""
-    config = seg.features.resolved(resolve_device(seg.features.device).type)
-    first = job.sources[0].plane(job.predict_slices[0])
-    shape, n_channels = first.shape[:2], first.shape[2] if first.ndim == 3 else 1
-    nbytes = seg.feature_bytes(shape, n_channels, config)
-    storage = seg.feature_storage(shape, n_channels, cache, config)
-    scaled = int(nbytes * seg.read_fraction()) if storage == "float16" and seg.keeps_scaled(
-        shape, n_channels, cache, config) else 0
+    shape, n_channels = plane_geometry(first)
+    nbytes = segmenter.feature_bytes(shape, n_channels, featuriser)
+    storage = segmenter.feature_storage(shape, n_channels, cache, featuriser)
+    scaled = int(nbytes * segmenter.read_fraction()) if storage == "float16" and segmenter.keeps_scaled(
+        shape, n_channels, cache, featuriser) else 0
     return storage_note(storage, nbytes, cache.max_bytes, scaled)
 
 

@@ -34,7 +34,7 @@ from ..progress import Cancelled
 from ._compat import block_triton_if_llvm_is_loaded
 from ._feature_controls import SHARED_CACHE
 from ._text import message_area
-from ._train_job import import_compute_libraries
+from ._jobs import import_compute_libraries
 
 logger = logging.getLogger(__name__)
 

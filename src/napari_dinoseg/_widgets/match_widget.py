@@ -21,13 +21,13 @@ from magicgui.widgets import CheckBox, Label, SpinBox, create_widget
 from napari.layers import Image, Points
 
 from ..config import FeatureConfig
-from ..features.featurise import FeatureCache, cached_featurise, resolve_device
+from ..features.featurise import FeatureCache
 from ..image import drop_alpha
-from ..progress import report, within
+from ..progress import report
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import current_index, multiscale_refusal, set_layer, spatial_shape
+from ._jobs import featurise_planes, plane_geometry, start_job
+from ._layers import current_index, geometry, multiscale_refusal, set_layer, spatial_shape
 from ._text import wrap
-from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -49,18 +49,13 @@ def run_match_job(plane_a: np.ndarray, plane_b: np.ndarray, config: FeatureConfi
     """Featurise (or reuse) both planes, then match them; pure, runs in a worker."""
     from ..correspondence import correspondences_from_features
 
-    channels = [1 if p.ndim == 2 else p.shape[-1] for p in (plane_a, plane_b)]
+    channels = [plane_geometry(p)[1] for p in (plane_a, plane_b)]
     if channels[0] != channels[1]:
         raise ValueError(f"the images have {channels[0]} and {channels[1]} channels: match images of one kind")
-    import_compute_libraries(config.uses_vit, announce)
-    device = resolve_device(config.device)
-    features = config.resolved(device.type)
-    if announce is not None:
-        announce(describe_plan(features, plane_a.shape[:2], channels[0], device))
+    featuriser = start_job(config, plane_a, announce)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stacks = [cached_featurise(p, features, within(progress, lo, hi), cache)
-                  for p, (lo, hi) in zip((plane_a, plane_b), ((0.0, 0.45), (0.45, 0.9)))]
+        stacks = list(featurise_planes(featuriser, (plane_a, plane_b), progress, cache, span=(0.0, 0.9)))
         report(progress, 900, 1000, "best buddies")
         pairs_a, pairs_b = correspondences_from_features(*stacks, n)
     report(progress, 1000, 1000, "done")
@@ -108,8 +103,7 @@ class MatchWidget(WorkerWidget):
 
     def _prepare(self):
         config = self.features.config()
-        if config.uses_vit:  # no weights: refuse now, not after a minute of retries
-            check_weights(config)
+        check_weights(config)  # no weights: refuse now, not after a minute of retries
         a, b = self._image_a.value, self._image_b.value
         if a is None or b is None or a is b:
             raise ValueError("choose two different image layers as image A and image B (open a second image first)")
@@ -138,7 +132,7 @@ class MatchWidget(WorkerWidget):
             kwargs = {"ndim": len(shape), "size": size, "face_color": colours if m else "white",
                       "border_color": "black", "features": {"pair": np.arange(m)},
                       "text": {"string": "{pair}", "color": "white", "size": 9, "anchor": "upper_left"},
-                      "scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
+                      **geometry(image)}
             layers.append(set_layer(self._viewer, f"matches in {image.name}", Points, data, kwargs))
         if self._side_by_side.value:
             order = [self._matched[0][0], layers[0], self._matched[1][0], layers[1]]

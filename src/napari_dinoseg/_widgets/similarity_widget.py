@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from functools import partial
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -21,14 +22,14 @@ from magicgui.widgets import FloatSlider, Label, PushButton, create_widget
 from napari.layers import Image, Labels, Points
 
 from ..config import FeatureConfig
-from ..features.featurise import FeatureCache, cache_key, cached_featurise, resolve_device
+from ..features.featurise import FeatureCache, cache_key
 from ..image import drop_alpha
-from ..progress import report, within
+from ..progress import report
 from ..similarity import similar_mask, similarity_query
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import find_result, multiscale_refusal, set_result, spatial_shape
+from ._jobs import featurise_planes, start_job
+from ._layers import find_result, geometry, multiscale_refusal, set_result, spatial_shape
 from ._text import wrap
-from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -72,9 +73,6 @@ def run_similarity_job(image, rgb: bool, points: np.ndarray, config: FeatureConf
         The image the points were clicked on, when it is another one: its clicked slices are
         the reference, and every slice of ``image`` is mapped.
     """
-    import_compute_libraries(config.uses_vit, announce)
-    device = resolve_device(config.device)
-    features = config.resolved(device.type)
     lead = _lead(image, rgb)
     n = int(np.prod(lead, dtype=np.int64))
     clicked = (image, rgb) if reference is None else reference
@@ -83,31 +81,31 @@ def run_similarity_job(image, rgb: bool, points: np.ndarray, config: FeatureConf
     todo = [(*clicked, i) for i in refs]
     todo += [(image, rgb, i) for i in range(n) if reference is not None or i not in set(refs)]
     first = _plane(image, rgb, 0)
-    if announce is not None:
-        announce(describe_plan(features, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device))
+    featuriser = start_job(config, first, announce)
     result = SimilarityResult(maps=np.empty((n, *first.shape[:2]), np.float32), n_points=len(points))
 
-    def featurised(k: int):
-        data = _plane(*todo[k])
-        hit = cache is not None and cache_key(data, features) in cache
-        sub = within(progress, k / len(todo), (k + 1) / len(todo))
-        report(progress, int(1000 * k / len(todo)), 1000,
-               f"slice {k + 1} of {len(todo)}: features" if len(todo) > 1 else "features")
-        stack = cached_featurise(data, features, sub, cache)
-        result.reused, result.featurised = result.reused + hit, result.featurised + (not hit)
-        return stack
+    def planes():
+        """Each slice of ``todo``, read when reached, counted as featurised or found in the cache."""
+        for k, where in enumerate(todo):
+            data = _plane(*where)
+            hit = cache is not None and cache_key(data, featuriser.config) in cache
+            result.reused, result.featurised = result.reused + hit, result.featurised + (not hit)
+            report(progress, int(1000 * k / len(todo)), 1000,
+                   f"slice {k + 1} of {len(todo)}: features" if len(todo) > 1 else "features")
+            yield data
 
+    stacks = featurise_planes(featuriser, planes(), progress, cache, count=len(todo))
     with warnings.catch_warnings(record=True) as caught:  # NaN replaced, ...: shown by the GUI
         warnings.simplefilter("always")
-        stacks = [featurised(k) for k in range(len(refs))]
+        clicked_stacks = list(islice(stacks, len(refs)))
         where = np.column_stack([np.searchsorted(refs, points[:, 0]), points[:, 1:]])
-        query = similarity_query(stacks, where)
+        query = similarity_query(clicked_stacks, where)
         if reference is None:
-            for i, stack in zip(refs, stacks):
+            for i, stack in zip(refs, clicked_stacks):
                 result.maps[i] = query.map(stack)
-        del stacks
-        for k in range(len(refs), len(todo)):
-            result.maps[todo[k][2]] = query.map(featurised(k))
+        del clicked_stacks
+        for (_, _, i), stack in zip(todo[len(refs):], stacks):
+            result.maps[i] = query.map(stack)
     report(progress, 1000, 1000, "done")
     result.maps = result.maps.reshape(*lead, *first.shape[:2])
     result.messages = list(dict.fromkeys(str(w.message) for w in caught))
@@ -171,8 +169,7 @@ class SimilarityWidget(WorkerWidget):
         if not isinstance(layer, Points) or layer.ndim != ndim:
             size = max(3.0, min(spatial_shape(image)[-2:]) / 60)
             layer = self._viewer.add_points(np.empty((0, ndim)), ndim=ndim, name=POINTS_LAYER, size=size,
-                                            face_color="cyan", border_color="black",
-                                            scale=image.scale[-ndim:], translate=image.translate[-ndim:])
+                                            face_color="cyan", border_color="black", **geometry(image))
         self._points.reset_choices()
         self._points.value = layer
         self._viewer.layers.selection.active = layer
@@ -184,8 +181,7 @@ class SimilarityWidget(WorkerWidget):
 
     def _prepare(self):
         config = self.features.config()
-        if config.uses_vit:  # no weights: refuse now, not after a minute of retries
-            check_weights(config)
+        check_weights(config)  # no weights: refuse now, not after a minute of retries
         image: Optional[Image] = self._image.value
         if image is None:
             raise ValueError("no image layer: open an image first")
@@ -235,8 +231,7 @@ class SimilarityWidget(WorkerWidget):
             self._status.value = "the image was closed before its similarity map was ready; nothing was written"
             return
         self.result, self._result_image = result, image
-        ndim = result.maps.ndim
-        self._geometry = {"scale": image.scale[-ndim:], "translate": image.translate[-ndim:]}
+        self._geometry = geometry(image, result.maps.ndim)
         layer = set_result(self._viewer, image, SIMILARITY_LAYER, Image, result.maps,
                            {**self._geometry, "colormap": "magma", "opacity": 0.7, "blending": "translucent"})
         layer.contrast_limits = (0.0, 1.0)

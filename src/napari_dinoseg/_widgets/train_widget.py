@@ -3,7 +3,8 @@
 Thin by design: it reads the layers into a :class:`TrainJob` on the GUI thread, runs
 :func:`run_train_job` in a napari thread worker (progress bar, Cancel button), and
 writes the result to a ``predictions`` Labels layer (and optionally an ``uncertainty``
-Image layer) from the worker's ``returned`` signal, on the GUI thread.
+Image layer) from the worker's ``returned`` signal, on the GUI thread. The image / labels
+pairs it reads and the layers it writes are :mod:`._train_layers`'.
 
 "train on: every image with labels" pairs each image layer with its own Labels layer (the
 one made by "New labels layer for this image", or named "<image> labels") and fits one
@@ -30,23 +31,22 @@ from qtpy.QtCore import QTimer
 from superqt.utils import ensure_main_thread
 
 from ..config import CRFConfig, FeatureConfig, TrainConfig
-from ..image import MAX_CHANNELS
+from ..feature_kinds import KINDS
 from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import (IMAGE_KEY, add_result, current_index, find_result, multiscale_refusal, place_result, result_of, spatial_shape,
+from ._layers import (IMAGE_KEY, current_index, find_result, geometry, multiscale_refusal, result_of, spatial_shape,
                       strokes_of)
 from ._live import predict_view_first, visible_region
 from ._sections import Section
 from ._text import wrap
 from ._train_job import Source, TrainJob, TrainResult, run_train_job
+from ._train_layers import PREDICTIONS, all_sources, image_label_pairs, predictions_layer, source_of, write_result
+from ._train_layers import UNCERTAINTY  # noqa: F401 (the roles of the widget's layers, named from here too)
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
     import napari
 
-#: Roles of the result layers, named "<image> <role>" (see ``_layers``).
-PREDICTIONS = "predictions"
-UNCERTAINTY = "uncertainty (0 = sure, 1 = undecided)"
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
 TRAIN_THIS, TRAIN_ALL = "this image", "every image with labels"
 #: (label, TrainConfig.classifier) choices of the classifier menu.
@@ -195,11 +195,8 @@ class TrainWidget(WorkerWidget):
         if image.multiscale:  # refused before any painting, not at the first click
             self._fail(multiscale_refusal(image.name))
             return None
-        layer = self._viewer.add_labels(
-            np.zeros(spatial_shape(image), dtype=np.uint8), name=f"{image.name} labels",
-            scale=image.scale[-len(spatial_shape(image)):], translate=image.translate[-len(spatial_shape(image)):],
-            metadata={IMAGE_KEY: image.name},
-        )
+        layer = self._viewer.add_labels(np.zeros(spatial_shape(image), dtype=np.uint8), name=f"{image.name} labels",
+                                        metadata={IMAGE_KEY: image.name}, **geometry(image))
         self._labels_layer.reset_choices()
         self._labels_layer.value = layer
         layer.mode = "paint"
@@ -270,7 +267,7 @@ class TrainWidget(WorkerWidget):
         if self._closed or token != self._live_token or self.worker is None or self.worker.abort_requested \
                 or image not in self._viewer.layers:
             return  # an update that a newer stroke replaced, or an image closed meanwhile
-        pred = self._predictions_layer(image, labels.dtype)
+        pred = predictions_layer(self._viewer, image, labels.dtype, self._labels_layer.value)
         pred.data[tuple(index) + tuple(region)] = labels
         pred.refresh()
 
@@ -289,7 +286,7 @@ class TrainWidget(WorkerWidget):
             raise ValueError("no image layer: open an image first")
         self._job_image = image
         if self._train_on.value == TRAIN_ALL:
-            sources = self._all_sources(image)
+            sources = all_sources(self._viewer, image)
         else:
             owner = None if labels is None else labels.metadata.get(IMAGE_KEY, image.name)
             if owner is not None and owner != image.name:  # another image's strokes: this image's own
@@ -306,14 +303,14 @@ class TrainWidget(WorkerWidget):
             if owner is not None and owner != image.name:
                 raise ValueError(f"labels layer {labels.name!r} belongs to image {owner!r}, not {image.name!r}; "
                                  "select that image, or click 'New labels layer for this image'")
-            sources = [self._source(image, labels)]
+            sources = [source_of(image, labels)]
             if owner is None and labels.data.any():  # from now on these strokes belong to this image
                 labels.metadata[IMAGE_KEY] = image.name
                 self._claimed = labels.name
         use_loaded = self.loaded is not None and not self._painted_since_load(sources)
         cfg = self.feature_config()
-        if cfg.uses_vit and not use_loaded:
-            check_weights(cfg)
+        if not use_loaded:
+            check_weights(cfg)  # no weights: refuse now, not after a minute of retries
         shape = spatial_shape(image)
         lead = shape[:-2]
         if not lead or (self._scope.value == SCOPE_STACK and not current_slice):
@@ -322,7 +319,7 @@ class TrainWidget(WorkerWidget):
             predict_slices = [current_index(self._viewer, image)]
         training = TrainConfig(classifier=self._classifier.value,
                                guided_radius=TrainConfig.guided_radius if self._edge_smoothing.value else 0,
-                               pca_dim=(int(self._pca.value) or None) if cfg.uses_vit else None)
+                               pca_dim=(int(self._pca.value) or None) if KINDS[cfg.kind].vit else None)
         segmenter = self.loaded if use_loaded else Segmenter(cfg, training, CRFConfig() if self._crf.value else None)
         return TrainJob(sources=sources, predict_slices=predict_slices, segmenter=segmenter, use_loaded=use_loaded,
                         want_uncertainty=bool(self._want_uncertainty.value))
@@ -337,41 +334,8 @@ class TrainWidget(WorkerWidget):
         return False
 
     def image_label_pairs(self) -> list[tuple[Image, Labels]]:
-        """Every image layer with its own Labels layer: the one whose metadata names it (made by
-        'New labels layer for this image'), else the one named '<image> labels'."""
-        images = [lay for lay in self._viewer.layers if isinstance(lay, Image) and result_of(lay) is None]
-        return [(img, own) for img in images if (own := strokes_of(self._viewer, img)) is not None]
-
-    def _all_sources(self, image: Image) -> list[Source]:
-        """The selected image (with its own labels, or none) first, then every other image with
-        strokes in its own Labels layer."""
-        pairs = self.image_label_pairs()
-        own = next((lab for img, lab in pairs if img is image), None)
-        if own is not None:
-            current = self._source(image, own)
-        else:  # predicted, not trained on
-            current = Source(name=image.name, image=image.data, labels=np.zeros(spatial_shape(image), np.uint8),
-                             rgb=bool(image.rgb))
-        others = [self._source(img, lab) for img, lab in pairs if img is not image]
-        return [current] + [src for src in others if src.painted_slices]
-
-    def _source(self, image: Image, labels: Labels) -> Source:
-        """Check one image / labels pair and copy it for the worker."""
-        if image.multiscale:
-            raise ValueError(multiscale_refusal(image.name))
-        shape = spatial_shape(image)
-        if not image.rgb and len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
-            raise ValueError(
-                f"image layer {image.name!r} of shape {image.data.shape} looks like (H, W, C) channels shown "
-                "as a stack; open it with channel_axis=-1 (one layer per channel) or as RGB"
-            )
-        if tuple(labels.data.shape) != shape:
-            raise ValueError(
-                f"labels layer {labels.name!r} has shape {tuple(labels.data.shape)} but image {image.name!r} "
-                f"has {shape}; click 'New labels layer for this image' to get a matching one"
-            )
-        return Source(name=image.name, image=image.data, labels=np.array(labels.data, copy=True),
-                      rgb=bool(image.rgb), labels_name=labels.name)
+        """Every image layer with its own Labels layer (:func:`._train_layers.image_label_pairs`)."""
+        return image_label_pairs(self._viewer)
 
     # ---- worker callbacks (GUI thread) -------------------------------------------
 
@@ -385,7 +349,7 @@ class TrainWidget(WorkerWidget):
         if image is None or image not in self._viewer.layers:
             self._status.value = "the image was closed before its prediction was ready; nothing was written"
             return
-        self._write_layers(result, image)
+        write_result(self._viewer, image, result, self._labels_layer.value)
         reused = f", {result.reused} reused from cache" if result.reused else ""
         if result.trained_on:
             source = f"trained on {len(result.trained_on)} image(s): {'; '.join(result.trained_on)}"
@@ -407,69 +371,16 @@ class TrainWidget(WorkerWidget):
         """The last fitted (or loaded and used) pixel classifier, ``None`` before."""
         return None if self.segmenter is None else self.segmenter.classifier
 
-    # ---- writing layers ------------------------------------------------------------
-
     @property
     def predictions(self) -> Optional[Labels]:
         """The selected image's predictions layer (``"<image> predictions"``), ``None`` before."""
         image = self._image.value
         return None if image is None else find_result(self._viewer, image.name, PREDICTIONS)
 
-    def _write_layers(self, result: TrainResult, image: Image) -> None:
-        pred = self._predictions_layer(image, result.segmentations[0].dtype)
-        for index, seg in zip(result.predict_slices, result.segmentations):
-            pred.data[index] = seg
-        pred.refresh()
-        if result.uncertainties is not None:
-            self._write_uncertainty(result, image, pred)
-        strokes = strokes_of(self._viewer, image)
-        if strokes is not None:
-            self._viewer.layers.selection.active = strokes
-
-    def _colours(self, image: Image) -> Optional[Labels]:
-        """The Labels layer whose colours the predictions take: the selected brush labels, else
-        the image's own, else any image's (``None``: none)."""
-        selected: Optional[Labels] = self._labels_layer.value
-        if selected is not None and selected in self._viewer.layers and result_of(selected) is None:
-            return selected
-        own = strokes_of(self._viewer, image)
-        return own if own is not None else next((lab for _, lab in self.image_label_pairs()), None)
-
-    def _predictions_layer(self, image: Image, dtype) -> Labels:
-        """``image``'s predictions layer of its shape and ``dtype``, in the strokes' colours: made
-        when missing, remade when of another shape or dtype; placed directly above the image's
-        brush labels (or the image) and shown each time (``_layers.place_result``)."""
-        shape = spatial_shape(image)
-        pred = find_result(self._viewer, image.name, PREDICTIONS)
-        if pred is None or not isinstance(pred, Labels) or pred.data.shape != shape or pred.data.dtype != dtype:
-            pred = add_result(self._viewer, image, PREDICTIONS, Labels(
-                np.zeros(shape, dtype=dtype), opacity=0.6, scale=image.scale[-len(shape):],
-                translate=image.translate[-len(shape):]))
-        else:
-            place_result(self._viewer, image, pred)
-        colours = self._colours(image)
-        if colours is not None and pred.colormap is not colours.colormap:  # setting it redraws the layer
-            pred.colormap = colours.colormap
-        return pred
-
-    def _write_uncertainty(self, result: TrainResult, image: Image, pred: Labels) -> None:
-        shape = spatial_shape(image)
-        layer = find_result(self._viewer, image.name, UNCERTAINTY)
-        if layer is None or layer.data.shape != shape:
-            layer = add_result(self._viewer, image, UNCERTAINTY, Image(
-                np.zeros(shape, dtype=np.float32), colormap="viridis", opacity=0.7, blending="translucent",
-                contrast_limits=(0.0, 1.0), scale=image.scale[-len(shape):], translate=image.translate[-len(shape):]),
-                above=pred)
-        else:
-            place_result(self._viewer, image, layer, above=pred)
-        top = 1.0 - 1.0 / result.classifier.n_classes  # 1 - max probability when every class is as likely
-        for index, unc in zip(result.predict_slices, result.uncertainties):
-            layer.data[index] = np.clip(unc / top, 0.0, 1.0)
-        layer.contrast_limits = (0.0, 1.0)
-        layer.refresh()
+    # ---- controls that follow the choices ------------------------------------------
 
     def _update_pca(self, *_args) -> None:
-        self._pca.visible = self.features.kind.value != "classical"
+        self._pca.visible = KINDS[self.features.kind.value].vit
 
     def _update_scope(self, *_args) -> None:
         image = self._image.value

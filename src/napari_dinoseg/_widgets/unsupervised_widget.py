@@ -25,16 +25,17 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, 
 from napari.layers import Image, Labels, Shapes
 
 from ..config import CASConfig, FeatureConfig
-from ..features.featurise import FeatureCache, cached_featurise, resolve_device
+from ..feature_kinds import KINDS
+from ..features.featurise import FeatureCache
 from ..image import drop_alpha
 from ..progress import report, within
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, check_weights, numbers
-from ._layers import (add_result, current_index, find_result, multiscale_refusal, remove_result, set_result,
+from ._jobs import featurise_planes, start_job
+from ._layers import (add_result, current_index, find_result, geometry, multiscale_refusal, remove_result, set_result,
                       spatial_shape)
 from ._sections import Section
 from ._text import wrap
-from ._train_job import describe_plan, import_compute_libraries
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -50,21 +51,13 @@ DINOV2_ADDS = ("DINOv2 would add semantic features (regions that look alike in m
 
 def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=None, announce=None) -> CASResult:
     """Featurise (or reuse) each plane, then segment them together; pure, runs in a worker."""
-    import_compute_libraries(config.features.uses_vit, announce)
-    device = resolve_device(config.features.device)
-    features = config.features.resolved(device.type)
-    first = planes[0]
-    if announce is not None:
-        announce(describe_plan(features, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device))
-    stacks = []
+    featuriser = start_job(config.features, planes[0], announce)
     with warnings.catch_warnings(record=True) as featurising:  # NaN replaced, ...: shown by the GUI
         warnings.simplefilter("always")
-        for i, plane in enumerate(planes):
-            sub = (lambda d, t, m, i=i: report(progress, int(700 * (i + d / max(t, 1)) / len(planes)), 1000, m))
-            stacks.append(cached_featurise(plane, features, sub, cache))
+        stacks = list(featurise_planes(featuriser, planes, progress, cache, span=(0.0, 0.7)))
     messages = [str(w.message) for w in featurising]
     report(progress, 700, 1000, "clustering")
-    cfg = dataclasses.replace(config, features=features)
+    cfg = dataclasses.replace(config, features=featuriser.config)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = segment_unsupervised(stacks if len(stacks) > 1 else stacks[0], cfg, images=planes,
@@ -86,20 +79,15 @@ class PartsResult:
 def run_parts_job(planes: list, features: FeatureConfig, n_parts: int, crf: bool, cache: FeatureCache,
                   progress=None, announce=None) -> PartsResult:
     """Featurise (or reuse) each plane, then co-segment them into parts (:func:`~napari_dinoseg.parts.segment_parts`):
-    the foreground by saliency votes with ViT features, every pixel with classical ones; runs in a worker."""
+    the foreground by saliency votes where the features come with CLS attention, else every pixel; runs in a
+    worker."""
     from ..parts import segment_parts
 
-    import_compute_libraries(features.uses_vit, announce)
-    device = resolve_device(features.device)
-    features = features.resolved(device.type)
-    first = planes[0]
-    if announce is not None:
-        announce(describe_plan(features, first.shape[:2], first.shape[2] if first.ndim == 3 else 1, device))
-    foreground = "saliency" if features.uses_vit else "all"
+    featuriser = start_job(features, planes[0], announce)
+    foreground = "saliency" if featuriser.has_attention else "all"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stacks = [cached_featurise(plane, features, within(progress, 0.7 * i / len(planes), 0.7 * (i + 1) / len(planes)),
-                                   cache) for i, plane in enumerate(planes)]
+        stacks = list(featurise_planes(featuriser, planes, progress, cache, span=(0.0, 0.7)))
         labels = segment_parts(stacks, n_parts=n_parts, foreground=foreground, crf=crf,
                                crf_images=planes if crf else None, progress=within(progress, 0.7, 1.0))
     return PartsResult(labels, n_parts, foreground, list(dict.fromkeys(str(w.message) for w in caught)))
@@ -159,8 +147,7 @@ class UnsupervisedWidget(WorkerWidget):
 
     def _prepare(self):
         config = self.config()
-        if config.features.uses_vit:  # no weights: refuse now, not after a minute of retries
-            check_weights(config.features)
+        check_weights(config.features)  # no weights: refuse now, not after a minute of retries
         planes, self._index = self._planes()
         self._job_image = self._image.value
         if self._mode.value == MODE_PARTS:
@@ -171,7 +158,7 @@ class UnsupervisedWidget(WorkerWidget):
         """Granularity scales the merging distance, which only features with attention have; the
         CAS controls in classes mode, the number of parts in parts mode."""
         parts = self._mode.value == MODE_PARTS
-        self._granularity.visible = self.features.kind.value != "classical" and not parts
+        self._granularity.visible = KINDS[self.features.kind.value].vit and not parts
         self._k.visible = not parts
         self._n_parts.visible = parts
         self.as_labels.visible = not parts
@@ -230,7 +217,6 @@ class UnsupervisedWidget(WorkerWidget):
     def _write_parts(self, result: PartsResult, image: Image) -> None:
         """The image's ``parts`` Labels layer: the slice segmented, or every slice of the stack."""
         shape = spatial_shape(image)
-        geometry = {"scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
         if self._index is None:
             data = result.labels[0]
         elif self._index == ():
@@ -238,7 +224,7 @@ class UnsupervisedWidget(WorkerWidget):
         else:
             data = np.zeros(shape, result.labels[0].dtype)
             data[self._index] = result.labels[0]
-        set_result(self._viewer, image, PARTS_LAYER, Labels, data, geometry)
+        set_result(self._viewer, image, PARTS_LAYER, Labels, data, geometry(image))
         hidden = self._hide(image, (CAS_LAYER, FOREGROUND_LAYER, BOXES_LAYER))
         found = int(data.max())
         how = ("foreground by saliency votes across the images" if result.foreground == "saliency"
@@ -256,8 +242,7 @@ class UnsupervisedWidget(WorkerWidget):
             else ""
 
     def _write_layers(self, result: CASResult, image: Image) -> None:
-        shape = image.data.shape[:-1] if image.rgb else image.data.shape
-        geometry = {"scale": image.scale[-len(shape):], "translate": image.translate[-len(shape):]}
+        shape, where = spatial_shape(image), geometry(image)
         labels, foreground = result.labels, result.foreground.astype(np.uint8)
         if self._index is not None and self._index != ():  # one slice of a stack
             full_l, full_f = np.zeros(shape, np.int32), np.zeros(shape, np.uint8)
@@ -265,21 +250,20 @@ class UnsupervisedWidget(WorkerWidget):
             labels, foreground = full_l, full_f
         elif self._index == ():
             labels, foreground = labels.reshape(shape), foreground.reshape(shape)
-        cas = set_result(self._viewer, image, CAS_LAYER, Labels, labels, geometry)
-        fg = set_result(self._viewer, image, FOREGROUND_LAYER, Labels, foreground, {**geometry, "opacity": 0.4},
-                        above=cas)
+        cas = set_result(self._viewer, image, CAS_LAYER, Labels, labels, where)
+        fg = set_result(self._viewer, image, FOREGROUND_LAYER, Labels, foreground, {**where, "opacity": 0.4}, above=cas)
         rects, colours = [], []
         slices = [()] * len(result.boxes) if self._index is None else (
             list(np.ndindex(*shape[:-2])) if self._index == () else [self._index])
-        for where, boxes, sup in zip(slices, result.boxes, result.superbox):
+        for index, boxes, sup in zip(slices, result.boxes, result.superbox):
             for i, (r0, c0, r1, c1) in enumerate(boxes):
                 corners = [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]
-                rects.append(np.array([[*where, r, c] for r, c in corners], float))
+                rects.append(np.array([[*index, r, c] for r, c in corners], float))
                 colours.append("yellow" if i == sup else "cyan")
         remove_result(self._viewer, image.name, BOXES_LAYER)
         if rects and result.boxes_shown:  # on a continuous microstructure boxes are clutter: none, say why
             add_result(self._viewer, image, BOXES_LAYER, Shapes(
-                rects, shape_type="rectangle", edge_color=colours, face_color="transparent", edge_width=2, **geometry),
+                rects, shape_type="rectangle", edge_color=colours, face_color="transparent", edge_width=2, **where),
                 above=fg)
 
     def _show_plan(self, plan: str) -> None:

@@ -22,7 +22,7 @@ from .cache import (CACHE_FRACTION, MIN_CACHE_BYTES, STORAGES, CompactStack, Fea
                     as_stack, default_cache_bytes, keeps_scaled, plane_storage, storage_note)
 from .channels import vit_channel_groups, vit_channel_names  # noqa: F401
 from .classical_featuriser import membrane_kernel_bytes  # noqa: F401
-from .featurisers import FEATURISERS, featuriser_for, register  # noqa: F401
+from .featurisers import FEATURISERS, described, featuriser_for, register  # noqa: F401
 from .keys import cache_key
 from .stack import COPY_ROWS, FeatureStack  # noqa: F401
 
@@ -151,9 +151,8 @@ def feature_margin(config: ConfigLike) -> int:
 
 def n_features(config: ConfigLike, n_channels: int = 1) -> int:
     """Number of feature channels ``featurise`` returns for an image with ``n_channels``."""
-    if isinstance(config, Featuriser):
-        return config.n_features(n_channels)
-    return FEATURISERS[config.kind](config, None).n_features(n_channels)  # no device needed to count
+    featuriser = config if isinstance(config, Featuriser) else described(config)  # no device needed to count
+    return featuriser.n_features(n_channels)
 
 
 def estimate_memory(config: ConfigLike, shape: tuple[int, int], n_channels: int = 1, device=None,

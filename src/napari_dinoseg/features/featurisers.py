@@ -63,3 +63,13 @@ def featuriser_for(config: Union[FeatureConfig, Featuriser, None] = None, device
     except KeyError:
         raise ValueError(f"no featuriser is registered for kind {config.kind!r}") from None
     return cls.build(config, device)
+
+
+def described(config: FeatureConfig) -> Featuriser:
+    """The featuriser of ``config`` without a device: for questions about its channels and
+    geometry (names, layout, ``margin``, ``alignment``, ``n_features``), never for computing;
+    nothing is resolved and torch is not imported."""
+    try:
+        return FEATURISERS[config.kind](config, None)
+    except KeyError:
+        raise ValueError(f"no featuriser is registered for kind {config.kind!r}") from None
