@@ -253,7 +253,7 @@ def signal_table(results: dict) -> str:
 
 def margin_table(results: dict) -> str:
     """How far each signal's threshold is from the images it must pass and those it must flag."""
-    from napari_dinoseg.shift import CONFIDENCE_RATIO, FEATURE_THRESHOLD
+    from napari_dinoseg.distribution_shift import CONFIDENCE_RATIO, FEATURE_THRESHOLD
 
     lines = [f"| classifier | feature distance: own set, max (median) | other sets, min | inverted copies: "
              f"inverted distance < distance | confidence ratio: own set, min (flag < {CONFIDENCE_RATIO}) |",
@@ -299,7 +299,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.data is None or not args.data.exists():
         parser.error("no evaluation data: pass --data (see ../shared/evaldata/README.md)")
-    from napari_dinoseg import shift
+    from napari_dinoseg import distribution_shift as shift
 
     sets = load_sets(args.data)
     results = {}

@@ -172,7 +172,7 @@ def breakdown(n: int, seed: int) -> dict:
     from napari_dinoseg.features.featurise import FeatureCache, cached_featurise
     from napari_dinoseg.image import as_float_image
     from napari_dinoseg.segmenter import Segmenter, plane_windows
-    from napari_dinoseg.shift import TrainingStatistics, image_statistics
+    from napari_dinoseg.distribution_shift import TrainingStatistics, image_statistics
 
     image, boundary = two_textures(n, seed)
     rng = np.random.default_rng(seed)

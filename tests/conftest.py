@@ -100,3 +100,23 @@ def no_weights(tmp_path, monkeypatch):
     constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     return folder
+
+
+@pytest.fixture(scope="session")
+def local_weights(tmp_path_factory):
+    """A DINOv2-S/14 checkpoint whose tokens see only their own patch (no position embedding,
+    attention output zeroed): any difference between tiled and whole-image features, or between a
+    window with its margin and the whole plane, is then a stitching error."""
+    import torch
+
+    from napari_dinoseg.features.backbones import load_model
+
+    model = load_model("dinov2_vits14", "random")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["pos_embed"].zero_()
+    for k in state:
+        if ".attn.proj." in k:
+            state[k].zero_()
+    path = tmp_path_factory.mktemp("weights") / "local.pth"
+    torch.save(state, path)
+    return str(path)

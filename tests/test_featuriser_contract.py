@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig
 from napari_dinoseg.feature_kinds import BUILT_IN
@@ -20,23 +19,6 @@ from napari_dinoseg.models import model_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 MEMORY_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
-
-
-@pytest.fixture(scope="module")
-def local_weights(tmp_path_factory):
-    """A DINOv2-S/14 checkpoint whose tokens see only their own patch (no position embedding,
-    attention output zeroed): a ViT window with its margin then has the whole plane's features."""
-    from napari_dinoseg.features.backbones import load_model
-
-    model = load_model("dinov2_vits14", "random")
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["pos_embed"].zero_()
-    for k in state:
-        if ".attn.proj." in k:
-            state[k].zero_()
-    path = tmp_path_factory.mktemp("weights") / "local.pth"
-    torch.save(state, path)
-    return str(path)
 
 
 def small_config(kind: str, weights: str) -> FeatureConfig:

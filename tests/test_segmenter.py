@@ -198,14 +198,14 @@ def test_a_refit_on_the_same_images_reuses_their_scaling_and_statistics(two_text
     """With a feature cache, the parts of a fit that do not depend on the strokes are computed
     once per set of training images, and give what a fit without the cache gives."""
     import napari_dinoseg.segmenter as segmenter
-    import napari_dinoseg.segmenter_shift as segmenter_shift
+    import napari_dinoseg.segmenter_checks as segmenter_checks
     from napari_dinoseg.features.featurise import FeatureCache
 
     image, _, scribbles = two_textures
     calls = []
-    fit_scaling, image_statistics = segmenter.fit_scaling, segmenter_shift.image_statistics
+    fit_scaling, image_statistics = segmenter.fit_scaling, segmenter_checks.image_statistics
     monkeypatch.setattr(segmenter, "fit_scaling", lambda *a: calls.append("scaling") or fit_scaling(*a))
-    monkeypatch.setattr(segmenter_shift, "image_statistics", lambda *a: calls.append("stats") or image_statistics(*a))
+    monkeypatch.setattr(segmenter_checks, "image_statistics", lambda *a: calls.append("stats") or image_statistics(*a))
     cache = FeatureCache()
     Segmenter().fit(image, scribbles, cache=cache)
     more = scribbles.copy()

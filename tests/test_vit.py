@@ -179,22 +179,6 @@ def test_shift_averaging_places_a_boundary_closer_than_a_single_view():
     assert shifted < single - 1.0
 
 
-@pytest.fixture(scope="module")
-def local_weights(tmp_path_factory):
-    """A DINOv2-S/14 checkpoint whose tokens see only their own patch (no position embedding,
-    attention output zeroed): any difference between tiled and whole-image features is then a
-    stitching error."""
-    model = load_model("dinov2_vits14", "random")
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["pos_embed"].zero_()
-    for k in state:
-        if ".attn.proj." in k:
-            state[k].zero_()
-    path = tmp_path_factory.mktemp("weights") / "local.pth"
-    torch.save(state, path)
-    return str(path)
-
-
 @pytest.mark.parametrize("stride, shifts, tile", [
     (7, (2,), 112),  # many small tiles
     (14, (7,), 224),  # the CPU preset's margin (stride 14, shifts up to 7) at the chooser's smallest tile

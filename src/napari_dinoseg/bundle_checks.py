@@ -13,13 +13,13 @@ from typing import Optional
 
 import numpy as np
 
-from .bundle_archive import _JSON_TYPES, _refuse, _Refusal, _text
+from .bundle_archive import _JSON_TYPES, _Refusal, _refuse, _text
 from .bundle_format import FORMAT_VERSION, BundleContents
 from .classify import MAX_LABEL, PixelClassifier
 from .config import CRFConfig, FeatureConfig, TrainConfig
+from .distribution_shift import TrainingStatistics
 from .forest import forest_from_arrays
 from .image import MAX_CHANNELS
-from .shift import TrainingStatistics
 
 _CONFIG_ERRORS = (ValueError, TypeError, KeyError, OverflowError, AttributeError)
 

@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 from .classify import PixelClassifier
 from .config import CRFConfig, FeatureConfig, TrainConfig
-from .shift import TrainingStatistics
+from .distribution_shift import TrainingStatistics
 
 FORMAT = "napari-dinoseg-bundle"
 #: 2: the classifier's feature scaling, probability smoothing and trees are stored (format 1

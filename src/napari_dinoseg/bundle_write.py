@@ -15,7 +15,7 @@ from .atomic import write_atomic
 from .bundle_format import ARRAYS, FOREST_PREFIX, FORMAT, FORMAT_VERSION, OPTIONAL_ARRAYS, PathLike, _versions
 from .classify import PixelClassifier
 from .config import CRFConfig, FeatureConfig, TrainConfig
-from .shift import TrainingStatistics
+from .distribution_shift import TrainingStatistics
 
 
 def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_channels: Optional[int] = None,

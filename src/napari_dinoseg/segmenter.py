@@ -12,7 +12,7 @@ same windows, the same probabilities to 1e-5 (tested).
 
 The class is put together from mixins by job: :class:`~napari_dinoseg.segmenter_windows.WindowFeatures`
 (the tile windows and their features through a cache, the window API),
-:class:`~napari_dinoseg.segmenter_shift.ShiftReport` (the shift report); the pure pieces are
+:class:`~napari_dinoseg.segmenter_checks.ShiftReport` (the shift report); the pure pieces are
 :mod:`napari_dinoseg.plane_parts`'. Its featuriser (:attr:`Segmenter.featuriser`) is built once.
 """
 
@@ -23,16 +23,32 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .classify import PixelClassifier, check_labels, fit_scaling, grid_step, linear_channels, predict, train_parts, \
-    tree_components
+from .classify import (
+    PixelClassifier,
+    check_labels,
+    fit_scaling,
+    grid_step,
+    linear_channels,
+    predict,
+    train_parts,
+    tree_components,
+)
 from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
-from .plane_parts import (_as_lists, _channels, _lattice_rows, _memo, check_finite, predict_part,  # noqa: F401
-                          tone_curve, window_training_part)
+from .distribution_shift import TrainingStatistics, sample_step
+from .plane_parts import (  # noqa: F401
+    _as_lists,
+    _channels,
+    _lattice_rows,
+    _memo,
+    check_finite,
+    predict_part,
+    tone_curve,
+    window_training_part,
+)
 from .planes import TILE, Slices, in_plane, label_dtype, plane_windows, window_origin  # noqa: F401
 from .progress import ProgressCallback, report, within
-from .segmenter_shift import ImageLike, ShiftReport
+from .segmenter_checks import ImageLike, ShiftReport
 from .segmenter_windows import WindowFeatures
-from .shift import TrainingStatistics, sample_step
 
 
 class Segmenter(ShiftReport, WindowFeatures):

@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
 from napari_dinoseg import FeatureConfig, Segmenter
-from napari_dinoseg.shift import (FEATURE_THRESHOLD, FeatureDistribution, TrainingStatistics, kmeans,
+from napari_dinoseg.distribution_shift import (FEATURE_THRESHOLD, FeatureDistribution, TrainingStatistics, kmeans,
                                   sample_step, total_variation)
 
 SIZE = 192
@@ -267,8 +267,8 @@ def test_check_through_a_cache_computes_a_planes_intensity_statistics_once(train
     """The image statistics (intensity and edge quantiles, a Gaussian gradient of the whole
     plane: 0.8 s at 4096²) of a plane checked again through a cache, or of a training image
     refitted and checked, are computed once; the warnings are those of the uncached check."""
-    import napari_dinoseg.segmenter_shift as segmenter_module
-    import napari_dinoseg.shift as shift_module
+    import napari_dinoseg.segmenter_checks as segmenter_module
+    import napari_dinoseg.distribution_shift as shift_module
     from napari_dinoseg.features.featurise import FeatureCache
 
     image, seg = trained

@@ -1,4 +1,5 @@
 """Training statistics and the shift report: does a new image look like the training images?
+(Distribution shift; the ViT upsampler's pixel "shifts" are :mod:`napari_dinoseg.features.upsample`'s.)
 
 A classifier fitted on painted pixels of one or two images is only trustworthy on images
 that resemble the training images. Three comparisons, each with its own warning:

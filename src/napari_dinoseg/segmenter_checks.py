@@ -11,9 +11,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .config import FeatureConfig
+from .distribution_shift import (
+    FEATURE_FIT_SAMPLE,
+    FeatureDistribution,
+    collapse_warning,
+    image_statistics,
+    sample_step,
+)
 from .plane_parts import _lattice_rows, _memo, _up
 from .planes import plane_windows
-from .shift import FEATURE_FIT_SAMPLE, FeatureDistribution, collapse_warning, image_statistics, sample_step
 
 ImageLike = np.ndarray
 
@@ -108,7 +114,7 @@ class ShiftReport:
 
     def _feature_distribution(self, grid: np.ndarray, normalised: Sequence[np.ndarray],
                               cache, key: tuple) -> FeatureDistribution:
-        """The training pixels' :class:`~napari_dinoseg.shift.FeatureDistribution` from the fit's
+        """The training pixels' :class:`~napari_dinoseg.distribution_shift.FeatureDistribution` from the fit's
         ``(M, F)`` grid sample, and from the contrast-inverted training images (``1 - x``,
         featurised here on a grid; kept in ``cache`` per training image). With ViT or hybrid
         features the inverted images are not featurised (no inversion check): their forward
@@ -189,7 +195,7 @@ class ShiftReport:
 
     @staticmethod
     def _image_statistics(norm: np.ndarray, config: FeatureConfig, cache) -> np.ndarray:
-        """:func:`~napari_dinoseg.shift.image_statistics` of a normalised plane, through ``cache``
+        """:func:`~napari_dinoseg.distribution_shift.image_statistics` of a normalised plane, through ``cache``
         (the same for the training image at each refit and for each plane predicted again)."""
         from .features.featurise import cache_key
 
