@@ -47,6 +47,20 @@ def test_train_apply_and_unsupervised_docked_at_once_fit_1280_by_800(viewer, qtb
         assert dock.geometry().bottom() <= window.height()
 
 
+def test_three_docks_at_1280_by_800_need_no_sideways_scrolling(viewer, qtbot):
+    """Every control of each dock fits the dock's width (the apply dock's measure option once made
+    its buttons run off the right edge), and a two-line status shows whole, with no scroll bar."""
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
+    widgets = [open_dock(viewer, qtbot, name)[1] for name in THREE]
+    qtbot.wait(100)
+    for widget in widgets:
+        inner = widget.native.widget() if hasattr(widget.native, "widget") else widget.native
+        assert inner.minimumSizeHint().width() <= widget.native.viewport().width(), type(widget).__name__
+        area = widget._status.native
+        qtbot.waitUntil(lambda area=area: area.verticalScrollBar().maximum() == 0, timeout=2000)
+        assert area.document().size().height() <= area.viewport().height()
+
+
 def test_the_train_docks_everyday_controls_show_without_scrolling(viewer, qtbot):
     viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
     dock, widget = open_dock(viewer, qtbot, "dinoseg: train")

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 from magicgui.widgets import Label, TextEdit
-from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QFrame, QSizePolicy, QTextEdit
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QComboBox, QFrame, QSizePolicy, QTextEdit, QWidget
+
+#: Pixels a message area keeps below its text, so that rounding never brings up a scroll bar.
+SLACK = 2
+#: Characters a drop-down menu keeps in view when its dock is narrower than its longest item.
+MENU_CHARACTERS = 12
 
 
 def wrap(label: Label) -> Label:
@@ -13,6 +20,14 @@ def wrap(label: Label) -> Label:
     label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
     label.native.setMinimumWidth(0)
     return label
+
+
+def narrow_menus(widget: QWidget) -> None:
+    """Let every drop-down menu in ``widget`` be narrower than its longest item (its text then
+    elided; the list still opens at full width), so that no menu widens its dock."""
+    for menu in widget.findChildren(QComboBox):
+        menu.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        menu.setMinimumContentsLength(MENU_CHARACTERS)
 
 
 def message_area(value: str = "", lines: int = 2, max_lines: int = 8, label: str = "") -> TextEdit:
@@ -45,14 +60,19 @@ class _FitToText(QObject):
 
     def fit(self) -> None:
         area = self._area
-        doc = area.document()
+        try:
+            doc = area.document()
+        except RuntimeError:  # the area was deleted (its dock closed) before a deferred fit ran
+            return
         doc.setTextWidth(area.viewport().width())
         line = area.fontMetrics().lineSpacing()
-        margin = 2 * doc.documentMargin() + 4
-        wanted = min(max(doc.size().height(), self._lines * line), self._max * line)
-        area.setFixedHeight(int(wanted + margin))
+        margins = 2 * doc.documentMargin()
+        chrome = max(0, area.height() - area.viewport().height())  # the style sheet's border and padding
+        wanted = min(max(doc.size().height(), self._lines * line + margins), self._max * line + margins)
+        area.setFixedHeight(int(math.ceil(wanted)) + chrome + SLACK)
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.Resize:
-            self.fit()
+        if event.type() == QEvent.Type.Resize and event.size().width() != event.oldSize().width():
+            # the filter sees the resize before the area lays out its viewport: fit afterwards
+            QTimer.singleShot(0, self.fit)
         return False

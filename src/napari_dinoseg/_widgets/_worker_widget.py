@@ -33,7 +33,7 @@ from superqt.utils import ensure_main_thread
 from ..progress import Cancelled
 from ._compat import block_triton_if_llvm_is_loaded
 from ._feature_controls import SHARED_CACHE
-from ._text import message_area
+from ._text import message_area, narrow_menus
 from ._jobs import import_compute_libraries
 
 logger = logging.getLogger(__name__)
@@ -350,6 +350,7 @@ class _DockWatcher(QObject):
         if kind == QEvent.Type.ParentChange:
             if obj.parent() is not None:
                 self._docked = True
+                narrow_menus(obj)
                 timer = QTimer(obj)  # a child: never fires for a widget deleted meanwhile
                 timer.setSingleShot(True)
                 timer.timeout.connect(lambda: share_dock_space(_dock_of(obj)))

@@ -191,7 +191,7 @@ class BatchWidget(WorkerWidget):
         self._probabilities = CheckBox(value=False, text="also write probabilities")
         self._overwrite = CheckBox(value=False, text="overwrite existing outputs")
         self._open_first = CheckBox(value=True, text="open the first result")
-        self._measure = CheckBox(value=False, text="measure (tables and plots in measurements/)")
+        self._measure = CheckBox(value=False, text="measure every image")  # where: the tooltip (a wide dock otherwise)
         self._min_size = SpinBox(value=0, min=0, max=10**9, label="min object size (px)")
         self._pixel_size = LineEdit(value="", label="pixel size (µm)")
         self._pixel_size.native.setPlaceholderText("from each image's metadata")

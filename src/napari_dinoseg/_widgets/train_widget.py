@@ -91,7 +91,7 @@ class TrainWidget(WorkerWidget):
                                   "layer ('<image> labels') trains one classifier")
         self.features = FeatureControls()
         self._classifier = ComboBox(choices=CLASSIFIERS, value="logistic+trees", label="classifier")
-        self._edge_smoothing = CheckBox(value=True, text="edge-aware smoothing (guided filter)")
+        self._edge_smoothing = CheckBox(value=True, text="edge-aware smoothing")  # "guided filter": the tooltip
         self._pca = SpinBox(value=0, min=0, max=1536, label="PCA of ViT channels (0 = off)")
         self._crf = CheckBox(value=False, text="refine with a dense CRF")
         self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
