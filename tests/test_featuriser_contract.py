@@ -143,3 +143,18 @@ def test_unregistered_kinds_are_refused_with_the_kinds_there_are(toy):
     assert FeatureConfig(kind="toy").kind == "toy"
     unregister("classical")  # the built-in kinds stay
     assert FEATURISERS["classical"].kind == "classical" and model_spec("dinov2_vits14").patch_size == 14
+
+
+def test_a_vit_featurisation_plans_its_tiles_once(local_weights):
+    """The plan line, the memory check and the runner of one featurisation share one tile plan."""
+    from napari_dinoseg.features import vit_plan
+
+    featuriser = featuriser_for(FeatureConfig(kind="hybrid", weights=local_weights, stride=14, shifts=(), flips=False,
+                                              tile=224, device="cpu", sigmas=(1.0,)))
+    image = np.random.default_rng(0).random((300, 260, 1)).astype(np.float32)
+    vit_plan._plan.cache_clear()
+    featuriser.describe(image.shape[:2])
+    featuriser.features(featuriser.prepare(image, normalised=True))
+    info = vit_plan._plan.cache_info()
+    assert info.misses == 1 and info.hits >= 2, info
+    assert len(vit_plan.choose_tiles(featuriser.vit.config, image.shape[:2])) > 1  # tiled: a plan worth keeping

@@ -6,6 +6,7 @@ views run per forward pass, in which number format, and what it costs in time
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -44,19 +45,28 @@ LARGE_TILES = (1036, 2072)
 MIN_TILE_SAVING = 0.1
 
 
-def choose_tiles(config: FeatureConfig, shape: tuple[int, int]):
+def choose_tiles(config: FeatureConfig, shape: tuple[int, int]) -> tuple:
     """Tiles of ``config.tile`` px when set; otherwise the tiling of fewest FLOPs per view among
     the :func:`tile_candidates`, or the whole image where that saves less than
     :data:`MIN_TILE_SAVING`. Tiles pay off where attention (quadratic in the tokens of a tile)
     outweighs the overlap of their margins (linear), so that above one tile cost grows linearly
-    with the pixel count (DINOv2-S at stride 14: 390-420 px tiles at 1024^2 to 4096^2)."""
+    with the pixel count (DINOv2-S at stride 14: 390-420 px tiles at 1024^2 to 4096^2).
+
+    Planned once per (resolved) config and shape: the plan line, the memory check and the runner
+    of one featurisation ask for the same plan, which is kept (:func:`_plan`)."""
+    return _plan(config, (int(shape[0]), int(shape[1])))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(config: FeatureConfig, shape: tuple[int, int]) -> tuple:
+    """:func:`choose_tiles`, computed: a tuple of ``((r0, r1, core_r0, core_r1), (c0, c1, core_c0, core_c1))``."""
     margin = tile_margin(config)
     if config.tile is not None:
-        return tiles(shape, config.tile, margin, align=config.stride)
+        return tuple(tiles(shape, config.tile, margin, align=config.stride))
     whole, *options = [tiles(shape, t, margin, align=config.stride) for t in tile_candidates(config, shape)]
     best = min(options, key=lambda windows: _windows_flops(config, windows), default=whole)
     saves = _windows_flops(config, best) < (1 - MIN_TILE_SAVING) * _windows_flops(config, whole)
-    return best if saves else whole
+    return tuple(best if saves else whole)
 
 
 def tile_candidates(config: FeatureConfig, shape: tuple[int, int]) -> list[int]:
