@@ -34,7 +34,7 @@ import numpy as np
 from ..config import FeatureConfig, config_or_default
 from ..image import as_float_image, check_image_shape
 from ..progress import ProgressCallback
-from .cache import FeatureCache
+from .cache import FeatureCache, as_stack
 from .channels import ChannelLayout
 from .stack import FeatureStack
 
@@ -208,8 +208,6 @@ class Featuriser:
         put there (a held compact stack is decoded)."""
         if cache is None or key is None:
             return self.features(img, progress)
-        from .cache import as_stack
-
         stack = cache.get(key)
         if stack is None:
             stack = self.features(img, progress)
