@@ -510,7 +510,7 @@ def test_long_names_sharing_their_start_get_distinct_outputs(tmp_path, bundles, 
            ["x" * 248 + "a.tif", "x" * 248 + "b.tif"]
 
 
-def test_a_temporary_name_fits_the_name_limit_and_is_still_cleaned(tmp_path):
+def test_a_temporary_name_fits_the_name_limit_and_is_still_cleaned(tmp_path, monkeypatch):
     from napari_dinoseg.atomic import clean_stale, temp_path
 
     target = tmp_path / ("y" * 244 + LABEL_SUFFIX)
@@ -519,8 +519,14 @@ def test_a_temporary_name_fits_the_name_limit_and_is_still_cleaned(tmp_path):
     tmp.write_bytes(b"")
     os.utime(tmp, (0, 0))
     assert clean_stale(tmp_path) == [], "a live process's (this one's) is kept"
-    stale = tmp_path / tmp.name.replace(f"-{os.getpid()}-", f"-{dead_pid()}-")
-    tmp.rename(stale)
+    tmp.unlink()
+    dead = dead_pid()  # its pid may have more digits than ours: the name it made is cut to fit too
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "getpid", lambda: dead)
+        stale = temp_path(target)
+    assert f"-{dead}-" in stale.name and len(os.fsencode(stale.name)) <= 255
+    stale.write_bytes(b"")
+    os.utime(stale, (0, 0))
     assert clean_stale(tmp_path) == [stale]
 
 
