@@ -53,7 +53,7 @@ def predict_region(classifier: PixelClassifier, windows: list[tuple[Slices, Slic
     (h, w, K) float32 probabilities of ``region``.
     """
     margin = classifier.margin
-    out = np.empty((*_size(region), classifier.n_classes), np.float32)
+    out = np.empty((*region_size(region), classifier.n_classes), np.float32)
     for window, core in windows:
         owned = _overlap(in_plane(window, core), region)
         if owned is None:
@@ -141,7 +141,8 @@ def _tile_features(segmenter, norm: np.ndarray, progress, cache, projection=None
     return features
 
 
-def _size(region: Slices) -> tuple[int, int]:
+def region_size(region: Slices) -> tuple[int, int]:
+    """``(h, w)`` of a ``(rows, cols)`` rectangle of explicit slices."""
     return tuple(s.stop - s.start for s in region)
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..progress import ProgressCallback, report, within
-from ..region_prediction import predict_region  # noqa: F401  (its old home)
+from ..region_prediction import predict_region, region_size  # noqa: F401  (predict_region: its old home)
 from ..segmenter import Segmenter, Slices, check_finite
 
 #: Pixels predicted between two progress reports, i.e. between two chances to cancel: about
@@ -62,13 +62,13 @@ def predict_view_first(segmenter: Segmenter, plane: np.ndarray, progress: Option
     first = [] if view is None else bands(view, BAND_PIXELS)
     rest = [whole] if view is None else remainder(shape, view)
     todo = first + [band for part in rest for band in bands(part, BAND_PIXELS)]
-    total = sum(int(np.prod(_size(band))) for band in todo)
+    total = sum(int(np.prod(region_size(band))) for band in todo)
     out = np.empty((*shape, regions.n_classes), np.float32)
     done = 0
     for n, band in enumerate(todo):
         out[band] = proba = regions.proba(band)
         check_finite(proba)
-        done += int(np.prod(_size(band)))
+        done += int(np.prod(region_size(band)))
         if view is not None and n == len(first) - 1 and show is not None:
             show(view, segmenter.to_labels(out[view]))
         report(progress, int(1000 * (FEATURE_SHARE + (1 - FEATURE_SHARE) * done / total)), 1000,
@@ -113,7 +113,3 @@ def visible_region(corners: np.ndarray, shape: tuple[int, int]) -> Optional[Slic
     region = tuple(slice(max(0, int(corners[0, a])), min(n, int(corners[1, a]) + 1))
                    for a, n in zip((-2, -1), shape))
     return region if all(s.stop > s.start for s in region) else None
-
-
-def _size(region: Slices) -> tuple[int, int]:
-    return tuple(s.stop - s.start for s in region)
