@@ -78,17 +78,41 @@ def image_statistics(normalised: np.ndarray) -> np.ndarray:
     -------
     (C, len(SIGNALS), len(LEVELS)) float64 quantiles.
     """
+    h, w, _ = normalised.shape
+    step = statistics_step((h, w))
+    whole = (slice(0, h), slice(0, w))
+    return signal_quantiles(signal_samples(normalised, whole, whole, step))
+
+
+def statistics_step(shape: tuple[int, int]) -> int:
+    """Step of the regular grid :func:`image_statistics` samples a plane of ``shape`` on."""
+    return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / SAMPLE))))
+
+
+def signal_samples(normalised: np.ndarray, window, core, step: int) -> np.ndarray:
+    """The signals of a window of a plane at the pixels of its core on the plane's grid of ``step``
+    (plane coordinates multiples of ``step``): ``(C, len(SIGNALS), M)`` float32. The windows of a
+    plane, their cores partitioning it and their margins wider than the edge filter's reach (4 px),
+    give together the whole plane's samples: :func:`signal_quantiles` of them is
+    :func:`image_statistics` of the plane.
+
+    ``normalised``: ``(h, w, C)`` the window's values; ``window``: its ``(rows, cols)`` slices in the
+    plane; ``core``: the part it owns, relative to it."""
     from scipy.ndimage import gaussian_gradient_magnitude
 
-    h, w, c = normalised.shape
-    step = max(1, int(np.ceil(np.sqrt(h * w / SAMPLE))))
-    out = np.empty((c, len(SIGNALS), len(LEVELS)))
-    for ch in range(c):
+    grid = tuple(slice(-(-(w.start + k.start) // step) * step - w.start, k.stop, step) for w, k in zip(window, core))
+    out = []
+    for ch in range(normalised.shape[-1]):
         x = normalised[..., ch]
         edges = gaussian_gradient_magnitude(x, 1.0, mode="reflect")
-        out[ch, 0] = np.percentile(x[::step, ::step], LEVELS)
-        out[ch, 1] = np.percentile(edges[::step, ::step], LEVELS)
-    return out
+        out.append([x[grid].ravel(), edges[grid].ravel()])
+    return np.asarray(out, np.float32)
+
+
+def signal_quantiles(samples: np.ndarray) -> np.ndarray:
+    """``(C, len(SIGNALS), M)`` samples (:func:`signal_samples`, joined along ``M``) ->
+    ``(C, len(SIGNALS), len(LEVELS))`` float64 quantiles."""
+    return np.percentile(samples, LEVELS, axis=-1).transpose(1, 2, 0).astype(np.float64)
 
 
 def sample_step(shape: tuple[int, int], n: int = FEATURE_SAMPLE) -> int:
@@ -361,14 +385,16 @@ class TrainingStatistics:
         distance = np.abs(train - q[None]).mean(axis=-1).min(axis=0)  # (C, S)
         return distance / np.maximum(span, 1e-6)
 
-    def check(self, normalised: np.ndarray, normalise: str = "percentile", features: Optional[np.ndarray] = None,
-              confidence: Optional[float] = None, quantiles: Optional[np.ndarray] = None) -> list[str]:
+    def check(self, normalised: Optional[np.ndarray], normalise: str = "percentile",
+              features: Optional[np.ndarray] = None, confidence: Optional[float] = None,
+              quantiles: Optional[np.ndarray] = None, n_channels: Optional[int] = None) -> list[str]:
         """Warnings (empty when the image looks like the training images).
 
         Parameters
         ----------
-        normalised : (H, W, C) float32
-            The image, normalised by the classifier's rule.
+        normalised : (H, W, C) float32, or None
+            The image, normalised by the classifier's rule; ``None`` for a plane read window by
+            window, with its ``quantiles`` and ``n_channels`` given.
         normalise
             The classifier's normalisation rule (named in the hint).
         features : (M, D) float array, optional
@@ -378,9 +404,12 @@ class TrainingStatistics:
             The classifier's mean top probability on those pixels, for the confidence check.
         quantiles
             :func:`image_statistics` of ``normalised``, when already computed (e.g. kept in a cache).
+        n_channels
+            The image's channels, where ``normalised`` is ``None``.
         """
-        if normalised.shape[-1] != self.quantiles.shape[1]:
-            return [f"the image has {normalised.shape[-1]} channel(s), the training images had "
+        n_channels = normalised.shape[-1] if normalised is not None else n_channels
+        if n_channels != self.quantiles.shape[1]:
+            return [f"the image has {n_channels} channel(s), the training images had "
                     f"{self.quantiles.shape[1]}"]
         out = []
         shift = self.shift(normalised, quantiles)
@@ -400,9 +429,13 @@ class TrainingStatistics:
 def collapse_warning(proba: np.ndarray, classes: np.ndarray) -> list[str]:
     """A warning when ``(..., K)`` probabilities put at least ``COLLAPSE_FRACTION`` of the pixels in
     one class of a classifier painted with several (``classes``: label value of each column)."""
+    return collapse_warning_of(np.bincount(np.argmax(proba, axis=-1).ravel(), minlength=proba.shape[-1]), classes)
+
+
+def collapse_warning_of(counts: np.ndarray, classes: np.ndarray) -> list[str]:
+    """:func:`collapse_warning` of the ``(K,)`` pixel counts of each class's column."""
     if len(classes) < 2:
         return []
-    counts = np.bincount(np.argmax(proba, axis=-1).ravel(), minlength=proba.shape[-1])
     top = int(np.argmax(counts))
     fraction = counts[top] / max(1, counts.sum())
     if fraction < COLLAPSE_FRACTION:

@@ -129,7 +129,9 @@ class _Stats:
 
 
 def _blocks(x: np.ndarray) -> list[slice]:
-    rows = max(1, BLOCK_VALUES // max(1, x.shape[1]))
+    """Blocks of rows of ``x`` of about ``BLOCK_VALUES`` values, or of ``x.block_rows`` rows where it
+    says (a chunked array read a row of chunks at a time: each chunk decoded once)."""
+    rows = getattr(x, "block_rows", None) or max(1, BLOCK_VALUES // max(1, x.shape[1]))
     return [slice(r0, r0 + rows) for r0 in range(0, x.shape[0], rows)]
 
 
@@ -264,33 +266,56 @@ def _normalise_channel(x: np.ndarray, channel: int, config, mask: "np.ndarray | 
     at a time: NaN, -inf and masked pixels take the finite minimum, +inf the maximum (with a
     warning); values go to ``(x - lo) / (hi - lo)``, clipped to ``MAX_NORMALISED``."""
     x = x.view(np.uint8) if x.dtype == bool else x  # as uint8, as in earlier versions
+    scaling = channel_scaling(x, channel, config, mask, stacklevel=6)
+    for rows in _blocks(x):
+        out[rows] = scaling.apply(x[rows], None if mask is None else mask[rows])
+
+
+class ChannelScaling:
+    """How one channel's intensities are normalised: the bounds ``config``'s rule gives and the
+    finite minimum and maximum that replace its NaN / inf values. :meth:`apply` normalises any
+    block of the channel as :func:`as_float_image` normalises the whole of it, bit for bit, so a
+    plane read window by window (:mod:`napari_dinoseg.lazy_plane`) gets the whole plane's values."""
+
+    def __init__(self, stats: "_Stats", lo, hi) -> None:
+        self.stats, self.lo, self.hi = stats, lo, hi
+        with np.errstate(over="ignore", divide="ignore"):
+            self.span = hi - lo
+            self.halves = not np.isfinite(self.span)  # a range beyond the largest float: computed in halves
+            self.scale = None if self.halves else 1.0 / self.span
+
+    def apply(self, block: np.ndarray, mask: "np.ndarray | None" = None) -> np.ndarray:
+        """``(h, w)`` values of the channel (bool as uint8) -> ``(h, w)`` float32 normalised;
+        ``mask``: its masked pixels, given the minimum."""
+        lo, hi = self.lo, self.hi
+        if not hi > lo:
+            return np.zeros(block.shape, np.float32)
+        work = _filled(block, _valid(block, mask), self.stats)
+        if self.halves:
+            work /= 2
+            work -= lo / 2
+            work /= hi / 2 - lo / 2
+        elif np.isfinite(self.scale):  # as earlier versions, bit for bit
+            work -= lo
+            work *= self.scale
+        else:  # 1 / span overflows: a range near the smallest floats
+            work -= lo
+            work /= self.span
+        np.clip(work, -MAX_NORMALISED, MAX_NORMALISED, out=work)
+        return work.astype(np.float32)
+
+
+def channel_scaling(x, channel: int, config, mask: "np.ndarray | None" = None,
+                    stacklevel: int = 4) -> ChannelScaling:
+    """The :class:`ChannelScaling` of channel ``x`` (``(H, W)``, an array or anything whose
+    ``x[rows]`` reads a block of rows: the statistics are read a block of rows at a time, of
+    ``x.block_rows`` rows where it says), warning about NaN / inf and masked pixels."""
     stats = _statistics(x, mask, config, channel)
     what = [f"{stats.nonfinite} NaN/inf pixel(s) replaced by the finite minimum/maximum"] * bool(stats.nonfinite) \
         + [f"{stats.masked} masked pixel(s) given the minimum of the others (and left out of the intensity "
            "statistics)"] * bool(stats.masked)
     if what:
-        warnings.warn(f"channel {channel}: {'; '.join(what)}", UserWarning, stacklevel=5)
-    lo, hi = _bounds(x, config, stats)
-    if not hi > lo:
-        out[...] = 0
-        return
-    with np.errstate(over="ignore", divide="ignore"):
-        span = hi - lo
-        halves = not np.isfinite(span)  # a range beyond the largest float: computed in halves
-        scale = None if halves else 1.0 / span
-    for rows in _blocks(x):
-        block = x[rows]
-        valid = _valid(block, None if mask is None else mask[rows])
-        work = _filled(block, valid, stats)
-        if halves:
-            work /= 2
-            work -= lo / 2
-            work /= hi / 2 - lo / 2
-        elif np.isfinite(scale):  # as earlier versions, bit for bit
-            work -= lo
-            work *= scale
-        else:  # 1 / span overflows: a range near the smallest floats
-            work -= lo
-            work /= span
-        np.clip(work, -MAX_NORMALISED, MAX_NORMALISED, out=work)
-        out[rows] = work
+        warnings.warn(f"channel {channel}: {'; '.join(what)}", UserWarning, stacklevel=stacklevel)
+    bounds = _bounds(x, config, stats)
+    stats.sample = None  # read for the bounds only: a scaling sent to another process stays small
+    return ChannelScaling(stats, *bounds)

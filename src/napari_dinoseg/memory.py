@@ -20,6 +20,8 @@ filter and the CRF; the estimates are at or above every measured peak, by at mos
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -203,6 +205,32 @@ def check_plane_memory(segmenter, shape: tuple[int, ...], available: Optional[in
         n_channels = 3
     estimate = plane_memory(segmenter, (h, w), n_channels)
     total = estimate.total + extra
+    available = available_memory() if available is None else available
+    if total > PLANE_MEMORY_FRACTION * available:
+        raise NotEnoughMemory(plane_refusal(estimate, total, available, what))
+    return total
+
+
+def check_window_memory(segmenter, shape: tuple[int, ...], out_bytes: int = 0, available: Optional[int] = None,
+                        what: str = "segmenting") -> int:
+    """:func:`check_plane_memory` of a plane predicted window by window
+    (:func:`~napari_dinoseg.window_prediction.predict_windows`): the estimate of its largest tile
+    window as a plane of its own, plus ``out_bytes`` (the output, where it is allocated in memory);
+    the plane itself is never held. Returns the estimate in bytes; raises :class:`NotEnoughMemory`."""
+    from .image import check_image_shape
+    from .planes import plane_windows
+
+    h, w = check_image_shape(tuple(shape))
+    n_channels = 1 if len(shape) == 2 else int(shape[-1])
+    if segmenter.n_channels == 3 and n_channels == 4:  # alpha dropped
+        n_channels = 3
+    windows = plane_windows((h, w), segmenter.featuriser, segmenter.training, segmenter.tile)
+    largest = max(((r.stop - r.start) * (c.stop - c.start), (r.stop - r.start, c.stop - c.start))
+                  for (r, c), _ in windows)[1]
+    estimate = dataclasses.replace(plane_memory(segmenter, largest, n_channels), shape=(h, w))
+    total = estimate.total + int(out_bytes)
+    if out_bytes:
+        estimate.parts["the output"] = int(out_bytes)
     available = available_memory() if available is None else available
     if total > PLANE_MEMORY_FRACTION * available:
         raise NotEnoughMemory(plane_refusal(estimate, total, available, what))

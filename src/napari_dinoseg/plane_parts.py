@@ -107,9 +107,13 @@ def _channels(image) -> int:
 
 def _as_lists(images, labels) -> tuple[list, list]:
     """One image and its labels, or sequences of them -> two equally long lists."""
-    if isinstance(images, np.ndarray) or hasattr(images, "__array__") and not isinstance(images, (list, tuple)):
+    def one(x) -> bool:  # an array or an array-like (zarr, dask), not a sequence of them
+        return isinstance(x, np.ndarray) or not isinstance(x, (list, tuple)) and (
+            hasattr(x, "__array__") or hasattr(x, "shape") and hasattr(x, "dtype"))
+
+    if one(images):
         images, labels = [images], [labels]
-    images, labels = list(images), list(labels) if not isinstance(labels, np.ndarray) else [labels]
+    images, labels = list(images), [labels] if one(labels) else list(labels)
     if not images:
         raise ValueError("no training images given")
     if len(images) != len(labels):

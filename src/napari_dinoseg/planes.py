@@ -45,6 +45,37 @@ def plane_windows(shape: tuple[int, int], config, training: TrainConfig,
     return out
 
 
+def grid_windows(shape: tuple[int, int], config, training: TrainConfig,
+                 tile: int = TILE) -> list[tuple[Slices, Slices]]:
+    """Tiles of a plane whose cores are the blocks of a grid of ``tile`` px (the last of a row
+    or column shorter): ``(window, core)`` as :func:`plane_windows` gives them, each window its
+    core grown by the same margins (clipped at the plane's border) and starting on the
+    featuriser's ``alignment``. An output chunked by ``tile`` (or a divisor of it) then gets each
+    of its chunks from one window, written whole: windows written by different processes never
+    share a chunk, and a run that stopped can be finished tile by tile. A plane with no side
+    above ``tile`` is one window, as with :func:`plane_windows`."""
+    from .features.featurisers import featuriser_for
+    from .smoothing import reach
+
+    h, w = shape
+    if max(h, w) <= tile:
+        return plane_windows(shape, config, training, tile)
+    featuriser = featuriser_for(config)
+    margin = featuriser.margin + reach(training.guided_radius, training.smooth, training.predict_step)
+    align = featuriser.alignment
+
+    def axis(n: int) -> list[tuple[int, int, int, int]]:
+        out = []
+        for c0 in range(0, n, tile):
+            c1 = min(n, c0 + tile)
+            w0, w1 = (max(0, c0 - margin) // align) * align, min(n, c1 + margin)
+            out.append((w0, w1, c0, c1))
+        return out
+
+    return [((slice(r0, r1), slice(c0, c1)), (slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0)))
+            for r0, r1, cr0, cr1 in axis(h) for c0, c1, cc0, cc1 in axis(w)]
+
+
 def in_plane(window: Slices, core: Slices) -> Slices:
     """A core relative to its window -> the same region in plane coordinates."""
     return tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, core))

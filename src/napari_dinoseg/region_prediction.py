@@ -16,6 +16,7 @@ import numpy as np
 
 from .features.cache import CompactStack
 from .features.stack import FeatureStack
+from .lazy_plane import LazyPlane, is_lazy
 from .pixel_classifier import PixelClassifier
 from .plane_parts import predict_part
 from .planes import Slices, in_plane, plane_windows, window_origin
@@ -73,8 +74,10 @@ class PlaneRegions:
     ----------
     segmenter
         A fitted segmenter.
-    plane : (H, W) or (H, W, C) array
-        One plane with the training images' channel count.
+    plane : (H, W) or (H, W, C) array or array-like
+        One plane with the training images' channel count; an array-like that is not a numpy
+        array (zarr, dask) is read a window at a time, as it is met (its intensity bounds read
+        first, a row of chunks at a time).
     progress, cache
         As for :meth:`~napari_dinoseg.Segmenter.predict_proba`; progress is reported while
         windows are featurised.
@@ -89,7 +92,10 @@ class PlaneRegions:
 
     def __init__(self, segmenter, plane: np.ndarray, progress=None, cache=None) -> None:
         clf = segmenter._fitted()
-        norm = segmenter.normalise(plane, cache)
+        if is_lazy(plane):  # a zarr or dask plane (a multiscale layer's level): read window by window
+            norm = LazyPlane(plane, segmenter.features, segmenter.n_channels).normalised()
+        else:
+            norm = segmenter.normalise(plane, cache)
         self.shape = norm.shape[:2]
         self.windows = plane_windows(self.shape, segmenter.featuriser, segmenter.training, segmenter.tile)
         split = segmenter.logit_space()  # ViT channels: their logits from the cached token grids

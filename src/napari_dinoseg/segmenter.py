@@ -35,6 +35,8 @@ from .classify import (
 )
 from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
 from .distribution_shift import TrainingStatistics, sample_step
+from .lazy_plane import NormalisedPlane, is_lazy
+from .lazy_training import PaintedLabels, TrainingWindows, skips
 from .plane_parts import (  # noqa: F401
     _as_lists,
     _channels,
@@ -95,6 +97,7 @@ class Segmenter(ShiftReport, WindowFeatures):
         self.statistics: Optional[TrainingStatistics] = None
         self.n_channels: Optional[int] = None
         self.channel_names: Optional[tuple[str, ...]] = None
+        self.pixel_size: Optional[float] = None  # µm per pixel of the training images; None: unknown
         self._featuriser = None  # (config it was built for, Featuriser): see the featuriser property
         # feature samples of the latest predictions, for check(image, proba): id(proba) -> (ref, sample)
         self._samples: dict = {}
@@ -125,7 +128,8 @@ class Segmenter(ShiftReport, WindowFeatures):
     # ---- fitting -------------------------------------------------------------------
 
     def fit(self, images: Union[ImageLike, Sequence[ImageLike]], labels: Union[np.ndarray, Sequence[np.ndarray]],
-            progress: Optional[ProgressCallback] = None, cache=None) -> "Segmenter":
+            progress: Optional[ProgressCallback] = None, cache=None,
+            pixel_size: Optional[float] = None) -> "Segmenter":
         """Fit on one image and its brush labels, or on lists of them (sizes may differ).
 
         Parameters
@@ -138,33 +142,32 @@ class Segmenter(ShiftReport, WindowFeatures):
             ``progress(done, total, message)``; may raise :class:`napari_dinoseg.Cancelled`.
         cache : FeatureCache, optional
             Features are taken from / put into it (the widget's cache).
+        pixel_size : float, optional
+            µm per pixel of the training images (``None``: unknown), kept as :attr:`pixel_size`
+            for the shift report's pixel-size check and ``dinoseg apply --resample``.
 
         Returns
         -------
         self, fitted. The feature config's device presets are resolved here, once
         (:attr:`featuriser`), and :attr:`features` becomes the resolved config.
         """
-        from .memory import check_fit_memory
+        from .pixel_scale import checked_pixel_size
 
+        pixel_size = checked_pixel_size(pixel_size)
         images, labels = _as_lists(images, labels)
         channels = {_channels(img) for img in images}
         if len(channels) > 1:
             raise ValueError(f"the training images have different channel counts {sorted(channels)}; "
                              "train on images of one kind")
-        labels = [check_labels(lab) for lab in labels]  # before any featurisation
-        for i, (img, lab) in enumerate(zip(images, labels)):
-            if np.shape(lab) != np.shape(img)[:2]:
-                raise ValueError(f"labels of shape {np.shape(lab)} do not match image {i}'s shape "
-                                 f"{np.shape(img)[:2]}; paint in a Labels layer with the image's shape")
         featuriser = self.featuriser
+        normalised, labels = self._training_planes(images, labels, featuriser, cache)
         config = featuriser.config
-        check_fit_memory(self, images, labels, featuriser)
-        normalised = [self._normalise(img, config, check_channels=False, cache=cache) for img in images]
         variants = [(norm, lab) for norm, lab in zip(normalised, labels)]
-        variants += [(tone_curve(norm, g), lab) for g in self.training.augment for norm, lab in zip(normalised, labels)]
+        variants += [(_tone(norm, g), lab) for g in self.training.augment for norm, lab in zip(normalised, labels)]
         # one tile's features at a time: only what training reads of each is kept
         shapes = [tuple(c.stop - c.start for c in core) for norm, _ in variants
-                  for _, core in plane_windows(norm.shape[:2], featuriser, self.training, self.tile)]
+                  for window, core in plane_windows(norm.shape[:2], featuriser, self.training, self.tile)
+                  if not skips(norm, window, core)]
         step = grid_step(shapes)
         parts, keys, names = [], [], None
         for i, (norm, lab) in enumerate(variants):
@@ -176,7 +179,7 @@ class Segmenter(ShiftReport, WindowFeatures):
                 continue
             storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache, featuriser)
             for window, core, key, stack in self._window_features(norm, featuriser, sub, cache, storage):
-                crop = np.asarray(lab)[in_plane(window, core)]
+                crop = np.asarray(lab[in_plane(window, core)])
                 parts.append(window_training_part(stack, core, crop, step))
                 keys.append((key, tuple((c.start, c.stop) for c in core)))
                 names = stack.channel_names
@@ -193,32 +196,68 @@ class Segmenter(ShiftReport, WindowFeatures):
         classifier = train_parts(parts, self.training, channel_names=names, feature_config=config, scaling=scaling,
                                  components=components)
         self.features, self.classifier, self.n_channels = config, classifier, normalised[0].shape[-1]
-        self.channel_names = names
-        quantiles = [self._image_statistics(norm, config, cache) for norm in normalised]
+        self.channel_names, self.pixel_size = names, pixel_size
+        quantiles = [norm.signal_quantiles() if isinstance(norm, TrainingWindows) else
+                     self._image_statistics(norm, config, cache) for norm in normalised]
         report(progress, 950, 1000, "training statistics")
         distribution = self._feature_distribution(np.concatenate([p.grid for p in parts]), normalised, cache,
                                                   ("feature distribution", kind, linear, tuple(keys)))
-        statistics = TrainingStatistics.of(quantiles, [np.asarray(lab) for lab in labels], classifier.classes)
+        statistics = TrainingStatistics.of(quantiles, [lab.painted() if isinstance(lab, PaintedLabels) else lab
+                                                       for lab in labels], classifier.classes)
         self.statistics = TrainingStatistics(statistics.quantiles, statistics.class_fractions, distribution)
         report(progress, 1000, 1000, "trained")
         return self
 
+    def _training_planes(self, images: list, labels: list, featuriser, cache) -> tuple[list, list]:
+        """The training images normalised and their labels checked, memory checked first: an
+        in-memory image as a whole ``(H, W, C)`` float32 plane, a lazy one (zarr, dask) as
+        :class:`~napari_dinoseg.lazy_training.TrainingWindows` (its painted windows only, read as
+        needed) with :class:`~napari_dinoseg.lazy_training.PaintedLabels`."""
+        from .memory import check_fit_memory
+
+        config, lazy = featuriser.config, [is_lazy(img) for img in images]
+        labels = [lab if is_lazy(img) else check_labels(lab) for img, lab in zip(images, labels)]  # before any
+        for i, (img, lab) in enumerate(zip(images, labels)):  # featurisation
+            if np.shape(lab) != np.shape(img)[:2]:
+                raise ValueError(f"labels of shape {np.shape(lab)} do not match image {i}'s shape "
+                                 f"{np.shape(img)[:2]}; paint in a Labels layer with the image's shape")
+        planes = [TrainingWindows(img, lab, config, featuriser, self.training, self.tile) if is_lazy(img) else None
+                  for img, lab in zip(images, labels)]
+        labels = [plane.labels if plane is not None else lab for plane, lab in zip(planes, labels)]
+        # a lazy plane counts as its largest window, its labels as the painted cores
+        sized = [img if plane is None else np.empty((*max((tuple(s.stop - s.start for s in w) for w, _ in plane.windows),
+                                                          default=(1, 1)), plane.shape[-1]), np.uint8)
+                 for img, plane in zip(images, planes)]
+        check_fit_memory(self, sized, [lab.painted() if is_lazy_labels else lab
+                                       for lab, is_lazy_labels in zip(labels, lazy)], featuriser)
+        normalised = [plane if plane is not None else self._normalise(img, config, check_channels=False, cache=cache)
+                      for img, plane in zip(images, planes)]
+        return normalised, labels
+
     # ---- predicting ----------------------------------------------------------------
 
     def predict_proba(self, image: ImageLike, progress: Optional[ProgressCallback] = None,
-                      cache=None) -> np.ndarray:
+                      cache=None, out=None) -> np.ndarray:
         """Class probabilities of one plane.
 
         Parameters
         ----------
-        image : (H, W) or (H, W, C) array
-            One plane with the training images' channel count (RGBA: alpha dropped).
+        image : (H, W) or (H, W, C) array or array-like
+            One plane with the training images' channel count (RGBA: alpha dropped). An
+            array-like that is not a numpy array (a zarr or dask array: ``shape``, ``dtype``,
+            ``image[rows, cols]``) is read window by window, never whole
+            (:func:`~napari_dinoseg.window_prediction.predict_windows`).
         progress, cache
             As for :meth:`fit`.
+        out : (H, W, K) array-like, optional
+            Written window by window and returned (a zarr array on disk: memory is bounded by a
+            window, not the plane). With ``out`` the plane is always read window by window; the
+            result equals the in-memory one except with a dense CRF, which then refines each
+            window on its own.
 
         Returns
         -------
-        (H, W, K) float32, summing to 1 over K; column ``k`` is label ``classes[k]``.
+        (H, W, K) float32, summing to 1 over K; column ``k`` is label ``classes[k]`` (``out`` when given).
 
         Raises
         ------
@@ -231,6 +270,8 @@ class Segmenter(ShiftReport, WindowFeatures):
         from .memory import check_plane_memory
 
         clf = self._fitted()
+        if out is not None or is_lazy(image):
+            return self._predict_windows(image, out, False, progress, cache)
         check_plane_memory(self, np.shape(image), what="predicting")
         norm = self.normalise(image, cache)
         out = np.empty((*norm.shape[:2], clf.n_classes), np.float32)
@@ -270,9 +311,31 @@ class Segmenter(ShiftReport, WindowFeatures):
         report(progress, 1000, 1000, "predicted")
         return out
 
-    def segment(self, image: ImageLike, progress: Optional[ProgressCallback] = None, cache=None) -> np.ndarray:
-        """``(H, W)`` painted label values of one plane (dtype from :func:`label_dtype`)."""
+    def segment(self, image: ImageLike, progress: Optional[ProgressCallback] = None, cache=None,
+                out=None) -> np.ndarray:
+        """``(H, W)`` painted label values of one plane (dtype from :func:`label_dtype`).
+
+        ``image`` and ``out`` as for :meth:`predict_proba`; ``out`` is ``(H, W)`` of an integer
+        dtype that holds the label values, and with it (or a lazy ``image``) the ``(H, W, K)``
+        probabilities are never held: each window's labels are written as it is predicted."""
+        if out is not None or is_lazy(image):
+            self._fitted()
+            return self._predict_windows(image, out, True, progress, cache)
         return self.to_labels(self.predict_proba(image, progress, cache))
+
+    def _predict_windows(self, image, out, labels: bool, progress, cache):
+        """:func:`~napari_dinoseg.window_prediction.predict_windows` with its memory checked first
+        (the output counted where it is allocated here) and its findings kept for :meth:`check`."""
+        from .memory import check_window_memory
+        from .window_prediction import output_shape, predict_windows
+
+        h, w = np.shape(image)[:2]
+        size = int(np.prod(output_shape(self, (h, w), labels)))
+        out_bytes = 0 if out is not None else size * (label_dtype(self.classes).itemsize if labels else 4)
+        check_window_memory(self, tuple(np.shape(image)), out_bytes, what="segmenting" if labels else "predicting")
+        out, findings = predict_windows(self, image, out, labels, progress, cache)
+        self._keep_findings(out, findings)
+        return out
 
     def to_labels(self, proba: np.ndarray) -> np.ndarray:
         """``(..., K)`` probabilities -> ``(...)`` label values, in the smallest unsigned dtype holding them
@@ -308,7 +371,8 @@ class Segmenter(ShiftReport, WindowFeatures):
         from .bundle import save_bundle
 
         return save_bundle(path, self._fitted(), self.features, self.n_channels, self.channel_names,
-                           training=self.training, crf=self.crf, statistics=self.statistics)
+                           training=self.training, crf=self.crf, statistics=self.statistics,
+                           pixel_size=self.pixel_size)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Segmenter":
@@ -319,6 +383,7 @@ class Segmenter(ShiftReport, WindowFeatures):
         seg = cls(contents.features, contents.training, contents.crf)
         seg.classifier, seg.statistics = contents.classifier, contents.statistics
         seg.n_channels, seg.channel_names = contents.n_channels, contents.channel_names
+        seg.pixel_size = contents.pixel_size
         features = None if seg.statistics is None else seg.statistics.features
         if features is not None and features.n_dims != seg.shift_space(np.zeros((1, seg.classifier.n_features))).shape[1]:
             raise ValueError(f"{str(path)!r} is corrupt: its training statistics' feature distribution has "
@@ -360,3 +425,10 @@ class Segmenter(ShiftReport, WindowFeatures):
             return as_float_image(arr, config)
         key = cache_key(arr, config)
         return cache.derived(("normalised", key), lambda: frozen(as_float_image(arr, config), key))
+
+
+def _tone(norm, gamma: float):
+    """:func:`tone_curve` of a normalised plane, or of every window a lazy one reads."""
+    if isinstance(norm, NormalisedPlane):
+        return norm.mapped(lambda values: tone_curve(values, gamma))
+    return tone_curve(norm, gamma)

@@ -15,10 +15,14 @@ from .distribution_shift import (
     FEATURE_FIT_SAMPLE,
     FeatureDistribution,
     collapse_warning,
+    collapse_warning_of,
     image_statistics,
     sample_step,
 )
+from .pixel_scale import checked_pixel_size, pixel_size_warning
 from .plane_parts import _lattice_rows, _memo, _up
+from .lazy_plane import NormalisedPlane
+from .lazy_training import TrainingWindows, skips
 from .planes import plane_windows
 
 ImageLike = np.ndarray
@@ -26,11 +30,12 @@ ImageLike = np.ndarray
 
 class ShiftReport:
     """The Segmenter's shift report (a mixin of :class:`~napari_dinoseg.segmenter.Segmenter`, which
-    provides ``features``, ``training``, ``statistics``, ``featuriser``, ``channel_names``,
+    provides ``features``, ``training``, ``statistics``, ``pixel_size``, ``featuriser``, ``channel_names``,
     ``normalise``, ``predict_proba``, ``logit_space``, ``_fitted`` and ``_samples``)."""
 
-    def check(self, image: ImageLike, proba: Optional[np.ndarray] = None, cache=None) -> list[str]:
-        """Warnings about one plane: unlike the training images, or a collapsed prediction.
+    def check(self, image: ImageLike, proba: Optional[np.ndarray] = None, cache=None,
+              pixel_size: Optional[float] = None) -> list[str]:
+        """Warnings about one plane: unlike the training images (their pixel size too), or a collapsed prediction.
 
         Parameters
         ----------
@@ -41,6 +46,10 @@ class ShiftReport:
             together from windows elsewhere) the sample is featurised here, through ``cache``.
         cache : FeatureCache, optional
             As for :meth:`fit`: a cache holding the plane's features makes that sample cheap.
+        pixel_size : float, optional
+            The plane's µm per pixel (``None``: unknown): one more than 10 % from the training
+            images' (``pixel_size``, when known) is named
+            (:func:`~napari_dinoseg.pixel_scale.pixel_size_warning`).
 
         Returns
         -------
@@ -50,9 +59,15 @@ class ShiftReport:
         ------
         ValueError
             For ``proba`` of another shape than ``(H, W, K)``: this plane's height and width,
-            the classifier's number of classes (probabilities of another image or classifier).
+            the classifier's number of classes (probabilities of another image or classifier);
+            a ``pixel_size`` that is not a positive number.
         """
         clf = self._fitted()
+        # last: the dock's status line shows a job's last warning, and this one explains the others
+        scale = pixel_size_warning(getattr(self, "pixel_size", None), checked_pixel_size(pixel_size))
+        findings = self._findings(image, proba, cache)
+        if findings is not None:  # predicted window by window: what the prediction saw of the plane
+            return self._window_warnings(findings) + scale
         if proba is not None:
             expected = (*np.shape(image)[:2], clf.n_classes)
             if np.shape(proba) != expected:
@@ -70,7 +85,7 @@ class ShiftReport:
             features, confidence = (None, None) if sample is None else sample
             warnings = self.statistics.check(norm, self.features.normalise, features, confidence,
                                              self._image_statistics(norm, self.features, cache))
-        return warnings + collapse_warning(proba, clf.classes)
+        return warnings + collapse_warning(proba, clf.classes) + scale
 
     def shift_space(self, rows: np.ndarray, projected: bool = False) -> np.ndarray:
         """Feature rows as the shift report compares them: scaled as the classifier scales them.
@@ -142,9 +157,10 @@ class ShiftReport:
         if not self.featuriser.gathers_pixels:  # a kind that gathers pixels (a ViT) would featurise every
             # training image again, whole
             step = sample_step(normalised[0].shape[:2], FEATURE_FIT_SAMPLE / len(normalised))
-            inverted = self.shift_space(np.concatenate([
-                _memo(cache, ("inverted sample", cache_key(norm, self.features) if cache else None, step),
-                      lambda norm=norm: self._grid_rows(np.float32(1) - norm, self.featuriser, step, None))
+            kept = None if any(isinstance(norm, TrainingWindows) for norm in normalised) else cache  # keyed by
+            inverted = self.shift_space(np.concatenate([  # the plane's values: a lazy one has no key
+                _memo(kept, ("inverted sample", cache_key(norm, self.features) if kept else None, step),
+                      lambda norm=norm: self._grid_rows(_inverted(norm), self.featuriser, step, None))
                 for norm in normalised]))
         return FeatureDistribution.fit(self.shift_space(grid), inverted, confidence, self.training.seed)
 
@@ -157,6 +173,8 @@ class ShiftReport:
         rows = []
         if featuriser.gathers_pixels:
             for window, core in plane_windows(norm.shape[:2], featuriser, self.training, self.tile):
+                if skips(norm, window, core):  # a lazy plane's unpainted tile: not read
+                    continue
                 r, c = (np.arange(_up(w.start + k.start, step), w.start + k.stop, step) - w.start
                         for w, k in zip(window, core))
                 grid = np.meshgrid(r, c, indexing="ij")
@@ -188,6 +206,39 @@ class ShiftReport:
             self._samples.pop(next(iter(self._samples)), None)
         self._samples[id(proba)] = (weakref.ref(proba), sample)
 
+    def _keep_findings(self, out, findings) -> None:
+        """Keep a window-by-window prediction's :class:`~napari_dinoseg.window_prediction.PlaneFindings`
+        for :meth:`check` while its output lives (with the samples: 8 at most)."""
+        self._keep_sample(out, findings)
+
+    def _findings(self, image, proba, cache):
+        """The :class:`~napari_dinoseg.window_prediction.PlaneFindings` of a plane predicted window
+        by window: those kept for ``proba`` (an ``out`` of :meth:`predict_proba` or :meth:`segment`),
+        or for a lazy ``image`` without them, gathered here by predicting it (nothing written);
+        ``None`` for an in-memory plane."""
+        from .lazy_plane import is_lazy
+        from .window_prediction import Discard, PlaneFindings, predict_windows
+
+        kept = None if proba is None else self._kept_sample(proba)
+        if isinstance(kept, PlaneFindings):
+            return kept
+        if not is_lazy(image):
+            return None
+        if proba is not None:
+            raise ValueError("these probabilities were not written by predict_proba or segment of this "
+                             "Segmenter for this image; pass the out array they wrote, or none to predict it again")
+        h, w = np.shape(image)[:2]
+        return predict_windows(self, image, Discard((h, w), np.uint32), True, None, cache)[1]
+
+    def _window_warnings(self, findings) -> list[str]:
+        """The shift report of a plane from its :class:`~napari_dinoseg.window_prediction.PlaneFindings`."""
+        warnings = []
+        if self.statistics is not None:
+            features, confidence = (None, None) if findings.sample is None else findings.sample
+            warnings = self.statistics.check(None, self.features.normalise, features, confidence,
+                                             findings.quantiles, n_channels=findings.n_channels)
+        return warnings + collapse_warning_of(findings.counts, self._fitted().classes)
+
     def _kept_sample(self, proba: np.ndarray) -> Optional[tuple[np.ndarray, float]]:
         """The sample :meth:`predict_proba` kept for this very array of probabilities, else ``None``."""
         ref, sample = self._samples.get(id(proba), (None, None))
@@ -201,3 +252,10 @@ class ShiftReport:
 
         return _memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
                      lambda: image_statistics(norm))
+
+
+def _inverted(norm):
+    """``1 - norm`` of a normalised plane, or of every window a lazy one reads."""
+    if isinstance(norm, NormalisedPlane):
+        return norm.mapped(lambda values: np.float32(1) - values)
+    return np.float32(1) - norm

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from .plane_parts import _grid_and_painted
+from .lazy_training import skips
 from .planes import in_plane, plane_windows
 from .progress import within
 
@@ -106,8 +107,10 @@ class WindowFeatures:
 
         windows = plane_windows(norm.shape[:2], featuriser, self.training, self.tile)
         for n, (window, core) in enumerate(windows):
+            if skips(norm, window, core):  # a lazy plane's unpainted tile: not read
+                continue
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
-            crop = np.asarray(labels)[in_plane(window, core)]
+            crop = np.asarray(labels[in_plane(window, core)])
             rows, cols, n_painted = _grid_and_painted(crop, core, step)
             if cache is None:  # one pass of the model for both
                 data, names = featurise_pixels(norm[window], featuriser, (rows, cols), sub, normalised=True)
@@ -132,5 +135,7 @@ class WindowFeatures:
 
         windows = plane_windows(norm.shape[:2], featuriser, self.training, self.tile)
         for n, (window, core) in enumerate(windows):
+            if skips(norm, window, core):  # a lazy plane's unpainted tile: not read
+                continue
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
             yield (window, core, *keyed_featurise(norm[window], featuriser, sub, cache, normalised=True, storage=storage))

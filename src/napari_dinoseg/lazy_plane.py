@@ -1,0 +1,148 @@
+"""A plane read window by window: any array-like (a zarr or dask array, a tifffile zarr store,
+a numpy array) that is larger than memory, or treated as if it were.
+
+:class:`LazyPlane` checks the plane as :func:`~napari_dinoseg.image.as_float_image` does (dtype,
+shape, channels), reads each channel once, a row of chunks at a time, for its intensity bounds
+(:func:`~napari_dinoseg.image.channel_scaling`: the same statistics, so the same bounds, as the
+whole plane in memory gets), then normalises any window on request (:meth:`LazyPlane.read`):
+a window's values equal the whole plane's normalised values there, bit for bit. Nothing of the
+size of the plane is allocated.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional
+
+import numpy as np
+
+from .image import MAX_CHANNELS, channel_scaling, check_dtype, check_image_shape
+from .planes import Slices
+
+#: Rows read at a time for the statistics where the array has no chunks to follow.
+DEFAULT_BLOCK_ROWS = 1024
+
+
+def is_lazy(image) -> bool:
+    """Whether ``image`` is an array-like that is not a numpy array (zarr, dask, a store view):
+    read window by window rather than as a whole."""
+    return not isinstance(image, np.ndarray) and hasattr(image, "shape") and hasattr(image, "dtype") \
+        and hasattr(image, "__getitem__")
+
+
+def chunk_rows(image) -> int:
+    """Rows of one chunk of a chunked array (zarr's ``chunks``, dask's ``chunksize``), else
+    :data:`DEFAULT_BLOCK_ROWS`."""
+    chunks = getattr(image, "chunksize", None) or getattr(image, "chunks", None)
+    if chunks and isinstance(chunks[0], (int, np.integer)):
+        return int(chunks[0])
+    return DEFAULT_BLOCK_ROWS
+
+
+class _ChannelRows:
+    """One channel of an ``(H, W)`` / ``(H, W, C)`` array-like, read a block of rows at a time
+    (what :func:`~napari_dinoseg.image.channel_scaling` reads); bool read as uint8."""
+
+    def __init__(self, image, channel: Optional[int]) -> None:
+        self.image, self.channel = image, channel
+        self.shape = tuple(int(n) for n in image.shape[:2])
+        self.dtype = np.dtype(np.uint8) if np.dtype(image.dtype) == bool else np.dtype(image.dtype)
+        self.size = self.shape[0] * self.shape[1]
+        self.ndim = 2
+        self.block_rows = chunk_rows(image)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        block = np.asarray(self.image[rows] if self.channel is None else self.image[rows, :, self.channel])
+        return block.view(np.uint8) if block.dtype == bool else block
+
+
+class LazyPlane:
+    """One ``(H, W)`` or ``(H, W, C)`` plane, normalised window by window.
+
+    Parameters
+    ----------
+    image : array-like
+        ``shape``, ``dtype`` and ``image[rows, cols]`` reading a numpy block (zarr, dask, numpy).
+    config : FeatureConfig
+        Its normalisation rule.
+    n_channels : int, optional
+        The classifier's channel count: checked, and an RGBA plane's alpha left out for 3.
+
+    Attributes
+    ----------
+    shape : (H, W)
+    n_channels : int
+    scalings : list of :class:`~napari_dinoseg.image.ChannelScaling`, one per channel.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`~napari_dinoseg.image.as_float_image`, and for a channel count other than the
+        classifier's, before anything is read.
+    """
+
+    def __init__(self, image, config, n_channels: Optional[int] = None) -> None:
+        shape = tuple(int(n) for n in image.shape)
+        check_dtype(image.dtype)
+        self.shape = check_image_shape(shape)
+        channels = 1 if len(shape) == 2 else shape[-1]
+        if n_channels == 3 and channels == 4:  # alpha dropped
+            channels = 3
+        if n_channels is not None and channels != n_channels:
+            raise ValueError(f"the image has {channels} channel(s) but the classifier was trained on "
+                             f"{n_channels}; give it images of the kind it was trained on")
+        assert channels <= MAX_CHANNELS  # check_image_shape refuses more
+        self.image, self.n_channels, self.flat = image, channels, len(shape) == 2
+        self.scalings = [channel_scaling(_ChannelRows(image, None if self.flat else c), c, config, stacklevel=3)
+                         for c in range(channels)]
+
+    @classmethod
+    def from_scalings(cls, image, scalings: list) -> "LazyPlane":
+        """The plane of ``image`` with the :attr:`scalings` another process read of it (a job
+        of one image's tiles on a dask worker: the intensity bounds read once for all)."""
+        plane = object.__new__(cls)
+        shape = tuple(int(n) for n in image.shape)
+        plane.image, plane.shape, plane.flat = image, shape[:2], len(shape) == 2
+        plane.n_channels, plane.scalings = len(scalings), list(scalings)
+        return plane
+
+    def read(self, window: Slices) -> np.ndarray:
+        """``(h, w, C)`` float32 normalised values of a ``(rows, cols)`` window of the plane."""
+        block = np.asarray(self.image[window] if self.flat else self.image[(*window, slice(0, self.n_channels))])
+        block = block[..., None] if self.flat else block
+        block = block.view(np.uint8) if block.dtype == bool else block
+        out = np.empty(block.shape, np.float32)
+        for c, scaling in enumerate(self.scalings):
+            out[..., c] = scaling.apply(block[..., c])
+        return out
+
+    def normalised(self) -> "NormalisedPlane":
+        """The plane's normalised values as an array-like of windows (:class:`NormalisedPlane`)."""
+        return NormalisedPlane(self)
+
+
+class NormalisedPlane:
+    """A :class:`LazyPlane`'s normalised values where the in-memory path holds a ``(H, W, C)``
+    float32 plane: ``self[window]`` reads and normalises a ``(rows, cols)`` window
+    (:meth:`LazyPlane.read`), with a transform applied where :meth:`mapped` asks.
+
+    Attributes
+    ----------
+    shape : (H, W, C)
+    plane : LazyPlane
+    """
+
+    def __init__(self, plane: LazyPlane, transform: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> None:
+        self.plane, self.transform = plane, transform
+        self.shape = (*plane.shape, plane.n_channels)
+
+    def __getitem__(self, window: Slices) -> np.ndarray:
+        values = self.plane.read(window)
+        return values if self.transform is None else self.transform(values)
+
+    def mapped(self, transform: Callable[[np.ndarray], np.ndarray]) -> "NormalisedPlane":
+        """The same plane with ``transform`` applied to every window read (after this one's)."""
+        out = copy.copy(self)
+        first = self.transform
+        out.transform = transform if first is None else (lambda x: transform(first(x)))
+        return out
