@@ -55,7 +55,9 @@ from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, ru
 from .folder_lock import FolderLock
 from .inputs import file_identity, find_inputs, source_record
 from .outputs import LABEL_SUFFIX, PROBA_SUFFIX, output_metadata  # noqa: F401  (re-exported)
+from .pixel_scale import resample_factor
 from .pixel_size import pixel_size_of
+from .resampling import resample_plane, resample_proba_back, resampled_shape
 from .reading import check_axes, read_image
 
 if TYPE_CHECKING:
@@ -73,6 +75,8 @@ def apply_bundle(
     axes: Optional[str] = None,
     verify: bool = False,
     measure: Optional["MeasureOptions"] = None,
+    resample: bool = False,
+    pixel_size: Optional[float] = None,
 ) -> BatchSummary:
     """Segment every input image with a saved classifier and write a label image per input.
 
@@ -114,6 +118,18 @@ def apply_bundle(
         segmented, then write the tables and plots of every label output in the folder to
         ``out_dir/measurements/`` (``BatchSummary.measurements``; outputs that cannot be
         measured are in ``failed``). Not when the run stops early. ``None``: no measurements.
+    resample
+        Segment each image whose pixel size (``pixel_size``, else its metadata's) and the
+        classifier's training pixel size differ (by more than 1 %) at the training
+        pixel size: resampled to it (:mod:`napari_dinoseg.resampling`), its probabilities brought
+        back linearly to its own shape; the outputs keep the input's shape and pixel size and record
+        ``resampled_from_um`` / ``resampled_to_um``. Without it, a pixel size more than 10 % off is a
+        warning (:func:`~napari_dinoseg.pixel_scale.pixel_size_warning`). An image of unknown pixel
+        size is segmented as it is, with a warning; a classifier that does not record its training
+        pixel size is refused.
+    pixel_size
+        µm per pixel of every input, replacing their metadata's (and ``measure.pixel_size``);
+        ``None``: ``measure.pixel_size``, else each input's metadata.
 
     Returns
     -------
@@ -130,11 +146,17 @@ def apply_bundle(
         answer, has no workers, or whose workers cannot see the files.
     """
     from .measure_report import MeasureOptions
+    from .pixel_scale import checked_pixel_size
 
+    pixel_size = checked_pixel_size(pixel_size, "the pixel size")
     if measure is not None and not isinstance(measure, MeasureOptions):
         raise TypeError(f"measure must be a MeasureOptions (napari_dinoseg.measure_report) or None, got "
                         f"{type(measure).__name__}")
     seg, bundle_id = load_classifier(bundle)  # read once: fails early on a bad bundle; every output is of this one
+    if resample and seg.pixel_size is None:
+        raise ValueError(f"cannot resample to the training pixel size: {str(bundle)!r} does not record it (trained on "
+                         "images without a pixel size, or before it was recorded); apply it without resampling, or "
+                         "train it again on images whose pixel size is known")
     if scheduler is None:  # a cluster's workers have their own weights folders
         check_weights(seg.features)
     axes = None if axes is None else check_axes(axes)
@@ -147,12 +169,12 @@ def apply_bundle(
     stems = output_stems(files, name_max(out))
     with FolderLock(out, bundle, bundle_id) as lock:  # one run per folder, from the look at its outputs to the end
         return _apply_locked(bundle, bundle_id, files, unusable, stems, out, scheduler, probabilities, overwrite,
-                             progress, axes, verify, lock.note, measure)
+                             progress, axes, verify, lock.note, measure, (bool(resample), pixel_size))
 
 
 def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: dict, out: Path, scheduler,
                   probabilities: bool, overwrite: bool, progress, axes: Optional[str], verify: bool,
-                  lock_note: str, measure=None) -> BatchSummary:
+                  lock_note: str, measure=None, scale: tuple = (False, None)) -> BatchSummary:
     """:func:`apply_bundle` once the output folder is this run's."""
     summary = BatchSummary(cleaned=[str(p) for p in clean_stale(out)])
     if lock_note:
@@ -160,7 +182,7 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
     for path, reason in unusable:
         (summary.failed if reason == "no such file" else summary.skipped).append((path, reason))
     todo = _to_do(summary, files, stems, out, probabilities, overwrite, bundle_id, axes, verify)
-    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite, measure)
+    jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite, measure, *scale)
             for p in todo]
     _run(summary, jobs, scheduler, progress)
     if measure is not None and not summary.stopped:  # the tables of every label output now in the folder
@@ -248,7 +270,8 @@ READ_ATTEMPTS = 3
 
 def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem: Optional[str] = None,
                  axes: Optional[str] = None, bundle_id: Optional[str] = None,
-                 overwrite: bool = False, measure: Optional["MeasureOptions"] = None) -> tuple[str, str, str, list]:
+                 overwrite: bool = False, measure: Optional["MeasureOptions"] = None, resample: bool = False,
+                 pixel_size: Optional[float] = None) -> tuple[str, str, str, list]:
     """Segment one file: ``(input, "done", output, warnings)``, ``(input, "failed", reason, [])``,
     or ``(input, "no space", message, [])`` when the output disk is full.
 
@@ -261,8 +284,10 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
     :func:`apply_bundle`.
 
     The label output records the pixel size (``pixel_size_um``, ``pixel_size_from``, and the
-    TIFF resolution tags in cm): ``measure.pixel_size`` when given, else the input's metadata's
-    (:func:`napari_dinoseg.pixel_size.pixel_size_of`). With ``measure`` each plane is measured
+    TIFF resolution tags in cm): ``pixel_size`` or ``measure.pixel_size`` when given, else the
+    input's metadata's (:func:`napari_dinoseg.pixel_size.pixel_size_of`). ``resample``: as in
+    :func:`apply_bundle` (the outputs record ``resampled_from_um`` and ``resampled_to_um``). With
+    ``measure`` each plane is measured
     (:func:`napari_dinoseg.measure_report.measure_plane`, with the image and the probabilities)
     and the record ``measurements/images/<stem>.json`` is written once the labels are.
     """
@@ -274,14 +299,18 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
         for attempt in range(READ_ATTEMPTS):
             before = source.stat()
             try:
-                size_um, size_from, size_note = _pixel_size(source, measure)
+                size_um, size_from, size_note = _pixel_size(source, measure, pixel_size)
+                factor = resample_factor(size_um, seg.pixel_size) if resample else None
                 image, labels, probas, warnings, measured = _segment(seg, source, axes, probabilities, measure,
-                                                                     size_um)
+                                                                     size_um, factor)
             except Exception:
                 if attempt + 1 < READ_ATTEMPTS and file_identity(source.stat()) != file_identity(before):
                     continue  # read while it was being written: read it again
                 raise
             if file_identity(source.stat()) == file_identity(before):
+                if resample and size_um is None:
+                    warnings.append("not resampled to the training pixel size: this image's pixel size is unknown "
+                                    "(its metadata gives none); give it (--pixel-size, or the apply dock's pixel size)")
                 break
         else:
             return path, "failed", (f"the input changed while it was segmented, {READ_ATTEMPTS} times: it is being "
@@ -289,7 +318,8 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
         meta = {"dinoseg_bundle": bundle_id, **source_record(source, before), "classes": seg.classes.tolist(),
                 "warnings": [str(w) for w in warnings],  # reported again by a rerun that skips the image
                 "axes_given": axes, "channels": seg.n_channels,  # how to read the input as it was read here
-                "pixel_size_um": size_um, "pixel_size_from": size_from}
+                "pixel_size_um": size_um, "pixel_size_from": size_from,
+                **({} if factor is None else {"resampled_from_um": size_um, "resampled_to_um": seg.pixel_size})}
         lead, axes = image.lead_shape, image.lead_axes
         stem = stem or source.stem
         check = partial(_refuse_foreign, bundle_id=bundle_id, overwrite=overwrite)
@@ -317,10 +347,11 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
 
 
 def _segment(seg, source: Path, axes: Optional[str], probabilities: bool, measure=None,
-             pixel_size: Optional[float] = None):
+             pixel_size: Optional[float] = None, factor: Optional[float] = None):
     """``(image, label planes, probability planes, warnings, measured)`` of one input file;
     ``measured``: each plane's ``(fractions, objects)`` tables with ``measure`` (and
-    ``pixel_size``), else empty."""
+    ``pixel_size``), else empty. With ``factor`` each plane is segmented resampled by it (at the
+    training pixel size) and its probabilities brought back to its shape."""
     from .memory import file_memory  # a file that would not fit is refused before it is decoded
 
     image = read_image(source, seg.n_channels, axes=axes,
@@ -328,10 +359,14 @@ def _segment(seg, source: Path, axes: Optional[str], probabilities: bool, measur
     labels, probas, warnings, measured = [], [], [], []
     planes = image.planes
     for i, plane in enumerate(planes):
-        proba = seg.predict_proba(plane)
-        labels.append(seg.to_labels(proba))
+        work = plane if factor is None else _resampled(seg, plane, factor)
+        proba = seg.predict_proba(work)
         where = f"plane {i}: " if len(planes) > 1 else ""
-        warnings += [where + message for message in seg.check(plane, proba)]
+        warnings += [where + message for message in
+                     seg.check(work, proba, pixel_size=pixel_size if factor is None else seg.pixel_size)]
+        if factor is not None:
+            proba = resample_proba_back(proba, plane.shape)
+        labels.append(seg.to_labels(proba))
         if probabilities:
             probas.append(proba)
         if measure is not None:
@@ -343,8 +378,19 @@ def _segment(seg, source: Path, axes: Optional[str], probabilities: bool, measur
     return image, labels, probas, warnings + list(image.notes), measured
 
 
-def _pixel_size(source: Path, measure) -> tuple[Optional[float], str, str]:
+def _resampled(seg, plane: np.ndarray, factor: float) -> np.ndarray:
+    """``plane`` resampled by ``factor``, refused first when segmenting it would not fit in memory."""
+    from .memory import check_plane_memory
+
+    check_plane_memory(seg, resampled_shape(plane.shape, factor) + plane.shape[2:],
+                       what="segmenting at the training pixel size")
+    return resample_plane(plane, factor)
+
+
+def _pixel_size(source: Path, measure, given: Optional[float] = None) -> tuple[Optional[float], str, str]:
     """``(µm per pixel or None, where from, note)`` of an input: the one given, else its metadata's."""
+    if given is not None:
+        return given, "given", ""
     if measure is not None and measure.pixel_size is not None:
         return measure.pixel_size, "given", ""
     found = pixel_size_of(source)

@@ -8,6 +8,7 @@ gathered into :class:`~napari_dinoseg.bundle_format.BundleContents`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 from typing import Optional
 
@@ -77,7 +78,18 @@ def _contents(meta: dict, version: int, config: FeatureConfig, arrays: dict, for
     if not isinstance(meta.get("versions", {}), dict):
         raise ValueError("its versions are not a JSON object")
     return BundleContents(clf, config, training, crf, statistics, n_channels,
-                          None if names is None else tuple(names))
+                          None if names is None else tuple(names), pixel_size=_pixel_size(meta))
+
+
+def _pixel_size(meta: dict) -> Optional[float]:
+    """The training images' µm per pixel, ``pixel_size_um``: a positive finite number, or null
+    or absent (unknown; bundles written before it was recorded)."""
+    size = meta.get("pixel_size_um")
+    if size is None:
+        return None
+    if type(size) not in (int, float) or not (math.isfinite(size) and size > 0):
+        raise ValueError(f"its pixel_size_um {reprlib.repr(size)} is not a positive number of µm per pixel")
+    return float(size)
 
 
 def _tree_layout(meta: dict, arrays: dict, n_feat: int, training: TrainConfig) -> dict:

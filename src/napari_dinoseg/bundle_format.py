@@ -32,6 +32,12 @@ FORMAT = "napari-dinoseg-bundle"
 #: 8: the training statistics hold the training pixels' feature distribution, that of the
 #: contrast-inverted training images and the classifier's confidence on them (the shift report's
 #: feature, inversion and confidence checks; older bundles load without them and check intensities only).
+#:
+#: A version is for what a reader must know to use the classifier as it was trained: a key an
+#: older reader may ignore without misreading the classifier does not make one. So
+#: ``pixel_size_um`` (µm per pixel of the training images, or null; for the shift report's
+#: pixel-size check and ``dinoseg apply --resample``) is in format 8 bundles written since it was
+#: added, and bundles without it read with ``pixel_size=None`` (unknown).
 FORMAT_VERSION = 8
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 #: Arrays only some classifiers have.
@@ -53,6 +59,8 @@ class BundleContents:
     channel_names: Optional[tuple[str, ...]]
     #: What was decided in reading it, for the user (a device this machine lacks replaced).
     notes: tuple = ()
+    #: µm per pixel of the training images (``pixel_size_um``); ``None``: unknown, or not recorded.
+    pixel_size: Optional[float] = None
 
 
 def _versions() -> dict:

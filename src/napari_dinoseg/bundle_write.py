@@ -20,7 +20,8 @@ from .distribution_shift import TrainingStatistics
 
 def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_channels: Optional[int] = None,
                 channel_names: Optional[tuple] = None, *, training: Optional[TrainConfig] = None,
-                crf: Optional[CRFConfig] = None, statistics: Optional[TrainingStatistics] = None) -> Path:
+                crf: Optional[CRFConfig] = None, statistics: Optional[TrainingStatistics] = None,
+                pixel_size: Optional[float] = None) -> Path:
     """Write ``clf`` and the FeatureConfig that made its features to ``path`` (atomically).
 
     Parameters
@@ -40,14 +41,24 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
     training, crf, statistics
         The rest of a :class:`~napari_dinoseg.Segmenter`: training config (rebuilt from the
         classifier when omitted), dense CRF config (``None``: off), training statistics.
+    pixel_size
+        µm per pixel of the training images (``None``: unknown), stored as ``pixel_size_um``.
+
+    Raises
+    ------
+    ValueError
+        A ``pixel_size`` that is not a positive finite number, a config that does not make the
+        classifier's features, a folder that does not exist.
     """
     from .config import config_or_default
     from .features.featurise import n_features
+    from .pixel_scale import checked_pixel_size
 
     if not isinstance(clf, PixelClassifier):
         raise TypeError(f"clf must be a fitted PixelClassifier, got {type(clf).__name__}")
     if not isinstance(config, FeatureConfig):
         raise TypeError(f"config must be the FeatureConfig the features were made with, got {type(config).__name__}")
+    pixel_size = checked_pixel_size(pixel_size)
     if crf is not None:
         config_or_default(crf, CRFConfig, "crf")
     if training is not None:
@@ -84,6 +95,7 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         "tree_channels": None if clf.tree_channels is None else list(clf.tree_channels),
         "classifier": "logistic" if clf.forest is None else "logistic+trees",
         "channel_names": list(channel_names) if channel_names else None,
+        "pixel_size_um": pixel_size,
         "versions": _versions(),
     }
     arrays = io.BytesIO()

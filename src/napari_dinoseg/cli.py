@@ -74,14 +74,19 @@ def _apply_parser(apply: argparse.ArgumentParser) -> None:
     apply.add_argument("--measure", action="store_true",
                        help="measure every label output in the folder: OUT/measurements/ fractions.csv, objects.csv, "
                             "summary.csv, fractions.png, sizes.png")
-    _measure_options(apply, " (with --measure)")
+    apply.add_argument("--resample", action="store_true",
+                       help="segment images whose pixel size (--pixel-size, else their metadata's) is not the "
+                            "training images' at the training pixel size: resampled to it, the outputs brought "
+                            "back to the image's shape")
+    _measure_options(apply, " (with --measure)", " (with --measure or --resample)")
 
 
-def _measure_options(parser: argparse.ArgumentParser, needs: str = "") -> None:
+def _measure_options(parser: argparse.ArgumentParser, needs: str = "", size_needs: Optional[str] = None) -> None:
     parser.add_argument("--min-size", type=int, default=None, metavar="PX",
                         help=f"leave objects of fewer pixels out of objects.csv (default 0){needs}")
     parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
-                        help=f"µm per pixel, replacing the images' metadata (default: their metadata's){needs}")
+                        help="µm per pixel, replacing the images' metadata (default: their metadata's)"
+                             f"{needs if size_needs is None else size_needs}")
     parser.add_argument("--split", action="store_true", help=f"separate touching round objects{needs}")
 
 
@@ -131,7 +136,8 @@ def apply_command(args: argparse.Namespace) -> int:
     from .batch import apply_bundle
 
     inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
-    given = [flag for flag, value in (("--min-size", args.min_size), ("--pixel-size", args.pixel_size),
+    given = [flag for flag, value in (("--min-size", args.min_size),
+                                      ("--pixel-size", None if args.resample else args.pixel_size),
                                       ("--split", args.split or None)) if value is not None]
     if given and not args.measure:
         raise ValueError(f"{', '.join(given)} without --measure: add --measure to measure the label outputs, "
@@ -142,7 +148,8 @@ def apply_command(args: argparse.Namespace) -> int:
     try:
         summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
                                probabilities=args.probabilities, overwrite=args.overwrite, progress=tick,
-                               axes=args.axes, verify=args.verify, measure=measure)
+                               axes=args.axes, verify=args.verify, measure=measure, resample=args.resample,
+                               pixel_size=args.pixel_size)
     finally:
         for bar in bars:
             bar.close()
@@ -239,11 +246,32 @@ def train_command(args: argparse.Namespace) -> int:
         raise ValueError(f"only label {next(iter(counts))} is painted in the label files ({', '.join(args.labels)}); "
                          "paint strokes of at least two classes (e.g. foreground and background)")
     seg = Segmenter(features, training, CRFConfig() if args.crf else None)
-    seg.fit([images[i] for i in painted], [labels[i] for i in painted])
+    pixel_size, note = _training_pixel_size(args.images)
+    if note:
+        print(f"dinoseg train: {note}", file=sys.stderr)
+    seg.fit([images[i] for i in painted], [labels[i] for i in painted], pixel_size=pixel_size)
     seg.save(path)
     summary = ", ".join(f"label {c}: {counts[int(c)]} px" for c in seg.classes)
     print(f"trained {seg!r} on {len(painted)} image plane(s) ({summary}); wrote {path}")
     return 0
+
+
+def _training_pixel_size(paths: list) -> tuple[Optional[float], str]:
+    """``(µm per pixel, note)`` of the training images, from their metadata: the first's when
+    every one gives a size and they agree within 1 %, else ``None`` with a note when some give one."""
+    from .pixel_scale import common_pixel_size
+    from .pixel_size import read_pixel_size
+
+    sizes = [read_pixel_size(p) for p in paths]
+    known = [s for s in sizes if s is not None]
+    size = common_pixel_size(sizes)
+    if size is not None or not known:
+        return size, ""
+    if len(known) < len(sizes):
+        return None, ("no training pixel size recorded: the metadata of "
+                      f"{', '.join(str(p) for p, s in zip(paths, sizes) if s is None)} gives none")
+    return None, (f"no training pixel size recorded: the training images' pixel sizes differ "
+                  f"({min(known):.4g} to {max(known):.4g} µm); train on images of one pixel size")
 
 
 def _channels(n: int) -> str:

@@ -18,6 +18,7 @@ from ..classify import PixelClassifier, uncertainty
 from ..config import FeatureConfig
 from ..features.featurise import FeatureCache, FeatureStack
 from ..image import drop_alpha
+from ..pixel_scale import common_pixel_size
 from ..progress import ProgressCallback, report, within
 from ..segmenter import Segmenter
 from ._jobs import announce_plan, job_featuriser, plane_geometry
@@ -41,6 +42,9 @@ class Source:
         Whether the last image axis holds colour channels (RGBA drops its alpha).
     labels_name
         The Labels layer's name.
+    pixel_size
+        µm per pixel, from the image layer's scale (``None``: unknown): the training pixel size
+        the classifier keeps, and the one its shift report compares.
     """
 
     name: str
@@ -48,6 +52,7 @@ class Source:
     labels: np.ndarray
     rgb: bool
     labels_name: str = ""
+    pixel_size: Optional[float] = None
 
     @property
     def painted_slices(self) -> list[Index]:
@@ -150,7 +155,8 @@ def run_train_job(
         trained_on = []
         if not job.use_loaded:
             job.segmenter.fit([src.plane(i) for src, i in planes], [src.labels[i] for src, i in planes],
-                              within(progress, 0, fit_share), cache)
+                              within(progress, 0, fit_share), cache,
+                              pixel_size=common_pixel_size(src.pixel_size for src, _ in planes))
             trained_on = list(dict.fromkeys(_describe(src, planes) for src, _ in planes))
         segs, uncs, messages = _predict(job, predict_plane, within(progress, fit_share, 1), cache)
     messages = [str(w.message) for w in caught] + messages
@@ -201,7 +207,7 @@ def _predict(job: TrainJob, predict_plane: PlanePredictor, progress: Optional[Pr
         where = f"{source.name}{' slice ' + str(index) if index else ''}: "
         # through the cache: a live update's probabilities (predicted view first) carry no feature
         # sample, so the check reads one from the cached windows instead of featurising the plane again
-        messages += [where + message for message in seg.check(plane, proba, cache)]
+        messages += [where + message for message in seg.check(plane, proba, cache, pixel_size=source.pixel_size)]
         segs.append(seg.to_labels(proba))
         if job.want_uncertainty:
             uncs.append(uncertainty(proba))

@@ -8,7 +8,10 @@ it segmented (its raw input, found from the ``source`` the labels file records, 
 labels); the widget then shows that pair on top of the other layers, which it hides. With
 "measure" each image is measured as it is segmented and ``OUT/measurements/`` gets the tables
 and plots of every label output in the folder (:mod:`napari_dinoseg.measure_report`); the
-report ends with the summary table and the status line says where the files are.
+report ends with the summary table and the status line says where the files are. With
+"resample to the training pixel size" an image whose pixel size (the pixel size field, else its
+metadata's) is not the classifier's training pixel size is segmented resampled to it
+(:func:`~napari_dinoseg.batch.apply_bundle` ``resample``).
 
 The bundle, folders and options of the last run are remembered for the session: a widget
 opened again starts from them.
@@ -47,7 +50,7 @@ REPORT_LINES_SHOWN = 8
 CHANNEL_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 #: Widgets whose values a new widget takes over from the last run of this session.
 REMEMBERED = ("_bundle", "_inputs", "_out", "_probabilities", "_overwrite", "_open_first", "_measure",
-              "_min_size", "_pixel_size")
+              "_min_size", "_pixel_size", "_resample")
 TOOLTIPS = {
     "_bundle": "the .dinoseg classifier file to apply (written by the train widget's Save classifier)",
     "_inputs": "the folder of images to segment (tif, png, jpg; sub-folders are not searched)",
@@ -58,8 +61,11 @@ TOOLTIPS = {
     "_measure": "also measure every image: phase fractions with their 95 % interval over the images, objects and "
                 "their sizes; CSV tables and plots in <output folder>/measurements",
     "_min_size": "objects of fewer pixels are left out of the objects table (not out of the fractions)",
-    "_pixel_size": "µm per pixel, for the µm columns; empty: each image's own metadata (OME, ImageJ, TIFF "
-                   "resolution), else pixels only",
+    "_pixel_size": "µm per pixel of every image, recorded in the outputs, for the µm columns and resampling; "
+                   "empty: each image's own metadata (OME, ImageJ, TIFF resolution), else pixels only",
+    "_resample": "segment an image whose pixel size is not the classifier's training pixel size at the training "
+                 "pixel size (resampled, the labels brought back to the image's shape); otherwise a mismatch is a "
+                 "warning in the report",
     "_run": "segment every image of the input folder with the classifier",
     "_cancel": "stop after the image being segmented; finished outputs are kept, and Apply goes on from there",
     "_progress": "images segmented, of those to segment",
@@ -102,13 +108,15 @@ class BatchResult:
 
 
 def run_batch_job(bundle: str, inputs: str, out_dir: str, probabilities: bool, overwrite: bool, open_first: bool,
-                  measure: Optional[MeasureOptions] = None, progress=None, announce=None) -> BatchResult:
-    """Apply a bundle to a folder (and measure its outputs with ``measure``) and, with
-    ``open_first``, read back its first result (runs in a worker; touches no layer)."""
+                  measure: Optional[MeasureOptions] = None, resample: bool = False,
+                  pixel_size: Optional[float] = None, progress=None, announce=None) -> BatchResult:
+    """Apply a bundle to a folder (and measure its outputs with ``measure``; ``resample`` and
+    ``pixel_size`` as :func:`~napari_dinoseg.batch.apply_bundle`'s) and, with ``open_first``,
+    read back its first result (runs in a worker; touches no layer)."""
     if announce is not None:
         announce(f"applying {Path(bundle).name} to {inputs}")
     summary = apply_bundle(bundle, inputs, out_dir, probabilities=probabilities, overwrite=overwrite, progress=progress,
-                           measure=measure)
+                           measure=measure, resample=resample, pixel_size=pixel_size)
     if not open_first:
         return BatchResult(summary)
     if not summary.done:
@@ -195,6 +203,7 @@ class BatchWidget(WorkerWidget):
         self._min_size = SpinBox(value=0, min=0, max=10**9, label="min object size (px)")
         self._pixel_size = LineEdit(value="", label="pixel size (µm)")
         self._pixel_size.native.setPlaceholderText("from each image's metadata")
+        self._resample = CheckBox(value=False, text="resample to the training pixel size")
         self._report = TextEdit(value="", label="report")
         self._report.read_only = True
         report = self._report.native
@@ -210,8 +219,9 @@ class BatchWidget(WorkerWidget):
             if name in _LAST:
                 getattr(self, name).value = _LAST[name]
         self.option_section = Section("options", [self._probabilities, self._overwrite, self._open_first,
-                                                  self._measure, self._min_size, self._pixel_size],
-                                      tooltip="probabilities, overwriting, opening the first result, measuring")
+                                                  self._measure, self._min_size, self._pixel_size, self._resample],
+                                      tooltip="probabilities, overwriting, opening the first result, measuring, "
+                                              "pixel size")
         self.extend([self._bundle, self._inputs, self._out, self.option_section, *self.run_controls, self._report])
         self._fill_with_last()  # the report takes the dock's spare height
 
@@ -220,24 +230,31 @@ class BatchWidget(WorkerWidget):
         if any(v in ("", ".") for v in values):
             raise ValueError("choose the classifier file, the input folder and the output folder")
         measure = self._measure_options()
+        pixel_size = self._given_pixel_size()
         _LAST.update({name: getattr(self, name).value for name in REMEMBERED})
         self.summary, self._input_dir, self._run_started = None, values[1], time.perf_counter()
         self._set_report("")
         options = (bool(self._probabilities.value), bool(self._overwrite.value), bool(self._open_first.value))
-        return run_batch_job, (*values, *options, measure)
+        return run_batch_job, (*values, *options, measure, bool(self._resample.value), pixel_size)
 
     def _measure_options(self) -> Optional[MeasureOptions]:
         """The measure options, or ``None`` unless "measure" is ticked; a pixel size that is not
         a positive number is refused here, before the run."""
         if not self._measure.value:
             return None
+        return MeasureOptions(min_size=int(self._min_size.value), pixel_size=self._given_pixel_size())
+
+    def _given_pixel_size(self) -> Optional[float]:
+        """The pixel size field's µm per pixel, ``None`` when empty; refused (``ValueError``) when
+        it is not a positive number."""
+        from ..pixel_scale import checked_pixel_size
+
         text = self._pixel_size.value.strip()
         try:
-            size = float(text) if text else None
+            return checked_pixel_size(float(text)) if text else None
         except ValueError:
-            raise ValueError(f"pixel size: {text!r} is not a number of µm per pixel (leave it empty to read each "
-                             "image's metadata)") from None
-        return MeasureOptions(min_size=int(self._min_size.value), pixel_size=size)
+            raise ValueError(f"pixel size: {text!r} is not a positive number of µm per pixel (leave it empty to "
+                             "read each image's metadata)") from None
 
     def _set_report(self, text: str) -> None:
         self._report.native.setPlainText(text)  # plain: a '<' in a file name is not markup

@@ -57,7 +57,9 @@ NO_CLASSIFIER = "none yet: paint strokes of two or more classes, or load a class
 #: stroke ends, not while it is drawn, so the delay need not cover a stroke.
 LIVE_DELAY_MS = 60
 TOOLTIPS = {
-    "_image": "the image to predict (and to train on, with its own labels layer)",
+    "_image": "the image to predict (and to train on, with its own labels layer). Its layer's scale is its pixel "
+              "size, kept with the classifier and compared with that of images it predicts (a scale without a "
+              "unit is taken as µm; a scale of 1 says nothing)",
     "_labels_layer": "the Labels layer holding this image's brush strokes (0 = unlabelled, 1..K = classes)",
     "_new_labels": "add an empty Labels layer tied to the selected image, ready to paint",
     "_classifier": "logistic regression + extra trees (best), or logistic regression alone (fastest)",
@@ -321,6 +323,9 @@ class TrainWidget(WorkerWidget):
                                guided_radius=TrainConfig.guided_radius if self._edge_smoothing.value else 0,
                                pca_dim=(int(self._pca.value) or None) if KINDS[cfg.kind].vit else None)
         segmenter = self.loaded if use_loaded else Segmenter(cfg, training, CRFConfig() if self._crf.value else None)
+        layers = {lay.name: lay for lay in self._viewer.layers if isinstance(lay, Image)}
+        for src in sources:
+            src.pixel_size = layer_pixel_size(layers.get(src.name))
         return TrainJob(sources=sources, predict_slices=predict_slices, segmenter=segmenter, use_loaded=use_loaded,
                         want_uncertainty=bool(self._want_uncertainty.value))
 
@@ -390,6 +395,25 @@ class TrainWidget(WorkerWidget):
         self._scope.visible = image is not None and len(spatial_shape(image)) > 2
         if image is not None and image.multiscale:  # said when it is chosen, before any painting
             self._status.value = multiscale_refusal(image.name)
+
+
+def layer_pixel_size(layer: Optional[Image]) -> Optional[float]:
+    """µm per pixel of an image layer, from its scale in its units (napari's ``Layer.units``,
+    pint units; without them, or in ``pixel``, the scale is taken as µm). ``None`` (unknown):
+    no layer, a scale of 1 in pixels (napari's default), pixels that are not square, a unit
+    that is not a length."""
+    if layer is None:
+        return None
+    scale = np.abs(np.asarray(layer.scale[-2:], float))
+    units = tuple(getattr(layer, "units", ("pixel", "pixel")))[-2:]
+    if not np.isclose(scale[0], scale[1], rtol=1e-6) or str(units[0]) != str(units[1]) or not scale[-1] > 0:
+        return None
+    if str(units[-1]) == "pixel":
+        return None if np.isclose(scale[-1], 1.0) else float(scale[-1])
+    try:
+        return float((scale[-1] * units[-1]).to("micrometer").magnitude)
+    except Exception:  # noqa: BLE001 (pint's DimensionalityError: a unit that is not a length)
+        return None
 
 
 def bundle_path(value) -> Path:
