@@ -1,6 +1,6 @@
 """Pixel sizes (µm) from an image file's metadata: OME-XML, ImageJ, TIFF resolution, PNG pHYs,
-or what an output of ``dinoseg apply`` records; writers' defaults (72 dpi, 1 pixel per unit, no
-unit) are ignored. See :func:`pixel_size_of`.
+an OME-Zarr's coordinate transformations, or what an output of ``dinoseg apply`` records;
+writers' defaults (72 dpi, 1 pixel per unit, no unit) are ignored. See :func:`pixel_size_of`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ DEFAULT_DPI = (72.0, 96.0)
 #: Where a pixel size came from (:attr:`PixelSize.source`).
 FROM_OME, FROM_IMAGEJ, FROM_TIFF, FROM_PNG, FROM_DINOSEG = (
     "OME-XML PhysicalSizeX", "ImageJ metadata", "TIFF resolution", "PNG pHYs", "dinoseg output metadata")
+FROM_NGFF = "OME-Zarr coordinateTransformations"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class PixelSize:
         µm per pixel along x (positive, finite).
     source : str
         Where it was read: :data:`FROM_OME`, :data:`FROM_IMAGEJ`, :data:`FROM_TIFF`,
-        :data:`FROM_PNG`, or :data:`FROM_DINOSEG` followed by the source the output records
+        :data:`FROM_PNG`, :data:`FROM_NGFF`, or :data:`FROM_DINOSEG` followed by the source the output records
         (``"dinoseg output metadata (input: ImageJ metadata)"``).
     note : str
         What the user should know ("" when nothing): pixels that are not square (x used).
@@ -67,7 +68,10 @@ def pixel_size_of(path) -> Optional[PixelSize]:
     3. ImageJ metadata: its ``unit`` (micron, µm, nm, mm, cm, inch, ...) and the XResolution
        tag (pixels per unit); no unit, or ``pixel``, is no size;
     4. the TIFF XResolution tag in its ResolutionUnit (inch, cm; tifffile's mm and µm too);
-    5. a PNG's pHYs chunk in pixels per metre (as PIL reports it).
+    5. a PNG's pHYs chunk in pixels per metre (as PIL reports it);
+    6. an OME-Zarr directory (NGFF 0.4, 0.5): the ``x`` axis's scale at level 0 (the dataset's
+       times the multiscale's) in the axis's unit (``micrometer``, ``nanometer``, ...); no
+       unit is no size. One written by ``dinoseg apply`` gives what it records first (1.).
 
     Ignored, as they say nothing of the image: a resolution without a unit (ResolutionUnit
     none, tifffile's default), a resolution of 1 pixel per unit (the default of many writers),
@@ -78,7 +82,7 @@ def pixel_size_of(path) -> Optional[PixelSize]:
     Parameters
     ----------
     path
-        A TIFF, PNG or JPEG file.
+        A TIFF, PNG or JPEG file, or an OME-Zarr directory.
 
     Returns
     -------
@@ -91,6 +95,8 @@ def pixel_size_of(path) -> Optional[PixelSize]:
         The file cannot be opened.
     """
     path = Path(path)
+    if path.is_dir():
+        return _ngff_pixel_size(path)
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         return _tiff_pixel_size(path)
@@ -119,9 +125,32 @@ def _tiff_pixel_size(path: Path) -> Optional[PixelSize]:
     return found
 
 
+def _ngff_pixel_size(path: Path) -> Optional[PixelSize]:
+    """The pixel size of an OME-Zarr directory's level 0 (:func:`napari_dinoseg.ngff.open_ngff`),
+    or what the ``attrs["dinoseg"]`` of an output of ``dinoseg apply`` records."""
+    from .ngff import is_zarr_image, open_ngff
+
+    if not is_zarr_image(path):
+        return None
+    try:
+        image = open_ngff(path)
+    except (ValueError, OSError):
+        return None  # metadata that cannot be read says nothing
+    found = _dinoseg_record(image.attrs)
+    if found is not None:
+        return found
+    x, y = image.pixel_size_um, image.pixel_size_y_um
+    return None if x is None else PixelSize(x, FROM_NGFF, _anisotropy(x, y))
+
+
 def _dinoseg_pixel_size(tif) -> Optional[PixelSize]:
     """The ``pixel_size_um`` and ``pixel_size_from`` an output of ``dinoseg apply`` records."""
-    meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+    return _dinoseg_record(tif.shaped_metadata[0] if tif.shaped_metadata else {})
+
+
+def _dinoseg_record(meta) -> Optional[PixelSize]:
+    """The pixel size in the metadata of an output of ``dinoseg apply`` (a TIFF's, or an
+    OME-Zarr's ``attrs["dinoseg"]``): its ``pixel_size_um`` and ``pixel_size_from``."""
     if not isinstance(meta, dict) or "dinoseg_bundle" not in meta:
         return None
     size = _positive(meta.get("pixel_size_um"))
