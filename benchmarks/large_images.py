@@ -18,6 +18,9 @@ Steps, each timed; the segmentations run in fresh processes so that each peak re
    megapixels per second, peak RSS; the labels' accuracy against the truth on a sample of chunks.
 4. **crop**: labels compared with an in-memory ``segment()`` of a 3072² crop (what a user would
    get cropping the image), away from the crop's border (256 px): the share of equal labels.
+5. with ``--apply``: ``dinoseg apply`` (``apply_bundle``) on the OME-Zarr (OME-Zarr labels out)
+   and on the same pixels cut into 4096² TIFF tiles (today's path), each in a fresh process:
+   seconds, peak RSS, their ratio.
 
 Writes ``<out>.json`` and ``<out>.md``.
 """
@@ -151,6 +154,39 @@ print(json.dumps({"crop": f"{n}²", "border_px": border, "equal_labels": equal})
 """
 
 
+APPLY = r"""
+import json, resource, sys, time
+from napari_dinoseg.batch import apply_bundle
+
+bundle, inputs, out = sys.argv[1:4]
+start = time.perf_counter()
+summary = apply_bundle(bundle, inputs, out, overwrite=True)
+seconds = time.perf_counter() - start
+assert summary.done and not summary.failed, summary.failed
+print(json.dumps({"seconds": seconds, "outputs": len(summary.done),
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "warnings": [w for _, w in summary.warnings]}))
+"""
+
+
+def tiff_tiles(image_path: Path, folder: Path, tile: int = 4096) -> int:
+    """The plane as TIFF tiles of ``tile``² (the same pixels), as a user of today's apply cuts it."""
+    import tifffile
+    import zarr
+
+    z = zarr.open_group(str(image_path), mode="r")["0"]
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for r0 in range(0, z.shape[0], tile):
+        for c0 in range(0, z.shape[1], tile):
+            target = folder / f"tile_{r0:05d}_{c0:05d}.tif"
+            if not target.exists():
+                tifffile.imwrite(target, np.asarray(z[r0:r0 + tile, c0:c0 + tile]),
+                                 resolution=(1e4 / PIXEL_UM, 1e4 / PIXEL_UM), resolutionunit="CENTIMETER")
+            n += 1
+    return n
+
+
 def child(script: str, *args: str) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, "-c", script, *args, str(HERE)], capture_output=True, text=True, env=env)
@@ -167,6 +203,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--work", type=Path, default=Path("/tmp/dinoseg_large"))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "large_images")
+    parser.add_argument("--apply", action="store_true",
+                        help="also dinoseg apply on the OME-Zarr and on the same pixels as 4096² TIFF tiles")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     image, bundle, labels = args.work / "image.ome.zarr", args.work / "model.dinoseg", args.work / "labels.zarr"
@@ -176,6 +214,18 @@ def main() -> None:
     results["train"] = train(image, bundle)
     results["segment"] = child(SEGMENT, str(bundle), str(image), str(labels))
     results["crop"] = child(CROP, str(bundle), str(image), str(labels))
+    if args.apply:
+        zarr_in, tiff_in = args.work / "zarr_in", args.work / "tiff_in"
+        zarr_in.mkdir(exist_ok=True)
+        if not (zarr_in / image.name).exists():
+            os.symlink(image, zarr_in / image.name)
+        results["apply_zarr"] = child(APPLY, str(bundle), str(zarr_in), str(args.work / "zarr_out"))
+        results["tiff_tiles"] = tiff_tiles(image, tiff_in)
+        results["apply_tiff"] = child(APPLY, str(bundle), str(tiff_in), str(args.work / "tiff_out"))
+        from napari_dinoseg.pixel_size import pixel_size_of
+
+        results["apply_zarr"]["pixel_size_kept_um"] = pixel_size_of(
+            args.work / "zarr_out" / "image_labels.ome.zarr").um
     print(json.dumps(results, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
@@ -186,7 +236,21 @@ def main() -> None:
         "| what | seconds | Mpx/s | peak RSS GiB | check |\n|---|---|---|---|---|\n"
         f"| `Segmenter.segment(zarr, out=zarr)` | {seg['seconds']:.0f} | {seg['megapixels_per_s']:.2f} | "
         f"{seg['peak_rss_gib']:.2f} | accuracy {seg['accuracy_on_16_chunks']:.4f} on 16 chunks; labels equal to an "
-        f"in-memory segment() of a {results['crop']['crop']} crop (256 px from its border): {results['crop']['equal_labels']:.5f} |\n")
+        f"in-memory segment() of a {results['crop']['crop']} crop (256 px from its border): {results['crop']['equal_labels']:.5f} |\n"
+        + _apply_rows(results, args.side))
+
+
+def _apply_rows(results: dict, side: int) -> str:
+    if "apply_zarr" not in results:
+        return ""
+    z, t = results["apply_zarr"], results["apply_tiff"]
+    mpx = side * side / 1e6
+    return (f"| `dinoseg apply` on the OME-Zarr (OME-Zarr labels, pyramid, pixel size "
+            f"{z['pixel_size_kept_um']} µm kept) | {z['seconds']:.0f} | {mpx / z['seconds']:.2f} | "
+            f"{z['peak_rss_gib']:.2f} | |\n"
+            f"| `dinoseg apply` on the same pixels as {results['tiff_tiles']} TIFF tiles (today's path) | "
+            f"{t['seconds']:.0f} | {mpx / t['seconds']:.2f} | {t['peak_rss_gib']:.2f} | OME-Zarr / TIFF time "
+            f"{z['seconds'] / t['seconds']:.2f} |\n")
 
 
 if __name__ == "__main__":

@@ -467,7 +467,7 @@ def test_a_rerun_reports_the_warnings_recorded_with_the_outputs_it_skips(tmp_pat
     message = "unlike the training images: its intensity differs by 31 % … (test)"
     calls = []
 
-    def warn_on_the_first_image(self, image, proba=None):
+    def warn_on_the_first_image(self, image, proba=None, cache=None, pixel_size=None):
         calls.append(1)
         return [message] if len(calls) == 1 else []
 

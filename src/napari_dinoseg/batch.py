@@ -51,9 +51,11 @@ from .batch_names import _shortened, check_output_folder, output_stems
 from .batch_outputs import _finished, _refuse_foreign, _remove_if_foreign, _write_tiff
 from .batch_outputs import OLDER, ForeignOutputError, _checksum, _damage  # noqa: F401  (re-exported)
 from .batch_summary import ALREADY_THERE, BatchSummary
+from .batch_zarr import finished_store
 from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, run_jobs  # noqa: F401
 from .folder_lock import FolderLock
-from .inputs import file_identity, find_inputs, source_record
+from .inputs import file_identity, find_inputs, input_stat, source_record
+from .ngff import is_zarr_image
 from .outputs import LABEL_SUFFIX, PROBA_SUFFIX, output_metadata  # noqa: F401  (re-exported)
 from .pixel_scale import resample_factor
 from .pixel_size import pixel_size_of
@@ -77,6 +79,7 @@ def apply_bundle(
     measure: Optional["MeasureOptions"] = None,
     resample: bool = False,
     pixel_size: Optional[float] = None,
+    output_format: str = "auto",
 ) -> BatchSummary:
     """Segment every input image with a saved classifier and write a label image per input.
 
@@ -130,6 +133,12 @@ def apply_bundle(
     pixel_size
         µm per pixel of every input, replacing their metadata's (and ``measure.pixel_size``);
         ``None``: ``measure.pixel_size``, else each input's metadata.
+    output_format
+        ``"auto"``: OME-Zarr inputs (NGFF 0.4 / 0.5 or plain zarr; level 0) get OME-Zarr outputs,
+        ``<stem>_labels.ome.zarr`` (and ``<stem>_proba.ome.zarr``, classes first), NGFF 0.5 with a
+        pyramid and the pixel size, written tile by tile with memory bounded by a window, the
+        tiles of one image spread over the cluster's workers (:mod:`napari_dinoseg.batch_zarr`);
+        other inputs TIFF outputs. ``"zarr"``: every input gets OME-Zarr outputs.
 
     Returns
     -------
@@ -149,6 +158,9 @@ def apply_bundle(
     from .pixel_scale import checked_pixel_size
 
     pixel_size = checked_pixel_size(pixel_size, "the pixel size")
+    if output_format not in ("auto", "zarr"):
+        raise ValueError(f"output_format is {output_format!r}: 'auto' (OME-Zarr for OME-Zarr inputs, TIFF for the "
+                         "others) or 'zarr' (OME-Zarr for every input)")
     if measure is not None and not isinstance(measure, MeasureOptions):
         raise TypeError(f"measure must be a MeasureOptions (napari_dinoseg.measure_report) or None, got "
                         f"{type(measure).__name__}")
@@ -169,19 +181,19 @@ def apply_bundle(
     stems = output_stems(files, name_max(out))
     with FolderLock(out, bundle, bundle_id) as lock:  # one run per folder, from the look at its outputs to the end
         return _apply_locked(bundle, bundle_id, files, unusable, stems, out, scheduler, probabilities, overwrite,
-                             progress, axes, verify, lock.note, measure, (bool(resample), pixel_size))
+                             progress, axes, verify, lock.note, measure, (bool(resample), pixel_size, output_format))
 
 
 def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: dict, out: Path, scheduler,
                   probabilities: bool, overwrite: bool, progress, axes: Optional[str], verify: bool,
-                  lock_note: str, measure=None, scale: tuple = (False, None)) -> BatchSummary:
+                  lock_note: str, measure=None, scale: tuple = (False, None, "auto")) -> BatchSummary:
     """:func:`apply_bundle` once the output folder is this run's."""
     summary = BatchSummary(cleaned=[str(p) for p in clean_stale(out)])
     if lock_note:
         summary.notes.append((str(out), lock_note))
     for path, reason in unusable:
         (summary.failed if reason == "no such file" else summary.skipped).append((path, reason))
-    todo = _to_do(summary, files, stems, out, probabilities, overwrite, bundle_id, axes, verify)
+    todo = _to_do(summary, files, stems, out, probabilities, overwrite, bundle_id, axes, verify, scale[2])
     jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite, measure, *scale)
             for p in todo]
     _run(summary, jobs, scheduler, progress)
@@ -201,7 +213,7 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
 
 
 def _to_do(summary: BatchSummary, files: list, stems: dict, out: Path, probabilities: bool, overwrite: bool,
-           bundle_id: str, axes: Optional[str], verify: bool) -> list:
+           bundle_id: str, axes: Optional[str], verify: bool, output_format: str = "auto") -> list:
     """The inputs to segment: those whose outputs are not finished (or all, with ``overwrite``);
     the others go to ``summary`` as skipped or failed, with notes. Raises ValueError when outputs
     of another classifier are in the folder (without ``overwrite``)."""
@@ -211,8 +223,10 @@ def _to_do(summary: BatchSummary, files: list, stems: dict, out: Path, probabili
             summary.notes.append((str(path), f"its name is too long for an output name: written as "
                                              f"{stems[path]}{LABEL_SUFFIX} (its labels record its name)"))
         try:
-            state, recorded, why = ("redo", [], "") if overwrite else _finished(
-                path, out, stems[path], probabilities, bundle_id, axes, verify)
+            state, recorded, why = ("redo", [], "") if overwrite else (
+                finished_store(path, out, stems[path], probabilities, bundle_id, axes)
+                if output_format == "zarr" or is_zarr_image(path)
+                else _finished(path, out, stems[path], probabilities, bundle_id, axes, verify))
         except OSError as err:  # this input's outputs cannot be looked at: this input fails, not the run
             summary.failed.append((str(path), f"its output cannot be checked: {err.strerror or err}"))
             continue
@@ -271,7 +285,7 @@ READ_ATTEMPTS = 3
 def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem: Optional[str] = None,
                  axes: Optional[str] = None, bundle_id: Optional[str] = None,
                  overwrite: bool = False, measure: Optional["MeasureOptions"] = None, resample: bool = False,
-                 pixel_size: Optional[float] = None) -> tuple[str, str, str, list]:
+                 pixel_size: Optional[float] = None, output_format: str = "auto") -> tuple[str, str, str, list]:
     """Segment one file: ``(input, "done", output, warnings)``, ``(input, "failed", reason, [])``,
     or ``(input, "no space", message, [])`` when the output disk is full.
 
@@ -286,7 +300,8 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
     The label output records the pixel size (``pixel_size_um``, ``pixel_size_from``, and the
     TIFF resolution tags in cm): ``pixel_size`` or ``measure.pixel_size`` when given, else the
     input's metadata's (:func:`napari_dinoseg.pixel_size.pixel_size_of`). ``resample``: as in
-    :func:`apply_bundle` (the outputs record ``resampled_from_um`` and ``resampled_to_um``). With
+    :func:`apply_bundle` (the outputs record ``resampled_from_um`` and ``resampled_to_um``).
+    ``output_format``: as in :func:`apply_bundle`. With
     ``measure`` each plane is measured
     (:func:`napari_dinoseg.measure_report.measure_plane`, with the image and the probabilities)
     and the record ``measurements/images/<stem>.json`` is written once the labels are.
@@ -296,18 +311,24 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
     try:
         seg, bundle_id = _classifier(bundle, bundle_id)
         source = Path(path)
+        if output_format == "zarr" or is_zarr_image(source):  # written a tile at a time, as OME-Zarr
+            from .batch_zarr import process_store
+
+            size_um, size_from, _ = _pixel_size(source, measure, pixel_size)
+            return process_store(seg, bundle, bundle_id, source, Path(out_dir), probabilities, stem, axes, overwrite,
+                                 (size_um, size_from), measure is not None, resample)
         for attempt in range(READ_ATTEMPTS):
-            before = source.stat()
+            before = input_stat(source)
             try:
                 size_um, size_from, size_note = _pixel_size(source, measure, pixel_size)
                 factor = resample_factor(size_um, seg.pixel_size) if resample else None
                 image, labels, probas, warnings, measured = _segment(seg, source, axes, probabilities, measure,
                                                                      size_um, factor)
             except Exception:
-                if attempt + 1 < READ_ATTEMPTS and file_identity(source.stat()) != file_identity(before):
+                if attempt + 1 < READ_ATTEMPTS and file_identity(input_stat(source)) != file_identity(before):
                     continue  # read while it was being written: read it again
                 raise
-            if file_identity(source.stat()) == file_identity(before):
+            if file_identity(input_stat(source)) == file_identity(before):
                 if resample and size_um is None:
                     warnings.append("not resampled to the training pixel size: this image's pixel size is unknown "
                                     "(its metadata gives none); give it (--pixel-size, or the apply dock's pixel size)")

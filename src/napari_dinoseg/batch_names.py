@@ -23,14 +23,20 @@ def output_stems(files: Sequence[Path], name_limit: int = 255) -> dict[Path, str
     ValueError
         Two inputs with the same name in different folders, naming the pair.
     """
+    from .batch_zarr import ZARR_PROBA_SUFFIX, partial_path, store_stem
+    from .ngff import is_zarr_image
+
     by_stem: dict = {}
+    zarr = {path: is_zarr_image(path) for path in files}
     for path in files:
-        by_stem.setdefault(path.stem.casefold(), []).append(path)
+        by_stem.setdefault((store_stem(path) if zarr[path] else path.stem).casefold(), []).append(path)
     stems, taken = {}, {}
     room = name_limit - max(len(LABEL_SUFFIX), len(PROBA_SUFFIX))
+    store_room = name_limit - len(partial_path(Path(ZARR_PROBA_SUFFIX)).name)  # the longest name of a store's
     for group in by_stem.values():
         for path in group:
-            stem = _fit(path.stem if len(group) == 1 else path.name.replace(".", "_"), room)
+            own = store_stem(path) if zarr[path] else path.stem
+            stem = _fit(own if len(group) == 1 else path.name.replace(".", "_"), store_room if zarr[path] else room)
             other = taken.get(stem.casefold())
             if other is not None:
                 raise ValueError(f"{str(other)!r} and {str(path)!r} have the same name: their outputs would "

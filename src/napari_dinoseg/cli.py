@@ -63,7 +63,11 @@ def _apply_parser(apply: argparse.ArgumentParser) -> None:
     apply.add_argument("inputs", nargs="+", help="input folder, glob pattern or files")
     apply.add_argument("-o", "--out", required=True, help="output folder (outside the input folder)")
     apply.add_argument("--scheduler", default=None, help="dask scheduler address, e.g. tcp://host:8786")
-    apply.add_argument("--probabilities", action="store_true", help="also write <name>_proba.tif")
+    apply.add_argument("--probabilities", action="store_true",
+                       help="also write <name>_proba.tif (<name>_proba.ome.zarr for OME-Zarr outputs)")
+    apply.add_argument("--format", choices=("auto", "zarr"), default="auto",
+                       help="auto: OME-Zarr outputs (<name>_labels.ome.zarr, NGFF 0.5, a pyramid, the pixel size) "
+                            "for OME-Zarr inputs, TIFF for the others; zarr: OME-Zarr outputs for every input")
     apply.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
     apply.add_argument("--verify", action="store_true",
                        help="read the outputs already there whole and check their pixel data against the checksum "
@@ -149,7 +153,7 @@ def apply_command(args: argparse.Namespace) -> int:
         summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
                                probabilities=args.probabilities, overwrite=args.overwrite, progress=tick,
                                axes=args.axes, verify=args.verify, measure=measure, resample=args.resample,
-                               pixel_size=args.pixel_size)
+                               pixel_size=args.pixel_size, output_format=args.format)
     finally:
         for bar in bars:
             bar.close()

@@ -250,7 +250,7 @@ def _look(bundle: str, out: str, inputs: list) -> dict:
     missing = [] if os.path.isfile(bundle) else [bundle]
     if not (os.path.isdir(out) and os.access(out, os.W_OK | os.X_OK)):
         missing.append(f"{out} (the output folder, to write)")
-    missing += [path for path in inputs if not os.path.isfile(path)]
+    missing += [path for path in inputs if not (os.path.isfile(path) or os.path.isdir(path))]  # a dir: a zarr store
     return {"host": socket.gethostname(), "cwd": os.getcwd(), "missing": missing}
 
 
@@ -260,7 +260,7 @@ def _on_worker(run: Callable[..., tuple], path: str, bundle: str, out_dir: str, 
     result = run(path, bundle, out_dir, *rest)
     if result[1] != "failed":
         return result
-    unseen = [p for p in (path, bundle) if not os.path.isfile(p)]
+    unseen = [p for p in (path, bundle) if not (os.path.isfile(p) or os.path.isdir(p))]
     unseen += [] if os.path.isdir(out_dir) else [out_dir]
     if not unseen:
         return result
