@@ -142,7 +142,7 @@ def test_the_tiles_of_one_image_are_spread_over_a_local_cluster(scene, tmp_path,
             lambda dask_scheduler: [str(k) for k in dask_scheduler.task_prefixes])]
     assert summary.done and not summary.failed, summary.failed
     assert "run_tiles" in tasks  # tiles ran as tasks of their own, not one task for the image
-    here = apply_bundle(bundle, folder, tmp_path / "here")
+    assert apply_bundle(bundle, folder, tmp_path / "here").done
     np.testing.assert_array_equal(open_ngff(tmp_path / "out" / "mosaic_labels.ome.zarr").data[:],
                                   open_ngff(tmp_path / "here" / "mosaic_labels.ome.zarr").data[:])
 
