@@ -217,3 +217,36 @@ def test_measure_option_writes_the_folder_tables_and_says_where(make_napari_view
     summary = pd.read_csv(folder / "summary.csv")
     assert list(summary["images"].unique()) == [2]
     assert "mean_fraction" in widget._report.value or "mean fraction" in widget._report.value
+
+
+def test_an_ome_zarr_folder_gets_ome_zarr_outputs_opened_as_a_multiscale_result(make_napari_viewer, qtbot, tmp_path,
+                                                                                 two_textures, monkeypatch):
+    """OME-Zarr inputs in the folder: OME-Zarr labels with a pyramid, and 'open the first result'
+    shows the input's levels and the labels' levels as multiscale layers (read lazily)."""
+    from napari_dinoseg.ngff import create_ngff, is_complete, mark_complete, write_pyramid
+
+    monkeypatch.setattr(Segmenter, "tile", 256)
+    bundle, _ = bundle_and_folder(tmp_path, two_textures, 0)
+    src = tmp_path / "zin"
+    src.mkdir()
+    plane = np.tile(two_textures[0], (8, 8))  # 1536²: 2 levels of 1024 px or less
+    made = create_ngff(src / "mosaic.ome.zarr", plane.shape, plane.dtype, chunks=256, pixel_size_um=0.5,
+                       kind="intensity")
+    made.levels[0][:] = plane
+    write_pyramid(made)
+    mark_complete(made)
+    tifffile.imwrite(src / "small.tif", two_textures[0])
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="dinoseg: apply to folder")
+    widget._bundle.value, widget._inputs.value, widget._out.value = bundle, src, tmp_path / "out"
+    widget._zarr.value = True
+    run_and_wait(widget, qtbot)
+    assert len(widget.summary.done) == 2 and not widget.summary.failed, widget._report.value
+    for name in ("mosaic_labels.ome.zarr", "small_labels.ome.zarr"):
+        assert is_complete(tmp_path / "out" / name)
+    assert "opened mosaic.ome.zarr" in widget._status.value
+    image, labels = viewer.layers["mosaic"], viewer.layers["mosaic_labels"]
+    assert image.multiscale and labels.multiscale and len(labels.data) == 2
+    assert labels.data[0].shape == plane.shape
+    assert [layer.name for layer in viewer.layers if layer.visible] == ["mosaic", "mosaic_labels"]

@@ -50,12 +50,16 @@ REPORT_LINES_SHOWN = 8
 CHANNEL_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 #: Widgets whose values a new widget takes over from the last run of this session.
 REMEMBERED = ("_bundle", "_inputs", "_out", "_probabilities", "_overwrite", "_open_first", "_measure",
-              "_min_size", "_pixel_size", "_resample")
+              "_min_size", "_pixel_size", "_resample", "_zarr")
 TOOLTIPS = {
     "_bundle": "the .dinoseg classifier file to apply (written by the train widget's Save classifier)",
-    "_inputs": "the folder of images to segment (tif, png, jpg; sub-folders are not searched)",
-    "_out": "where <name>_labels.tif is written for each image; must lie outside the input folder",
+    "_inputs": "the folder of images to segment (tif, png, jpg, and OME-Zarr images: *.ome.zarr folders, level 0; "
+               "other sub-folders are not searched)",
+    "_out": "where <name>_labels.tif (<name>_labels.ome.zarr for OME-Zarr) is written for each image; must lie "
+            "outside the input folder",
     "_probabilities": "also write <name>_proba.tif: the class probabilities, float32, classes last",
+    "_zarr": "write OME-Zarr outputs (<name>_labels.ome.zarr: NGFF 0.5, a pyramid, the pixel size) for every image; "
+             "OME-Zarr inputs always get them",
     "_overwrite": "recompute images whose outputs are already there (otherwise they are skipped)",
     "_open_first": "when done, open the first image segmented by this run with its labels, hiding other layers",
     "_measure": "also measure every image: phase fractions with their 95 % interval over the images, objects and "
@@ -86,15 +90,20 @@ class FirstResult:
         The input image file.
     output : Path
         Its labels file.
-    image : ImageFile
-        The input's pixels, ``(*lead, H, W)`` or ``(*lead, H, W, C)``.
-    labels : (*lead, H, W) integer array
+    image : ImageFile or None
+        The input's pixels, ``(*lead, H, W)`` or ``(*lead, H, W, C)`` (``None`` for an OME-Zarr
+        input: see ``layers``).
+    labels : (*lead, H, W) integer array, or a list of them (an OME-Zarr output's levels, lazy)
+    layers : list of (name, data, kwargs), optional
+        The input's image layer(s) where they are not made from ``image``: an OME-Zarr input's
+        levels (lazy), shown as a multiscale layer.
     """
 
     source: Path
     output: Path
-    image: ImageFile
+    image: Optional[ImageFile]
     labels: np.ndarray
+    layers: Optional[list] = None
 
 
 @dataclass(frozen=True)
@@ -109,14 +118,15 @@ class BatchResult:
 
 def run_batch_job(bundle: str, inputs: str, out_dir: str, probabilities: bool, overwrite: bool, open_first: bool,
                   measure: Optional[MeasureOptions] = None, resample: bool = False,
-                  pixel_size: Optional[float] = None, progress=None, announce=None) -> BatchResult:
+                  pixel_size: Optional[float] = None, output_format: str = "auto", progress=None,
+                  announce=None) -> BatchResult:
     """Apply a bundle to a folder (and measure its outputs with ``measure``; ``resample`` and
-    ``pixel_size`` as :func:`~napari_dinoseg.batch.apply_bundle`'s) and, with ``open_first``,
+    ``pixel_size`` and ``output_format`` as :func:`~napari_dinoseg.batch.apply_bundle`'s) and, with ``open_first``,
     read back its first result (runs in a worker; touches no layer)."""
     if announce is not None:
         announce(f"applying {Path(bundle).name} to {inputs}")
     summary = apply_bundle(bundle, inputs, out_dir, probabilities=probabilities, overwrite=overwrite, progress=progress,
-                           measure=measure, resample=resample, pixel_size=pixel_size)
+                           measure=measure, resample=resample, pixel_size=pixel_size, output_format=output_format)
     if not open_first:
         return BatchResult(summary)
     if not summary.done:
@@ -143,6 +153,8 @@ def read_first_result(output: Union[str, os.PathLike], input_dir: Union[str, os.
     import tifffile
 
     output = Path(output)
+    if output.is_dir():  # an OME-Zarr output
+        return _read_first_store(output, Path(input_dir))
     try:
         with tifffile.TiffFile(output) as tif:
             meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
@@ -161,6 +173,30 @@ def read_first_result(output: Union[str, os.PathLike], input_dir: Union[str, os.
         raise ValueError(f"{output.name} has shape {labels.shape} but {name} has {image.data.shape}; "
                          "was the input changed since?")
     return FirstResult(source, output, image, labels)
+
+
+def _read_first_store(output: Path, input_dir: Path) -> FirstResult:
+    """:func:`read_first_result` of an OME-Zarr output: its levels and its input's, opened lazily
+    (nothing of the image read here but its metadata)."""
+    from ..ngff import is_zarr_image, metadata_of, open_ngff
+
+    meta = metadata_of(output)
+    name = meta.get("source")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{output.name} does not name the image it was made from")
+    source = input_dir / name
+    if not source.exists():
+        raise ValueError(f"its input {str(source)!r} is no longer there")
+    labels = list(open_ngff(output).levels)
+    if not is_zarr_image(source):  # a TIFF / PNG written as OME-Zarr (--format zarr)
+        image = read_image(source, meta.get("channels"), axes=meta.get("axes_given"))
+        return FirstResult(source, output, image, labels[0])
+    found = open_ngff(source)
+    levels = list(found.levels)
+    stem = name[:-len(".ome.zarr")] if name.endswith(".ome.zarr") else Path(name).stem
+    kwargs = {} if found.channel_axis is None else {"channel_axis": found.channel_axis}
+    return FirstResult(source, output, None, labels if len(labels) > 1 else labels[0],
+                       layers=[(stem, levels if len(levels) > 1 else levels[0], kwargs)])
 
 
 def report_text(summary: BatchSummary, input_dir: Union[str, os.PathLike], max_lines: int = MAX_REPORT_LINES) -> str:
@@ -197,6 +233,7 @@ class BatchWidget(WorkerWidget):
         self._inputs = FileEdit(mode="d", label="input folder")
         self._out = FileEdit(mode="d", label="output folder")
         self._probabilities = CheckBox(value=False, text="also write probabilities")
+        self._zarr = CheckBox(value=False, text="write OME-Zarr")
         self._overwrite = CheckBox(value=False, text="overwrite existing outputs")
         self._open_first = CheckBox(value=True, text="open the first result")
         self._measure = CheckBox(value=False, text="measure every image")  # where: the tooltip (a wide dock otherwise)
@@ -218,10 +255,10 @@ class BatchWidget(WorkerWidget):
         for name in REMEMBERED:
             if name in _LAST:
                 getattr(self, name).value = _LAST[name]
-        self.option_section = Section("options", [self._probabilities, self._overwrite, self._open_first,
+        self.option_section = Section("options", [self._probabilities, self._zarr, self._overwrite, self._open_first,
                                                   self._measure, self._min_size, self._pixel_size, self._resample],
-                                      tooltip="probabilities, overwriting, opening the first result, measuring, "
-                                              "pixel size")
+                                      tooltip="probabilities, OME-Zarr, overwriting, opening the first result, "
+                                              "measuring, pixel size")
         self.extend([self._bundle, self._inputs, self._out, self.option_section, *self.run_controls, self._report])
         self._fill_with_last()  # the report takes the dock's spare height
 
@@ -235,7 +272,8 @@ class BatchWidget(WorkerWidget):
         self.summary, self._input_dir, self._run_started = None, values[1], time.perf_counter()
         self._set_report("")
         options = (bool(self._probabilities.value), bool(self._overwrite.value), bool(self._open_first.value))
-        return run_batch_job, (*values, *options, measure, bool(self._resample.value), pixel_size)
+        return run_batch_job, (*values, *options, measure, bool(self._resample.value), pixel_size,
+                               "zarr" if self._zarr.value else "auto")
 
     def _measure_options(self) -> Optional[MeasureOptions]:
         """The measure options, or ``None`` unless "measure" is ticked; a pixel size that is not
@@ -288,7 +326,7 @@ class BatchWidget(WorkerWidget):
         """Show ``first``'s input and labels on top, hide every other layer, select the labels
         and fit the view to them; returns the status line's words for it."""
         shown = [self._put(Image, name, data, kwargs) for name, data, kwargs in _image_layers(first)]
-        shown.append(self._put(Labels, first.output.stem, first.labels, {}))
+        shown.append(self._put(Labels, _output_name(first.output), first.labels, {}))
         layers = self._viewer.layers
         for layer in shown:  # on top, in order: the labels last
             layers.move(layers.index(layer), len(layers))
@@ -299,16 +337,21 @@ class BatchWidget(WorkerWidget):
         self.opened = shown
         return f"opened {first.source.name} with its labels"
 
-    def _put(self, kind: type, name: str, data: np.ndarray, kwargs: dict) -> Layer:
-        """The layer of the last run named ``name`` with ``data`` in place, or a new one."""
+    def _put(self, kind: type, name: str, data, kwargs: dict) -> Layer:
+        """The layer of the last run named ``name`` with ``data`` in place, or a new one (a list of
+        arrays: a multiscale layer, always new)."""
         for layer in self.opened:
             if (layer.name == name and type(layer) is kind and layer in self._viewer.layers
-                    and layer.data.ndim == data.ndim and getattr(layer, "rgb", False) == kwargs.get("rgb", False)):
+                    and "channel_axis" not in kwargs and not isinstance(data, list) and not layer.multiscale and layer.data.ndim == data.ndim
+                    and getattr(layer, "rgb", False) == kwargs.get("rgb", False)):
                 layer.data = data
                 if kind is Image:
                     layer.reset_contrast_limits()
                 return layer
-        layer = kind(data, name=name, **kwargs)
+        if "channel_axis" in kwargs:  # one layer per channel (an OME-Zarr input with channels): the first shown
+            added = self._viewer.add_image(data, name=name, **kwargs)
+            return added[0]
+        layer = kind(data, name=name, multiscale=isinstance(data, list), **kwargs)
         self._viewer.add_layer(layer)
         return layer
 
@@ -316,6 +359,8 @@ class BatchWidget(WorkerWidget):
 def _image_layers(first: FirstResult) -> list[tuple[str, np.ndarray, dict]]:
     """``(name, data, kwargs)`` of the image layer(s) showing ``first``'s input: grey, RGB, or
     one additive layer per channel."""
+    if first.layers is not None:
+        return first.layers
     image, stem = first.image, first.source.stem
     if image.channels == 1:
         return [(stem, image.data, {})]
@@ -324,3 +369,8 @@ def _image_layers(first: FirstResult) -> list[tuple[str, np.ndarray, dict]]:
     return [(f"{stem} [channel {c}]", image.data[..., c],
              {"colormap": CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)], "blending": "additive"})
             for c in range(image.channels)]
+
+
+def _output_name(output: Path) -> str:
+    """A labels output's layer name: its file name without ``.tif`` / ``.ome.zarr``."""
+    return output.name[:-len(".ome.zarr")] if output.name.endswith(".ome.zarr") else output.stem
