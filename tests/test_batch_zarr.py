@@ -182,3 +182,26 @@ def test_format_zarr_writes_ome_zarr_for_a_tiff_input_from_the_command_line(scen
     np.testing.assert_array_equal(stack.data[0], stack.data[1])
     with pytest.raises(ValueError, match="output_format is 'png'"):
         apply_bundle(bundle, tiffs, tmp_path / "out2", output_format="png")
+
+
+def test_an_ngff_04_input_with_channels_is_segmented_with_its_nanometre_pixel_size(two_textures, tmp_path,
+                                                                                   small_tiles):
+    """A 0.4 store (zarr v2) of a 2-channel image, axes cyx in nanometres: channels read last, the
+    pixel size in µm in the output, the labels those of the in-memory channels-last image."""
+    from test_ngff import write_v04
+
+    image, _, scribbles = two_textures
+    two = np.stack([image, 255 - image], axis=-1)
+    seg = Segmenter(SMALL, TrainConfig(n_trees=10)).fit(two, scribbles)
+    seg.save(tmp_path / "m.dinoseg")
+    plane = np.tile(two, (3, 3, 1))
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "nanometer"},
+            {"name": "x", "type": "space", "unit": "nanometer"}]
+    (tmp_path / "in").mkdir()
+    write_v04(tmp_path / "in" / "two.zarr", [np.moveaxis(plane, -1, 0)], axes, [[1, 40, 40]])
+    summary = apply_bundle(tmp_path / "m.dinoseg", tmp_path / "in", tmp_path / "out")
+    assert summary.done == [str(tmp_path / "out" / "two_labels.ome.zarr")], summary.failed
+    labels = open_ngff(tmp_path / "out" / "two_labels.ome.zarr")
+    assert labels.pixel_size_um == pytest.approx(0.04)
+    seg.tile = 256
+    assert (labels.data[:] == seg.segment(plane)).mean() > 0.999
