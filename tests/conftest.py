@@ -120,3 +120,15 @@ def local_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "local.pth"
     torch.save(state, path)
     return str(path)
+
+
+class Recording:
+    """An array-like over an array that records the keys it is read with (what a lazy reader
+    reads of it): ``shape``, ``dtype``, ``__getitem__``, and ``keys``."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.keys = data, data.shape, data.dtype, []
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        return self.data[key]

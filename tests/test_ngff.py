@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import zarr
+from conftest import Recording
 
 from napari_dinoseg.ngff import (ChannelsLast, PlaneView, create_ngff, is_complete, is_ome_zarr, is_zarr_image,
                                  mark_complete, open_ngff, planes, write_pyramid)
@@ -151,17 +152,6 @@ def test_channels_last_equals_moveaxis_on_every_kind_of_key(tmp_path, rng):
         view[[1, 2]]
     with pytest.raises(IndexError, match="too many indices"):
         view[1, 2, 0, 0]
-
-
-class Recording:
-    """An array that records the keys it is read with (to see what a view reads)."""
-
-    def __init__(self, data):
-        self.data, self.shape, self.dtype, self.keys = data, data.shape, data.dtype, []
-
-    def __getitem__(self, key):
-        self.keys.append(key)
-        return self.data[key]
 
 
 def test_a_plane_view_reads_only_the_region_asked_for(rng):

@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from conftest import Recording
 
 from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig
 
@@ -151,36 +152,25 @@ def test_a_dense_crf_refines_each_window(two_textures, tmp_path):
     assert (lazy == truth).mean() > 0.9
 
 
-class Watched:
-    """An array-like over a numpy plane that records the 2-D windows read of it."""
-
-    def __init__(self, array):
-        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
-
-    def __getitem__(self, key):
-        self.reads.append(key)
-        return self.array[key]
-
-
 def test_a_lazy_plane_trains_on_its_painted_windows_only(fitted, big):
     from napari_dinoseg.planes import in_plane, plane_windows
 
     labels = np.zeros(big.shape, np.uint8)
     labels[20:30, 40:200] = 1  # in the first row of tiles only
     labels[40:50, 300:420] = 2
-    image = Watched(big)
+    image = Recording(big)
     seg = Segmenter(SMALL, TrainConfig(n_trees=20))
     seg.tile = 160
     seg.fit(image, labels)
     windows = plane_windows(big.shape, seg.featuriser, seg.training, 160)
     painted = {tuple((s.start, s.stop) for s in w) for w, c in windows if labels[in_plane(w, c)].any()}
-    read = {tuple((s.start, s.stop) for s in key) for key in image.reads if isinstance(key, tuple)}
+    read = {tuple((s.start, s.stop) for s in key) for key in image.keys if isinstance(key, tuple)}
     assert read == painted and 0 < len(painted) < len(windows)
     assert (seg.segment(big) == fitted.segment(big)).mean() > 0.5  # a classifier, not noise
     with pytest.raises(ValueError, match="do not match image 0.s shape"):
-        Segmenter(SMALL).fit(Watched(big), labels[:-1])
+        Segmenter(SMALL).fit(Recording(big), labels[:-1])
     with pytest.raises(TypeError, match="integer array"):
-        Segmenter(SMALL).fit(Watched(big), labels.astype(np.float32))
+        Segmenter(SMALL).fit(Recording(big), labels.astype(np.float32))
 
 
 def test_a_lazy_plane_painted_in_every_tile_trains_the_in_memory_classifier(two_textures, tmp_path):
@@ -200,10 +190,10 @@ def test_a_lazy_plane_painted_in_every_tile_trains_the_in_memory_classifier(two_
 def test_the_window_api_reads_a_lazy_plane_window_by_window(fitted, big, tmp_path):
     """What the live update and the view-first prediction ask: a rectangle of a zarr plane, as the
     whole plane's prediction has it, reading only the windows that meet it (and the statistics)."""
-    image = Watched(on_disk(tmp_path / "image.zarr", big))
+    image = Recording(on_disk(tmp_path / "image.zarr", big))
     regions = fitted.regions(image)
-    statistics_reads = len(image.reads)
+    statistics_reads = len(image.keys)
     region = (slice(200, 330), slice(350, 520))
     np.testing.assert_allclose(regions.proba(region), fitted.predict_proba(big)[region], atol=1e-5)
     met = [w for w, c in regions.windows if all(s.start < r.stop and r.start < s.stop for s, r in zip(w, region))]
-    assert 0 < len(image.reads) - statistics_reads <= len(met) < len(regions.windows)
+    assert 0 < len(image.keys) - statistics_reads <= len(met) < len(regions.windows)
