@@ -20,8 +20,9 @@ SMALL = FeatureConfig(sigmas=(1, 2, 4))
 SIDE = 700  # with tile 256: 9 tiles
 
 
-def write_store(path, image, pixel_size=0.02, chunks=128):
-    made = create_ngff(path, image.shape, image.dtype, chunks=chunks, pixel_size_um=pixel_size, kind="intensity")
+def write_store(path, image, pixel_size=0.02, chunks=128, levels=None):
+    made = create_ngff(path, image.shape, image.dtype, chunks=chunks, pixel_size_um=pixel_size, kind="intensity",
+                       levels=levels)
     made.levels[0][:] = image
     write_pyramid(made)
     mark_complete(made)
@@ -38,7 +39,7 @@ def scene(two_textures, tmp_path):
     seg.save(bundle)
     folder = tmp_path / "in"
     folder.mkdir()
-    write_store(folder / "mosaic.ome.zarr", plane)
+    write_store(folder / "mosaic.ome.zarr", plane, levels=2)
     return folder, bundle, plane, np.tile(truth, (4, 4))[:SIDE, :SIDE]
 
 
@@ -57,7 +58,7 @@ def test_an_ome_zarr_input_gets_ome_zarr_labels_with_its_pixel_size(scene, tmp_p
     folder, bundle, plane, truth = scene
     out = tmp_path / "out"
     summary = apply_bundle(bundle, folder, out, probabilities=True)
-    assert summary.done == [str(out / "mosaic_labels.ome.zarr")] and not summary.failed
+    assert summary.done == [str(out / "mosaic_labels.ome.zarr")] and not summary.failed and not summary.notes
     labels = open_ngff(out / "mosaic_labels.ome.zarr")
     assert labels.version == "0.5" and labels.axes == "yx" and labels.pixel_size_um == pytest.approx(0.02)
     assert len(labels.levels) == 1 or labels.levels[1].shape == (350, 350)
@@ -205,3 +206,21 @@ def test_an_ngff_04_input_with_channels_is_segmented_with_its_nanometre_pixel_si
     assert labels.pixel_size_um == pytest.approx(0.04)
     seg.tile = 256
     assert (labels.data[:] == seg.segment(plane)).mean() > 0.999
+
+
+def test_a_coarser_level_is_segmented_when_asked_with_its_pixel_size(scene, tmp_path, small_tiles, capsys):
+    from napari_dinoseg.cli import main
+
+    folder, bundle, plane, _ = scene
+    summary = apply_bundle(bundle, folder, tmp_path / "out", level=1)
+    assert summary.done and not summary.failed, summary.failed
+    labels = open_ngff(tmp_path / "out" / "mosaic_labels.ome.zarr")
+    assert labels.data.shape == (350, 350) and labels.pixel_size_um == pytest.approx(0.04)
+    assert metadata_of(tmp_path / "out" / "mosaic_labels.ome.zarr")["level"] == 1
+    assert any("trained at 20.0 nm/px, this image is 40.0 nm/px" in w for _, w in summary.warnings)
+    assert main(["apply", str(bundle), str(folder), "-o", str(tmp_path / "out"), "--level", "0"]) == 0
+    assert "done 1" in capsys.readouterr().out  # level 0 is not level 1's output: segmented again
+    assert main(["apply", str(bundle), str(folder), "-o", str(tmp_path / "out5"), "--level", "5"]) == 1
+    assert "there is no level 5" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="level is -1"):
+        apply_bundle(bundle, folder, tmp_path / "out", level=-1)

@@ -51,7 +51,7 @@ from .batch_names import _shortened, check_output_folder, output_stems
 from .batch_outputs import _finished, _refuse_foreign, _remove_if_foreign, _write_tiff
 from .batch_outputs import OLDER, ForeignOutputError, _checksum, _damage  # noqa: F401  (re-exported)
 from .batch_summary import ALREADY_THERE, BatchSummary
-from .batch_zarr import finished_store
+from .batch_zarr import ZARR_LABEL_SUFFIX, finished_store
 from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, run_jobs  # noqa: F401
 from .folder_lock import FolderLock
 from .inputs import file_identity, find_inputs, input_stat, source_record
@@ -80,6 +80,7 @@ def apply_bundle(
     resample: bool = False,
     pixel_size: Optional[float] = None,
     output_format: str = "auto",
+    level: int = 0,
 ) -> BatchSummary:
     """Segment every input image with a saved classifier and write a label image per input.
 
@@ -139,6 +140,9 @@ def apply_bundle(
         pyramid and the pixel size, written tile by tile with memory bounded by a window, the
         tiles of one image spread over the cluster's workers (:mod:`napari_dinoseg.batch_zarr`);
         other inputs TIFF outputs. ``"zarr"``: every input gets OME-Zarr outputs.
+    level
+        The resolution level of OME-Zarr inputs that is segmented (0: the finest); its pixel
+        size is the one recorded. An input without that level fails, saying which it has.
 
     Returns
     -------
@@ -158,6 +162,8 @@ def apply_bundle(
     from .pixel_scale import checked_pixel_size
 
     pixel_size = checked_pixel_size(pixel_size, "the pixel size")
+    if not isinstance(level, int) or isinstance(level, bool) or level < 0:
+        raise ValueError(f"level is {level!r}: a resolution level of the OME-Zarr inputs, 0 (the finest) or more")
     if output_format not in ("auto", "zarr"):
         raise ValueError(f"output_format is {output_format!r}: 'auto' (OME-Zarr for OME-Zarr inputs, TIFF for the "
                          "others) or 'zarr' (OME-Zarr for every input)")
@@ -181,19 +187,19 @@ def apply_bundle(
     stems = output_stems(files, name_max(out))
     with FolderLock(out, bundle, bundle_id) as lock:  # one run per folder, from the look at its outputs to the end
         return _apply_locked(bundle, bundle_id, files, unusable, stems, out, scheduler, probabilities, overwrite,
-                             progress, axes, verify, lock.note, measure, (bool(resample), pixel_size, output_format))
+                             progress, axes, verify, lock.note, measure, (bool(resample), pixel_size, output_format, level))
 
 
 def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: dict, out: Path, scheduler,
                   probabilities: bool, overwrite: bool, progress, axes: Optional[str], verify: bool,
-                  lock_note: str, measure=None, scale: tuple = (False, None, "auto")) -> BatchSummary:
+                  lock_note: str, measure=None, scale: tuple = (False, None, "auto", 0)) -> BatchSummary:
     """:func:`apply_bundle` once the output folder is this run's."""
     summary = BatchSummary(cleaned=[str(p) for p in clean_stale(out)])
     if lock_note:
         summary.notes.append((str(out), lock_note))
     for path, reason in unusable:
         (summary.failed if reason == "no such file" else summary.skipped).append((path, reason))
-    todo = _to_do(summary, files, stems, out, probabilities, overwrite, bundle_id, axes, verify, scale[2])
+    todo = _to_do(summary, files, stems, out, probabilities, overwrite, bundle_id, axes, verify, *scale[2:])
     jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite, measure, *scale)
             for p in todo]
     _run(summary, jobs, scheduler, progress)
@@ -213,18 +219,19 @@ def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: di
 
 
 def _to_do(summary: BatchSummary, files: list, stems: dict, out: Path, probabilities: bool, overwrite: bool,
-           bundle_id: str, axes: Optional[str], verify: bool, output_format: str = "auto") -> list:
+           bundle_id: str, axes: Optional[str], verify: bool, output_format: str = "auto", level: int = 0) -> list:
     """The inputs to segment: those whose outputs are not finished (or all, with ``overwrite``);
     the others go to ``summary`` as skipped or failed, with notes. Raises ValueError when outputs
     of another classifier are in the folder (without ``overwrite``)."""
     todo, foreign = [], []
     for path in files:
         if _shortened(path, stems[path]):
+            suffix = ZARR_LABEL_SUFFIX if output_format == "zarr" or is_zarr_image(path) else LABEL_SUFFIX
             summary.notes.append((str(path), f"its name is too long for an output name: written as "
-                                             f"{stems[path]}{LABEL_SUFFIX} (its labels record its name)"))
+                                             f"{stems[path]}{suffix} (its labels record its name)"))
         try:
             state, recorded, why = ("redo", [], "") if overwrite else (
-                finished_store(path, out, stems[path], probabilities, bundle_id, axes)
+                finished_store(path, out, stems[path], probabilities, bundle_id, axes, level)
                 if output_format == "zarr" or is_zarr_image(path)
                 else _finished(path, out, stems[path], probabilities, bundle_id, axes, verify))
         except OSError as err:  # this input's outputs cannot be looked at: this input fails, not the run
@@ -285,7 +292,8 @@ READ_ATTEMPTS = 3
 def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem: Optional[str] = None,
                  axes: Optional[str] = None, bundle_id: Optional[str] = None,
                  overwrite: bool = False, measure: Optional["MeasureOptions"] = None, resample: bool = False,
-                 pixel_size: Optional[float] = None, output_format: str = "auto") -> tuple[str, str, str, list]:
+                 pixel_size: Optional[float] = None, output_format: str = "auto",
+                 level: int = 0) -> tuple[str, str, str, list]:
     """Segment one file: ``(input, "done", output, warnings)``, ``(input, "failed", reason, [])``,
     or ``(input, "no space", message, [])`` when the output disk is full.
 
@@ -301,7 +309,7 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
     TIFF resolution tags in cm): ``pixel_size`` or ``measure.pixel_size`` when given, else the
     input's metadata's (:func:`napari_dinoseg.pixel_size.pixel_size_of`). ``resample``: as in
     :func:`apply_bundle` (the outputs record ``resampled_from_um`` and ``resampled_to_um``).
-    ``output_format``: as in :func:`apply_bundle`. With
+    ``output_format``, ``level``: as in :func:`apply_bundle`. With
     ``measure`` each plane is measured
     (:func:`napari_dinoseg.measure_report.measure_plane`, with the image and the probabilities)
     and the record ``measurements/images/<stem>.json`` is written once the labels are.
@@ -314,9 +322,9 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
         if output_format == "zarr" or is_zarr_image(source):  # written a tile at a time, as OME-Zarr
             from .batch_zarr import process_store
 
-            size_um, size_from, _ = _pixel_size(source, measure, pixel_size)
+            size_um, size_from, _ = _pixel_size(source, measure, pixel_size, level)
             return process_store(seg, bundle, bundle_id, source, Path(out_dir), probabilities, stem, axes, overwrite,
-                                 (size_um, size_from), measure is not None, resample)
+                                 (size_um, size_from), measure is not None, resample, level)
         for attempt in range(READ_ATTEMPTS):
             before = input_stat(source)
             try:
@@ -408,11 +416,19 @@ def _resampled(seg, plane: np.ndarray, factor: float) -> np.ndarray:
     return resample_plane(plane, factor)
 
 
-def _pixel_size(source: Path, measure, given: Optional[float] = None) -> tuple[Optional[float], str, str]:
-    """``(µm per pixel or None, where from, note)`` of an input: the one given, else its metadata's."""
+def _pixel_size(source: Path, measure, given: Optional[float] = None,
+                level: int = 0) -> tuple[Optional[float], str, str]:
+    """``(µm per pixel or None, where from, note)`` of an input: the one given, else its metadata's
+    (of an OME-Zarr's resolution ``level``)."""
     if given is not None:
         return given, "given", ""
     if measure is not None and measure.pixel_size is not None:
         return measure.pixel_size, "given", ""
     found = pixel_size_of(source)
+    if found is not None and level and is_zarr_image(source):  # the level's: level 0's times its downsampling
+        from .ngff import open_ngff
+
+        image = open_ngff(source, level)
+        um = image.pixel_size_um
+        return (None, "none", "") if um is None else (um, f"input: {found.source}, level {level}", found.note)
     return (None, "none", "") if found is None else (found.um, f"input: {found.source}", found.note)

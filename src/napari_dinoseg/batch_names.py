@@ -55,7 +55,9 @@ def _fit(stem: str, room: int) -> str:
 
 
 def _shortened(path: Path, stem: str) -> bool:
-    return stem not in (path.stem, path.name.replace(".", "_"))
+    from .batch_zarr import store_stem
+
+    return stem not in (path.stem, path.name.replace(".", "_"), store_stem(path))
 
 
 def check_output_folder(out_dir: Path, inputs: Iterable[Path]) -> None:

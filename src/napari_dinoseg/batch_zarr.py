@@ -80,7 +80,7 @@ def _read_record(path: Path) -> Optional[TileFindings]:
 
 class StoreInput:
     """An input of a run writing OME-Zarr outputs, as planes: an OME-Zarr (or plain zarr) image
-    read lazily (level 0), or another image file (TIFF, PNG) read into memory by
+    read lazily (its resolution ``level``), or another image file (TIFF, PNG) read into memory by
     :func:`~napari_dinoseg.reading.read_image` (``dinoseg apply --format zarr``).
 
     Attributes
@@ -93,12 +93,12 @@ class StoreInput:
         What the reading left out (an alpha channel, ...).
     """
 
-    def __init__(self, source: Path, axes: Optional[str], n_channels: Optional[int]) -> None:
+    def __init__(self, source: Path, axes: Optional[str], n_channels: Optional[int], level: int = 0) -> None:
         from .ngff import is_zarr_image, open_ngff, planes
 
         self.notes: list[str] = []
         if is_zarr_image(source):
-            image = open_ngff(source, 0, axes.lower() if axes else None)
+            image = open_ngff(source, level, axes.lower() if axes else None)
             self.lead_shape, self.lead_axes, self.planes = image.lead_shape, image.lead_axes, list(planes(image))
             self.axes = image.axes
             return
@@ -119,7 +119,7 @@ class StoreInput:
         return tuple(int(n) for n in self.planes[0][1].shape[:2])
 
 
-def run_tiles(bundle: str, bundle_id: str, source: str, axes: Optional[str], index: tuple,
+def run_tiles(bundle: str, bundle_id: str, source: str, axes: Optional[str], level: int, index: tuple,
               plane_number: int, partial: str, proba_partial: Optional[str], scalings: list, tile: int,
               tiles: list) -> int:
     """Predict some tiles of one plane into the partial stores (in this process or on a dask
@@ -129,7 +129,7 @@ def run_tiles(bundle: str, bundle_id: str, source: str, axes: Optional[str], ind
     from .ngff import open_ngff
 
     seg, _ = _classifier(bundle, bundle_id)
-    view = dict(StoreInput(Path(source), axes, seg.n_channels).planes)[index]
+    view = dict(StoreInput(Path(source), axes, seg.n_channels, level).planes)[index]
     plane = LazyPlane.from_scalings(view, scalings)
     labels = open_ngff(partial, 0, writable=True).levels[0]
     proba = None if proba_partial is None else open_ngff(proba_partial, 0, writable=True).levels[0]
@@ -140,7 +140,7 @@ def run_tiles(bundle: str, bundle_id: str, source: str, axes: Optional[str], ind
 
 
 def segment_store(seg, bundle: str, bundle_id: str, source: Path, target: Path, meta: dict,
-                  probabilities: bool, axes: Optional[str] = None,
+                  probabilities: bool, axes: Optional[str] = None, level: int = 0,
                   pixel_size_um: Optional[float] = None, check: Optional[Callable[[Path], None]] = None,
                   client=None, progress=None, notes: Sequence[str] = ()) -> list[str]:
     """Segment an input (:class:`StoreInput`: an OME-Zarr image read lazily, or a TIFF / PNG read
@@ -155,7 +155,7 @@ def segment_store(seg, bundle: str, bundle_id: str, source: Path, target: Path, 
     ``notes``: warnings about the image found before (recorded and returned with the others)."""
     from .lazy_plane import LazyPlane
 
-    image = StoreInput(source, axes, seg.n_channels)
+    image = StoreInput(source, axes, seg.n_channels, level)
     proba_target = target.with_name(target.name.replace(ZARR_LABEL_SUFFIX, ZARR_PROBA_SUFFIX)) \
         if probabilities else None
     stores = _partial_stores(seg, image, target, proba_target, meta, pixel_size_um)
@@ -165,7 +165,7 @@ def segment_store(seg, bundle: str, bundle_id: str, source: Path, target: Path, 
         plane = LazyPlane(view, seg.features, seg.n_channels)
         tiles = plane_tiles(seg, plane.shape, grid=True)
         todo = [n for n in range(len(tiles)) if _read_record(_record(stores[0], number, n)) is None]
-        args = (bundle, bundle_id, str(source), axes, index, number, str(stores[0]),
+        args = (bundle, bundle_id, str(source), axes, level, index, number, str(stores[0]),
                 None if stores[1] is None else str(stores[1]), plane.scalings, seg.tile)
         if client is not None and len(todo) > TILES_PER_TASK and isinstance(view, PlaneView):  # a file read
             # into memory is segmented where it was read
@@ -263,7 +263,7 @@ def store_targets(out: Path, stem: str, probabilities: bool) -> list[Path]:
 
 
 def finished_store(path: Path, out: Path, stem: str, probabilities: bool, bundle_id: str,
-                   axes: Optional[str] = None) -> tuple[str, list, str]:
+                   axes: Optional[str] = None, level: int = 0) -> tuple[str, list, str]:
     """:func:`~napari_dinoseg.batch_outputs._finished` of a zarr input's OME-Zarr outputs:
     ``"done"`` when each is complete (:func:`~napari_dinoseg.ngff.is_complete`), of this
     classifier, of the input as it is now and read with these axes; ``"foreign"`` for another
@@ -284,6 +284,8 @@ def finished_store(path: Path, out: Path, stem: str, probabilities: bool, bundle
             return "redo", [], "its input changed since its output was written: recomputed"
         if meta.get("axes_given") != axes:
             return "redo", [], "its output was read with other axes: recomputed"
+        if meta.get("level", 0) != level:
+            return "redo", [], f"its output is of level {meta.get('level')}, not {level}: recomputed"
         warnings = meta.get("warnings")
         recorded = warnings if recorded is None and isinstance(warnings, list) else recorded
     return "done", [str(w) for w in recorded or []], ""
@@ -305,10 +307,10 @@ def refuse_foreign_store(target: Path, bundle_id: str, overwrite: bool) -> None:
 
 def process_store(seg, bundle: str, bundle_id: str, source: Path, out: Path, probabilities: bool,
                   stem: Optional[str], axes: Optional[str], overwrite: bool, pixel_size: tuple,
-                  measure: bool = False, resample: bool = False) -> tuple[str, str, str, list]:
+                  measure: bool = False, resample: bool = False, level: int = 0) -> tuple[str, str, str, list]:
     """:func:`~napari_dinoseg.batch.process_file` of an input written as OME-Zarr (an OME-Zarr or
     plain zarr input, or any with ``--format zarr``): ``(input, "done", labels store, warnings)``;
-    raises for the caller to report. An OME-Zarr's level 0 is
+    raises for the caller to report. An OME-Zarr's resolution ``level`` is
     segmented; on a dask worker its tiles are spread over the cluster (``worker_client``).
     ``pixel_size``: ``(µm or None, where from)``; a mismatch with the classifier's is a warning
     (``resample`` is not done for OME-Zarr inputs yet: said in a warning; nor ``measure``)."""
@@ -320,7 +322,7 @@ def process_store(seg, bundle: str, bundle_id: str, source: Path, out: Path, pro
     size_um, size_from = pixel_size
     before = input_stat(source)
     meta = {"dinoseg_bundle": bundle_id, **source_record(source, before), "classes": seg.classes.tolist(),
-            "axes_given": axes, "channels": seg.n_channels, "level": 0,
+            "axes_given": axes, "channels": seg.n_channels, "level": level,
             "pixel_size_um": size_um, "pixel_size_from": size_from}
     notes = pixel_size_warning(seg.pixel_size, size_um)
     if resample:
@@ -330,7 +332,7 @@ def process_store(seg, bundle: str, bundle_id: str, source: Path, out: Path, pro
         notes.append("not measured: measurements are made of TIFF label outputs, not yet of OME-Zarr ones")
     target = store_targets(out, stem or store_stem(source), probabilities)[0]
     with _cluster() as client:
-        warnings = segment_store(seg, bundle, bundle_id, source, target, meta, probabilities, axes, size_um,
+        warnings = segment_store(seg, bundle, bundle_id, source, target, meta, probabilities, axes, level, size_um,
                                  partial(refuse_foreign_store, bundle_id=bundle_id, overwrite=overwrite), client,
                                  notes=notes)
     return str(source), "done", str(target), warnings

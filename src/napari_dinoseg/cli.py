@@ -68,6 +68,8 @@ def _apply_parser(apply: argparse.ArgumentParser) -> None:
     apply.add_argument("--format", choices=("auto", "zarr"), default="auto",
                        help="auto: OME-Zarr outputs (<name>_labels.ome.zarr, NGFF 0.5, a pyramid, the pixel size) "
                             "for OME-Zarr inputs, TIFF for the others; zarr: OME-Zarr outputs for every input")
+    apply.add_argument("--level", type=int, default=0,
+                       help="resolution level of OME-Zarr inputs to segment (default 0, the finest)")
     apply.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
     apply.add_argument("--verify", action="store_true",
                        help="read the outputs already there whole and check their pixel data against the checksum "
@@ -153,7 +155,7 @@ def apply_command(args: argparse.Namespace) -> int:
         summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
                                probabilities=args.probabilities, overwrite=args.overwrite, progress=tick,
                                axes=args.axes, verify=args.verify, measure=measure, resample=args.resample,
-                               pixel_size=args.pixel_size, output_format=args.format)
+                               pixel_size=args.pixel_size, output_format=args.format, level=args.level)
     finally:
         for bar in bars:
             bar.close()
