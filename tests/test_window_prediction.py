@@ -197,3 +197,38 @@ def test_the_window_api_reads_a_lazy_plane_window_by_window(fitted, big, tmp_pat
     np.testing.assert_allclose(regions.proba(region), fitted.predict_proba(big)[region], atol=1e-5)
     met = [w for w, c in regions.windows if all(s.start < r.stop and r.start < s.stop for s, r in zip(w, region))]
     assert 0 < len(image.keys) - statistics_reads <= len(met) < len(regions.windows)
+
+
+def test_a_cache_keeps_a_lazy_planes_bounds_and_the_windows_it_met(fitted, big, tmp_path):
+    """The interactive loop on a zarr plane: the second fit and view read neither the whole plane
+    (its intensity bounds are kept, named by the store) nor featurise the windows again."""
+    from napari_dinoseg.features.featurise import FeatureCache
+
+    class Store(Recording):  # a zarr array seen through a recorder, named by its store
+        def __init__(self, array):
+            super().__init__(array)
+            self.store_path = array.store_path
+
+    image = Store(on_disk(tmp_path / "image.zarr", big))
+    labels = np.zeros(big.shape, np.uint8)
+    labels[20:30, 40:200], labels[40:50, 300:420] = 1, 2
+    cache = FeatureCache()
+    featurised = []
+    put = cache.put
+    cache.put = lambda key, stack: featurised.append(key) or put(key, stack)
+    seg = Segmenter(SMALL, TrainConfig(n_trees=20))
+    seg.tile = 160
+    seg.fit(image, labels, cache=cache)
+    region = (slice(0, 100), slice(100, 300))
+    first = seg.regions(image, cache=cache).proba(region)
+    full_width = [k for k in image.keys if not isinstance(k, tuple) or k[1] == slice(None)]
+    assert full_width  # the bounds: read once, a row of chunks at a time
+    assert featurised  # the windows met were featurised and kept
+    image.keys.clear()
+    featurised.clear()
+    labels[60:64, 40:200] = 1  # a stroke more, in a tile already painted
+    seg.fit(image, labels, cache=cache)
+    again = seg.regions(image, cache=cache).proba(region)
+    assert not [k for k in image.keys if not isinstance(k, tuple) or k[1] == slice(None)]
+    assert featurised == []  # every window's features from the cache
+    assert first.shape == again.shape

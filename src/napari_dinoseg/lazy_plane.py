@@ -30,6 +30,35 @@ def is_lazy(image) -> bool:
         and hasattr(image, "__getitem__")
 
 
+def lazy_identity(image) -> Optional[tuple]:
+    """What names a lazy array's pixels without reading them, for a cache key: a zarr array's
+    store, path, shape, dtype and the modification time of its metadata (rewritten with the
+    array); a dask array's name (a token of its graph); an OME-Zarr plane view's array and index.
+    ``None`` for anything else (nothing is kept for it)."""
+    import os
+
+    inner = getattr(image, "array", None)
+    if inner is not None and hasattr(image, "index") and hasattr(image, "axes"):  # ngff.PlaneView
+        found = lazy_identity(inner)
+        return None if found is None else ("plane", found, tuple(image.index), image.axes)
+    store_path = getattr(image, "store_path", None)
+    if store_path is not None:  # zarr.Array
+        where = str(store_path)
+        if where.startswith("memory://"):
+            return None  # a store in memory has no name that outlives it
+        stamp = None
+        if where.startswith("file://"):
+            try:
+                stamp = os.stat(os.path.join(where[len("file://"):], "zarr.json")).st_mtime_ns
+            except OSError:
+                stamp = None
+        return ("zarr", where, tuple(image.shape), str(image.dtype), stamp)
+    name = getattr(image, "name", None)
+    if isinstance(name, str) and hasattr(image, "dask"):  # dask.array
+        return ("dask", name)
+    return None
+
+
 def chunk_rows(image) -> int:
     """Rows of one chunk of a chunked array (zarr's ``chunks``, dask's ``chunksize``), else
     :data:`DEFAULT_BLOCK_ROWS`."""
@@ -67,6 +96,9 @@ class LazyPlane:
         Its normalisation rule.
     n_channels : int, optional
         The classifier's channel count: checked, and an RGBA plane's alpha left out for 3.
+    cache : FeatureCache, optional
+        Keeps the intensity bounds of an array it can name (:func:`lazy_identity`): a second
+        click or live update on the same zarr / dask plane does not read it whole again.
 
     Attributes
     ----------
@@ -81,7 +113,7 @@ class LazyPlane:
         classifier's, before anything is read.
     """
 
-    def __init__(self, image, config, n_channels: Optional[int] = None) -> None:
+    def __init__(self, image, config, n_channels: Optional[int] = None, cache=None) -> None:
         shape = tuple(int(n) for n in image.shape)
         check_dtype(image.dtype)
         self.shape = check_image_shape(shape)
@@ -93,8 +125,15 @@ class LazyPlane:
                              f"{n_channels}; give it images of the kind it was trained on")
         assert channels <= MAX_CHANNELS  # check_image_shape refuses more
         self.image, self.n_channels, self.flat = image, channels, len(shape) == 2
-        self.scalings = [channel_scaling(_ChannelRows(image, None if self.flat else c), c, config, stacklevel=3)
-                         for c in range(channels)]
+
+        def scalings() -> list:
+            return [channel_scaling(_ChannelRows(image, None if self.flat else c), c, config, stacklevel=4)
+                    for c in range(channels)]
+
+        identity = None if cache is None else lazy_identity(image)
+        rule = (config.normalise, tuple(config.percentiles), config.intensity_range)
+        self.scalings = scalings() if identity is None else cache.derived(
+            ("intensity bounds", identity, channels, rule), scalings)
 
     @classmethod
     def from_scalings(cls, image, scalings: list) -> "LazyPlane":

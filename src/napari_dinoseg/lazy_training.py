@@ -54,8 +54,8 @@ class TrainingWindows(NormalisedPlane):
         :func:`~napari_dinoseg.pixel_classifier.check_labels` checks them.
     config, featuriser, training, tile
         The fit's feature config, featuriser, training config and tile size (the windows).
-    n_channels
-        As for :class:`~napari_dinoseg.lazy_plane.LazyPlane`.
+    n_channels, cache
+        As for :class:`~napari_dinoseg.lazy_plane.LazyPlane` (the cache keeps the intensity bounds).
 
     Attributes
     ----------
@@ -65,11 +65,11 @@ class TrainingWindows(NormalisedPlane):
     """
 
     def __init__(self, image, labels, config, featuriser, training, tile: int,
-                 n_channels: Optional[int] = None) -> None:
+                 n_channels: Optional[int] = None, cache=None) -> None:
         if tuple(np.shape(labels)) != tuple(np.shape(image))[:2]:
             raise ValueError(f"labels of shape {tuple(np.shape(labels))} do not match the image's shape "
                              f"{tuple(np.shape(image))[:2]}; paint in a Labels layer with the image's shape")
-        super().__init__(LazyPlane(image, config, n_channels))
+        super().__init__(LazyPlane(image, config, n_channels, cache))
         crops, self.windows = {}, []
         for window, core in plane_windows(self.plane.shape, featuriser, training, tile):
             region = in_plane(window, core)

@@ -16,9 +16,10 @@ import numpy as np
 
 from .features.cache import CompactStack
 from .features.stack import FeatureStack
-from .lazy_plane import LazyPlane, is_lazy
+from .lazy_plane import LazyPlane, NormalisedPlane, is_lazy
 from .pixel_classifier import PixelClassifier
 from .plane_parts import predict_part
+from .segmenter_windows import LAZY_WORKING_WINDOWS
 from .planes import Slices, in_plane, plane_windows, window_origin
 
 #: ``features(window) -> (stack, scaled)`` of one tile window of the plane: a FeatureStack (or a
@@ -93,7 +94,7 @@ class PlaneRegions:
     def __init__(self, segmenter, plane: np.ndarray, progress=None, cache=None) -> None:
         clf = segmenter._fitted()
         if is_lazy(plane):  # a zarr or dask plane (a multiscale layer's level): read window by window
-            norm = LazyPlane(plane, segmenter.features, segmenter.n_channels).normalised()
+            norm = LazyPlane(plane, segmenter.features, segmenter.n_channels, cache).normalised()
         else:
             norm = segmenter.normalise(plane, cache)
         self.shape = norm.shape[:2]
@@ -119,20 +120,25 @@ def _tile_features(segmenter, norm: np.ndarray, progress, cache, projection=None
 
     Bands walk the tiles in order, a band meeting every tile of its row: the windows a cache
     keeps are held at hand once met (references to the cache's entries: no cache key hashed
-    again per band); windows it does not keep, and projected ones (computed for this update
-    only), only the last one (memory bounded by one window)."""
+    again per band; of a lazy plane, the last ``LAZY_WORKING_WINDOWS`` met); windows it does not
+    keep, and projected ones (computed for this update only), only the last one (memory bounded
+    by one window)."""
     from .features.featurise import featurise_projected, keyed_featurise
 
     met: dict = {}
-    storage = segmenter.feature_storage(norm.shape[:2], norm.shape[-1], cache)
+    lazy = isinstance(norm, NormalisedPlane)  # kept as its working set of windows, not the whole plane
+    storage = segmenter.feature_storage(norm.shape[:2], norm.shape[-1], cache, lazy=lazy)
     keep_all = cache is not None and projection is None and storage != "none"
-    scale = keep_all and segmenter.keeps_scaled(norm.shape[:2], norm.shape[-1], cache)
+    scale = keep_all and segmenter.keeps_scaled(norm.shape[:2], norm.shape[-1], cache, lazy=lazy)
+    held = LAZY_WORKING_WINDOWS if lazy else None  # a lazy plane's windows at hand: its working set at most
 
     def features(window: Slices) -> tuple[Union[FeatureStack, CompactStack], Optional[np.ndarray]]:
         where = tuple((s.start, s.stop) for s in window)
         if where not in met:
             if not keep_all:
                 met.clear()
+            elif held is not None and len(met) >= held:
+                met.pop(next(iter(met)))  # the oldest met
             if projection is not None:
                 stack = featurise_projected(norm[window], segmenter.featuriser, projection, progress, normalised=True,
                                             cache=cache)

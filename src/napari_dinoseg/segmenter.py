@@ -177,7 +177,8 @@ class Segmenter(ShiftReport, WindowFeatures):
                     parts.append(part)
                     keys.append((key, tuple((c.start, c.stop) for c in core)))
                 continue
-            storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache, featuriser)
+            storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache, featuriser,
+                                           lazy=isinstance(norm, NormalisedPlane))
             for window, core, key, stack in self._window_features(norm, featuriser, sub, cache, storage):
                 crop = np.asarray(lab[in_plane(window, core)])
                 parts.append(window_training_part(stack, core, crop, step))
@@ -221,8 +222,8 @@ class Segmenter(ShiftReport, WindowFeatures):
             if np.shape(lab) != np.shape(img)[:2]:
                 raise ValueError(f"labels of shape {np.shape(lab)} do not match image {i}'s shape "
                                  f"{np.shape(img)[:2]}; paint in a Labels layer with the image's shape")
-        planes = [TrainingWindows(img, lab, config, featuriser, self.training, self.tile) if is_lazy(img) else None
-                  for img, lab in zip(images, labels)]
+        planes = [TrainingWindows(img, lab, config, featuriser, self.training, self.tile, cache=cache)
+                  if is_lazy(img) else None for img, lab in zip(images, labels)]
         labels = [plane.labels if plane is not None else lab for plane, lab in zip(planes, labels)]
         # a lazy plane counts as its largest window, its labels as the painted cores
         sized = [img if plane is None else np.empty((*max((tuple(s.stop - s.start for s in w) for w, _ in plane.windows),

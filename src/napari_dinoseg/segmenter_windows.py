@@ -15,43 +15,52 @@ from .planes import in_plane, plane_windows
 from .progress import within
 
 
+#: Windows of a lazy plane (zarr, dask) a feature cache is sized for (:meth:`WindowFeatures.feature_bytes`):
+#: those in view and those painted, not the whole plane.
+LAZY_WORKING_WINDOWS = 8
+
+
 class WindowFeatures:
     """The Segmenter's tile windows and their features (a mixin of
     :class:`~napari_dinoseg.segmenter.Segmenter`, which provides ``featuriser``, ``training``,
     ``tile`` and ``classifier``)."""
 
-    def feature_bytes(self, shape: tuple[int, int], n_channels: int, config=None) -> int:
+    def feature_bytes(self, shape: tuple[int, int], n_channels: int, config=None, lazy: bool = False) -> int:
         """Bytes of all the float32 feature windows (:func:`plane_windows`, margins included) of an
         ``(H, W)`` plane of ``n_channels``, with ``config`` (a featuriser or a feature config;
-        default: :attr:`featuriser`)."""
+        default: :attr:`featuriser`); of a ``lazy`` plane (zarr, dask: never featurised whole), of
+        its :data:`LAZY_WORKING_WINDOWS` largest windows, what an interactive session uses of it
+        (the windows in view, the painted ones)."""
         from .features.featurisers import featuriser_for
 
         featuriser = self.featuriser if config is None else featuriser_for(config)
         windows = plane_windows(shape, featuriser, self.training, self.tile)
-        pixels = sum((r.stop - r.start) * (c.stop - c.start) for (r, c), _ in windows)
+        sizes = sorted(((r.stop - r.start) * (c.stop - c.start) for (r, c), _ in windows), reverse=True)
+        pixels = sum(sizes[:LAZY_WORKING_WINDOWS] if lazy else sizes)
         return 4 * pixels * featuriser.n_features(n_channels)
 
     def feature_storage(self, shape: tuple[int, int], n_channels: int, cache,
-                        config=None) -> str:
+                        config=None, lazy: bool = False) -> str:
         """How ``cache`` keeps the feature windows of an ``(H, W)`` plane of ``n_channels``:
         :func:`~napari_dinoseg.features.featurise.plane_storage` of :meth:`feature_bytes` and the
-        cache's budget (``"float32"`` without a cache)."""
+        cache's budget (``"float32"`` without a cache). A ``lazy`` plane's windows are kept as
+        they are met and evicted oldest first (the cache sized for its working set)."""
         if cache is None:
             return "float32"
         from .features.featurise import plane_storage
 
-        return plane_storage(self.feature_bytes(shape, n_channels, config), cache.max_bytes)
+        return plane_storage(self.feature_bytes(shape, n_channels, config, lazy), cache.max_bytes)
 
     def keeps_scaled(self, shape: tuple[int, int], n_channels: int, cache,
-                     config=None) -> bool:
+                     config=None, lazy: bool = False) -> bool:
         """Whether ``cache`` keeps the classifier's :meth:`scaled_features` of an ``(H, W)`` plane's
         windows beside the windows (:func:`~napari_dinoseg.features.featurise.keeps_scaled`)."""
         from .features.featurise import keeps_scaled
 
         if cache is None:
             return False
-        storage = self.feature_storage(shape, n_channels, cache, config)
-        return keeps_scaled(storage, self.feature_bytes(shape, n_channels, config), cache.max_bytes,
+        storage = self.feature_storage(shape, n_channels, cache, config, lazy)
+        return keeps_scaled(storage, self.feature_bytes(shape, n_channels, config, lazy), cache.max_bytes,
                             self.read_fraction())
 
     def read_fraction(self) -> float:

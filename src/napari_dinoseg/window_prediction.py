@@ -28,6 +28,7 @@ from .lazy_plane import LazyPlane
 from .plane_parts import _lattice_rows, check_finite, predict_part
 from .planes import grid_windows, in_plane, label_dtype, plane_windows, window_origin
 from .progress import ProgressCallback, report, within
+from .segmenter_windows import LAZY_WORKING_WINDOWS
 
 
 @dataclass
@@ -122,7 +123,7 @@ def predict_windows(segmenter, image, out=None, labels: bool = False,
     from .classify import predict
 
     clf = segmenter._fitted()
-    plane = plane if plane is not None else LazyPlane(image, segmenter.features, segmenter.n_channels)
+    plane = plane if plane is not None else LazyPlane(image, segmenter.features, segmenter.n_channels, cache)
     shape = output_shape(segmenter, plane.shape, labels)
     dtype = label_dtype(clf.classes) if labels else np.float32
     if out is None:
@@ -133,6 +134,10 @@ def predict_windows(segmenter, image, out=None, labels: bool = False,
     todo = list(range(len(windows))) if tiles is None else list(tiles)
     split = segmenter.logit_space()  # the ViT map never built: its logits from the token grids
     step, stats_step = sample_step(plane.shape), statistics_step(plane.shape)
+    # a pass over more windows than a session's working set keeps none of them (each would evict
+    # the windows in view and the painted ones, to be evicted itself before any use); those kept are used
+    storage = "none" if cache is not None and len(todo) > LAZY_WORKING_WINDOWS else segmenter.feature_storage(
+        plane.shape, plane.n_channels, cache, lazy=True)
     found = []
     for i, n in enumerate(todo):
         window, core = windows[n]
@@ -147,7 +152,7 @@ def predict_windows(segmenter, image, out=None, labels: bool = False,
         else:
             from .features.featurise import keyed_featurise
 
-            _, stack = keyed_featurise(norm, featuriser, sub, cache, normalised=True)
+            _, stack = keyed_featurise(norm, featuriser, sub, cache, normalised=True, storage=storage)
             proba = predict_part(clf, stack, tuple(slice(0, k) for k in stack.shape), origin)
         rows = _lattice_rows(stack, window, core, step)
         del stack  # before the CRF and the next window's features
