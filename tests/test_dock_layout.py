@@ -121,17 +121,6 @@ def test_save_refuses_an_empty_field_shows_the_path_written_and_load_takes_the_n
     assert not other.load_classifier() and "no classifier file" in other._status.value
 
 
-def test_a_multiscale_image_is_refused_when_its_labels_layer_is_made(viewer, qtbot):
-    pyramid = [np.zeros((256, 256), np.uint8), np.zeros((128, 128), np.uint8)]
-    viewer.add_image(pyramid, name="pyramid", multiscale=True)
-    _, widget = open_dock(viewer, qtbot, "dinoseg: train")
-    assert "is multiscale (a pyramid)" in widget._status.value  # said when it is chosen
-    start = len(notification_manager.records)
-    assert widget.new_labels_layer() is None
-    assert not any(layer.name.endswith("labels") for layer in viewer.layers)
-    assert any("full-resolution level" in str(n.message) for n in notification_manager.records[start:])
-
-
 def test_the_dinov2_plan_line_follows_the_weights_field_as_typed(viewer, qtbot, no_weights, tmp_path):
     viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
     _, widget = open_dock(viewer, qtbot, "dinoseg: train")

@@ -48,11 +48,26 @@ def current_index(viewer, layer) -> tuple[int, ...]:
     return tuple(int(min(max(round(float(d)), 0), n - 1)) for d, n in zip(data[:len(lead)], lead))
 
 
-def multiscale_refusal(name: str) -> str:
-    """Why a multiscale (pyramid) image layer cannot be trained on or predicted yet, and what to do."""
-    return (f"image layer {name!r} is multiscale (a pyramid): dinoseg cannot paint or predict on it yet; open "
-            "its full-resolution level as a plain image layer (e.g. in the console: "
+def multiscale_refusal(name: str, dock: str = "this dock") -> str:
+    """Why ``dock`` cannot use a multiscale (pyramid) layer yet, and what to do (the train dock can)."""
+    return (f"layer {name!r} is multiscale (a pyramid): {dock} cannot use it yet (the train dock can); open "
+            "its full-resolution level as a plain layer to use it here (e.g. in the console: "
             f"viewer.add_image(viewer.layers[{name!r}].data[0]))")
+
+
+def refuse_multiscale_when_picked(widget, combos: list, dock: str) -> None:
+    """Say in ``widget``'s status line, as soon as a multiscale layer is picked in one of the layer
+    menus ``combos`` (and for the layers picked now), that ``dock`` cannot use it: before any click."""
+
+    def check(*_args) -> None:
+        picked = [combo.value for combo in combos]
+        bad = next((lay for lay in picked if lay is not None and getattr(lay, "multiscale", False)), None)
+        if bad is not None:
+            widget._status.value = multiscale_refusal(bad.name, dock)
+
+    for combo in combos:
+        combo.changed.connect(check)
+    check()
 
 
 def geometry(layer: Layer, ndim: Optional[int] = None) -> dict:

@@ -47,7 +47,7 @@ def source_of(image: Image, labels: Labels) -> Source:
     """Check one image / labels pair and copy it for the worker (the image's data as it is, a
     copy of the strokes)."""
     if image.multiscale:
-        raise ValueError(multiscale_refusal(image.name))
+        raise ValueError(multiscale_refusal(image.name, "'train on: every image with labels'"))
     shape = spatial_shape(image)
     if not image.rgb and len(shape) == 3 and shape[-1] <= MAX_CHANNELS < min(shape[:2]):
         raise ValueError(

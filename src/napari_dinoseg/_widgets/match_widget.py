@@ -26,7 +26,8 @@ from ..image import drop_alpha
 from ..progress import report
 from ._feature_controls import FeatureControls, check_weights
 from ._jobs import featurise_planes, plane_geometry, start_job
-from ._layers import current_index, geometry, multiscale_refusal, set_layer, spatial_shape
+from ._layers import (current_index, geometry, multiscale_refusal, refuse_multiscale_when_picked, set_layer,
+                      spatial_shape)
 from ._text import wrap
 from ._worker_widget import WorkerWidget
 
@@ -98,6 +99,7 @@ class MatchWidget(WorkerWidget):
         self.features.prefer_classical_without_weights(
             self._weights_note, "DINOv2 keys would match parts alike in meaning, and rank them by saliency.")
         self.features.update_visibility()
+        refuse_multiscale_when_picked(self, [self._image_a, self._image_b], "the match dock")
         if len(self._image_b.choices) > 1:  # two different images by default
             self._image_b.value = self._image_b.choices[1]
 
@@ -109,7 +111,7 @@ class MatchWidget(WorkerWidget):
             raise ValueError("choose two different image layers as image A and image B (open a second image first)")
         for image in (a, b):
             if image.multiscale:
-                raise ValueError(multiscale_refusal(image.name))
+                raise ValueError(multiscale_refusal(image.name, "the match dock"))
         # the layers and slices matched: the points go there, whatever the viewer shows when they come
         self._matched = [(image, current_index(self._viewer, image)) for image in (a, b)]
         planes = [np.asarray(image.data[index]) for image, index in self._matched]

@@ -34,7 +34,8 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QSizePolicy, QSplitter, QTabW
 from ..measure import joined
 from ..measure_plots import fractions_figure, sizes_figure
 from ._measure_job import MeasureJob, MeasureResult, report_line, run_measure_job, summary_frame
-from ._layers import current_index, multiscale_refusal, result_of, results, set_layer, set_result, spatial_shape
+from ._layers import (current_index, multiscale_refusal, refuse_multiscale_when_picked, result_of, results, set_layer,
+                      set_result, spatial_shape)
 from ._sections import Section
 from ._tables import PANEL_HEIGHT, PLOT_HEIGHT, canvas, scrolling, table
 from ._text import wrap
@@ -157,6 +158,7 @@ class MeasureWidget(WorkerWidget):
         self.objects_view.clicked.connect(lambda index: self.show_object(self._objects_proxy.mapToSource(index).row()))
         self._offer_new_predictions()
         self._on_labels_changed()
+        refuse_multiscale_when_picked(self, [self._labels_layer, self._image], "the measure dock")
 
     # ---- inputs ------------------------------------------------------------------
 
@@ -210,7 +212,7 @@ class MeasureWidget(WorkerWidget):
         if layer is None or layer not in self._viewer.layers:
             raise ValueError("no Labels layer to measure: predict with the train dock, or open a label image")
         if layer.multiscale:
-            raise ValueError(multiscale_refusal(layer.name))
+            raise ValueError(multiscale_refusal(layer.name, "the measure dock"))
         pixel_size = self._parse_pixel_size()
         volume = self._volume_possible(layer) and self._scope.value == SCOPE_VOLUME
         if volume and not np.allclose(layer.scale[-3:], layer.scale[-1], rtol=1e-6):
@@ -233,7 +235,7 @@ class MeasureWidget(WorkerWidget):
         if image not in self._viewer.layers:
             raise ValueError(f"the image layer {image.name!r} is gone: choose another, or none")
         if image.multiscale:
-            raise ValueError(multiscale_refusal(image.name))
+            raise ValueError(multiscale_refusal(image.name, "the measure dock"))
         if spatial_shape(image) != tuple(labels.data.shape):
             raise ValueError(f"the image layer {image.name!r} has shape {spatial_shape(image)}, the labels "
                              f"{tuple(labels.data.shape)}: choose the image the labels were made from, or none")

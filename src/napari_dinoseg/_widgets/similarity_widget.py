@@ -28,7 +28,7 @@ from ..progress import report
 from ..similarity import similar_mask, similarity_query
 from ._feature_controls import FeatureControls, check_weights
 from ._jobs import featurise_planes, start_job
-from ._layers import find_result, geometry, multiscale_refusal, set_result, spatial_shape
+from ._layers import find_result, geometry, multiscale_refusal, refuse_multiscale_when_picked, set_result, spatial_shape
 from ._text import wrap
 from ._worker_widget import WorkerWidget
 
@@ -157,6 +157,7 @@ class SimilarityWidget(WorkerWidget):
         self.features.prefer_classical_without_weights(
             self._weights_note, "DINOv2 would find objects alike in meaning, not only in texture.")
         self.features.update_visibility()
+        refuse_multiscale_when_picked(self, [self._image, self._clicked_on], "the find-similar dock")
 
     def add_points_layer(self, *_args) -> Optional[Points]:
         """Select the ``clicks`` Points layer, made empty (over the image, same geometry) when missing; add mode."""
@@ -186,13 +187,13 @@ class SimilarityWidget(WorkerWidget):
         if image is None:
             raise ValueError("no image layer: open an image first")
         if image.multiscale:
-            raise ValueError(multiscale_refusal(image.name))
+            raise ValueError(multiscale_refusal(image.name, "the find-similar dock"))
         self._job_image = image
         clicked: Optional[Image] = self._clicked_on.value
         if clicked is None or clicked is image:
             return run_similarity_job, (image.data, bool(image.rgb), self._clicks(image), config, self.cache)
         if clicked.multiscale:
-            raise ValueError(multiscale_refusal(clicked.name))
+            raise ValueError(multiscale_refusal(clicked.name, "the find-similar dock"))
         if (3 if clicked.rgb else 1) != (3 if image.rgb else 1):
             raise ValueError(f"{clicked.name!r} and {image.name!r} differ in colour (RGB and greyscale): "
                              "search images of the kind that was clicked")

@@ -34,14 +34,16 @@ from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..feature_kinds import KINDS
 from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import (IMAGE_KEY, current_index, find_result, geometry, multiscale_refusal, result_of, spatial_shape,
-                      strokes_of)
+from ._layers import IMAGE_KEY, current_index, find_result, geometry, result_of, spatial_shape, strokes_of
 from ._live import predict_view_first, visible_region
+from ._pyramid import is_pyramid
+from ._pyramid_job import ViewResult, WholeResult, labels_digest
 from ._sections import Section
 from ._text import wrap
 from ._train_job import Source, TrainJob, TrainResult, run_train_job
 from ._train_layers import PREDICTIONS, all_sources, image_label_pairs, predictions_layer, source_of, write_result
 from ._train_layers import UNCERTAINTY  # noqa: F401 (the roles of the widget's layers, named from here too)
+from ._train_pyramid import PyramidControls
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -77,8 +79,9 @@ TOOLTIPS = {
 }
 
 
-class TrainWidget(WorkerWidget):
-    """Dock widget: features -> logistic regression on brush labels -> predictions layer."""
+class TrainWidget(PyramidControls, WorkerWidget):
+    """Dock widget: features -> logistic regression on brush labels -> predictions layer (for a
+    multiscale image: at its working level, the part in view; :class:`._train_pyramid.PyramidControls`)."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, "Train / Predict", "Paint strokes of two or more classes, then click Train / Predict.")
@@ -119,9 +122,10 @@ class TrainWidget(WorkerWidget):
         self.files = Section("classifier file (save / load)", [
             self._bundle_file, Container(widgets=[self._save, self._load], layout="horizontal", labels=False)],
             tooltip="save the classifier to a .dinoseg file, or load one")
+        pyramid = self._make_pyramid_controls()  # the resolution menu, 'Predict whole image': multiscale only
         self.extend([  # the everyday controls in view; details and files fold away
-            self._image, self._labels_layer, self._new_labels, self._train_on, *self.features.widgets,
-            self.classifier_details, self._scope, self._live, *self.run_controls, self._state, self.files,
+            self._image, pyramid[0], self._labels_layer, self._new_labels, self._train_on, *self.features.widgets,
+            self.classifier_details, self._scope, self._live, pyramid[1], *self.run_controls, self._state, self.files,
         ])
         for widget, tip in TOOLTIPS.items():
             getattr(self, widget).tooltip = tip
@@ -181,7 +185,8 @@ class TrainWidget(WorkerWidget):
         self._bundle_file.value = path
         seg = self.loaded
         self._loaded_name = path.name
-        self._strokes_at_load = {id(lay): _digest(lay.data) for lay in self._viewer.layers if isinstance(lay, Labels)}
+        self._strokes_at_load = {id(lay): _digest(lay.data) for lay in self._viewer.layers
+                                 if isinstance(lay, Labels) and result_of(lay) is None}
         self._state.value = (f"loaded from {self._loaded_name} ({seg.classifier.n_classes} classes, "
                              f"{seg.features.kind} features): Train / Predict predicts with it until you paint on "
                              "this image's labels")
@@ -194,11 +199,14 @@ class TrainWidget(WorkerWidget):
         if image is None:
             show_error("dinoseg: select an image layer first")
             return None
-        if image.multiscale:  # refused before any painting, not at the first click
-            self._fail(multiscale_refusal(image.name))
-            return None
-        layer = self._viewer.add_labels(np.zeros(spatial_shape(image), dtype=np.uint8), name=f"{image.name} labels",
-                                        metadata={IMAGE_KEY: image.name}, **geometry(image))
+        if is_pyramid(image):  # on disk, at the working level (a multiscale stack refused, before any painting)
+            layer = self._new_pyramid_strokes(image)
+            if layer is None:
+                return None
+        else:
+            layer = self._viewer.add_labels(np.zeros(spatial_shape(image), dtype=np.uint8),
+                                            name=f"{image.name} labels", metadata={IMAGE_KEY: image.name},
+                                            **geometry(image))
         self._labels_layer.reset_choices()
         self._labels_layer.value = layer
         layer.mode = "paint"
@@ -244,8 +252,11 @@ class TrainWidget(WorkerWidget):
             self._status.value = "live update off"
 
     def _prepare_live(self):
-        """A live update's job: train, then predict the current slice, the part on screen first."""
+        """A live update's job: train, then predict the current slice, the part on screen first (of a
+        multiscale image: the part on screen alone)."""
         self._claimed = ""
+        if is_pyramid(self._image.value):
+            return self._prepare_view(background=True)
         job = self._make_job(current_slice=True)
         self._live_token += 1
         show = partial(self._show_view, self._live_token, self._job_image, job.predict_slices[0])
@@ -277,6 +288,8 @@ class TrainWidget(WorkerWidget):
 
     def _prepare(self):
         self._claimed = ""
+        if is_pyramid(self._image.value):
+            return self._prepare_view()
         return run_train_job, (self._make_job(), self.cache)
 
     def _make_job(self, current_slice: bool = False) -> TrainJob:
@@ -319,15 +332,20 @@ class TrainWidget(WorkerWidget):
             predict_slices = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead)]
         else:
             predict_slices = [current_index(self._viewer, image)]
-        training = TrainConfig(classifier=self._classifier.value,
-                               guided_radius=TrainConfig.guided_radius if self._edge_smoothing.value else 0,
-                               pca_dim=(int(self._pca.value) or None) if KINDS[cfg.kind].vit else None)
-        segmenter = self.loaded if use_loaded else Segmenter(cfg, training, CRFConfig() if self._crf.value else None)
+        segmenter = self.loaded if use_loaded else self._new_segmenter()
         layers = {lay.name: lay for lay in self._viewer.layers if isinstance(lay, Image)}
         for src in sources:
             src.pixel_size = layer_pixel_size(layers.get(src.name))
         return TrainJob(sources=sources, predict_slices=predict_slices, segmenter=segmenter, use_loaded=use_loaded,
                         want_uncertainty=bool(self._want_uncertainty.value))
+
+    def _new_segmenter(self, crf: bool = True) -> Segmenter:
+        """A Segmenter of the controls' feature, training and (when ``crf`` and ticked) CRF configs."""
+        cfg = self.feature_config()
+        training = TrainConfig(classifier=self._classifier.value,
+                               guided_radius=TrainConfig.guided_radius if self._edge_smoothing.value else 0,
+                               pca_dim=(int(self._pca.value) or None) if KINDS[cfg.kind].vit else None)
+        return Segmenter(cfg, training, CRFConfig() if crf and self._crf.value else None)
 
     def _painted_since_load(self, sources: list[Source]) -> bool:
         """Strokes painted (or changed) on these sources' labels since the classifier was loaded."""
@@ -348,6 +366,10 @@ class TrainWidget(WorkerWidget):
         self.features.plan.value = self._status.value = plan
 
     def _on_result(self, result: TrainResult) -> None:
+        if isinstance(result, ViewResult):  # a multiscale image's view, or its whole image
+            return self._on_view_result(result)
+        if isinstance(result, WholeResult):
+            return self._on_whole_result(result)
         self.last_result = result
         self.segmenter = result.segmenter
         image = self._job_image
@@ -392,9 +414,8 @@ class TrainWidget(WorkerWidget):
         own = None if image is None else strokes_of(self._viewer, image)
         if own is not None and self._labels_layer.value is not own:  # an image chosen: its own strokes too
             self._labels_layer.value = own
-        self._scope.visible = image is not None and len(spatial_shape(image)) > 2
-        if image is not None and image.multiscale:  # said when it is chosen, before any painting
-            self._status.value = multiscale_refusal(image.name)
+        self._scope.visible = image is not None and len(spatial_shape(image)) > 2 and not is_pyramid(image)
+        self._pyramid_picked(image)  # said when it is chosen, before any painting
 
 
 def layer_pixel_size(layer: Optional[Image]) -> Optional[float]:
@@ -428,5 +449,7 @@ def bundle_path(value) -> Path:
     return path
 
 
-def _digest(labels) -> str:
+def _digest(labels) -> Optional[str]:
+    if not isinstance(labels, np.ndarray):  # on disk (a multiscale image's strokes): its stored chunks
+        return labels_digest(labels)
     return hashlib.blake2b(np.ascontiguousarray(labels).tobytes(), digest_size=16).hexdigest()

@@ -32,8 +32,8 @@ from ..progress import report, within
 from ..unsupervised import CASResult, segment_unsupervised
 from ._feature_controls import FeatureControls, check_weights, numbers
 from ._jobs import featurise_planes, start_job
-from ._layers import (add_result, current_index, find_result, geometry, multiscale_refusal, remove_result, set_result,
-                      spatial_shape)
+from ._layers import (add_result, current_index, find_result, geometry, multiscale_refusal,
+                      refuse_multiscale_when_picked, remove_result, set_result, spatial_shape)
 from ._sections import Section
 from ._text import wrap
 from ._worker_widget import WorkerWidget
@@ -140,6 +140,7 @@ class UnsupervisedWidget(WorkerWidget):
         self.features.update_visibility()
         self._update_controls()
         self._update_scope()
+        refuse_multiscale_when_picked(self, [self._image], "the unsupervised dock")
 
     def config(self) -> CASConfig:
         return CASConfig(features=self.features.config(), k=int(self._k.value),
@@ -203,7 +204,7 @@ class UnsupervisedWidget(WorkerWidget):
         if image is None:
             raise ValueError("no image layer: open an image first")
         if image.multiscale:
-            raise ValueError(multiscale_refusal(image.name))
+            raise ValueError(multiscale_refusal(image.name, "the unsupervised dock"))
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
         lead = shape[:-2]
         prep = (lambda p: drop_alpha(p)) if image.rgb else (lambda p: p)
