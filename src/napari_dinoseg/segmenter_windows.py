@@ -16,8 +16,8 @@ from .progress import within
 
 
 #: Windows of a lazy plane (zarr, dask) a feature cache is sized for (:meth:`WindowFeatures.feature_bytes`):
-#: those in view and those painted, not the whole plane.
-LAZY_WORKING_WINDOWS = 8
+#: those in view (a 2000² view meets 9 windows of 1024 px) and those painted, not the whole plane.
+LAZY_WORKING_WINDOWS = 10
 
 
 class WindowFeatures:
@@ -44,12 +44,16 @@ class WindowFeatures:
         """How ``cache`` keeps the feature windows of an ``(H, W)`` plane of ``n_channels``:
         :func:`~napari_dinoseg.features.featurise.plane_storage` of :meth:`feature_bytes` and the
         cache's budget (``"float32"`` without a cache). A ``lazy`` plane's windows are kept as
-        they are met and evicted oldest first (the cache sized for its working set)."""
+        they are met, as float16 :class:`~napari_dinoseg.features.cache.CompactStack` s (half the
+        bytes: its working set stays a fraction of the memory), evicted oldest first."""
         if cache is None:
             return "float32"
         from .features.featurise import plane_storage
 
-        return plane_storage(self.feature_bytes(shape, n_channels, config, lazy), cache.max_bytes)
+        nbytes = self.feature_bytes(shape, n_channels, config, lazy)
+        if lazy:  # half the bytes, what is read decoded: the working set of a plane larger than memory
+            return "float16" if nbytes // 2 <= cache.max_bytes else "none"
+        return plane_storage(nbytes, cache.max_bytes)
 
     def keeps_scaled(self, shape: tuple[int, int], n_channels: int, cache,
                      config=None, lazy: bool = False) -> bool:
@@ -57,7 +61,7 @@ class WindowFeatures:
         windows beside the windows (:func:`~napari_dinoseg.features.featurise.keeps_scaled`)."""
         from .features.featurise import keeps_scaled
 
-        if cache is None:
+        if cache is None or lazy:  # a lazy plane's working set: its windows only, the memory kept low
             return False
         storage = self.feature_storage(shape, n_channels, cache, config, lazy)
         return keeps_scaled(storage, self.feature_bytes(shape, n_channels, config, lazy), cache.max_bytes,
