@@ -63,7 +63,7 @@ def image_of(rows: slice, cols: slice, seed: int) -> np.ndarray:
 
 
 def make(path: Path, side: int, chunk: int) -> dict:
-    from napari_dinoseg.ngff import create_ngff, mark_complete
+    from napari_dinoseg.ngff_write import create_ngff, mark_complete
 
     start = time.perf_counter()
     made = create_ngff(path, (side, side), np.uint16, chunks=chunk, pixel_size_um=PIXEL_UM, levels=1,

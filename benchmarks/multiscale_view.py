@@ -63,7 +63,8 @@ class PeakRSS:
 def build(path: Path, side: int, chunk: int = 1024) -> float:
     """The synthetic pyramid at ``path`` (made unless complete); seconds spent."""
     from large_images import image_of
-    from napari_dinoseg.ngff import create_ngff, is_complete, mark_complete, write_pyramid
+    from napari_dinoseg.ngff import is_complete
+    from napari_dinoseg.ngff_write import create_ngff, mark_complete, write_pyramid
 
     if is_complete(path):
         return 0.0

@@ -223,7 +223,8 @@ def test_an_ome_zarr_folder_gets_ome_zarr_outputs_opened_as_a_multiscale_result(
                                                                                  two_textures, monkeypatch):
     """OME-Zarr inputs in the folder: OME-Zarr labels with a pyramid, and 'open the first result'
     shows the input's levels and the labels' levels as multiscale layers (read lazily)."""
-    from napari_dinoseg.ngff import create_ngff, is_complete, mark_complete, write_pyramid
+    from napari_dinoseg.ngff import is_complete
+    from napari_dinoseg.ngff_write import create_ngff, mark_complete, write_pyramid
 
     monkeypatch.setattr(Segmenter, "tile", 256)
     bundle, _ = bundle_and_folder(tmp_path, two_textures, 0)

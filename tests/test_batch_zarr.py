@@ -14,7 +14,8 @@ import zarr
 
 from napari_dinoseg import FeatureConfig, Segmenter, TrainConfig
 from napari_dinoseg.batch import apply_bundle
-from napari_dinoseg.ngff import create_ngff, is_complete, mark_complete, metadata_of, open_ngff, write_pyramid
+from napari_dinoseg.ngff import is_complete, metadata_of, open_ngff
+from napari_dinoseg.ngff_write import create_ngff, mark_complete, write_pyramid
 
 SMALL = FeatureConfig(sigmas=(1, 2, 4))
 SIDE = 700  # with tile 256: 9 tiles

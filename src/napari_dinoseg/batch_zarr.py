@@ -189,7 +189,7 @@ def segment_store(seg, bundle: str, bundle_id: str, source: Path, target: Path, 
 def _partial_stores(seg, image, target: Path, proba_target: Optional[Path], meta: dict,
                     pixel_size_um: Optional[float]) -> tuple[Path, Optional[Path]]:
     """The partial stores of a run: those there of this run (same metadata) kept, else made."""
-    from .ngff import create_ngff
+    from .ngff_write import create_ngff
     from .planes import label_dtype
 
     stores = []
@@ -230,7 +230,7 @@ def _finish(stores, finals, meta: dict, check) -> None:
     """Build the pyramids, record the metadata (``complete``), drop the tile records, and give
     each partial store its final name (the probabilities first, the labels last: an image is
     finished when its labels are there)."""
-    from .ngff import mark_complete, set_metadata, write_pyramid
+    from .ngff_write import mark_complete, set_metadata, write_pyramid
 
     for partial, final in reversed(list(zip(stores, finals))):
         if partial is None:

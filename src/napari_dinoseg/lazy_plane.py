@@ -21,6 +21,10 @@ from .planes import Slices
 
 #: Rows read at a time for the statistics where the array has no chunks to follow.
 DEFAULT_BLOCK_ROWS = 1024
+#: Windows of a lazy plane a feature cache is sized for
+#: (:meth:`~napari_dinoseg.segmenter_windows.WindowFeatures.feature_bytes`): those in view (a 2000²
+#: view meets 9 windows of 1024 px) and those painted, not the whole plane.
+LAZY_WORKING_WINDOWS = 10
 
 
 def is_lazy(image) -> bool:

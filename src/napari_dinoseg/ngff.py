@@ -8,27 +8,29 @@ level is a lazy ``zarr.Array``: nothing is read until it is indexed. The segment
 plane of an NGFF array (channels first, ``"cyx"``, ``"tczyx"``) that way, reading only what is
 indexed, and :func:`planes` yields every plane of an image.
 
-Writing (:func:`create_ngff`, :func:`write_pyramid`, :func:`mark_complete`): an NGFF 0.5 image
-group whose level 0 the caller fills window by window, then the lower levels filled one output
+Writing is :mod:`napari_dinoseg.ngff_write` (:func:`~napari_dinoseg.ngff_write.create_ngff`,
+``write_pyramid``, ``mark_complete``): an NGFF 0.5 image group whose level 0 the caller fills window by window, then the lower levels filled one output
 chunk at a time (labels by taking every second pixel, so a level holds only values of level 0;
 intensities and probabilities by the mean of 2 x 2 pixels). Memory is bounded by a few chunks,
 never by the image. ``attrs["dinoseg"]`` holds the caller's metadata, the pyramid's kind, and
-``complete``: true only once :func:`mark_complete` has been called (:func:`is_complete`), so
-that a partly written output is recognisable.
+``complete``: true only once ``mark_complete`` has been called (:func:`is_complete`), so
+that a partly written output is recognisable. The plane views are :mod:`napari_dinoseg.ngff_planes`
+(re-exported here).
 
 Imports nothing of the package (``pixel_size`` and ``inputs`` import it).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
+
+from .ngff_planes import AXIS_ORDER, ChannelsLast, PlaneView, _check_axes, _subsequence  # noqa: F401
 
 #: NGFF versions read; written: :data:`WRITTEN_VERSION`.
 SUPPORTED_VERSIONS = ("0.4", "0.5")
@@ -45,8 +47,6 @@ UNITS_UM = {"angstrom": 1e-4, "attometer": 1e-12, "centimeter": 1e4, "decimeter"
 #: The axis type each axis name of a written image gets; ``"c"``: channels, or one probability
 #: per class.
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
-#: The axes a written image may have, in NGFF's order (any subset ending in ``"yx"``).
-AXIS_ORDER = "tczyx"
 #: Kinds of pyramid: how a level is made from the one above.
 KINDS = ("labels", "intensity")
 #: The multiscale ``type`` written for each kind (the downsampling method).
@@ -100,7 +100,7 @@ def zarr_node_type(path: PathLike) -> Optional[str]:
 
 @dataclass(frozen=True)
 class NgffImage:
-    """An OME-Zarr image opened by :func:`open_ngff` (or created by :func:`create_ngff`).
+    """An OME-Zarr image opened by :func:`open_ngff` (or created by :func:`~napari_dinoseg.ngff_write.create_ngff`).
 
     Attributes
     ----------
@@ -223,262 +223,12 @@ def open_ngff(path: PathLike, level: int = 0, axes: Optional[str] = None, writab
     return _open(Path(path), level, axes, mode="r+" if writable else "r")
 
 
-class PlaneView:
-    """One plane of an NGFF array as the segmentation core reads it: ``(H, W)``, or
-    ``(H, W, C)`` for an array with a ``c`` axis, lazy.
-
-    Indexing reads only the indexed region of the array (``array[...]`` of the corresponding
-    region, the leading axes fixed) and returns a numpy array with channels last. Keys: up to
-    three ints or slices (steps > 0 allowed) for ``(y, x, c)`` and an ``Ellipsis``; arrays of
-    indices are refused (``TypeError``).
-
-    Parameters
-    ----------
-    array : zarr.Array or array-like
-        ``shape``, ``dtype``, ``array[tuple of ints and slices]`` -> numpy; ``len(axes)``
-        dimensions.
-    axes : str
-        The array's axes (:attr:`NgffImage.axes`), ending in ``"yx"``.
-    index : sequence of int
-        One index per leading axis (axes other than ``c``, ``y``, ``x``, in order).
-
-    Attributes
-    ----------
-    shape : (H, W) or (H, W, C)
-    dtype : numpy.dtype
-    ndim : int
-    chunks : tuple of int
-        The array's chunk sizes along ``(y, x[, c])`` (``None`` when it has none).
-    """
-
-    def __init__(self, array, axes: str, index: Sequence[int] = ()) -> None:
-        _check_axes(axes)
-        if len(array.shape) != len(axes):
-            raise ValueError(f"an array of {len(array.shape)} dimensions cannot have the axes {axes!r}")
-        lead = [i for i, a in enumerate(axes) if a not in "cyx"]
-        index = tuple(int(i) for i in index)
-        if len(index) != len(lead):
-            raise ValueError(f"the axes {axes!r} need {len(lead)} plane index(es), got {len(index)}")
-        for i, at in zip(index, lead):
-            if not 0 <= i < array.shape[at]:
-                raise IndexError(f"plane index {i} of axis {axes[at]!r} is out of range 0..{array.shape[at] - 1}")
-        self.array, self.axes, self.index = array, axes, index
-        self._lead = dict(zip(lead, index))
-        self._order = [axes.index(a) for a in "yxc" if a in axes]  # array axes of (y, x[, c])
-        self.shape = tuple(int(array.shape[i]) for i in self._order)
-        self.dtype = np.dtype(array.dtype)
-        self.ndim = len(self.shape)
-        chunks = getattr(array, "chunksize", None) or getattr(array, "chunks", None)  # dask's, zarr's
-        regular = chunks and all(isinstance(c, (int, np.integer)) for c in chunks)
-        self.chunks = tuple(int(chunks[i]) for i in self._order) if regular else None
-
-    def __getitem__(self, key) -> np.ndarray:
-        keys = _plane_key(key, self.ndim)
-        source: list = [None] * len(self.axes)
-        for at, i in self._lead.items():
-            source[at] = i
-        for at, k in zip(self._order, keys):
-            source[at] = k
-        block = np.asarray(self.array[tuple(source)])
-        kept = [at for at, k in zip(self._order, keys) if not isinstance(k, int)]  # view order
-        in_array_order = sorted(kept)
-        return np.transpose(block, [in_array_order.index(at) for at in kept]) if block.ndim > 1 else block
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        block = self[...]
-        return block if dtype is None else block.astype(dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, axes={self.axes!r}, index={self.index})"
-
-
-class ChannelsLast(PlaneView):
-    """A ``(C, Y, X)`` array presented as ``(Y, X, C)``, lazy (see :class:`PlaneView`)."""
-
-    def __init__(self, array) -> None:
-        super().__init__(array, "cyx")
-
-
 def planes(image: NgffImage) -> Iterator[tuple[tuple, PlaneView]]:
     """Every plane of ``image``'s chosen level: ``(index, plane)`` for each index of its
     :attr:`~NgffImage.lead_axes` (``()`` once for a single plane), in C order; ``plane`` is
     a lazy ``(H, W)`` or ``(H, W, C)`` :class:`PlaneView`."""
     for index in np.ndindex(*image.lead_shape):
         yield tuple(int(i) for i in index), image.plane(index)
-
-
-# --- writing --------------------------------------------------------------------------------
-
-
-def create_ngff(path: PathLike, shape: Sequence[int], dtype, *, axes: str = "yx",
-                chunks: Union[int, Sequence[int]] = 1024,
-                pixel_size_um: Union[None, float, Mapping[str, float]] = None,
-                levels: Optional[int] = None, name: Optional[str] = None, metadata: Optional[dict] = None,
-                kind: str = "labels", overwrite: bool = False) -> NgffImage:
-    """Create an NGFF 0.5 image group (zarr v3) with empty arrays for every level.
-
-    Level ``k`` has the shape of level 0 with ``y`` and ``x`` halved ``k`` times (rounded up);
-    the other axes keep their size. The caller fills level 0 (``image.levels[0][...] = ...``,
-    best a whole chunk at a time), then :func:`write_pyramid` and :func:`mark_complete`.
-
-    Parameters
-    ----------
-    path
-        The group's directory (``*.ome.zarr``); must not exist unless ``overwrite``.
-    shape : tuple of int
-        Level 0's shape, one size per axis.
-    dtype
-        Its numpy dtype (an unsigned int for labels; float32/float16 probabilities).
-    axes : str
-        A subsequence of ``"tczyx"`` ending in ``"yx"``: ``"yx"`` labels, ``"cyx"`` one
-        probability per class (``c``: the ``"channel"`` type), ``"zyx"``, ...
-    chunks : int or tuple of int
-        An int: the chunk's ``y`` and ``x`` size (1 along the other axes, so that one plane,
-        one class, is one chunk column); a tuple: a size per axis.
-    pixel_size_um : float or mapping, optional
-        µm per pixel at level 0: a float for ``y`` and ``x``, or ``{"z": ..., "y": ...,
-        "x": ...}``. Space axes with a size get the unit ``"micrometer"``; without one the
-        scales are in pixels and there is no unit.
-    levels : int, optional
-        How many levels; by default halved until the longest side is at most
-        :data:`SMALLEST_LEVEL` (at least 1 level).
-    name : str, optional
-        The multiscale's name (the directory's name without ``.ome.zarr`` / ``.zarr`` by default).
-    metadata : dict, optional
-        JSON-able, stored in ``attrs["dinoseg"]`` (fingerprints, sources) beside ``"kind"`` and
-        ``"complete": false``.
-    kind : str
-        ``"labels"`` (also written as NGFF ``image-label``; downsampled by nearest pixel) or
-        ``"intensity"`` (images, probabilities; downsampled by the 2 x 2 mean).
-    overwrite : bool
-        Replace what is at ``path`` (else a ``ValueError`` and nothing is touched).
-
-    Returns
-    -------
-    :class:`NgffImage` at level 0, its arrays writable.
-
-    Raises
-    ------
-    ValueError
-        Bad axes, shape, chunks, sizes, kind, or ``path`` exists.
-    """
-    import zarr
-
-    path = Path(path)
-    _check_axes(axes, written=True)
-    shape = tuple(int(n) for n in shape)
-    if len(shape) != len(axes) or min(shape, default=0) < 1:
-        raise ValueError(f"shape {shape} does not fit the axes {axes!r}: give one size >= 1 per axis")
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
-    chunk_shape = _chunk_shape(chunks, shape, axes)
-    sizes = _space_sizes(pixel_size_um, axes)
-    n_levels = default_levels(shape[-2:]) if levels is None else int(levels)
-    if n_levels < 1:
-        raise ValueError(f"levels={levels}: give at least 1")
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise ValueError(f"{path} exists: remove it, write elsewhere, or pass overwrite=True")
-    if name is None:
-        name = path.name.removesuffix(".zarr").removesuffix(".ome")
-    shapes = [level_shape(shape, axes, k) for k in range(n_levels)]
-    datasets = [{"path": str(k), "coordinateTransformations": [
-        {"type": "scale", "scale": [(sizes.get(a, 1.0) * 2.0 ** k if a in "yx" else sizes.get(a, 1.0))
-                                    for a in axes]}]} for k in range(n_levels)]
-    ome: dict = {"version": WRITTEN_VERSION, "multiscales": [{
-        "name": name, "axes": [_axis_meta(a, a in sizes) for a in axes], "datasets": datasets,
-        "type": DOWNSAMPLING[kind],
-        "metadata": {"description": "levels 1.. made by napari_dinoseg.ngff.write_pyramid",
-                     "method": DOWNSAMPLING[kind]}}]}
-    if kind == "labels":
-        ome["image-label"] = {"version": WRITTEN_VERSION}
-    ours = {**(metadata or {}), "kind": kind, "complete": False}
-    try:
-        json.dumps(ours)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"metadata must be JSON-able (str, numbers, lists, dicts): {err}") from None
-    group = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3)
-    for k, level in enumerate(shapes):
-        group.create_array(str(k), shape=level, dtype=dtype, dimension_names=list(axes),
-                           chunks=tuple(min(c, n) for c, n in zip(chunk_shape, level)), fill_value=0)
-    group.attrs.update({"ome": ome, ATTRS_KEY: ours})
-    return _open(path, 0, None, mode="r+")
-
-
-def default_levels(yx: Sequence[int], smallest: int = SMALLEST_LEVEL) -> int:
-    """How many levels halve ``(H, W)`` until its longest side is at most ``smallest`` (>= 1)."""
-    longest, n = max(int(v) for v in yx), 1
-    while longest > smallest:
-        longest, n = -(-longest // 2), n + 1
-    return n
-
-
-def level_shape(shape: Sequence[int], axes: str, level: int) -> tuple:
-    """The shape of ``level`` of a pyramid whose level 0 is ``shape``: ``y`` and ``x`` halved
-    ``level`` times, rounded up (what ``[::2]`` keeps); the other axes unchanged."""
-    return tuple(-(-int(n) // 2 ** level) if a in "yx" else int(n) for n, a in zip(shape, axes))
-
-
-def write_pyramid(target: Union[NgffImage, PathLike], kind: Optional[str] = None) -> None:
-    """Fill levels 1.. of an image group from its level 0, one output chunk at a time.
-
-    Each chunk of level ``k`` is made from the ``2 x 2`` block of level ``k - 1`` it covers
-    (read at once: about four chunks) and written whole, so memory stays within a few chunks.
-    Only ``y`` and ``x`` are halved.
-
-    Parameters
-    ----------
-    target
-        An :class:`NgffImage` or its group's path (opened again for writing).
-    kind : str, optional
-        ``"labels"``: every second pixel (``[::2, ::2]``), so every value of a level is a
-        value of level 0; ``"intensity"``: the mean of the 2 x 2 pixels (those inside the
-        image at an odd edge), rounded for integer dtypes. By default the kind recorded by
-        :func:`create_ngff`.
-
-    Raises
-    ------
-    ValueError
-        An unknown kind, none given or recorded, or a level whose shape is not level 0's
-        halved (:func:`level_shape`).
-    """
-    image = _open(target.path if isinstance(target, NgffImage) else Path(target), 0, None, mode="r+")
-    kind = image.attrs.get("kind") if kind is None else kind
-    if kind not in KINDS:
-        raise ValueError(f"the pyramid's kind is {kind!r}: pass kind= one of {', '.join(KINDS)}")
-    for k in range(1, len(image.levels)):
-        source, out = image.levels[k - 1], image.levels[k]
-        expected = level_shape(source.shape, image.axes, 1)
-        if tuple(out.shape) != expected:
-            raise ValueError(f"level {k} of {image.path} has the shape {tuple(out.shape)}, not {expected} "
-                             "(level above halved): write the image again with create_ngff")
-        _write_level(source, out, image.axes, kind)
-
-
-def mark_complete(target: Union[NgffImage, PathLike]) -> None:
-    """Record in ``attrs["dinoseg"]["complete"]`` that the group is fully written (call it
-    last). zarr rewrites the group's ``zarr.json`` (atomically on a local store)."""
-    import zarr
-
-    path = target.path if isinstance(target, NgffImage) else Path(target)
-    group = zarr.open_group(path, mode="r+")
-    ours = dict(group.attrs.get(ATTRS_KEY) or {})
-    ours["complete"] = True
-    group.attrs[ATTRS_KEY] = ours
-
-
-def set_metadata(target: Union[NgffImage, PathLike], metadata: dict) -> None:
-    """Replace the group's ``attrs["dinoseg"]`` by ``metadata`` (JSON-able), keeping its ``kind``
-    and ``complete`` entries."""
-    import zarr
-
-    path = target.path if isinstance(target, NgffImage) else Path(target)
-    group = zarr.open_group(path, mode="r+")
-    ours = dict(group.attrs.get(ATTRS_KEY) or {})
-    group.attrs[ATTRS_KEY] = {**json.loads(json.dumps(metadata)),
-                              **{k: ours[k] for k in ("kind", "complete") if k in ours}}
 
 
 def metadata_of(path: PathLike) -> dict:
@@ -488,7 +238,7 @@ def metadata_of(path: PathLike) -> dict:
 
 
 def is_complete(path: PathLike) -> bool:
-    """Whether the group at ``path`` was marked complete by :func:`mark_complete` (False for
+    """Whether the group at ``path`` was marked complete by :func:`~napari_dinoseg.ngff_write.mark_complete` (False for
     anything else: missing, not zarr, partly written, another writer's)."""
     attrs = _group_attrs(Path(path))
     ours = (attrs or {}).get(ATTRS_KEY)
@@ -632,18 +382,6 @@ def _axes_of(axes, path: Path) -> tuple[str, tuple, tuple]:
     return names, tuple(a.get("type") for a in axes), tuple(a.get("unit") for a in axes)
 
 
-def _check_axes(axes: str, written: bool = False) -> None:
-    if not isinstance(axes, str) or len(set(axes)) != len(axes) or not axes.endswith("yx") or \
-            (written and not _subsequence(axes, AXIS_ORDER)):
-        allowed = "a subsequence of 'tczyx'" if written else "one letter each, no repeats,"
-        raise ValueError(f"axes {axes!r} are not supported: give {allowed} ending in 'yx' ('yx', 'cyx', 'tczyx')")
-
-
-def _subsequence(axes: str, order: str) -> bool:
-    it = iter(order)
-    return all(a in it for a in axes)
-
-
 def _transforms(transforms, n: int, path: Path, where: str) -> tuple[tuple, tuple]:
     """``(scale, translation)`` of a ``coordinateTransformations`` list (ones and zeros when
     absent)."""
@@ -670,96 +408,3 @@ def _transforms(transforms, n: int, path: Path, where: str) -> tuple[tuple, tupl
         else:
             shift = values
     return scale, shift
-
-
-def _plane_key(key, ndim: int) -> tuple:
-    """A :class:`PlaneView` key as one int or slice per dimension."""
-    key = key if isinstance(key, tuple) else (key,)
-    at = [i for i, k in enumerate(key) if k is Ellipsis]
-    if len(at) > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    if at:
-        at = at[0]
-        key = key[:at] + (slice(None),) * (ndim - len(key) + 1) + key[at + 1:]
-    if len(key) > ndim:
-        raise IndexError(f"too many indices for a plane of {ndim} dimensions: {len(key)}")
-    out = []
-    for k in key + (slice(None),) * (ndim - len(key)):
-        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-            out.append(int(k))
-        elif isinstance(k, slice):
-            out.append(k)
-        else:
-            raise TypeError(f"a plane is indexed by ints and slices, not {type(k).__name__}")
-    return tuple(out)
-
-
-def _axis_meta(axis: str, has_size: bool) -> dict:
-    meta = {"name": axis, "type": AXIS_TYPES[axis]}
-    if has_size and AXIS_TYPES[axis] == "space":
-        meta["unit"] = "micrometer"
-    return meta
-
-
-def _space_sizes(pixel_size_um, axes: str) -> dict:
-    """``{axis: µm per pixel}`` of the space axes given a size (``y`` and ``x`` for a float)."""
-    if pixel_size_um is None:
-        return {}
-    given = dict(pixel_size_um) if isinstance(pixel_size_um, Mapping) else {"y": pixel_size_um, "x": pixel_size_um}
-    sizes = {}
-    for axis, size in given.items():
-        if axis not in axes or AXIS_TYPES.get(axis) != "space":
-            raise ValueError(f"a pixel size for axis {axis!r}, which is not a space axis of {axes!r}: "
-                             "give sizes for z, y, x only")
-        try:
-            size = float(size)
-        except (TypeError, ValueError):
-            size = math.nan
-        if not (math.isfinite(size) and size > 0):
-            raise ValueError(f"pixel size {given[axis]!r} µm along {axis}: give a positive number (or None)")
-        sizes[axis] = size
-    return sizes
-
-
-def _chunk_shape(chunks, shape: tuple, axes: str) -> tuple:
-    if isinstance(chunks, (int, np.integer)) and not isinstance(chunks, bool):
-        chunks = tuple(int(chunks) if a in "yx" else 1 for a in axes)
-    else:
-        chunks = tuple(int(c) for c in chunks)
-    if len(chunks) != len(shape) or min(chunks) < 1:
-        raise ValueError(f"chunks {chunks} do not fit the axes {axes!r}: give an int (y, x) or one size >= 1 per axis")
-    return chunks
-
-
-def _write_level(source, out, axes: str, kind: str) -> None:
-    """Fill ``out`` from ``source`` (the level above) one of ``out``'s chunks at a time."""
-    ry, rx = axes.index("y"), axes.index("x")
-    grid = [range(0, n, c) for n, c in zip(out.shape, out.chunks)]
-    for corner in itertools.product(*grid):
-        region = tuple(slice(s, min(s + c, n)) for s, c, n in zip(corner, out.chunks, out.shape))
-        above = list(region)
-        for r in (ry, rx):  # the pixels of the level above that this chunk covers
-            above[r] = slice(2 * region[r].start, min(2 * region[r].stop, source.shape[r]))
-        block = np.asarray(source[tuple(above)])
-        out[region] = block[..., ::2, ::2] if kind == "labels" else _mean_2x2(block)
-
-
-def _mean_2x2(block: np.ndarray) -> np.ndarray:
-    """The mean of each 2 x 2 pixels of the last two axes (of those inside ``block`` at an odd
-    edge), in ``block``'s dtype (rounded for integers; bool: the majority, ties true)."""
-    h, w = block.shape[-2:]
-    wide = np.float64 if block.dtype.itemsize > 2 and block.dtype.kind in "iuf" else np.float32
-    total = np.zeros(block.shape[:-2] + (-(-h // 2), -(-w // 2)), wide)
-    count = np.zeros(total.shape[-2:], wide)
-    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        part = block[..., dy::2, dx::2]
-        ph, pw = part.shape[-2:]
-        total[..., :ph, :pw] += part
-        count[:ph, :pw] += 1
-    total /= count
-    if block.dtype == bool:
-        return total >= 0.5
-    if block.dtype.kind in "iu":  # in place: one float block at a time
-        info = np.iinfo(block.dtype)
-        np.clip(np.rint(total, out=total), info.min, info.max, out=total)
-    return total.astype(block.dtype, copy=False)

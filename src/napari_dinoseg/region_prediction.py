@@ -16,10 +16,9 @@ import numpy as np
 
 from .features.cache import CompactStack
 from .features.stack import FeatureStack
-from .lazy_plane import LazyPlane, NormalisedPlane, is_lazy
+from .lazy_plane import LAZY_WORKING_WINDOWS, LazyPlane, NormalisedPlane, is_lazy
 from .pixel_classifier import PixelClassifier
 from .plane_parts import predict_part
-from .segmenter_windows import LAZY_WORKING_WINDOWS
 from .planes import Slices, in_plane, plane_windows, window_origin
 
 #: ``features(window) -> (stack, scaled)`` of one tile window of the plane: a FeatureStack (or a

@@ -10,14 +10,10 @@ from typing import Optional
 import numpy as np
 
 from .plane_parts import _grid_and_painted
+from .lazy_plane import LAZY_WORKING_WINDOWS
 from .lazy_training import skips
 from .planes import in_plane, plane_windows
 from .progress import within
-
-
-#: Windows of a lazy plane (zarr, dask) a feature cache is sized for (:meth:`WindowFeatures.feature_bytes`):
-#: those in view (a 2000² view meets 9 windows of 1024 px) and those painted, not the whole plane.
-LAZY_WORKING_WINDOWS = 10
 
 
 class WindowFeatures:

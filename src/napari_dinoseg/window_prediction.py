@@ -24,11 +24,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .distribution_shift import sample_step, signal_quantiles, signal_samples, statistics_step
-from .lazy_plane import LazyPlane
+from .lazy_plane import LAZY_WORKING_WINDOWS, LazyPlane
 from .plane_parts import _lattice_rows, check_finite, predict_part
 from .planes import grid_windows, in_plane, label_dtype, plane_windows, window_origin
 from .progress import ProgressCallback, report, within
-from .segmenter_windows import LAZY_WORKING_WINDOWS
 
 
 @dataclass

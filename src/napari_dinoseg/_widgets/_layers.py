@@ -234,3 +234,26 @@ def _bounds(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
     """World bounds of a layer's last two (displayed) axes."""
     extent = np.asarray(layer.extent.world, float)
     return extent[0, -2:], extent[1, -2:]
+
+
+#: The train dock's "train on" choices.
+TRAIN_THIS, TRAIN_ALL = "this image", "every image with labels"
+
+
+def layer_pixel_size(layer: Optional[Image]) -> Optional[float]:
+    """µm per pixel of an image layer, from its scale in its units (napari's ``Layer.units``,
+    pint units; without them, or in ``pixel``, the scale is taken as µm). ``None`` (unknown):
+    no layer, a scale of 1 in pixels (napari's default), pixels that are not square, a unit
+    that is not a length."""
+    if layer is None:
+        return None
+    scale = np.abs(np.asarray(layer.scale[-2:], float))
+    units = tuple(getattr(layer, "units", ("pixel", "pixel")))[-2:]
+    if not np.isclose(scale[0], scale[1], rtol=1e-6) or str(units[0]) != str(units[1]) or not scale[-1] > 0:
+        return None
+    if str(units[-1]) == "pixel":
+        return None if np.isclose(scale[-1], 1.0) else float(scale[-1])
+    try:
+        return float((scale[-1] * units[-1]).to("micrometer").magnitude)
+    except Exception:  # noqa: BLE001 (pint's DimensionalityError: a unit that is not a length)
+        return None

@@ -8,7 +8,7 @@ an in-memory level through :class:`InMemoryLevel`), so memory is bounded by a wi
 
 The predictions of successive views accumulate in a labels pyramid on disk (:func:`open_predictions`,
 :func:`write_region`): level 0 is the working level, each next level every second pixel of the
-one above (as :func:`napari_dinoseg.ngff.write_pyramid` makes labels), so napari shows it as a
+one above (as :func:`napari_dinoseg.ngff_write.write_pyramid` makes labels), so napari shows it as a
 multiscale Labels layer reading only what is on screen.
 """
 
@@ -100,7 +100,8 @@ def region_in_level(corners: np.ndarray, ratio: tuple[float, float], shape: tupl
 def open_predictions(path: Path, shape: tuple[int, int], dtype, pixel_size_um: Optional[float] = None) -> list:
     """The levels (zarr arrays, level 0 of ``shape``) of the labels pyramid at ``path``: opened
     when it is one of ``shape`` and ``dtype``, else created empty (zeros: nothing predicted)."""
-    from ..ngff import create_ngff, open_ngff
+    from ..ngff import open_ngff
+    from ..ngff_write import create_ngff
 
     if path.exists():
         try:
@@ -117,8 +118,8 @@ def open_predictions(path: Path, shape: tuple[int, int], dtype, pixel_size_um: O
 
 def pyramid_levels(shape: tuple[int, int]) -> int:
     """Levels of a labels pyramid of level-0 ``shape``: halved until its longest side is at most
-    1024 (:func:`napari_dinoseg.ngff.default_levels`), at least 2 (napari shows it as multiscale)."""
-    from ..ngff import default_levels
+    1024 (:func:`napari_dinoseg.ngff_write.default_levels`), at least 2 (napari shows it as multiscale)."""
+    from ..ngff_write import default_levels
 
     return max(2, default_levels(shape))
 
@@ -278,7 +279,7 @@ def run_whole_job(job: WholeJob, cache, progress: Optional[ProgressCallback] = N
     ``job.out`` (memory bounded by a window), then its coarser levels, then mark it complete.
     A cancel (the progress callback raising :class:`napari_dinoseg.Cancelled`) removes the
     partly written store and re-raises."""
-    from ..ngff import create_ngff, mark_complete, write_pyramid
+    from ..ngff_write import create_ngff, mark_complete, write_pyramid
 
     seg = job.segmenter
     shape = (int(job.plane.shape[0]), int(job.plane.shape[1]))

@@ -17,7 +17,7 @@ from napari.utils.notifications import show_info
 
 from ..progress import Cancelled
 from ._feature_controls import check_weights
-from ._layers import IMAGE_KEY, strokes_of
+from ._layers import IMAGE_KEY, TRAIN_ALL, layer_pixel_size, strokes_of
 from ._pyramid import (LEVEL_KEY, WHOLE, add_strokes, describe_level, is_pyramid, level_choices, level_pixel_size,
                        level_shape, predictions_path, pyramid_problem, show_pyramid, strokes_note, view_region,
                        whole_path)
@@ -92,8 +92,6 @@ class PyramidControls:
                                        "choose that level to train on them, or make a new labels layer")
 
     def _pixel_size_of(self, image: Image) -> Optional[float]:
-        from .train_widget import layer_pixel_size
-
         return layer_pixel_size(image)
 
     def _new_pyramid_strokes(self, image: Image) -> Optional[Labels]:
@@ -110,8 +108,6 @@ class PyramidControls:
     def _prepare_view(self, background: bool = False):
         """A Train / Predict click's (or live update's) job on a multiscale image: fit on the working
         level's strokes, predict the part in view (:func:`._pyramid_job.run_view_job`)."""
-        from .train_widget import TRAIN_ALL
-
         image: Image = self._image.value
         problem = pyramid_problem(image)
         if problem is not None:

@@ -34,7 +34,8 @@ from ..config import CRFConfig, FeatureConfig, TrainConfig
 from ..feature_kinds import KINDS
 from ..segmenter import Segmenter
 from ._feature_controls import FeatureControls, check_weights
-from ._layers import IMAGE_KEY, current_index, find_result, geometry, result_of, spatial_shape, strokes_of
+from ._layers import (IMAGE_KEY, TRAIN_ALL, TRAIN_THIS, current_index, find_result, geometry,  # noqa: F401
+                      layer_pixel_size, result_of, spatial_shape, strokes_of)  # (layer_pixel_size re-exported)
 from ._live import predict_view_first, visible_region
 from ._pyramid import is_pyramid
 from ._pyramid_job import ViewResult, WholeResult, labels_digest
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     import napari
 
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
-TRAIN_THIS, TRAIN_ALL = "this image", "every image with labels"
 #: (label, TrainConfig.classifier) choices of the classifier menu.
 CLASSIFIERS = [("logistic regression + trees", "logistic+trees"), ("logistic regression (fastest)", "logistic")]
 NO_CLASSIFIER = "none yet: paint strokes of two or more classes, or load a classifier"
@@ -416,25 +416,6 @@ class TrainWidget(PyramidControls, WorkerWidget):
             self._labels_layer.value = own
         self._scope.visible = image is not None and len(spatial_shape(image)) > 2 and not is_pyramid(image)
         self._pyramid_picked(image)  # said when it is chosen, before any painting
-
-
-def layer_pixel_size(layer: Optional[Image]) -> Optional[float]:
-    """µm per pixel of an image layer, from its scale in its units (napari's ``Layer.units``,
-    pint units; without them, or in ``pixel``, the scale is taken as µm). ``None`` (unknown):
-    no layer, a scale of 1 in pixels (napari's default), pixels that are not square, a unit
-    that is not a length."""
-    if layer is None:
-        return None
-    scale = np.abs(np.asarray(layer.scale[-2:], float))
-    units = tuple(getattr(layer, "units", ("pixel", "pixel")))[-2:]
-    if not np.isclose(scale[0], scale[1], rtol=1e-6) or str(units[0]) != str(units[1]) or not scale[-1] > 0:
-        return None
-    if str(units[-1]) == "pixel":
-        return None if np.isclose(scale[-1], 1.0) else float(scale[-1])
-    try:
-        return float((scale[-1] * units[-1]).to("micrometer").magnitude)
-    except Exception:  # noqa: BLE001 (pint's DimensionalityError: a unit that is not a length)
-        return None
 
 
 def bundle_path(value) -> Path:
