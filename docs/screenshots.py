@@ -420,6 +420,55 @@ def predict_then_measure() -> None:
     viewer.close()
 
 
+def multiscale_in_view() -> None:
+    """The train dock, opened from the Plugins menu in a 1280x800 window, on a 4096² three-level
+    OME-Zarr pyramid (synthetic, 0.02 µm/px): dots of the true phases painted on the part in view,
+    Train / Predict predicts that part into the on-disk predictions pyramid; then zoomed out to show
+    it among the parts not predicted (docs/images/multiscale_in_view.png)."""
+    import tempfile
+
+    import napari
+
+    from napari_dinoseg.ngff import open_ngff
+    from napari_dinoseg.ngff_write import create_ngff, mark_complete, write_pyramid
+
+    side, um = 4096, 0.02
+    y, x = np.mgrid[:side, :side].astype(np.float32)
+    field = np.sin(y / 97.0 + 0.3) + np.sin(x / 131.0 + 1.1) + np.sin((x + y) / 211.0 + 2.0) + 0.7 * np.sin((x - 2 * y) / 59.0)
+    truth = (1 + (field > -0.6) + (field > 0.9)).astype(np.uint8)
+    del y, x, field
+    rng = np.random.default_rng(0)
+    means, noise = np.array([0.30, 0.50, 0.70], np.float32), np.array([0.02, 0.10, 0.04], np.float32)
+    value = means[truth - 1] + noise[truth - 1] * rng.standard_normal(truth.shape, np.float32)
+    path = Path(tempfile.mkdtemp(prefix="dinoseg-screenshot-")) / "mosaic.ome.zarr"
+    made = create_ngff(path, (side, side), np.uint16, chunks=1024, pixel_size_um=um, levels=3, kind="intensity")
+    made.levels[0][:] = (np.clip(value, 0, 1) * 65535).astype(np.uint16)
+    write_pyramid(made)
+    mark_complete(made)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    image = viewer.add_image(list(open_ngff(path).levels), multiscale=True, name="mosaic", scale=(um, um), units="µm")
+    _, train = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: train")
+    train._image.value = image
+    labels = train.new_labels_layer()
+    viewer.camera.center, viewer.camera.zoom = (um * side / 2, um * side / 2), 1.5 / um
+    _settle(viewer)
+    rows, cols = train.view_in_level()
+    labels.brush_size = 7
+    for r in range(rows.start + 10, rows.stop - 10, 40):
+        for c in range(cols.start + 10, cols.stop - 10, 40):
+            patch = truth[r - 8:r + 9, c - 8:c + 9]
+            if patch.min() == patch.max():
+                labels.paint((r, c), int(patch[0, 0]), refresh=False)
+    labels.refresh()
+    click_and_wait(train)
+    viewer.camera.zoom = 0.6 / um  # the part predicted among the parts not predicted
+    _settle(viewer, 1.0)
+    print("train dock:", train._status.value)
+    viewer.screenshot(str(OUT / "multiscale_in_view.png"), canvas_only=False)
+    viewer.close()
+
+
 if __name__ == "__main__":
     import sys
 

@@ -13,9 +13,8 @@ napari = pytest.importorskip("napari")
 
 from napari.layers import Labels  # noqa: E402
 
-from napari_dinoseg.ngff import is_complete, open_ngff# noqa: E402
-
-from napari_dinoseg.ngff_write import create_ngff, write_pyramid
+from napari_dinoseg.ngff import is_complete, open_ngff  # noqa: E402
+from napari_dinoseg.ngff_write import create_ngff, write_pyramid  # noqa: E402
 from napari_dinoseg.segmenter import Segmenter  # noqa: E402
 from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
 from napari_dinoseg._widgets._pyramid import STORE_KEY, WORK_ENV  # noqa: E402

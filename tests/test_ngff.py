@@ -13,7 +13,6 @@ import zarr
 from conftest import Recording
 
 from napari_dinoseg.ngff import ChannelsLast, PlaneView, is_complete, is_ome_zarr, is_zarr_image, open_ngff, planes
-
 from napari_dinoseg.ngff_write import create_ngff, mark_complete, write_pyramid
 
 ome_v04 = pytest.importorskip("ome_zarr_models.v04")
