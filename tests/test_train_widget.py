@@ -861,3 +861,32 @@ def test_time_left_comes_from_the_rate_of_the_work_done(dock, two_textures):
     assert widget.seconds_left(1000, 1000) is None
     widget._started = time.perf_counter() - 0.5
     assert widget.seconds_left(500, 1000) is None, "too early to tell"
+
+
+def test_a_zarr_layer_larger_than_a_tile_is_read_window_by_window(dock, qtbot, two_textures, tmp_path, monkeypatch):
+    """A plain image layer backed by a zarr array on disk: the click fits on its painted windows and
+    predicts it window by window (never read whole into a float plane), with the labels the
+    in-memory path gives."""
+    import zarr
+
+    from napari_dinoseg.segmenter import Segmenter
+
+    monkeypatch.setattr(Segmenter, "tile", 256)
+    image, truth, _ = two_textures
+    plane, truth = np.tile(image, (4, 5)), np.tile(truth, (4, 5))  # 768 x 960: 12 tiles
+    z = zarr.create_array(store=str(tmp_path / "img.zarr"), shape=plane.shape, dtype=plane.dtype, chunks=(256, 256))
+    z[:] = plane
+    lazy_fits, lazy_predictions = [], []
+    fit, windows = Segmenter._training_planes, Segmenter._predict_windows
+    monkeypatch.setattr(Segmenter, "_training_planes", lambda self, images, *a, **k: lazy_fits.append(
+        [type(i).__name__ for i in images]) or fit(self, images, *a, **k))
+    monkeypatch.setattr(Segmenter, "_predict_windows", lambda self, *a, **k: lazy_predictions.append(1) or windows(
+        self, *a, **k))
+    viewer, widget, layer = dock(zarr.open_array(str(tmp_path / "img.zarr"), mode="r"))
+    labels = widget.new_labels_layer()
+    brush(labels, TEXTURE_STROKES)  # in the first tiles only
+    click_and_wait(qtbot, widget)
+    assert lazy_fits == [["Array"]] and lazy_predictions == [1]
+    pred = widget.predictions.data
+    assert iou(pred, truth, 1) > 0.9 and iou(pred, truth, 2) > 0.9
+    np.testing.assert_array_equal(pred, widget.segmenter.segment(plane))

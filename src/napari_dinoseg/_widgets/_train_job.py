@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..classify import PixelClassifier, uncertainty
+from ..lazy_plane import is_lazy
 from ..config import FeatureConfig
 from ..features.featurise import FeatureCache, FeatureStack
 from ..image import drop_alpha
@@ -64,7 +65,13 @@ class Source:
         return [tuple(int(i) for i in idx) for idx in np.argwhere(painted)]
 
     def plane(self, index: Index) -> np.ndarray:
-        plane = np.asarray(self.image[index])
+        """One plane: a numpy array, or, of a zarr / dask layer larger than one tile, the lazy
+        array itself, read window by window by the Segmenter (only the painted windows to train,
+        the windows of the plane to predict: never the plane whole, nor a float copy of it)."""
+        plane = self.image if not index else self.image[index]
+        if is_lazy(plane) and not self.rgb and max(plane.shape[:2]) > Segmenter.tile:
+            return plane
+        plane = np.asarray(plane)
         return drop_alpha(plane) if self.rgb else plane
 
 
@@ -188,10 +195,11 @@ def feature_note(segmenter: Segmenter, featuriser, first: np.ndarray, cache: Fea
     if featuriser.gathers_pixels:
         return ""
     shape, n_channels = plane_geometry(first)
-    nbytes = segmenter.feature_bytes(shape, n_channels, featuriser)
-    storage = segmenter.feature_storage(shape, n_channels, cache, featuriser)
+    lazy = is_lazy(first)  # a zarr / dask plane: its working set of windows is what is kept
+    nbytes = segmenter.feature_bytes(shape, n_channels, featuriser, lazy)
+    storage = segmenter.feature_storage(shape, n_channels, cache, featuriser, lazy)
     scaled = int(nbytes * segmenter.read_fraction()) if storage == "float16" and segmenter.keeps_scaled(
-        shape, n_channels, cache, featuriser) else 0
+        shape, n_channels, cache, featuriser, lazy) else 0
     return storage_note(storage, nbytes, cache.max_bytes, scaled)
 
 
