@@ -890,3 +890,26 @@ def test_a_zarr_layer_larger_than_a_tile_is_read_window_by_window(dock, qtbot, t
     pred = widget.predictions.data
     assert iou(pred, truth, 1) > 0.9 and iou(pred, truth, 2) > 0.9
     np.testing.assert_array_equal(pred, widget.segmenter.segment(plane))
+
+
+def test_a_numpy_layer_too_large_for_the_cache_is_read_window_by_window(dock, qtbot, two_textures, monkeypatch):
+    """Over WINDOWED_PIXELS a numpy layer takes the zarr path: trained on its painted windows,
+    predicted window by window, the labels those of the whole-plane prediction."""
+    from napari_dinoseg._widgets import _train_job
+    from napari_dinoseg.segmenter import Segmenter
+
+    monkeypatch.setattr(Segmenter, "tile", 256)
+    monkeypatch.setattr(_train_job, "WINDOWED_PIXELS", 500_000)
+    image, truth, _ = two_textures
+    plane, truth = np.tile(image, (4, 5)), np.tile(truth, (4, 5))  # 768 x 960 = 737 280 px
+    fits = []
+    fit = Segmenter._training_planes
+    monkeypatch.setattr(Segmenter, "_training_planes", lambda self, images, *a, **k: fits.append(
+        [type(i).__name__ for i in images]) or fit(self, images, *a, **k))
+    viewer, widget, layer = dock(plane)
+    brush(widget.new_labels_layer(), TEXTURE_STROKES)
+    click_and_wait(qtbot, widget)
+    assert fits == [["WindowedArray"]]
+    pred = widget.predictions.data
+    assert iou(pred, truth, 1) > 0.9 and iou(pred, truth, 2) > 0.9
+    np.testing.assert_array_equal(pred, widget.segmenter.segment(plane))

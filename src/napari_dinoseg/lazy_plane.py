@@ -63,6 +63,19 @@ def lazy_identity(image) -> Optional[tuple]:
     return None
 
 
+class WindowedArray:
+    """A numpy plane handed to the Segmenter as an array-like, so that it is read window by window
+    like a zarr plane: trained on its painted windows, predicted without a normalised float copy of
+    the whole plane (the train dock does this for planes whose features no cache could keep).
+    ``shape``, ``dtype``, ``ndim`` and ``self[key]`` are the array's."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.array[key]
+
+
 def chunk_rows(image) -> int:
     """Rows of one chunk of a chunked array (zarr's ``chunks``, dask's ``chunksize``), else
     :data:`DEFAULT_BLOCK_ROWS`."""

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..classify import PixelClassifier, uncertainty
-from ..lazy_plane import is_lazy
+from ..lazy_plane import WindowedArray, is_lazy
 from ..config import FeatureConfig
 from ..features.featurise import FeatureCache, FeatureStack
 from ..image import drop_alpha
@@ -25,6 +25,13 @@ from ..segmenter import Segmenter
 from ._jobs import announce_plan, job_featuriser, plane_geometry
 
 Index = tuple[int, ...]
+
+
+#: Planes of more pixels are trained on and predicted window by window, as a zarr plane is: at 65
+#: classical channels their float16 feature windows (6000²: about 5 GiB) no longer fit the feature
+#: cache's default budget, so nothing is lost; the whole-plane normalised float copy is saved, and
+#: training featurises only the painted windows.
+WINDOWED_PIXELS = 6000 * 6000
 
 
 @dataclass
@@ -67,12 +74,14 @@ class Source:
     def plane(self, index: Index) -> np.ndarray:
         """One plane: a numpy array, or, of a zarr / dask layer larger than one tile, the lazy
         array itself, read window by window by the Segmenter (only the painted windows to train,
-        the windows of the plane to predict: never the plane whole, nor a float copy of it)."""
+        the windows of the plane to predict: never the plane whole, nor a float copy of it); a
+        numpy plane of more than :data:`WINDOWED_PIXELS` the same way (:class:`WindowedArray`)."""
         plane = self.image if not index else self.image[index]
         if is_lazy(plane) and not self.rgb and max(plane.shape[:2]) > Segmenter.tile:
             return plane
         plane = np.asarray(plane)
-        return drop_alpha(plane) if self.rgb else plane
+        plane = drop_alpha(plane) if self.rgb else plane
+        return WindowedArray(plane) if plane.shape[0] * plane.shape[1] > WINDOWED_PIXELS else plane
 
 
 @dataclass
