@@ -153,16 +153,22 @@ def _filled(block: np.ndarray, valid: "np.ndarray | None", stats: _Stats) -> np.
 
 
 def _statistics(x: np.ndarray, mask: "np.ndarray | None", config, channel: int) -> _Stats:
-    """A channel's :class:`_Stats`, a block of rows at a time (no copy of the channel). The sample
-    is that of earlier versions, ``x.ravel()[::step]`` with ``step = max(1, n // PERCENTILE_SAMPLE)``
-    after NaN / inf are replaced, over the ``n`` unmasked values."""
+    """A channel's :class:`_Stats`, in one pass of blocks of rows (no copy of the channel: a chunked
+    plane on disk is decoded once). The sample is that of earlier versions, ``x.ravel()[::step]``
+    with ``step = max(1, n // PERCENTILE_SAMPLE)`` after NaN / inf are replaced, over the ``n``
+    unmasked values (its NaN / inf replaced once the pass has the channel's extremes)."""
     stats = _Stats()
-    blocks = _blocks(x)
-    for rows in blocks:
+    stats.masked = 0 if mask is None else int(np.count_nonzero(mask))
+    percentile = config.normalise == "percentile"
+    step, seen, parts = max(1, (x.size - stats.masked) // PERCENTILE_SAMPLE), 0, []
+    for rows in _blocks(x):
         block = x[rows]
-        if mask is not None:
-            stats.masked += int(np.count_nonzero(mask[rows]))
-        valid = _valid(block, None if mask is None else mask[rows])
+        kept = None if mask is None else ~mask[rows]
+        valid = _valid(block, None if kept is None else ~kept)
+        if percentile:
+            values = block.ravel() if kept is None else block[kept]
+            parts.append(values[(-seen) % step::step].copy())  # a copy: the block is not kept
+            seen += values.size
         if valid is None:
             n, lo, hi = block.size, block.min(), block.max()
         else:
@@ -177,17 +183,8 @@ def _statistics(x: np.ndarray, mask: "np.ndarray | None", config, channel: int) 
     if not stats.valid:
         what = "NaN, inf or masked" if mask is not None else "NaN or inf"
         raise ValueError(f"channel {channel} of the image has no finite value (all {what})")
-    if config.normalise == "percentile":
-        unmasked = x.size - stats.masked
-        step, seen, parts = max(1, unmasked // PERCENTILE_SAMPLE), 0, []
-        for rows in blocks:
-            block = x[rows]
-            kept = None if mask is None else ~mask[rows]
-            values = block.ravel() if kept is None else block[kept]
-            values = values[(-seen) % step::step]
-            seen += block.size if kept is None else int(np.count_nonzero(kept))
-            parts.append(_filled(values, _valid(values, None), stats))
-        stats.sample = np.concatenate(parts)
+    if percentile:
+        stats.sample = np.concatenate([_filled(values, _valid(values, None), stats) for values in parts])
     return stats
 
 

@@ -11,6 +11,7 @@ training statistics come from the painted windows, not the whole plane.
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import numpy as np
@@ -78,6 +79,14 @@ class TrainingWindows(NormalisedPlane):
                 crops[_region_key(region)] = crop
                 self.windows.append((window, core))
         self.labels = PaintedLabels(crops, self.plane.shape, labels.dtype)
+
+    def first_window(self) -> "TrainingWindows":
+        """This plane reading only its first painted tile (the others skipped)."""
+        out = copy.copy(self)
+        out.windows = self.windows[:1]
+        key = _region_key(in_plane(*out.windows[0]))
+        out.labels = PaintedLabels({key: self.labels.crops[key]}, self.labels.shape, self.labels.dtype)
+        return out
 
     def skip(self, window: Slices, core: Slices) -> bool:
         """Whether the tile ``(window, core)`` holds no painted pixel (not read)."""

@@ -156,11 +156,13 @@ class ShiftReport:
         inverted = None
         if not self.featuriser.gathers_pixels:  # a kind that gathers pixels (a ViT) would featurise every
             # training image again, whole
-            step = sample_step(normalised[0].shape[:2], FEATURE_FIT_SAMPLE / len(normalised))
+            n = FEATURE_FIT_SAMPLE / len(normalised)
+            step = sample_step(normalised[0].shape[:2], n)
             kept = None if any(isinstance(norm, TrainingWindows) for norm in normalised) else cache  # keyed by
             inverted = self.shift_space(np.concatenate([  # the plane's values: a lazy one has no key
-                _memo(kept, ("inverted sample", cache_key(norm, self.features) if kept else None, step),
-                      lambda norm=norm: self._grid_rows(_inverted(norm), self.featuriser, step, None))
+                self._grid_rows(*_inverted_window(norm, n, self.featuriser), None) if isinstance(norm, TrainingWindows)
+                else _memo(kept, ("inverted sample", cache_key(norm, self.features) if kept else None, step),
+                           lambda norm=norm: self._grid_rows(_inverted(norm), self.featuriser, step, None))
                 for norm in normalised]))
         return FeatureDistribution.fit(self.shift_space(grid), inverted, confidence, self.training.seed)
 
@@ -252,6 +254,16 @@ class ShiftReport:
 
         return _memo(cache, ("image statistics", cache_key(norm, config) if cache else None),
                      lambda: image_statistics(norm))
+
+
+def _inverted_window(norm: TrainingWindows, n: float, featuriser) -> tuple:
+    """The contrast-inverted first painted tile of a lazy training plane, ``featuriser``, and the grid step that
+    samples about ``n`` pixels of its core: a large plane's inversion sample is featurised from one
+    tile, not from every painted one (on a 16384^2 view in the train dock, four tiles' features cost
+    a second more of the first click for a sample of a few hundred pixels)."""
+    first = norm.first_window()
+    core = first.windows[0][1]
+    return _inverted(first), featuriser, sample_step(tuple(c.stop - c.start for c in core), n)
 
 
 def _inverted(norm):

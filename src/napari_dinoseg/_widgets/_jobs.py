@@ -46,15 +46,21 @@ def import_compute_libraries(vit: bool = True, announce: Announce = None) -> Non
     import sys
 
     wanted = ["sklearn.linear_model", "torch"] + (["timm"] if vit else [])
-    missing = [name for name in wanted if name not in sys.modules]
+    missing = [name for name in wanted if not _loaded(sys.modules.get(name))]
     if missing and announce is not None:
         announce(f"loading {', '.join(m.split('.')[0] for m in missing)} (first run of the session only)…")
-    with _IMPORT_LOCK:
-        import sklearn.linear_model  # noqa: F401
-        import torch  # noqa: F401
-    if vit:
+    if any(name in missing for name in wanted[:2]):  # the lock only to import: a job whose libraries
+        with _IMPORT_LOCK:  # are loaded does not wait while the warm-up imports timm
+            import sklearn.linear_model  # noqa: F401
+            import torch  # noqa: F401
+    if vit and "timm" in missing:
         with _IMPORT_LOCK:
             import timm  # noqa: F401
+
+
+def _loaded(module) -> bool:
+    """Whether a module of ``sys.modules`` has finished importing (another thread may be running it)."""
+    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
 def job_featuriser(source: FeatureSource, announce: Announce = None) -> "Featuriser":
