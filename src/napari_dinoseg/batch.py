@@ -39,6 +39,7 @@ pieces, whose names it re-exports: :mod:`~napari_dinoseg.batch_summary` (what a 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
@@ -51,6 +52,7 @@ from .batch_names import _shortened, check_output_folder, output_stems
 from .batch_outputs import _finished, _refuse_foreign, _remove_if_foreign, _write_tiff
 from .batch_outputs import OLDER, ForeignOutputError, _checksum, _damage  # noqa: F401  (re-exported)
 from .batch_summary import ALREADY_THERE, BatchSummary
+from .batch_volume import process_volume, spacing_option
 from .batch_zarr import ZARR_LABEL_SUFFIX, finished_store
 from .cluster import CONNECT_TIMEOUT, ClusterLost, connect, prepare, release, run_jobs  # noqa: F401
 from .folder_lock import FolderLock
@@ -81,6 +83,7 @@ def apply_bundle(
     pixel_size: Optional[float] = None,
     output_format: str = "auto",
     level: int = 0,
+    spacing: Optional[Sequence[float]] = None,
 ) -> BatchSummary:
     """Segment every input image with a saved classifier and write a label image per input.
 
@@ -143,6 +146,10 @@ def apply_bundle(
     level
         The resolution level of OME-Zarr inputs that is segmented (0: the finest); its pixel
         size is the one recorded. An input without that level fails, saying which it has.
+    spacing
+        ``(dz, dy, dx)`` µm per voxel of every input, for a 3-D classifier (``dims=3``), replacing
+        their metadata's: each input is then one ``(Z, Y, X)`` volume segmented in 3-D
+        (:mod:`napari_dinoseg.batch_volume`). ``None``: each input's metadata, else unknown.
 
     Returns
     -------
@@ -154,7 +161,8 @@ def apply_bundle(
         A bundle that cannot be used (or, run here, whose ViT features have no weights here),
         no inputs, bad ``axes``, an output folder that cannot be written or is (or lies inside)
         an input folder, inputs that would write one output name, an output folder in use by
-        another run (:class:`~napari_dinoseg.folder_lock.FolderBusyError`), outputs of another
+        another run (:class:`~napari_dinoseg.folder_lock.FolderBusyError`), a ``spacing`` that is not three
+        positive numbers or is given to a classifier of planes, outputs of another
         classifier in the output folder (without ``overwrite``), or a scheduler that does not
         answer, has no workers, or whose workers cannot see the files.
     """
@@ -171,6 +179,7 @@ def apply_bundle(
         raise TypeError(f"measure must be a MeasureOptions (napari_dinoseg.measure_report) or None, got "
                         f"{type(measure).__name__}")
     seg, bundle_id = load_classifier(bundle)  # read once: fails early on a bad bundle; every output is of this one
+    spacing = spacing_option(seg, spacing)
     if resample and seg.pixel_size is None:
         raise ValueError(f"cannot resample to the training pixel size: {str(bundle)!r} does not record it (trained on "
                          "images without a pixel size, or before it was recorded); apply it without resampling, or "
@@ -187,19 +196,20 @@ def apply_bundle(
     stems = output_stems(files, name_max(out))
     with FolderLock(out, bundle, bundle_id) as lock:  # one run per folder, from the look at its outputs to the end
         return _apply_locked(bundle, bundle_id, files, unusable, stems, out, scheduler, probabilities, overwrite,
-                             progress, axes, verify, lock.note, measure, (bool(resample), pixel_size, output_format, level))
+                             progress, axes, verify, lock.note, measure,
+                             (bool(resample), pixel_size, output_format, level, spacing))
 
 
 def _apply_locked(bundle, bundle_id: str, files: list, unusable: list, stems: dict, out: Path, scheduler,
                   probabilities: bool, overwrite: bool, progress, axes: Optional[str], verify: bool,
-                  lock_note: str, measure=None, scale: tuple = (False, None, "auto", 0)) -> BatchSummary:
+                  lock_note: str, measure=None, scale: tuple = (False, None, "auto", 0, None)) -> BatchSummary:
     """:func:`apply_bundle` once the output folder is this run's."""
     summary = BatchSummary(cleaned=[str(p) for p in clean_stale(out)])
     if lock_note:
         summary.notes.append((str(out), lock_note))
     for path, reason in unusable:
         (summary.failed if reason == "no such file" else summary.skipped).append((path, reason))
-    todo = _to_do(summary, files, stems, out, probabilities, overwrite, bundle_id, axes, verify, *scale[2:])
+    todo = _to_do(summary, files, stems, out, probabilities, overwrite, bundle_id, axes, verify, *scale[2:4])
     jobs = [(str(p), str(bundle), str(out), probabilities, stems[p], axes, bundle_id, overwrite, measure, *scale)
             for p in todo]
     _run(summary, jobs, scheduler, progress)
@@ -293,7 +303,7 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
                  axes: Optional[str] = None, bundle_id: Optional[str] = None,
                  overwrite: bool = False, measure: Optional["MeasureOptions"] = None, resample: bool = False,
                  pixel_size: Optional[float] = None, output_format: str = "auto",
-                 level: int = 0) -> tuple[str, str, str, list]:
+                 level: int = 0, spacing: Optional[Sequence[float]] = None) -> tuple[str, str, str, list]:
     """Segment one file: ``(input, "done", output, warnings)``, ``(input, "failed", reason, [])``,
     or ``(input, "no space", message, [])`` when the output disk is full.
 
@@ -309,16 +319,18 @@ def process_file(path: str, bundle: str, out_dir: str, probabilities: bool, stem
     TIFF resolution tags in cm): ``pixel_size`` or ``measure.pixel_size`` when given, else the
     input's metadata's (:func:`napari_dinoseg.pixel_size.pixel_size_of`). ``resample``: as in
     :func:`apply_bundle` (the outputs record ``resampled_from_um`` and ``resampled_to_um``).
-    ``output_format``, ``level``: as in :func:`apply_bundle`. With
+    ``output_format``, ``level``: as in :func:`apply_bundle`. A 3-D classifier's input is one volume,
+    :func:`~napari_dinoseg.batch_volume.process_volume` (``spacing``: as in :func:`apply_bundle`). With
     ``measure`` each plane is measured
     (:func:`napari_dinoseg.measure_report.measure_plane`, with the image and the probabilities)
     and the record ``measurements/images/<stem>.json`` is written once the labels are.
     """
-    from functools import partial
-
     try:
         seg, bundle_id = _classifier(bundle, bundle_id)
         source = Path(path)
+        if seg.features.dims == 3:  # one (Z, Y, X) volume, segmented in 3-D
+            return process_volume(seg, source, Path(out_dir), probabilities, stem, axes, bundle_id, overwrite, spacing,
+                                  level, output_format, pixel_size, measure is not None, resample)
         if output_format == "zarr" or is_zarr_image(source):  # written a tile at a time, as OME-Zarr
             from .batch_zarr import process_store
 

@@ -78,7 +78,8 @@ def _contents(meta: dict, version: int, config: FeatureConfig, arrays: dict, for
     if not isinstance(meta.get("versions", {}), dict):
         raise ValueError("its versions are not a JSON object")
     return BundleContents(clf, config, training, crf, statistics, n_channels,
-                          None if names is None else tuple(names), pixel_size=_pixel_size(meta))
+                          None if names is None else tuple(names), pixel_size=_pixel_size(meta),
+                          spacing=_spacing(meta))
 
 
 def _pixel_size(meta: dict) -> Optional[float]:
@@ -90,6 +91,22 @@ def _pixel_size(meta: dict) -> Optional[float]:
     if type(size) not in (int, float) or not (math.isfinite(size) and size > 0):
         raise ValueError(f"its pixel_size_um {reprlib.repr(size)} is not a positive number of µm per pixel")
     return float(size)
+
+
+def _spacing(meta: dict) -> Optional[tuple]:
+    """The training volumes' ``spacing`` ``(dz, dy, dx)``: three positive finite numbers, or null
+    or absent (unknown; plane classifiers, bundles written before volumes)."""
+    from .volume import checked_spacing
+
+    spacing = meta.get("spacing")
+    if spacing is None:
+        return None
+    if not isinstance(spacing, list) or any(type(v) not in (int, float) for v in spacing):
+        raise ValueError(f"its spacing {reprlib.repr(spacing)} is not three numbers (dz, dy, dx)")
+    try:
+        return checked_spacing(spacing)
+    except ValueError as err:
+        raise ValueError(f"its {err}") from None
 
 
 def _tree_layout(meta: dict, arrays: dict, n_feat: int, training: TrainConfig) -> dict:

@@ -37,7 +37,9 @@ FORMAT = "napari-dinoseg-bundle"
 #: older reader may ignore without misreading the classifier does not make one. So
 #: ``pixel_size_um`` (µm per pixel of the training images, or null; for the shift report's
 #: pixel-size check and ``dinoseg apply --resample``) is in format 8 bundles written since it was
-#: added, and bundles without it read with ``pixel_size=None`` (unknown).
+#: added, and bundles without it read with ``pixel_size=None`` (unknown); ``spacing`` likewise
+#: (the training volumes' voxel spacing). A classifier of 3-D features has ``"dims": 3`` in its
+#: feature config, which readers from before volumes refuse as an unknown field, as they must.
 FORMAT_VERSION = 8
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 #: Arrays only some classifiers have.
@@ -61,6 +63,8 @@ class BundleContents:
     notes: tuple = ()
     #: µm per pixel of the training images (``pixel_size_um``); ``None``: unknown, or not recorded.
     pixel_size: Optional[float] = None
+    #: ``(dz, dy, dx)`` of the training volumes of a 3-D classifier (``spacing``); ``None``: unknown.
+    spacing: Optional[tuple] = None
 
 
 def _versions() -> dict:

@@ -21,7 +21,7 @@ from .distribution_shift import TrainingStatistics
 def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_channels: Optional[int] = None,
                 channel_names: Optional[tuple] = None, *, training: Optional[TrainConfig] = None,
                 crf: Optional[CRFConfig] = None, statistics: Optional[TrainingStatistics] = None,
-                pixel_size: Optional[float] = None) -> Path:
+                pixel_size: Optional[float] = None, spacing=None) -> Path:
     """Write ``clf`` and the FeatureConfig that made its features to ``path`` (atomically).
 
     Parameters
@@ -41,8 +41,9 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
     training, crf, statistics
         The rest of a :class:`~napari_dinoseg.Segmenter`: training config (rebuilt from the
         classifier when omitted), dense CRF config (``None``: off), training statistics.
-    pixel_size
-        µm per pixel of the training images (``None``: unknown), stored as ``pixel_size_um``.
+    pixel_size, spacing
+        µm per pixel of the training images, stored as ``pixel_size_um``; ``(dz, dy, dx)`` of the
+        training volumes of a 3-D classifier, stored as ``spacing`` (``None``: unknown).
 
     Raises
     ------
@@ -53,12 +54,13 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
     from .config import config_or_default
     from .features.featurise import n_features
     from .pixel_scale import checked_pixel_size
+    from .volume import checked_spacing
 
     if not isinstance(clf, PixelClassifier):
         raise TypeError(f"clf must be a fitted PixelClassifier, got {type(clf).__name__}")
     if not isinstance(config, FeatureConfig):
         raise TypeError(f"config must be the FeatureConfig the features were made with, got {type(config).__name__}")
-    pixel_size = checked_pixel_size(pixel_size)
+    pixel_size, spacing = checked_pixel_size(pixel_size), checked_spacing(spacing)
     if crf is not None:
         config_or_default(crf, CRFConfig, "crf")
     if training is not None:
@@ -96,6 +98,7 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         "classifier": "logistic" if clf.forest is None else "logistic+trees",
         "channel_names": list(channel_names) if channel_names else None,
         "pixel_size_um": pixel_size,
+        "spacing": None if spacing is None else list(spacing),
         "versions": _versions(),
     }
     arrays = io.BytesIO()

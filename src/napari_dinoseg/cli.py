@@ -1,5 +1,6 @@
-"""The ``dinoseg`` command line: ``dinoseg train`` (images + scribbles -> bundle), ``dinoseg apply``
-(bundle + folder -> label images, with ``--measure`` their tables and plots) and ``dinoseg
+"""The ``dinoseg`` command line: ``dinoseg train`` (images + scribbles -> bundle; ``--dims 3``:
+volumes), ``dinoseg apply`` (bundle + folder -> label images, with ``--measure`` their tables and
+plots; a 3-D classifier's: volumes at their voxel spacing, ``--spacing``) and ``dinoseg
 measure`` (label images made anywhere -> tables and plots); ``dinoseg --version``.
 
 Everything is checked before work starts (bundle, inputs, output folder, weights), so a refused
@@ -24,6 +25,7 @@ AXES_HELP = ("axes of the TIFFs with that many dimensions (and their image plane
              "file's metadata)")
 #: How a user of the CLI gives a checkpoint file: the last words of a missing-weights message.
 WEIGHTS_HINT = "or pass --weights PATH (the checkpoint file)"
+SPACING_HELP = "voxel size in µm, z first, of {}"
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -84,6 +86,9 @@ def _apply_parser(apply: argparse.ArgumentParser) -> None:
                        help="segment images whose pixel size (--pixel-size, else their metadata's) is not the "
                             "training images' at the training pixel size: resampled to it, the outputs brought "
                             "back to the image's shape")
+    apply.add_argument("--spacing", default=None, metavar="DZ,DY,DX", help=SPACING_HELP.format(
+        "every input, replacing their metadata (a 3-D classifier only; default: each volume's metadata, else "
+        "isotropic voxels)"))
     _measure_options(apply, " (with --measure)", " (with --measure or --resample)")
 
 
@@ -136,10 +141,18 @@ def _train_parser(train: argparse.ArgumentParser) -> None:
     train.add_argument("--pca", type=int, default=None, help="PCA dimension of the ViT channels")
     train.add_argument("--crf", action="store_true", help="refine predictions with a dense CRF")
     train.add_argument("--axes", default=None, help=AXES_HELP + " (the images'; label files are read as planes)")
+    train.add_argument("--dims", type=int, choices=(2, 3), default=2,
+                       help="2 (default): a classifier of planes, every plane of a stack segmented on its own; 3: a "
+                            "classifier of (Z, Y, X) volumes with 3-D features (classical), trained on volume TIFFs "
+                            "(one leading axis: Z) and label TIFFs of their shape, one page per z-slice")
+    train.add_argument("--spacing", default=None, metavar="DZ,DY,DX", help=SPACING_HELP.format(
+        "the training volumes, replacing their metadata (with --dims 3; default: their metadata, else isotropic "
+        "voxels); it scales the 3-D filters and is recorded in the bundle"))
 
 
 def apply_command(args: argparse.Namespace) -> int:
     from .batch import apply_bundle
+    from .voxel_spacing import parse_spacing
 
     inputs = args.inputs[0] if len(args.inputs) == 1 else args.inputs
     given = [flag for flag, value in (("--min-size", args.min_size),
@@ -149,13 +162,15 @@ def apply_command(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(given)} without --measure: add --measure to measure the label outputs, "
                          f"or leave {'it' if len(given) == 1 else 'them'} out")
     measure = _options(args) if args.measure else None  # checked before anything is read
+    spacing = None if args.spacing is None else parse_spacing(args.spacing)
     # the bar is made at the first report, once apply_bundle has checked everything and work starts
     tick, bars = _bar("dinoseg", "image")
     try:
         summary = apply_bundle(args.bundle, inputs, args.out, scheduler=args.scheduler,
                                probabilities=args.probabilities, overwrite=args.overwrite, progress=tick,
                                axes=args.axes, verify=args.verify, measure=measure, resample=args.resample,
-                               pixel_size=args.pixel_size, output_format=args.format, level=args.level)
+                               pixel_size=args.pixel_size, output_format=args.format, level=args.level,
+                               spacing=spacing)
     finally:
         for bar in bars:
             bar.close()
@@ -214,8 +229,11 @@ def train_command(args: argparse.Namespace) -> int:
 
     if len(args.images) != len(args.labels):
         raise ValueError(f"got {len(args.images)} images but {len(args.labels)} label files; give one per image")
+    if args.spacing is not None and args.dims != 3:
+        raise ValueError("--spacing is the voxel size of training volumes: add --dims 3 to train a 3-D classifier, "
+                         "or leave --spacing out")
     features = FeatureConfig(kind=args.features, model=args.model, weights=args.weights, device=args.device,
-                             normalise=args.normalise,
+                             normalise=args.normalise, dims=args.dims,
                              **({"percentiles": tuple(args.percentiles)} if args.percentiles else {}),
                              intensity_range=tuple(args.intensity_range) if args.intensity_range else None)
     training = TrainConfig(classifier=args.classifier, pca_dim=args.pca,
@@ -226,6 +244,8 @@ def train_command(args: argparse.Namespace) -> int:
     path = path if path.suffix == ".dinoseg" else path.with_suffix(".dinoseg")
     if not path.absolute().parent.is_dir():  # refused before any file is read, as Segmenter.save would after
         raise ValueError(f"cannot save the bundle: the folder {str(path.absolute().parent)!r} does not exist")
+    if args.dims == 3:
+        return _train_volumes(args, Segmenter(features, training, CRFConfig() if args.crf else None), axes, path)
     images, label_files, channels = [], [], {}
     for image_path, label_path in zip(args.images, args.labels):
         planes = _read(image_path, None, axes)
@@ -278,6 +298,54 @@ def _training_pixel_size(paths: list) -> tuple[Optional[float], str]:
                       f"{', '.join(str(p) for p, s in zip(paths, sizes) if s is None)} gives none")
     return None, (f"no training pixel size recorded: the training images' pixel sizes differ "
                   f"({min(known):.4g} to {max(known):.4g} µm); train on images of one pixel size")
+
+
+def _train_volumes(args: argparse.Namespace, seg, axes: Optional[str], path: Path) -> int:
+    """``dinoseg train --dims 3``: fit ``seg`` on (Z, Y, X) volume TIFFs and their label TIFFs of the
+    same shape, at the spacing given (``--spacing``), else their metadata's; save it to ``path``."""
+    import numpy as np
+
+    from .voxel_spacing import parse_spacing, training_spacing
+
+    given = None if args.spacing is None else parse_spacing(args.spacing)  # refused before any file is read
+    volumes, label_files = [], []
+    for image_path, label_path in zip(args.images, args.labels):
+        volume = _read_volume(image_path, axes)
+        label_file = _read_labels(label_path, len(volume))
+        shape = (len(label_file.planes), *label_file.planes[0].shape)
+        if shape != volume.shape:
+            raise ValueError(f"{label_path} holds labels of shape {shape} but its volume {image_path} is of shape "
+                             f"{volume.shape} (Z, Y, X); a label file has its volume's shape, one page per z-slice")
+        volumes.append(volume)
+        label_files.append((label_path, label_file))
+    planes = iter(_label_values(label_files))
+    labels = [np.stack([next(planes) for _ in range(len(volume))]) for volume in volumes]
+    spacing, note = (given, "") if given is not None else training_spacing(args.images)
+    if note:
+        print(f"dinoseg train: {note}", file=sys.stderr)
+    seg.fit(volumes, labels, spacing=spacing, pixel_size=None if spacing is None else spacing[2])
+    seg.save(path)
+    values, counts = np.unique(np.concatenate([lab[lab > 0] for lab in labels]), return_counts=True)
+    painted = ", ".join(f"label {v}: {c} voxels" for v, c in zip(values.tolist(), counts.tolist()))
+    shown = "unknown" if spacing is None else ", ".join(f"{v:g}" for v in spacing) + " µm"
+    print(f"trained {seg!r} on {len(volumes)} volume(s) ({painted}; voxel spacing {shown}); wrote {path}")
+    return 0
+
+
+def _read_volume(path: str, axes: Optional[str] = None):
+    """The ``(Z, Y, X)`` volume of a TIFF (:func:`~napari_dinoseg.batch_volume.read_volume`), with the
+    file's name in any error; its notes are printed as warnings."""
+    from .batch_volume import read_volume
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        volume, notes = read_volume(Path(path), axes)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    for note in notes:
+        print(f"dinoseg: warning: {path}: {note}", file=sys.stderr)
+    return volume
 
 
 def _channels(n: int) -> str:

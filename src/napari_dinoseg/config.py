@@ -139,6 +139,11 @@ class FeatureConfig(_JSONConfig):
         The low and high percentiles that ``"percentile"`` maps to 0 and 1.
     intensity_range
         ``(low, high)`` intensities that ``"fixed"`` maps to 0 and 1; ``None``: the dtype's range.
+    dims
+        ``2``: images are planes, each featurised in 2-D (a stack is a set of planes). ``3``: the
+        image is a ``(Z, Y, X)`` volume and the classical filters are computed in 3-D, with sigmas
+        scaled per axis by the voxel spacing (:mod:`napari_dinoseg.features.classical3d`; membrane
+        projections are 2-D only and left out); only kinds with a 3-D featuriser (the classical one) take it.
     """
 
     kind: FeatureKind = "classical"
@@ -160,9 +165,11 @@ class FeatureConfig(_JSONConfig):
     normalise: Normalisation = "percentile"
     percentiles: tuple[float, float] = (5.0, 95.0)
     intensity_range: Optional[tuple[float, float]] = None
+    dims: int = 2
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, tuple(KINDS))
+        self._check_dims()
         _choice("normalise", self.normalise, get_args(Normalisation))
         self._check_intensities()
         _choice("device", self.device, DEVICES)
@@ -183,6 +190,14 @@ class FeatureConfig(_JSONConfig):
         if self.weights is not None and not (isinstance(self.weights, str) and self.weights
                                              and "\0" not in self.weights):
             raise ValueError(f"weights must be None, 'random' or a checkpoint's path, got {self.weights!r}")
+
+    def to_dict(self) -> dict:
+        """The fields as JSON values, ``dims`` left out at its default (2): a plane classifier's
+        bundle then reads in versions from before volumes, which refuse fields they do not know."""
+        data = super().to_dict()
+        if self.dims == 2:
+            del data["dims"]
+        return data
 
     @property
     def uses_vit(self) -> bool:
@@ -211,6 +226,16 @@ class FeatureConfig(_JSONConfig):
             shifts=fill["shifts"] if self.shifts is None else self.shifts,
             flips=fill["flips"] if self.flips is None else self.flips,
         )
+
+    def _check_dims(self) -> None:
+        dims = _integer(self.dims)
+        if dims not in (2, 3):
+            raise ValueError(f"dims must be 2 (planes) or 3 (volumes), got {self.dims!r}")
+        if dims == 3 and not KINDS[self.kind].volumes:
+            kinds = sorted(name for name, traits in KINDS.items() if traits.volumes)
+            raise ValueError(f"dims=3 (3-D features of volumes) needs a kind with a 3-D featuriser ({kinds}), got "
+                             f"kind={self.kind!r}; ViT features of a volume are computed plane by plane with dims=2")
+        object.__setattr__(self, "dims", dims)
 
     def _check_sigmas(self) -> None:
         try:

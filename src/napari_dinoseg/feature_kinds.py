@@ -23,15 +23,18 @@ class KindTraits:
         tile apply, its presets are resolved per device, and it needs weights.
     classical
         It computes the classical filter bank: the config's sigmas and membrane settings apply.
+    volumes
+        Its featuriser computes 3-D features of ``(Z, Y, X)`` volumes: ``dims=3`` is valid.
     """
 
     vit: bool = False
     classical: bool = False
+    volumes: bool = False
 
 
 #: Feature kind -> its traits, for every kind :class:`~napari_dinoseg.config.FeatureConfig` accepts.
 KINDS: dict[str, KindTraits] = {
-    "classical": KindTraits(classical=True),
+    "classical": KindTraits(classical=True, volumes=True),
     "vit": KindTraits(vit=True),
     "hybrid": KindTraits(vit=True, classical=True),
 }

@@ -37,23 +37,16 @@ from .config import CRFConfig, FeatureConfig, TrainConfig, config_or_default
 from .distribution_shift import TrainingStatistics, sample_step
 from .lazy_plane import NormalisedPlane, is_lazy
 from .lazy_training import PaintedLabels, TrainingWindows, skips
-from .plane_parts import (  # noqa: F401
-    _as_lists,
-    _channels,
-    _lattice_rows,
-    _memo,
-    check_finite,
-    predict_part,
-    tone_curve,
-    window_training_part,
-)
+from .plane_parts import (_as_lists, _channels, _lattice_rows, _memo, check_finite, predict_part,  # noqa: F401
+                          tone_curve, window_training_part)
 from .planes import TILE, Slices, in_plane, label_dtype, plane_windows, window_origin  # noqa: F401
 from .progress import ProgressCallback, report, within
 from .segmenter_checks import ImageLike, ShiftReport
+from .segmenter_volumes import VolumeSegmenting
 from .segmenter_windows import WindowFeatures
 
 
-class Segmenter(ShiftReport, WindowFeatures):
+class Segmenter(ShiftReport, WindowFeatures, VolumeSegmenting):
     """Features + pixel classifier + smoothing + optional CRF, fitted on painted images.
 
     After scikit-image's ``TrainableSegmenter``::
@@ -98,6 +91,7 @@ class Segmenter(ShiftReport, WindowFeatures):
         self.n_channels: Optional[int] = None
         self.channel_names: Optional[tuple[str, ...]] = None
         self.pixel_size: Optional[float] = None  # µm per pixel of the training images; None: unknown
+        self.spacing: Optional[tuple[float, float, float]] = None  # (dz, dy, dx) of training volumes; None: unknown
         self._featuriser = None  # (config it was built for, Featuriser): see the featuriser property
         # feature samples of the latest predictions, for check(image, proba): id(proba) -> (ref, sample)
         self._samples: dict = {}
@@ -129,15 +123,16 @@ class Segmenter(ShiftReport, WindowFeatures):
 
     def fit(self, images: Union[ImageLike, Sequence[ImageLike]], labels: Union[np.ndarray, Sequence[np.ndarray]],
             progress: Optional[ProgressCallback] = None, cache=None,
-            pixel_size: Optional[float] = None) -> "Segmenter":
+            pixel_size: Optional[float] = None, spacing: Optional[Sequence[float]] = None) -> "Segmenter":
         """Fit on one image and its brush labels, or on lists of them (sizes may differ).
 
         Parameters
         ----------
         images : (H, W) or (H, W, C) array, or a sequence of them
-            The painted images (one channel count for all).
+            The painted images (one channel count for all); with ``FeatureConfig(dims=3)``, ``(Z, Y,
+            X)`` volumes (numpy, zarr, dask) read a block at a time (:mod:`~napari_dinoseg.volume_training`).
         labels : (H, W) int array, or a sequence of them
-            Brush labels, 0 = unlabelled, 1..K = classes.
+            Brush labels, 0 = unlabelled, 1..K = classes (a volume's: its painted slices are featurised).
         progress
             ``progress(done, total, message)``; may raise :class:`napari_dinoseg.Cancelled`.
         cache : FeatureCache, optional
@@ -145,6 +140,9 @@ class Segmenter(ShiftReport, WindowFeatures):
         pixel_size : float, optional
             µm per pixel of the training images (``None``: unknown), kept as :attr:`pixel_size`
             for the shift report's pixel-size check and ``dinoseg apply --resample``.
+        spacing : (dz, dy, dx), optional
+            The training volumes' voxel spacing (one unit for all axes): the 3-D filters' sigmas are
+            scaled by it per axis; kept as :attr:`spacing` (``None``: unknown, taken as isotropic).
 
         Returns
         -------
@@ -155,6 +153,8 @@ class Segmenter(ShiftReport, WindowFeatures):
 
         pixel_size = checked_pixel_size(pixel_size)
         images, labels = _as_lists(images, labels)
+        if self._fit_volumes(images, labels, spacing, progress, pixel_size):
+            return self
         channels = {_channels(img) for img in images}
         if len(channels) > 1:
             raise ValueError(f"the training images have different channel counts {sorted(channels)}; "
@@ -238,8 +238,9 @@ class Segmenter(ShiftReport, WindowFeatures):
     # ---- predicting ----------------------------------------------------------------
 
     def predict_proba(self, image: ImageLike, progress: Optional[ProgressCallback] = None,
-                      cache=None, out=None) -> np.ndarray:
-        """Class probabilities of one plane.
+                      cache=None, out=None, spacing: Optional[Sequence[float]] = None) -> np.ndarray:
+        """Class probabilities of one plane (or, fitted with ``dims=3``, of one ``(Z, Y, X)`` volume:
+        ``(Z, Y, X, K)``, predicted block by block, :mod:`napari_dinoseg.volume_prediction`).
 
         Parameters
         ----------
@@ -255,6 +256,8 @@ class Segmenter(ShiftReport, WindowFeatures):
             window, not the plane). With ``out`` the plane is always read window by window; the
             result equals the in-memory one except with a dense CRF, which then refines each
             window on its own.
+        spacing : (dz, dy, dx), optional
+            A volume's voxel spacing (``None``: isotropic); :meth:`check` names one unlike :attr:`spacing`.
 
         Returns
         -------
@@ -271,6 +274,8 @@ class Segmenter(ShiftReport, WindowFeatures):
         from .memory import check_plane_memory
 
         clf = self._fitted()
+        if self._is_volume(spacing):
+            return self._predict_volume(image, out, False, spacing, progress)
         if out is not None or is_lazy(image):
             return self._predict_windows(image, out, False, progress, cache)
         check_plane_memory(self, np.shape(image), what="predicting")
@@ -313,12 +318,16 @@ class Segmenter(ShiftReport, WindowFeatures):
         return out
 
     def segment(self, image: ImageLike, progress: Optional[ProgressCallback] = None, cache=None,
-                out=None) -> np.ndarray:
-        """``(H, W)`` painted label values of one plane (dtype from :func:`label_dtype`).
+                out=None, spacing: Optional[Sequence[float]] = None) -> np.ndarray:
+        """``(H, W)`` painted label values of one plane (dtype from :func:`label_dtype`); ``(Z, Y, X)``
+        of a volume when fitted with ``dims=3``.
 
-        ``image`` and ``out`` as for :meth:`predict_proba`; ``out`` is ``(H, W)`` of an integer
-        dtype that holds the label values, and with it (or a lazy ``image``) the ``(H, W, K)``
-        probabilities are never held: each window's labels are written as it is predicted."""
+        ``image``, ``out`` and ``spacing`` as for :meth:`predict_proba`; ``out`` is ``(H, W)`` of an
+        integer dtype that holds the label values, and with it (or a lazy ``image``, or a volume)
+        the ``(H, W, K)`` probabilities are never held: each window's labels are written as it is
+        predicted."""
+        if self._is_volume(spacing):
+            return self._predict_volume(image, out, True, spacing, progress)
         if out is not None or is_lazy(image):
             self._fitted()
             return self._predict_windows(image, out, True, progress, cache)
@@ -373,7 +382,7 @@ class Segmenter(ShiftReport, WindowFeatures):
 
         return save_bundle(path, self._fitted(), self.features, self.n_channels, self.channel_names,
                            training=self.training, crf=self.crf, statistics=self.statistics,
-                           pixel_size=self.pixel_size)
+                           pixel_size=self.pixel_size, spacing=self.spacing)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Segmenter":
@@ -384,7 +393,7 @@ class Segmenter(ShiftReport, WindowFeatures):
         seg = cls(contents.features, contents.training, contents.crf)
         seg.classifier, seg.statistics = contents.classifier, contents.statistics
         seg.n_channels, seg.channel_names = contents.n_channels, contents.channel_names
-        seg.pixel_size = contents.pixel_size
+        seg.pixel_size, seg.spacing = contents.pixel_size, contents.spacing
         features = None if seg.statistics is None else seg.statistics.features
         if features is not None and features.n_dims != seg.shift_space(np.zeros((1, seg.classifier.n_features))).shape[1]:
             raise ValueError(f"{str(path)!r} is corrupt: its training statistics' feature distribution has "

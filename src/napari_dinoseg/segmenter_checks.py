@@ -34,7 +34,7 @@ class ShiftReport:
     ``normalise``, ``predict_proba``, ``logit_space``, ``_fitted`` and ``_samples``)."""
 
     def check(self, image: ImageLike, proba: Optional[np.ndarray] = None, cache=None,
-              pixel_size: Optional[float] = None) -> list[str]:
+              pixel_size: Optional[float] = None, spacing: Optional[Sequence[float]] = None) -> list[str]:
         """Warnings about one plane: unlike the training images (their pixel size too), or a collapsed prediction.
 
         Parameters
@@ -50,6 +50,9 @@ class ShiftReport:
             The plane's µm per pixel (``None``: unknown): one more than 10 % from the training
             images' (``pixel_size``, when known) is named
             (:func:`~napari_dinoseg.pixel_scale.pixel_size_warning`).
+        spacing : (dz, dy, dx), optional
+            A volume's voxel spacing (a classifier of 3-D features): one unlike the training
+            volumes' (``spacing``, when known) is named (:func:`~napari_dinoseg.volume.spacing_warning`).
 
         Returns
         -------
@@ -65,6 +68,8 @@ class ShiftReport:
         clf = self._fitted()
         # last: the dock's status line shows a job's last warning, and this one explains the others
         scale = pixel_size_warning(getattr(self, "pixel_size", None), checked_pixel_size(pixel_size))
+        if self.features.dims == 3:
+            return self._volume_warnings(image, proba, spacing) + scale
         findings = self._findings(image, proba, cache)
         if findings is not None:  # predicted window by window: what the prediction saw of the plane
             return self._window_warnings(findings) + scale
@@ -231,6 +236,22 @@ class ShiftReport:
                              "Segmenter for this image; pass the out array they wrote, or none to predict it again")
         h, w = np.shape(image)[:2]
         return predict_windows(self, image, Discard((h, w), np.uint32), True, None, cache)[1]
+
+    def _volume_warnings(self, volume, out, spacing) -> list[str]:
+        """The shift report of a volume: from the findings its prediction ``out`` kept, or predicted
+        here (nothing written); its spacing against the training volumes'."""
+        from .volume import checked_spacing, spacing_warning
+        from .volume_prediction import predict_volume
+        from .window_prediction import Discard, PlaneFindings
+
+        spacing = checked_spacing(spacing)
+        findings = None if out is None else self._kept_sample(out)
+        if not isinstance(findings, PlaneFindings):
+            if out is not None:
+                raise ValueError("this output was not written by predict_proba or segment of this Segmenter for "
+                                 "this volume; pass the array they returned, or none to predict it again")
+            findings = predict_volume(self, volume, Discard(np.shape(volume), np.uint32), True, spacing)[1]
+        return self._window_warnings(findings) + spacing_warning(self.spacing, spacing)
 
     def _window_warnings(self, findings) -> list[str]:
         """The shift report of a plane from its :class:`~napari_dinoseg.window_prediction.PlaneFindings`."""

@@ -30,6 +30,11 @@ FEATURE_CHOICES = [
 VIEWS_PRESET = "preset for the device"
 VIEW_CHOICES = {VIEWS_PRESET: None, "one view": ((), False), "shifts": (True, False),
                 "flips": ((), True), "shifts + flips": (True, True)}
+#: The tooltip of the '3-D features (volume)' checkbox (docks whose image may be a volume).
+VOLUME_TIP = ("compute the classical filters in 3-D: each voxel's features see the neighbouring slices, and the "
+              "sigmas are scaled per axis by the image layer's scale (its z step against its pixel size). Strokes "
+              "on any slices then train one classifier of the whole volume. Classical features only (DINOv2 "
+              "features are computed slice by slice); no membrane projections in 3-D")
 
 
 class FeatureControls:
@@ -37,11 +42,15 @@ class FeatureControls:
 
     Not a container of its own: a widget adds ``widgets`` to its layout (the kind and the plan in
     view, the rest in the folding ``details`` section), so the labels line up with the widget's
-    other controls.
+    other controls. With ``volumes``, ``widgets`` holds the '3-D features (volume)' checkbox too
+    (``volume``), shown while the owner says its image is a volume (:meth:`allow_volume`): ticked,
+    with a kind that has a 3-D featuriser, the config has ``dims=3``.
     """
 
-    def __init__(self, kind: str = "classical") -> None:
+    def __init__(self, kind: str = "classical", volumes: bool = False) -> None:
         self.kind = ComboBox(choices=feature_choices(), value=kind, label="features")
+        self.volume = CheckBox(value=False, text="3-D features (volume)", visible=False, tooltip=VOLUME_TIP)
+        self._volume_image = False  # the owner's image is a (Z, Y, X) volume: the checkbox applies
         self.model = ComboBox(choices=sorted(MODELS), value="dinov2_vits14", label="model")
         self.stride = SpinBox(value=0, min=0, max=16, label="stride (0 = preset)")
         self.views = ComboBox(choices=list(VIEW_CHOICES), value=VIEWS_PRESET, label="upsampler views")
@@ -84,8 +93,8 @@ class FeatureControls:
         self.details = Section("feature details", details,
                                tooltip="model, weights, upsampler views, stride, device, sigmas of the filters, "
                                        "intensity normalisation")
-        self.widgets = [self.kind, self.plan, self.details]
-        for w in (self.views, self.model):
+        self.widgets = [self.kind, *([self.volume] if volumes else []), self.plan, self.details]
+        for w in (self.views, self.model, self.volume):
             w.changed.connect(self.update_visibility)
         self.kind.changed.connect(self._on_kind)
         self._weights_timer = QTimer(self.weights.native)  # the plan follows the weights field as typed; dies with it
@@ -107,7 +116,8 @@ class FeatureControls:
                              "high percentile, e.g. 5, 95")
         kind = self.kind.value
         if not KINDS[kind].vit:  # the ViT's settings (model, views, device, weights) do not apply
-            return FeatureConfig(kind=kind, sigmas=sigmas, membrane=bool(self.membrane.value), percentiles=percentiles)
+            return FeatureConfig(kind=kind, sigmas=sigmas, membrane=bool(self.membrane.value), percentiles=percentiles,
+                                 dims=3 if self.volume_active else 2)
         views = VIEW_CHOICES[self.views.value]
         shifts = flips = None
         if views is not None:
@@ -118,7 +128,19 @@ class FeatureControls:
             facet=self.facet.value, layer=int(self.layer.value),
             weights=str(self.weights.value).strip() or None, device=self.device.value,
             sigmas=sigmas, membrane=bool(self.membrane.value), percentiles=percentiles,
+            dims=3 if self.volume_active else 2,
         )
+
+    @property
+    def volume_active(self) -> bool:
+        """Whether the features are 3-D: the checkbox shown (a volume), enabled (the kind has a 3-D
+        featuriser) and ticked."""
+        return self._volume_image and KINDS[self.kind.value].volumes and bool(self.volume.value)
+
+    def allow_volume(self, volume: bool) -> None:
+        """The owner's image is (``True``) or is not a ``(Z, Y, X)`` volume: show the 3-D checkbox or hide it."""
+        self._volume_image = bool(volume)
+        self.update_visibility()
 
     def use(self, kind: str, weights: str = "", views: str = VIEWS_PRESET, stride: int = 0, device: str = "auto") -> None:
         """Set several controls at once (scripts and tests)."""
@@ -155,7 +177,9 @@ class FeatureControls:
         vit = traits.vit
         for w in self.vit_widgets:
             w.visible = vit
-        self.sigmas.visible = self.membrane.visible = traits.classical
+        self.volume.visible, self.volume.enabled = self._volume_image, traits.volumes
+        self.sigmas.visible = traits.classical
+        self.membrane.visible = traits.classical and not self.volume_active  # a 2-D filter: none in 3-D
         self.shifts.visible = vit and self.views.value in ("shifts", "shifts + flips")
         self.plan.value = "" if not vit else self.weights_problem() or "preset: decided for the device when you click"
 

@@ -42,10 +42,14 @@ logger = logging.getLogger(__name__)
 #: updated at most this often (s): under software OpenGL its redraws cost a short click up to
 #: 0.7 s (benchmarks/live_update.py), and a job of a second needs no second progress bar.
 NAPARI_BAR_AFTER, NAPARI_BAR_EVERY = 1.0, 0.25
-#: The dock's own progress bar and status line get a job's reports at most this often (s), and
-#: whenever the message changes: a live update at 4096² reports ~70 times, and each report
-#: handed to the GUI thread costs the worker a few ms of waiting for the GIL and the GUI a redraw.
-DOCK_EVERY = 0.1
+#: The dock's own progress bar and status line get a job's reports at most this often (s), the
+#: first and the last at once: a live update at 4096² reports ~70 times, and each report handed to
+#: the GUI thread costs the worker a few ms of waiting for the GIL and the GUI a redraw of the
+#: window, which with napari's OpenGL canvas is composed by OpenGL: under software OpenGL (Mesa's
+#: llvmpipe, a VM, a remote desktop) a tenth of a second of a core or more each. Forwarding every
+#: change of message (each sigma of each tile) made the first Train / Predict on a 16384² view
+#: three times slower there (``benchmarks/multiscale_view.py``).
+DOCK_EVERY = 0.5
 #: A newly docked widget shares its side of the window this long after napari has placed and
 #: shown it (ms).
 SHARE_AFTER_MS = 100
@@ -215,14 +219,14 @@ class WorkerWidget(Container):
         return worker
 
     def _progress_callback(self, done: int, total: int, message: str) -> None:
-        """Called in the worker thread: raise to cancel, else forward to the GUI thread (a new
-        message, the end, or ``DOCK_EVERY`` s after the last forwarded report)."""
+        """Called in the worker thread: raise to cancel, else forward to the GUI thread (the
+        first report, the end, or ``DOCK_EVERY`` s after the last forwarded report)."""
         bar = self._bar
         if self._closed or (self.worker is not None and self.worker.abort_requested) or \
                 (bar is not None and bar.is_canceled):
             raise Cancelled()
-        now, (last, shown) = time.perf_counter(), self._reported
-        if message != shown or done >= total or now - last >= DOCK_EVERY:
+        now, (last, _) = time.perf_counter(), self._reported
+        if last == 0.0 or done >= total or now - last >= DOCK_EVERY:
             self._reported = (now, message)
             self._show_progress(done, total, message)
 

@@ -45,12 +45,15 @@ from ._train_job import Source, TrainJob, TrainResult, run_train_job
 from ._train_layers import PREDICTIONS, all_sources, image_label_pairs, predictions_layer, source_of, write_result
 from ._train_layers import UNCERTAINTY  # noqa: F401 (the roles of the widget's layers, named from here too)
 from ._train_pyramid import PyramidControls
+from ._train_volume import VolumeResult
+from ._volume_controls import VolumeControls
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
     import napari
 
 SCOPE_SLICE, SCOPE_STACK = "current slice", "whole stack"
+SCOPES = [(SCOPE_SLICE, SCOPE_SLICE), ("whole stack / volume", SCOPE_STACK)]  # (shown, value) of the 'predict' menu
 #: (label, TrainConfig.classifier) choices of the classifier menu.
 CLASSIFIERS = [("logistic regression + trees", "logistic+trees"), ("logistic regression (fastest)", "logistic")]
 NO_CLASSIFIER = "none yet: paint strokes of two or more classes, or load a classifier"
@@ -68,7 +71,7 @@ TOOLTIPS = {
     "_edge_smoothing": "smooth the class probabilities, keeping the image's edges (guided filter)",
     "_pca": "reduce the ViT channels to this many principal components before training (0 = off)",
     "_crf": "refine the prediction with a fully connected CRF (slower; sharper boundaries)",
-    "_scope": "predict the slice on screen, or every slice of the stack",
+    "_scope": "predict the slice on screen, or every slice of the stack (of a volume with 3-D features: all of it)",
     "_want_uncertainty": "add a layer showing how unsure the classifier is at each pixel (0 = sure, 1 = unsure)",
     "_live": "retrain and predict the current slice whenever a brush stroke ends: the part on screen first, "
              "then the rest (Train / Predict still works)",
@@ -79,9 +82,10 @@ TOOLTIPS = {
 }
 
 
-class TrainWidget(PyramidControls, WorkerWidget):
+class TrainWidget(VolumeControls, PyramidControls, WorkerWidget):
     """Dock widget: features -> logistic regression on brush labels -> predictions layer (for a
-    multiscale image: at its working level, the part in view; :class:`._train_pyramid.PyramidControls`)."""
+    multiscale image: at its working level, the part in view; :class:`._train_pyramid.PyramidControls`;
+    for a volume with 3-D features: :class:`._volume_controls.VolumeControls`)."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, "Train / Predict", "Paint strokes of two or more classes, then click Train / Predict.")
@@ -94,12 +98,12 @@ class TrainWidget(PyramidControls, WorkerWidget):
         self._train_on = ComboBox(choices=[TRAIN_THIS, TRAIN_ALL], value=TRAIN_THIS, label="train on")
         self._train_on.tooltip = ("'every image with labels': each image layer with strokes in its own Labels "
                                   "layer ('<image> labels') trains one classifier")
-        self.features = FeatureControls()
+        self.features = FeatureControls(volumes=True)
         self._classifier = ComboBox(choices=CLASSIFIERS, value="logistic+trees", label="classifier")
         self._edge_smoothing = CheckBox(value=True, text="edge-aware smoothing")  # "guided filter": the tooltip
         self._pca = SpinBox(value=0, min=0, max=1536, label="PCA of ViT channels (0 = off)")
         self._crf = CheckBox(value=False, text="refine with a dense CRF")
-        self._scope = ComboBox(choices=[SCOPE_SLICE, SCOPE_STACK], value=SCOPE_SLICE, label="predict")
+        self._scope = ComboBox(choices=SCOPES, value=SCOPE_SLICE, label="predict")
         self._want_uncertainty = CheckBox(value=False, text="uncertainty layer")
         self._bundle_file = FileEdit(mode="w", filter="*.dinoseg", label="classifier file")
         self._save = PushButton(text="Save classifier")
@@ -191,6 +195,7 @@ class TrainWidget(PyramidControls, WorkerWidget):
                              f"{seg.features.kind} features): Train / Predict predicts with it until you paint on "
                              "this image's labels")
         self._status.value = f"loaded {self._loaded_name}"
+        self._volume_loaded()
         return True
 
     def new_labels_layer(self, *_args) -> Optional[Labels]:
@@ -258,6 +263,8 @@ class TrainWidget(PyramidControls, WorkerWidget):
         if is_pyramid(self._image.value):
             return self._prepare_view(background=True)
         job = self._make_job(current_slice=True)
+        if (volume := self._volume_job(job)) is not None:  # 3-D features: the slice in view, whole
+            return volume
         self._live_token += 1
         show = partial(self._show_view, self._live_token, self._job_image, job.predict_slices[0])
         view = self.visible_region()
@@ -290,7 +297,8 @@ class TrainWidget(PyramidControls, WorkerWidget):
         self._claimed = ""
         if is_pyramid(self._image.value):
             return self._prepare_view()
-        return run_train_job, (self._make_job(), self.cache)
+        job = self._make_job()
+        return self._volume_job(job) or (run_train_job, (job, self.cache))
 
     def _make_job(self, current_slice: bool = False) -> TrainJob:
         """The click's inputs, copied from the layers; ``current_slice``: predict the slice on screen
@@ -370,6 +378,8 @@ class TrainWidget(PyramidControls, WorkerWidget):
             return self._on_view_result(result)
         if isinstance(result, WholeResult):
             return self._on_whole_result(result)
+        if isinstance(result, VolumeResult):
+            return self._on_volume_result(result)
         self.last_result = result
         self.segmenter = result.segmenter
         image = self._job_image
@@ -415,6 +425,7 @@ class TrainWidget(PyramidControls, WorkerWidget):
         if own is not None and self._labels_layer.value is not own:  # an image chosen: its own strokes too
             self._labels_layer.value = own
         self._scope.visible = image is not None and len(spatial_shape(image)) > 2 and not is_pyramid(image)
+        self._volume_picked(image)  # the 3-D checkbox for a volume
         self._pyramid_picked(image)  # said when it is chosen, before any painting
 
 

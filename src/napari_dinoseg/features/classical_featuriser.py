@@ -19,11 +19,55 @@ class ClassicalFeaturiser(Featuriser):
     of Gaussians, optional membrane projections), per image channel, in torch."""
 
     kind = "classical"
+    dims = (2, 3)
 
     def channel_names(self, n_channels: int) -> tuple[str, ...]:
-        from .classical import classical_channel_names
+        """The channels of a plane's bank, or with ``config.dims == 3`` of a volume's (no membrane
+        projections: :mod:`.classical3d`)."""
+        if self.config.dims == 3:
+            from .classical3d import classical3d_channel_names as names
+        else:
+            from .classical import classical_channel_names as names
 
-        return per_image_channel(classical_channel_names(self.config), n_channels)
+        return per_image_channel(names(self.config), n_channels)
+
+    # ---- volumes (config.dims == 3) ----------------------------------------------------
+
+    def halo(self, spacing) -> tuple[int, int, int]:
+        """``(hz, hy, hx)`` voxels of context the 3-D bank reads around a block's core, for voxels
+        ``spacing = (dz, dy, dx)`` apart (:func:`.classical3d.halo_3d`)."""
+        from .classical3d import halo_3d
+
+        return halo_3d(self.config, spacing)
+
+    def volume_features(self, block: np.ndarray, spacing, halo, progress: Optional[ProgressCallback] = None
+                        ) -> np.ndarray:
+        """``(z, y, x, F)`` float32 3-D features of a block's core.
+
+        ``block`` is ``(z + 2 hz, y + 2 hy, x + 2 hx)`` float32 normalised values, the core with
+        ``halo`` (at least :meth:`halo`) voxels of context mirrored at the volume's border
+        (:func:`.classical3d.read_block`); ``progress`` hears each sigma and may raise to cancel."""
+        from .classical3d import classical_features_3d
+
+        total = len(self.config.sigmas) + 1
+        done = 0
+
+        def step(message: str) -> None:
+            nonlocal done
+            done += 1
+            report(progress, done, total, message)
+
+        report(progress, 0, total, "3-D classical features")
+        return classical_features_3d(block, self.config, spacing, halo, self.device, step)
+
+    def volume_bytes(self, core: tuple[int, int, int], spacing) -> int:
+        """Peak bytes of :meth:`volume_features` for a block of ``core`` voxels: its ``(z, y, x, F)``
+        float32 output, the halo'd block and the bank's temporaries."""
+        from .classical3d import working_bytes_3d
+
+        halo = self.halo(spacing)
+        block = int(np.prod([n + 2 * h for n, h in zip(core, halo)]))
+        return 4 * int(np.prod(core)) * self.n_features(1) + 4 * block + working_bytes_3d(self.config, core, spacing)
 
     @property
     def margin(self) -> int:

@@ -1,0 +1,103 @@
+"""The train dock's 3-D path for a ``(Z, Y, X)`` image layer (GUI thread).
+
+:class:`VolumeControls` is a mixin of :class:`~.train_widget.TrainWidget`, as
+:class:`~._train_pyramid.PyramidControls` is for multiscale images: for a single-channel 3-D image
+layer it shows the '3-D features (volume)' checkbox of the feature controls
+(:meth:`~._feature_controls.FeatureControls.allow_volume`); ticked, a click's (or live update's)
+job becomes a :class:`~._train_volume.VolumeJob`: the strokes of every slice train one classifier
+of 3-D features, with the layer's scale as the voxel spacing, and the slice in view (or the whole
+volume) is predicted into the image's ``(Z, Y, X)`` predictions layer. A loaded classifier brings
+its own dims: one of 3-D features predicts a volume layer whatever the checkbox, and is refused for
+an image that is not one; one of 2-D features is refused while the checkbox is ticked.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from napari.layers import Image
+
+from ._layers import spatial_shape
+from ._train_job import TrainJob
+from ._train_layers import write_result
+from ._train_volume import (VolumeJob, VolumeResult, describe_spacing, planes_classifier_refusal, run_volume_job,
+                            spacing_from_scale, volume_classifier_refusal)
+
+
+def is_volume(image: Optional[Image]) -> bool:
+    """Whether an image layer is a single-channel ``(Z, Y, X)`` volume (not RGB, not multiscale)."""
+    return image is not None and not image.rgb and not image.multiscale and len(spatial_shape(image)) == 3
+
+
+def layer_spacing(image: Image) -> Optional[tuple[float, float, float]]:
+    """``(dz, dy, dx)`` of a volume layer, from its scale (:func:`._train_volume.spacing_from_scale`)."""
+    return spacing_from_scale(image.scale, getattr(image, "units", None))
+
+
+class VolumeControls:
+    """Mixin of the train dock: its 3-D jobs and results. Expects the
+    :class:`~.train_widget.TrainWidget` attributes (``_viewer``, ``_image``, ``features``,
+    ``loaded``, ``_loaded_name``, ``_status``, ``_state``...)."""
+
+    def _volume_picked(self, image: Optional[Image]) -> None:
+        """The image menu changed: the 3-D checkbox shown for a volume, hidden otherwise."""
+        self.features.allow_volume(is_volume(image))
+
+    def _volume_loaded(self) -> None:
+        """A classifier was loaded: one of 3-D features is said so in the 'classifier in use' line,
+        and ticks the checkbox when a volume is picked (it predicts in 3-D whatever the box; the box
+        says so)."""
+        if self.loaded is None or self.loaded.features.dims != 3:
+            return
+        self._state.value += f"; 3-D features of volumes, trained on {describe_spacing(self.loaded.spacing)}"
+        if is_volume(self._image.value):
+            self.features.volume.value = True
+
+    def _volume_job(self, job: TrainJob) -> Optional[tuple]:
+        """``(run_volume_job, (VolumeJob,))`` when ``job`` (read from the layers by ``_make_job``)
+        trains or predicts with 3-D features; ``None`` for the plane path. Raises ``ValueError``
+        for a loaded classifier of other dims than the image and the checkbox ask, or strokes of
+        several volumes."""
+        image: Image = self._job_image
+        if job.segmenter.features.dims != 3:
+            if job.use_loaded and self.features.volume_active:
+                raise ValueError(planes_classifier_refusal(self._loaded_name))
+            return None
+        if not is_volume(image):
+            raise ValueError(volume_classifier_refusal(self._loaded_name, image.name, spatial_shape(image)))
+        if len(job.sources) > 1:
+            raise ValueError(f"3-D features train on one volume at a time; strokes of {len(job.sources) - 1} other "
+                             "image(s) were found: choose 'train on: this image'")
+        source = job.sources[0]
+        zs = [index[0] for index in job.predict_slices]
+        return run_volume_job, (VolumeJob(
+            name=source.name, volume=source.image, labels=None if job.use_loaded else source.labels,
+            segmenter=job.segmenter, spacing=layer_spacing(image), planes=slice(min(zs), max(zs) + 1),
+            use_loaded=job.use_loaded, want_uncertainty=job.want_uncertainty, labels_name=source.labels_name,
+            pixel_size=source.pixel_size),)
+
+    def _on_volume_result(self, result: VolumeResult) -> None:
+        """Write a 3-D job's slices into the image's ``(Z, Y, X)`` predictions (and uncertainty)
+        layer and say what was done (GUI thread)."""
+        self.last_result = result
+        self.segmenter = result.segmenter
+        image = self._job_image
+        if image is None or image not in self._viewer.layers:
+            self._status.value = "the image was closed before its prediction was ready; nothing was written"
+            return
+        write_result(self._viewer, image, result, self._labels_layer.value)
+        if result.trained_on:
+            set_aside = (f"; the loaded {self._loaded_name} is set aside (you painted)" if self.loaded is not None
+                         else "")
+            self._state.value = f"trained here on {'; '.join(result.trained_on)}{set_aside}"
+            self.loaded = None
+            source = f"trained on {'; '.join(result.trained_on)} in {result.seconds[0]:.1f} s"
+        else:
+            source = f"using the loaded classifier {self._loaded_name}"
+        z0, z1 = result.planes.start, result.planes.stop
+        what = f"slice {z0}" if z1 - z0 == 1 else f"all {z1 - z0} slices"
+        claimed = f"; labels layer {self._claimed!r} now belongs to this image" if self._claimed else ""
+        doubt = f"; {len(result.messages)} warning(s): {result.messages[-1]}" if result.messages else ""
+        self._status.value = (
+            f"predicted {what} of {image.name!r} with 3-D features ({describe_spacing(result.spacing)}), "
+            f"{result.classifier.n_classes} classes, {source}; predicted in {result.seconds[1]:.1f} s{claimed}{doubt}")
