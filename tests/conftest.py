@@ -132,3 +132,26 @@ class Recording:
     def __getitem__(self, key):
         self.keys.append(key)
         return self.data[key]
+
+
+def benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` as module ``name`` (a generator for a fixture: yields it, then
+    forgets it and the benchmark modules it imported beside it, ``quality`` and ``machine``)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))  # the scripts import quality.py and machine.py beside them
+    before = set(sys.modules)
+    try:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for imported in (name, "quality", "machine"):
+            if imported not in before:
+                sys.modules.pop(imported, None)
+        sys.path.remove(str(folder))

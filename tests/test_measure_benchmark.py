@@ -1,30 +1,15 @@
 """The phase-fraction benchmark's fractions, errors and intervals (synthetic arrays only)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import benchmark_script
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports quality.py and machine.py beside it
-    before = set(sys.modules)
-    try:
-        spec = importlib.util.spec_from_file_location("measure_fractions", BENCHMARKS / "measure_fractions.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["measure_fractions"] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        for name in ("measure_fractions", "quality", "machine"):
-            if name not in before:
-                sys.modules.pop(name, None)
-        sys.path.remove(str(BENCHMARKS))
+    yield from benchmark_script("measure_fractions")
 
 
 def test_truth_fractions_leave_ignored_pixels_out(bench):

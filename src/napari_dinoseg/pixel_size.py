@@ -160,15 +160,20 @@ def _dinoseg_record(meta) -> Optional[PixelSize]:
     return PixelSize(size, f"{FROM_DINOSEG} ({source})" if isinstance(source, str) and source else FROM_DINOSEG)
 
 
-def _ome_pixel_size(xml: Optional[str]) -> Optional[PixelSize]:
+def ome_pixels(xml: Optional[str]):
+    """The first image's ``Pixels`` element of an OME-XML document (``None``: none, or not XML)."""
     from xml.etree import ElementTree
 
     if not xml:
         return None
     try:
-        pixels = ElementTree.fromstring(xml).find(".//{*}Image/{*}Pixels")
+        return ElementTree.fromstring(xml).find(".//{*}Image/{*}Pixels")
     except ElementTree.ParseError:
         return None
+
+
+def _ome_pixel_size(xml: Optional[str]) -> Optional[PixelSize]:
+    pixels = ome_pixels(xml)
     if pixels is None:
         return None
     x = _length_um(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit", "µm"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .pixel_size import _length_um, _positive
+from .pixel_size import _length_um, _positive, ome_pixels
 from .reading import TIFF_SUFFIXES
 from .volume import Spacing, checked_spacing
 
@@ -152,14 +152,7 @@ def _recorded(meta) -> Optional[VoxelSpacing]:
 
 
 def _ome_spacing(xml: Optional[str]) -> Optional[VoxelSpacing]:
-    from xml.etree import ElementTree
-
-    if not xml:
-        return None
-    try:
-        pixels = ElementTree.fromstring(xml).find(".//{*}Image/{*}Pixels")
-    except ElementTree.ParseError:
-        return None
+    pixels = ome_pixels(xml)
     if pixels is None:
         return None
     sizes = [_length_um(pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit", "µm")) for a in "ZYX"]

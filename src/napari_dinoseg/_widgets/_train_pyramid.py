@@ -159,11 +159,8 @@ class PyramidControls:
     def _on_view_result(self, result: ViewResult) -> None:
         from ._train_layers import PREDICTIONS, _colours
 
-        self.last_result = result
-        self.segmenter = result.segmenter
-        image = self._job_image
-        if image is None or image not in self._viewer.layers:
-            self._status.value = "the image was closed before its prediction was ready; nothing was shown"
+        image = self._take_result(result)
+        if image is None:
             return
         show_pyramid(self._viewer, image, PREDICTIONS, result.level, result.out,
                      _colours(self._viewer, image, self._labels_layer.value))

@@ -79,11 +79,8 @@ class VolumeControls:
     def _on_volume_result(self, result: VolumeResult) -> None:
         """Write a 3-D job's slices into the image's ``(Z, Y, X)`` predictions (and uncertainty)
         layer and say what was done (GUI thread)."""
-        self.last_result = result
-        self.segmenter = result.segmenter
-        image = self._job_image
-        if image is None or image not in self._viewer.layers:
-            self._status.value = "the image was closed before its prediction was ready; nothing was written"
+        image = self._take_result(result)
+        if image is None:
             return
         write_result(self._viewer, image, result, self._labels_layer.value)
         if result.trained_on:

@@ -373,6 +373,17 @@ class TrainWidget(VolumeControls, PyramidControls, WorkerWidget):
     def _show_plan(self, plan: str) -> None:
         self.features.plan.value = self._status.value = plan
 
+    def _take_result(self, result):
+        """Keep a job's result and its classifier; the image it was for, or ``None`` (said on the
+        status line) when that image was closed meanwhile (GUI thread)."""
+        self.last_result = result
+        self.segmenter = result.segmenter
+        image = self._job_image
+        if image is None or image not in self._viewer.layers:
+            self._status.value = "the image was closed before its prediction was ready; nothing was written"
+            return None
+        return image
+
     def _on_result(self, result: TrainResult) -> None:
         if isinstance(result, ViewResult):  # a multiscale image's view, or its whole image
             return self._on_view_result(result)
@@ -380,11 +391,8 @@ class TrainWidget(VolumeControls, PyramidControls, WorkerWidget):
             return self._on_whole_result(result)
         if isinstance(result, VolumeResult):
             return self._on_volume_result(result)
-        self.last_result = result
-        self.segmenter = result.segmenter
-        image = self._job_image
-        if image is None or image not in self._viewer.layers:
-            self._status.value = "the image was closed before its prediction was ready; nothing was written"
+        image = self._take_result(result)
+        if image is None:
             return
         write_result(self._viewer, image, result, self._labels_layer.value)
         reused = f", {result.reused} reused from cache" if result.reused else ""

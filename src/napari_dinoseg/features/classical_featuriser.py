@@ -49,15 +49,7 @@ class ClassicalFeaturiser(Featuriser):
         (:func:`.classical3d.read_block`); ``progress`` hears each sigma and may raise to cancel."""
         from .classical3d import classical_features_3d
 
-        total = len(self.config.sigmas) + 1
-        done = 0
-
-        def step(message: str) -> None:
-            nonlocal done
-            done += 1
-            report(progress, done, total, message)
-
-        report(progress, 0, total, "3-D classical features")
+        step = counted_steps(progress, len(self.config.sigmas) + 1, "3-D classical features")
         return classical_features_3d(block, self.config, spacing, halo, self.device, step)
 
     def volume_bytes(self, core: tuple[int, int, int], spacing) -> int:
@@ -99,18 +91,24 @@ class ClassicalFeaturiser(Featuriser):
         from .classical import classical_features, n_classical_steps
 
         n_channels = img.shape[-1]
-        total = n_classical_steps(self.config, n_channels)
-        done = 0
-
-        def step(message: str) -> None:
-            nonlocal done
-            done += 1
-            report(progress, done, total, message)
-
-        report(progress, 0, total, "classical features")
+        step = counted_steps(progress, n_classical_steps(self.config, n_channels), "classical features")
         chw = classical_features(img, self.config, self.device, step).cpu().numpy()
         data = np.moveaxis(chw, 0, -1) if out is None else copy_channels_last(chw, out)
         return FeatureStack(data=data, config=self.config, channel_names=self.channel_names(n_channels))
+
+
+def counted_steps(progress: Optional[ProgressCallback], total: int, first: str):
+    """``step(message)`` for the filter banks: reports ``progress`` one more of ``total`` units each
+    call (after reporting 0 with ``first``)."""
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
+        done += 1
+        report(progress, done, total, message)
+
+    report(progress, 0, total, first)
+    return step
 
 
 def membrane_kernel_bytes(config) -> int:
