@@ -73,7 +73,6 @@ def test_score_leaves_absent_classes_and_ignored_voxels_out(bench):
 
 @pytest.mark.parametrize("name, k", [("blobs2", 2), ("blobs3", 3)])
 def test_synthetic_volume_is_seeded_uint8_with_exact_truth(bench, name, k):
-    pytest.importorskip("porespy")
     shape = (16, 40, 40)
     state = np.random.get_state()
     image, gt = bench.synthetic_volume(name, shape, seed=3)
