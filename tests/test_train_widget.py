@@ -902,14 +902,17 @@ def test_a_numpy_layer_too_large_for_the_cache_is_read_window_by_window(dock, qt
     monkeypatch.setattr(_train_job, "WINDOWED_PIXELS", 500_000)
     image, truth, _ = two_textures
     plane, truth = np.tile(image, (4, 5)), np.tile(truth, (4, 5))  # 768 x 960 = 737 280 px
-    fits = []
-    fit = Segmenter._training_planes
+    fits, probabilities = [], []
+    fit, proba = Segmenter._training_planes, Segmenter.predict_proba
     monkeypatch.setattr(Segmenter, "_training_planes", lambda self, images, *a, **k: fits.append(
         [type(i).__name__ for i in images]) or fit(self, images, *a, **k))
+    monkeypatch.setattr(Segmenter, "predict_proba", lambda self, *a, **k: probabilities.append(1) or proba(
+        self, *a, **k))
     viewer, widget, layer = dock(plane)
     brush(widget.new_labels_layer(), TEXTURE_STROKES)
     click_and_wait(qtbot, widget)
     assert fits == [["WindowedArray"]]
+    assert probabilities == []  # labels written window by window: no (H, W, K) float plane
     pred = widget.predictions.data
     assert iou(pred, truth, 1) > 0.9 and iou(pred, truth, 2) > 0.9
     np.testing.assert_array_equal(pred, widget.segmenter.segment(plane))

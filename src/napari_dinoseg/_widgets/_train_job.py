@@ -144,7 +144,7 @@ def run_train_job(
     progress: Optional[ProgressCallback] = None,
     announce: Optional[Callable[[str], None]] = None,
     *,
-    predict_plane: PlanePredictor = Segmenter.predict_proba,
+    predict_plane: Optional[PlanePredictor] = None,
 ) -> TrainResult:
     """Fit the segmenter on every painted slice of every source (features from ``cache`` where it
     has them), then predict and check the first source's ``predict_slices``.
@@ -155,7 +155,8 @@ def run_train_job(
     starts. Progress is reported on a 0..1000 scale; a progress callback may raise
     :class:`napari_dinoseg.Cancelled` to stop between steps. Warnings (NaN replaced, images
     unlike the training images, a collapsed prediction) are collected in ``messages``.
-    ``predict_plane`` predicts each slice.
+    ``predict_plane`` predicts each slice (``None``: :meth:`Segmenter.predict_proba`, or for a plane
+    read window by window without an uncertainty layer, :meth:`Segmenter.segment`).
     """
     planes = job.training_planes
     if not planes and not job.use_loaded:
@@ -220,8 +221,15 @@ def _predict(job: TrainJob, predict_plane: PlanePredictor, progress: Optional[Pr
     share = 1 / len(job.predict_slices)
     for n, index in enumerate(job.predict_slices):
         plane = source.plane(index)
-        proba = predict_plane(seg, plane, within(progress, n * share, (n + 1) * share), cache)
+        sub = within(progress, n * share, (n + 1) * share)
         where = f"{source.name}{' slice ' + str(index) if index else ''}: "
+        if is_lazy(plane) and not job.want_uncertainty and predict_plane is None:
+            # a plane read window by window: its labels written window by window, no (H, W, K) floats
+            labels = seg.segment(plane, sub, cache)
+            messages += [where + message for message in seg.check(plane, labels, cache, pixel_size=source.pixel_size)]
+            segs.append(labels)
+            continue
+        proba = (predict_plane or Segmenter.predict_proba)(seg, plane, sub, cache)
         # through the cache: a live update's probabilities (predicted view first) carry no feature
         # sample, so the check reads one from the cached windows instead of featurising the plane again
         messages += [where + message for message in seg.check(plane, proba, cache, pixel_size=source.pixel_size)]

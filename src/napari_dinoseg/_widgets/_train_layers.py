@@ -113,3 +113,16 @@ def _write_uncertainty(viewer, image: Image, result: TrainResult, pred: Labels) 
         layer.data[index] = np.clip(unc / top, 0.0, 1.0)
     layer.contrast_limits = (0.0, 1.0)
     layer.refresh()
+
+
+def take_result(dock, result):
+    """Keep a job's result and its classifier on the train ``dock``; the image layer it was for, or
+    ``None`` (said on the dock's status line) when that image was closed meanwhile (GUI thread)."""
+    dock.last_result = result
+    dock.segmenter = result.segmenter
+    image = dock._job_image
+    if image is None or image not in dock._viewer.layers:
+        dock._status.value = "the image was closed before its prediction was ready; nothing was written"
+        return None
+    return image
+

@@ -18,6 +18,7 @@ from napari.utils.notifications import show_info
 from ..progress import Cancelled
 from ._feature_controls import check_weights
 from ._layers import IMAGE_KEY, TRAIN_ALL, layer_pixel_size, strokes_of
+from ._train_layers import take_result
 from ._pyramid import (LEVEL_KEY, WHOLE, add_strokes, describe_level, is_pyramid, level_choices, level_pixel_size,
                        level_shape, predictions_path, pyramid_problem, show_pyramid, strokes_note, view_region,
                        whole_path)
@@ -159,7 +160,7 @@ class PyramidControls:
     def _on_view_result(self, result: ViewResult) -> None:
         from ._train_layers import PREDICTIONS, _colours
 
-        image = self._take_result(result)
+        image = take_result(self, result)
         if image is None:
             return
         show_pyramid(self._viewer, image, PREDICTIONS, result.level, result.out,

@@ -19,7 +19,7 @@ from napari.layers import Image
 
 from ._layers import spatial_shape
 from ._train_job import TrainJob
-from ._train_layers import write_result
+from ._train_layers import take_result, write_result
 from ._train_volume import (VolumeJob, VolumeResult, describe_spacing, planes_classifier_refusal, run_volume_job,
                             spacing_from_scale, volume_classifier_refusal)
 
@@ -79,7 +79,7 @@ class VolumeControls:
     def _on_volume_result(self, result: VolumeResult) -> None:
         """Write a 3-D job's slices into the image's ``(Z, Y, X)`` predictions (and uncertainty)
         layer and say what was done (GUI thread)."""
-        image = self._take_result(result)
+        image = take_result(self, result)
         if image is None:
             return
         write_result(self._viewer, image, result, self._labels_layer.value)

@@ -42,7 +42,8 @@ from ._pyramid_job import ViewResult, WholeResult, labels_digest
 from ._sections import Section
 from ._text import wrap
 from ._train_job import Source, TrainJob, TrainResult, run_train_job
-from ._train_layers import PREDICTIONS, all_sources, image_label_pairs, predictions_layer, source_of, write_result
+from ._train_layers import (PREDICTIONS, all_sources, image_label_pairs, predictions_layer, source_of, take_result,
+                            write_result)
 from ._train_layers import UNCERTAINTY  # noqa: F401 (the roles of the widget's layers, named from here too)
 from ._train_pyramid import PyramidControls
 from ._train_volume import VolumeResult
@@ -373,17 +374,6 @@ class TrainWidget(VolumeControls, PyramidControls, WorkerWidget):
     def _show_plan(self, plan: str) -> None:
         self.features.plan.value = self._status.value = plan
 
-    def _take_result(self, result):
-        """Keep a job's result and its classifier; the image it was for, or ``None`` (said on the
-        status line) when that image was closed meanwhile (GUI thread)."""
-        self.last_result = result
-        self.segmenter = result.segmenter
-        image = self._job_image
-        if image is None or image not in self._viewer.layers:
-            self._status.value = "the image was closed before its prediction was ready; nothing was written"
-            return None
-        return image
-
     def _on_result(self, result: TrainResult) -> None:
         if isinstance(result, ViewResult):  # a multiscale image's view, or its whole image
             return self._on_view_result(result)
@@ -391,7 +381,7 @@ class TrainWidget(VolumeControls, PyramidControls, WorkerWidget):
             return self._on_whole_result(result)
         if isinstance(result, VolumeResult):
             return self._on_volume_result(result)
-        image = self._take_result(result)
+        image = take_result(self, result)
         if image is None:
             return
         write_result(self._viewer, image, result, self._labels_layer.value)

@@ -9,6 +9,12 @@ features cache shared with the train widget, and writes the image's
 other mode's layers of that image (``_layers.place_result``). "Use as labels" copies chosen CAS classes into a brush-labels
 layer as training labels for the train widget.
 
+For a single-channel ``(Z, Y, X)`` image layer the feature controls show '3-D features (volume)'
+(the train dock's checkbox, :meth:`~._feature_controls.FeatureControls.allow_volume`): ticked, the
+whole volume is segmented with 3-D classical features (:func:`run_volume_cas_job`, block by block,
+the layer's scale as the voxel spacing) into ``(Z, Y, X)`` CAS labels and foreground layers at the
+image's scale; volumes get no boxes.
+
 Features default to DINOv2 when its weights can be had, else to classical features with a
 note saying what DINOv2 would add and where its weights go; a DINOv2 or hybrid click with no
 weights is refused in about a second, before any work starts.
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, create_widget
@@ -30,12 +36,15 @@ from ..features.featurise import FeatureCache
 from ..image import drop_alpha
 from ..progress import report, within
 from ..unsupervised import CASResult, segment_unsupervised
+from ..unsupervised_volume import LEFT_OUT, VolumeCASResult, check_volume_config, segment_volume_unsupervised
 from ._feature_controls import FeatureControls, check_weights, numbers
 from ._jobs import featurise_planes, start_job
 from ._layers import (add_result, current_index, find_result, geometry, multiscale_refusal,
                       refuse_multiscale_when_picked, remove_result, set_result, spatial_shape)
 from ._sections import Section
 from ._text import wrap
+from ._train_volume import VOLUME_BOX, describe_spacing
+from ._volume_controls import is_volume, layer_spacing
 from ._worker_widget import WorkerWidget
 
 if TYPE_CHECKING:
@@ -63,6 +72,21 @@ def run_cas_job(planes: list, config: CASConfig, cache: FeatureCache, progress=N
         result = segment_unsupervised(stacks if len(stacks) > 1 else stacks[0], cfg, images=planes,
                                       progress=lambda d, t, m: report(progress, 700 + int(0.3 * d), 1000, m))
     result.messages = list(dict.fromkeys(messages + result.messages + [str(w.message) for w in caught]))
+    return result
+
+
+def run_volume_cas_job(volume, config: CASConfig, spacing: Optional[tuple], progress=None,
+                       announce=None) -> VolumeCASResult:
+    """Segment a ``(Z, Y, X)`` volume (numpy, zarr, dask) with 3-D classical features, block by block
+    (:func:`~napari_dinoseg.unsupervised_volume.segment_volume_unsupervised`); pure, runs in a worker.
+    Warnings (NaN replaced, ...) go to the result's ``messages``."""
+    if announce is not None:
+        shape = " × ".join(str(n) for n in np.shape(volume))
+        announce(f"3-D classical features of a {shape} volume, {describe_spacing(spacing)}, block by block")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = segment_volume_unsupervised(volume, config, spacing, progress)
+    result.messages = list(dict.fromkeys(str(w.message) for w in caught))
     return result
 
 
@@ -98,10 +122,10 @@ class UnsupervisedWidget(WorkerWidget):
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, "Segment", "No labels needed: choose features and click Segment.")
-        self.result: Optional[CASResult] = None
+        self.result: Optional[Union[CASResult, VolumeCASResult]] = None
         self._job_image: Optional[Image] = None  # the image the running job segments
         self._image = create_widget(annotation=Image, label="image")
-        self.features = FeatureControls(kind="vit")
+        self.features = FeatureControls(kind="vit", volumes=True)
         self._weights_note = wrap(Label(value=""))
         self._mode = ComboBox(choices=[MODE_CAS, MODE_PARTS], value=MODE_CAS, label="mode")
         self._mode.tooltip = ("classes: class-agnostic regions, foreground and object boxes (CAS). parts: the "
@@ -131,15 +155,16 @@ class UnsupervisedWidget(WorkerWidget):
             *self.run_controls, self.as_labels,
         ])
         self._use.changed.connect(self.use_as_labels)
-        self._image.changed.connect(self._update_scope)
+        self._image.changed.connect(self._on_image)
         self.features.kind.changed.connect(self._update_controls)
+        for control in (self.features.kind, self.features.volume):  # 3-D features segment the whole volume
+            control.changed.connect(self._update_scope)
         self._mode.changed.connect(self._update_controls)
         self.features.prefer_classical_without_weights(
             self._weights_note, "DINOv2 would add semantic features, and CLS attention for the foreground and boxes.",
             tooltip=DINOV2_ADDS)
-        self.features.update_visibility()
         self._update_controls()
-        self._update_scope()
+        self._on_image()  # the feature controls shown for the kind (update_visibility), the 3-D box for a volume
         refuse_multiscale_when_picked(self, [self._image], "the unsupervised dock")
 
     def config(self) -> CASConfig:
@@ -148,12 +173,25 @@ class UnsupervisedWidget(WorkerWidget):
 
     def _prepare(self):
         config = self.config()
+        if config.features.dims == 3:
+            return self._volume_job(config)
         check_weights(config.features)  # no weights: refuse now, not after a minute of retries
         planes, self._index = self._planes()
         self._job_image = self._image.value
         if self._mode.value == MODE_PARTS:
             return run_parts_job, (planes, config.features, int(self._n_parts.value), bool(self._crf.value), self.cache)
         return run_cas_job, (planes, config, self.cache)
+
+    def _volume_job(self, config: CASConfig) -> tuple:
+        """``(run_volume_cas_job, args)`` for the volume picked, '3-D features (volume)' ticked;
+        ``ValueError`` in parts mode or for features other than the classical filters."""
+        if self._mode.value == MODE_PARTS:
+            raise ValueError(f"parts mode co-segments planes: untick '{VOLUME_BOX}' to find the parts of the "
+                             "slices, or choose the classes (CAS) mode to segment the volume in 3-D")
+        check_volume_config(config)
+        image: Image = self._image.value
+        self._job_image, self._index = image, None
+        return run_volume_cas_job, (image.data, config, layer_spacing(image))
 
     def _update_controls(self, *_args) -> None:
         """Granularity scales the merging distance, which only features with attention have; the
@@ -166,11 +204,17 @@ class UnsupervisedWidget(WorkerWidget):
         if parts:
             self.features.facet.value = "key"  # the paper's descriptor for parts
 
+    def _on_image(self, *_args) -> None:
+        """Another image picked: the '3-D features (volume)' checkbox only for a volume, and its scope."""
+        self.features.allow_volume(is_volume(self._image.value))
+        self._update_scope()
+
     def _update_scope(self, *_args) -> None:
-        """The slice / stack choice only for images with more than one plane."""
+        """The slice / stack choice only for images with more than one plane, unless 3-D features
+        segment the whole volume."""
         image: Optional[Image] = self._image.value
         shape = () if image is None else (image.data.shape[:-1] if image.rgb else image.data.shape)
-        self._scope.visible = int(np.prod(shape[:-2], dtype=np.int64)) > 1
+        self._scope.visible = int(np.prod(shape[:-2], dtype=np.int64)) > 1 and not self.features.volume_active
 
     def use_as_labels(self, *_args) -> Optional[Labels]:
         """Copy the chosen CAS classes into the brush-labels layer (unlabelled pixels only)."""
@@ -251,8 +295,7 @@ class UnsupervisedWidget(WorkerWidget):
             labels, foreground = full_l, full_f
         elif self._index == ():
             labels, foreground = labels.reshape(shape), foreground.reshape(shape)
-        cas = set_result(self._viewer, image, CAS_LAYER, Labels, labels, where)
-        fg = set_result(self._viewer, image, FOREGROUND_LAYER, Labels, foreground, {**where, "opacity": 0.4}, above=cas)
+        fg = self._write_classes(image, labels, foreground)
         rects, colours = [], []
         slices = [()] * len(result.boxes) if self._index is None else (
             list(np.ndindex(*shape[:-2])) if self._index == () else [self._index])
@@ -267,6 +310,23 @@ class UnsupervisedWidget(WorkerWidget):
                 rects, shape_type="rectangle", edge_color=colours, face_color="transparent", edge_width=2, **where),
                 above=fg)
 
+    def _write_classes(self, image: Image, labels: np.ndarray, foreground: np.ndarray) -> Labels:
+        """The image's CAS labels and foreground layers (of its spatial shape), at its scale; returns
+        the foreground layer."""
+        where = geometry(image)
+        cas = set_result(self._viewer, image, CAS_LAYER, Labels, labels, where)
+        return set_result(self._viewer, image, FOREGROUND_LAYER, Labels, foreground, {**where, "opacity": 0.4},
+                          above=cas)
+
+    def _write_volume(self, result: VolumeCASResult, image: Image) -> None:
+        """A volume's ``(Z, Y, X)`` CAS labels and foreground; no boxes (an old boxes layer removed)."""
+        self._write_classes(image, result.labels, result.foreground.astype(np.uint8))
+        remove_result(self._viewer, image.name, BOXES_LAYER)
+        hidden = self._hide(image, (PARTS_LAYER,))
+        more = "".join(f"; {note}" for note in result.notes if note != LEFT_OUT)  # the CRF not applied
+        self._status.value = (f"{result.n_classes} classes in 3-D ({describe_spacing(result.spacing)}; classical "
+                              f"features, their number chosen by silhouette); no boxes for volumes{more}{hidden}")
+
     def _show_plan(self, plan: str) -> None:
         self.features.plan.value = self._status.value = plan
 
@@ -279,6 +339,9 @@ class UnsupervisedWidget(WorkerWidget):
             self._write_parts(result, image)
             return
         self.result = result
+        if isinstance(result, VolumeCASResult):
+            self._write_volume(result, image)
+            return
         self._write_layers(result, image)
         hidden = self._hide(image, (PARTS_LAYER,))
         boxes = f"{sum(len(b) for b in result.boxes)} boxes" if result.boxes_shown else result.boxes_note
