@@ -69,15 +69,30 @@ def classical_classes(stacks: Sequence["FeatureStack"], config: CASConfig) -> tu
         Per-class silhouette of each number of classes tried (up to the first that did not
         raise it by more than ``SILHOUETTE_GAIN``).
     """
-    from sklearn.cluster import KMeans
-
     channels, finest = smooth_channels(stacks[0].channel_names)
     feats = standardise([s.data[..., channels] for s in stacks], 4, clip=CLIP_PERCENTILES)
     flat = [f.reshape(-1, f.shape[-1]) for f in feats]
     sample = subsample(flat, config.sample, config.seed, rows=[_calm_pixels(f[..., finest]) for f in feats])
+    fit, silhouettes, n = fit_classes(sample, config, "image")
+    clusters = np.stack([fit.predict(f).reshape(feats[0].shape[:-1]) for f in flat])
+    background = background_class(clusters + 1) - 1
+    by_area = np.argsort(-np.bincount(clusters.ravel(), minlength=n), kind="stable")
+    order = [background, *(c for c in by_area if c != background)]
+    rank = np.empty(n, np.int32)
+    rank[order] = np.arange(1, n + 1)
+    return rank[clusters], silhouettes
+
+
+def fit_classes(sample: np.ndarray, config, what: str = "image") -> tuple[object, dict, int]:
+    """The classical rule's k-means on a ``(N, C)`` sample of calm pixels: one more class while it
+    raises the silhouette clearly, at most ``min(config.k, MAX_CLASSES)``; returns ``(the chosen
+    fit, the silhouettes of each number tried, the number chosen)``. ``ValueError`` naming
+    ``what`` when the sample holds one value only."""
+    from sklearn.cluster import KMeans
+
     top = min(config.k, MAX_CLASSES, len(np.unique(sample.round(5), axis=0)))
     if top < 2:
-        raise ValueError("the image is uniform: nothing to cluster")
+        raise ValueError(f"the {what} is uniform: nothing to cluster")
     rng = np.random.default_rng(config.seed)
     probe = sample[rng.choice(len(sample), min(SILHOUETTE_SAMPLE, len(sample)), replace=False)]
     fits, silhouettes = {}, {}
@@ -87,13 +102,7 @@ def classical_classes(stacks: Sequence["FeatureStack"], config: CASConfig) -> tu
         if n > 2 and silhouettes[n] <= silhouettes[n - 1] + SILHOUETTE_GAIN:
             break
     n = number_of_classes(silhouettes, SILHOUETTE_GAIN)
-    clusters = np.stack([fits[n].predict(f).reshape(feats[0].shape[:-1]) for f in flat])
-    background = background_class(clusters + 1) - 1
-    by_area = np.argsort(-np.bincount(clusters.ravel(), minlength=n), kind="stable")
-    order = [background, *(c for c in by_area if c != background)]
-    rank = np.empty(n, np.int32)
-    rank[order] = np.arange(1, n + 1)
-    return rank[clusters], silhouettes
+    return fits[n], silhouettes, n
 
 
 def smooth_channels(names: Sequence[str]) -> tuple[list[int], list[int]]:

@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from .cas_clusters import (CALM_QUANTILE, CLIP_PERCENTILES, MAX_CLASSES, SILHOUETTE_GAIN, SILHOUETTE_SAMPLE,
-                           class_silhouette, number_of_classes, smooth_channels)
+from .cas_clusters import CALM_QUANTILE, CLIP_PERCENTILES, fit_classes, smooth_channels
 from .config import CASConfig, config_or_default
 from .descriptors import subsample
 from .feature_kinds import KINDS
@@ -260,22 +259,7 @@ class _SmoothChannels:
 def _fit_classes(calm: np.ndarray, config: CASConfig) -> tuple[object, dict, int]:
     """k-means of the classical rule (steps 2-3 of :mod:`napari_dinoseg.unsupervised`) on the calm
     grid voxels ``(N, C)``: ``(the fit of the chosen number of classes, silhouettes, that number)``."""
-    from sklearn.cluster import KMeans
-
-    sample = subsample([calm], config.sample, config.seed)
-    top = min(config.k, MAX_CLASSES, len(np.unique(sample.round(5), axis=0)))
-    if top < 2:
-        raise ValueError("the volume is uniform: nothing to cluster")
-    rng = np.random.default_rng(config.seed)
-    probe = sample[rng.choice(len(sample), min(SILHOUETTE_SAMPLE, len(sample)), replace=False)]
-    fits, silhouettes = {}, {}
-    for n in range(2, top + 1):  # one more class while it raises the silhouette clearly
-        fits[n] = KMeans(n_clusters=n, n_init=1, random_state=config.seed).fit(sample)
-        silhouettes[n] = class_silhouette(probe, fits[n].predict(probe))
-        if n > 2 and silhouettes[n] <= silhouettes[n - 1] + SILHOUETTE_GAIN:
-            break
-    n = number_of_classes(silhouettes, SILHOUETTE_GAIN)
-    return fits[n], silhouettes, n
+    return fit_classes(subsample([calm], config.sample, config.seed), config, "volume")
 
 
 def background_class_3d(labels: np.ndarray) -> int:
