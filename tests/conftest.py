@@ -155,3 +155,44 @@ def benchmark_script(name: str):
             if imported not in before:
                 sys.modules.pop(imported, None)
         sys.path.remove(str(folder))
+
+
+class Hold:
+    """Holds a dock's job at a progress report (in the worker thread) until ``release()``;
+    ``entered`` is set when it holds. ``after``: hold at the first report after one whose message
+    starts with it (e.g. ``"predicting"``: past the fit); ``None``: at the first report."""
+
+    def __init__(self, widget, after=None) -> None:
+        import threading
+
+        self.entered, self._release = threading.Event(), threading.Event()
+        self.ready = after is None
+        real = widget._progress_callback
+
+        def callback(done, total, message):
+            if self.ready and not self.entered.is_set():
+                self.entered.set()
+                self._release.wait(60)
+            self.ready = self.ready or message.startswith(after)
+            real(done, total, message)
+
+        widget._progress_callback = callback  # looked up by each job's start
+
+    def release(self) -> None:
+        self._release.set()
+
+
+def close_mid_run(qtbot, viewer, widget, dock_name: str, hold: Hold, timeout_ms: int = 120_000) -> None:
+    """Start ``widget``'s job, click its dock's own ✕ while ``hold`` holds it, and wait until the
+    job has stopped (it raises ``Cancelled`` at its next progress report)."""
+    import threading
+
+    worker = widget.run()
+    try:
+        assert worker is not None and hold.entered.wait(60)
+        stopped = threading.Event()
+        worker.errored.connect(lambda err: stopped.set())
+        viewer.window._wrapped_dock_widgets[dock_name].title.close_button.click()
+    finally:
+        hold.release()
+    qtbot.waitUntil(stopped.is_set, timeout=timeout_ms)

@@ -9,6 +9,7 @@ from itertools import permutations
 
 import numpy as np
 import pytest
+from conftest import Hold, close_mid_run
 
 from napari_dinoseg import unsupervised_volume
 from napari_dinoseg.config import CASConfig, FeatureConfig
@@ -230,28 +231,6 @@ def test_parts_mode_and_dinov2_are_refused_in_3d_at_the_click(dock):
     assert [lay.name for lay in viewer.layers] == ["vol"]
 
 
-class Hold:
-    """Holds a widget's job at its first progress report (in the worker thread) until
-    ``release()``; ``entered`` is set when it holds."""
-
-    def __init__(self, widget) -> None:
-        import threading
-
-        self.entered, self._release = threading.Event(), threading.Event()
-        real = widget._progress_callback
-
-        def callback(done, total, message):
-            if not self.entered.is_set():
-                self.entered.set()
-                self._release.wait(60)
-            real(done, total, message)
-
-        widget._progress_callback = callback  # looked up when the job starts
-
-    def release(self) -> None:
-        self._release.set()
-
-
 def test_cancel_while_segmenting_a_volume_writes_nothing(dock, qtbot):
     image, _ = three_phase()
     viewer, widget = dock(image, scale=SPACING)
@@ -268,19 +247,8 @@ def test_cancel_while_segmenting_a_volume_writes_nothing(dock, qtbot):
 
 
 def test_closing_the_dock_stops_the_volume_job(dock, qtbot):
-    import threading
-
     image, _ = three_phase()
     viewer, widget = dock(image, show=True)
     widget.features.volume.value = True
-    hold = Hold(widget)
-    worker = widget.run()
-    try:
-        assert worker is not None and hold.entered.wait(60)
-        stopped = threading.Event()
-        worker.errored.connect(lambda err: stopped.set())
-        viewer.window._wrapped_dock_widgets["dinoseg: unsupervised"].title.close_button.click()
-    finally:
-        hold.release()
-    qtbot.waitUntil(stopped.is_set, timeout=TIMEOUT_MS)  # Cancelled raised at its next report
+    close_mid_run(qtbot, viewer, widget, "dinoseg: unsupervised", Hold(widget), TIMEOUT_MS)
     assert [lay.name for lay in viewer.layers] == ["vol"]

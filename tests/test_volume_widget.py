@@ -5,10 +5,10 @@ the image's scale, cancel and close, save / load, refusals, and the result drawn
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
+from conftest import Hold, close_mid_run
 
 napari = pytest.importorskip("napari")
 
@@ -218,32 +218,10 @@ def test_a_spacing_unlike_the_training_ones_is_named_in_the_status_line(dock, qt
 # ---- cancel and close --------------------------------------------------------------------------
 
 
-class Hold:
-    """Holds a widget's job at its first progress report after the fit (from the worker thread)
-    until ``release()``; ``entered`` is set when it holds."""
-
-    def __init__(self, widget) -> None:
-        self.entered, self._release = threading.Event(), threading.Event()
-        self.trained = False
-        real = widget._progress_callback
-
-        def callback(done, total, message):
-            if self.trained and not self.entered.is_set():
-                self.entered.set()
-                self._release.wait(60)
-            self.trained = self.trained or message.startswith("predicting")
-            real(done, total, message)
-
-        widget._progress_callback = callback  # looked up by each job's start
-
-    def release(self) -> None:
-        self._release.set()
-
-
 def test_cancel_while_predicting_the_volume_leaves_no_layer(dock, qtbot, volume):
     viewer, widget, _, _ = painted_dock(dock, volume)
     widget._scope.value = SCOPE_STACK
-    hold = Hold(widget)
+    hold = Hold(widget, after="predicting")
     layers = [lay.name for lay in viewer.layers]
     try:
         assert widget.run() is not None
@@ -259,16 +237,7 @@ def test_cancel_while_predicting_the_volume_leaves_no_layer(dock, qtbot, volume)
 def test_closing_the_dock_stops_the_volume_job(dock, qtbot, volume):
     viewer, widget, _, _ = painted_dock(dock, volume, show=True)
     widget._scope.value = SCOPE_STACK
-    hold = Hold(widget)
-    worker = widget.run()
-    try:
-        assert worker is not None and hold.entered.wait(60)
-        stopped = threading.Event()
-        worker.errored.connect(lambda err: stopped.set())
-        viewer.window._wrapped_dock_widgets["dinoseg: train"].title.close_button.click()
-    finally:
-        hold.release()
-    qtbot.waitUntil(stopped.is_set, timeout=TIMEOUT_MS)  # Cancelled raised at its next report
+    close_mid_run(qtbot, viewer, widget, "dinoseg: train", Hold(widget, after="predicting"), TIMEOUT_MS)
     assert widget.predictions is None
 
 
