@@ -7,6 +7,7 @@ from scipy import ndimage as ndi
 
 from napari_dinoseg import FeatureConfig, Segmenter
 from napari_dinoseg import volume_prediction, volume_training
+from napari_dinoseg.features.classical_featuriser import ClassicalFeaturiser
 
 CONFIG = FeatureConfig(kind="classical", dims=3, sigmas=(1.0, 2.0), device="cpu")
 
@@ -72,7 +73,7 @@ def test_segments_a_volume_and_sees_the_third_dimension():
 def test_blocks_equal_one_block(fitted, monkeypatch):
     seg, volume, _ = fitted
     whole = seg.predict_proba(volume)
-    monkeypatch.setattr(volume_prediction, "VOLUME_BLOCK", (7, 20, 16))  # does not divide the shape
+    monkeypatch.setattr(ClassicalFeaturiser, "volume_block", lambda self: (7, 20, 16))  # does not divide the shape
     blocks = seg.predict_proba(volume)
     assert blocks.shape == (*volume.shape, 2)
     np.testing.assert_allclose(blocks, whole, atol=2e-4)
@@ -164,9 +165,7 @@ def test_spacing_refused_for_a_plane_classifier():
         seg.segment(volume[1], spacing=(1, 1, 1))
 
 
-def test_3d_needs_the_classical_kind():
-    with pytest.raises(ValueError, match="dims=3"):
-        FeatureConfig(kind="vit", dims=3)
+def test_dims_must_be_2_or_3():
     with pytest.raises(ValueError, match="dims must be 2"):
         FeatureConfig(dims=1)
 

@@ -133,8 +133,8 @@ def test_the_3d_box_shows_for_a_single_channel_volume_and_a_kind_with_3d_feature
     box.value = True
     assert widget.feature_config() == FeatureConfig(kind="classical", dims=3, sigmas=(1, 2))
     assert widget.features.membrane.native.isHidden()  # a 2-D filter: none in 3-D
-    widget.features.kind.value = "vit"  # no 3-D featuriser: disabled, and the config is 2-D
-    assert not box.enabled and not widget.features.volume_active
+    widget.features.kind.value = "vit"  # the ViT featurises volumes too (its xy planes): the box stays
+    assert box.enabled and widget.features.volume_active and widget.feature_config().dims == 3
     widget.features.kind.value = "classical"
     assert widget.features.volume_active
 

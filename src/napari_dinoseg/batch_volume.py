@@ -219,10 +219,8 @@ def segment_volume_store(seg, volume, target: Path, meta: dict, probabilities: b
     from .batch_zarr import ZARR_LABEL_SUFFIX, ZARR_PROBA_SUFFIX, _finish, partial_path
     from .ngff_write import create_ngff
     from .planes import label_dtype
-    from .volume_training import VOLUME_BLOCK
-
     shape = tuple(int(n) for n in volume.shape)
-    chunks = tuple(min(b, n) for b, n in zip(VOLUME_BLOCK, shape))
+    chunks = tuple(min(b, n) for b, n in zip(seg.featuriser.volume_block(), shape))
     sizes = None if spacing is None else dict(zip("zyx", spacing))
     sizes = sizes if sizes is not None or meta["pixel_size_um"] is None else meta["pixel_size_um"]
     finals = [target, target.with_name(target.name.replace(ZARR_LABEL_SUFFIX, ZARR_PROBA_SUFFIX))
@@ -311,12 +309,13 @@ def _output_memory(seg, probabilities: bool) -> Callable[[tuple, int], int]:
     """``memory(plane shape, planes)`` of :func:`~napari_dinoseg.reading.read_image` for a volume:
     its labels (and probabilities) held whole, and one block's features."""
     from .planes import label_dtype
-    from .volume_training import VOLUME_BLOCK
+
+    block_voxels = math.prod(seg.featuriser.volume_block())
 
     def memory(plane_shape: tuple, n_planes: int) -> int:
         voxels = n_planes * math.prod(plane_shape[:2])
         k = seg.classifier.n_classes
-        block = min(voxels, math.prod(VOLUME_BLOCK)) * seg.classifier.n_features * 4
+        block = min(voxels, block_voxels) * seg.classifier.n_features * 4
         return voxels * (label_dtype(seg.classes).itemsize + (4 * k if probabilities else 0)) + block
 
     return memory

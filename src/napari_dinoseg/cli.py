@@ -143,8 +143,9 @@ def _train_parser(train: argparse.ArgumentParser) -> None:
     train.add_argument("--axes", default=None, help=AXES_HELP + " (the images'; label files are read as planes)")
     train.add_argument("--dims", type=int, choices=(2, 3), default=2,
                        help="2 (default): a classifier of planes, every plane of a stack segmented on its own; 3: a "
-                            "classifier of (Z, Y, X) volumes with 3-D features (classical), trained on volume TIFFs "
-                            "(one leading axis: Z) and label TIFFs of their shape, one page per z-slice")
+                            "classifier of (Z, Y, X) volumes with 3-D features (the classical bank in 3-D; vit / "
+                            "hybrid: ViT features of each z-slice), trained on volume TIFFs (one leading axis: Z) and "
+                            "label TIFFs of their shape, one page per z-slice")
     train.add_argument("--spacing", default=None, metavar="DZ,DY,DX", help=SPACING_HELP.format(
         "the training volumes, replacing their metadata (with --dims 3; default: their metadata, else isotropic "
         "voxels); it scales the 3-D filters and is recorded in the bundle"))

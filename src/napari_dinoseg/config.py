@@ -40,6 +40,7 @@ PosEmbed = Literal["timm", "scale"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Normalisation = Literal["percentile", "fixed", "legacy"]
 Precision = Literal["auto", "float32", "bfloat16"]
+VolumePlanes = Literal["xy", "triplanar"]
 
 FEATURE_KINDS: tuple[str, ...] = BUILT_IN
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -143,7 +144,15 @@ class FeatureConfig(_JSONConfig):
         ``2``: images are planes, each featurised in 2-D (a stack is a set of planes). ``3``: the
         image is a ``(Z, Y, X)`` volume and the classical filters are computed in 3-D, with sigmas
         scaled per axis by the voxel spacing (:mod:`napari_dinoseg.features.classical3d`; membrane
-        projections are 2-D only and left out); only kinds with a 3-D featuriser (the classical one) take it.
+        projections are 2-D only and left out); with a ViT (``"vit"``, ``"hybrid"``) its features
+        are computed on 2-D planes of the volume (``volume_planes``), the classical channels in 3-D.
+    volume_planes
+        The planes a ViT sees in a volume (``dims=3``; :mod:`napari_dinoseg.features.vit_volume`):
+        ``"xy"`` every z-slice; ``"triplanar"`` the mean of the features of the xy, xz and yz
+        planes through each voxel (three families of planes, each read with the ViT's margin: on a CPU
+        16 times xy's time, ``docs/volumes.md``). Voxels are seen as they are, not
+        resampled to cubes. Ignored by kinds without a ViT (as every ViT field is); refused with
+        ``dims=2`` (a stack of planes is featurised plane by plane).
     """
 
     kind: FeatureKind = "classical"
@@ -166,6 +175,7 @@ class FeatureConfig(_JSONConfig):
     percentiles: tuple[float, float] = (5.0, 95.0)
     intensity_range: Optional[tuple[float, float]] = None
     dims: int = 2
+    volume_planes: VolumePlanes = "xy"
 
     def __post_init__(self) -> None:
         _choice("kind", self.kind, tuple(KINDS))
@@ -192,11 +202,14 @@ class FeatureConfig(_JSONConfig):
             raise ValueError(f"weights must be None, 'random' or a checkpoint's path, got {self.weights!r}")
 
     def to_dict(self) -> dict:
-        """The fields as JSON values, ``dims`` left out at its default (2): a plane classifier's
-        bundle then reads in versions from before volumes, which refuse fields they do not know."""
+        """The fields as JSON values, ``dims`` and ``volume_planes`` left out at their defaults (2,
+        ``"xy"``): a plane classifier's bundle then reads in versions from before volumes, which
+        refuse fields they do not know."""
         data = super().to_dict()
         if self.dims == 2:
             del data["dims"]
+        if self.volume_planes == "xy":
+            del data["volume_planes"]
         return data
 
     @property
@@ -233,9 +246,13 @@ class FeatureConfig(_JSONConfig):
             raise ValueError(f"dims must be 2 (planes) or 3 (volumes), got {self.dims!r}")
         if dims == 3 and not KINDS[self.kind].volumes:
             kinds = sorted(name for name, traits in KINDS.items() if traits.volumes)
-            raise ValueError(f"dims=3 (3-D features of volumes) needs a kind with a 3-D featuriser ({kinds}), got "
-                             f"kind={self.kind!r}; ViT features of a volume are computed plane by plane with dims=2")
+            raise ValueError(f"dims=3 (features of volumes) needs a kind that featurises volumes ({kinds}), got "
+                             f"kind={self.kind!r}; with dims=2 a stack is featurised plane by plane")
         object.__setattr__(self, "dims", dims)
+        _choice("volume_planes", self.volume_planes, get_args(VolumePlanes))
+        if dims == 2 and self.volume_planes != "xy":
+            raise ValueError(f"volume_planes={self.volume_planes!r} is for volumes: use it with dims=3, or leave it "
+                             "at 'xy' for planes (dims=2 featurises each plane on its own)")
 
     def _check_sigmas(self) -> None:
         try:

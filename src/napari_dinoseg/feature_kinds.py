@@ -24,7 +24,8 @@ class KindTraits:
     classical
         It computes the classical filter bank: the config's sigmas and membrane settings apply.
     volumes
-        Its featuriser computes 3-D features of ``(Z, Y, X)`` volumes: ``dims=3`` is valid.
+        Its featuriser computes features of ``(Z, Y, X)`` volumes (``halo``, ``volume_block``,
+        ``volume_features``): ``dims=3`` is valid.
     """
 
     vit: bool = False
@@ -35,8 +36,8 @@ class KindTraits:
 #: Feature kind -> its traits, for every kind :class:`~napari_dinoseg.config.FeatureConfig` accepts.
 KINDS: dict[str, KindTraits] = {
     "classical": KindTraits(classical=True, volumes=True),
-    "vit": KindTraits(vit=True),
-    "hybrid": KindTraits(vit=True, classical=True),
+    "vit": KindTraits(vit=True, volumes=True),
+    "hybrid": KindTraits(vit=True, classical=True, volumes=True),
 }
 
 

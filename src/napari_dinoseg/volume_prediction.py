@@ -1,7 +1,6 @@
 """Predicting a volume block by block (``FeatureConfig(dims=3)``): :func:`predict_volume`.
 
-Each block of the grid (:data:`~napari_dinoseg.volume_training.VOLUME_BLOCK`) is read with the
-3-D bank's halo, normalised with the whole volume's bounds, featurised in 3-D, and classified
+Each block of the grid (the featuriser's ``volume_block()``) is read with the featuriser's halo, normalised with the whole volume's bounds, featurised in 3-D, and classified
 a z-slice at a time: the smoothing (guided filter, Gaussian) and the optional dense CRF work in
 the image plane, so the block's features are computed on its core grown in-plane by the reach of
 the smoothing (clipped to the volume) and the slices cropped back to the core, which then
@@ -19,7 +18,7 @@ from .planes import label_dtype
 from .plane_parts import check_finite
 from .progress import ProgressCallback, report, within
 from .volume import NormalisedVolume, check_volume_shape
-from .volume_training import VOLUME_BLOCK, block_signals, read_normalised, volume_spacing
+from .volume_training import block_signals, read_normalised, volume_spacing
 from .window_prediction import TileFindings, check_out, plane_findings
 
 #: Voxels of a volume's feature sample for the shift report (a regular grid over all of it).
@@ -69,7 +68,7 @@ def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: O
     normalised = NormalisedVolume(volume, segmenter.features)
     halo, ring = featuriser.halo(spacing), clf.margin
     step = max(1, int(np.ceil((np.prod(shape) / FEATURE_SAMPLE_VOXELS) ** (1 / 3))))
-    cores = [(slice(max(c[0].start, z0), min(c[0].stop, z1)), *c[1:]) for c in block_grid(shape, VOLUME_BLOCK)
+    cores = [(slice(max(c[0].start, z0), min(c[0].stop, z1)), *c[1:]) for c in block_grid(shape, featuriser.volume_block())
              if c[0].start < z1 and c[0].stop > z0]
     found = []
     for n, core in enumerate(cores):
@@ -77,7 +76,7 @@ def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: O
         grown = (core[0], *(slice(max(0, c.start - ring), min(size, c.stop + ring))
                             for c, size in zip(core[1:], shape[1:])))
         block = read_normalised(normalised, grown, halo)
-        features = featuriser.volume_features(block, spacing, halo, sub)
+        features = featuriser.volume_features(block, spacing, halo, sub, place=(grown, shape))
         inner = tuple(slice(c.start - g.start, c.stop - g.start) for c, g in zip(core[1:], grown[1:]))
         proba = np.empty((core[0].stop - core[0].start, *(s.stop - s.start for s in inner), clf.n_classes),
                          np.float32)
@@ -96,7 +95,7 @@ def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: O
                                   np.bincount(np.argmax(proba, axis=-1).ravel(), minlength=clf.n_classes)))
         out[(slice(core[0].start - z0, core[0].stop - z0), *core[1:])] = segmenter.to_labels(proba) if labels else proba
     report(progress, 990, 1000, "shift report")
-    findings = plane_findings(segmenter, found, 1)
+    findings = plane_findings(segmenter, found, 1, projected=False)
     report(progress, 1000, 1000, "predicted")
     return out, findings
 

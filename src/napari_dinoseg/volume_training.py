@@ -1,6 +1,6 @@
 """Fitting a :class:`~napari_dinoseg.Segmenter` on volumes (``FeatureConfig(dims=3)``).
 
-A volume is cut into blocks (:data:`VOLUME_BLOCK` voxels, the last ones smaller); only the blocks
+A volume is cut into blocks (the featuriser's ``volume_block()`` voxels, the last ones smaller); only the blocks
 whose cores hold painted voxels are read, each with the 3-D bank's halo (mirrored at the volume's
 border) and normalised with the whole volume's intensity bounds
 (:class:`~napari_dinoseg.volume.NormalisedVolume`), so their features are the whole volume's
@@ -15,15 +15,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .features.classical_featuriser import VOLUME_BLOCK  # the bank's block; a featuriser's: volume_block()
 from .distribution_shift import FeatureDistribution, TrainingStatistics, signal_quantiles, signal_samples
 from .pixel_classifier import check_labels
 from .progress import ProgressCallback, report, within
 from .volume import NormalisedVolume, Spacing, check_volume_shape, checked_spacing
 
-#: Core of a block, ``(z, y, x)`` voxels: its 56 float32 channels take 470 MiB (with the in-plane
-#: ring the smoothing reads when predicting, about 530 MiB), the halo'd block it is computed
-#: from (17 and 65 voxels of context at the default sigmas) under 100 MiB.
-VOLUME_BLOCK = (32, 256, 256)
 #: z-slices of each block the shift report's intensity and edge statistics sample.
 STATISTICS_SLICES = 4
 
@@ -76,7 +73,8 @@ def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequen
     config, training = featuriser.config, segmenter.training
     for volume in volumes:
         check_volume_shape(np.shape(volume))
-    painted = [painted_blocks(lab, tuple(np.shape(vol))) for vol, lab in zip(volumes, labels)]
+    painted = [painted_blocks(lab, tuple(np.shape(vol)), featuriser.volume_block())
+               for vol, lab in zip(volumes, labels)]
     if not any(painted):
         raise ValueError("no painted voxel in the labels: paint strokes of two or more classes first")
     halo = featuriser.halo(spacing)
@@ -89,7 +87,7 @@ def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequen
         for core, crop in blocks:
             sub = within(progress, 0.9 * done / total, 0.9 * (done + 1) / total)
             block = read_normalised(normalised, core, halo)
-            features = featuriser.volume_features(block, spacing, halo, sub)
+            features = featuriser.volume_features(block, spacing, halo, sub, place=(core, np.shape(volume)))
             parts.append(training_part(features, crop, step))
             samples.append(block_signals(block, core, halo))
             counts_of.append(crop[crop > 0])

@@ -193,12 +193,15 @@ class TileFindings:
         return {"rows": self.rows, "signals": self.signals, "counts": self.counts}
 
 
-def plane_findings(segmenter, tiles: Sequence[TileFindings], n_channels: int) -> PlaneFindings:
-    """The :class:`PlaneFindings` of a plane from its tiles' findings (in any order)."""
+def plane_findings(segmenter, tiles: Sequence[TileFindings], n_channels: int,
+                   projected: Optional[bool] = None) -> PlaneFindings:
+    """The :class:`PlaneFindings` of a plane from its tiles' findings (in any order). ``projected``:
+    whether the tiles' rows are the classifier's logit-space projection (``None``: whenever it has
+    one, as the plane path computes them; the volume path's rows are the full features)."""
     sample = None
     if segmenter.statistics is not None and segmenter.statistics.features is not None:
         sample = segmenter._sample(np.concatenate([t.rows for t in tiles]),
-                                   projected=segmenter.logit_space() is not None)
+                                   projected=segmenter.logit_space() is not None if projected is None else projected)
     counts = np.sum([t.counts for t in tiles], axis=0).astype(np.int64)
     return PlaneFindings(sample, signal_quantiles(np.concatenate([t.signals for t in tiles], axis=-1)), counts,
                          n_channels)

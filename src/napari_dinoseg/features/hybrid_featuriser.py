@@ -25,6 +25,7 @@ class HybridFeaturiser(Featuriser):
     the image's key, so a second gather or projection recomputes nothing."""
 
     kind = "hybrid"
+    dims = (2, 3)
     gathers_pixels = True
     has_attention = True
 
@@ -35,6 +36,41 @@ class HybridFeaturiser(Featuriser):
 
     def channel_names(self, n_channels: int) -> tuple[str, ...]:
         return self.classical.channel_names(n_channels) + self.vit.channel_names(n_channels)
+
+    # ---- volumes (config.dims == 3): the 3-D bank's channels, then the ViT's of planes ----------
+
+    def halo(self, spacing) -> tuple[int, int, int]:
+        """Per axis the larger of the 3-D bank's halo and the ViT's."""
+        return tuple(max(c, v) for c, v in zip(self.classical.halo(spacing), self.vit.halo(spacing)))
+
+    def volume_block(self) -> tuple[int, int, int]:
+        """The ViT's block rule for the hybrid's channel count (:func:`.vit_volume.vit_volume_block`)."""
+        from .vit_volume import vit_volume_block
+
+        return vit_volume_block(self.n_features(1), self.config.volume_planes)
+
+    def volume_features(self, block: np.ndarray, spacing, halo, progress: Optional[ProgressCallback] = None,
+                        place=None) -> np.ndarray:
+        """``(z, y, x, F)`` float32: the 3-D bank's channels of the core, then the ViT's (arguments
+        as :meth:`.vit_featuriser.ViTFeaturiser.volume_features`'); ``halo`` at least :meth:`halo`."""
+        classical = self.classical.volume_features(block, spacing, halo, within(progress, 0.0, CLASSICAL_SHARE))
+        n_classical = classical.shape[-1]
+        data = np.empty((*classical.shape[:3], self.n_features(1)), np.float32)
+        data[..., :n_classical] = classical
+        del classical
+        self.vit.volume_features(block, spacing, halo, within(progress, CLASSICAL_SHARE, 1.0), place,
+                                 out=data[..., n_classical:])
+        return data
+
+    def volume_bytes(self, core: tuple[int, int, int], spacing) -> int:
+        """The hybrid stack, plus the larger of the bank's peak and the ViT's (the halo'd block and
+        a plane's working set)."""
+        from .vit_volume import vit_volume_bytes
+
+        voxels = int(np.prod(core))
+        vit = vit_volume_bytes(self.vit, core, self.halo(spacing), self.config.volume_planes)
+        vit -= 4 * voxels * self.vit.n_features(1)
+        return 4 * voxels * self.n_features(1) + max(self.classical.volume_bytes(core, spacing), vit)
 
     @property
     def margin(self) -> int:

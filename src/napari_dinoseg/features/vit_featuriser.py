@@ -22,6 +22,7 @@ class ViTFeaturiser(Featuriser):
     pixels can be gathered and the channels projected without running the model again."""
 
     kind = "vit"
+    dims = (2, 3)
     gathers_pixels = True
     has_attention = True
 
@@ -32,6 +33,37 @@ class ViTFeaturiser(Featuriser):
 
     def channel_names(self, n_channels: int) -> tuple[str, ...]:
         return vit_channel_names(n_channels, len(vit_channel_groups(n_channels)) * self.spec.embed_dim)
+
+    # ---- volumes (config.dims == 3): 2-D features of planes through a block (:mod:`.vit_volume`) ----
+
+    def halo(self, spacing) -> tuple[int, int, int]:
+        """``(hz, hy, hx)`` voxels of context a block's core needs (:func:`.vit_volume.vit_halo`):
+        the 2-D margin in the planes of ``config.volume_planes``; ``spacing`` is not used."""
+        from .vit_volume import vit_halo
+
+        return vit_halo(self, self.config.volume_planes)
+
+    def volume_block(self) -> tuple[int, int, int]:
+        """Core ``(z, y, x)`` of the blocks a volume is cut into: their features at most
+        :data:`.vit_volume.BLOCK_FEATURE_BYTES` (:func:`.vit_volume.vit_volume_block`)."""
+        from .vit_volume import vit_volume_block
+
+        return vit_volume_block(self.n_features(1), self.config.volume_planes)
+
+    def volume_features(self, block: np.ndarray, spacing, halo, progress: Optional[ProgressCallback] = None,
+                        place=None, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """``(z, y, x, D)`` float32 ViT features of a block's core, from its planes
+        (:func:`.vit_volume.vit_volume_features`, which documents ``block``, ``halo``, ``place``
+        and ``out``); ``spacing`` is not used: the ViT sees voxels as they are."""
+        from .vit_volume import vit_volume_features
+
+        return vit_volume_features(self, block, halo, self.config.volume_planes, progress, place, out)
+
+    def volume_bytes(self, core: tuple[int, int, int], spacing) -> int:
+        """Peak bytes of :meth:`volume_features` for a block of ``core`` voxels."""
+        from .vit_volume import vit_volume_bytes
+
+        return vit_volume_bytes(self, core, self.halo(spacing), self.config.volume_planes)
 
     @property
     def margin(self) -> int:
