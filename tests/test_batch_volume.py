@@ -313,6 +313,8 @@ def test_cli_train_refuses_a_spacing_without_dims_3_and_a_4d_volume(tmp_path, vo
             "-o", str(tmp_path / "m.dinoseg")]
     assert main([*base, "--spacing", "1,1,1"]) == 2
     assert "--spacing is the voxel size of training volumes: add --dims 3" in capsys.readouterr().err
+    assert main([*base, "--volume-planes", "triplanar"]) == 2
+    assert "--volume-planes is for volumes: add --dims 3" in capsys.readouterr().err
     assert main([*base, "--dims", "3"]) == 2
     assert "series.tif: its axes are TZYX" in capsys.readouterr().err
     assert not (tmp_path / "m.dinoseg").exists()

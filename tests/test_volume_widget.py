@@ -133,8 +133,15 @@ def test_the_3d_box_shows_for_a_single_channel_volume_and_a_kind_with_3d_feature
     box.value = True
     assert widget.feature_config() == FeatureConfig(kind="classical", dims=3, sigmas=(1, 2))
     assert widget.features.membrane.native.isHidden()  # a 2-D filter: none in 3-D
+    assert widget.features.planes.native.isHidden()  # the ViT's planes: not for classical features
     widget.features.kind.value = "vit"  # the ViT featurises volumes too (its xy planes): the box stays
     assert box.enabled and widget.features.volume_active and widget.feature_config().dims == 3
+    assert not widget.features.planes.native.isHidden() and widget.feature_config().volume_planes == "xy"
+    widget.features.planes.value = "triplanar"
+    assert widget.feature_config().volume_planes == "triplanar"
+    box.value = False  # planes of a stack: no ViT planes menu, a 2-D config
+    assert widget.features.planes.native.isHidden() and widget.feature_config().volume_planes == "xy"
+    box.value = True
     widget.features.kind.value = "classical"
     assert widget.features.volume_active
 

@@ -146,6 +146,9 @@ def _train_parser(train: argparse.ArgumentParser) -> None:
                             "classifier of (Z, Y, X) volumes with 3-D features (the classical bank in 3-D; vit / "
                             "hybrid: ViT features of each z-slice), trained on volume TIFFs (one leading axis: Z) and "
                             "label TIFFs of their shape, one page per z-slice")
+    train.add_argument("--volume-planes", choices=("xy", "triplanar"), default="xy",
+                       help="with --dims 3 and vit / hybrid features: the slices the ViT sees, the z-slices (xy, "
+                            "default) or the xy, xz and yz slices through each voxel averaged (triplanar)")
     train.add_argument("--spacing", default=None, metavar="DZ,DY,DX", help=SPACING_HELP.format(
         "the training volumes, replacing their metadata (with --dims 3; default: their metadata, else isotropic "
         "voxels); it scales the 3-D filters and is recorded in the bundle"))
@@ -221,6 +224,15 @@ def measure_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_volume_options(args: argparse.Namespace) -> None:
+    """Refuse ``dinoseg train``'s volume options without ``--dims 3``."""
+    if args.spacing is not None and args.dims != 3:
+        raise ValueError("--spacing is the voxel size of training volumes: add --dims 3 to train a 3-D classifier, "
+                         "or leave --spacing out")
+    if args.volume_planes != "xy" and args.dims != 3:
+        raise ValueError("--volume-planes is for volumes: add --dims 3 (with --features vit or hybrid)")
+
+
 def train_command(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -230,11 +242,9 @@ def train_command(args: argparse.Namespace) -> int:
 
     if len(args.images) != len(args.labels):
         raise ValueError(f"got {len(args.images)} images but {len(args.labels)} label files; give one per image")
-    if args.spacing is not None and args.dims != 3:
-        raise ValueError("--spacing is the voxel size of training volumes: add --dims 3 to train a 3-D classifier, "
-                         "or leave --spacing out")
+    _check_volume_options(args)
     features = FeatureConfig(kind=args.features, model=args.model, weights=args.weights, device=args.device,
-                             normalise=args.normalise, dims=args.dims,
+                             normalise=args.normalise, dims=args.dims, volume_planes=args.volume_planes,
                              **({"percentiles": tuple(args.percentiles)} if args.percentiles else {}),
                              intensity_range=tuple(args.intensity_range) if args.intensity_range else None)
     training = TrainConfig(classifier=args.classifier, pca_dim=args.pca,

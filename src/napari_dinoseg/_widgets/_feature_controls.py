@@ -33,8 +33,11 @@ VIEW_CHOICES = {VIEWS_PRESET: None, "one view": ((), False), "shifts": (True, Fa
 #: The tooltip of the '3-D features (volume)' checkbox (docks whose image may be a volume).
 VOLUME_TIP = ("compute the classical filters in 3-D: each voxel's features see the neighbouring slices, and the "
               "sigmas are scaled per axis by the image layer's scale (its z step against its pixel size). Strokes "
-              "on any slices then train one classifier of the whole volume. Classical features only (DINOv2 "
-              "features are computed slice by slice); no membrane projections in 3-D")
+              "on any slices then train one classifier of the whole volume. DINOv2 features of a volume are those "
+              "of its z-slices, or of its xy, xz and yz slices averaged ('ViT planes'); no membrane projections "
+              "in 3-D")
+#: The 'ViT planes' menu of a volume with ViT features: (shown, FeatureConfig.volume_planes).
+VOLUME_PLANES = [("xy slices", "xy"), ("xy, xz and yz slices (tri-planar)", "triplanar")]
 
 
 class FeatureControls:
@@ -51,6 +54,9 @@ class FeatureControls:
         self.kind = ComboBox(choices=feature_choices(), value=kind, label="features")
         self.volume = CheckBox(value=False, text="3-D features (volume)", visible=False, tooltip=VOLUME_TIP)
         self._volume_image = False  # the owner's image is a (Z, Y, X) volume: the checkbox applies
+        self.planes = ComboBox(choices=VOLUME_PLANES, value="xy", label="ViT planes", visible=False)
+        self.planes.tooltip = ("which slices of the volume the ViT sees: its z-slices, or the xy, xz and yz slices "
+                               "through each voxel averaged (tri-planar: about 16x the time of xy on a CPU)")
         self.model = ComboBox(choices=sorted(MODELS), value="dinov2_vits14", label="model")
         self.stride = SpinBox(value=0, min=0, max=16, label="stride (0 = preset)")
         self.views = ComboBox(choices=list(VIEW_CHOICES), value=VIEWS_PRESET, label="upsampler views")
@@ -93,7 +99,7 @@ class FeatureControls:
         self.details = Section("feature details", details,
                                tooltip="model, weights, upsampler views, stride, device, sigmas of the filters, "
                                        "intensity normalisation")
-        self.widgets = [self.kind, *([self.volume] if volumes else []), self.plan, self.details]
+        self.widgets = [self.kind, *([self.volume, self.planes] if volumes else []), self.plan, self.details]
         for w in (self.views, self.model, self.volume):
             w.changed.connect(self.update_visibility)
         self.kind.changed.connect(self._on_kind)
@@ -128,7 +134,7 @@ class FeatureControls:
             facet=self.facet.value, layer=int(self.layer.value),
             weights=str(self.weights.value).strip() or None, device=self.device.value,
             sigmas=sigmas, membrane=bool(self.membrane.value), percentiles=percentiles,
-            dims=3 if self.volume_active else 2,
+            dims=3 if self.volume_active else 2, volume_planes=self.planes.value if self.volume_active else "xy",
         )
 
     @property
@@ -180,6 +186,7 @@ class FeatureControls:
         self.volume.visible, self.volume.enabled = self._volume_image, traits.volumes
         self.sigmas.visible = traits.classical
         self.membrane.visible = traits.classical and not self.volume_active  # a 2-D filter: none in 3-D
+        self.planes.visible = vit and self.volume_active
         self.shifts.visible = vit and self.views.value in ("shifts", "shifts + flips")
         self.plan.value = "" if not vit else self.weights_problem() or "preset: decided for the device when you click"
 
