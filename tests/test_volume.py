@@ -175,3 +175,17 @@ def test_painted_blocks_are_runs_of_painted_slices():
     labels[[3, 4, 5, 9, 33], 1, 1] = 1
     cores = [core for core, _ in volume_training.painted_blocks(labels, labels.shape, (32, 8, 8))]
     assert [(c[0].start, c[0].stop) for c in cores] == [(3, 6), (9, 10), (33, 34)]
+
+
+def test_a_volume_that_cannot_fit_is_refused_before_anything_is_read(fitted, monkeypatch):
+    from napari_dinoseg import memory
+
+    seg, volume, truth = fitted
+    recording = Recording(volume)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 20)  # 1 MiB
+    with pytest.raises(ValueError, match=r"segmenting the volume needs about .* but this process can use about"):
+        seg.segment(recording)
+    with pytest.raises(ValueError, match=r"training on the volume needs about"):
+        Segmenter(CONFIG).fit(recording, strokes(truth, (5, 18)))
+    assert recording.reads == []
+

@@ -336,3 +336,21 @@ def check_fit_memory(segmenter, images, labels, featuriser, available: Optional[
             f"than {PLANE_MEMORY_FRACTION:.0%} of the {gib(available)} this process can still use; nothing was "
             f"allocated for it. To train, {fix}")
     return estimate.total
+
+
+def check_volume_memory(featuriser, core: tuple, spacing, out_bytes: int = 0, available: Optional[int] = None,
+                        what: str = "segmenting the volume") -> int:
+    """Refuse a volume job whose peak would not fit, before anything is read: one block of ``core``
+    voxels (:meth:`volume_bytes` of the featuriser: its features, the block read with its halo, the
+    filters' temporaries) plus ``out_bytes`` (the output, where it is allocated in memory); the volume
+    itself is read a block at a time. Returns the estimate in bytes; raises :class:`NotEnoughMemory`."""
+    block = int(featuriser.volume_bytes(tuple(core), spacing))
+    total = block + int(out_bytes)
+    available = available_memory() if available is None else available
+    if total > PLANE_MEMORY_FRACTION * available:
+        raise NotEnoughMemory(
+            f"{what} needs about {gib(total)} ({gib(block)} for a block of {tuple(core)} voxels' features, "
+            f"{gib(out_bytes)} for the output) but this process can use about {gib(available)}; give an out= array "
+            "on disk (a zarr array) for the output, or free memory")
+    return total
+

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .memory import check_volume_memory
 from .planes import label_dtype
 from .plane_parts import check_finite
 from .progress import ProgressCallback, report, within
@@ -61,15 +62,18 @@ def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: O
     spacing = volume_spacing(spacing)
     dtype = label_dtype(clf.classes) if labels else np.float32
     wanted = (z1 - z0, *shape[1:]) if labels else (z1 - z0, *shape[1:], clf.n_classes)
+    featuriser = segmenter.featuriser
+    cores = [(slice(max(c[0].start, z0), min(c[0].stop, z1)), *c[1:]) for c in block_grid(shape, featuriser.volume_block())
+             if c[0].start < z1 and c[0].stop > z0]
+    largest = max((tuple(s.stop - s.start for s in c) for c in cores), key=np.prod)
+    check_volume_memory(featuriser, largest, spacing,  # before anything is read or allocated
+                        0 if out is not None else int(np.prod(wanted)) * np.dtype(dtype).itemsize)
     if out is None:
         out = np.empty(wanted, dtype)
     check_out(out, wanted, dtype)
-    featuriser = segmenter.featuriser
     normalised = NormalisedVolume(volume, segmenter.features)
     halo, ring = featuriser.halo(spacing), clf.margin
     step = max(1, int(np.ceil((np.prod(shape) / FEATURE_SAMPLE_VOXELS) ** (1 / 3))))
-    cores = [(slice(max(c[0].start, z0), min(c[0].stop, z1)), *c[1:]) for c in block_grid(shape, featuriser.volume_block())
-             if c[0].start < z1 and c[0].stop > z0]
     found = []
     for n, core in enumerate(cores):
         sub = within(progress, 0.97 * n / len(cores), 0.97 * (n + 1) / len(cores))

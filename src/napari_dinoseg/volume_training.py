@@ -17,6 +17,7 @@ import numpy as np
 
 from .features.classical_featuriser import VOLUME_BLOCK  # the bank's block; a featuriser's: volume_block()
 from .distribution_shift import FeatureDistribution, TrainingStatistics, signal_quantiles, signal_samples
+from .memory import check_volume_memory
 from .pixel_classifier import check_labels
 from .progress import ProgressCallback, report, within
 from .volume import NormalisedVolume, Spacing, check_volume_shape, checked_spacing
@@ -79,6 +80,7 @@ def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequen
         raise ValueError("no painted voxel in the labels: paint strokes of two or more classes first")
     halo = featuriser.halo(spacing)
     shapes = [tuple(s.stop - s.start for s in core) for blocks in painted for core, _ in blocks]
+    check_volume_memory(featuriser, max(shapes, key=np.prod), spacing, what="training on the volume")
     step = grid_step(shapes)
     parts, samples, counts_of = [], [], []
     done, total = 0, len(shapes)
