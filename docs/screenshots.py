@@ -451,7 +451,7 @@ def multiscale_in_view() -> None:
     _, train = viewer.window.add_plugin_dock_widget("napari-dinoseg", "dinoseg: train")
     train._image.value = image
     labels = train.new_labels_layer()
-    viewer.camera.center, viewer.camera.zoom = (um * side / 2, um * side / 2), 1.5 / um
+    viewer.scene.camera.center, viewer.scene.camera.zoom = (um * side / 2, um * side / 2), 1.5 / um
     _settle(viewer)
     rows, cols = train.view_in_level()
     labels.brush_size = 7
@@ -462,7 +462,7 @@ def multiscale_in_view() -> None:
                 labels.paint((r, c), int(patch[0, 0]), refresh=False)
     labels.refresh()
     click_and_wait(train)
-    viewer.camera.zoom = 0.6 / um  # the part predicted among the parts not predicted
+    viewer.scene.camera.zoom = 0.6 / um  # the part predicted among the parts not predicted
     _settle(viewer, 1.0)
     print("train dock:", train._status.value)
     viewer.screenshot(str(OUT / "multiscale_in_view.png"), canvas_only=False)

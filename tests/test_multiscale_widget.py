@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import iou
+import threading
+
+from conftest import Hold, iou
 
 napari = pytest.importorskip("napari")
 
@@ -19,6 +21,7 @@ from napari_dinoseg.segmenter import Segmenter  # noqa: E402
 from napari_dinoseg._widgets._feature_controls import SHARED_CACHE  # noqa: E402
 from napari_dinoseg._widgets._pyramid import STORE_KEY, WORK_ENV  # noqa: E402
 from napari_dinoseg._widgets._pyramid_job import region_in_level, within_budget, write_region  # noqa: E402
+from napari_dinoseg._widgets._train_pyramid import READY  # noqa: E402
 from napari_dinoseg._widgets.train_widget import TrainWidget  # noqa: E402
 
 SIDE = 2048
@@ -75,8 +78,8 @@ def paint_truth(labels: Labels, truth: np.ndarray, region, every: int = 24) -> N
 
 
 def look_at(viewer, qtbot, centre, zoom):
-    viewer.camera.center = centre
-    viewer.camera.zoom = zoom
+    viewer.scene.camera.center = centre
+    viewer.scene.camera.zoom = zoom
     qtbot.wait(300)  # napari draws, updating the layers' corner pixels and levels
 
 
@@ -133,6 +136,84 @@ def test_resolution_menu_strokes_on_disk_and_train_predict_in_view(dock, qtbot, 
     click_and_wait(qtbot, widget)
     level0 = np.asarray(widget.predictions.data[0])
     assert np.all(level0[view] > 0) and np.all(level0[second] > 0)
+
+
+def test_the_view_is_prepared_while_the_user_paints(dock, qtbot):
+    """Once the view settles, its windows' features are computed in the background; the click
+    then computes none (the cache's misses do not grow) and predicts the view."""
+    viewer, widget, image, truth = dock
+    labels = widget.new_labels_layer()
+    look_at(viewer, qtbot, (0.02 * 600, 0.02 * 700), 1.0 / 0.02 * 1.5)
+    view = widget.view_in_level()
+    qtbot.waitUntil(lambda: READY in widget._status.value and widget.worker is None, timeout=TIMEOUT_MS)
+    assert "kept on disk in" in widget._status.value  # said while it ran: kept, the readiness after it
+    assert "Train / Predict starts from them" in widget._status.value
+    assert widget._prefetched[2] == within_budget(view)
+    assert not widget.prefetch()  # the same view again: nothing to do
+    prepared = SHARED_CACHE.misses
+    paint_truth(labels, truth, view)
+    click_and_wait(qtbot, widget)
+    assert "predicted the view of 'mosaic'" in widget._status.value
+    assert SHARED_CACHE.misses == prepared  # every window the fit and the view read was ready
+    level0 = np.asarray(widget.predictions.data[0])
+    assert iou(level0[view], truth[view], 1) > 0.9 and iou(level0[view], truth[view], 2) > 0.9
+
+
+def test_a_click_during_the_preparation_stops_it_and_runs_at_once(dock, qtbot):
+    viewer, widget, image, truth = dock
+    labels = widget.new_labels_layer()
+    look_at(viewer, qtbot, (0.02 * 600, 0.02 * 700), 1.0 / 0.02 * 1.5)
+    qtbot.waitUntil(lambda: READY in widget._status.value and widget.worker is None, timeout=TIMEOUT_MS)
+    paint_truth(labels, truth, widget.view_in_level())
+    hold = Hold(widget)  # the next job: the preparation of the next view
+    try:
+        look_at(viewer, qtbot, (0.02 * 1400, 0.02 * 1300), 1.0 / 0.02 * 1.5)  # another view: prepared, held
+        qtbot.waitUntil(hold.entered.is_set, timeout=TIMEOUT_MS)
+        preparation = widget.worker
+        assert preparation is not None and widget._background
+        stopped = threading.Event()
+        preparation.errored.connect(lambda err: stopped.set())
+        widget._run.native.click()
+        assert "starting when the running update has stopped" in widget._status.value
+    finally:
+        hold.release()
+    qtbot.waitUntil(stopped.is_set, timeout=TIMEOUT_MS)  # cancelled at its next report
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert "predicted the view of 'mosaic'" in widget._status.value
+    view = widget.view_in_level()
+    assert widget.last_result.region == within_budget(view)
+    assert widget._prefetched is None  # stopped before it finished: the view is prepared again when asked
+
+
+def test_a_view_too_large_to_prepare_gets_its_intensity_bounds_only(dock, qtbot, monkeypatch):
+    from napari_dinoseg._widgets import _train_pyramid
+
+    viewer, widget, image, truth = dock
+    monkeypatch.setattr(_train_pyramid, "PREFETCH_PIXELS", 10_000)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    SHARED_CACHE.clear()
+    widget._prefetched = None
+    assert widget.prefetch()
+    assert _train_pyramid.BOUNDS in widget._status.value
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert len(SHARED_CACHE) == 0  # no window's features
+    assert any(isinstance(k, tuple) and k[0] == "intensity bounds" for k in SHARED_CACHE._items)
+    assert _train_pyramid.BOUNDS not in widget._status.value and READY not in widget._status.value
+
+
+def test_no_preparation_for_vit_features_or_a_closed_dock(dock, qtbot):
+    viewer, widget, image, truth = dock
+    widget.new_labels_layer()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    widget.features.kind.value = "vit"  # forward passes on a CPU: minutes of both cores while painting
+    widget._prefetched = None
+    assert widget._prefetch_job() is None and not widget.prefetch()
+    widget.features.kind.value = "classical"
+    assert widget._prefetch_job() is not None
+    viewer.window._wrapped_dock_widgets["dinoseg: train"].title.close_button.click()
+    look_at(viewer, qtbot, (0.02 * 300, 0.02 * 300), 1.0 / 0.02)
+    qtbot.wait(800)  # past the delay after the view moved
+    assert widget.worker is None and widget._prefetch_job() is None
 
 
 def test_a_coarser_working_level_trains_at_its_pixel_size(dock, qtbot):

@@ -23,7 +23,7 @@ from .pixel_scale import checked_pixel_size, pixel_size_warning
 from .plane_parts import _lattice_rows, _memo, _up
 from .lazy_plane import NormalisedPlane
 from .lazy_training import TrainingWindows, skips
-from .planes import plane_windows
+from .planes import in_plane, plane_windows
 
 ImageLike = np.ndarray
 
@@ -165,7 +165,7 @@ class ShiftReport:
             step = sample_step(normalised[0].shape[:2], n)
             kept = None if any(isinstance(norm, TrainingWindows) for norm in normalised) else cache  # keyed by
             inverted = self.shift_space(np.concatenate([  # the plane's values: a lazy one has no key
-                self._grid_rows(*_inverted_window(norm, n, self.featuriser), None) if isinstance(norm, TrainingWindows)
+                _inverted_rows(norm, n, self.featuriser) if isinstance(norm, TrainingWindows)
                 else _memo(kept, ("inverted sample", cache_key(norm, self.features) if kept else None, step),
                            lambda norm=norm: self._grid_rows(_inverted(norm), self.featuriser, step, None))
                 for norm in normalised]))
@@ -277,14 +277,27 @@ class ShiftReport:
                      lambda: image_statistics(norm))
 
 
-def _inverted_window(norm: TrainingWindows, n: float, featuriser) -> tuple:
-    """The contrast-inverted first painted tile of a lazy training plane, ``featuriser``, and the grid step that
-    samples about ``n`` pixels of its core: a large plane's inversion sample is featurised from one
-    tile, not from every painted one (on a 16384^2 view in the train dock, four tiles' features cost
-    a second more of the first click for a sample of a few hundred pixels)."""
-    first = norm.first_window()
-    core = first.windows[0][1]
-    return _inverted(first), featuriser, sample_step(tuple(c.stop - c.start for c in core), n)
+#: Side (px) of the part of a lazy training plane's first painted tile whose contrast-inverted
+#: features give its inversion sample, featurised with the features' margin around it: a sample
+#: of a few hundred pixels needs no whole tile (a 1172² tile's features cost ~0.2 s of every first
+#: Train / Predict on a multiscale view, this part's a tenth of that).
+INVERSION_SIDE = 256
+
+
+def _inverted_rows(norm: TrainingWindows, n: float, featuriser) -> np.ndarray:
+    """``(M, F)`` float32 features of the contrast-inverted (``1 - x``) top-left ``INVERSION_SIDE``²
+    of a lazy training plane's first painted core, on the grid that samples about ``n`` of its
+    pixels: each pixel's features are the inverted plane's there (read with the features' margin)."""
+    from .features.featurise import featurise
+
+    window, core = norm.windows[0]
+    inner = tuple(slice(s.start, min(s.stop, s.start + INVERSION_SIDE)) for s in in_plane(window, core))
+    align, margin = featuriser.alignment, featuriser.margin
+    grown = tuple(slice(max(0, (s.start - margin) // align * align), min(size, s.stop + margin))
+                  for s, size in zip(inner, norm.shape[:2]))
+    stack = featurise(np.float32(1) - norm[grown], featuriser, normalised=True)
+    part = tuple(slice(i.start - g.start, i.stop - g.start) for i, g in zip(inner, grown))
+    return _lattice_rows(stack, grown, part, sample_step(tuple(s.stop - s.start for s in inner), n))
 
 
 def _inverted(norm):

@@ -105,6 +105,45 @@ class WindowFeatures:
 
         return PlaneRegions(self, image, progress, cache)
 
+    def cache_view(self, image, region, progress=None, cache=None) -> int:
+        """Compute into ``cache`` the features of the tile windows of a lazy plane that meet
+        ``region``, as :meth:`fit` and :meth:`regions` read them (the intensity bounds too): a
+        Train / Predict there then finds them. The train dock does this while the user paints.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array-like
+            A plane read window by window (zarr, dask: :func:`~napari_dinoseg.lazy_plane.is_lazy`).
+        region
+            ``(rows, cols)`` slices of the plane (the part on screen); ``None``: the intensity
+            bounds only.
+        progress
+            Reported after each window (a cancel point between windows).
+        cache
+            A :class:`~napari_dinoseg.features.cache.FeatureCache`; without one nothing is done.
+
+        Returns
+        -------
+        The number of windows that meet ``region`` (0 when their features would not be kept, or
+        without a region).
+        """
+        from .features.featurise import keyed_featurise
+        from .lazy_plane import LazyPlane, is_lazy
+        from .region_prediction import _overlap
+
+        if cache is None or not is_lazy(image):
+            return 0
+        norm = LazyPlane(image, self.features, None, cache).normalised()
+        storage = self.feature_storage(norm.shape[:2], norm.shape[-1], cache, lazy=True)
+        if region is None or storage == "none":
+            return 0
+        windows = [(window, core) for window, core in plane_windows(norm.shape[:2], self.featuriser, self.training,
+                                                                    self.tile) if _overlap(in_plane(window, core), region) is not None]
+        for n, (window, _) in enumerate(windows):
+            keyed_featurise(norm[window], self.featuriser, within(progress, n / len(windows), (n + 1) / len(windows)),
+                            cache, normalised=True, storage=storage)
+        return len(windows)
+
     def _window_parts(self, norm: np.ndarray, labels: np.ndarray, featuriser, step: int, progress, cache=None):
         """Yield ``(window, core, key, TrainingPart, channel names)`` for every tile of a normalised
         plane, its features computed at the painted pixels and the grid sample only
@@ -148,3 +187,4 @@ class WindowFeatures:
                 continue
             sub = within(progress, n / len(windows), (n + 1) / len(windows))
             yield (window, core, *keyed_featurise(norm[window], featuriser, sub, cache, normalised=True, storage=storage))
+

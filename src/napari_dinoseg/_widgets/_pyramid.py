@@ -99,9 +99,9 @@ def view_region(viewer, image: Image, level: int) -> Optional[Slices]:
         return None
     shape = level_shape(image, level)
     size = np.asarray(getattr(getattr(viewer, "canvas", None), "size", None) or (0, 0), float)[-2:]
-    if np.all(size > 0) and viewer.camera.zoom > 0:
-        centre = np.asarray(viewer.camera.center, float)[-2:]
-        half = size / (2 * viewer.camera.zoom)
+    if np.all(size > 0) and viewer.scene.camera.zoom > 0:
+        centre = np.asarray(viewer.scene.camera.center, float)[-2:]
+        half = size / (2 * viewer.scene.camera.zoom)
         ends = np.array([image.world_to_data(centre + sign * half)[-2:] for sign in (-1, 1)], float)
         corners = np.array([np.floor(ends.min(axis=0) + 0.5), np.ceil(ends.max(axis=0) - 0.5)])  # pixels touched
         return region_in_level(corners, tuple(1 / level_factors(image, level)), shape)

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..lazy_training import stored_chunk_files
 from ..pixel_scale import pixel_size_warning
 from ..planes import Slices, label_dtype
 from ..progress import ProgressCallback, report, within
@@ -143,12 +144,11 @@ def labels_digest(labels) -> Optional[str]:
     if isinstance(labels, np.ndarray):
         digest.update(np.ascontiguousarray(labels).tobytes())
         return digest.hexdigest()
-    root = getattr(getattr(labels, "store", None), "root", None)
-    if root is None:
+    files = stored_chunk_files(labels)
+    if files is None:
         return None
-    folder = Path(root) / getattr(labels, "path", "")
-    for chunk in sorted(p for p in (folder / "c").rglob("*") if p.is_file()):
-        digest.update(str(chunk.relative_to(folder)).encode())
+    for index, chunk in sorted(files.items()):
+        digest.update(str(index).encode())
         digest.update(chunk.read_bytes())
     return digest.hexdigest()
 
@@ -246,6 +246,53 @@ def run_view_job(job: ViewJob, cache, progress: Optional[ProgressCallback] = Non
     return ViewResult(segmenter=seg, plan=plan, level=job.level, region=job.region, wanted=job.wanted, out=job.out,
                       trained=not job.use_loaded, messages=list(dict.fromkeys(messages)),
                       n_classes=seg.classifier.n_classes, seconds=seconds)
+
+
+# ---- the view's features, while the user paints -------------------------------------------
+
+
+@dataclass
+class PrefetchJob:
+    """Inputs of the dock's background preparation of a view: the features of the working
+    level's windows that meet ``region`` (the view), computed into the feature cache with the
+    Segmenter's feature config before the user clicks Train / Predict
+    (:meth:`~napari_dinoseg.Segmenter.cache_view`); with ``region=None``, only the level's
+    intensity bounds (a view too large to prepare)."""
+
+    name: str
+    level: int
+    plane: object
+    region: Optional[Slices]
+    segmenter: Segmenter
+
+
+@dataclass
+class PrefetchResult:
+    name: str
+    level: int
+    region: Optional[Slices]
+    windows: int
+    seconds: float
+    messages: list = field(default_factory=list)  # none: the click says what the plane's reading warns
+
+
+def run_prefetch_job(job: PrefetchJob, cache, progress: Optional[ProgressCallback] = None,
+                     announce: Optional[Callable[[str], None]] = None) -> PrefetchResult:
+    """Compute the features of ``job.region``'s windows (and the level's intensity bounds) into
+    ``cache``, a window at a time; the progress callback may raise
+    :class:`napari_dinoseg.Cancelled` between windows (what was computed stays cached). Its reports
+    carry no message (the dock's status line keeps what it says)."""
+    job_featuriser(job.segmenter)
+    start = time.perf_counter()
+
+    def quiet(done: int, total: int, _message: str) -> None:  # the dock's progress bar, not its status line
+        report(progress, done, total, "")
+
+    with warnings.catch_warnings():  # what reading the plane warns is said by the click that uses it
+        warnings.simplefilter("ignore")
+        windows = job.segmenter.cache_view(job.plane, job.region, quiet if progress is not None else None, cache)
+    return PrefetchResult(name=job.name, level=job.level, region=job.region, windows=windows,
+                          seconds=time.perf_counter() - start)
 
 
 # ---- the whole image ----------------------------------------------------------------------

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 from magicgui.widgets import ComboBox, PushButton
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
+from qtpy.QtCore import QTimer
 
+from ..feature_kinds import KINDS
 from ..progress import Cancelled
 from ._feature_controls import check_weights
 from ._layers import IMAGE_KEY, TRAIN_ALL, layer_pixel_size, strokes_of
@@ -22,11 +25,24 @@ from ._train_layers import take_result
 from ._pyramid import (LEVEL_KEY, WHOLE, add_strokes, describe_level, is_pyramid, level_choices, level_pixel_size,
                        level_shape, predictions_path, pyramid_problem, show_pyramid, strokes_note, view_region,
                        whole_path)
-from ._pyramid_job import (VIEW_BUDGET, ViewJob, ViewResult, WholeJob, WholeResult, labels_digest, lazy_level,
-                           run_view_job, run_whole_job, within_budget)
+from ._pyramid_job import (VIEW_BUDGET, PrefetchJob, PrefetchResult, ViewJob, ViewResult, WholeJob, WholeResult,
+                           labels_digest, lazy_level, run_prefetch_job, run_view_job, run_whole_job, within_budget)
 
 RESOLUTION_TIP = ("the level of the pyramid the classifier is trained and predicts at (level 0: the finest); its "
                   "pixel size is kept with the classifier. A coarser level predicts a larger view in the same time")
+#: The view's features are computed ahead (:meth:`PyramidControls.prefetch`) this long after the
+#: view last moved, the image or level was chosen (ms): not while the user pans or zooms.
+PREFETCH_DELAY_MS = 500
+#: The largest view (pixels of the working level) prepared ahead: three times a typical view of
+#: 1500 × 1000 screen pixels at one image pixel each. A larger one (the whole of a 16384² image on
+#: screen) is not where the user paints; its features would fill gigabytes for a click that may
+#: never come (a click there computes them, within :data:`VIEW_BUDGET`).
+PREFETCH_PIXELS = 4_500_000
+#: What the status line says, after what it said before, while the view's features are computed
+#: ahead, and once they are ready.
+PREPARING = " · computing the features of the view ahead of Train / Predict…"
+BOUNDS = " · reading the image's intensity range ahead of Train / Predict…"
+READY = " · features of the view ready"
 WHOLE_TIP = ("segment the whole image at the working level, window by window, into an OME-Zarr on disk (its path is "
              "shown), then show it as a multiscale labels layer; Cancel stops it and removes the partial output")
 
@@ -45,6 +61,13 @@ class PyramidControls:
         self._whole_out = None  # the store a running whole-image job writes
         self._level.changed.connect(self._on_level_changed)
         self._whole.changed.connect(self.predict_whole)
+        self._prefetch_timer = QTimer(self.native)
+        self._prefetch_timer.setSingleShot(True)
+        self._prefetch_timer.setInterval(PREFETCH_DELAY_MS)
+        self._prefetch_timer.timeout.connect(self.prefetch)
+        self._prefetched = None  # what the last preparation computed (image, level, region, features)
+        self._viewer.scene.camera.events.center.connect(self._on_view_moved)
+        self._viewer.scene.camera.events.zoom.connect(self._on_view_moved)
         return [self._level, self._whole]
 
     # ---- the image and its working level ---------------------------------------------------
@@ -65,6 +88,7 @@ class PyramidControls:
             self._status.value = problem
         elif usable:
             self._status.value = self._pyramid_intro(image)
+            self._on_view_moved()
 
     def _pyramid_intro(self, image: Image) -> str:
         own = strokes_of(self._viewer, image)
@@ -91,6 +115,57 @@ class PyramidControls:
             if own is not None and own.metadata.get(LEVEL_KEY, 0) != self.working_level:
                 self._status.value += (f"; note: its strokes were painted at level {own.metadata.get(LEVEL_KEY, 0)}: "
                                        "choose that level to train on them, or make a new labels layer")
+
+    # ---- the view's features, computed while the user paints ------------------------------
+
+    def _on_view_moved(self, *_args) -> None:
+        """The view moved (or the image or level was chosen): prepare it once it has settled."""
+        if not self._closed and is_pyramid(self._image.value):
+            self._prefetch_timer.start()
+
+    def prefetch(self) -> bool:
+        """Compute the features of the view's windows at the working level into the feature cache
+        (a background job, :func:`._pyramid_job.run_prefetch_job`), so that Train / Predict there
+        starts from them: a click (or a live update) cancels it and runs at once; what it computed
+        stays. Only for classical features (seconds; a ViT's forward passes on a CPU would hold the
+        cores for minutes while the user paints), when nothing else runs and the view is not
+        already prepared; of a view larger than :data:`PREFETCH_PIXELS`, only the level's
+        intensity bounds (one read of the level, kept). Returns whether it started."""
+        job = self._prefetch_job()
+        if job is None or self.worker is not None or self._waiting is not None:
+            return False
+        before = _without_prefetch_note(self._status.value)
+        self._prefetched = _prepared(job)
+        if self.run_in_background(lambda: (run_prefetch_job, (job, self.cache))) is None:
+            return False
+        # its reports move the progress bar only: a message said meanwhile (a new labels layer's) stays
+        self._status.value = before + (PREPARING if job.region is not None else BOUNDS)
+        return True
+
+    def _prefetch_job(self) -> Optional[PrefetchJob]:
+        """The preparation of the view now, or ``None`` when there is nothing to prepare."""
+        image = self._image.value
+        if self._closed or self.hidden or not is_pyramid(image) or pyramid_problem(image) is not None:
+            return None
+        region = self.view_in_level()
+        if region is not None and np.prod([s.stop - s.start for s in region]) > PREFETCH_PIXELS:
+            region = None  # the intensity bounds only
+        try:
+            segmenter = self.loaded if self.loaded is not None else self._new_segmenter(crf=False)
+        except ValueError:  # the controls do not make a pipeline yet: the click will say why
+            return None
+        if KINDS[segmenter.features.kind].vit:
+            return None
+        level = self.working_level
+        job = PrefetchJob(name=image.name, level=level, plane=lazy_level(image.data[level]),
+                          region=None if region is None else within_budget(region), segmenter=segmenter)
+        return None if self._prefetched == _prepared(job) else job
+
+    def _on_prefetch_result(self, result: PrefetchResult) -> None:
+        before = _without_prefetch_note(self._status.value)
+        self._status.value = before if not result.windows else (  # none: its features would not be kept
+            f"{before}{READY} ({result.windows} window(s) of level {result.level} in {result.seconds:.1f} s): "
+            "Train / Predict starts from them")
 
     def _pixel_size_of(self, image: Image) -> Optional[float]:
         return layer_pixel_size(image)
@@ -235,6 +310,8 @@ class PyramidControls:
 
     def _on_errored(self, err: BaseException) -> None:
         """As :class:`WorkerWidget`'s; a whole-image job's cancel says its partial output was removed."""
+        if self._background:  # a preparation stopped (by a click, say) may not have finished
+            self._prefetched = None
         super()._on_errored(err)
         out, self._whole_out = self._whole_out, None
         if out is not None and isinstance(err, Cancelled) and not self._closed:
@@ -243,6 +320,19 @@ class PyramidControls:
         elif out is not None and not self._closed:
             self._status.value += f" (its partial output {out} was removed)"
 
+
+def _without_prefetch_note(status: str) -> str:
+    """The status line without what a preparation of the view added to it."""
+    for note in (PREPARING, BOUNDS, READY):
+        status = status.split(note)[0]
+    return status
+
+
+def _prepared(job: PrefetchJob) -> tuple:
+    """What a preparation computes the features of: the image, level, view and pipeline (its
+    features and the smoothing that sets the windows' margins)."""
+    seg = job.segmenter
+    return job.name, job.level, job.region, seg.features, seg.training
 
 
 def _timing(result: ViewResult) -> str:

@@ -243,7 +243,8 @@ class WorkerWidget(Container):
     def _update_progress(self, done: int, total: int, message: str) -> None:
         left = self.seconds_left(done, total)
         self._progress.max, self._progress.value = total, done
-        self._status.value = message + (f" (about {_duration(left)} left)" if left is not None else "")
+        if message:  # a report without a message (a background preparation's) moves the bar only
+            self._status.value = message + (f" (about {_duration(left)} left)" if left is not None else "")
         now = time.perf_counter()
         if self._bar is None and not self._background and self.worker is not None \
                 and now - self._started >= NAPARI_BAR_AFTER:

@@ -38,7 +38,7 @@ from ._layers import (IMAGE_KEY, TRAIN_ALL, TRAIN_THIS, current_index, find_resu
                       layer_pixel_size, result_of, spatial_shape, strokes_of)  # (layer_pixel_size re-exported)
 from ._live import predict_view_first, visible_region
 from ._pyramid import is_pyramid
-from ._pyramid_job import ViewResult, WholeResult, labels_digest
+from ._pyramid_job import PrefetchResult, ViewResult, WholeResult, labels_digest
 from ._sections import Section
 from ._text import wrap
 from ._train_job import Source, TrainJob, TrainResult, run_train_job
@@ -379,6 +379,8 @@ class TrainWidget(VolumeControls, PyramidControls, WorkerWidget):
             return self._on_view_result(result)
         if isinstance(result, WholeResult):
             return self._on_whole_result(result)
+        if isinstance(result, PrefetchResult):
+            return self._on_prefetch_result(result)
         if isinstance(result, VolumeResult):
             return self._on_volume_result(result)
         image = take_result(self, result)
