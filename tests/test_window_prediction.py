@@ -235,3 +235,48 @@ def test_a_cache_keeps_a_lazy_planes_bounds_and_the_windows_it_met(fitted, big, 
     assert not [k for k in image.keys if not isinstance(k, tuple) or k[1] == slice(None)]
     assert featurised == []  # every window's features from the cache
     assert first.shape == again.shape
+
+
+class Spy:
+    """An array-like over a zarr array (its attributes its own) that records the keys it is read with."""
+
+    def __init__(self, array):
+        self.array, self.keys = array, []
+
+    def __getattr__(self, name):
+        return getattr(self.array, name)
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        return self.array[key]
+
+
+def test_the_painted_windows_of_a_strokes_store_are_found_from_its_chunk_files(big, tmp_path):
+    from napari_dinoseg.lazy_training import TrainingWindows, stored_chunk_files
+    from napari_dinoseg.planes import plane_windows
+
+    seg = Segmenter(SMALL, TrainConfig(n_trees=20))
+    labels = np.zeros(big.shape, np.uint8)
+    labels[20:30, 40:200], labels[300:310, 500:600] = 1, 2
+
+    def strokes(name, fill):
+        z = zarr.create_array(store=str(tmp_path / name), shape=big.shape, dtype=np.uint8, chunks=(64, 64),
+                              fill_value=fill)
+        z[20:30, 40:200], z[300:310, 500:600] = 1, 2  # only these chunks are written
+        return z
+
+    painted = strokes("strokes.zarr", 0)
+    assert set(stored_chunk_files(painted)) == {(0, 0), (0, 1), (0, 2), (0, 3), (4, 7), (4, 8), (4, 9)}
+    assert stored_chunk_files(labels) is None and stored_chunk_files(da.from_array(labels)) is None
+    spy = Spy(painted)
+    found = TrainingWindows(big, spy, seg.features, seg.featuriser, seg.training, 160)
+    expected = TrainingWindows(big, labels, seg.features, seg.featuriser, seg.training, 160)
+    windows = plane_windows(big.shape, seg.featuriser, seg.training, 160)
+    assert found.windows == expected.windows and 0 < len(found.windows) < len(windows)
+    assert found.labels.crops.keys() == expected.labels.crops.keys()
+    for key, crop in expected.labels.crops.items():
+        np.testing.assert_array_equal(found.labels.crops[key], crop)
+    assert len(spy.keys) == 2  # one strip of the cores that meet a written chunk in each of the two rows painted
+    # a store whose unwritten chunks read as a class (fill value 1) is read everywhere: every tile painted
+    everywhere = TrainingWindows(big, strokes("filled.zarr", 1), seg.features, seg.featuriser, seg.training, 160)
+    assert everywhere.windows == windows
