@@ -423,8 +423,9 @@ def predict_then_measure() -> None:
 def multiscale_in_view() -> None:
     """The train dock, opened from the Plugins menu in a 1280x800 window, on a 4096² three-level
     OME-Zarr pyramid (synthetic, 0.02 µm/px): dots of the true phases painted on the part in view,
-    Train / Predict predicts that part into the on-disk predictions pyramid; then zoomed out to show
-    it among the parts not predicted (docs/images/multiscale_in_view.png)."""
+    the dock prepares the view's features meanwhile (docs/images/multiscale_prepared.png); Train /
+    Predict predicts that part into the on-disk predictions pyramid; then zoomed out to show it
+    among the parts not predicted (docs/images/multiscale_in_view.png)."""
     import tempfile
 
     import napari
@@ -461,6 +462,15 @@ def multiscale_in_view() -> None:
             if patch.min() == patch.max():
                 labels.paint((r, c), int(patch[0, 0]), refresh=False)
     labels.refresh()
+    from napari_dinoseg._widgets._train_pyramid import READY
+
+    for _ in range(1200):  # the view's features, prepared in the background once it settled
+        if READY in train._status.value and train.worker is None:
+            break
+        _settle(viewer, 0.05)
+    _settle(viewer)
+    print("train dock, the view prepared:", train._status.value)
+    viewer.screenshot(str(OUT / "multiscale_prepared.png"), canvas_only=False)
     click_and_wait(train)
     viewer.scene.camera.zoom = 0.6 / um  # the part predicted among the parts not predicted
     _settle(viewer, 1.0)

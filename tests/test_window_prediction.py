@@ -280,3 +280,26 @@ def test_the_painted_windows_of_a_strokes_store_are_found_from_its_chunk_files(b
     # a store whose unwritten chunks read as a class (fill value 1) is read everywhere: every tile painted
     everywhere = TrainingWindows(big, strokes("filled.zarr", 1), seg.features, seg.featuriser, seg.training, 160)
     assert everywhere.windows == windows
+
+
+def test_cache_view_computes_the_windows_a_fit_and_the_view_read(big, tmp_path):
+    from napari_dinoseg.features.cache import FeatureCache
+    from napari_dinoseg.planes import in_plane, plane_windows
+
+    plane = on_disk(tmp_path / "image.zarr", big)
+    labels = np.zeros(big.shape, np.uint8)
+    labels[60:70, 200:300], labels[100:110, 200:300] = 1, 2
+    view = (slice(50, 130), slice(180, 330))
+    seg = Segmenter(SMALL, TrainConfig(n_trees=20))
+    seg.tile = 160
+    cache = FeatureCache()
+    windows = plane_windows(big.shape, seg.featuriser, seg.training, 160)
+    meeting = [w for w, c in windows if all(a.start < b.stop and b.start < a.stop for a, b in zip(in_plane(w, c), view))]
+    assert 1 < seg.cache_view(plane, view, cache=cache) == len(meeting) == len(cache) < len(windows)
+    assert seg.cache_view(plane, view, cache=cache) == 0  # all there already
+    assert seg.cache_view(plane, None, cache=cache) == 0 and seg.cache_view(big, view, cache=cache) == 0
+    assert seg.cache_view(plane, view) == 0  # no cache: nothing to keep them in
+    misses = cache.misses
+    seg.fit(plane, labels, cache=cache)
+    seg.regions(plane, cache=cache).proba(view)
+    assert cache.misses == misses  # the fit's painted windows and the view's: all prepared

@@ -124,10 +124,10 @@ class WindowFeatures:
 
         Returns
         -------
-        The number of windows that meet ``region`` (0 when their features would not be kept, or
-        without a region).
+        The number of windows whose features it computed: of those that meet ``region``, the ones
+        not in ``cache`` already (0 also when their features would not be kept, or without a region).
         """
-        from .features.featurise import keyed_featurise
+        from .features.featurise import cache_key, keyed_featurise
         from .lazy_plane import LazyPlane, is_lazy
         from .region_prediction import _overlap
 
@@ -139,10 +139,14 @@ class WindowFeatures:
             return 0
         windows = [(window, core) for window, core in plane_windows(norm.shape[:2], self.featuriser, self.training,
                                                                     self.tile) if _overlap(in_plane(window, core), region) is not None]
+        computed = 0
         for n, (window, _) in enumerate(windows):
-            keyed_featurise(norm[window], self.featuriser, within(progress, n / len(windows), (n + 1) / len(windows)),
-                            cache, normalised=True, storage=storage)
-        return len(windows)
+            values = norm[window]
+            if cache_key(values, self.featuriser.config) not in cache:
+                keyed_featurise(values, self.featuriser, within(progress, n / len(windows), (n + 1) / len(windows)),
+                                cache, normalised=True, storage=storage)
+                computed += 1
+        return computed
 
     def _window_parts(self, norm: np.ndarray, labels: np.ndarray, featuriser, step: int, progress, cache=None):
         """Yield ``(window, core, key, TrainingPart, channel names)`` for every tile of a normalised

@@ -271,7 +271,7 @@ class PrefetchResult:
     name: str
     level: int
     region: Optional[Slices]
-    windows: int
+    windows: int  # computed (those already in the cache not counted)
     seconds: float
     messages: list = field(default_factory=list)  # none: the click says what the plane's reading warns
 

@@ -163,8 +163,8 @@ class PyramidControls:
 
     def _on_prefetch_result(self, result: PrefetchResult) -> None:
         before = _without_prefetch_note(self._status.value)
-        self._status.value = before if not result.windows else (  # none: its features would not be kept
-            f"{before}{READY} ({result.windows} window(s) of level {result.level} in {result.seconds:.1f} s): "
+        self._status.value = before if not result.windows else (  # none: all there already, or not kept
+            f"{before}{READY} ({result.windows} window(s) of level {result.level} computed in {result.seconds:.1f} s): "
             "Train / Predict starts from them")
 
     def _pixel_size_of(self, image: Image) -> Optional[float]:
