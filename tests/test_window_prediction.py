@@ -303,3 +303,12 @@ def test_cache_view_computes_the_windows_a_fit_and_the_view_read(big, tmp_path):
     seg.fit(plane, labels, cache=cache)
     seg.regions(plane, cache=cache).proba(view)
     assert cache.misses == misses  # the fit's painted windows and the view's: all prepared
+    kept = [v for k, v in cache._items.items() if isinstance(k, str)]
+    assert kept and all(v.partial for v in kept)  # each window without its feature margins
+    margin = seg.featuriser.margin
+    assert all(v.codes.shape[1] <= v.shape[0] - margin for v in kept)
+    # segment() of the lazy plane reads the same parts (no window computed again) and predicts as it
+    # predicts without a cache, up to float rounding
+    labels_cached = seg.segment(plane, cache=cache)
+    assert cache.misses == misses + len(windows) - len(meeting)  # only the windows not prepared
+    assert (labels_cached == seg.segment(plane)).mean() > 0.999

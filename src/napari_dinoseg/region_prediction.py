@@ -127,6 +127,9 @@ def _tile_features(segmenter, norm: np.ndarray, progress, cache, projection=None
     met: dict = {}
     lazy = isinstance(norm, NormalisedPlane)  # kept as its working set of windows, not the whole plane
     storage = segmenter.feature_storage(norm.shape[:2], norm.shape[-1], cache, lazy=lazy)
+    kept = {tuple((s.start, s.stop) for s in w): segmenter.kept_part(w, c)  # a lazy plane's windows: in part
+            for w, c in plane_windows(norm.shape[:2], segmenter.featuriser, segmenter.training, segmenter.tile)
+            } if lazy and cache is not None and storage != "float32" else {}
     keep_all = cache is not None and projection is None and storage != "none"
     scale = keep_all and segmenter.keeps_scaled(norm.shape[:2], norm.shape[-1], cache, lazy=lazy)
     held = LAZY_WORKING_WINDOWS if lazy else None  # a lazy plane's windows at hand: its working set at most
@@ -144,7 +147,7 @@ def _tile_features(segmenter, norm: np.ndarray, progress, cache, projection=None
                 met[where] = stack, None
             else:
                 key, stack = keyed_featurise(norm[window], segmenter.featuriser, progress, cache, normalised=True,
-                                             storage=storage)
+                                             storage=storage, keep=kept.get(where))
                 scaled = segmenter.scaled_features(stack, key, cache, window_origin(window)) if scale else None
                 met[where] = stack, scaled
         return met[where]

@@ -137,7 +137,7 @@ def predict_windows(segmenter, image, out=None, labels: bool = False,
     # the windows in view and the painted ones, to be evicted itself before any use); those kept are used
     storage = "none" if cache is not None and len(todo) > LAZY_WORKING_WINDOWS else segmenter.feature_storage(
         plane.shape, plane.n_channels, cache, lazy=True)
-    found = []
+    found, keep = [], None
     for i, n in enumerate(todo):
         window, core = windows[n]
         sub = within(progress, 0.97 * i / len(todo), 0.97 * (i + 1) / len(todo))
@@ -151,15 +151,21 @@ def predict_windows(segmenter, image, out=None, labels: bool = False,
         else:
             from .features.featurise import keyed_featurise
 
-            _, stack = keyed_featurise(norm, featuriser, sub, cache, normalised=True, storage=storage)
-            proba = predict_part(clf, stack, tuple(slice(0, k) for k in stack.shape), origin)
+            # a window a session reads again (the painted ones, those in view) is kept in part, as
+            # the fit and the view keep it: its core and the smoothing's reach, all that is read of it
+            keep = segmenter.kept_part(window, core) if cache is not None and storage != "float32" \
+                and segmenter.crf is None and not grid else None
+            _, stack = keyed_featurise(norm, featuriser, sub, cache, normalised=True, storage=storage, keep=keep)
+            part = keep or tuple(slice(0, k) for k in stack.shape)
+            proba = predict_part(clf, stack, part, (origin[0] + part[0].start, origin[1] + part[1].start))
         rows = _lattice_rows(stack, window, core, step)
         del stack  # before the CRF and the next window's features
         if segmenter.crf is not None:
             from .crf import crf_refine
 
             proba = crf_refine(norm, proba, segmenter.crf, normalised=True)
-        proba = proba[core]
+        proba = proba[core] if split is not None or keep is None else \
+            proba[tuple(slice(c.start - p.start, c.stop - p.start) for c, p in zip(core, part))]  # of the part
         check_finite(proba)
         tile = TileFindings(rows, signal_samples(norm, window, core, stats_step),
                             np.bincount(np.argmax(proba, axis=-1).ravel(), minlength=clf.n_classes))

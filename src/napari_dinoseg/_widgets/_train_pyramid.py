@@ -308,6 +308,12 @@ class PyramidControls:
         self._status.value = (f"segmented the whole of {image.name!r} at level {result.level} ({h}×{w}, "
                               f"{result.levels} levels): written to {result.out}{doubt}")
 
+    def _on_destroyed(self, *_args) -> None:
+        """As :class:`WorkerWidget`'s; the camera no longer calls a closed dock."""
+        for event in (self._viewer.scene.camera.events.center, self._viewer.scene.camera.events.zoom):
+            event.disconnect(self._on_view_moved)
+        super()._on_destroyed(*_args)
+
     def _on_errored(self, err: BaseException) -> None:
         """As :class:`WorkerWidget`'s; a whole-image job's cancel says its partial output was removed."""
         if self._background:  # a preparation stopped (by a click, say) may not have finished

@@ -126,12 +126,21 @@ class CompactStack:
     with tiny values (a Hessian determinant at a large sigma) keeps float16's relative precision
     (about ``2**-11``) of its deviations: raw float16 would lose them.
 
+    A stack may be kept in part (:meth:`encode`'s ``keep``: a window of a large plane, of which only
+    its core and the smoothing's reach around it are ever read): :meth:`region` and :meth:`pixels`
+    then take the whole window's coordinates, and refuse pixels outside the part kept.
+
     Attributes
     ----------
-    codes : (F, H, W) float16
+    codes : (F, h, w) float16
+        The part kept (the whole stack: ``h, w = H, W``).
     centre, scale : (F,) float32
     config, channel_names, attention
         As for :class:`FeatureStack` (the attention, if any, kept as it is).
+    offset : (2,) int
+        Where the part kept starts in the stack (``(0, 0)``: the whole of it).
+    full_shape : (H, W), optional
+        The encoded stack's shape when only a part is kept.
     """
 
     codes: np.ndarray
@@ -140,6 +149,8 @@ class CompactStack:
     config: FeatureConfig
     channel_names: tuple[str, ...]
     attention: Optional[np.ndarray] = None
+    offset: tuple[int, int] = (0, 0)
+    full_shape: Optional[tuple[int, int]] = None
 
     #: Every ``SAMPLE_STEP``-th row and column gives a channel's centre.
     SAMPLE_STEP = 8
@@ -150,16 +161,23 @@ class CompactStack:
     CODE_RANGE = 2.0**14
 
     @classmethod
-    def encode(cls, stack: FeatureStack) -> "CompactStack":
-        """The compact form of ``stack`` (``(H, W, F)`` float32), in one pass over it.
+    def encode(cls, stack: FeatureStack, keep: Optional[tuple[slice, slice]] = None) -> "CompactStack":
+        """The compact form of ``stack`` (``(H, W, F)`` float32), in one pass over it; of its part
+        ``keep`` (``(rows, cols)`` slices of step 1) only, when given.
 
         Each channel's centre and scale come from a sample (every ``SAMPLE_STEP``-th row and
-        column): the sample's extremes become codes of ``SAMPLE_RANGE``; a channel with values
-        beyond float16's range even so is encoded again with the scale of its true extremes.
+        column of what is kept): the sample's extremes become codes of ``SAMPLE_RANGE``; a channel
+        with values beyond float16's range even so is encoded again with the scale of its true extremes.
         """
         import torch
 
         chw = np.moveaxis(stack.data, -1, 0)  # the featurisers' channels-first buffer, when it is one
+        full_shape = offset = None
+        if keep is not None:
+            (r0, r1, _), (c0, c1, _) = (k.indices(n) for k, n in zip(keep, chw.shape[1:]))
+            if (r0, r1, c0, c1) != (0, chw.shape[1], 0, chw.shape[2]):
+                full_shape, offset = tuple(chw.shape[1:]), (r0, c0)
+                chw = chw[:, r0:r1, c0:c1]
         sample = chw[:, ::cls.SAMPLE_STEP, ::cls.SAMPLE_STEP].reshape(len(chw), -1).astype(np.float64)
         sample[~np.isfinite(sample)] = np.nan
         with warnings.catch_warnings():
@@ -174,7 +192,8 @@ class CompactStack:
             scale[f] = max(abs(high - centre[f]), abs(low - centre[f])) / cls.CODE_RANGE
             cls._encode(chw[f:f + 1], codes[f:f + 1], centre[f:f + 1], scale[f:f + 1])
         return cls(codes=codes, centre=centre.astype(np.float32), scale=scale.astype(np.float32), config=stack.config,
-                   channel_names=stack.channel_names, attention=stack.attention)
+                   channel_names=stack.channel_names, attention=stack.attention, offset=offset or (0, 0),
+                   full_shape=full_shape)
 
     @staticmethod
     def _encode(chw: np.ndarray, codes: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -215,7 +234,25 @@ class CompactStack:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.codes.shape[1:]
+        """``(H, W)`` of the stack encoded (also when only a part of it is kept)."""
+        return self.full_shape or self.codes.shape[1:]
+
+    @property
+    def partial(self) -> bool:
+        """Whether only a part of the stack is kept (:meth:`encode`'s ``keep``)."""
+        return self.full_shape is not None
+
+    def _local(self, index: slice, axis: int) -> slice:
+        """A slice of the stack along ``axis`` (0: rows) as a slice of the part kept; ``ValueError``
+        when it reaches outside it."""
+        start, stop, step = index.indices(self.shape[axis])
+        kept = self.codes.shape[1 + axis]
+        start, stop = start - self.offset[axis], stop - self.offset[axis]
+        if stop > start and (start < 0 or stop > kept):
+            raise ValueError(f"pixels {start + self.offset[axis]}..{stop + self.offset[axis]} along axis {axis} are "
+                             f"outside the part kept of this window ({self.offset[axis]}.."
+                             f"{self.offset[axis] + kept})")
+        return slice(start, stop, step) if stop > start else slice(0, 0)
 
     @property
     def n_features(self) -> int:
@@ -230,6 +267,9 @@ class CompactStack:
         """The float32 stack: ``.data`` ``(H, W, F)``, a view of a channels-first buffer (as the
         featurisers make it), equal to the encoded stack within float16 rounding of each channel's
         deviation from its centre."""
+        if self.partial:
+            raise ValueError("this window's features are kept in part (its core and the smoothing's reach): "
+                             "they cannot be decoded whole")
         return FeatureStack(data=self.region(slice(None), slice(None)), config=self.config,
                             channel_names=self.channel_names, attention=self.attention)
 
@@ -240,6 +280,8 @@ class CompactStack:
         import torch
 
         index = slice(None) if channels is None else list(channels)
+        if self.partial:
+            rows, cols = self._local(rows, 0), self._local(cols, 1)
         codes = torch.from_numpy(self.codes)[index][:, rows, cols]
         out = np.empty(tuple(codes.shape), np.float32)
         self._decode(torch.from_numpy(out), codes, index)
@@ -250,6 +292,11 @@ class CompactStack:
         :meth:`decode` has them, without decoding the rest."""
         import torch
 
+        if self.partial:
+            rows, cols = np.asarray(rows) - self.offset[0], np.asarray(cols) - self.offset[1]
+            if rows.size and (rows.min() < 0 or cols.min() < 0 or rows.max() >= self.codes.shape[1]
+                              or cols.max() >= self.codes.shape[2]):
+                raise ValueError("pixels outside the part kept of this window")
         picked = torch.from_numpy(self.codes[:, rows, cols])
         out = np.empty(tuple(picked.shape), np.float32)
         self._decode(torch.from_numpy(out), picked, slice(None))

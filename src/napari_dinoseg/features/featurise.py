@@ -195,7 +195,8 @@ def cached_featurise(image: np.ndarray, config: ConfigLike, progress: Optional[P
 
 def keyed_featurise(image: np.ndarray, config: ConfigLike, progress: Optional[ProgressCallback] = None,
                     cache: Optional[FeatureCache] = None, normalised: bool = False,
-                    storage: Storage = "float32") -> tuple[Optional[str], Union[FeatureStack, CompactStack]]:
+                    storage: Storage = "float32", keep: Optional[tuple[slice, slice]] = None,
+                    ) -> tuple[Optional[str], Union[FeatureStack, CompactStack]]:
     """:func:`cached_featurise` and the stack's :func:`cache_key` (``None`` without a cache), the key
     for results derived from the stack (:meth:`FeatureCache.derived`).
 
@@ -204,18 +205,27 @@ def keyed_featurise(image: np.ndarray, config: ConfigLike, progress: Optional[Pr
     is returned (also on this first call, so that every call sees the same values; see
     :func:`as_stack`); ``"none"``: not kept (the cache's other entries are not evicted for a
     stack that would be evicted before its next use). A stack already held is returned as held.
+    ``keep`` (``(rows, cols)`` of the image): the stack is looked up under the key of that part
+    and, with ``"float16"``, only that part is kept (a large plane's window: its core and the
+    smoothing's reach, all that is read of it); a stack computed here and not kept is whole.
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     featuriser = featuriser_for(config)
     if cache is None:
         return None, featurise(image, featuriser, progress, normalised=normalised)
-    key = cache_key(image, featuriser.config)
+    key = part_key(cache_key(image, featuriser.config), keep)
     stack = cache.get(key)
     if stack is None:
         stack = featurise(image, featuriser, progress, normalised=normalised)
         if storage == "float16":
-            stack = CompactStack.encode(stack)
+            stack = CompactStack.encode(stack, keep)
         if storage != "none":
             cache.put(key, stack)
     return key, stack
+
+
+def part_key(key: str, keep: Optional[tuple[slice, slice]]) -> str:
+    """The cache key of a window's features kept in part (``keep``: ``(rows, cols)`` of the
+    window), or ``key`` itself for the whole window."""
+    return key if keep is None else key + "@" + ",".join(f"{s.start}:{s.stop}" for s in keep)
