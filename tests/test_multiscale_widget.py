@@ -185,6 +185,26 @@ def test_a_click_during_the_preparation_stops_it_and_runs_at_once(dock, qtbot):
     assert widget._prefetched is None  # stopped before it finished: the view is prepared again when asked
 
 
+def test_the_docks_close_button_stops_a_preparation_mid_run(dock, qtbot):
+    viewer, widget, image, truth = dock
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    hold = Hold(widget)
+    try:
+        widget._prefetched = None
+        assert widget.prefetch()
+        qtbot.waitUntil(hold.entered.is_set, timeout=TIMEOUT_MS)
+        preparation = widget.worker
+        stopped = threading.Event()
+        preparation.errored.connect(lambda err: stopped.set())
+        viewer.window._wrapped_dock_widgets["dinoseg: train"].title.close_button.click()
+    finally:
+        hold.release()
+    qtbot.waitUntil(stopped.is_set, timeout=TIMEOUT_MS)  # Cancelled at its next report
+    look_at(viewer, qtbot, (0.02 * 300, 0.02 * 300), 1.0 / 0.02)
+    qtbot.wait(800)  # past the delay after the view moved: a closed dock prepares nothing
+    assert widget._prefetch_job() is None and not widget.prefetch()
+
+
 def test_a_view_too_large_to_prepare_gets_its_intensity_bounds_only(dock, qtbot, monkeypatch):
     from napari_dinoseg._widgets import _train_pyramid
 

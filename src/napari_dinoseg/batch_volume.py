@@ -219,6 +219,7 @@ def segment_volume_store(seg, volume, target: Path, meta: dict, probabilities: b
     from .batch_zarr import ZARR_LABEL_SUFFIX, ZARR_PROBA_SUFFIX, _finish, partial_path
     from .ngff_write import create_ngff
     from .planes import label_dtype
+
     shape = tuple(int(n) for n in volume.shape)
     chunks = tuple(min(b, n) for b, n in zip(seg.featuriser.volume_block(), shape))
     sizes = None if spacing is None else dict(zip("zyx", spacing))

@@ -100,7 +100,8 @@ class PlaneRegions:
         self.windows = plane_windows(self.shape, segmenter.featuriser, segmenter.training, segmenter.tile)
         split = segmenter.logit_space()  # ViT channels: their logits from the cached token grids
         self.classifier = clf if split is None else split[0]
-        self._features = _tile_features(segmenter, norm, progress, cache, None if split is None else split[1])
+        self._features = _tile_features(segmenter, norm, self.windows, progress, cache,
+                                        None if split is None else split[1])
 
     @property
     def n_classes(self) -> int:
@@ -112,9 +113,10 @@ class PlaneRegions:
         return predict_region(self.classifier, self.windows, self._features, region)
 
 
-def _tile_features(segmenter, norm: np.ndarray, progress, cache, projection=None) -> TileFeatures:
+def _tile_features(segmenter, norm: np.ndarray, windows: list, progress, cache, projection=None) -> TileFeatures:
     """``features(window)`` through ``cache``, kept as :meth:`Segmenter.feature_storage` says for the
-    plane; with a ``projection`` of the ViT channels (:meth:`Segmenter.logit_space`), the window's
+    plane (a lazy plane's ``windows``, its ``(window, core)`` tiles, in part:
+    :meth:`Segmenter.kept_part`); with a ``projection`` of the ViT channels (:meth:`Segmenter.logit_space`), the window's
     :func:`~napari_dinoseg.features.featurise.featurise_projected` features.
 
     Bands walk the tiles in order, a band meeting every tile of its row: the windows a cache
@@ -128,8 +130,7 @@ def _tile_features(segmenter, norm: np.ndarray, progress, cache, projection=None
     lazy = isinstance(norm, NormalisedPlane)  # kept as its working set of windows, not the whole plane
     storage = segmenter.feature_storage(norm.shape[:2], norm.shape[-1], cache, lazy=lazy)
     kept = {tuple((s.start, s.stop) for s in w): segmenter.kept_part(w, c)  # a lazy plane's windows: in part
-            for w, c in plane_windows(norm.shape[:2], segmenter.featuriser, segmenter.training, segmenter.tile)
-            } if lazy and cache is not None and storage != "float32" else {}
+            for w, c in windows} if lazy and storage != "float32" else {}  # (no cache: "float32")
     keep_all = cache is not None and projection is None and storage != "none"
     scale = keep_all and segmenter.keeps_scaled(norm.shape[:2], norm.shape[-1], cache, lazy=lazy)
     held = LAZY_WORKING_WINDOWS if lazy else None  # a lazy plane's windows at hand: its working set at most

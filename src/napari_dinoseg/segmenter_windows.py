@@ -195,7 +195,7 @@ class WindowFeatures:
         read either)."""
         from .features.featurise import keyed_featurise
 
-        lazy = cache is not None and storage != "float32" and isinstance(norm, NormalisedPlane)  # kept in part
+        lazy = storage != "float32" and isinstance(norm, NormalisedPlane)  # kept in part (no cache: "float32")
         windows = plane_windows(norm.shape[:2], featuriser, self.training, self.tile)
         for n, (window, core) in enumerate(windows):
             if skips(norm, window, core):  # a lazy plane's unpainted tile: not read

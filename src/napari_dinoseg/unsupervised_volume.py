@@ -41,11 +41,12 @@ from .cas_clusters import CALM_QUANTILE, CLIP_PERCENTILES, fit_classes, smooth_c
 from .config import CASConfig, config_or_default
 from .descriptors import subsample
 from .feature_kinds import KINDS
+from .features.classical_featuriser import VOLUME_BLOCK
 from .planes import label_dtype
 from .progress import ProgressCallback, report, within
 from .volume import NormalisedVolume, Spacing, check_volume_shape
 from .volume_prediction import _lattice
-from .volume_training import VOLUME_BLOCK, read_normalised, volume_spacing
+from .volume_training import read_normalised, volume_spacing
 
 if TYPE_CHECKING:
     from .features.base import Featuriser
@@ -135,7 +136,7 @@ def segment_volume_unsupervised(volume, config: CASConfig, spacing: Optional[Seq
     report(progress, 0, 1000, "3-D features: sampling")
     sample, calm, kept = smooth.grid_sample(normalised, cores, config, within(progress, 0.0, 0.45))
     report(progress, 450, 1000, "k-means")
-    fit, silhouettes, n = _fit_classes(sample[calm], config)
+    fit, silhouettes, n = fit_classes(subsample([sample[calm]], config.sample, config.seed), config, "volume")
     labels = np.empty(shape, np.uint8)
     counts = np.zeros(n, np.int64)
     for i, core in enumerate(reversed(cores)):  # the last block first: its channels are kept
@@ -254,12 +255,6 @@ class _SmoothChannels:
     def standardised(self, channels: np.ndarray) -> np.ndarray:
         """``channels (..., C)`` clipped and standardised as the grid sample was, float32."""
         return ((np.clip(channels, self.low, self.high) - self.mean) / self.std).astype(np.float32)
-
-
-def _fit_classes(calm: np.ndarray, config: CASConfig) -> tuple[object, dict, int]:
-    """k-means of the classical rule (steps 2-3 of :mod:`napari_dinoseg.unsupervised`) on the calm
-    grid voxels ``(N, C)``: ``(the fit of the chosen number of classes, silhouettes, that number)``."""
-    return fit_classes(subsample([calm], config.sample, config.seed), config, "volume")
 
 
 def background_class_3d(labels: np.ndarray) -> int:

@@ -1,7 +1,7 @@
 """Predicting a volume block by block (``FeatureConfig(dims=3)``): :func:`predict_volume`.
 
-Each block of the grid (the featuriser's ``volume_block()``) is read with the featuriser's halo, normalised with the whole volume's bounds, featurised in 3-D, and classified
-a z-slice at a time: the smoothing (guided filter, Gaussian) and the optional dense CRF work in
+Each block of the grid (the featuriser's ``volume_block()``) is read with the featuriser's halo,
+normalised with the whole volume's bounds, featurised in 3-D, and classified a z-slice at a time: the smoothing (guided filter, Gaussian) and the optional dense CRF work in
 the image plane, so the block's features are computed on its core grown in-plane by the reach of
 the smoothing (clipped to the volume) and the slices cropped back to the core, which then
 equals the whole volume's prediction (the CRF, a global model, is refined per slice of the grown

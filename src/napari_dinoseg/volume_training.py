@@ -1,8 +1,8 @@
 """Fitting a :class:`~napari_dinoseg.Segmenter` on volumes (``FeatureConfig(dims=3)``).
 
-A volume is cut into blocks (the featuriser's ``volume_block()`` voxels, the last ones smaller); only the blocks
-whose cores hold painted voxels are read, each with the 3-D bank's halo (mirrored at the volume's
-border) and normalised with the whole volume's intensity bounds
+A volume is cut into blocks (the featuriser's ``volume_block()`` voxels, the last ones smaller);
+only the blocks whose cores hold painted voxels are read, each with the featuriser's halo
+(mirrored at the volume's border) and normalised with the whole volume's intensity bounds
 (:class:`~napari_dinoseg.volume.NormalisedVolume`), so their features are the whole volume's
 there. Training keeps of each block only its painted voxels' features and a grid sample (a
 :class:`~napari_dinoseg.training.TrainingPart`): memory is bounded by one block, not the volume.

@@ -153,8 +153,8 @@ def predict_windows(segmenter, image, out=None, labels: bool = False,
 
             # a window a session reads again (the painted ones, those in view) is kept in part, as
             # the fit and the view keep it: its core and the smoothing's reach, all that is read of it
-            keep = segmenter.kept_part(window, core) if cache is not None and storage != "float32" \
-                and segmenter.crf is None and not grid else None
+            keep = segmenter.kept_part(window, core) if storage != "float32" and segmenter.crf is None \
+                and not grid else None  # (no cache: "float32")
             _, stack = keyed_featurise(norm, featuriser, sub, cache, normalised=True, storage=storage, keep=keep)
             part = keep or tuple(slice(0, k) for k in stack.shape)
             proba = predict_part(clf, stack, part, (origin[0] + part[0].start, origin[1] + part[1].start))

@@ -125,4 +125,3 @@ def take_result(dock, result):
         dock._status.value = "the image was closed before its prediction was ready; nothing was written"
         return None
     return image
-

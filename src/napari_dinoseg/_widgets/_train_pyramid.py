@@ -131,8 +131,10 @@ class PyramidControls:
         cores for minutes while the user paints), when nothing else runs and the view is not
         already prepared; of a view larger than :data:`PREFETCH_PIXELS`, only the level's
         intensity bounds (one read of the level, kept). Returns whether it started."""
+        if self.worker is not None or self._waiting is not None:
+            return False
         job = self._prefetch_job()
-        if job is None or self.worker is not None or self._waiting is not None:
+        if job is None:
             return False
         before = _without_prefetch_note(self._status.value)
         self._prefetched = _prepared(job)

@@ -18,6 +18,7 @@ from .stack import FeatureStack, copy_channels_last
 #: computed from (17 and 65 voxels of context at the default sigmas) under 100 MiB.
 VOLUME_BLOCK = (32, 256, 256)
 
+
 class ClassicalFeaturiser(Featuriser):
     """Weka-style filters at each sigma of the config (Gaussian, gradient, Hessian, differences
     of Gaussians, optional membrane projections), per image channel, in torch."""
