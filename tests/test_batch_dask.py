@@ -383,3 +383,26 @@ def test_workers_without_napari_dinoseg_are_named_before_work_starts(tmp_path, b
     assert code == 2, out + err
     assert f"dinoseg: error: the dask workers cannot run napari-dinoseg: worker {worker} (" in err
     assert "; install napari-dinoseg in the workers' environment" in err and "Traceback" not in err
+
+
+def test_tornado_keeps_quiet_about_a_lost_scheduler_connection_only():
+    """A request cut short when the scheduler dies is logged by tornado's event loop with a
+    traceback; the run says it itself, so that record is dropped, and only that one."""
+    import logging
+
+    from distributed.comm.core import CommClosedError
+
+    from napari_dinoseg.cluster import quiet_lost_connections
+
+    quiet_lost_connections()
+    quiet_lost_connections()  # idempotent
+    logger = logging.getLogger("tornado.application")
+    assert logger.filters.count(logger.filters[-1]) == 1
+
+    def record(exc):
+        return logger.makeRecord("tornado.application", logging.ERROR, __file__, 1, "Exception in callback",
+                                 (), (type(exc), exc, None))
+
+    assert not logger.filter(record(CommClosedError("in <TCP (closed) ConnectionPool.gather>: reset by peer")))
+    assert logger.filter(record(ValueError("a real error")))
+    assert logger.filter(logger.makeRecord("tornado.application", logging.ERROR, __file__, 1, "no exception", (), None))

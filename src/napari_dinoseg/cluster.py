@@ -164,6 +164,7 @@ def prepare(scheduler, jobs: Sequence[tuple], worker_timeout: Optional[float] = 
     """
     from dask.distributed import Client
 
+    quiet_lost_connections()
     if isinstance(scheduler, Client):
         if scheduler.status != "running":
             raise ValueError(f"the dask Client given is not connected (its status is {scheduler.status!r}); "
@@ -384,6 +385,23 @@ def release(client, scheduler) -> None:
         return
     with _quiet("distributed.client", "distributed.utils", "distributed.core"):
         client.close()
+
+
+def quiet_lost_connections() -> None:
+    """Keep tornado from printing a traceback of dask's client when the scheduler's connection
+    breaks mid-run (a request's future failing with ``CommClosedError``, logged by tornado's
+    event loop): the run says it itself ("lost the connection to the dask scheduler at ..."). Only
+    those records are dropped (:func:`_not_a_lost_connection` on ``tornado.application``); idempotent."""
+    logger = logging.getLogger("tornado.application")
+    if _not_a_lost_connection not in logger.filters:
+        logger.addFilter(_not_a_lost_connection)
+
+
+def _not_a_lost_connection(record: logging.LogRecord) -> bool:
+    """``False`` for a log record of an exception that is a dask connection closed."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and type(exc).__name__ == "CommClosedError"
+                and type(exc).__module__.startswith("distributed."))
 
 
 @contextmanager
