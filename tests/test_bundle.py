@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_dinoseg import FeatureConfig, TrainConfig, featurise, load_bundle, predict, save_bundle, train
-from napari_dinoseg.bundle import bundle_channels
+from napari_dinoseg.bundle import FORMAT_VERSION, bundle_channels
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def test_the_trees_components_and_linear_channels_travel_with_the_bundle(tmp_pat
     np.testing.assert_array_equal(predict(back, stack), predict(clf, stack))
     with zipfile.ZipFile(path) as zf:
         meta, raw = json.loads(zf.read("bundle.json")), zf.read("arrays.npz")
-    assert meta["format_version"] == 8 and meta["training_config"]["vit_components"] == 4
+    assert meta["format_version"] == FORMAT_VERSION == 9 and meta["training_config"]["vit_components"] == 4
     arrays = dict(np.load(io.BytesIO(raw)))
     forged = [({"tree_channels": [0, n]}, arrays, "trees read linear channels"),
               ({"linear": [n, n]}, arrays, "linear channels"),

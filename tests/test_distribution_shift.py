@@ -184,7 +184,7 @@ def test_bundles_keep_the_feature_distribution_and_older_ones_check_intensities_
     old = tmp_path / "format7.dinoseg"
     with zipfile.ZipFile(path) as zin, zipfile.ZipFile(old, "w") as zout:
         meta = json.loads(zin.read("bundle.json"))
-        assert meta["format_version"] == 8 and "features" in meta["statistics"]
+        assert meta["format_version"] == 9 and "features" in meta["statistics"]
         del meta["statistics"]["features"]
         meta["format_version"] = 7
         zout.writestr("bundle.json", json.dumps(meta))

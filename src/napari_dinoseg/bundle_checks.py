@@ -53,9 +53,12 @@ def _contents(meta: dict, version: int, config: FeatureConfig, arrays: dict, for
     n_channels, n_feat = _count(meta, "n_channels", MAX_CHANNELS), _count(meta, "n_features", None)
     training = _training_config(meta, version)
     crf = None if meta.get("crf_config") is None else CRFConfig.from_dict(_object(meta, "crf_config"))
-    guide = meta.get("guide", [])
-    if not (isinstance(guide, list) and all(type(i) is int and 0 <= i < n_feat for i in guide)):
-        raise ValueError(f"guide channels {reprlib.repr(guide)} are not indices of its {n_feat} features")
+    guide, second = meta.get("guide", []), meta.get("guide_laplacian", [])
+    for what, channels in (("guide", guide), ("second guide", second)):
+        if not (isinstance(channels, list) and all(type(i) is int and 0 <= i < n_feat for i in channels)):
+            raise ValueError(f"{what} channels {reprlib.repr(channels)} are not indices of its {n_feat} features")
+    if second and not guide:
+        raise ValueError(f"it has second guide channels {reprlib.repr(second)} but no guide")
     _check_values(arrays, n_feat)
     layout = _tree_layout(meta, arrays, n_feat, training)
     classes = meta.get("classes")
@@ -63,7 +66,7 @@ def _contents(meta: dict, version: int, config: FeatureConfig, arrays: dict, for
                                     and classes == arrays["classes"].tolist()):
         raise ValueError(f"its classes {reprlib.repr(classes)} are not the integers of its arrays")
     clf = PixelClassifier(**arrays, scaling=training.scaling, smooth=float(training.smooth),
-                          guided_radius=training.guided_radius, guide=tuple(guide),
+                          guided_radius=training.guided_radius, guide=tuple(guide), guide_laplacian=tuple(second),
                           predict_step=training.predict_step, **layout)
     _check(clf, config, n_channels)
     if training.classifier == "logistic+trees":

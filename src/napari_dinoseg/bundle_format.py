@@ -32,6 +32,8 @@ FORMAT = "napari-dinoseg-bundle"
 #: 8: the training statistics hold the training pixels' feature distribution, that of the
 #: contrast-inverted training images and the classifier's confidence on them (the shift report's
 #: feature, inversion and confidence checks; older bundles load without them and check intensities only).
+#: 9: the guided filter's second guide channels (``guide_laplacian``, 3-D classifiers; older bundles:
+#: none, the one-guide filter they were trained with).
 #:
 #: A version is for what a reader must know to use the classifier as it was trained: a key an
 #: older reader may ignore without misreading the classifier does not make one. So
@@ -40,7 +42,7 @@ FORMAT = "napari-dinoseg-bundle"
 #: added, and bundles without it read with ``pixel_size=None`` (unknown); ``spacing`` likewise
 #: (the training volumes' voxel spacing). A classifier of 3-D features has ``"dims": 3`` in its
 #: feature config, which readers from before volumes refuse as an unknown field, as they must.
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 ARRAYS = ("coef", "intercept", "classes", "mean", "scale")
 #: Arrays only some classifiers have.
 OPTIONAL_ARRAYS = ("tree_components",)

@@ -93,6 +93,7 @@ def save_bundle(path: PathLike, clf: PixelClassifier, config: FeatureConfig, n_c
         "smooth": clf.smooth,
         "guided_radius": clf.guided_radius,
         "guide": list(clf.guide),
+        "guide_laplacian": list(clf.guide_laplacian),
         "linear": list(clf.linear),
         "tree_channels": None if clf.tree_channels is None else list(clf.tree_channels),
         "classifier": "logistic" if clf.forest is None else "logistic+trees",

@@ -46,7 +46,7 @@ from .training import _scaled as _scaled  # a private helper the pipeline import
 
 __all__ = ["CHUNK_VALUES", "FOREST_WEIGHT", "MAX_LABEL", "SCALING_SAMPLE", "FeaturesLike", "PixelClassifier",
            "TrainingPart", "check_labels", "fit_scaling", "grid_step", "guide_channels", "linear_channels",
-           "logit_space", "predict", "predict_read", "read_pixels", "scaled_features", "train", "train_parts",
+           "guide_images", "logit_space", "predict", "predict_read", "read_pixels", "scaled_features", "train", "train_parts",
            "training_part", "tree_components", "uncertainty"]
 
 
@@ -106,8 +106,32 @@ def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.nd
         scaled = None if scaled is None else scaled[read]
     names = getattr(features, "channel_names", None)
     out = np.moveaxis(_pixel_proba(clf, data, scaled, names), 0, -1)  # (..., K) view of a channels-first buffer
-    guide = feature_array(features)[..., list(clf.guide)].mean(axis=-1, dtype=np.float32) if guided else None
-    return _smoothed(clf, out, guide, origin, len(lead) >= 2)
+    guide, second = guide_images(clf, feature_array(features)) if guided else (None, None)
+    return _smoothed(clf, out, guide, origin, len(lead) >= 2, second)
+
+
+def guide_images(clf: PixelClassifier, values) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The guided filter's guide and second guide from a window's features.
+
+    Parameters
+    ----------
+    clf
+        A classifier with a guided filter.
+    values : (..., F) float array, or a callable ``channels -> (..., len(channels))``
+        The features (or a reader of some of their channels: a compact cache decodes only those).
+
+    Returns
+    -------
+    guide : (...) float32
+        The mean of the channels ``clf.guide``.
+    second : (...) float32 or None
+        The mean of the channels ``clf.guide_laplacian``; ``None`` when it has none.
+    """
+    read = values if callable(values) else (lambda channels: values[..., channels])
+    guide = read(list(clf.guide)).mean(axis=-1, dtype=np.float32)
+    if not clf.guide_laplacian:
+        return guide, None
+    return guide, read(list(clf.guide_laplacian)).mean(axis=-1, dtype=np.float32)
 
 
 def read_pixels(clf: PixelClassifier, shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> tuple[slice, slice]:
@@ -120,7 +144,8 @@ def read_pixels(clf: PixelClassifier, shape: tuple[int, int], origin: tuple[int,
 
 
 def predict_read(clf: PixelClassifier, read: np.ndarray, guide: Optional[np.ndarray],
-                 origin: tuple[int, int] = (0, 0), scaled: Optional[np.ndarray] = None) -> np.ndarray:
+                 origin: tuple[int, int] = (0, 0), scaled: Optional[np.ndarray] = None,
+                 second: Optional[np.ndarray] = None) -> np.ndarray:
     """:func:`predict` of an ``(H, W)`` window for a caller that reads the features itself (a
     compact cache decodes only these): the same probabilities, from the same values.
 
@@ -137,6 +162,9 @@ def predict_read(clf: PixelClassifier, read: np.ndarray, guide: Optional[np.ndar
         As for :func:`predict`.
     scaled : (F, h, w) float32 array, optional
         :func:`scaled_features` of ``read``, when kept (not scaled again).
+    second : (H, W) float32 array, optional
+        The mean of the channels ``clf.guide_laplacian`` at every pixel, exactly when it has
+        them (:func:`guide_images` gives both guides).
 
     Returns
     -------
@@ -153,23 +181,27 @@ def predict_read(clf: PixelClassifier, read: np.ndarray, guide: Optional[np.ndar
     guided = clf.guided_radius > 0 and bool(clf.guide)
     if guided != (guide is not None):
         raise ValueError("a guide image is needed exactly when the classifier has a guided filter")
+    if (guided and bool(clf.guide_laplacian)) != (second is not None):
+        raise ValueError("a second guide image is needed exactly when the classifier's guided filter has one")
     out = np.moveaxis(_pixel_proba(clf, data, scaled), 0, -1)
-    return _smoothed(clf, out, guide, origin, True)
+    return _smoothed(clf, out, guide, origin, True, second)
 
 
 def _smoothed(clf: PixelClassifier, proba: np.ndarray, guide: Optional[np.ndarray], origin: tuple[int, int],
-              plane: bool) -> np.ndarray:
-    """Probabilities at the pixels read -> every pixel: the guided filter (``guide`` not ``None``),
-    then the Gaussian (``plane``: the last two leading axes are an image plane)."""
+              plane: bool, second: Optional[np.ndarray] = None) -> np.ndarray:
+    """Probabilities at the pixels read -> every pixel: the guided filter (``guide`` not ``None``;
+    ``second`` its second guide, if any), then the Gaussian (``plane``: the last two leading axes
+    are an image plane)."""
     if guide is not None:
-        finite = np.isfinite(guide)
-        if not finite.all():
-            raise ValueError(f"the guide of the edge smoothing (the mean of feature channels {list(clf.guide)}) is NaN "
-                             f"or inf at {int(finite.size - np.count_nonzero(finite))} pixel(s): the features hold "
-                             "NaN or inf (the image or its features are corrupt); nothing is predicted from them")
+        for image, channels in ((guide, clf.guide), (second, clf.guide_laplacian)):
+            finite = np.isfinite(image) if image is not None else True
+            if not np.all(finite):
+                raise ValueError(f"the guide of the edge smoothing (the mean of feature channels {list(channels)}) is "
+                                 f"NaN or inf at {int(finite.size - np.count_nonzero(finite))} pixel(s): the features "
+                                 "hold NaN or inf (the image or its features are corrupt); nothing is predicted from them")
         step = clf.predict_step
         offset = tuple(int(-o % step) for o in origin)
-        proba = guided_filter(guide, proba, clf.guided_radius, step=step, offset=offset)
+        proba = guided_filter(guide, proba, clf.guided_radius, step=step, offset=offset, second=second)
     if plane and clf.smooth > 0:
         proba = gaussian_smooth(proba, clf.smooth)
     return proba

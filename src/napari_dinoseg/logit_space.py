@@ -78,6 +78,7 @@ def logit_space(clf: PixelClassifier, channel_names: Sequence[str]):
         smooth=clf.smooth,
         guided_radius=clf.guided_radius,
         guide=tuple(position[i] for i in clf.guide),
+        guide_laplacian=tuple(position[i] for i in clf.guide_laplacian),
         forest=clf.forest,
         linear=tuple(position[i] for i in clf.linear if i in position) + new,
         tree_channels=tree_channels,

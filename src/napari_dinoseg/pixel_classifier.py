@@ -52,6 +52,9 @@ class PixelClassifier:
     guide
         Feature channels averaged into the guided filter's guide image (the finest Gaussian
         blur of each image channel); empty = no guided filter (features without such a channel).
+    guide_laplacian
+        Feature channels averaged into the guided filter's second guide (the Laplacian of the
+        guide's blur, 3-D features); empty = the guide alone (every classifier of planes).
     forest
         Trees whose class fractions are averaged with the regression's probabilities
         (weight ``FOREST_WEIGHT``); ``None``: logistic regression alone.
@@ -79,6 +82,7 @@ class PixelClassifier:
     smooth: float = 0.0
     guided_radius: int = 0
     guide: tuple[int, ...] = ()
+    guide_laplacian: tuple[int, ...] = ()
     forest: Optional[Forest] = None
     linear: tuple[int, ...] = ()
     tree_channels: Optional[tuple[int, ...]] = None

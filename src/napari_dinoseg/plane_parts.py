@@ -37,7 +37,7 @@ def predict_part(classifier: PixelClassifier, stack, part: Slices, origin: tuple
     reads (:func:`~napari_dinoseg.classify.read_pixels` and the guide channels), into the same
     probabilities as its decoded stack; its ``scaled`` features (:meth:`Segmenter.scaled_features`)
     are those of the pixels read in the whole window."""
-    from .classify import predict_read, read_pixels
+    from .classify import guide_images, predict_read, read_pixels
     from .features.featurise import CompactStack
 
     if not isinstance(stack, CompactStack):
@@ -50,10 +50,10 @@ def predict_part(classifier: PixelClassifier, stack, part: Slices, origin: tuple
         first = [r.start for r in read_pixels(classifier, stack.shape, start)]
         scaled = scaled[(slice(None), *(slice((g.start - f) // g.step, (g.start - f) // g.step + n)
                                         for g, f, n in zip(region, first, features.shape[:2])))]
-    guide = None
+    guide = second = None
     if classifier.guided_radius > 0 and classifier.guide:
-        guide = stack.region(*part, channels=list(classifier.guide)).mean(axis=-1, dtype=np.float32)
-    return predict_read(classifier, features, guide, origin, scaled)
+        guide, second = guide_images(classifier, lambda channels: stack.region(*part, channels=channels))
+    return predict_read(classifier, features, guide, origin, scaled, second)
 
 
 def _grid_and_painted(crop: np.ndarray, core: Slices, step: int) -> tuple[np.ndarray, np.ndarray, int]:

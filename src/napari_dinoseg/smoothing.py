@@ -13,9 +13,17 @@ Two filters, applied by :func:`napari_dinoseg.classify.predict` in this order:
 
 Both work per plane on ``(..., H, W, K)`` probabilities, and both keep each pixel's
 probabilities summing to 1.
+
+The guided filter may take a second guide, the Laplacian of the blurred intensity (3-D features
+only): the fits are then linear in both (He, Sun and Tang's multi-channel guide), and a linear
+combination of a blur and its Laplacian is the blur sharpened, so the smoothed probabilities can
+follow a boundary where the sharpened guide puts it rather than where one level of the blur does
+(curved boundaries in blurred, noisy volumes: see ``docs/volumes.md``).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -42,7 +50,7 @@ def coarse_radius(radius: int, step: int) -> int:
 
 
 def guided_filter(guide: np.ndarray, proba: np.ndarray, radius: int, eps: float = GUIDED_EPS,
-                  step: int = 1, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+                  step: int = 1, offset: tuple[int, int] = (0, 0), second: Optional[np.ndarray] = None) -> np.ndarray:
     """Edge-preserving smoothing of ``proba`` steered by ``guide``.
 
     With ``step > 1`` the probabilities are known only on a lattice (every ``step``-th pixel of
@@ -64,37 +72,75 @@ def guided_filter(guide: np.ndarray, proba: np.ndarray, radius: int, eps: float 
         Regularisation (see ``GUIDED_EPS``).
     step, offset
         The lattice of ``proba`` (``0 <= offset < step``).
+    second : (..., H, W) float array, optional
+        A second guide (the Laplacian of ``guide``): each window's fit is then linear in both
+        guides, regularised by ``eps`` on each (``None``: in ``guide`` alone, the classic filter).
 
     Returns
     -------
     (..., H, W, K) float32 probabilities in [0, 1], summing to 1 over the last axis.
     """
-    g = guide.astype(np.float32)  # a copy: centred in place below
-    g -= g.mean()  # centred: the variances below lose no precision in float32
+    g = _centred(guide)
     lattice = g[..., offset[0]::step, offset[1]::step]
     if lattice.shape != proba.shape[:-1]:
         raise ValueError(f"probabilities of shape {proba.shape} are not those of a {guide.shape} guide's "
                          f"lattice of step {step} from {offset}")
+    if second is not None and np.shape(second) != guide.shape:
+        raise ValueError(f"the second guide's shape {np.shape(second)} is not the guide's {guide.shape}")
     k = proba.shape[-1]
     r = coarse_radius(radius, step)
     # every output is linear in p, and the K probabilities sum to 1, so the filtered ones do
     # too: filter K - 1 of them, the last is 1 - their sum
     p = np.moveaxis(proba[..., : k - 1], -1, 0).astype(np.float32, order="C")  # (K-1, ..., h, w)
-    mean_g, mean_gg = _box(np.stack([lattice, lattice * lattice]), r)
-    var_g = mean_gg - mean_g * mean_g
-    mean_p, mean_gp = np.split(_box(np.concatenate([p, lattice * p]), r), 2)
-    a = mean_gp - mean_g * mean_p
-    a /= np.maximum(var_g, 0) + np.float32(eps)
-    b = mean_p - a * mean_g
-    box_ab = _box(np.concatenate([a, b]), r)
+    if second is None:
+        mean_g, mean_gg = _box(np.stack([lattice, lattice * lattice]), r)
+        var_g = mean_gg - mean_g * mean_g
+        mean_p, mean_gp = np.split(_box(np.concatenate([p, lattice * p]), r), 2)
+        a = mean_gp - mean_g * mean_p
+        a /= np.maximum(var_g, 0) + np.float32(eps)
+        b = mean_p - a * mean_g
+        fits, guides = np.concatenate([a, b]), [g]
+    else:
+        l2 = _centred(second)
+        fits, guides = _fits_two(lattice, l2[..., offset[0]::step, offset[1]::step], p, r, eps), [g, l2]
+    box_fits = _box(fits, r)  # (n_guides + 1) (K - 1) planes: the slopes on each guide, then the offsets
     if step > 1:
-        box_ab = _upsampled(box_ab, g.shape[-2:], step, offset)
-    box_a, box_b = np.split(box_ab, 2)
+        box_fits = _upsampled(box_fits, g.shape[-2:], step, offset)
+    *box_slopes, box_b = np.split(box_fits, len(guides) + 1)
     out = np.empty((k, *g.shape), np.float32)
-    np.multiply(box_a, g, out=out[: k - 1])
+    np.multiply(box_slopes[0], guides[0], out=out[: k - 1])
+    for slope, other in zip(box_slopes[1:], guides[1:]):
+        out[: k - 1] += slope * other
     out[: k - 1] += box_b
     out[k - 1] = 1 - out[: k - 1].sum(axis=0)
     return np.moveaxis(_renormalised(out, axis=0), 0, -1)
+
+
+def _centred(guide: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``guide`` less its mean: the variances of the fits lose no precision in float32."""
+    g = guide.astype(np.float32)
+    g -= g.mean()
+    return g
+
+
+def _fits_two(g: np.ndarray, l: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """Each window's least-squares fit ``p ~ a g + c l + b`` (ridge ``eps`` on ``a`` and ``c``).
+
+    ``g``, ``l``: the two guides on the lattice, ``(..., h, w)`` float32; ``p``: ``(K-1, ..., h, w)``.
+    Returns ``(3 (K-1), ..., h, w)`` float32: ``a`` of every class, then ``c``, then ``b``.
+    """
+    mean_g, mean_l, mean_gg, mean_gl, mean_ll = _box(np.stack([g, l, g * g, g * l, l * l]), r)
+    var_g = np.maximum(mean_gg - mean_g * mean_g, 0) + np.float32(eps)
+    var_l = np.maximum(mean_ll - mean_l * mean_l, 0) + np.float32(eps)
+    cov_gl = mean_gl - mean_g * mean_l
+    det = var_g * var_l - cov_gl * cov_gl  # > 0: the ridge makes the 2 x 2 covariance positive definite
+    mean_p, mean_gp, mean_lp = np.split(_box(np.concatenate([p, g * p, l * p]), r), 3)
+    cov_gp = mean_gp - mean_g * mean_p
+    cov_lp = mean_lp - mean_l * mean_p
+    a = (var_l * cov_gp - cov_gl * cov_lp) / det
+    c = (var_g * cov_lp - cov_gl * cov_gp) / det
+    b = mean_p - a * mean_g - c * mean_l
+    return np.concatenate([a, c, b])
 
 
 def _upsampled(planes: np.ndarray, shape: tuple[int, int], step: int, offset: tuple[int, int]) -> np.ndarray:

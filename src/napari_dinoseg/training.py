@@ -171,6 +171,7 @@ def train_parts(
         smooth=float(config.smooth),
         guided_radius=int(config.guided_radius),
         guide=_guide(channel_names, feature_config) if config.guided_radius else (),
+        guide_laplacian=_guide_laplacian(channel_names, feature_config) if config.guided_radius else (),
         forest=forest,
         linear=linear,
         tree_channels=tree_channels,
@@ -248,6 +249,17 @@ def _guide(names: Optional[Sequence[str]], config) -> tuple[int, ...]:
     from .features.channels import ChannelLayout
 
     return ChannelLayout.of(names).guide
+
+
+def _guide_laplacian(names: Optional[Sequence[str]], config) -> tuple[int, ...]:
+    """The channels of the guided filter's second guide: the Laplacian (Hessian trace) of the
+    guide's sigma for 3-D features, where it was measured to help (``docs/volumes.md``); ``()``
+    for planes, whose smoothing is the one-guide filter their benchmarks were measured with."""
+    if not _guide(names, config) or getattr(config, "dims", 2) != 3:
+        return ()
+    from .features.channels import ChannelLayout
+
+    return ChannelLayout.of(names).laplacian
 
 
 def _as_pairs(features, labels) -> tuple[list[np.ndarray], list[np.ndarray]]:

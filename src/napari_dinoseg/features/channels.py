@@ -18,6 +18,8 @@ CHANNEL_SEPARATOR = ":"
 VIT_PREFIX = "vit_"
 #: Start of every Gaussian-smoothed intensity channel's own name, followed by its sigma: ``gaussian_s2``.
 GAUSSIAN_PREFIX = "gaussian_s"
+#: Start of every Hessian-trace (Laplacian of the Gaussian) channel's own name, followed by its sigma.
+LAPLACIAN_PREFIX = "hessian_trace_s"
 
 
 def vit_channel_groups(n_channels: int) -> list[list[int]]:
@@ -33,13 +35,13 @@ def _own_name(name: str) -> str:
     return name.split(CHANNEL_SEPARATOR)[-1]
 
 
-def _gaussian_sigma(name: str) -> Optional[float]:
-    """The sigma of a Gaussian channel's name, ``None`` for any other channel."""
+def _gaussian_sigma(name: str, prefix: str = GAUSSIAN_PREFIX) -> Optional[float]:
+    """The sigma of a Gaussian channel's name (of a ``prefix`` channel), ``None`` for any other channel."""
     own = _own_name(name)
-    if not own.startswith(GAUSSIAN_PREFIX):
+    if not own.startswith(prefix):
         return None
     try:
-        return float(own[len(GAUSSIAN_PREFIX):])
+        return float(own[len(prefix):])
     except ValueError:
         return None
 
@@ -70,6 +72,9 @@ class ChannelLayout:
     attention : bool
         The features come with a CLS attention map (ViT kinds); names cannot tell, so
         :meth:`of` leaves it ``False`` and a featuriser's ``layout()`` sets it.
+    laplacian : tuple of int
+        Indices of the Hessian-trace channels (``hessian_trace_s<sigma>``) of the guide's sigma,
+        one per image channel: the second guide of a 3-D classifier's smoothing. ``()`` without.
     """
 
     names: tuple[str, ...]
@@ -79,6 +84,7 @@ class ChannelLayout:
     sigmas: tuple[float, ...]
     guide: tuple[int, ...]
     attention: bool = False
+    laplacian: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, names: Sequence[str]) -> ChannelLayout:
@@ -99,8 +105,10 @@ class ChannelLayout:
         classical = tuple(sorted(set(range(len(names))) - set(vit)))
         sigma = {i: s for i, s in ((i, _gaussian_sigma(name)) for i, name in enumerate(names)) if s is not None}
         finest = min(sigma.values(), default=None)
+        laplacian = tuple(i for i, name in enumerate(names)
+                          if finest is not None and _gaussian_sigma(name, LAPLACIAN_PREFIX) == finest)
         return cls(names=names, vit=vit, classical=classical, gaussian=tuple(sigma), sigmas=tuple(sigma.values()),
-                   guide=tuple(i for i, s in sigma.items() if s == finest))
+                   guide=tuple(i for i, s in sigma.items() if s == finest), laplacian=laplacian)
 
     @property
     def n_channels(self) -> int:
