@@ -115,6 +115,28 @@ def test_with_the_guided_filter_the_pixels_read_and_the_guide_are_checked(featur
         predict_read(clf, np.ascontiguousarray(data[read]), guide)
 
 
+def test_a_second_guide_is_checked_and_needed_exactly_when_the_classifier_has_one(features):
+    """The two-guide filter of 3-D classifiers (here a plane classifier given a second guide channel)."""
+    import dataclasses
+
+    feats, scribbles = features
+    clf = train(feats, scribbles, TrainConfig(predict_step=2))
+    second = next(i for i, name in enumerate(feats.channel_names) if name.startswith("hessian"))
+    two = dataclasses.replace(clf, guide_laplacian=(second,))
+    read = np.ascontiguousarray(feats.data[read_pixels(clf, feats.shape)])
+    guide = feats.data[..., list(clf.guide)].mean(-1, dtype=np.float32)
+    with pytest.raises(ValueError, match="second guide image is needed exactly"):
+        predict_read(two, read, guide)
+    with pytest.raises(ValueError, match="second guide image is needed exactly"):
+        predict_read(clf, read, guide, second=guide)
+    np.testing.assert_allclose(predict_read(two, read, guide, second=feats.data[..., second]), predict(two, feats),
+                               atol=1e-6)
+    data = feats.data.copy()
+    data[5, 7, second] = np.inf  # off the lattice, in the second guide: refused, its channel named
+    with pytest.raises(ValueError, match=rf"feature channels \[{second}\]\) is NaN or inf at 1 pixel"):
+        predict(two, data)
+
+
 def test_overflowing_logits_and_a_corrupt_classifier_are_told_apart(features):
     import dataclasses
 

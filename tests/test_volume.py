@@ -135,6 +135,29 @@ def test_spacing_scales_the_filters_and_is_kept(fitted, tmp_path):
     assert (loaded.segment(anisotropic, spacing=(2.0, 1.0, 1.0)) == with_spacing).all()
 
 
+def test_the_smoothing_of_a_3d_classifier_has_the_laplacian_as_second_guide(fitted, tmp_path):
+    """3-D features: the guided filter's second guide is the Hessian trace of the guide's sigma,
+    kept by the bundle, and it changes the probabilities; a plane classifier has none."""
+    import dataclasses
+
+    seg, volume, truth = fitted
+    names = seg.featuriser.channel_names(1)
+    clf = seg.classifier
+    assert [names[i] for i in clf.guide] == ["gaussian_s1"]
+    assert [names[i] for i in clf.guide_laplacian] == ["hessian_trace_s1"]
+    loaded = Segmenter.load(seg.save(tmp_path / "volume.dinoseg"))
+    assert loaded.classifier.guide_laplacian == clf.guide_laplacian
+    part = volume[:8]
+    one_guide = Segmenter.load(seg.save(tmp_path / "copy.dinoseg"))
+    one_guide.classifier = dataclasses.replace(clf, guide_laplacian=())
+    both = seg.predict_proba(part)
+    np.testing.assert_array_equal(loaded.predict_proba(part), both)
+    assert not np.allclose(one_guide.predict_proba(part), both, atol=1e-3)
+    plane = Segmenter(FeatureConfig(sigmas=(1.0, 2.0), membrane=False, device="cpu"))
+    plane.fit(volume[5], strokes(truth, (5,))[5])
+    assert plane.classifier.guide and plane.classifier.guide_laplacian == ()
+
+
 def test_plane_classifier_bundle_has_no_dims_key():
     assert "dims" not in FeatureConfig().to_dict()
     assert FeatureConfig.from_dict(FeatureConfig(dims=3).to_dict()).dims == 3
