@@ -196,3 +196,20 @@ def close_mid_run(qtbot, viewer, widget, dock_name: str, hold: Hold, timeout_ms:
     finally:
         hold.release()
     qtbot.waitUntil(stopped.is_set, timeout=timeout_ms)
+
+
+@pytest.fixture
+def volume_feature_calls(monkeypatch):
+    """The regions the classical featuriser computes 3-D features of, as ``(z0, z1)`` of each
+    call, in order (from any thread: the class's method is wrapped)."""
+    from napari_dinoseg.features.classical_featuriser import ClassicalFeaturiser
+
+    calls = []
+    original = ClassicalFeaturiser.volume_features
+
+    def recording(self, block, spacing, halo, progress=None, place=None, out=None):
+        calls.append((place[0][0].start, place[0][0].stop))
+        return original(self, block, spacing, halo, progress, place, out)
+
+    monkeypatch.setattr(ClassicalFeaturiser, "volume_features", recording)
+    return calls

@@ -338,6 +338,33 @@ def test_live_update_with_3d_features_predicts_the_slice_in_view(dock, qtbot, vo
     assert np.all(widget.predictions.data[9] > 0) and np.all(np.delete(widget.predictions.data, 9, axis=0) == 0)
 
 
+def test_clicks_after_the_first_featurise_only_new_painted_slices(dock, qtbot, volume, volume_feature_calls):
+    """The dock's feature cache keeps the painted slices' and the slice in view's 3-D features:
+    strokes added to a painted slice retrain on kept features; a newly painted slice is the only
+    region featurised; the predictions are those of a Segmenter fitted without a cache."""
+    image, truth = volume
+    calls = volume_feature_calls
+    viewer, widget, _, labels = painted_dock(dock, volume)
+    viewer.dims.set_current_step(0, 7)
+    click_and_wait(qtbot, widget)
+    assert sorted(calls) == [(4, 5), (7, 8), (11, 12)]
+    strokes = labels.data.copy()
+    strokes[4, :2, :2] = truth[4, :2, :2]  # more strokes on a painted slice
+    labels.data = strokes
+    calls.clear()
+    click_and_wait(qtbot, widget)
+    assert calls == []
+    strokes[13, 20:24, 20:24] = truth[13, 20:24, 20:24]  # a new slice
+    labels.data = strokes
+    calls.clear()
+    click_and_wait(qtbot, widget)
+    assert calls == [(13, 14)]
+    plain = Segmenter(FeatureConfig(kind="classical", dims=3, sigmas=(1, 2)), TrainConfig())
+    plain.fit(image, strokes, spacing=SPACING)
+    expected, _ = predict_volume(plain, image, None, True, SPACING, None, slice(7, 8))
+    np.testing.assert_array_equal(widget.predictions.data[7], expected[0])
+
+
 def test_the_predicted_volume_is_drawn_in_3d(dock, qtbot, volume):
     viewer, widget, layer, _ = painted_dock(dock, volume, show=True)
     widget._scope.value = SCOPE_STACK

@@ -136,7 +136,9 @@ class Segmenter(ShiftReport, WindowFeatures, VolumeSegmenting):
         progress
             ``progress(done, total, message)``; may raise :class:`napari_dinoseg.Cancelled`.
         cache : FeatureCache, optional
-            Features are taken from / put into it (the widget's cache).
+            Features are taken from / put into it (the widget's cache). For a volume: its
+            intensity bounds and the features of its painted runs of slices (and, predicting, of
+            the slices in view), :mod:`~napari_dinoseg.volume_regions`.
         pixel_size : float, optional
             µm per pixel of the training images (``None``: unknown), kept as :attr:`pixel_size`
             for the shift report's pixel-size check and ``dinoseg apply --resample``.
@@ -153,7 +155,7 @@ class Segmenter(ShiftReport, WindowFeatures, VolumeSegmenting):
 
         pixel_size = checked_pixel_size(pixel_size)
         images, labels = _as_lists(images, labels)
-        if self._fit_volumes(images, labels, spacing, progress, pixel_size):
+        if self._fit_volumes(images, labels, spacing, progress, pixel_size, cache):
             return self
         channels = {_channels(img) for img in images}
         if len(channels) > 1:
@@ -275,7 +277,7 @@ class Segmenter(ShiftReport, WindowFeatures, VolumeSegmenting):
 
         clf = self._fitted()
         if self._is_volume(spacing):
-            return self._predict_volume(image, out, False, spacing, progress)
+            return self._predict_volume(image, out, False, spacing, progress, cache)
         if out is not None or is_lazy(image):
             return self._predict_windows(image, out, False, progress, cache)
         check_plane_memory(self, np.shape(image), what="predicting")
@@ -327,7 +329,7 @@ class Segmenter(ShiftReport, WindowFeatures, VolumeSegmenting):
         the ``(H, W, K)`` probabilities are never held: each window's labels are written as it is
         predicted."""
         if self._is_volume(spacing):
-            return self._predict_volume(image, out, True, spacing, progress)
+            return self._predict_volume(image, out, True, spacing, progress, cache)
         if out is not None or is_lazy(image):
             self._fitted()
             return self._predict_windows(image, out, True, progress, cache)

@@ -12,14 +12,14 @@ class VolumeSegmenting:
     ``_fitted`` and ``_keep_findings``)."""
 
     def _fit_volumes(self, images: list, labels: list, spacing: Optional[Sequence[float]], progress,
-                     pixel_size: Optional[float]) -> bool:
+                     pixel_size: Optional[float], cache=None) -> bool:
         """Fit on volumes when the feature config is 3-D (then ``True``); ``False`` for planes,
         refusing a spacing given for them."""
         if not self._is_volume(spacing):
             return False
         from .volume_training import fit_volumes
 
-        fit_volumes(self, images, labels, spacing, progress)
+        fit_volumes(self, images, labels, spacing, progress, cache)
         self.pixel_size = pixel_size
         return True
 
@@ -30,12 +30,12 @@ class VolumeSegmenting:
             return False
         return True
 
-    def _predict_volume(self, volume, out, labels: bool, spacing, progress):
+    def _predict_volume(self, volume, out, labels: bool, spacing, progress, cache=None):
         """:func:`~napari_dinoseg.volume_prediction.predict_volume`, its findings kept for ``check``."""
         from .volume_prediction import predict_volume
 
         self._fitted()
-        out, findings = predict_volume(self, volume, out, labels, spacing, progress)
+        out, findings = predict_volume(self, volume, out, labels, spacing, progress, cache=cache)
         self._keep_findings(out, findings)
         return out
 

@@ -46,7 +46,8 @@ from .planes import label_dtype
 from .progress import ProgressCallback, report, within
 from .volume import NormalisedVolume, Spacing, check_volume_shape
 from .volume_prediction import _lattice
-from .volume_training import read_normalised, volume_spacing
+from .volume_regions import read_normalised
+from .volume_training import volume_spacing
 
 if TYPE_CHECKING:
     from .features.base import Featuriser

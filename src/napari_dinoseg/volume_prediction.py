@@ -18,8 +18,9 @@ from .memory import check_volume_memory
 from .planes import label_dtype
 from .plane_parts import check_finite
 from .progress import ProgressCallback, report, within
-from .volume import NormalisedVolume, check_volume_shape
-from .volume_training import block_signals, read_normalised, volume_spacing
+from .volume import check_volume_shape
+from .volume_regions import kept, normalised_volume, region_features, volume_identity
+from .volume_training import volume_spacing
 from .window_prediction import TileFindings, check_out, plane_findings
 
 #: Voxels of a volume's feature sample for the shift report (a regular grid over all of it).
@@ -27,7 +28,7 @@ FEATURE_SAMPLE_VOXELS = 1 << 14
 
 
 def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: Optional[Sequence[float]] = None,
-                   progress: Optional[ProgressCallback] = None, planes: Optional[slice] = None):
+                   progress: Optional[ProgressCallback] = None, planes: Optional[slice] = None, cache=None):
     """Predict a ``(Z, Y, X)`` volume block by block into ``out``.
 
     Parameters
@@ -46,6 +47,10 @@ def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: O
     planes
         Predict only these z-slices (a slice of step 1; the output then has ``len`` of them along
         z): the slice in view costs the read of its halo along z, and the 3-D filters of one slice.
+    cache : FeatureCache, optional
+        The volume's bounds, and the features of its blocks when they take a small share of the
+        cache (the slice in view, :func:`~napari_dinoseg.volume_regions.kept`), are kept and taken
+        from it: a live update predicting the same slice again featurises nothing.
 
     Returns
     -------
@@ -71,16 +76,19 @@ def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: O
     if out is None:
         out = np.empty(wanted, dtype)
     check_out(out, wanted, dtype)
-    normalised = NormalisedVolume(volume, segmenter.features)
     halo, ring = featuriser.halo(spacing), clf.margin
+    grown_cores = [(core[0], *(slice(max(0, c.start - ring), min(size, c.stop + ring))
+                               for c, size in zip(core[1:], shape[1:]))) for core in cores]
+    identity = volume_identity(volume) if cache is not None else None
+    normalised = normalised_volume(volume, segmenter.features, cache, identity)
+    if not kept(featuriser, grown_cores, cache):
+        cache = None  # the bounds are kept, not the blocks
     step = max(1, int(np.ceil((np.prod(shape) / FEATURE_SAMPLE_VOXELS) ** (1 / 3))))
     found = []
-    for n, core in enumerate(cores):
+    for n, (core, grown) in enumerate(zip(cores, grown_cores)):
         sub = within(progress, 0.97 * n / len(cores), 0.97 * (n + 1) / len(cores))
-        grown = (core[0], *(slice(max(0, c.start - ring), min(size, c.stop + ring))
-                            for c, size in zip(core[1:], shape[1:])))
-        block = read_normalised(normalised, grown, halo)
-        features = featuriser.volume_features(block, spacing, halo, sub, place=(grown, shape))
+        region = region_features(featuriser, normalised, grown, halo, spacing, sub, cache, identity)
+        features = region.features
         inner = tuple(slice(c.start - g.start, c.stop - g.start) for c, g in zip(core[1:], grown[1:]))
         proba = np.empty((core[0].stop - core[0].start, *(s.stop - s.start for s in inner), clf.n_classes),
                          np.float32)
@@ -90,24 +98,19 @@ def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: O
             if segmenter.crf is not None:
                 from .crf import crf_refine
 
-                plane = crf_refine(_plane_of(block, halo, z, grown)[..., None], plane, segmenter.crf, normalised=True)
+                plane = crf_refine(region.values[z][..., None], plane, segmenter.crf, normalised=True)
             proba[z] = plane[inner]
         check_finite(proba)
         rows = features[_lattice(core, step, grown)].reshape(-1, features.shape[-1])
-        del features
-        found.append(TileFindings(rows, block_signals(block, grown, halo),
+        signals = region.signals
+        del features, region  # before the next block's features are computed
+        found.append(TileFindings(rows, signals,
                                   np.bincount(np.argmax(proba, axis=-1).ravel(), minlength=clf.n_classes)))
         out[(slice(core[0].start - z0, core[0].stop - z0), *core[1:])] = segmenter.to_labels(proba) if labels else proba
     report(progress, 990, 1000, "shift report")
     findings = plane_findings(segmenter, found, 1, projected=False)
     report(progress, 1000, 1000, "predicted")
     return out, findings
-
-
-def _plane_of(block: np.ndarray, halo: Sequence[int], z: int, grown: tuple) -> np.ndarray:
-    """Slice ``z`` of a block's core grown in-plane (``(y, x)`` float32 normalised values)."""
-    hz, hy, hx = halo
-    return block[hz + z, hy:hy + grown[1].stop - grown[1].start, hx:hx + grown[2].stop - grown[2].start]
 
 
 def _lattice(core: tuple, step: int, grown: tuple) -> tuple:

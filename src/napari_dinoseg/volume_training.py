@@ -16,15 +16,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .features.classical_featuriser import VOLUME_BLOCK  # the bank's block; a featuriser's: volume_block()
-from .distribution_shift import FeatureDistribution, TrainingStatistics, signal_quantiles, signal_samples
+from .distribution_shift import FeatureDistribution, TrainingStatistics, signal_quantiles
 from .memory import check_volume_memory
 from .pixel_classifier import check_labels
 from .progress import ProgressCallback, report, within
-from .volume import NormalisedVolume, Spacing, check_volume_shape, checked_spacing
-
-#: z-slices of each block the shift report's intensity and edge statistics sample.
-STATISTICS_SLICES = 4
-
+from .volume import Spacing, check_volume_shape, checked_spacing
 
 def volume_spacing(spacing: Optional[Sequence[float]]) -> Spacing:
     """The spacing the 3-D filters use: ``spacing`` checked, or isotropic voxels when unknown."""
@@ -55,10 +51,14 @@ def painted_blocks(labels, shape: tuple[int, int, int], block=VOLUME_BLOCK) -> l
 
 
 def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequence[float]],
-                progress: Optional[ProgressCallback] = None) -> None:
+                progress: Optional[ProgressCallback] = None, cache=None) -> None:
     """Fit ``segmenter`` (its feature config has ``dims == 3``) on ``(Z, Y, X)`` volumes and their
     brush labels, in place: the classifier, the channel names, the training spacing
     (:attr:`~napari_dinoseg.Segmenter.spacing`) and the training statistics.
+
+    With a :class:`~napari_dinoseg.features.cache.FeatureCache` (the dock's), the volumes' bounds
+    and the features of the painted runs of slices are kept and taken from it
+    (:mod:`~napari_dinoseg.volume_regions`): strokes added to slices already painted featurise nothing.
 
     Raises
     ------
@@ -67,6 +67,7 @@ def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequen
         fewer than two painted classes (from the classifier's training).
     """
     from .training import fit_scaling, grid_step, linear_channels, train_parts, training_part
+    from .volume_regions import kept, normalised_volume, region_features, volume_identity
 
     spacing_given = checked_spacing(spacing)
     spacing = volume_spacing(spacing)
@@ -82,18 +83,20 @@ def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequen
     shapes = [tuple(s.stop - s.start for s in core) for blocks in painted for core, _ in blocks]
     check_volume_memory(featuriser, max(shapes, key=np.prod), spacing, what="training on the volume")
     step = grid_step(shapes)
+    if not kept(featuriser, [core for blocks in painted for core, _ in blocks], cache):
+        cache = None
     parts, samples, counts_of = [], [], []
     done, total = 0, len(shapes)
     for volume, blocks in zip(volumes, painted):
-        normalised = NormalisedVolume(volume, config)
+        identity = None if cache is None else volume_identity(volume)
+        normalised = normalised_volume(volume, config, cache, identity)
         for core, crop in blocks:
             sub = within(progress, 0.9 * done / total, 0.9 * (done + 1) / total)
-            block = read_normalised(normalised, core, halo)
-            features = featuriser.volume_features(block, spacing, halo, sub, place=(core, np.shape(volume)))
-            parts.append(training_part(features, crop, step))
-            samples.append(block_signals(block, core, halo))
+            region = region_features(featuriser, normalised, core, halo, spacing, sub, cache, identity)
+            parts.append(training_part(region.features, crop, step))
+            samples.append(region.signals)
             counts_of.append(crop[crop > 0])
-            del features
+            del region
             done += 1
     report(progress, 900, 1000, "training")
     names = featuriser.channel_names(1)
@@ -114,28 +117,3 @@ def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequen
     statistics = TrainingStatistics.of([quantiles], [np.concatenate(counts_of)], classifier.classes)
     segmenter.statistics = TrainingStatistics(statistics.quantiles, statistics.class_fractions, distribution)
     report(progress, 1000, 1000, "trained")
-
-
-def read_normalised(normalised: NormalisedVolume, core: tuple, halo: Sequence[int]) -> np.ndarray:
-    """``(z + 2 hz, y + 2 hy, x + 2 hx)`` float32: a core of a normalised volume with ``halo``
-    voxels of context, mirrored where they pass the volume's border."""
-    from .features.classical3d import read_block
-
-    return read_block(normalised, core, halo)
-
-
-def block_signals(block: np.ndarray, core: tuple, halo: Sequence[int]) -> np.ndarray:
-    """The shift report's intensity and edge samples of a block's core: up to
-    :data:`STATISTICS_SLICES` of its z-slices, each as a plane window (the block's in-plane halo as
-    the window's margin) on the statistics' grid of a plane of the core's size; ``(1, len(SIGNALS),
-    M)`` float32. Training and prediction sample every block alike."""
-    from .distribution_shift import statistics_step
-
-    hz, hy, hx = halo
-    rows, cols = core[1], core[2]
-    window = (slice(rows.start - hy, rows.stop + hy), slice(cols.start - hx, cols.stop + hx))
-    inside = (slice(hy, hy + rows.stop - rows.start), slice(hx, hx + cols.stop - cols.start))
-    step = statistics_step((rows.stop - rows.start, cols.stop - cols.start))
-    depth = block.shape[0] - 2 * hz
-    slices = range(hz, hz + depth, max(1, -(-depth // STATISTICS_SLICES)))
-    return np.concatenate([signal_samples(block[z][..., None], window, inside, step) for z in slices], axis=-1)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..classify import PixelClassifier, uncertainty
 from ..config import FeatureConfig
+from ..features.cache import FeatureCache
 from ..planes import label_dtype
 from ..progress import ProgressCallback, report, within
 from ..segmenter import Segmenter
@@ -101,6 +102,9 @@ class VolumeJob:
         The Labels layer's name (said back to the user).
     pixel_size
         µm per pixel in the image plane (``None``: unknown), kept with the classifier.
+    cache
+        The dock's feature cache: the volume's bounds and the features of its painted slices and
+        of the slice in view are kept between clicks (:mod:`napari_dinoseg.volume_regions`).
     """
 
     name: str
@@ -113,6 +117,7 @@ class VolumeJob:
     want_uncertainty: bool = False
     labels_name: str = ""
     pixel_size: Optional[float] = None
+    cache: Optional[FeatureCache] = None
 
 
 @dataclass
@@ -167,7 +172,7 @@ def run_volume_job(job: VolumeJob, progress: Optional[ProgressCallback] = None,
         warnings.simplefilter("always")
         start = time.perf_counter()
         if not job.use_loaded:
-            seg.fit(job.volume, job.labels, titled(within(progress, 0, fit_share), "training"),
+            seg.fit(job.volume, job.labels, titled(within(progress, 0, fit_share), "training"), job.cache,
                     pixel_size=job.pixel_size, spacing=job.spacing)
         fitted = time.perf_counter()
         where = f"slice {z0}" if z1 - z0 == 1 else f"slices {z0}–{z1 - 1}"
@@ -192,7 +197,7 @@ def predict_planes(seg: Segmenter, job: VolumeJob, progress: Optional[ProgressCa
     shape = (z1 - z0, *(int(n) for n in np.shape(job.volume)[1:]))
     out = LabelsAndUncertainty(seg, shape) if job.want_uncertainty else None
     out, findings = predict_volume(seg, job.volume, out, not job.want_uncertainty, job.spacing, progress,
-                                   slice(z0, z1))
+                                   slice(z0, z1), job.cache)
     seg._keep_findings(out, findings)  # what check reads for an output it did not write itself
     messages = seg.check(job.volume, out, spacing=job.spacing)
     if job.want_uncertainty:

@@ -74,7 +74,7 @@ class VolumeControls:
             name=source.name, volume=source.image, labels=None if job.use_loaded else source.labels,
             segmenter=job.segmenter, spacing=layer_spacing(image), planes=slice(min(zs), max(zs) + 1),
             use_loaded=job.use_loaded, want_uncertainty=job.want_uncertainty, labels_name=source.labels_name,
-            pixel_size=source.pixel_size),)
+            pixel_size=source.pixel_size, cache=self.cache),)
 
     def _on_volume_result(self, result: VolumeResult) -> None:
         """Write a 3-D job's slices into the image's ``(Z, Y, X)`` predictions (and uncertainty)
