@@ -138,6 +138,14 @@ def _tiff_spacing(path: Path) -> Optional[VoxelSpacing]:
     return found
 
 
+def recorded_spacing(meta) -> Optional[Spacing]:
+    """``(dz, dy, dx)`` µm that an output of ``dinoseg apply`` records (``spacing_um`` of its
+    record, a TIFF's description or an OME-Zarr's ``attrs["dinoseg"]``); ``None`` when it records
+    none (a plane, a volume of unknown spacing) or is not such an output."""
+    found = _recorded(meta)
+    return None if found is None else found.zyx_um
+
+
 def _recorded(meta) -> Optional[VoxelSpacing]:
     """The ``spacing_um`` an output of ``dinoseg apply`` records (with its ``spacing_from``)."""
     if not isinstance(meta, dict) or "dinoseg_bundle" not in meta:

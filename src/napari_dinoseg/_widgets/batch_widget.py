@@ -36,6 +36,7 @@ from ..batch import BatchSummary, apply_bundle
 from ..measure_report import MeasureOptions
 from ..progress import Cancelled
 from ..reading import ImageFile, read_image
+from ..voxel_spacing import recorded_spacing
 from ._sections import Section
 from ._worker_widget import WorkerWidget
 
@@ -97,6 +98,9 @@ class FirstResult:
     layers : list of (name, data, kwargs), optional
         The input's image layer(s) where they are not made from ``image``: an OME-Zarr input's
         levels (lazy), shown as a multiscale layer.
+    spacing : (dz, dy, dx) or None
+        µm per voxel of a volume's output (its record's ``spacing_um``): the layers' scale, so
+        that anisotropic voxels are shown at their size; ``None`` for a plane or an unknown spacing.
     """
 
     source: Path
@@ -104,6 +108,7 @@ class FirstResult:
     image: Optional[ImageFile]
     labels: np.ndarray
     layers: Optional[list] = None
+    spacing: Optional[tuple] = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ def read_first_result(output: Union[str, os.PathLike], input_dir: Union[str, os.
     if labels.shape != plane_shape:
         raise ValueError(f"{output.name} has shape {labels.shape} but {name} has {image.data.shape}; "
                          "was the input changed since?")
-    return FirstResult(source, output, image, labels)
+    return FirstResult(source, output, image, labels, spacing=recorded_spacing(meta))
 
 
 def _read_first_store(output: Path, input_dir: Path) -> FirstResult:
@@ -190,13 +195,13 @@ def _read_first_store(output: Path, input_dir: Path) -> FirstResult:
     labels = list(open_ngff(output).levels)
     if not is_zarr_image(source):  # a TIFF / PNG written as OME-Zarr (--format zarr)
         image = read_image(source, meta.get("channels"), axes=meta.get("axes_given"))
-        return FirstResult(source, output, image, labels[0])
+        return FirstResult(source, output, image, labels[0], spacing=recorded_spacing(meta))
     found = open_ngff(source)
     levels = list(found.levels)
     stem = name[:-len(".ome.zarr")] if name.endswith(".ome.zarr") else Path(name).stem
     kwargs = {} if found.channel_axis is None else {"channel_axis": found.channel_axis}
     return FirstResult(source, output, None, labels if len(labels) > 1 else labels[0],
-                       layers=[(stem, levels if len(levels) > 1 else levels[0], kwargs)])
+                       layers=[(stem, levels if len(levels) > 1 else levels[0], kwargs)], spacing=recorded_spacing(meta))
 
 
 def report_text(summary: BatchSummary, input_dir: Union[str, os.PathLike], max_lines: int = MAX_REPORT_LINES) -> str:
@@ -325,8 +330,9 @@ class BatchWidget(WorkerWidget):
     def _open(self, first: FirstResult) -> str:
         """Show ``first``'s input and labels on top, hide every other layer, select the labels
         and fit the view to them; returns the status line's words for it."""
-        shown = [self._put(Image, name, data, kwargs) for name, data, kwargs in _image_layers(first)]
-        shown.append(self._put(Labels, _output_name(first.output), first.labels, {}))
+        scale = {} if first.spacing is None else {"scale": tuple(first.spacing)}  # a volume at its voxel size
+        shown = [self._put(Image, name, data, {**kwargs, **scale}) for name, data, kwargs in _image_layers(first)]
+        shown.append(self._put(Labels, _output_name(first.output), first.labels, scale))
         layers = self._viewer.layers
         for layer in shown:  # on top, in order: the labels last
             layers.move(layers.index(layer), len(layers))
@@ -345,6 +351,7 @@ class BatchWidget(WorkerWidget):
                     and "channel_axis" not in kwargs and not isinstance(data, list) and not layer.multiscale and layer.data.ndim == data.ndim
                     and getattr(layer, "rgb", False) == kwargs.get("rgb", False)):
                 layer.data = data
+                layer.scale = kwargs.get("scale", (1.0,) * layer.ndim)
                 if kind is Image:
                     layer.reset_contrast_limits()
                 return layer
