@@ -97,8 +97,8 @@ def test_names_with_an_image_channel_prefix_and_names_that_only_look_like_roles(
 
 
 def test_the_laplacian_of_the_guide_is_found_per_image_channel():
-    names = ["intensity", "gaussian_s2", "hessian_trace_s2", "c1:gaussian_s1", "c1:hessian_trace_s1", "hessian_trace_s1",
-             "hessian_trace_sx"]
+    names = ["intensity", "gaussian_s2", "hessian_trace_s2", "c1:gaussian_s1", "c1:hessian_trace_s1",
+             "hessian_trace_s1", "hessian_trace_sx"]
     layout = ChannelLayout.of(names)
     assert layout.guide == (3,)
     assert layout.laplacian == (4, 5)  # the Hessian traces of the finest sigma, prefixed or not

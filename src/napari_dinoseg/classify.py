@@ -45,9 +45,9 @@ from .training import (SCALING_SAMPLE, TrainingPart, fit_scaling, grid_step, gui
 from .training import _scaled as _scaled  # a private helper the pipeline imports from here
 
 __all__ = ["CHUNK_VALUES", "FOREST_WEIGHT", "MAX_LABEL", "SCALING_SAMPLE", "FeaturesLike", "PixelClassifier",
-           "TrainingPart", "check_labels", "fit_scaling", "grid_step", "guide_channels", "linear_channels",
-           "guide_images", "logit_space", "predict", "predict_read", "read_pixels", "scaled_features", "train", "train_parts",
-           "training_part", "tree_components", "uncertainty"]
+           "TrainingPart", "check_labels", "fit_scaling", "grid_step", "guide_channels", "guide_images",
+           "linear_channels", "logit_space", "predict", "predict_read", "read_pixels", "scaled_features", "train",
+           "train_parts", "training_part", "tree_components", "uncertainty"]
 
 
 def predict(clf: PixelClassifier, features: FeaturesLike, scaled: Optional[np.ndarray] = None,
@@ -198,7 +198,8 @@ def _smoothed(clf: PixelClassifier, proba: np.ndarray, guide: Optional[np.ndarra
             if not np.all(finite):
                 raise ValueError(f"the guide of the edge smoothing (the mean of feature channels {list(channels)}) is "
                                  f"NaN or inf at {int(finite.size - np.count_nonzero(finite))} pixel(s): the features "
-                                 "hold NaN or inf (the image or its features are corrupt); nothing is predicted from them")
+                                 "hold NaN or inf (the image or its features are corrupt); nothing is predicted "
+                                 "from them")
         step = clf.predict_step
         offset = tuple(int(-o % step) for o in origin)
         proba = guided_filter(guide, proba, clf.guided_radius, step=step, offset=offset, second=second)

@@ -81,13 +81,12 @@ def predict_volume(segmenter, volume, out=None, labels: bool = False, spacing: O
                                for c, size in zip(core[1:], shape[1:]))) for core in cores]
     identity = volume_identity(volume) if cache is not None else None
     normalised = normalised_volume(volume, segmenter.features, cache, identity)
-    if not kept(featuriser, grown_cores, cache):
-        cache = None  # the bounds are kept, not the blocks
+    regions_cache = cache if kept(featuriser, grown_cores, cache) else None  # else the bounds alone are kept
     step = max(1, int(np.ceil((np.prod(shape) / FEATURE_SAMPLE_VOXELS) ** (1 / 3))))
     found = []
     for n, (core, grown) in enumerate(zip(cores, grown_cores)):
         sub = within(progress, 0.97 * n / len(cores), 0.97 * (n + 1) / len(cores))
-        region = region_features(featuriser, normalised, grown, halo, spacing, sub, cache, identity)
+        region = region_features(featuriser, normalised, grown, halo, spacing, sub, regions_cache, identity)
         features = region.features
         inner = tuple(slice(c.start - g.start, c.stop - g.start) for c, g in zip(core[1:], grown[1:]))
         proba = np.empty((core[0].stop - core[0].start, *(s.stop - s.start for s in inner), clf.n_classes),

@@ -22,6 +22,7 @@ from .pixel_classifier import check_labels
 from .progress import ProgressCallback, report, within
 from .volume import Spacing, check_volume_shape, checked_spacing
 
+
 def volume_spacing(spacing: Optional[Sequence[float]]) -> Spacing:
     """The spacing the 3-D filters use: ``spacing`` checked, or isotropic voxels when unknown."""
     return checked_spacing(spacing) or (1.0, 1.0, 1.0)
@@ -83,8 +84,7 @@ def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequen
     shapes = [tuple(s.stop - s.start for s in core) for blocks in painted for core, _ in blocks]
     check_volume_memory(featuriser, max(shapes, key=np.prod), spacing, what="training on the volume")
     step = grid_step(shapes)
-    if not kept(featuriser, [core for blocks in painted for core, _ in blocks], cache):
-        cache = None
+    keeps_regions = kept(featuriser, [core for blocks in painted for core, _ in blocks], cache)
     parts, samples, counts_of = [], [], []
     done, total = 0, len(shapes)
     for volume, blocks in zip(volumes, painted):
@@ -92,7 +92,8 @@ def fit_volumes(segmenter, volumes: list, labels: list, spacing: Optional[Sequen
         normalised = normalised_volume(volume, config, cache, identity)
         for core, crop in blocks:
             sub = within(progress, 0.9 * done / total, 0.9 * (done + 1) / total)
-            region = region_features(featuriser, normalised, core, halo, spacing, sub, cache, identity)
+            region = region_features(featuriser, normalised, core, halo, spacing, sub,
+                                     cache if keeps_regions else None, identity)
             parts.append(training_part(region.features, crop, step))
             samples.append(region.signals)
             counts_of.append(crop[crop > 0])

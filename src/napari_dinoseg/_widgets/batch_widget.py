@@ -201,7 +201,8 @@ def _read_first_store(output: Path, input_dir: Path) -> FirstResult:
     stem = name[:-len(".ome.zarr")] if name.endswith(".ome.zarr") else Path(name).stem
     kwargs = {} if found.channel_axis is None else {"channel_axis": found.channel_axis}
     return FirstResult(source, output, None, labels if len(labels) > 1 else labels[0],
-                       layers=[(stem, levels if len(levels) > 1 else levels[0], kwargs)], spacing=recorded_spacing(meta))
+                       layers=[(stem, levels if len(levels) > 1 else levels[0], kwargs)],
+                       spacing=recorded_spacing(meta))
 
 
 def report_text(summary: BatchSummary, input_dir: Union[str, os.PathLike], max_lines: int = MAX_REPORT_LINES) -> str:
