@@ -310,8 +310,46 @@ def test_strokes_of_another_image_are_refused_for_3d_features(dock, qtbot, volum
     widget._image.value = viewer.layers["vol"]
     widget._train_on.value = TRAIN_ALL
     click_and_wait(qtbot, widget)
-    assert "3-D features train on one volume at a time; strokes of 1 other image(s)" in widget._status.value
+    assert "3-D features train on volumes, and 'plane' with strokes is not a single-channel (Z, Y, X) volume" \
+        in widget._status.value
     assert widget.predictions is None and any("choose 'train on: this image'" in n for n in notes())
+
+
+def test_every_volume_with_strokes_trains_one_classifier_and_the_picked_one_is_predicted(dock, qtbot, volume, notes):
+    """'train on: every image with labels' with 3-D features: the strokes of two volumes of one
+    voxel size train one classifier (equal to a Segmenter fitted on both), the picked volume is
+    predicted; a third volume of another voxel size is refused, naming it."""
+    from scipy import ndimage
+
+    from napari_dinoseg._widgets._layers import IMAGE_KEY, TRAIN_ALL
+
+    image, truth = volume
+    viewer, widget, layer, labels = painted_dock(dock, volume)
+    other = np.clip(ndimage.shift(image.astype(float), (0, 5, 3), mode="reflect") * 0.9 + 10, 0, 255).astype(np.uint8)
+    other_truth = ndimage.shift(truth, (0, 5, 3), order=0, mode="reflect")
+    viewer.add_image(other, name="vol2", scale=SPACING)
+    other_strokes = np.zeros_like(truth)
+    other_strokes[8] = strokes_of(other_truth[4:])[4]  # strokes on slice 8 of vol2
+    viewer.add_labels(other_strokes, name="vol2 labels", scale=SPACING, metadata={IMAGE_KEY: "vol2"})
+    widget._image.value = layer
+    widget._train_on.value = TRAIN_ALL
+    viewer.dims.set_current_step(0, 7)
+    click_and_wait(qtbot, widget)
+    result = widget.last_result
+    assert isinstance(result, VolumeResult), widget._status.value
+    assert result.trained_on == ["vol (labels 'vol labels', 2 slices, 3-D)", "vol2 (labels 'vol2 labels', 1 slice, 3-D)"]
+    both = Segmenter(FeatureConfig(kind="classical", dims=3, sigmas=(1, 2)), TrainConfig())
+    both.fit([image, other], [labels.data, other_strokes], spacing=SPACING)
+    np.testing.assert_array_equal(widget.segmenter.classifier.coef, both.classifier.coef)
+    expected, _ = predict_volume(both, image, None, True, SPACING, None, slice(7, 8))
+    np.testing.assert_array_equal(widget.predictions.data[7], expected[0])
+    assert widget.predictions.name == "vol predictions"
+
+    viewer.add_image(other, name="vol3", scale=(1.0, 1.0, 1.0))
+    viewer.add_labels(other_strokes, name="vol3 labels", metadata={IMAGE_KEY: "vol3"})
+    click_and_wait(qtbot, widget)
+    assert "must have the voxel size of 'vol' (voxels of (2, 1, 1) (dz, dy, dx))" in widget._status.value
+    assert "'vol3' (isotropic voxels (scale 1)) differ" in widget._status.value
 
 
 def test_unticked_a_volume_is_a_stack_of_planes_as_before(dock, qtbot, volume):

@@ -105,6 +105,9 @@ class VolumeJob:
     cache
         The dock's feature cache: the volume's bounds and the features of its painted slices and
         of the slice in view are kept between clicks (:mod:`napari_dinoseg.volume_regions`).
+    others
+        Other volumes with strokes, of the same voxel spacing ('train on: every image with
+        labels'), as :class:`~._train_job.Source` s: trained on with this one, not predicted.
     """
 
     name: str
@@ -118,6 +121,14 @@ class VolumeJob:
     labels_name: str = ""
     pixel_size: Optional[float] = None
     cache: Optional[FeatureCache] = None
+    others: list = field(default_factory=list)
+
+    def training(self) -> list[tuple[str, object, np.ndarray, str, list[int]]]:
+        """``(name, volume, labels, labels name, painted z)`` of every volume with strokes, this one
+        first; this one alone (to be refused for having none) when none has strokes."""
+        found = [(self.name, self.volume, self.labels, self.labels_name, painted_slices(self.labels))]
+        found += [(s.name, s.image, s.labels, s.labels_name, painted_slices(s.labels)) for s in self.others]
+        return [one for one in found if one[-1]] or found[:1]
 
 
 @dataclass
@@ -163,7 +174,8 @@ def run_volume_job(job: VolumeJob, progress: Optional[ProgressCallback] = None,
     seg = job.segmenter
     featuriser = job_featuriser(seg, announce)
     z0, z1, _ = job.planes.indices(int(np.shape(job.volume)[0]))
-    painted = [] if job.use_loaded else painted_slices(job.labels)
+    training = [] if job.use_loaded else job.training()
+    painted = [z for *_, zs in training for z in zs]
     plan = f"{featuriser.describe(tuple(np.shape(job.volume)[1:]), 1)}, in 3-D ({describe_spacing(job.spacing)})"
     if announce is not None:
         announce(plan)
@@ -171,15 +183,16 @@ def run_volume_job(job: VolumeJob, progress: Optional[ProgressCallback] = None,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         start = time.perf_counter()
-        if not job.use_loaded:
-            seg.fit(job.volume, job.labels, titled(within(progress, 0, fit_share), "training"), job.cache,
+        if training:
+            seg.fit([volume for _, volume, *_ in training], [labels for _, _, labels, *_ in training],
+                    titled(within(progress, 0, fit_share), "training"), job.cache,
                     pixel_size=job.pixel_size, spacing=job.spacing)
         fitted = time.perf_counter()
         where = f"slice {z0}" if z1 - z0 == 1 else f"slices {z0}–{z1 - 1}"
         labels, unc, messages = predict_planes(seg, job, titled(within(progress, fit_share, 1), f"predicting {where}"))
     report(progress, 1000, 1000, "done")
-    trained_on = [] if job.use_loaded else [
-        f"{job.name} (labels {job.labels_name!r}, {len(painted)} slice{'s' if len(painted) > 1 else ''}, 3-D)"]
+    trained_on = [f"{name} (labels {labels_name!r}, {len(zs)} slice{'s' if len(zs) > 1 else ''}, 3-D)"
+                  for name, _, _, labels_name, zs in training]
     return VolumeResult(segmenter=seg, plan=plan, planes=slice(z0, z1), spacing=job.spacing, segmentations=[labels],
                         uncertainties=None if unc is None else [unc], trained_on=trained_on,
                         messages=list(dict.fromkeys([str(w.message) for w in caught] + messages)),

@@ -56,8 +56,8 @@ class VolumeControls:
     def _volume_job(self, job: TrainJob) -> Optional[tuple]:
         """``(run_volume_job, (VolumeJob,))`` when ``job`` (read from the layers by ``_make_job``)
         trains or predicts with 3-D features; ``None`` for the plane path. Raises ``ValueError``
-        for a loaded classifier of other dims than the image and the checkbox ask, or strokes of
-        several volumes."""
+        for a loaded classifier of other dims than the image and the checkbox ask, or ('train on:
+        every image with labels') strokes on a plane or on a volume of another voxel size."""
         image: Image = self._job_image
         if job.segmenter.features.dims != 3:
             if job.use_loaded and self.features.volume_active:
@@ -65,16 +65,32 @@ class VolumeControls:
             return None
         if not is_volume(image):
             raise ValueError(volume_classifier_refusal(self._loaded_name, image.name, spatial_shape(image)))
-        if len(job.sources) > 1:
-            raise ValueError(f"3-D features train on one volume at a time; strokes of {len(job.sources) - 1} other "
-                             "image(s) were found: choose 'train on: this image'")
-        source = job.sources[0]
+        source, others = job.sources[0], job.sources[1:]
+        spacing = layer_spacing(image)
+        self._check_other_volumes(others, spacing)
         zs = [index[0] for index in job.predict_slices]
         return run_volume_job, (VolumeJob(
             name=source.name, volume=source.image, labels=None if job.use_loaded else source.labels,
-            segmenter=job.segmenter, spacing=layer_spacing(image), planes=slice(min(zs), max(zs) + 1),
+            segmenter=job.segmenter, spacing=spacing, planes=slice(min(zs), max(zs) + 1),
             use_loaded=job.use_loaded, want_uncertainty=job.want_uncertainty, labels_name=source.labels_name,
-            pixel_size=source.pixel_size, cache=self.cache),)
+            pixel_size=source.pixel_size, cache=self.cache, others=list(others)),)
+
+    def _check_other_volumes(self, others: list, spacing) -> None:
+        """'train on: every image with labels' with 3-D features: every other painted image must be
+        a volume of the picked image's voxel size (one classifier learns one scale of filters);
+        ``ValueError`` naming those that are not."""
+        layers = [self._viewer.layers[source.name] for source in others]
+        planes = [layer.name for layer in layers if not is_volume(layer)]
+        if planes:
+            raise ValueError(f"3-D features train on volumes, and {', '.join(map(repr, planes))} with strokes "
+                             f"{'is' if len(planes) == 1 else 'are'} not a single-channel (Z, Y, X) volume: choose "
+                             "'train on: this image', or clear those strokes")
+        unlike = [f"{layer.name!r} ({describe_spacing(layer_spacing(layer))})" for layer in layers
+                  if layer_spacing(layer) != spacing]
+        if unlike:
+            raise ValueError(f"the volumes with strokes must have the voxel size of {self._job_image.name!r} "
+                             f"({describe_spacing(spacing)}) to train one classifier of 3-D features; "
+                             f"{', '.join(unlike)} differ: give the layers one scale, or choose 'train on: this image'")
 
     def _on_volume_result(self, result: VolumeResult) -> None:
         """Write a 3-D job's slices into the image's ``(Z, Y, X)`` predictions (and uncertainty)
