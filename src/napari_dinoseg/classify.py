@@ -194,8 +194,10 @@ def _smoothed(clf: PixelClassifier, proba: np.ndarray, guide: Optional[np.ndarra
     are an image plane)."""
     if guide is not None:
         for image, channels in ((guide, clf.guide), (second, clf.guide_laplacian)):
-            finite = np.isfinite(image) if image is not None else True
-            if not np.all(finite):
+            if image is None:
+                continue
+            finite = np.isfinite(image)
+            if not finite.all():
                 raise ValueError(f"the guide of the edge smoothing (the mean of feature channels {list(channels)}) is "
                                  f"NaN or inf at {int(finite.size - np.count_nonzero(finite))} pixel(s): the features "
                                  "hold NaN or inf (the image or its features are corrupt); nothing is predicted "

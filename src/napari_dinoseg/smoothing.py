@@ -93,13 +93,7 @@ def guided_filter(guide: np.ndarray, proba: np.ndarray, radius: int, eps: float 
     # too: filter K - 1 of them, the last is 1 - their sum
     p = np.moveaxis(proba[..., : k - 1], -1, 0).astype(np.float32, order="C")  # (K-1, ..., h, w)
     if second is None:
-        mean_g, mean_gg = _box(np.stack([lattice, lattice * lattice]), r)
-        var_g = mean_gg - mean_g * mean_g
-        mean_p, mean_gp = np.split(_box(np.concatenate([p, lattice * p]), r), 2)
-        a = mean_gp - mean_g * mean_p
-        a /= np.maximum(var_g, 0) + np.float32(eps)
-        b = mean_p - a * mean_g
-        fits, guides = np.concatenate([a, b]), [g]
+        fits, guides = _fits_one(lattice, p, r, eps), [g]
     else:
         l2 = _centred(second)
         fits, guides = _fits_two(lattice, l2[..., offset[0]::step, offset[1]::step], p, r, eps), [g, l2]
@@ -121,6 +115,21 @@ def _centred(guide: np.ndarray) -> np.ndarray:
     g = guide.astype(np.float32)
     g -= g.mean()
     return g
+
+
+def _fits_one(g: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """Each window's least-squares fit ``p ~ a g + b`` (ridge ``eps`` on ``a``).
+
+    ``g``: the guide on the lattice, ``(..., h, w)`` float32; ``p``: ``(K-1, ..., h, w)``.
+    Returns ``(2 (K-1), ..., h, w)`` float32: ``a`` of every class, then ``b``.
+    """
+    mean_g, mean_gg = _box(np.stack([g, g * g]), r)
+    var_g = mean_gg - mean_g * mean_g
+    mean_p, mean_gp = np.split(_box(np.concatenate([p, g * p]), r), 2)
+    a = mean_gp - mean_g * mean_p
+    a /= np.maximum(var_g, 0) + np.float32(eps)
+    b = mean_p - a * mean_g
+    return np.concatenate([a, b])
 
 
 def _fits_two(g: np.ndarray, l: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.ndarray:

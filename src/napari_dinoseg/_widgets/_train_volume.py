@@ -30,6 +30,7 @@ from ..progress import ProgressCallback, report, within
 from ..segmenter import Segmenter
 from ..volume import Spacing
 from ._jobs import job_featuriser
+from ._train_job import Source
 
 #: The dock's checkbox, named in the refusals.
 VOLUME_BOX = "3-D features (volume)"
@@ -123,12 +124,13 @@ class VolumeJob:
     cache: Optional[FeatureCache] = None
     others: list = field(default_factory=list)
 
-    def training(self) -> list[tuple[str, object, np.ndarray, str, list[int]]]:
-        """``(name, volume, labels, labels name, painted z)`` of every volume with strokes, this one
-        first; this one alone (to be refused for having none) when none has strokes."""
-        found = [(self.name, self.volume, self.labels, self.labels_name, painted_slices(self.labels))]
-        found += [(s.name, s.image, s.labels, s.labels_name, painted_slices(s.labels)) for s in self.others]
-        return [one for one in found if one[-1]] or found[:1]
+    def training(self) -> list[tuple[Source, list[int]]]:
+        """``(source, painted z)`` of every volume with strokes, this one first; this one alone (to
+        be refused for having none) when none has strokes."""
+        this = Source(name=self.name, image=self.volume, labels=self.labels, rgb=False,
+                      labels_name=self.labels_name, pixel_size=self.pixel_size)
+        found = [(source, painted_slices(source.labels)) for source in (this, *self.others)]
+        return [one for one in found if one[1]] or found[:1]
 
 
 @dataclass
@@ -175,7 +177,7 @@ def run_volume_job(job: VolumeJob, progress: Optional[ProgressCallback] = None,
     featuriser = job_featuriser(seg, announce)
     z0, z1, _ = job.planes.indices(int(np.shape(job.volume)[0]))
     training = [] if job.use_loaded else job.training()
-    painted = [z for *_, zs in training for z in zs]
+    painted = [z for _, zs in training for z in zs]
     plan = f"{featuriser.describe(tuple(np.shape(job.volume)[1:]), 1)}, in 3-D ({describe_spacing(job.spacing)})"
     if announce is not None:
         announce(plan)
@@ -184,15 +186,15 @@ def run_volume_job(job: VolumeJob, progress: Optional[ProgressCallback] = None,
         warnings.simplefilter("always")
         start = time.perf_counter()
         if training:
-            seg.fit([volume for _, volume, *_ in training], [labels for _, _, labels, *_ in training],
+            seg.fit([source.image for source, _ in training], [source.labels for source, _ in training],
                     titled(within(progress, 0, fit_share), "training"), job.cache,
                     pixel_size=job.pixel_size, spacing=job.spacing)
         fitted = time.perf_counter()
         where = f"slice {z0}" if z1 - z0 == 1 else f"slices {z0}–{z1 - 1}"
         labels, unc, messages = predict_planes(seg, job, titled(within(progress, fit_share, 1), f"predicting {where}"))
     report(progress, 1000, 1000, "done")
-    trained_on = [f"{name} (labels {labels_name!r}, {len(zs)} slice{'s' if len(zs) > 1 else ''}, 3-D)"
-                  for name, _, _, labels_name, zs in training]
+    trained_on = [f"{source.name} (labels {source.labels_name!r}, {len(zs)} slice{'s' if len(zs) > 1 else ''}, 3-D)"
+                  for source, zs in training]
     return VolumeResult(segmenter=seg, plan=plan, planes=slice(z0, z1), spacing=job.spacing, segmentations=[labels],
                         uncertainties=None if unc is None else [unc], trained_on=trained_on,
                         messages=list(dict.fromkeys([str(w.message) for w in caught] + messages)),

@@ -85,8 +85,8 @@ class VolumeControls:
             raise ValueError(f"3-D features train on volumes, and {', '.join(map(repr, planes))} with strokes "
                              f"{'is' if len(planes) == 1 else 'are'} not a single-channel (Z, Y, X) volume: choose "
                              "'train on: this image', or clear those strokes")
-        unlike = [f"{layer.name!r} ({describe_spacing(layer_spacing(layer))})" for layer in layers
-                  if layer_spacing(layer) != spacing]
+        unlike = [f"{layer.name!r} ({describe_spacing(theirs)})" for layer, theirs in
+                  ((layer, layer_spacing(layer)) for layer in layers) if theirs != spacing]
         if unlike:
             raise ValueError(f"the volumes with strokes must have the voxel size of {self._job_image.name!r} "
                              f"({describe_spacing(spacing)}) to train one classifier of 3-D features; "
